@@ -1,0 +1,201 @@
+//! `agent.toml`: what one agent serves and where its database lives.
+//!
+//! Every field is documented in `deploy/agent.example.toml`; unknown fields are
+//! refused so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tandem_proto::tls::TlsFiles;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent's name; its certificate must say `spiffe://tandem/agent/<name>`.
+    pub name: String,
+    /// The replication set this server belongs to, and its member name there.
+    pub set: String,
+    /// Defaults to the agent's name.
+    #[serde(default)]
+    pub member: Option<String>,
+    /// Where the agent's gRPC server listens for the controller's orders.
+    pub listen: SocketAddr,
+    /// The address the controller dials ("host:port"); defaults to `listen`.
+    /// The host must be a name in the agent's certificate.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The controller's URL, e.g. "https://controller.example:7700".
+    pub controller: String,
+    /// The agent's home: state file, testdb.out, operation journal.
+    pub home: PathBuf,
+    /// How often to tell the controller the agent is alive.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    pub tls: TlsFiles,
+    pub postgres: PostgresConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// The live data directory (PGDATA).
+    pub data_dir: PathBuf,
+    /// Directory of pg_ctl, psql, pg_basebackup, ...; found from the data
+    /// directory's PG_VERSION (`/usr/lib/postgresql/<v>/bin`) or PATH when unset.
+    #[serde(default)]
+    pub bin_dir: Option<PathBuf>,
+    /// The OS user that owns the data directory; server commands run as it when
+    /// the agent runs as root (PostgreSQL refuses to run as root).
+    #[serde(default = "default_os_user")]
+    pub os_user: String,
+    /// Unix socket directory of the live server.
+    #[serde(default = "default_socket_dir")]
+    pub socket_dir: PathBuf,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Database role used for status queries.
+    #[serde(default = "default_os_user")]
+    pub user: String,
+    #[serde(default = "default_dbname")]
+    pub dbname: String,
+    /// Where copies for testdb go (the seed's archive directory). Same host.
+    pub archive_dir: PathBuf,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_os_user() -> String {
+    "postgres".to_owned()
+}
+fn default_socket_dir() -> PathBuf {
+    PathBuf::from("/var/run/postgresql")
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_dbname() -> String {
+    "postgres".to_owned()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}; pass --config with the path of agent.toml")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: field `{field}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let invalid = |field, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        tandem_proto::identity::validate_name(&cfg.name)
+            .map_err(|e| invalid("name", e.to_string()))?;
+        if cfg.set.is_empty() {
+            return Err(invalid("set", "must not be empty".into()));
+        }
+        if cfg.heartbeat_interval.is_zero() {
+            return Err(invalid("heartbeat_interval", "must be above zero".into()));
+        }
+        if !cfg.postgres.data_dir.is_absolute() {
+            return Err(invalid(
+                "postgres.data_dir",
+                "must be an absolute path".into(),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub fn member(&self) -> &str {
+        self.member.as_deref().unwrap_or(&self.name)
+    }
+
+    pub fn advertise(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        name = "db1"
+        set = "billing"
+        listen = "127.0.0.1:7701"
+        controller = "https://127.0.0.1:7700"
+        home = "/var/lib/tandem/agent"
+        [tls]
+        ca = "/etc/tandem/ca.pem"
+        cert = "/etc/tandem/agent-db1.pem"
+        key = "/etc/tandem/agent-db1-key.pem"
+        [postgres]
+        data_dir = "/var/lib/postgresql/15/main"
+        archive_dir = "/var/lib/tandem/archive"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = AgentConfig::parse(Path::new("agent.toml"), MINIMAL).unwrap();
+        assert_eq!(c.member(), "db1");
+        assert_eq!(c.advertise(), "127.0.0.1:7701");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.postgres.port, 5432);
+        assert_eq!(c.postgres.os_user, "postgres");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_the_field_name() {
+        let text = MINIMAL.replace("[postgres]", "[postgres]\ndatadir = \"/x\"");
+        let err = AgentConfig::parse(Path::new("agent.toml"), &text).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("agent.toml"), "{msg}");
+        assert!(msg.contains("datadir"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let text = MINIMAL.replace("name = \"db1\"", "name = \"db 1\"");
+        let err = AgentConfig::parse(Path::new("a.toml"), &text).unwrap_err();
+        assert!(err.to_string().contains("field `name`"), "{err}");
+        let text = MINIMAL.replace("/var/lib/postgresql/15/main", "relative/main");
+        let err = AgentConfig::parse(Path::new("a.toml"), &text).unwrap_err();
+        assert!(err.to_string().contains("postgres.data_dir"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_says_which() {
+        let err = AgentConfig::load(Path::new("/nonexistent/agent.toml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/agent.toml"), "{err}");
+    }
+}

@@ -1,0 +1,287 @@
+//! The PostgreSQL engine: facts from a real server through `pg_ctl status`
+//! and `psql`, run as the database's OS user.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tandem_proto::model::{Facts, Lsn, Role, ServerState};
+
+use super::Engine;
+use crate::config::PostgresConfig;
+use crate::runner::{RunError, Runner};
+
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One query reads everything `facts()` needs, as one `|`-separated row.
+const FACTS_SQL: &str = "SELECT current_setting('server_version'), \
+     pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN '' ELSE pg_current_wal_lsn()::text END, \
+     COALESCE(pg_last_wal_receive_lsn()::text, ''), \
+     COALESCE(pg_last_wal_replay_lsn()::text, ''), \
+     COALESCE((SELECT status FROM pg_stat_wal_receiver LIMIT 1), ''), \
+     COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint";
+
+#[derive(Debug, Clone)]
+pub struct PostgresEngine {
+    cfg: PostgresConfig,
+    bin_dir: PathBuf,
+    runner: Runner,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("{tool} failed (exit {code:?}): {stderr}")]
+    Tool {
+        tool: &'static str,
+        code: Option<i32>,
+        stderr: String,
+    },
+    #[error("unexpected output from psql: {0:?}")]
+    Output(String),
+}
+
+impl PostgresEngine {
+    pub fn new(cfg: PostgresConfig, runner: Runner) -> PostgresEngine {
+        let bin_dir = cfg
+            .bin_dir
+            .clone()
+            .unwrap_or_else(|| find_bin_dir(&cfg.data_dir));
+        PostgresEngine {
+            cfg,
+            bin_dir,
+            runner,
+        }
+    }
+
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    fn tool(&self, name: &str) -> PathBuf {
+        let p = self.bin_dir.join(name);
+        if p.exists() { p } else { PathBuf::from(name) }
+    }
+
+    /// `pg_ctl status`: exit 0 running, 3 not running, 4 no usable data directory.
+    async fn server_state(&self) -> Result<ServerState, PostgresError> {
+        let mut cmd = self.runner.command(self.tool("pg_ctl"));
+        cmd.arg("status").arg("-D").arg(&self.cfg.data_dir);
+        let out = self.runner.output(cmd, STATUS_TIMEOUT).await?;
+        match out.status.code() {
+            Some(0) => Ok(ServerState::Running),
+            Some(3) => Ok(ServerState::Stopped),
+            Some(4) => Ok(ServerState::Missing),
+            code => Err(PostgresError::Tool {
+                tool: "pg_ctl status",
+                code,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            }),
+        }
+    }
+
+    /// Run one query on the live server through psql; returns the trimmed rows.
+    pub async fn query(&self, sql: &str) -> Result<String, PostgresError> {
+        let mut cmd = self.runner.command(self.tool("psql"));
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-F", "|"])
+            .arg("-h")
+            .arg(&self.cfg.socket_dir)
+            .arg("-p")
+            .arg(self.cfg.port.to_string())
+            .arg("-U")
+            .arg(&self.cfg.user)
+            .arg("-d")
+            .arg(&self.cfg.dbname)
+            .arg("-c")
+            .arg(sql)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .env("PGAPPNAME", "tandem-agent");
+        let out = self.runner.output(cmd, STATUS_TIMEOUT).await?;
+        if !out.status.success() {
+            return Err(PostgresError::Tool {
+                tool: "psql",
+                code: out.status.code(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn unreachable(&self, state: ServerState, problem: String) -> Facts {
+        Facts::unreachable(
+            "postgres",
+            &self.cfg.data_dir.to_string_lossy(),
+            state,
+            problem,
+        )
+    }
+}
+
+impl Engine for PostgresEngine {
+    async fn facts(&self) -> Facts {
+        let data_dir = self.cfg.data_dir.clone();
+        if !data_dir.join("PG_VERSION").exists() {
+            return self.unreachable(
+                ServerState::Missing,
+                format!(
+                    "data directory {} does not exist or is not a PostgreSQL data directory; check postgres.data_dir in agent.toml",
+                    data_dir.display()
+                ),
+            );
+        }
+        let bytes = tokio::task::spawn_blocking(move || dir_size(&data_dir))
+            .await
+            .unwrap_or(0);
+        let state = match self.server_state().await {
+            Ok(s) => s,
+            Err(e) => return self.unreachable(ServerState::Stopped, e.to_string()),
+        };
+        if state != ServerState::Running {
+            let mut f = self.unreachable(
+                state,
+                format!(
+                    "PostgreSQL is not running on {}; start it (pg_ctl start -D {})",
+                    self.cfg.data_dir.display(),
+                    self.cfg.data_dir.display()
+                ),
+            );
+            f.data_dir_bytes = bytes;
+            return f;
+        }
+        let mut facts = match self.query(FACTS_SQL).await {
+            Ok(row) => match parse_facts_row(&row) {
+                Ok(f) => f,
+                Err(e) => self.unreachable(ServerState::Running, e.to_string()),
+            },
+            Err(e) => self.unreachable(
+                ServerState::Running,
+                format!(
+                    "cannot query PostgreSQL at {} port {}: {e}",
+                    self.cfg.socket_dir.display(),
+                    self.cfg.port
+                ),
+            ),
+        };
+        facts.data_dir = self.cfg.data_dir.to_string_lossy().into_owned();
+        facts.data_dir_bytes = bytes;
+        facts
+    }
+}
+
+/// Parse the row of [`FACTS_SQL`].
+fn parse_facts_row(row: &str) -> Result<Facts, PostgresError> {
+    let bad = || PostgresError::Output(row.to_owned());
+    let cols: Vec<&str> = row.split('|').collect();
+    let [version, in_recovery, current, received, replayed, receiver, lag] = cols[..] else {
+        return Err(bad());
+    };
+    let lsn = |s: &str| -> Result<Option<Lsn>, PostgresError> {
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            s.parse().map(Some).map_err(|()| bad())
+        }
+    };
+    let standby = match in_recovery {
+        "t" => true,
+        "f" => false,
+        _ => return Err(bad()),
+    };
+    let receiver = (!receiver.is_empty()).then(|| receiver.to_owned());
+    Ok(Facts {
+        engine: "postgres".into(),
+        server_version: version.split_whitespace().next().unwrap_or("").to_owned(),
+        server_state: ServerState::Running,
+        role: if standby { Role::Standby } else { Role::Primary },
+        data_dir: String::new(),
+        data_dir_bytes: 0,
+        current_lsn: lsn(current)?,
+        received_lsn: lsn(received)?,
+        replayed_lsn: lsn(replayed)?,
+        fully_received: standby && receiver.as_deref() == Some("streaming"),
+        wal_receiver_status: receiver,
+        replay_lag_bytes: lag.parse::<i64>().map_err(|_| bad())?.max(0) as u64,
+        problem: None,
+        observed_at: jiff::Timestamp::now(),
+    })
+}
+
+/// `/usr/lib/postgresql/<major>/bin` from the data directory's PG_VERSION,
+/// when it exists; otherwise an empty path (tools are then found on PATH).
+fn find_bin_dir(data_dir: &Path) -> PathBuf {
+    if let Ok(v) = std::fs::read_to_string(data_dir.join("PG_VERSION")) {
+        let p = PathBuf::from(format!("/usr/lib/postgresql/{}/bin", v.trim()));
+        if p.is_dir() {
+            return p;
+        }
+    }
+    PathBuf::new()
+}
+
+/// Total size of the regular files below `dir` (symlinks not followed).
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_standby_row() {
+        let f = parse_facts_row("15.18 (Debian 15.18-0+deb12u1)|t||0/3000148|0/3000148|streaming|0")
+            .unwrap();
+        assert_eq!(f.role, Role::Standby);
+        assert_eq!(f.server_version, "15.18");
+        assert_eq!(f.received_lsn, Some(Lsn(0x3000148)));
+        assert!(f.fully_received);
+        assert_eq!(f.current_lsn, None);
+    }
+
+    #[test]
+    fn parses_a_primary_row() {
+        let f = parse_facts_row("16.4|f|0/5000060||||0").unwrap();
+        assert_eq!(f.role, Role::Primary);
+        assert_eq!(f.current_lsn, Some(Lsn(0x5000060)));
+        assert!(!f.fully_received);
+        assert_eq!(f.wal_receiver_status, None);
+    }
+
+    #[test]
+    fn a_standby_in_catchup_is_not_fully_received() {
+        let f = parse_facts_row("15.18|t||0/3000148|0/3000000|catchup|328").unwrap();
+        assert!(!f.fully_received);
+        assert_eq!(f.replay_lag_bytes, 328);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(parse_facts_row("15.18|x||||").is_err());
+        assert!(parse_facts_row("").is_err());
+        assert!(parse_facts_row("15|t|zz||||0").is_err());
+    }
+
+    #[test]
+    fn dir_size_counts_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), [0u8; 100]).unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("sub/b"), [0u8; 23]).unwrap();
+        assert_eq!(dir_size(d.path()), 123);
+    }
+}

@@ -1,0 +1,85 @@
+//! tandem-agent: one per database server.
+//!
+//! Tasks: the gRPC server (`service`, only the controller may call it) and the
+//! registration loop (`registration`, register then heartbeat). Both stop when
+//! the `shutdown` token is cancelled by `main` on SIGTERM/SIGINT. The engine
+//! (`engine`) is the only code that touches the database; it runs its tools
+//! through `runner` as the database's OS user.
+
+pub mod config;
+pub mod engine;
+pub mod registration;
+pub mod runner;
+pub mod service;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tandem_proto::pb::agent_server::AgentServer;
+use tandem_proto::propagation::server_span;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::AgentConfig;
+use crate::engine::postgres::PostgresEngine;
+use crate::runner::Runner;
+
+/// Build the PostgreSQL engine an agent config describes.
+pub fn engine_for(cfg: &AgentConfig) -> anyhow::Result<PostgresEngine> {
+    let runner = Runner::for_os_user(&cfg.postgres.os_user)?;
+    Ok(PostgresEngine::new(cfg.postgres.clone(), runner))
+}
+
+/// Run the agent until `shutdown` is cancelled.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let engine = Arc::new(engine_for(&cfg)?);
+    std::fs::create_dir_all(&cfg.home).with_context(|| {
+        format!(
+            "cannot create the agent's home {} (field `home`)",
+            cfg.home.display()
+        )
+    })?;
+    let server_tls = cfg.tls.server_config()?;
+    let controller = tandem_proto::tls::connect_lazy(&cfg.controller, &cfg.tls)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (field `listen`); is another agent running there?",
+                cfg.listen
+            )
+        })?;
+    info!(listen = %cfg.listen, set = %cfg.set, member = %cfg.member(), bin_dir = %engine.bin_dir().display(), "tandem-agent started");
+
+    let service = service::AgentService {
+        agent: cfg.name.clone(),
+        set: cfg.set.clone(),
+        member: cfg.member().to_owned(),
+        engine: engine.clone(),
+    };
+    let registration = tokio::spawn(registration::run(
+        cfg.clone(),
+        engine,
+        controller,
+        shutdown.clone(),
+    ));
+    tonic::transport::Server::builder()
+        .tls_config(server_tls)?
+        .trace_fn(server_span)
+        .add_service(AgentServer::with_interceptor(
+            service,
+            service::require_controller,
+        ))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        )
+        .await
+        .context("agent gRPC server failed")?;
+    shutdown.cancel();
+    let _ = registration.await;
+    info!("tandem-agent stopped");
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! `tandem-agent`: parse flags, load `agent.toml`, start tracing, call `run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tandem_agent::config::AgentConfig;
+use tandem_agent::engine::Engine;
+use tandem_proto::telemetry::{self, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+/// Tandem's agent: runs copy, testdb and restore on one database server, on
+/// the controller's orders.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Path of the agent's config file (see deploy/agent.example.toml).
+    #[arg(long, short, env = "TANDEM_AGENT_CONFIG", default_value = "/etc/tandem/agent.toml", global = true)]
+    config: PathBuf,
+    /// Log format on stderr: human or json.
+    #[arg(long, default_value = "human", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the controller's orders (the default).
+    Run,
+    /// Print the local instance's facts as JSON, without the controller.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem-agent: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(real_main(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tandem-agent: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg = AgentConfig::load(&cli.config)?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Status => {
+            let engine = tandem_agent::engine_for(&cfg)?;
+            let facts = engine.facts().await;
+            println!("{}", serde_json::to_string_pretty(&facts)?);
+            Ok(if facts.problem.is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Run => {
+            let telemetry = telemetry::init("tandem-agent", cli.log_format, "info")?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(on_signal(shutdown.clone()));
+            let result = tandem_agent::run(cfg, shutdown).await;
+            telemetry.shutdown().await;
+            result.map(|()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Cancel `shutdown` on the first SIGTERM or SIGINT.
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    // Cancel-safe: recv() only waits for a signal.
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}

@@ -1,0 +1,105 @@
+//! Registering with the controller and heartbeating, forever.
+//!
+//! One task owns the controller channel. It registers (with the instance's
+//! facts), then heartbeats every `heartbeat_interval`; when the controller is
+//! unreachable it logs once per outage and retries on the same interval, and
+//! when the controller no longer knows the agent it registers again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_proto::pb;
+use tandem_proto::pb::controller_client::ControllerClient;
+use tandem_proto::propagation::{TracedChannel, traced};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::AgentConfig;
+use crate::engine::Engine;
+
+pub async fn run<E: Engine>(
+    cfg: Arc<AgentConfig>,
+    engine: Arc<E>,
+    channel: tonic::transport::Channel,
+    shutdown: CancellationToken,
+) {
+    let mut client = ControllerClient::new(traced(channel));
+    let mut interval = cfg.heartbeat_interval;
+    let mut registered = false;
+    let mut reachable = true;
+    loop {
+        let result = if registered {
+            heartbeat(&cfg, &*engine, &mut client).await.map(|again| {
+                if again {
+                    info!("controller does not know this agent; registering again");
+                    registered = false;
+                }
+            })
+        } else {
+            register(&cfg, &*engine, &mut client).await.map(|ms| {
+                registered = true;
+                if ms > 0 {
+                    interval = Duration::from_millis(ms).min(cfg.heartbeat_interval);
+                }
+            })
+        };
+        match result {
+            Ok(()) if !reachable => {
+                info!(controller = %cfg.controller, "controller reachable again");
+                reachable = true;
+            }
+            Ok(()) => {}
+            Err(status) => {
+                if reachable {
+                    warn!(controller = %cfg.controller, code = ?status.code(), error = %status.message(), "cannot reach the controller; retrying");
+                }
+                reachable = false;
+                registered = registered && status.code() != tonic::Code::NotFound;
+            }
+        }
+        // Cancel-safe: both arms only wait; nothing is half-done when one wins.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn register<E: Engine>(
+    cfg: &AgentConfig,
+    engine: &E,
+    client: &mut ControllerClient<TracedChannel>,
+) -> Result<u64, tonic::Status> {
+    let facts = engine.facts().await;
+    let role = facts.role;
+    let resp = client
+        .register(pb::RegisterRequest {
+            agent: cfg.name.clone(),
+            address: cfg.advertise(),
+            set: cfg.set.clone(),
+            member: cfg.member().to_owned(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            facts: Some(facts.into()),
+        })
+        .await?
+        .into_inner();
+    info!(controller = %cfg.controller, set = %cfg.set, %role, generation = resp.set_generation, "registered with the controller");
+    Ok(resp.heartbeat_interval_ms)
+}
+
+async fn heartbeat<E: Engine>(
+    cfg: &AgentConfig,
+    engine: &E,
+    client: &mut ControllerClient<TracedChannel>,
+) -> Result<bool, tonic::Status> {
+    let facts = engine.facts().await;
+    let resp = client
+        .heartbeat(pb::HeartbeatRequest {
+            agent: cfg.name.clone(),
+            facts: Some(facts.into()),
+            running_operation_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    Ok(resp.register_again)
+}

@@ -1,0 +1,92 @@
+//! Running engine commands (`pg_ctl`, `psql`, ...) as the database's OS user.
+//!
+//! PostgreSQL refuses to run as root; when the agent runs as root, every
+//! command runs as the configured OS user (`postgres`), from `/` so that an
+//! unreadable working directory never gets in the way. Otherwise commands run
+//! as the agent's own user. Every command has a time limit and is killed when
+//! its future is dropped.
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("OS user `{user}` does not exist; set postgres.os_user in agent.toml to the owner of the data directory")]
+    NoSuchUser { user: String },
+    #[error("cannot look up OS user `{user}`")]
+    Lookup {
+        user: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot start {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} did not finish within {timeout:?}")]
+    Timeout { program: String, timeout: Duration },
+}
+
+/// Who engine commands run as.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    /// uid/gid to switch to; None when the agent is not root.
+    switch_to: Option<(u32, u32)>,
+    home: Option<PathBuf>,
+}
+
+impl Runner {
+    /// Commands run as `os_user` when this process is root, else as ourselves.
+    pub fn for_os_user(os_user: &str) -> Result<Runner, RunError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(Runner {
+                switch_to: None,
+                home: None,
+            });
+        }
+        let user = nix::unistd::User::from_name(os_user)
+            .map_err(|source| RunError::Lookup {
+                user: os_user.to_owned(),
+                source,
+            })?
+            .ok_or_else(|| RunError::NoSuchUser {
+                user: os_user.to_owned(),
+            })?;
+        Ok(Runner {
+            switch_to: Some((user.uid.as_raw(), user.gid.as_raw())),
+            home: Some(user.dir),
+        })
+    }
+
+    /// A command prepared to run as the right user.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.kill_on_drop(true)
+            .stdin(std::process::Stdio::null())
+            .current_dir("/");
+        if let Some((uid, gid)) = self.switch_to {
+            cmd.uid(uid).gid(gid);
+            if let Some(home) = &self.home {
+                cmd.env("HOME", home);
+            }
+        }
+        cmd
+    }
+
+    /// Run to completion with a time limit, capturing stdout and stderr.
+    pub async fn output(&self, mut cmd: Command, timeout: Duration) -> Result<Output, RunError> {
+        let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+        let fut = cmd.output();
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(source)) => Err(RunError::Spawn { program, source }),
+            Err(_) => Err(RunError::Timeout { program, timeout }),
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! `controller.toml`: where the controller listens, its store, its
+//! certificates, liveness timing, and the declared replication sets.
+//!
+//! Every field is documented in `deploy/controller.example.toml`; unknown
+//! fields are refused.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tandem_proto::tls::TlsFiles;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Where tandemctl and the agents reach the controller.
+    pub listen: SocketAddr,
+    /// The SQLite file holding agents, sets and the audit log.
+    pub store: PathBuf,
+    /// How often agents are asked to heartbeat.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// An agent silent for this long is marked offline.
+    #[serde(default = "default_offline_after", with = "humantime_serde")]
+    pub offline_after: Duration,
+    /// How long `show` waits for an agent's live status.
+    #[serde(default = "default_status_timeout", with = "humantime_serde")]
+    pub status_timeout: Duration,
+    pub tls: TlsFiles,
+    /// The replication sets and their members.
+    #[serde(default)]
+    pub sets: Vec<SetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SetConfig {
+    pub name: String,
+    pub members: Vec<MemberConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub name: String,
+    /// The agent on this member's host; defaults to the member's name.
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
+impl MemberConfig {
+    pub fn agent(&self) -> &str {
+        self.agent.as_deref().unwrap_or(&self.name)
+    }
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_offline_after() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_status_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}; pass --config with the path of controller.toml")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+impl ControllerConfig {
+    pub fn load(path: &Path) -> Result<ControllerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<ControllerConfig, ConfigError> {
+        let cfg: ControllerConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        if cfg.offline_after <= cfg.heartbeat_interval {
+            return Err(invalid(
+                "offline_after".into(),
+                format!(
+                    "{} must be longer than heartbeat_interval ({})",
+                    humantime::format_duration(cfg.offline_after),
+                    humantime::format_duration(cfg.heartbeat_interval)
+                ),
+            ));
+        }
+        let mut sets = HashSet::new();
+        let mut agents = HashSet::new();
+        for (i, set) in cfg.sets.iter().enumerate() {
+            let field = format!("sets[{i}]");
+            tandem_proto::identity::validate_name(&set.name)
+                .map_err(|e| invalid(format!("{field}.name"), e.to_string()))?;
+            if !sets.insert(set.name.as_str()) {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("set `{}` is declared twice", set.name),
+                ));
+            }
+            if set.members.is_empty() {
+                return Err(invalid(
+                    format!("{field}.members"),
+                    format!("set `{}` has no members", set.name),
+                ));
+            }
+            let mut members = HashSet::new();
+            for (j, m) in set.members.iter().enumerate() {
+                let field = format!("{field}.members[{j}]");
+                tandem_proto::identity::validate_name(&m.name)
+                    .map_err(|e| invalid(format!("{field}.name"), e.to_string()))?;
+                tandem_proto::identity::validate_name(m.agent())
+                    .map_err(|e| invalid(format!("{field}.agent"), e.to_string()))?;
+                if !members.insert(m.name.as_str()) {
+                    return Err(invalid(
+                        format!("{field}.name"),
+                        format!("member `{}` appears twice in set `{}`", m.name, set.name),
+                    ));
+                }
+                if !agents.insert(m.agent()) {
+                    return Err(invalid(
+                        format!("{field}.agent"),
+                        format!("agent `{}` is a member of two sets; one agent serves one server", m.agent()),
+                    ));
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The set and member an agent is declared for.
+    pub fn member_of(&self, agent: &str) -> Option<(&SetConfig, &MemberConfig)> {
+        self.sets.iter().find_map(|s| {
+            s.members
+                .iter()
+                .find(|m| m.agent() == agent)
+                .map(|m| (s, m))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        listen = "127.0.0.1:7700"
+        store = "/var/lib/tandem/controller.db"
+        [tls]
+        ca = "ca.pem"
+        cert = "controller.pem"
+        key = "controller-key.pem"
+        [[sets]]
+        name = "billing"
+        members = [{ name = "db1" }, { name = "db2", agent = "agent-db2" }]
+    "#;
+
+    #[test]
+    fn parses_sets_and_defaults() {
+        let c = ControllerConfig::parse(Path::new("c.toml"), BASE).unwrap();
+        assert_eq!(c.offline_after, Duration::from_secs(10));
+        let (set, member) = c.member_of("agent-db2").unwrap();
+        assert_eq!((set.name.as_str(), member.name.as_str()), ("billing", "db2"));
+        assert!(c.member_of("db2").is_none());
+    }
+
+    #[test]
+    fn an_agent_in_two_sets_is_refused() {
+        let text = format!("{BASE}\n[[sets]]\nname = \"crm\"\nmembers = [{{ name = \"x\", agent = \"db1\" }}]\n");
+        let err = ControllerConfig::parse(Path::new("c.toml"), &text).unwrap_err();
+        assert!(err.to_string().contains("sets[1].members[0].agent"), "{err}");
+    }
+
+    #[test]
+    fn offline_after_must_exceed_heartbeat() {
+        let text = BASE.replace("[tls]", "heartbeat_interval = \"5s\"\noffline_after = \"5s\"\n[tls]");
+        let err = ControllerConfig::parse(Path::new("c.toml"), &text).unwrap_err();
+        assert!(err.to_string().contains("offline_after"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = BASE.replace("[tls]", "listen_addr = \"x\"\n[tls]");
+        let err = ControllerConfig::parse(Path::new("c.toml"), &text).unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+}

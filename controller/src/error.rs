@@ -1,0 +1,54 @@
+//! The controller service's errors, and their one mapping to `tonic::Status`.
+
+use tandem_proto::identity::Identity;
+use tandem_proto::model::ModelError;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{identity} may not call {action}: {why}")]
+    Forbidden {
+        identity: Identity,
+        action: &'static str,
+        why: &'static str,
+    },
+    #[error("certificate says {identity} but the request is for agent `{claimed}`")]
+    NotYourName { identity: Identity, claimed: String },
+    #[error("agent `{agent}` is not a member of any set in controller.toml; declare it under [[sets]] members")]
+    NotDeclared { agent: String },
+    #[error("agent `{agent}` says it serves member `{member}` of set `{set}`, but controller.toml declares it as member `{declared_member}` of set `{declared_set}`; fix `set`/`member` in its agent.toml")]
+    WrongMembership {
+        agent: String,
+        set: String,
+        member: String,
+        declared_set: String,
+        declared_member: String,
+    },
+    #[error("no set named `{set}`; `tandemctl show` lists the sets")]
+    UnknownSet { set: String },
+    #[error("{what} is not available in this version of tandem-controller")]
+    NotYet { what: &'static str },
+    #[error(transparent)]
+    Invalid(#[from] ModelError),
+    #[error("controller store failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(e: ServiceError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ServiceError::Forbidden { .. } | ServiceError::NotYourName { .. } => {
+                tonic::Status::permission_denied(msg)
+            }
+            ServiceError::NotDeclared { .. } | ServiceError::WrongMembership { .. } => {
+                tonic::Status::failed_precondition(msg)
+            }
+            ServiceError::UnknownSet { .. } => tonic::Status::not_found(msg),
+            ServiceError::NotYet { .. } => tonic::Status::unimplemented(msg),
+            ServiceError::Invalid(_) => tonic::Status::invalid_argument(msg),
+            ServiceError::Store(_) => tonic::Status::internal(msg),
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! tandem-controller: one per fleet.
+//!
+//! Tasks: the gRPC server (`service`: agents register and heartbeat,
+//! operators ask), and the liveness loop (`inventory::liveness_loop`: marks
+//! silent agents offline). State that cannot be re-learned lives in the
+//! SQLite `store`; what agents are doing is re-learned from them. Calls to
+//! agents go through `agents::AgentClients` (mTLS as the controller).
+//! Everything stops when `main` cancels the `shutdown` token.
+
+pub mod agents;
+pub mod config;
+pub mod error;
+pub mod inventory;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tandem_proto::pb::controller_server::ControllerServer;
+use tandem_proto::propagation::server_span;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::ControllerConfig;
+
+/// Run the controller until `shutdown` is cancelled.
+pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let server_tls = cfg.tls.server_config()?;
+    let store = store::Store::open(&cfg.store)?;
+    let inventory = Arc::new(inventory::Inventory::load(cfg.clone(), store.clone()).await?);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (field `listen`); is another controller running there?", cfg.listen))?;
+    info!(listen = %cfg.listen, store = %cfg.store.display(), sets = cfg.sets.len(), "tandem-controller started");
+
+    let liveness = tokio::spawn(inventory::liveness_loop(inventory.clone(), shutdown.clone()));
+    let service = service::ControllerService {
+        inventory,
+        store,
+        agents: Arc::new(agents::AgentClients::new(cfg.tls.clone())),
+    };
+    tonic::transport::Server::builder()
+        .tls_config(server_tls)?
+        .trace_fn(server_span)
+        .add_service(ControllerServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned())
+        .await
+        .context("controller gRPC server failed")?;
+    shutdown.cancel();
+    let _ = liveness.await;
+    info!("tandem-controller stopped");
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! `tandem-controller`: parse flags, load `controller.toml`, start tracing, call `run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tandem_controller::config::ControllerConfig;
+use tandem_proto::telemetry::{self, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+/// Tandem's controller: knows every replication set as a whole, and drives
+/// the agents on their servers.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Path of the controller's config file (see deploy/controller.example.toml).
+    #[arg(long, short, env = "TANDEM_CONTROLLER_CONFIG", default_value = "/etc/tandem/controller.toml")]
+    config: PathBuf,
+    /// Log format on stderr: human or json.
+    #[arg(long, default_value = "human")]
+    log_format: LogFormat,
+    /// Check the config file and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem-controller: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(real_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandem-controller: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let cfg = ControllerConfig::load(&cli.config)?;
+    if cli.check_config {
+        cfg.tls.server_config()?;
+        println!("{}: ok ({} sets)", cli.config.display(), cfg.sets.len());
+        return Ok(());
+    }
+    let telemetry = telemetry::init("tandem-controller", cli.log_format, "info")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    let result = tandem_controller::run(cfg, shutdown).await;
+    telemetry.shutdown().await;
+    result
+}
+
+/// Cancel `shutdown` on the first SIGTERM or SIGINT.
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    // Cancel-safe: recv() only waits for a signal.
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}

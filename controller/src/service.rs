@@ -1,0 +1,273 @@
+//! The controller's gRPC server (`tandem.v1.Controller`).
+//!
+//! Every handler first learns who calls from the peer certificate: agents
+//! may only register, heartbeat and report events (for their own name);
+//! people (`spiffe://tandem/user/...`) use the rest. Every mutating call is
+//! written to the audit log with the caller's identity and the trace id.
+
+use std::sync::Arc;
+
+use tandem_proto::identity::{Identity, peer_identity};
+use tandem_proto::model::{AgentState, Facts, Registration, timestamp_to_wire};
+use tandem_proto::pb;
+use tandem_proto::propagation::current_trace_id;
+use tokio::task::JoinSet;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::agents::AgentClients;
+use crate::error::ServiceError;
+use crate::inventory::{AgentView, Inventory};
+use crate::store::Store;
+
+pub struct ControllerService {
+    pub inventory: Arc<Inventory>,
+    pub store: Store,
+    pub agents: Arc<AgentClients>,
+}
+
+type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+#[allow(clippy::result_large_err)]
+fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
+    peer_identity(req)
+}
+
+fn require_user(who: &Identity, action: &'static str) -> Result<(), ServiceError> {
+    match who {
+        Identity::User(_) => Ok(()),
+        _ => Err(ServiceError::Forbidden {
+            identity: who.clone(),
+            action,
+            why: "only operators (spiffe://tandem/user/...) may",
+        }),
+    }
+}
+
+fn require_agent(who: &Identity, claimed: &str, action: &'static str) -> Result<(), ServiceError> {
+    match who {
+        Identity::Agent(name) if name == claimed => Ok(()),
+        Identity::Agent(_) => Err(ServiceError::NotYourName {
+            identity: who.clone(),
+            claimed: claimed.to_owned(),
+        }),
+        _ => Err(ServiceError::Forbidden {
+            identity: who.clone(),
+            action,
+            why: "only agents may",
+        }),
+    }
+}
+
+impl ControllerService {
+    /// Write an audit record for a mutating call; a failure to audit is logged
+    /// loudly but does not change the call's outcome.
+    async fn audit<T>(&self, who: &Identity, action: &'static str, args: serde_json::Value, outcome: &Result<T, ServiceError>) {
+        let outcome = match outcome {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if let Err(e) = self
+            .store
+            .audit(who.uri(), action, args.to_string(), outcome, current_trace_id().unwrap_or_default())
+            .await
+        {
+            warn!(error = %e, action, "cannot write the audit record");
+        }
+    }
+
+    /// Ask each registered member's agent for live facts, in parallel.
+    async fn member_views(&self, set: &crate::config::SetConfig) -> Vec<pb::MemberView> {
+        let timeout = self.inventory.config().status_timeout;
+        let mut tasks = JoinSet::new();
+        for (i, m) in set.members.iter().enumerate() {
+            let view = self.inventory.get(m.agent());
+            let client = view
+                .as_ref()
+                .filter(|v| !v.row.address.is_empty())
+                .map(|v| self.agents.client(&v.row.address));
+            let span = info_span!("agent.status", agent = %m.agent(), member = %m.name);
+            tasks.spawn(
+                async move {
+                    let live = match client {
+                        Some(Ok(mut c)) => {
+                            match tokio::time::timeout(timeout, c.status(pb::StatusRequest {})).await {
+                                Ok(Ok(r)) => r.into_inner().facts.and_then(|f| Facts::try_from(f).ok()),
+                                Ok(Err(e)) => {
+                                    warn!(code = ?e.code(), error = %e.message(), "agent status failed");
+                                    None
+                                }
+                                Err(_) => {
+                                    warn!(?timeout, "agent status timed out");
+                                    None
+                                }
+                            }
+                        }
+                        Some(Err(e)) => {
+                            warn!(error = %e, "cannot make a channel to the agent");
+                            None
+                        }
+                        None => None,
+                    };
+                    (i, view, live)
+                }
+                .instrument(span),
+            );
+        }
+        let mut out: Vec<Option<pb::MemberView>> = vec![None; set.members.len()];
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((i, view, live)) = joined else { continue };
+            let m = &set.members[i];
+            let state = view.as_ref().map(|v| v.row.state).unwrap_or(AgentState::NeverSeen);
+            let is_live = live.is_some();
+            let facts = live.or_else(|| view.and_then(|v| v.facts));
+            out[i] = Some(pb::MemberView {
+                name: m.name.clone(),
+                agent: m.agent().to_owned(),
+                agent_state: pb::AgentState::from(state) as i32,
+                facts: facts.map(Into::into),
+                live: is_live,
+            });
+        }
+        out.into_iter().flatten().collect()
+    }
+}
+
+fn agent_info(v: AgentView) -> pb::AgentInfo {
+    pb::AgentInfo {
+        name: v.row.name,
+        set: v.row.set,
+        member: v.row.member,
+        address: v.row.address,
+        state: pb::AgentState::from(v.row.state) as i32,
+        last_seen: (v.row.state != AgentState::NeverSeen).then(|| timestamp_to_wire(v.row.last_seen)),
+        agent_version: v.row.agent_version,
+        facts: v.facts.map(Into::into),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::controller_server::Controller for ControllerService {
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let who = caller(&req)?;
+        let raw = req.into_inner();
+        let args = serde_json::json!({"agent": raw.agent, "address": raw.address, "set": raw.set, "member": raw.member, "version": raw.agent_version});
+        let result = async {
+            require_agent(&who, &raw.agent, "Register")?;
+            let reg = Registration::try_from(raw)?;
+            self.inventory.register(reg).await
+        }
+        .await;
+        self.audit(&who, "Register", args, &result).await;
+        let generation = result?;
+        Ok(Response::new(pb::RegisterResponse {
+            heartbeat_interval_ms: self.inventory.config().heartbeat_interval.as_millis() as u64,
+            set_generation: generation,
+        }))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let who = caller(&req)?;
+        let hb = req.into_inner();
+        require_agent(&who, &hb.agent, "Heartbeat")?;
+        let facts = Facts::try_from(hb.facts.ok_or(tandem_proto::model::ModelError::Missing { field: "facts" }).map_err(ServiceError::from)?)
+            .map_err(ServiceError::from)?;
+        let known = self.inventory.heartbeat(&hb.agent, facts).await?;
+        Ok(Response::new(pb::HeartbeatResponse { register_again: !known }))
+    }
+
+    async fn report_event(&self, req: Request<pb::ReportEventRequest>) -> Result<Response<pb::ReportEventResponse>, Status> {
+        let who = caller(&req)?;
+        let ev = req.into_inner();
+        let args = serde_json::json!({"agent": ev.agent, "event": ev.event, "code": ev.code, "operation_id": ev.operation_id, "message": ev.message});
+        let result = require_agent(&who, &ev.agent, "ReportEvent");
+        if result.is_ok() {
+            info!(agent = %ev.agent, event = %ev.event, code = %ev.code, operation = %ev.operation_id, message = %ev.message, "agent event");
+        }
+        self.audit(&who, "ReportEvent", args, &result).await;
+        result?;
+        Ok(Response::new(pb::ReportEventResponse {}))
+    }
+
+    async fn list_agents(&self, req: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        require_user(&caller(&req)?, "ListAgents")?;
+        let agents = self.inventory.list().into_iter().map(agent_info).collect();
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+
+    async fn show_sets(&self, req: Request<pb::ShowSetsRequest>) -> Result<Response<pb::ShowSetsResponse>, Status> {
+        require_user(&caller(&req)?, "ShowSets")?;
+        let wanted = req.into_inner().sets;
+        let cfg = self.inventory.config();
+        for name in &wanted {
+            if !cfg.sets.iter().any(|s| &s.name == name) {
+                return Err(ServiceError::UnknownSet { set: name.clone() }.into());
+            }
+        }
+        let mut sets = Vec::new();
+        for set in cfg.sets.iter().filter(|s| wanted.is_empty() || wanted.contains(&s.name)) {
+            let generation = self.store.generation(set.name.clone()).await.map_err(ServiceError::from)?.unwrap_or(1);
+            sets.push(pb::SetView {
+                name: set.name.clone(),
+                generation,
+                members: self.member_views(set).await,
+                verdict: Some(pb::Verdict {
+                    kind: pb::VerdictKind::NeverTested as i32,
+                    ..Default::default()
+                }),
+            });
+        }
+        Ok(Response::new(pb::ShowSetsResponse { sets }))
+    }
+
+    async fn start_testdb(&self, req: Request<pb::StartTestdbRequest>) -> Result<Response<pb::StartRunResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let refusal = match require_user(&who, "StartTestdb") {
+            Err(e) => e,
+            Ok(()) => ServiceError::NotYet { what: "testdb" },
+        };
+        let result: Result<(), ServiceError> = Err(refusal);
+        self.audit(&who, "StartTestdb", serde_json::json!({"sets": r.sets, "all": r.all, "member": r.member}), &result).await;
+        Err(result.err().map(Status::from).unwrap_or_else(|| Status::internal("unreachable")))
+    }
+
+    type WatchRunStream = Stream<pb::RunProgress>;
+
+    async fn watch_run(&self, req: Request<pb::WatchRunRequest>) -> Result<Response<Self::WatchRunStream>, Status> {
+        require_user(&caller(&req)?, "WatchRun")?;
+        Err(ServiceError::NotYet { what: "WatchRun" }.into())
+    }
+
+    async fn cancel_run(&self, req: Request<pb::CancelRunRequest>) -> Result<Response<pb::CancelRunResponse>, Status> {
+        require_user(&caller(&req)?, "CancelRun")?;
+        Err(ServiceError::NotYet { what: "CancelRun" }.into())
+    }
+
+    async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        require_user(&caller(&req)?, "History")?;
+        let set = req.into_inner().set;
+        if !self.inventory.config().sets.iter().any(|s| s.name == set) {
+            return Err(ServiceError::UnknownSet { set }.into());
+        }
+        Ok(Response::new(pb::HistoryResponse { verdicts: vec![] }))
+    }
+
+    async fn audit(&self, req: Request<pb::AuditRequest>) -> Result<Response<pb::AuditResponse>, Status> {
+        require_user(&caller(&req)?, "Audit")?;
+        let rows = self.store.audit_log(req.into_inner().limit).await.map_err(ServiceError::from)?;
+        let entries = rows
+            .into_iter()
+            .map(|r| pb::AuditEntry {
+                id: r.id,
+                at: Some(timestamp_to_wire(r.at)),
+                identity: r.identity,
+                action: r.action,
+                arguments: r.arguments,
+                outcome: r.outcome,
+                trace_id: r.trace_id,
+            })
+            .collect();
+        Ok(Response::new(pb::AuditResponse { entries }))
+    }
+}

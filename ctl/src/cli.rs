@@ -1,0 +1,93 @@
+//! The command line: every `tandemctl` command and flag, with its help.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tandem_proto::telemetry::LogFormat;
+
+use crate::output::OutputFormat;
+
+/// The operator's command line for Tandem.
+///
+/// Every command except `certs` is a call to the controller, over mutual TLS
+/// with your operator certificate. Exit codes: 0 success, 1 when a verdict
+/// or a state is bad (errors found, an agent offline, a standby not
+/// streaming), 2 when the command could not run (usage, unreachable
+/// controller, refused).
+#[derive(Parser, Debug)]
+#[command(name = "tandemctl", version, about, long_about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Output for people (human) or for scripts (json; stable shapes).
+    #[arg(long, short, global = true, default_value = "human", env = "TANDEM_OUTPUT")]
+    pub output: OutputFormat,
+    /// Log format on stderr (logs are quiet unless RUST_LOG says otherwise).
+    #[arg(long, global = true, default_value = "human")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the controller is, and which certificate to present.
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// The controller's URL, e.g. https://127.0.0.1:7700.
+    #[arg(long, global = true, env = "TANDEM_CONTROLLER")]
+    pub controller: Option<String>,
+    /// The CA certificate that signed the controller's certificate (PEM).
+    #[arg(long, global = true, env = "TANDEM_CA")]
+    pub ca: Option<PathBuf>,
+    /// Your operator certificate (PEM), made by `tandemctl certs init`.
+    #[arg(long, global = true, env = "TANDEM_CERT")]
+    pub cert: Option<PathBuf>,
+    /// The key of your operator certificate (PEM).
+    #[arg(long, global = true, env = "TANDEM_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the agents: set, member, role, online or offline, last heartbeat.
+    /// Exit 1 when any declared agent is not online.
+    Agents,
+    /// Show sets with their members, live roles and states, and verdicts.
+    /// Exit 1 when a member is unhealthy or a verdict found errors.
+    Show {
+        /// Only these sets (default: all).
+        sets: Vec<String>,
+    },
+    /// Show the audit log of mutating calls, newest first.
+    Audit {
+        /// How many entries (0: all).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Certificates for a development fleet.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Make a development CA and certificates for the controller, agents and
+    /// operators. Existing files are kept (and an existing CA reused) unless
+    /// --force. Real deployments bring their own PKI.
+    Init {
+        /// Directory for the PEM files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Agent names, comma-separated (e.g. db1,db2).
+        #[arg(long, value_delimiter = ',')]
+        agents: Vec<String>,
+        /// Operator names, comma-separated; each gets user-<name>.pem.
+        #[arg(long, value_delimiter = ',', default_value = "operator")]
+        users: Vec<String>,
+        /// Host names and IP addresses the controller's and agents' certificates are valid for.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+        hosts: Vec<String>,
+        /// Overwrite existing files, including the CA.
+        #[arg(long)]
+        force: bool,
+    },
+}

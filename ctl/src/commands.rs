@@ -1,0 +1,108 @@
+//! What each command does: one controller call, then output.
+
+use serde_json::Value;
+use tandem_proto::pb;
+use tandem_proto::pb::controller_client::ControllerClient;
+use tandem_proto::propagation::{TracedChannel, traced};
+use tandem_proto::tls::TlsFiles;
+
+use crate::cli::{CertsCommand, Command, Connection};
+use crate::output::{self, OutputFormat};
+
+/// How a command ended when it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything is fine: exit 0.
+    Ok,
+    /// A verdict or a state is bad: exit 1.
+    Bad,
+}
+
+/// The command could not run: exit 2 with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("no {what}: pass {flag} or set {env} (for the demo: `. $TANDEM_DEMO_DIR/env`)")]
+    Missing {
+        what: &'static str,
+        flag: &'static str,
+        env: &'static str,
+    },
+    #[error(transparent)]
+    Tls(#[from] tandem_proto::tls::TlsError),
+    #[error("the controller refused {call}: {message}")]
+    Refused { call: &'static str, message: String },
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertsError),
+}
+
+impl Connection {
+    fn tls(&self) -> Result<TlsFiles, CtlError> {
+        let missing = |what, flag, env| CtlError::Missing { what, flag, env };
+        Ok(TlsFiles {
+            ca: self.ca.clone().ok_or_else(|| missing("CA certificate", "--ca", "TANDEM_CA"))?,
+            cert: self.cert.clone().ok_or_else(|| missing("operator certificate", "--cert", "TANDEM_CERT"))?,
+            key: self.key.clone().ok_or_else(|| missing("operator key", "--key", "TANDEM_KEY"))?,
+        })
+    }
+
+    /// Connect to the controller (eagerly, so an unreachable one fails here).
+    pub async fn connect(&self) -> Result<ControllerClient<TracedChannel>, CtlError> {
+        let url = self.controller.as_deref().ok_or(CtlError::Missing {
+            what: "controller address",
+            flag: "--controller",
+            env: "TANDEM_CONTROLLER",
+        })?;
+        let channel = tandem_proto::tls::connect(url, &self.tls()?).await?;
+        Ok(ControllerClient::new(traced(channel)))
+    }
+}
+
+fn refused(call: &'static str) -> impl Fn(tonic::Status) -> CtlError {
+    move |s| CtlError::Refused {
+        call,
+        message: if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_owned() },
+    }
+}
+
+fn print(format: OutputFormat, json: Value, human: String) {
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&json).expect("json values serialize")),
+        OutputFormat::Human => println!("{}", human.trim_end()),
+    }
+}
+
+/// Run one command.
+pub async fn run(conn: &Connection, format: OutputFormat, command: Command) -> Result<Outcome, CtlError> {
+    match command {
+        Command::Agents => {
+            let agents = conn.connect().await?.list_agents(pb::ListAgentsRequest {}).await.map_err(refused("ListAgents"))?.into_inner().agents;
+            print(format, output::agents_json(&agents), output::agents_human(&agents));
+            Ok(if agents.iter().all(output::agent_ok) { Outcome::Ok } else { Outcome::Bad })
+        }
+        Command::Show { sets } => {
+            let sets = conn.connect().await?.show_sets(pb::ShowSetsRequest { sets }).await.map_err(refused("ShowSets"))?.into_inner().sets;
+            print(format, output::sets_json(&sets), output::sets_human(&sets));
+            let bad = sets.iter().any(|s| output::verdict_bad(&s.verdict) || !s.members.iter().all(output::member_ok));
+            Ok(if bad { Outcome::Bad } else { Outcome::Ok })
+        }
+        Command::Audit { limit } => {
+            let entries = conn.connect().await?.audit(pb::AuditRequest { limit }).await.map_err(refused("Audit"))?.into_inner().entries;
+            print(format, output::audit_json(&entries), output::audit_human(&entries));
+            Ok(Outcome::Ok)
+        }
+        Command::Certs(CertsCommand::Init { dir, agents, users, hosts, force }) => {
+            let report = crate::certs::init(&crate::certs::CertsPlan { dir: dir.clone(), agents, users, hosts, force })?;
+            let json = serde_json::json!({
+                "dir": dir,
+                "created": report.created,
+                "kept": report.kept,
+            });
+            let mut human = format!("certificates in {}: {} created, {} kept", dir.display(), report.created.len(), report.kept.len());
+            for p in &report.created {
+                human.push_str(&format!("\n  created {}", p.display()));
+            }
+            print(format, json, human);
+            Ok(Outcome::Ok)
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! tandemctl, the operator's command line for Tandem, as a library that
+//! `main.rs` drives.
+//!
+//! - [`cli`]: every command and flag, with its help (clap).
+//! - [`commands`]: what each command does: one controller call, then output.
+//! - [`output`]: tables for people, stable JSON for scripts.
+//! - [`certs`]: `tandemctl certs init`, a development CA and the certificates
+//!   of the controller, agents and users (PEM files in one directory).
+pub mod certs;
+pub mod cli;
+pub mod commands;
+pub mod output;

@@ -1,0 +1,51 @@
+//! `tandemctl`: parse flags, start tracing, run one command in a root span.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tandem_ctl::cli::{Cli, Command};
+use tandem_ctl::commands::{self, Outcome};
+use tandem_proto::telemetry;
+use tracing::Instrument;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandemctl: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async move {
+        let telemetry = match telemetry::init("tandemctl", cli.log_format, "warn") {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("tandemctl: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let name = command_name(&cli.command);
+        let span = tracing::info_span!("tandemctl", otel.name = %format!("tandemctl {name}"), command = name);
+        let result = commands::run(&cli.conn, cli.output, cli.command).instrument(span).await;
+        telemetry.shutdown().await;
+        match result {
+            Ok(Outcome::Ok) => ExitCode::SUCCESS,
+            Ok(Outcome::Bad) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("tandemctl: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Agents => "agents",
+        Command::Show { .. } => "show",
+        Command::Audit { .. } => "audit",
+        Command::Certs(_) => "certs init",
+    }
+}

@@ -1,0 +1,306 @@
+//! Output for people (aligned tables) and for scripts (`--output json`).
+//!
+//! The JSON shapes are a stable interface: later versions add fields, never
+//! rename or remove them. They are built here from the wire types, in one
+//! place, so the table and the JSON always say the same thing.
+
+use serde_json::{Value, json};
+use tandem_proto::model::{AgentState, Facts, timestamp_from_wire};
+use tandem_proto::pb;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned tables for people.
+    Human,
+    /// One JSON document on stdout, for scripts.
+    Json,
+}
+
+/// An aligned text table.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_owned()
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn agent_state(v: i32) -> AgentState {
+    AgentState::try_from(v).unwrap_or(AgentState::NeverSeen)
+}
+
+fn facts(f: &Option<pb::InstanceFacts>) -> Option<Facts> {
+    f.clone().and_then(|f| Facts::try_from(f).ok())
+}
+
+fn ts(t: Option<prost_types::Timestamp>) -> Option<String> {
+    timestamp_from_wire("at", t).ok().flatten().map(|t| t.to_string())
+}
+
+/// What a member is doing, in one word, from the agent's state and facts.
+fn member_state(state: AgentState, f: Option<&Facts>, live: bool) -> String {
+    match (state, f) {
+        (AgentState::NeverSeen, _) => "agent never seen".into(),
+        (AgentState::Offline, _) => "agent offline".into(),
+        (AgentState::Online, Some(f)) if live => f.state_word(),
+        (AgentState::Online, _) => "agent not answering".into(),
+    }
+}
+
+/// Is this member healthy (agent online, server running, a standby streaming)?
+pub fn member_ok(m: &pb::MemberView) -> bool {
+    agent_state(m.agent_state) == AgentState::Online && m.live && facts(&m.facts).is_some_and(|f| f.healthy())
+}
+
+pub fn agent_ok(a: &pb::AgentInfo) -> bool {
+    agent_state(a.state) == AgentState::Online
+}
+
+fn facts_json(f: Option<&Facts>) -> Value {
+    match f {
+        None => json!({}),
+        Some(f) => json!({
+            "server_version": f.server_version,
+            "server_state": f.server_state,
+            "data_dir": f.data_dir,
+            "data_dir_bytes": f.data_dir_bytes,
+            "current_lsn": f.current_lsn,
+            "received_lsn": f.received_lsn,
+            "replayed_lsn": f.replayed_lsn,
+            "wal_receiver_status": f.wal_receiver_status,
+            "fully_received": f.fully_received,
+            "replay_lag_bytes": f.replay_lag_bytes,
+            "problem": f.problem,
+        }),
+    }
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+fn verdict_kind(v: &Option<pb::Verdict>) -> &'static str {
+    match v.as_ref().map(|v| pb::VerdictKind::try_from(v.kind)) {
+        Some(Ok(pb::VerdictKind::Clean)) => "clean",
+        Some(Ok(pb::VerdictKind::Errors)) => "errors",
+        Some(Ok(pb::VerdictKind::FailedToRun)) => "failed_to_run",
+        _ => "never_tested",
+    }
+}
+
+fn verdict_summary(v: &Option<pb::Verdict>) -> String {
+    let Some(v) = v else { return "never tested".into() };
+    match verdict_kind(&Some(v.clone())) {
+        "clean" => format!("primary, standby and copy verified clean up to LSN {} at {}", v.lsn, ts(v.at).unwrap_or_default()),
+        "errors" => "errors found on the standby's copy: repair on the primary with the whole set halted (SPEC T4)".into(),
+        "failed_to_run" => format!("test failed to run: {}", v.reason),
+        _ => "never tested".into(),
+    }
+}
+
+pub fn verdict_bad(v: &Option<pb::Verdict>) -> bool {
+    verdict_kind(v) == "errors"
+}
+
+pub fn sets_json(sets: &[pb::SetView]) -> Value {
+    let sets: Vec<Value> = sets
+        .iter()
+        .map(|s| {
+            let members: Vec<Value> = s
+                .members
+                .iter()
+                .map(|m| {
+                    let f = facts(&m.facts);
+                    let state = agent_state(m.agent_state);
+                    merge(
+                        json!({
+                            "name": m.name,
+                            "agent": m.agent,
+                            "agent_state": state,
+                            "role": f.as_ref().map(|f| f.role.to_string()).unwrap_or_else(|| "unknown".into()),
+                            "state": member_state(state, f.as_ref(), m.live),
+                            "live": m.live,
+                            "healthy": member_ok(m),
+                        }),
+                        facts_json(f.as_ref()),
+                    )
+                })
+                .collect();
+            let v = &s.verdict;
+            json!({
+                "name": s.name,
+                "generation": s.generation,
+                "members": members,
+                "verdict": {
+                    "kind": verdict_kind(v),
+                    "summary": verdict_summary(v),
+                    "lsn": v.as_ref().map(|v| v.lsn.clone()).filter(|l| !l.is_empty()),
+                    "at": v.as_ref().and_then(|v| ts(v.at)),
+                    "member": v.as_ref().map(|v| v.member.clone()).filter(|m| !m.is_empty()),
+                    "trace_id": v.as_ref().map(|v| v.trace_id.clone()).filter(|t| !t.is_empty()),
+                },
+            })
+        })
+        .collect();
+    json!({ "sets": sets })
+}
+
+pub fn sets_human(sets: &[pb::SetView]) -> String {
+    let mut out = String::new();
+    for (i, s) in sets.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("set {} (generation {}): {}\n", s.name, s.generation, verdict_summary(&s.verdict)));
+        let rows: Vec<Vec<String>> = s
+            .members
+            .iter()
+            .map(|m| {
+                let f = facts(&m.facts);
+                let state = agent_state(m.agent_state);
+                let lsn = f
+                    .as_ref()
+                    .and_then(|f| f.current_lsn.or(f.replayed_lsn))
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "-".into());
+                vec![
+                    format!("  {}", m.name),
+                    m.agent.clone(),
+                    f.as_ref().map(|f| f.role.to_string()).unwrap_or_else(|| "unknown".into()),
+                    member_state(state, f.as_ref(), m.live),
+                    lsn,
+                    f.as_ref().and_then(|f| f.problem.clone()).unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["  MEMBER", "AGENT", "ROLE", "STATE", "LSN", "PROBLEM"], &rows));
+        out.push('\n');
+    }
+    if sets.is_empty() {
+        out.push_str("no sets declared; add [[sets]] to controller.toml\n");
+    }
+    out
+}
+
+pub fn agents_json(agents: &[pb::AgentInfo]) -> Value {
+    let agents: Vec<Value> = agents
+        .iter()
+        .map(|a| {
+            let f = facts(&a.facts);
+            json!({
+                "name": a.name,
+                "set": a.set,
+                "member": a.member,
+                "role": f.as_ref().map(|f| f.role.to_string()).unwrap_or_else(|| "unknown".into()),
+                "state": agent_state(a.state),
+                "address": a.address,
+                "last_seen": ts(a.last_seen),
+                "version": a.agent_version,
+                "server_state": f.as_ref().map(|f| f.state_word()),
+            })
+        })
+        .collect();
+    json!({ "agents": agents })
+}
+
+pub fn agents_human(agents: &[pb::AgentInfo]) -> String {
+    let rows: Vec<Vec<String>> = agents
+        .iter()
+        .map(|a| {
+            let f = facts(&a.facts);
+            vec![
+                a.name.clone(),
+                a.set.clone(),
+                a.member.clone(),
+                f.as_ref().map(|f| f.role.to_string()).unwrap_or_else(|| "unknown".into()),
+                agent_state(a.state).to_string(),
+                if a.address.is_empty() { "-".into() } else { a.address.clone() },
+                ts(a.last_seen).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(&["AGENT", "SET", "MEMBER", "ROLE", "STATE", "ADDRESS", "LAST SEEN"], &rows)
+}
+
+pub fn audit_json(entries: &[pb::AuditEntry]) -> Value {
+    let entries: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "at": ts(e.at),
+                "identity": e.identity,
+                "action": e.action,
+                "arguments": serde_json::from_str::<Value>(&e.arguments).unwrap_or(Value::String(e.arguments.clone())),
+                "outcome": e.outcome,
+                "trace_id": e.trace_id,
+            })
+        })
+        .collect();
+    json!({ "entries": entries })
+}
+
+pub fn audit_human(entries: &[pb::AuditEntry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| vec![e.id.to_string(), ts(e.at).unwrap_or_default(), e.identity.clone(), e.action.clone(), e.outcome.clone(), e.arguments.clone()])
+        .collect();
+    table(&["ID", "AT", "IDENTITY", "ACTION", "OUTCOME", "ARGUMENTS"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()], vec!["z".into(), "".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\nz");
+    }
+
+    #[test]
+    fn show_json_has_the_documented_shape() {
+        let set = pb::SetView {
+            name: "billing".into(),
+            generation: 1,
+            members: vec![pb::MemberView {
+                name: "db1".into(),
+                agent: "db1".into(),
+                agent_state: pb::AgentState::Offline as i32,
+                facts: None,
+                live: false,
+            }],
+            verdict: None,
+        };
+        let v = sets_json(&[set]);
+        let m = &v["sets"][0]["members"][0];
+        assert_eq!(v["sets"][0]["name"], "billing");
+        assert_eq!(m["name"], "db1");
+        assert_eq!(m["agent"], "db1");
+        assert_eq!(m["role"], "unknown");
+        assert_eq!(m["state"], "agent offline");
+        assert_eq!(m["agent_state"], "offline");
+        assert_eq!(v["sets"][0]["verdict"]["kind"], "never_tested");
+    }
+}

@@ -1,0 +1,17 @@
+//! The wire: generated gRPC code and what surrounds it.
+//!
+//! - [`pb`]: code generated from `proto/tandem/v1/*.proto` (build.rs, protox; no `protoc`).
+//! - [`model`]: domain types and their `TryFrom` conversions; prost types stop at the gRPC layer.
+//! - [`tls`], [`identity`]: mutual TLS from PEM files, and who is calling (SAN URIs).
+//! - [`telemetry`], [`propagation`]: tracing set-up shared by all three binaries, and
+//!   W3C trace context carried in gRPC metadata.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("tandem.v1");
+}
+
+pub mod model;
+pub mod tls;
+pub mod identity;
+pub mod telemetry;
+pub mod propagation;

@@ -1,0 +1,480 @@
+//! Domain types that travel over the wire, and their conversions.
+//!
+//! Prost types (`crate::pb`) stop at the gRPC layer: handlers convert what
+//! they receive into these types with `TryFrom`, which fails with a typed
+//! [`ModelError`] that becomes `invalid_argument`, and convert back with `From`
+//! when they answer (STYLE 3).
+
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+
+use crate::pb;
+
+/// A value received over the wire that does not make sense.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelError {
+    #[error("field `{field}`: {value:?} is not a log position (expected PostgreSQL's form `X/Y` in hex, e.g. `0/3000060`)")]
+    Lsn { field: &'static str, value: String },
+    #[error("field `{field}`: unknown enum value {value}")]
+    Enum { field: &'static str, value: i32 },
+    #[error("field `{field}` is required")]
+    Missing { field: &'static str },
+    #[error("field `{field}`: timestamp out of range")]
+    Timestamp { field: &'static str },
+}
+
+impl From<ModelError> for tonic::Status {
+    fn from(e: ModelError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+/// A position in the write-ahead log (PostgreSQL's `pg_lsn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl FromStr for Lsn {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (hi, lo) = s.split_once('/').ok_or(())?;
+        if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
+            return Err(());
+        }
+        let hi = u64::from_str_radix(hi, 16).map_err(|_| ())?;
+        let lo = u64::from_str_radix(lo, 16).map_err(|_| ())?;
+        Ok(Lsn((hi << 32) | lo))
+    }
+}
+
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|()| serde::de::Error::custom(format!("{s:?} is not a log position")))
+    }
+}
+
+/// An optional LSN on the wire is a string, empty when absent.
+fn lsn_from_wire(field: &'static str, value: &str) -> Result<Option<Lsn>, ModelError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|()| ModelError::Lsn {
+        field,
+        value: value.to_owned(),
+    })
+}
+
+fn lsn_to_wire(lsn: Option<Lsn>) -> String {
+    lsn.map(|l| l.to_string()).unwrap_or_default()
+}
+
+/// A member's role in its set, as observed on the server itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Standby,
+    Unknown,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+            Role::Unknown => "unknown",
+        })
+    }
+}
+
+impl TryFrom<i32> for Role {
+    type Error = ModelError;
+    fn try_from(v: i32) -> Result<Self, ModelError> {
+        match pb::Role::try_from(v) {
+            Ok(pb::Role::Primary) => Ok(Role::Primary),
+            Ok(pb::Role::Standby) => Ok(Role::Standby),
+            Ok(pb::Role::Unknown | pb::Role::Unspecified) => Ok(Role::Unknown),
+            Err(_) => Err(ModelError::Enum { field: "role", value: v }),
+        }
+    }
+}
+
+impl From<Role> for pb::Role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Primary => pb::Role::Primary,
+            Role::Standby => pb::Role::Standby,
+            Role::Unknown => pb::Role::Unknown,
+        }
+    }
+}
+
+/// Whether the member's database server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerState {
+    Running,
+    Stopped,
+    Missing,
+}
+
+impl fmt::Display for ServerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServerState::Running => "running",
+            ServerState::Stopped => "stopped",
+            ServerState::Missing => "missing",
+        })
+    }
+}
+
+impl TryFrom<i32> for ServerState {
+    type Error = ModelError;
+    fn try_from(v: i32) -> Result<Self, ModelError> {
+        match pb::ServerState::try_from(v) {
+            Ok(pb::ServerState::Running) => Ok(ServerState::Running),
+            Ok(pb::ServerState::Stopped | pb::ServerState::Unspecified) => Ok(ServerState::Stopped),
+            Ok(pb::ServerState::Missing) => Ok(ServerState::Missing),
+            Err(_) => Err(ModelError::Enum {
+                field: "server_state",
+                value: v,
+            }),
+        }
+    }
+}
+
+impl From<ServerState> for pb::ServerState {
+    fn from(s: ServerState) -> Self {
+        match s {
+            ServerState::Running => pb::ServerState::Running,
+            ServerState::Stopped => pb::ServerState::Stopped,
+            ServerState::Missing => pb::ServerState::Missing,
+        }
+    }
+}
+
+/// What an agent reads from its local instance (DESIGN "The engine boundary").
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Facts {
+    pub engine: String,
+    pub server_version: String,
+    pub server_state: ServerState,
+    pub role: Role,
+    pub data_dir: String,
+    pub data_dir_bytes: u64,
+    pub current_lsn: Option<Lsn>,
+    pub received_lsn: Option<Lsn>,
+    pub replayed_lsn: Option<Lsn>,
+    pub wal_receiver_status: Option<String>,
+    pub fully_received: bool,
+    pub replay_lag_bytes: u64,
+    pub problem: Option<String>,
+    pub observed_at: Timestamp,
+}
+
+impl Facts {
+    /// Facts for an instance that could not be asked, with the reason.
+    pub fn unreachable(engine: &str, data_dir: &str, state: ServerState, problem: String) -> Facts {
+        Facts {
+            engine: engine.to_owned(),
+            server_version: String::new(),
+            server_state: state,
+            role: Role::Unknown,
+            data_dir: data_dir.to_owned(),
+            data_dir_bytes: 0,
+            current_lsn: None,
+            received_lsn: None,
+            replayed_lsn: None,
+            wal_receiver_status: None,
+            fully_received: false,
+            replay_lag_bytes: 0,
+            problem: Some(problem),
+            observed_at: Timestamp::now(),
+        }
+    }
+
+    /// A short word for tables: "streaming", "running", "stopped", ...
+    pub fn state_word(&self) -> String {
+        match (self.server_state, self.role) {
+            (ServerState::Running, Role::Standby) => match &self.wal_receiver_status {
+                Some(s) => s.clone(),
+                None => "not streaming".to_owned(),
+            },
+            (ServerState::Running, _) => "running".to_owned(),
+            (s, _) => s.to_string(),
+        }
+    }
+
+    /// Is this member healthy for its role (running; a standby streams)?
+    pub fn healthy(&self) -> bool {
+        match (self.server_state, self.role) {
+            (ServerState::Running, Role::Primary) => true,
+            (ServerState::Running, Role::Standby) => self.fully_received,
+            _ => false,
+        }
+    }
+}
+
+pub fn timestamp_from_wire(
+    field: &'static str,
+    t: Option<prost_types::Timestamp>,
+) -> Result<Option<Timestamp>, ModelError> {
+    match t {
+        None => Ok(None),
+        Some(t) => Timestamp::new(t.seconds, t.nanos)
+            .map(Some)
+            .map_err(|_| ModelError::Timestamp { field }),
+    }
+}
+
+pub fn timestamp_to_wire(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.as_second(),
+        nanos: t.subsec_nanosecond(),
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl TryFrom<pb::InstanceFacts> for Facts {
+    type Error = ModelError;
+    fn try_from(f: pb::InstanceFacts) -> Result<Self, ModelError> {
+        Ok(Facts {
+            server_state: ServerState::try_from(f.server_state)?,
+            role: Role::try_from(f.role)?,
+            current_lsn: lsn_from_wire("current_lsn", &f.current_lsn)?,
+            received_lsn: lsn_from_wire("received_lsn", &f.received_lsn)?,
+            replayed_lsn: lsn_from_wire("replayed_lsn", &f.replayed_lsn)?,
+            observed_at: timestamp_from_wire("observed_at", f.observed_at)?
+                .ok_or(ModelError::Missing { field: "observed_at" })?,
+            engine: f.engine,
+            server_version: f.server_version,
+            data_dir: f.data_dir,
+            data_dir_bytes: f.data_dir_bytes,
+            wal_receiver_status: non_empty(f.wal_receiver_status),
+            fully_received: f.fully_received,
+            replay_lag_bytes: f.replay_lag_bytes,
+            problem: non_empty(f.problem),
+        })
+    }
+}
+
+impl From<Facts> for pb::InstanceFacts {
+    fn from(f: Facts) -> Self {
+        pb::InstanceFacts {
+            engine: f.engine,
+            server_version: f.server_version,
+            server_state: pb::ServerState::from(f.server_state) as i32,
+            role: pb::Role::from(f.role) as i32,
+            data_dir: f.data_dir,
+            data_dir_bytes: f.data_dir_bytes,
+            current_lsn: lsn_to_wire(f.current_lsn),
+            received_lsn: lsn_to_wire(f.received_lsn),
+            replayed_lsn: lsn_to_wire(f.replayed_lsn),
+            wal_receiver_status: f.wal_receiver_status.unwrap_or_default(),
+            fully_received: f.fully_received,
+            replay_lag_bytes: f.replay_lag_bytes,
+            problem: f.problem.unwrap_or_default(),
+            observed_at: Some(timestamp_to_wire(f.observed_at)),
+        }
+    }
+}
+
+/// An agent as the controller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    NeverSeen,
+    Online,
+    Offline,
+}
+
+impl fmt::Display for AgentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AgentState::NeverSeen => "never_seen",
+            AgentState::Online => "online",
+            AgentState::Offline => "offline",
+        })
+    }
+}
+
+impl TryFrom<i32> for AgentState {
+    type Error = ModelError;
+    fn try_from(v: i32) -> Result<Self, ModelError> {
+        match pb::AgentState::try_from(v) {
+            Ok(pb::AgentState::NeverSeen | pb::AgentState::Unspecified) => Ok(AgentState::NeverSeen),
+            Ok(pb::AgentState::Online) => Ok(AgentState::Online),
+            Ok(pb::AgentState::Offline) => Ok(AgentState::Offline),
+            Err(_) => Err(ModelError::Enum {
+                field: "agent_state",
+                value: v,
+            }),
+        }
+    }
+}
+
+impl From<AgentState> for pb::AgentState {
+    fn from(s: AgentState) -> Self {
+        match s {
+            AgentState::NeverSeen => pb::AgentState::NeverSeen,
+            AgentState::Online => pb::AgentState::Online,
+            AgentState::Offline => pb::AgentState::Offline,
+        }
+    }
+}
+
+/// A registration as received by the controller, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub agent: String,
+    pub address: String,
+    pub set: String,
+    pub member: String,
+    pub agent_version: String,
+    pub facts: Facts,
+}
+
+impl TryFrom<pb::RegisterRequest> for Registration {
+    type Error = ModelError;
+    fn try_from(r: pb::RegisterRequest) -> Result<Self, ModelError> {
+        for (field, v) in [
+            ("agent", &r.agent),
+            ("address", &r.address),
+            ("set", &r.set),
+            ("member", &r.member),
+        ] {
+            if v.is_empty() {
+                return Err(ModelError::Missing { field });
+            }
+        }
+        Ok(Registration {
+            facts: r
+                .facts
+                .ok_or(ModelError::Missing { field: "facts" })?
+                .try_into()?,
+            agent: r.agent,
+            address: r.address,
+            set: r.set,
+            member: r.member,
+            agent_version: r.agent_version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> Facts {
+        Facts {
+            engine: "postgres".into(),
+            server_version: "15.18".into(),
+            server_state: ServerState::Running,
+            role: Role::Standby,
+            data_dir: "/var/lib/postgresql/15/main".into(),
+            data_dir_bytes: 1234,
+            current_lsn: None,
+            received_lsn: Some(Lsn(0x1_0000_0060)),
+            replayed_lsn: Some(Lsn(0x3000060)),
+            wal_receiver_status: Some("streaming".into()),
+            fully_received: true,
+            replay_lag_bytes: 0,
+            problem: None,
+            observed_at: Timestamp::from_second(1_700_000_000).unwrap(),
+        }
+    }
+
+    #[test]
+    fn lsn_parses_and_prints_postgres_form() {
+        let l: Lsn = "16/B374D848".parse().unwrap();
+        assert_eq!(l.0, 0x16_B374_D848);
+        assert_eq!(l.to_string(), "16/B374D848");
+        assert_eq!("0/0".parse::<Lsn>().unwrap(), Lsn(0));
+        for bad in ["", "0", "/1", "1/", "x/1", "123456789/0", "0/1/2"] {
+            assert!(bad.parse::<Lsn>().is_err(), "{bad} should not parse");
+        }
+    }
+
+    #[test]
+    fn facts_round_trip_through_the_wire() {
+        let f = facts();
+        let wire = pb::InstanceFacts::from(f.clone());
+        assert_eq!(wire.received_lsn, "1/60");
+        assert_eq!(wire.current_lsn, "");
+        assert_eq!(Facts::try_from(wire).unwrap(), f);
+    }
+
+    #[test]
+    fn bad_lsn_on_the_wire_is_a_typed_error() {
+        let mut wire = pb::InstanceFacts::from(facts());
+        wire.replayed_lsn = "garbage".into();
+        let err = Facts::try_from(wire).unwrap_err();
+        assert_eq!(
+            err,
+            ModelError::Lsn {
+                field: "replayed_lsn",
+                value: "garbage".into()
+            }
+        );
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn unknown_enum_values_are_refused() {
+        let mut wire = pb::InstanceFacts::from(facts());
+        wire.role = 42;
+        assert!(matches!(
+            Facts::try_from(wire),
+            Err(ModelError::Enum { field: "role", .. })
+        ));
+    }
+
+    #[test]
+    fn registration_requires_its_fields() {
+        let req = pb::RegisterRequest {
+            agent: "db1".into(),
+            address: "127.0.0.1:7701".into(),
+            set: "".into(),
+            member: "db1".into(),
+            agent_version: "0.1.0".into(),
+            facts: Some(facts().into()),
+        };
+        assert_eq!(
+            Registration::try_from(req).unwrap_err(),
+            ModelError::Missing { field: "set" }
+        );
+    }
+
+    #[test]
+    fn health_follows_role() {
+        let mut f = facts();
+        assert!(f.healthy());
+        f.fully_received = false;
+        f.wal_receiver_status = Some("catchup".into());
+        assert!(!f.healthy());
+        assert_eq!(f.state_word(), "catchup");
+        f.server_state = ServerState::Stopped;
+        assert_eq!(f.state_word(), "stopped");
+    }
+}

@@ -1,0 +1,5 @@
+//! End-to-end harness.
+pub mod otlp;
+pub mod pg;
+pub mod procs;
+pub mod wait;
