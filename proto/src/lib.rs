@@ -10,8 +10,8 @@ pub mod pb {
     tonic::include_proto!("tandem.v1");
 }
 
-pub mod model;
-pub mod tls;
 pub mod identity;
-pub mod telemetry;
+pub mod model;
 pub mod propagation;
+pub mod telemetry;
+pub mod tls;

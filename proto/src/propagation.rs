@@ -33,7 +33,7 @@ impl tonic::service::Interceptor for InjectTraceContext {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        let cx = tracing::Span::current().context();
+        let cx = current_context();
         if cx.span().span_context().is_valid() {
             TraceContextPropagator::new()
                 .inject_context(&cx, &mut MetadataInjector(request.metadata_mut()));
@@ -86,10 +86,22 @@ pub fn server_span(request: &http::Request<()>) -> tracing::Span {
 
 /// The trace id (32 lowercase hex) of the current span, if there is a valid one (used to print it and store it with audit records).
 pub fn current_trace_id() -> Option<String> {
-    let cx = tracing::Span::current().context();
+    let cx = current_context();
     let span = cx.span();
     let sc = span.span_context();
     sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The OpenTelemetry context of the current tracing span or, when that span
+/// has none (it is filtered out of the OpenTelemetry layer, e.g. a DEBUG span),
+/// the context of the innermost entered span that has one.
+fn current_context() -> opentelemetry::Context {
+    let cx = tracing::Span::current().context();
+    if cx.span().span_context().is_valid() {
+        cx
+    } else {
+        opentelemetry::Context::current()
+    }
 }
 
 /// Writes propagation fields into gRPC metadata (ASCII keys and values).
@@ -279,6 +291,36 @@ mod tests {
             outer.span_context.trace_id(),
             server.span_context.trace_id()
         );
+    }
+
+    #[test]
+    fn a_span_filtered_out_of_the_otel_layer_falls_back_to_its_ancestor() {
+        use tracing_subscriber::Layer as _;
+        let collect = Collect::default();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(collect.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        );
+        let (outer, inner, injected) = tracing::subscriber::with_default(subscriber, || {
+            let op = tracing::info_span!("op");
+            let _op = op.enter();
+            let outer = current_trace_id();
+            let detail = tracing::debug_span!("detail");
+            let _detail = detail.enter();
+            let request = InjectTraceContext.call(tonic::Request::new(())).unwrap();
+            (
+                outer,
+                current_trace_id(),
+                request.metadata().get("traceparent").is_some(),
+            )
+        });
+        assert!(outer.is_some());
+        assert_eq!(inner, outer);
+        assert!(injected);
     }
 
     #[test]

@@ -1,0 +1,357 @@
+//! A whole Tandem fleet for end-to-end tests: real PostgreSQL sets
+//! ([`crate::pg::PgPair`]), certificates from the real `tandemctl certs init`,
+//! and the real `tandem-controller` and `tandem-agent` processes on free
+//! loopback ports, talking mutual TLS.
+//!
+//! Layout of the fleet's private directory: `certs/`, `controller.toml`,
+//! `controller.db`, `agents/<name>/{agent.toml,home/,archive/}`, `logs/`.
+//! Members are named `<set>-p` (primary) and `<set>-s1`, `<set>-s2`, ...
+//! (standbys); each member's agent has the member's name.
+//!
+//! Dropping a [`Fleet`] kills its processes; its directory and logs are kept
+//! (and their paths printed) when the test panicked or
+//! `TANDEM_KEEP_TEST_DIRS=1`, and removed otherwise.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::pg::{PgPair, PgServer};
+use crate::procs::{Proc, bin_path};
+use crate::wait::{free_port, wait_for};
+
+/// How a fleet is made.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    /// Set names and how many standbys each has.
+    pub sets: Vec<(String, usize)>,
+    pub heartbeat_interval: Duration,
+    pub offline_after: Duration,
+    /// Extra environment for the controller and agents (e.g. OTEL_*).
+    pub env: Vec<(String, String)>,
+}
+
+impl FleetSpec {
+    pub fn new(sets: &[(&str, usize)]) -> FleetSpec {
+        FleetSpec {
+            sets: sets.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect(),
+            heartbeat_interval: Duration::from_millis(300),
+            offline_after: Duration::from_secs(2),
+            env: vec![],
+        }
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> FleetSpec {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+}
+
+/// One member's agent: its config path and, while it runs, its process.
+pub struct AgentHandle {
+    pub name: String,
+    pub set: String,
+    pub config: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+/// The output of one `tandemctl` run.
+#[derive(Debug)]
+pub struct CtlRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlRun {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "tandemctl printed no JSON ({e}); stdout:\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+pub struct Fleet {
+    pub dir: PathBuf,
+    pub certs: PathBuf,
+    pub controller_url: String,
+    pub controller_config: PathBuf,
+    pub controller: Option<Proc>,
+    pub agents: BTreeMap<String, AgentHandle>,
+    pub sets: BTreeMap<String, PgPair>,
+    spec: FleetSpec,
+    keep: bool,
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}
+
+impl Fleet {
+    /// Make the sets, certificates and configs, start the controller and
+    /// every agent, and wait until all agents are online.
+    pub async fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-fleet-")
+            .tempdir()?
+            .keep();
+        let certs = dir.join("certs");
+        let mut sets = BTreeMap::new();
+        let mut members: Vec<(String, String, PgServer)> = Vec::new();
+        for (set, standbys) in &spec.sets {
+            let pair = PgPair::create(set, *standbys).await?;
+            members.push((set.clone(), format!("{set}-p"), pair.primary.clone()));
+            for (i, s) in pair.standbys.iter().enumerate() {
+                members.push((set.clone(), format!("{set}-s{}", i + 1), s.clone()));
+            }
+            sets.insert(set.clone(), pair);
+        }
+        let agent_names: Vec<&str> = members.iter().map(|(_, m, _)| m.as_str()).collect();
+        let certs_run = run_ctl_raw(
+            &[],
+            &[
+                "certs",
+                "init",
+                "--dir",
+                certs.to_str().unwrap(),
+                "--agents",
+                &agent_names.join(","),
+                "--users",
+                "operator,viewer",
+            ],
+        )?;
+        if certs_run.code != 0 {
+            bail!("tandemctl certs init failed: {}", certs_run.stderr);
+        }
+
+        let port = free_port();
+        let controller_url = format!("https://127.0.0.1:{port}");
+        let mut toml = format!(
+            "listen = \"127.0.0.1:{port}\"\nstore = \"{}\"\nheartbeat_interval = \"{}ms\"\noffline_after = \"{}ms\"\nstatus_timeout = \"3s\"\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/controller.pem\"\nkey = \"{c}/controller-key.pem\"\n",
+            dir.join("controller.db").display(),
+            spec.heartbeat_interval.as_millis(),
+            spec.offline_after.as_millis(),
+            c = certs.display(),
+        );
+        for (set, _) in &spec.sets {
+            let names: Vec<String> = members
+                .iter()
+                .filter(|(s, _, _)| s == set)
+                .map(|(_, m, _)| format!("{{ name = \"{m}\" }}"))
+                .collect();
+            write!(toml, "\n[[sets]]\nname = \"{set}\"\nmembers = [{}]\n", names.join(", "))?;
+        }
+        let controller_config = dir.join("controller.toml");
+        write(&controller_config, &toml)?;
+
+        let mut agents = BTreeMap::new();
+        for (set, member, server) in &members {
+            let adir = dir.join("agents").join(member);
+            let config = adir.join("agent.toml");
+            let aport = free_port();
+            write(
+                &config,
+                &format!(
+                    "name = \"{member}\"\nset = \"{set}\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[postgres]\ndata_dir = \"{data}\"\nsocket_dir = \"{sock}\"\nport = {pgport}\narchive_dir = \"{archive}\"\n",
+                    home = adir.join("home").display(),
+                    hb = spec.heartbeat_interval.as_millis(),
+                    c = certs.display(),
+                    data = server.data_dir.display(),
+                    sock = server.socket_dir.display(),
+                    pgport = server.port,
+                    archive = adir.join("archive").display(),
+                ),
+            )?;
+            agents.insert(
+                member.clone(),
+                AgentHandle {
+                    name: member.clone(),
+                    set: set.clone(),
+                    config,
+                    proc: None,
+                },
+            );
+        }
+
+        let mut fleet = Fleet {
+            dir,
+            certs,
+            controller_url,
+            controller_config,
+            controller: None,
+            agents,
+            sets,
+            spec,
+            keep: false,
+        };
+        fleet.start_controller()?;
+        let names: Vec<String> = fleet.agents.keys().cloned().collect();
+        for name in &names {
+            fleet.start_agent(name)?;
+        }
+        fleet.wait_agents_state(&names, "online").await?;
+        Ok(fleet)
+    }
+
+    fn command(&self, bin: &str) -> anyhow::Result<Command> {
+        let mut cmd = Command::new(bin_path(bin)?);
+        cmd.env("RUST_LOG", "info");
+        for (k, v) in &self.spec.env {
+            cmd.env(k, v);
+        }
+        Ok(cmd)
+    }
+
+    pub fn start_controller(&mut self) -> anyhow::Result<()> {
+        let mut cmd = self.command("tandem-controller")?;
+        cmd.arg("--config").arg(&self.controller_config);
+        let log = self.dir.join("logs/controller.log");
+        self.controller = Some(Proc::spawn("tandem-controller", cmd, &log)?);
+        Ok(())
+    }
+
+    pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        let mut cmd = self.command("tandem-agent")?;
+        let log = self.dir.join(format!("logs/agent-{name}.log"));
+        let a = self
+            .agents
+            .get_mut(name)
+            .with_context(|| format!("no agent {name}"))?;
+        cmd.arg("--config").arg(&a.config);
+        a.proc = Some(Proc::spawn(&format!("tandem-agent {name}"), cmd, &log)?);
+        Ok(())
+    }
+
+    /// SIGKILL an agent (a crash, as far as the controller can tell).
+    pub fn kill_agent(&mut self, name: &str) {
+        if let Some(mut p) = self.agents.get_mut(name).and_then(|a| a.proc.take()) {
+            p.kill();
+        }
+    }
+
+    pub fn set(&self, name: &str) -> &PgPair {
+        &self.sets[name]
+    }
+
+    /// The environment `tandemctl` needs to reach this fleet as `user`.
+    pub fn ctl_env(&self, user: &str) -> Vec<(String, String)> {
+        let c = self.certs.display();
+        vec![
+            ("TANDEM_CONTROLLER".into(), self.controller_url.clone()),
+            ("TANDEM_CA".into(), format!("{c}/ca.pem")),
+            ("TANDEM_CERT".into(), format!("{c}/user-{user}.pem")),
+            ("TANDEM_KEY".into(), format!("{c}/user-{user}-key.pem")),
+        ]
+    }
+
+    /// Run `tandemctl` as the operator.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<CtlRun> {
+        let mut env = self.ctl_env("operator");
+        env.extend(self.spec.env.iter().cloned());
+        run_ctl_raw(&env, args)
+    }
+
+    /// Wait until every named agent has `state` in `tandemctl agents`.
+    pub async fn wait_agents_state(&self, names: &[String], state: &str) -> anyhow::Result<Value> {
+        wait_for(
+            &format!("agents {names:?} to be {state}"),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async {
+                let run = self.ctl(&["agents", "--output", "json"])?;
+                let v: Value = match serde_json::from_str(&run.stdout) {
+                    Ok(v) => v,
+                    Err(_) => bail!("no JSON yet: {}", run.stderr.trim()),
+                };
+                let all = v["agents"]
+                    .as_array()
+                    .map(|agents| {
+                        names.iter().all(|n| {
+                            agents
+                                .iter()
+                                .any(|a| a["name"] == n.as_str() && a["state"] == state)
+                        })
+                    })
+                    .unwrap_or(false);
+                Ok(all.then_some(v))
+            },
+        )
+        .await
+    }
+
+    /// Keep the directory after drop.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// The logs of every process, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Some(c) = &self.controller {
+            let _ = write!(out, "--- controller ---\n{}\n", c.log_text());
+        }
+        for a in self.agents.values() {
+            if let Some(p) = &a.proc {
+                let _ = write!(out, "--- agent {} ---\n{}\n", a.name, p.log_text());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            c.kill();
+        }
+        for a in self.agents.values_mut() {
+            if let Some(mut p) = a.proc.take() {
+                p.kill();
+            }
+        }
+        let keep = self.keep
+            || std::thread::panicking()
+            || std::env::var("TANDEM_KEEP_TEST_DIRS").is_ok_and(|v| v == "1");
+        if keep {
+            for pair in self.sets.values_mut() {
+                pair.keep();
+            }
+            eprintln!(
+                "kept fleet directory {} (logs in {}/logs)",
+                self.dir.display(),
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Run the real `tandemctl` with `env` and `args`.
+pub fn run_ctl_raw(env: &[(String, String)], args: &[&str]) -> anyhow::Result<CtlRun> {
+    let mut cmd = Command::new(bin_path("tandemctl")?);
+    for k in ["TANDEM_CONTROLLER", "TANDEM_CA", "TANDEM_CERT", "TANDEM_KEY", "TANDEM_OUTPUT"] {
+        cmd.env_remove(k);
+    }
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().context("run tandemctl")?;
+    Ok(CtlRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
