@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tandem_proto::config::{self, ConfigError};
 use tandem_proto::tls::TlsFiles;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,43 +81,17 @@ fn default_dbname() -> String {
     "postgres".to_owned()
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}; pass --config with the path of agent.toml")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config {path}: field `{field}`: {message}")]
-    Invalid {
-        path: PathBuf,
-        field: &'static str,
-        message: String,
-    },
-}
-
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(path, &text)
+        Self::check(path, config::load(path)?)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
-        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })?;
-        let invalid = |field, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            field,
-            message,
-        };
+        Self::check(path, config::parse(path, text)?)
+    }
+
+    fn check(path: &Path, cfg: AgentConfig) -> Result<AgentConfig, ConfigError> {
+        let invalid = |field, message: String| ConfigError::invalid(path, field, message);
         tandem_proto::identity::validate_name(&cfg.name)
             .map_err(|e| invalid("name", e.to_string()))?;
         if cfg.set.is_empty() {
@@ -197,5 +172,26 @@ mod tests {
     fn missing_file_says_which() {
         let err = AgentConfig::load(Path::new("/nonexistent/agent.toml")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/agent.toml"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod shipped_examples {
+    use super::*;
+
+    /// Every agent config shipped in deploy/ parses, so examples never rot.
+    #[test]
+    fn every_agent_config_in_deploy_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("agent") && name.ends_with(".toml") {
+                AgentConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no agent*.toml in {}", dir.display());
     }
 }

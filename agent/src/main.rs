@@ -15,7 +15,13 @@ use tokio_util::sync::CancellationToken;
 #[command(version, about, long_about = None)]
 struct Cli {
     /// Path of the agent's config file (see deploy/agent.example.toml).
-    #[arg(long, short, env = "TANDEM_AGENT_CONFIG", default_value = "/etc/tandem/agent.toml", global = true)]
+    #[arg(
+        long,
+        short,
+        env = "TANDEM_AGENT_CONFIG",
+        default_value = "/etc/tandem/agent.toml",
+        global = true
+    )]
     config: PathBuf,
     /// Log format on stderr: human or json.
     #[arg(long, default_value = "human", global = true)]
@@ -58,7 +64,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let engine = tandem_agent::engine_for(&cfg)?;
             let facts = engine.facts().await;
             println!("{}", serde_json::to_string_pretty(&facts)?);
-            Ok(if facts.problem.is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if facts.problem.is_some() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Run => {
             let telemetry = telemetry::init("tandem-agent", cli.log_format, "info")?;
@@ -73,15 +83,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Cancel `shutdown` on the first SIGTERM or SIGINT.
 async fn on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return;
-    };
-    // Cancel-safe: recv() only waits for a signal.
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutdown signal received");
+    let sig = tandem_proto::signals::shutdown_signal().await;
+    tracing::info!(signal = sig, "shutdown signal received");
     shutdown.cancel();
 }

@@ -15,7 +15,9 @@ use tokio::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("OS user `{user}` does not exist; set postgres.os_user in agent.toml to the owner of the data directory")]
+    #[error(
+        "OS user `{user}` does not exist; set postgres.os_user in agent.toml to the owner of the data directory"
+    )]
     NoSuchUser { user: String },
     #[error("cannot look up OS user `{user}`")]
     Lookup {

@@ -87,6 +87,8 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
         &self,
         _req: Request<pb::ListOperationsRequest>,
     ) -> Result<Response<pb::ListOperationsResponse>, Status> {
-        Ok(Response::new(pb::ListOperationsResponse { operations: vec![] }))
+        Ok(Response::new(pb::ListOperationsResponse {
+            operations: vec![],
+        }))
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tandem_proto::config::{self, ConfigError};
 use tandem_proto::tls::TlsFiles;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,43 +67,17 @@ fn default_status_timeout() -> Duration {
     Duration::from_secs(3)
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}; pass --config with the path of controller.toml")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config {path}: {field}: {message}")]
-    Invalid {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
-}
-
 impl ControllerConfig {
     pub fn load(path: &Path) -> Result<ControllerConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(path, &text)
+        Self::check(path, config::load(path)?)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<ControllerConfig, ConfigError> {
-        let cfg: ControllerConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })?;
-        let invalid = |field: String, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            field,
-            message,
-        };
+        Self::check(path, config::parse(path, text)?)
+    }
+
+    fn check(path: &Path, cfg: ControllerConfig) -> Result<ControllerConfig, ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::invalid(path, field, message);
         if cfg.offline_after <= cfg.heartbeat_interval {
             return Err(invalid(
                 "offline_after".into(),
@@ -147,7 +122,10 @@ impl ControllerConfig {
                 if !agents.insert(m.agent()) {
                     return Err(invalid(
                         format!("{field}.agent"),
-                        format!("agent `{}` is a member of two sets; one agent serves one server", m.agent()),
+                        format!(
+                            "agent `{}` is a member of two sets; one agent serves one server",
+                            m.agent()
+                        ),
                     ));
                 }
             }
@@ -187,20 +165,31 @@ mod tests {
         let c = ControllerConfig::parse(Path::new("c.toml"), BASE).unwrap();
         assert_eq!(c.offline_after, Duration::from_secs(10));
         let (set, member) = c.member_of("agent-db2").unwrap();
-        assert_eq!((set.name.as_str(), member.name.as_str()), ("billing", "db2"));
+        assert_eq!(
+            (set.name.as_str(), member.name.as_str()),
+            ("billing", "db2")
+        );
         assert!(c.member_of("db2").is_none());
     }
 
     #[test]
     fn an_agent_in_two_sets_is_refused() {
-        let text = format!("{BASE}\n[[sets]]\nname = \"crm\"\nmembers = [{{ name = \"x\", agent = \"db1\" }}]\n");
+        let text = format!(
+            "{BASE}\n[[sets]]\nname = \"crm\"\nmembers = [{{ name = \"x\", agent = \"db1\" }}]\n"
+        );
         let err = ControllerConfig::parse(Path::new("c.toml"), &text).unwrap_err();
-        assert!(err.to_string().contains("sets[1].members[0].agent"), "{err}");
+        assert!(
+            err.to_string().contains("sets[1].members[0].agent"),
+            "{err}"
+        );
     }
 
     #[test]
     fn offline_after_must_exceed_heartbeat() {
-        let text = BASE.replace("[tls]", "heartbeat_interval = \"5s\"\noffline_after = \"5s\"\n[tls]");
+        let text = BASE.replace(
+            "[tls]",
+            "heartbeat_interval = \"5s\"\noffline_after = \"5s\"\n[tls]",
+        );
         let err = ControllerConfig::parse(Path::new("c.toml"), &text).unwrap_err();
         assert!(err.to_string().contains("offline_after"), "{err}");
     }
@@ -210,5 +199,26 @@ mod tests {
         let text = BASE.replace("[tls]", "listen_addr = \"x\"\n[tls]");
         let err = ControllerConfig::parse(Path::new("c.toml"), &text).unwrap_err();
         assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod shipped_examples {
+    use super::*;
+
+    /// Every controller config shipped in deploy/ parses, so examples never rot.
+    #[test]
+    fn every_controller_config_in_deploy_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("controller") && name.ends_with(".toml") {
+                ControllerConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no controller*.toml in {}", dir.display());
     }
 }

@@ -15,9 +15,13 @@ pub enum ServiceError {
     },
     #[error("certificate says {identity} but the request is for agent `{claimed}`")]
     NotYourName { identity: Identity, claimed: String },
-    #[error("agent `{agent}` is not a member of any set in controller.toml; declare it under [[sets]] members")]
+    #[error(
+        "agent `{agent}` is not a member of any set in controller.toml; declare it under [[sets]] members"
+    )]
     NotDeclared { agent: String },
-    #[error("agent `{agent}` says it serves member `{member}` of set `{set}`, but controller.toml declares it as member `{declared_member}` of set `{declared_set}`; fix `set`/`member` in its agent.toml")]
+    #[error(
+        "agent `{agent}` says it serves member `{member}` of set `{set}`, but controller.toml declares it as member `{declared_member}` of set `{declared_set}`; fix `set`/`member` in its agent.toml"
+    )]
     WrongMembership {
         agent: String,
         set: String,

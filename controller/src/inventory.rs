@@ -48,8 +48,18 @@ impl Inventory {
             .await?
             .into_iter()
             .map(|row| {
-                let facts = row.facts.as_deref().and_then(|f| serde_json::from_str(f).ok());
-                (row.name.clone(), Entry { row, facts, seen_at: now })
+                let facts = row
+                    .facts
+                    .as_deref()
+                    .and_then(|f| serde_json::from_str(f).ok());
+                (
+                    row.name.clone(),
+                    Entry {
+                        row,
+                        facts,
+                        seen_at: now,
+                    },
+                )
             })
             .collect();
         Ok(Inventory {
@@ -70,12 +80,12 @@ impl Inventory {
     /// Accept a registration from the agent named in it (already checked
     /// against the caller's certificate). Returns the set's generation.
     pub async fn register(&self, reg: Registration) -> Result<u64, ServiceError> {
-        let (set, member) = self
-            .cfg
-            .member_of(&reg.agent)
-            .ok_or_else(|| ServiceError::NotDeclared {
-                agent: reg.agent.clone(),
-            })?;
+        let (set, member) =
+            self.cfg
+                .member_of(&reg.agent)
+                .ok_or_else(|| ServiceError::NotDeclared {
+                    agent: reg.agent.clone(),
+                })?;
         if set.name != reg.set || member.name != reg.member {
             return Err(ServiceError::WrongMembership {
                 agent: reg.agent,
@@ -127,7 +137,7 @@ impl Inventory {
             e.facts = Some(facts);
             let came_back = e.row.state != AgentState::Online;
             e.row.state = AgentState::Online;
-            came_back.then(|| e.row.last_seen)
+            came_back.then_some(e.row.last_seen)
         };
         if let Some(at) = came_back {
             info!(agent, "agent online again");
@@ -200,10 +210,17 @@ impl Inventory {
 }
 
 /// Online agents whose last heartbeat is older than `offline_after`.
-fn silent_agents(agents: &HashMap<String, Entry>, now: Instant, offline_after: Duration) -> Vec<String> {
+fn silent_agents(
+    agents: &HashMap<String, Entry>,
+    now: Instant,
+    offline_after: Duration,
+) -> Vec<String> {
     let mut out: Vec<String> = agents
         .values()
-        .filter(|e| e.row.state == AgentState::Online && now.saturating_duration_since(e.seen_at) > offline_after)
+        .filter(|e| {
+            e.row.state == AgentState::Online
+                && now.saturating_duration_since(e.seen_at) > offline_after
+        })
         .map(|e| e.row.name.clone())
         .collect();
     out.sort();
@@ -212,7 +229,8 @@ fn silent_agents(agents: &HashMap<String, Entry>, now: Instant, offline_after: D
 
 /// Run [`Inventory::sweep`] until `shutdown`.
 pub async fn liveness_loop(inv: Arc<Inventory>, shutdown: tokio_util::sync::CancellationToken) {
-    let every = (inv.cfg.offline_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let every =
+        (inv.cfg.offline_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut tick = tokio::time::interval(every);
     loop {
         // Cancel-safe: tick() and cancelled() only wait.
@@ -262,7 +280,17 @@ mod tests {
         .into_iter()
         .collect();
         let now = t0 + Duration::from_secs(11);
-        assert_eq!(silent_agents(&agents, now, Duration::from_secs(10)), vec!["silent"]);
-        assert!(silent_agents(&agents, t0 + Duration::from_secs(10), Duration::from_secs(10)).is_empty());
+        assert_eq!(
+            silent_agents(&agents, now, Duration::from_secs(10)),
+            vec!["silent"]
+        );
+        assert!(
+            silent_agents(
+                &agents,
+                t0 + Duration::from_secs(10),
+                Duration::from_secs(10)
+            )
+            .is_empty()
+        );
     }
 }

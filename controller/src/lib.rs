@@ -33,10 +33,18 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let inventory = Arc::new(inventory::Inventory::load(cfg.clone(), store.clone()).await?);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (field `listen`); is another controller running there?", cfg.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (field `listen`); is another controller running there?",
+                cfg.listen
+            )
+        })?;
     info!(listen = %cfg.listen, store = %cfg.store.display(), sets = cfg.sets.len(), "tandem-controller started");
 
-    let liveness = tokio::spawn(inventory::liveness_loop(inventory.clone(), shutdown.clone()));
+    let liveness = tokio::spawn(inventory::liveness_loop(
+        inventory.clone(),
+        shutdown.clone(),
+    ));
     let service = service::ControllerService {
         inventory,
         store,
@@ -46,7 +54,10 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         .tls_config(server_tls)?
         .trace_fn(server_span)
         .add_service(ControllerServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned())
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        )
         .await
         .context("controller gRPC server failed")?;
     shutdown.cancel();

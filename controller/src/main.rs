@@ -14,7 +14,12 @@ use tokio_util::sync::CancellationToken;
 #[command(version, about, long_about = None)]
 struct Cli {
     /// Path of the controller's config file (see deploy/controller.example.toml).
-    #[arg(long, short, env = "TANDEM_CONTROLLER_CONFIG", default_value = "/etc/tandem/controller.toml")]
+    #[arg(
+        long,
+        short,
+        env = "TANDEM_CONTROLLER_CONFIG",
+        default_value = "/etc/tandem/controller.toml"
+    )]
     config: PathBuf,
     /// Log format on stderr: human or json.
     #[arg(long, default_value = "human")]
@@ -60,15 +65,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
 
 /// Cancel `shutdown` on the first SIGTERM or SIGINT.
 async fn on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return;
-    };
-    // Cancel-safe: recv() only waits for a signal.
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutdown signal received");
+    let sig = tandem_proto::signals::shutdown_signal().await;
+    tracing::info!(signal = sig, "shutdown signal received");
     shutdown.cancel();
 }

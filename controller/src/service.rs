@@ -62,14 +62,26 @@ fn require_agent(who: &Identity, claimed: &str, action: &'static str) -> Result<
 impl ControllerService {
     /// Write an audit record for a mutating call; a failure to audit is logged
     /// loudly but does not change the call's outcome.
-    async fn audit<T>(&self, who: &Identity, action: &'static str, args: serde_json::Value, outcome: &Result<T, ServiceError>) {
+    async fn audit<T>(
+        &self,
+        who: &Identity,
+        action: &'static str,
+        args: serde_json::Value,
+        outcome: &Result<T, ServiceError>,
+    ) {
         let outcome = match outcome {
             Ok(_) => "ok".to_owned(),
             Err(e) => e.to_string(),
         };
         if let Err(e) = self
             .store
-            .audit(who.uri(), action, args.to_string(), outcome, current_trace_id().unwrap_or_default())
+            .audit(
+                who.uri(),
+                action,
+                args.to_string(),
+                outcome,
+                current_trace_id().unwrap_or_default(),
+            )
             .await
         {
             warn!(error = %e, action, "cannot write the audit record");
@@ -116,9 +128,14 @@ impl ControllerService {
         }
         let mut out: Vec<Option<pb::MemberView>> = vec![None; set.members.len()];
         while let Some(joined) = tasks.join_next().await {
-            let Ok((i, view, live)) = joined else { continue };
+            let Ok((i, view, live)) = joined else {
+                continue;
+            };
             let m = &set.members[i];
-            let state = view.as_ref().map(|v| v.row.state).unwrap_or(AgentState::NeverSeen);
+            let state = view
+                .as_ref()
+                .map(|v| v.row.state)
+                .unwrap_or(AgentState::NeverSeen);
             let is_live = live.is_some();
             let facts = live.or_else(|| view.and_then(|v| v.facts));
             out[i] = Some(pb::MemberView {
@@ -140,7 +157,8 @@ fn agent_info(v: AgentView) -> pb::AgentInfo {
         member: v.row.member,
         address: v.row.address,
         state: pb::AgentState::from(v.row.state) as i32,
-        last_seen: (v.row.state != AgentState::NeverSeen).then(|| timestamp_to_wire(v.row.last_seen)),
+        last_seen: (v.row.state != AgentState::NeverSeen)
+            .then(|| timestamp_to_wire(v.row.last_seen)),
         agent_version: v.row.agent_version,
         facts: v.facts.map(Into::into),
     }
@@ -148,7 +166,10 @@ fn agent_info(v: AgentView) -> pb::AgentInfo {
 
 #[tonic::async_trait]
 impl pb::controller_server::Controller for ControllerService {
-    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let who = caller(&req)?;
         let raw = req.into_inner();
         let args = serde_json::json!({"agent": raw.agent, "address": raw.address, "set": raw.set, "member": raw.member, "version": raw.agent_version});
@@ -166,17 +187,29 @@ impl pb::controller_server::Controller for ControllerService {
         }))
     }
 
-    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let who = caller(&req)?;
         let hb = req.into_inner();
         require_agent(&who, &hb.agent, "Heartbeat")?;
-        let facts = Facts::try_from(hb.facts.ok_or(tandem_proto::model::ModelError::Missing { field: "facts" }).map_err(ServiceError::from)?)
-            .map_err(ServiceError::from)?;
+        let facts = Facts::try_from(
+            hb.facts
+                .ok_or(tandem_proto::model::ModelError::Missing { field: "facts" })
+                .map_err(ServiceError::from)?,
+        )
+        .map_err(ServiceError::from)?;
         let known = self.inventory.heartbeat(&hb.agent, facts).await?;
-        Ok(Response::new(pb::HeartbeatResponse { register_again: !known }))
+        Ok(Response::new(pb::HeartbeatResponse {
+            register_again: !known,
+        }))
     }
 
-    async fn report_event(&self, req: Request<pb::ReportEventRequest>) -> Result<Response<pb::ReportEventResponse>, Status> {
+    async fn report_event(
+        &self,
+        req: Request<pb::ReportEventRequest>,
+    ) -> Result<Response<pb::ReportEventResponse>, Status> {
         let who = caller(&req)?;
         let ev = req.into_inner();
         let args = serde_json::json!({"agent": ev.agent, "event": ev.event, "code": ev.code, "operation_id": ev.operation_id, "message": ev.message});
@@ -189,13 +222,19 @@ impl pb::controller_server::Controller for ControllerService {
         Ok(Response::new(pb::ReportEventResponse {}))
     }
 
-    async fn list_agents(&self, req: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         require_user(&caller(&req)?, "ListAgents")?;
         let agents = self.inventory.list().into_iter().map(agent_info).collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
 
-    async fn show_sets(&self, req: Request<pb::ShowSetsRequest>) -> Result<Response<pb::ShowSetsResponse>, Status> {
+    async fn show_sets(
+        &self,
+        req: Request<pb::ShowSetsRequest>,
+    ) -> Result<Response<pb::ShowSetsResponse>, Status> {
         require_user(&caller(&req)?, "ShowSets")?;
         let wanted = req.into_inner().sets;
         let cfg = self.inventory.config();
@@ -205,8 +244,17 @@ impl pb::controller_server::Controller for ControllerService {
             }
         }
         let mut sets = Vec::new();
-        for set in cfg.sets.iter().filter(|s| wanted.is_empty() || wanted.contains(&s.name)) {
-            let generation = self.store.generation(set.name.clone()).await.map_err(ServiceError::from)?.unwrap_or(1);
+        for set in cfg
+            .sets
+            .iter()
+            .filter(|s| wanted.is_empty() || wanted.contains(&s.name))
+        {
+            let generation = self
+                .store
+                .generation(set.name.clone())
+                .await
+                .map_err(ServiceError::from)?
+                .unwrap_or(1);
             sets.push(pb::SetView {
                 name: set.name.clone(),
                 generation,
@@ -220,7 +268,10 @@ impl pb::controller_server::Controller for ControllerService {
         Ok(Response::new(pb::ShowSetsResponse { sets }))
     }
 
-    async fn start_testdb(&self, req: Request<pb::StartTestdbRequest>) -> Result<Response<pb::StartRunResponse>, Status> {
+    async fn start_testdb(
+        &self,
+        req: Request<pb::StartTestdbRequest>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
         let refusal = match require_user(&who, "StartTestdb") {
@@ -228,23 +279,41 @@ impl pb::controller_server::Controller for ControllerService {
             Ok(()) => ServiceError::NotYet { what: "testdb" },
         };
         let result: Result<(), ServiceError> = Err(refusal);
-        self.audit(&who, "StartTestdb", serde_json::json!({"sets": r.sets, "all": r.all, "member": r.member}), &result).await;
-        Err(result.err().map(Status::from).unwrap_or_else(|| Status::internal("unreachable")))
+        self.audit(
+            &who,
+            "StartTestdb",
+            serde_json::json!({"sets": r.sets, "all": r.all, "member": r.member}),
+            &result,
+        )
+        .await;
+        Err(result
+            .err()
+            .map(Status::from)
+            .unwrap_or_else(|| Status::internal("unreachable")))
     }
 
     type WatchRunStream = Stream<pb::RunProgress>;
 
-    async fn watch_run(&self, req: Request<pb::WatchRunRequest>) -> Result<Response<Self::WatchRunStream>, Status> {
+    async fn watch_run(
+        &self,
+        req: Request<pb::WatchRunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
         require_user(&caller(&req)?, "WatchRun")?;
         Err(ServiceError::NotYet { what: "WatchRun" }.into())
     }
 
-    async fn cancel_run(&self, req: Request<pb::CancelRunRequest>) -> Result<Response<pb::CancelRunResponse>, Status> {
+    async fn cancel_run(
+        &self,
+        req: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::CancelRunResponse>, Status> {
         require_user(&caller(&req)?, "CancelRun")?;
         Err(ServiceError::NotYet { what: "CancelRun" }.into())
     }
 
-    async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+    async fn history(
+        &self,
+        req: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
         require_user(&caller(&req)?, "History")?;
         let set = req.into_inner().set;
         if !self.inventory.config().sets.iter().any(|s| s.name == set) {
@@ -253,9 +322,16 @@ impl pb::controller_server::Controller for ControllerService {
         Ok(Response::new(pb::HistoryResponse { verdicts: vec![] }))
     }
 
-    async fn audit(&self, req: Request<pb::AuditRequest>) -> Result<Response<pb::AuditResponse>, Status> {
+    async fn audit(
+        &self,
+        req: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditResponse>, Status> {
         require_user(&caller(&req)?, "Audit")?;
-        let rows = self.store.audit_log(req.into_inner().limit).await.map_err(ServiceError::from)?;
+        let rows = self
+            .store
+            .audit_log(req.into_inner().limit)
+            .await
+            .map_err(ServiceError::from)?;
         let entries = rows
             .into_iter()
             .map(|r| pb::AuditEntry {

@@ -20,7 +20,13 @@ pub struct Cli {
     #[command(flatten)]
     pub conn: Connection,
     /// Output for people (human) or for scripts (json; stable shapes).
-    #[arg(long, short, global = true, default_value = "human", env = "TANDEM_OUTPUT")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "human",
+        env = "TANDEM_OUTPUT"
+    )]
     pub output: OutputFormat,
     /// Log format on stderr (logs are quiet unless RUST_LOG says otherwise).
     #[arg(long, global = true, default_value = "human")]

@@ -39,9 +39,18 @@ impl Connection {
     fn tls(&self) -> Result<TlsFiles, CtlError> {
         let missing = |what, flag, env| CtlError::Missing { what, flag, env };
         Ok(TlsFiles {
-            ca: self.ca.clone().ok_or_else(|| missing("CA certificate", "--ca", "TANDEM_CA"))?,
-            cert: self.cert.clone().ok_or_else(|| missing("operator certificate", "--cert", "TANDEM_CERT"))?,
-            key: self.key.clone().ok_or_else(|| missing("operator key", "--key", "TANDEM_KEY"))?,
+            ca: self
+                .ca
+                .clone()
+                .ok_or_else(|| missing("CA certificate", "--ca", "TANDEM_CA"))?,
+            cert: self
+                .cert
+                .clone()
+                .ok_or_else(|| missing("operator certificate", "--cert", "TANDEM_CERT"))?,
+            key: self
+                .key
+                .clone()
+                .ok_or_else(|| missing("operator key", "--key", "TANDEM_KEY"))?,
         })
     }
 
@@ -60,44 +69,107 @@ impl Connection {
 fn refused(call: &'static str) -> impl Fn(tonic::Status) -> CtlError {
     move |s| CtlError::Refused {
         call,
-        message: if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_owned() },
+        message: if s.message().is_empty() {
+            format!("{:?}", s.code())
+        } else {
+            s.message().to_owned()
+        },
     }
 }
 
 fn print(format: OutputFormat, json: Value, human: String) {
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&json).expect("json values serialize")),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json).expect("json values serialize")
+        ),
         OutputFormat::Human => println!("{}", human.trim_end()),
     }
 }
 
 /// Run one command.
-pub async fn run(conn: &Connection, format: OutputFormat, command: Command) -> Result<Outcome, CtlError> {
+pub async fn run(
+    conn: &Connection,
+    format: OutputFormat,
+    command: Command,
+) -> Result<Outcome, CtlError> {
     match command {
         Command::Agents => {
-            let agents = conn.connect().await?.list_agents(pb::ListAgentsRequest {}).await.map_err(refused("ListAgents"))?.into_inner().agents;
-            print(format, output::agents_json(&agents), output::agents_human(&agents));
-            Ok(if agents.iter().all(output::agent_ok) { Outcome::Ok } else { Outcome::Bad })
+            let agents = conn
+                .connect()
+                .await?
+                .list_agents(pb::ListAgentsRequest {})
+                .await
+                .map_err(refused("ListAgents"))?
+                .into_inner()
+                .agents;
+            print(
+                format,
+                output::agents_json(&agents),
+                output::agents_human(&agents),
+            );
+            Ok(if agents.iter().all(output::agent_ok) {
+                Outcome::Ok
+            } else {
+                Outcome::Bad
+            })
         }
         Command::Show { sets } => {
-            let sets = conn.connect().await?.show_sets(pb::ShowSetsRequest { sets }).await.map_err(refused("ShowSets"))?.into_inner().sets;
+            let sets = conn
+                .connect()
+                .await?
+                .show_sets(pb::ShowSetsRequest { sets })
+                .await
+                .map_err(refused("ShowSets"))?
+                .into_inner()
+                .sets;
             print(format, output::sets_json(&sets), output::sets_human(&sets));
-            let bad = sets.iter().any(|s| output::verdict_bad(&s.verdict) || !s.members.iter().all(output::member_ok));
+            let bad = sets.iter().any(|s| {
+                output::verdict_bad(&s.verdict) || !s.members.iter().all(output::member_ok)
+            });
             Ok(if bad { Outcome::Bad } else { Outcome::Ok })
         }
         Command::Audit { limit } => {
-            let entries = conn.connect().await?.audit(pb::AuditRequest { limit }).await.map_err(refused("Audit"))?.into_inner().entries;
-            print(format, output::audit_json(&entries), output::audit_human(&entries));
+            let entries = conn
+                .connect()
+                .await?
+                .audit(pb::AuditRequest { limit })
+                .await
+                .map_err(refused("Audit"))?
+                .into_inner()
+                .entries;
+            print(
+                format,
+                output::audit_json(&entries),
+                output::audit_human(&entries),
+            );
             Ok(Outcome::Ok)
         }
-        Command::Certs(CertsCommand::Init { dir, agents, users, hosts, force }) => {
-            let report = crate::certs::init(&crate::certs::CertsPlan { dir: dir.clone(), agents, users, hosts, force })?;
+        Command::Certs(CertsCommand::Init {
+            dir,
+            agents,
+            users,
+            hosts,
+            force,
+        }) => {
+            let report = crate::certs::init(&crate::certs::CertsPlan {
+                dir: dir.clone(),
+                agents,
+                users,
+                hosts,
+                force,
+            })?;
             let json = serde_json::json!({
                 "dir": dir,
                 "created": report.created,
                 "kept": report.kept,
             });
-            let mut human = format!("certificates in {}: {} created, {} kept", dir.display(), report.created.len(), report.kept.len());
+            let mut human = format!(
+                "certificates in {}: {} created, {} kept",
+                dir.display(),
+                report.created.len(),
+                report.kept.len()
+            );
             for p in &report.created {
                 human.push_str(&format!("\n  created {}", p.display()));
             }

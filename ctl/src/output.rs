@@ -52,7 +52,10 @@ fn facts(f: &Option<pb::InstanceFacts>) -> Option<Facts> {
 }
 
 fn ts(t: Option<prost_types::Timestamp>) -> Option<String> {
-    timestamp_from_wire("at", t).ok().flatten().map(|t| t.to_string())
+    timestamp_from_wire("at", t)
+        .ok()
+        .flatten()
+        .map(|t| t.to_string())
 }
 
 /// What a member is doing, in one word, from the agent's state and facts.
@@ -67,7 +70,9 @@ fn member_state(state: AgentState, f: Option<&Facts>, live: bool) -> String {
 
 /// Is this member healthy (agent online, server running, a standby streaming)?
 pub fn member_ok(m: &pb::MemberView) -> bool {
-    agent_state(m.agent_state) == AgentState::Online && m.live && facts(&m.facts).is_some_and(|f| f.healthy())
+    agent_state(m.agent_state) == AgentState::Online
+        && m.live
+        && facts(&m.facts).is_some_and(|f| f.healthy())
 }
 
 pub fn agent_ok(a: &pb::AgentInfo) -> bool {
@@ -110,7 +115,9 @@ fn verdict_kind(v: &Option<pb::Verdict>) -> &'static str {
 }
 
 fn verdict_summary(v: &Option<pb::Verdict>) -> String {
-    let Some(v) = v else { return "never tested".into() };
+    let Some(v) = v else {
+        return "never tested".into();
+    };
     match verdict_kind(&Some(v.clone())) {
         "clean" => format!("primary, standby and copy verified clean up to LSN {} at {}", v.lsn, ts(v.at).unwrap_or_default()),
         "errors" => "errors found on the standby's copy: repair on the primary with the whole set halted (SPEC T4)".into(),
@@ -172,7 +179,12 @@ pub fn sets_human(sets: &[pb::SetView]) -> String {
         if i > 0 {
             out.push('\n');
         }
-        out.push_str(&format!("set {} (generation {}): {}\n", s.name, s.generation, verdict_summary(&s.verdict)));
+        out.push_str(&format!(
+            "set {} (generation {}): {}\n",
+            s.name,
+            s.generation,
+            verdict_summary(&s.verdict)
+        ));
         let rows: Vec<Vec<String>> = s
             .members
             .iter()
@@ -187,14 +199,21 @@ pub fn sets_human(sets: &[pb::SetView]) -> String {
                 vec![
                     format!("  {}", m.name),
                     m.agent.clone(),
-                    f.as_ref().map(|f| f.role.to_string()).unwrap_or_else(|| "unknown".into()),
+                    f.as_ref()
+                        .map(|f| f.role.to_string())
+                        .unwrap_or_else(|| "unknown".into()),
                     member_state(state, f.as_ref(), m.live),
                     lsn,
-                    f.as_ref().and_then(|f| f.problem.clone()).unwrap_or_default(),
+                    f.as_ref()
+                        .and_then(|f| f.problem.clone())
+                        .unwrap_or_default(),
                 ]
             })
             .collect();
-        out.push_str(&table(&["  MEMBER", "AGENT", "ROLE", "STATE", "LSN", "PROBLEM"], &rows));
+        out.push_str(&table(
+            &["  MEMBER", "AGENT", "ROLE", "STATE", "LSN", "PROBLEM"],
+            &rows,
+        ));
         out.push('\n');
     }
     if sets.is_empty() {
@@ -233,14 +252,31 @@ pub fn agents_human(agents: &[pb::AgentInfo]) -> String {
                 a.name.clone(),
                 a.set.clone(),
                 a.member.clone(),
-                f.as_ref().map(|f| f.role.to_string()).unwrap_or_else(|| "unknown".into()),
+                f.as_ref()
+                    .map(|f| f.role.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
                 agent_state(a.state).to_string(),
-                if a.address.is_empty() { "-".into() } else { a.address.clone() },
+                if a.address.is_empty() {
+                    "-".into()
+                } else {
+                    a.address.clone()
+                },
                 ts(a.last_seen).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    table(&["AGENT", "SET", "MEMBER", "ROLE", "STATE", "ADDRESS", "LAST SEEN"], &rows)
+    table(
+        &[
+            "AGENT",
+            "SET",
+            "MEMBER",
+            "ROLE",
+            "STATE",
+            "ADDRESS",
+            "LAST SEEN",
+        ],
+        &rows,
+    )
 }
 
 pub fn audit_json(entries: &[pb::AuditEntry]) -> Value {
@@ -264,9 +300,21 @@ pub fn audit_json(entries: &[pb::AuditEntry]) -> Value {
 pub fn audit_human(entries: &[pb::AuditEntry]) -> String {
     let rows: Vec<Vec<String>> = entries
         .iter()
-        .map(|e| vec![e.id.to_string(), ts(e.at).unwrap_or_default(), e.identity.clone(), e.action.clone(), e.outcome.clone(), e.arguments.clone()])
+        .map(|e| {
+            vec![
+                e.id.to_string(),
+                ts(e.at).unwrap_or_default(),
+                e.identity.clone(),
+                e.action.clone(),
+                e.outcome.clone(),
+                e.arguments.clone(),
+            ]
+        })
         .collect();
-    table(&["ID", "AT", "IDENTITY", "ACTION", "OUTCOME", "ARGUMENTS"], &rows)
+    table(
+        &["ID", "AT", "IDENTITY", "ACTION", "OUTCOME", "ARGUMENTS"],
+        &rows,
+    )
 }
 
 #[cfg(test)]
@@ -275,7 +323,10 @@ mod tests {
 
     #[test]
     fn table_aligns_columns() {
-        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()], vec!["z".into(), "".into()]]);
+        let t = table(
+            &["A", "BB"],
+            &[vec!["xxx".into(), "y".into()], vec!["z".into(), "".into()]],
+        );
         assert_eq!(t, "A    BB\nxxx  y\nz");
     }
 

@@ -1,17 +1,21 @@
 //! The wire: generated gRPC code and what surrounds it.
 //!
+//! - [`config`]: loading the daemons' TOML config files with precise errors.
 //! - [`pb`]: code generated from `proto/tandem/v1/*.proto` (build.rs, protox; no `protoc`).
 //! - [`model`]: domain types and their `TryFrom` conversions; prost types stop at the gRPC layer.
 //! - [`tls`], [`identity`]: mutual TLS from PEM files, and who is calling (SAN URIs).
 //! - [`telemetry`], [`propagation`]: tracing set-up shared by all three binaries, and
 //!   W3C trace context carried in gRPC metadata.
+//! - [`signals`]: the stop signals both daemons obey.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("tandem.v1");
 }
 
+pub mod config;
 pub mod identity;
 pub mod model;
 pub mod propagation;
+pub mod signals;
 pub mod telemetry;
 pub mod tls;

@@ -15,7 +15,9 @@ use crate::pb;
 /// A value received over the wire that does not make sense.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
-    #[error("field `{field}`: {value:?} is not a log position (expected PostgreSQL's form `X/Y` in hex, e.g. `0/3000060`)")]
+    #[error(
+        "field `{field}`: {value:?} is not a log position (expected PostgreSQL's form `X/Y` in hex, e.g. `0/3000060`)"
+    )]
     Lsn { field: &'static str, value: String },
     #[error("field `{field}`: unknown enum value {value}")]
     Enum { field: &'static str, value: i32 },
@@ -109,7 +111,10 @@ impl TryFrom<i32> for Role {
             Ok(pb::Role::Primary) => Ok(Role::Primary),
             Ok(pb::Role::Standby) => Ok(Role::Standby),
             Ok(pb::Role::Unknown | pb::Role::Unspecified) => Ok(Role::Unknown),
-            Err(_) => Err(ModelError::Enum { field: "role", value: v }),
+            Err(_) => Err(ModelError::Enum {
+                field: "role",
+                value: v,
+            }),
         }
     }
 }
@@ -262,8 +267,11 @@ impl TryFrom<pb::InstanceFacts> for Facts {
             current_lsn: lsn_from_wire("current_lsn", &f.current_lsn)?,
             received_lsn: lsn_from_wire("received_lsn", &f.received_lsn)?,
             replayed_lsn: lsn_from_wire("replayed_lsn", &f.replayed_lsn)?,
-            observed_at: timestamp_from_wire("observed_at", f.observed_at)?
-                .ok_or(ModelError::Missing { field: "observed_at" })?,
+            observed_at: timestamp_from_wire("observed_at", f.observed_at)?.ok_or(
+                ModelError::Missing {
+                    field: "observed_at",
+                },
+            )?,
             engine: f.engine,
             server_version: f.server_version,
             data_dir: f.data_dir,
@@ -320,7 +328,9 @@ impl TryFrom<i32> for AgentState {
     type Error = ModelError;
     fn try_from(v: i32) -> Result<Self, ModelError> {
         match pb::AgentState::try_from(v) {
-            Ok(pb::AgentState::NeverSeen | pb::AgentState::Unspecified) => Ok(AgentState::NeverSeen),
+            Ok(pb::AgentState::NeverSeen | pb::AgentState::Unspecified) => {
+                Ok(AgentState::NeverSeen)
+            }
             Ok(pb::AgentState::Online) => Ok(AgentState::Online),
             Ok(pb::AgentState::Offline) => Ok(AgentState::Offline),
             Err(_) => Err(ModelError::Enum {

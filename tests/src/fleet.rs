@@ -150,7 +150,11 @@ impl Fleet {
                 .filter(|(s, _, _)| s == set)
                 .map(|(_, m, _)| format!("{{ name = \"{m}\" }}"))
                 .collect();
-            write!(toml, "\n[[sets]]\nname = \"{set}\"\nmembers = [{}]\n", names.join(", "))?;
+            write!(
+                toml,
+                "\n[[sets]]\nname = \"{set}\"\nmembers = [{}]\n",
+                names.join(", ")
+            )?;
         }
         let controller_config = dir.join("controller.toml");
         write(&controller_config, &toml)?;
@@ -341,7 +345,13 @@ impl Drop for Fleet {
 /// Run the real `tandemctl` with `env` and `args`.
 pub fn run_ctl_raw(env: &[(String, String)], args: &[&str]) -> anyhow::Result<CtlRun> {
     let mut cmd = Command::new(bin_path("tandemctl")?);
-    for k in ["TANDEM_CONTROLLER", "TANDEM_CA", "TANDEM_CERT", "TANDEM_KEY", "TANDEM_OUTPUT"] {
+    for k in [
+        "TANDEM_CONTROLLER",
+        "TANDEM_CA",
+        "TANDEM_CERT",
+        "TANDEM_KEY",
+        "TANDEM_OUTPUT",
+    ] {
         cmd.env_remove(k);
     }
     cmd.args(args);

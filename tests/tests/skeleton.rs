@@ -29,7 +29,15 @@ async fn agents_register_and_show_real_roles() {
     assert_eq!(s["role"], "standby");
     assert_eq!(s["state"], "streaming");
     assert_eq!(s["live"], true);
-    assert_eq!(s["server_version"].as_str().unwrap().split('.').next().unwrap().parse::<u32>().unwrap() >= 15, true);
+    let major: u32 = s["server_version"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(major >= 15, "{major}");
     assert!(p["current_lsn"].as_str().unwrap().contains('/'));
     assert!(s["replayed_lsn"].as_str().unwrap().contains('/'));
     assert!(s["data_dir_bytes"].as_u64().unwrap() > 1_000_000);
@@ -38,7 +46,11 @@ async fn agents_register_and_show_real_roles() {
     // The same facts, for people.
     let human = fleet.ctl(&["show"]).unwrap();
     assert_eq!(human.code, 0);
-    assert!(human.stdout.contains("alpha-s1") && human.stdout.contains("streaming"), "{}", human.stdout);
+    assert!(
+        human.stdout.contains("alpha-s1") && human.stdout.contains("streaming"),
+        "{}",
+        human.stdout
+    );
 
     let agents = fleet.ctl(&["agents", "--output", "json"]).unwrap();
     assert_eq!(agents.code, 0);
@@ -47,9 +59,20 @@ async fn agents_register_and_show_real_roles() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| (a["name"].as_str().unwrap().to_owned(), a["role"].as_str().unwrap().to_owned()))
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_owned(),
+                a["role"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
-    assert_eq!(roles, vec![("alpha-p".into(), "primary".into()), ("alpha-s1".into(), "standby".into())]);
+    assert_eq!(
+        roles,
+        vec![
+            ("alpha-p".into(), "primary".into()),
+            ("alpha-s1".into(), "standby".into())
+        ]
+    );
 
     // Registrations are audited with the agent's identity.
     let audit = fleet.ctl(&["audit", "--output", "json"]).unwrap().json();
@@ -60,7 +83,10 @@ async fn agents_register_and_show_real_roles() {
         .filter(|e| e["action"] == "Register" && e["outcome"] == "ok")
         .map(|e| e["identity"].as_str().unwrap())
         .collect();
-    assert!(registered.contains(&"spiffe://tandem/agent/alpha-s1"), "{audit:#}");
+    assert!(
+        registered.contains(&"spiffe://tandem/agent/alpha-s1"),
+        "{audit:#}"
+    );
 
     // The agent reads the same facts locally, without the controller.
     let local = std::process::Command::new(tandem_tests::procs::bin_path("tandem-agent").unwrap())
@@ -68,7 +94,11 @@ async fn agents_register_and_show_real_roles() {
         .arg(&fleet.agents["alpha-s1"].config)
         .output()
         .unwrap();
-    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
     let local: serde_json::Value = serde_json::from_slice(&local.stdout).unwrap();
     assert_eq!(local["role"], "standby");
 }
@@ -77,15 +107,24 @@ async fn agents_register_and_show_real_roles() {
 async fn a_killed_agent_goes_offline_and_comes_back() {
     let mut fleet = Fleet::start(FleetSpec::new(&[("beta", 1)])).await.unwrap();
     fleet.kill_agent("beta-s1");
-    fleet.wait_agents_state(&["beta-s1".into()], "offline").await.unwrap();
+    fleet
+        .wait_agents_state(&["beta-s1".into()], "offline")
+        .await
+        .unwrap();
 
     let run = fleet.ctl(&["show", "--output", "json"]).unwrap();
     assert_eq!(run.code, 1, "an offline agent is a bad state: {run:?}");
-    assert_eq!(member(&run.json(), "beta", "beta-s1")["state"], "agent offline");
+    assert_eq!(
+        member(&run.json(), "beta", "beta-s1")["state"],
+        "agent offline"
+    );
     assert_eq!(fleet.ctl(&["agents"]).unwrap().code, 1);
 
     fleet.start_agent("beta-s1").unwrap();
-    fleet.wait_agents_state(&["beta-s1".into()], "online").await.unwrap();
+    fleet
+        .wait_agents_state(&["beta-s1".into()], "online")
+        .await
+        .unwrap();
     let run = fleet.ctl(&["show", "--output", "json"]).unwrap();
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(member(&run.json(), "beta", "beta-s1")["state"], "streaming");
@@ -98,28 +137,58 @@ async fn peers_without_the_right_certificate_are_refused() {
 
     // A certificate from another CA, with our CA to trust the controller.
     let other = fleet.dir.join("other-ca");
-    let made = run_ctl_raw(&[], &["certs", "init", "--dir", other.to_str().unwrap(), "--agents", "gamma-p"]).unwrap();
+    let made = run_ctl_raw(
+        &[],
+        &[
+            "certs",
+            "init",
+            "--dir",
+            other.to_str().unwrap(),
+            "--agents",
+            "gamma-p",
+        ],
+    )
+    .unwrap();
     assert_eq!(made.code, 0, "{made:?}");
     let foreign = vec![
         ("TANDEM_CONTROLLER".to_owned(), fleet.controller_url.clone()),
         ("TANDEM_CA".to_owned(), format!("{certs}/ca.pem")),
-        ("TANDEM_CERT".to_owned(), format!("{}/user-operator.pem", other.display())),
-        ("TANDEM_KEY".to_owned(), format!("{}/user-operator-key.pem", other.display())),
+        (
+            "TANDEM_CERT".to_owned(),
+            format!("{}/user-operator.pem", other.display()),
+        ),
+        (
+            "TANDEM_KEY".to_owned(),
+            format!("{}/user-operator-key.pem", other.display()),
+        ),
     ];
     let run = run_ctl_raw(&foreign, &["show"]).unwrap();
-    assert_eq!(run.code, 2, "a foreign certificate must be refused: {run:?}");
+    assert_eq!(
+        run.code, 2,
+        "a foreign certificate must be refused: {run:?}"
+    );
     assert!(run.stdout.is_empty());
 
     // An agent's certificate may not act as an operator.
     let as_agent = vec![
         ("TANDEM_CONTROLLER".to_owned(), fleet.controller_url.clone()),
         ("TANDEM_CA".to_owned(), format!("{certs}/ca.pem")),
-        ("TANDEM_CERT".to_owned(), format!("{certs}/agent-gamma-p.pem")),
-        ("TANDEM_KEY".to_owned(), format!("{certs}/agent-gamma-p-key.pem")),
+        (
+            "TANDEM_CERT".to_owned(),
+            format!("{certs}/agent-gamma-p.pem"),
+        ),
+        (
+            "TANDEM_KEY".to_owned(),
+            format!("{certs}/agent-gamma-p-key.pem"),
+        ),
     ];
     let run = run_ctl_raw(&as_agent, &["show"]).unwrap();
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(run.stderr.contains("spiffe://tandem/agent/gamma-p"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("spiffe://tandem/agent/gamma-p"),
+        "{}",
+        run.stderr
+    );
 
     // No certificate at all: tandemctl says what is missing.
     let run = run_ctl_raw(&foreign[..2], &["show"]).unwrap();
@@ -138,25 +207,44 @@ async fn peers_without_the_right_certificate_are_refused() {
             .connect()
             .await?;
         let mut c = tandem_proto::pb::controller_client::ControllerClient::new(ch);
-        c.list_agents(tandem_proto::pb::ListAgentsRequest {}).await?;
+        c.list_agents(tandem_proto::pb::ListAgentsRequest {})
+            .await?;
         anyhow::Ok(())
     };
-    assert!(tokio::time::timeout(Duration::from_secs(10), call).await.unwrap().is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .unwrap()
+            .is_err()
+    );
 
     // ...nor from an agent; and an agent refuses an operator's certificate.
     let agent_addr = std::fs::read_to_string(&fleet.agents["gamma-s1"].config)
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("listen = \"").map(|r| r.trim_end_matches('"').to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("listen = \"")
+                .map(|r| r.trim_end_matches('"').to_owned())
+        })
         .unwrap();
     let files = tandem_proto::tls::TlsFiles {
         ca: format!("{certs}/ca.pem").into(),
         cert: format!("{certs}/user-operator.pem").into(),
         key: format!("{certs}/user-operator-key.pem").into(),
     };
-    let ch = tandem_proto::tls::connect(&format!("https://{agent_addr}"), &files).await.unwrap();
+    let ch = tandem_proto::tls::connect(&format!("https://{agent_addr}"), &files)
+        .await
+        .unwrap();
     let mut agent = tandem_proto::pb::agent_client::AgentClient::new(ch);
-    let err = agent.status(tandem_proto::pb::StatusRequest {}).await.unwrap_err();
+    let err = agent
+        .status(tandem_proto::pb::StatusRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    assert!(err.message().contains("only from spiffe://tandem/controller"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("only from spiffe://tandem/controller"),
+        "{}",
+        err.message()
+    );
 }

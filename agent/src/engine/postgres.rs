@@ -173,7 +173,16 @@ impl Engine for PostgresEngine {
 fn parse_facts_row(row: &str) -> Result<Facts, PostgresError> {
     let bad = || PostgresError::Output(row.to_owned());
     let cols: Vec<&str> = row.split('|').collect();
-    let [version, in_recovery, current, received, replayed, receiver, lag] = cols[..] else {
+    let [
+        version,
+        in_recovery,
+        current,
+        received,
+        replayed,
+        receiver,
+        lag,
+    ] = cols[..]
+    else {
         return Err(bad());
     };
     let lsn = |s: &str| -> Result<Option<Lsn>, PostgresError> {
@@ -193,7 +202,11 @@ fn parse_facts_row(row: &str) -> Result<Facts, PostgresError> {
         engine: "postgres".into(),
         server_version: version.split_whitespace().next().unwrap_or("").to_owned(),
         server_state: ServerState::Running,
-        role: if standby { Role::Standby } else { Role::Primary },
+        role: if standby {
+            Role::Standby
+        } else {
+            Role::Primary
+        },
         data_dir: String::new(),
         data_dir_bytes: 0,
         current_lsn: lsn(current)?,
@@ -244,8 +257,9 @@ mod tests {
 
     #[test]
     fn parses_a_standby_row() {
-        let f = parse_facts_row("15.18 (Debian 15.18-0+deb12u1)|t||0/3000148|0/3000148|streaming|0")
-            .unwrap();
+        let f =
+            parse_facts_row("15.18 (Debian 15.18-0+deb12u1)|t||0/3000148|0/3000148|streaming|0")
+                .unwrap();
         assert_eq!(f.role, Role::Standby);
         assert_eq!(f.server_version, "15.18");
         assert_eq!(f.received_lsn, Some(Lsn(0x3000148)));

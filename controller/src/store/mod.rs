@@ -27,7 +27,9 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("the store {path} has schema version {found}, newer than this controller knows ({known}); run the newer controller")]
+    #[error(
+        "the store {path} has schema version {found}, newer than this controller knows ({known}); run the newer controller"
+    )]
     TooNew {
         path: PathBuf,
         found: usize,
@@ -107,9 +109,12 @@ impl Store {
             })?;
         }
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
         migrate(&mut conn, path)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -294,7 +299,8 @@ impl Store {
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    let version: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     let known = migrations::MIGRATIONS.len();
     if version > known {
         return Err(StoreError::TooNew {
@@ -336,9 +342,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/c.db");
         let s = Store::open(&path).unwrap();
-        s.audit("spiffe://tandem/user/op".into(), "Register", "{}".into(), "ok".into(), String::new())
-            .await
-            .unwrap();
+        s.audit(
+            "spiffe://tandem/user/op".into(),
+            "Register",
+            "{}".into(),
+            "ok".into(),
+            String::new(),
+        )
+        .await
+        .unwrap();
         drop(s);
         let s = Store::open(&path).unwrap();
         let log = s.audit_log(0).await.unwrap();
@@ -362,11 +374,17 @@ mod tests {
     async fn membership_change_bumps_generation() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("c.db")).unwrap();
-        s.sync_sets(vec![set("billing", &["db1", "db2"])]).await.unwrap();
+        s.sync_sets(vec![set("billing", &["db1", "db2"])])
+            .await
+            .unwrap();
         assert_eq!(s.generation("billing".into()).await.unwrap(), Some(1));
-        s.sync_sets(vec![set("billing", &["db2", "db1"])]).await.unwrap();
+        s.sync_sets(vec![set("billing", &["db2", "db1"])])
+            .await
+            .unwrap();
         assert_eq!(s.generation("billing".into()).await.unwrap(), Some(1));
-        s.sync_sets(vec![set("billing", &["db1", "db3"])]).await.unwrap();
+        s.sync_sets(vec![set("billing", &["db1", "db3"])])
+            .await
+            .unwrap();
         assert_eq!(s.generation("billing".into()).await.unwrap(), Some(2));
         assert_eq!(s.generation("nope".into()).await.unwrap(), None);
     }
@@ -388,7 +406,9 @@ mod tests {
             facts: Some("{}".into()),
         };
         s.upsert_agent(row.clone()).await.unwrap();
-        s.set_agent_state("db1".into(), AgentState::Offline, now).await.unwrap();
+        s.set_agent_state("db1".into(), AgentState::Offline, now)
+            .await
+            .unwrap();
         let got = s.agents().await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].state, AgentState::Offline);

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what the tests need when it is
+# missing (PostgreSQL from the distribution's packages), then runs
+# `cargo fmt --check`, clippy with warnings as errors, and every test: unit
+# tests and end-to-end tests against real PostgreSQL and the real binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*"; }
+
+command -v cargo >/dev/null || { echo "tests/run.sh: cargo is not installed; install Rust first" >&2; exit 2; }
+
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql postgresql-contrib)
+ls /usr/lib/postgresql/*/bin/pg_amcheck >/dev/null 2>&1 || missing+=(postgresql-client)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+fi
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+  echo "tests/run.sh: running as root needs the 'postgres' OS user (PostgreSQL refuses to run as root); install the postgresql package" >&2
+  exit 2
+fi
+
+say "cargo fmt --check"
+cargo fmt --all --check
+say "cargo clippy"
+cargo clippy --workspace --all-targets -q -- -D warnings
+say "build"
+cargo build --workspace --all-targets -q
+say "tests"
+cargo test --workspace -q
