@@ -183,15 +183,10 @@ mod shipped_examples {
     #[test]
     fn every_agent_config_in_deploy_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name.starts_with("agent") && name.ends_with(".toml") {
-                AgentConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
-                seen += 1;
-            }
+        let files = config::examples(&dir, "agent");
+        assert!(!files.is_empty(), "no agent*.toml in {}", dir.display());
+        for path in files {
+            AgentConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
         }
-        assert!(seen > 0, "no agent*.toml in {}", dir.display());
     }
 }

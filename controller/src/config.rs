@@ -210,15 +210,14 @@ mod shipped_examples {
     #[test]
     fn every_controller_config_in_deploy_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name.starts_with("controller") && name.ends_with(".toml") {
-                ControllerConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
-                seen += 1;
-            }
+        let files = config::examples(&dir, "controller");
+        assert!(
+            !files.is_empty(),
+            "no controller*.toml in {}",
+            dir.display()
+        );
+        for path in files {
+            ControllerConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
         }
-        assert!(seen > 0, "no controller*.toml in {}", dir.display());
     }
 }

@@ -31,13 +31,9 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match tandem_proto::process::start("tandem-controller") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tandem-controller: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(real_main(cli)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,7 +61,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
 
 /// Cancel `shutdown` on the first SIGTERM or SIGINT.
 async fn on_signal(shutdown: CancellationToken) {
-    let sig = tandem_proto::signals::shutdown_signal().await;
+    let sig = tandem_proto::process::shutdown_signal().await;
     tracing::info!(signal = sig, "shutdown signal received");
     shutdown.cancel();
 }

@@ -10,13 +10,9 @@ use tracing::Instrument;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match tandem_proto::process::start("tandemctl") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tandemctl: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let telemetry = match telemetry::init("tandemctl", cli.log_format, "warn") {

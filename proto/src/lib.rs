@@ -6,7 +6,7 @@
 //! - [`tls`], [`identity`]: mutual TLS from PEM files, and who is calling (SAN URIs).
 //! - [`telemetry`], [`propagation`]: tracing set-up shared by all three binaries, and
 //!   W3C trace context carried in gRPC metadata.
-//! - [`signals`]: the stop signals both daemons obey.
+//! - [`process`]: start-up every `main` shares (crypto provider, runtime) and the stop signals.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("tandem.v1");
@@ -15,7 +15,7 @@ pub mod pb {
 pub mod config;
 pub mod identity;
 pub mod model;
+pub mod process;
 pub mod propagation;
-pub mod signals;
 pub mod telemetry;
 pub mod tls;
