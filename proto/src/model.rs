@@ -389,6 +389,44 @@ impl TryFrom<pb::RegisterRequest> for Registration {
     }
 }
 
+/// One integrity problem a check found in a database.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Finding {
+    /// The database it was found in (empty when a check cannot tell).
+    pub database: String,
+    /// The relation, e.g. `public.pgbench_accounts_pkey`, or a file path
+    /// (`base/5/16384`) for checks that work on files.
+    pub relation: String,
+    /// Machine-readable kind: `index` (an index disagrees with its table),
+    /// `heap` (a table's own structure), `checksum` (a page's checksum),
+    /// `logical_read` (a full read failed), `check_failed` (a tool failed).
+    pub kind: String,
+    /// The tool's own message.
+    pub message: String,
+}
+
+impl From<pb::Finding> for Finding {
+    fn from(f: pb::Finding) -> Self {
+        Finding {
+            database: f.database,
+            relation: f.relation,
+            kind: f.kind,
+            message: f.message,
+        }
+    }
+}
+
+impl From<Finding> for pb::Finding {
+    fn from(f: Finding) -> Self {
+        pb::Finding {
+            database: f.database,
+            relation: f.relation,
+            kind: f.kind,
+            message: f.message,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
