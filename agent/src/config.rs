@@ -34,8 +34,62 @@ pub struct AgentConfig {
     /// How often to tell the controller the agent is alive.
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// A command run on events (E_TESTDB: interrupted tests, errors found),
+    /// with TANDEM_EVENT, TANDEM_EVENT_CODE, TANDEM_SET, TANDEM_MEMBER,
+    /// TANDEM_OPERATION_ID and TANDEM_EVENT_MESSAGE in its environment.
+    #[serde(default)]
+    pub event_hook: Option<PathBuf>,
     pub tls: TlsFiles,
     pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub testdb: TestdbConfig,
+}
+
+/// How testdb copies and checks (SPEC T2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestdbConfig {
+    /// Parallel copy workers (default: the host's cores, 2 to 8).
+    #[serde(default)]
+    pub copy_workers: Option<usize>,
+    /// Read every row with `pg_dumpall` to nowhere after pg_amcheck.
+    #[serde(default = "yes")]
+    pub logical_read: bool,
+    /// Free space to keep on the archive filesystem beyond the copy itself,
+    /// in MiB (SPEC R11: too little is refused before anything is written).
+    #[serde(default = "default_reserve_mib")]
+    pub free_space_reserve_mib: u64,
+    /// How long the restarted standby may take to stream again.
+    #[serde(default = "default_streaming_timeout", with = "humantime_serde")]
+    pub streaming_timeout: Duration,
+    /// How long the private instance may take to replay the log and open.
+    #[serde(default = "default_private_timeout", with = "humantime_serde")]
+    pub private_start_timeout: Duration,
+}
+
+impl Default for TestdbConfig {
+    fn default() -> Self {
+        TestdbConfig {
+            copy_workers: None,
+            logical_read: true,
+            free_space_reserve_mib: default_reserve_mib(),
+            streaming_timeout: default_streaming_timeout(),
+            private_start_timeout: default_private_timeout(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_reserve_mib() -> u64 {
+    256
+}
+fn default_streaming_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_private_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +117,10 @@ pub struct PostgresConfig {
     pub dbname: String,
     /// Where copies for testdb go (the seed's archive directory). Same host.
     pub archive_dir: PathBuf,
+    /// The live server's log when the agent starts it (`pg_ctl start -l`);
+    /// default `<home>/postgres.log`.
+    #[serde(default)]
+    pub server_log: Option<PathBuf>,
 }
 
 fn default_heartbeat() -> Duration {

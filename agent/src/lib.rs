@@ -1,13 +1,19 @@
 //! tandem-agent: one per database server.
 //!
-//! Tasks: the gRPC server (`service`, only the controller may call it) and the
-//! registration loop (`registration`, register then heartbeat). Both stop when
-//! the `shutdown` token is cancelled by `main` on SIGTERM/SIGINT. The engine
-//! (`engine`) is the only code that touches the database; it runs its tools
-//! through `runner` as the database's OS user.
+//! Tasks: the gRPC server (`service`, only the controller may call it), the
+//! registration loop (`registration`, register then heartbeat), and at most
+//! one running operation (`ops`, running an `actions` step list). All stop
+//! when the `shutdown` token is cancelled by `main` on SIGTERM/SIGINT; `run`
+//! then waits for the operation's clean-up (standby back, journal written,
+//! event hook run) before returning. The engine (`engine`) is the only code
+//! that touches the database; it runs its tools through `runner` as the
+//! database's OS user. `events` runs the event hook and tells the controller.
 
+pub mod actions;
 pub mod config;
 pub mod engine;
+pub mod events;
+pub mod ops;
 pub mod registration;
 pub mod runner;
 pub mod service;
@@ -28,7 +34,7 @@ use crate::runner::Runner;
 /// Build the PostgreSQL engine an agent config describes.
 pub fn engine_for(cfg: &AgentConfig) -> anyhow::Result<PostgresEngine> {
     let runner = Runner::for_os_user(&cfg.postgres.os_user)?;
-    Ok(PostgresEngine::new(cfg.postgres.clone(), runner))
+    Ok(PostgresEngine::new(cfg.postgres.clone(), runner, &cfg.home))
 }
 
 /// Run the agent until `shutdown` is cancelled.
@@ -41,8 +47,16 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             cfg.home.display()
         )
     })?;
+    std::fs::create_dir_all(&cfg.postgres.archive_dir).with_context(|| {
+        format!(
+            "cannot create the archive directory {} (field `postgres.archive_dir`)",
+            cfg.postgres.archive_dir.display()
+        )
+    })?;
     let server_tls = cfg.tls.server_config()?;
     let controller = tandem_proto::tls::connect_lazy(&cfg.controller, &cfg.tls)?;
+    let events = events::Events::new(cfg.clone(), Some(controller.clone()));
+    let ops = ops::Operations::open(cfg.clone(), engine.clone(), events, shutdown.clone())?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| {
@@ -58,10 +72,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         set: cfg.set.clone(),
         member: cfg.member().to_owned(),
         engine: engine.clone(),
+        ops: ops.clone(),
     };
     let registration = tokio::spawn(registration::run(
         cfg.clone(),
         engine,
+        ops.clone(),
         controller,
         shutdown.clone(),
     ));
@@ -79,6 +95,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .context("agent gRPC server failed")?;
     shutdown.cancel();
+    if let Some(op) = ops.running() {
+        tracing::warn!(operation = %op, "stopping: interrupting the running operation");
+    }
+    ops.shutdown().await;
     let _ = registration.await;
     info!("tandem-agent stopped");
     Ok(())

@@ -36,6 +36,13 @@ enum Command {
     Run,
     /// Print the local instance's facts as JSON, without the controller.
     Status,
+    /// Print the last testdb result (the state file), without the controller.
+    /// Exit 1 when it found errors or did not finish.
+    Show {
+        /// Print the state file as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +72,24 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Show { json } => {
+            let path = tandem_agent::actions::testdb::state_file_path(&cfg);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    println!("never tested: no state file {} yet", path.display());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => anyhow::bail!("cannot read the state file {}: {e}", path.display()),
+            };
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            if json {
+                println!("{text}");
+            } else {
+                print!("{}", tandem_agent::actions::testdb::state_human(&v));
+            }
+            Ok(if v["result"] == "clean" { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Run => {
             let telemetry = telemetry::init("tandem-agent", cli.log_format, "info")?;

@@ -16,10 +16,12 @@ use tracing::{info, warn};
 
 use crate::config::AgentConfig;
 use crate::engine::Engine;
+use crate::ops::Operations;
 
 pub async fn run<E: Engine>(
     cfg: Arc<AgentConfig>,
     engine: Arc<E>,
+    ops: Arc<Operations<E>>,
     channel: tonic::transport::Channel,
     shutdown: CancellationToken,
 ) {
@@ -29,7 +31,7 @@ pub async fn run<E: Engine>(
     let mut reachable = true;
     loop {
         let result = if registered {
-            heartbeat(&cfg, &*engine, &mut client).await.map(|again| {
+            heartbeat(&cfg, &*engine, ops.running(), &mut client).await.map(|again| {
                 if again {
                     info!("controller does not know this agent; registering again");
                     registered = false;
@@ -90,6 +92,7 @@ async fn register<E: Engine>(
 async fn heartbeat<E: Engine>(
     cfg: &AgentConfig,
     engine: &E,
+    running: Option<String>,
     client: &mut ControllerClient<TracedChannel>,
 ) -> Result<bool, tonic::Status> {
     let facts = engine.facts().await;
@@ -97,7 +100,7 @@ async fn heartbeat<E: Engine>(
         .heartbeat(pb::HeartbeatRequest {
             agent: cfg.name.clone(),
             facts: Some(facts.into()),
-            running_operation_id: String::new(),
+            running_operation_id: running.unwrap_or_default(),
         })
         .await?
         .into_inner();

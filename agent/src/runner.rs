@@ -7,7 +7,8 @@
 //! its future is dropped.
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
@@ -64,6 +65,34 @@ impl Runner {
             switch_to: Some((user.uid.as_raw(), user.gid.as_raw())),
             home: Some(user.dir),
         })
+    }
+
+    /// The uid/gid files made for the engine must belong to (None: ours).
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.switch_to
+    }
+
+    /// Create `dir` (and parents) owned by the engine's user, mode 0700.
+    pub fn prepare_dir(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        self.chown(dir)
+    }
+
+    /// Create `file` if missing (for the engine's user to append to).
+    pub fn prepare_file(&self, file: &Path) -> std::io::Result<()> {
+        if let Some(d) = file.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::OpenOptions::new().create(true).append(true).open(file)?;
+        self.chown(file)
+    }
+
+    fn chown(&self, path: &Path) -> std::io::Result<()> {
+        if let Some((uid, gid)) = self.switch_to {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        }
+        Ok(())
     }
 
     /// A command prepared to run as the right user.

@@ -1,17 +1,21 @@
 //! The agent's gRPC server (`tandem.v1.Agent`).
 //!
 //! Only the controller may call it: [`require_controller`] runs before every
-//! handler and refuses any other certificate identity. Long operations
-//! (copy, testdb, restore) arrive with later issues; until then their RPCs
-//! answer `unimplemented` with a message saying so.
+//! handler and refuses any other certificate identity. Long operations never
+//! run inside a handler: `StartOperation` hands them to [`Operations`] and
+//! returns the id; `Watch` streams the operation's `watch` channel (a task
+//! per watcher, ending when the client goes away or the operation ends).
 
 use std::sync::Arc;
 
 use tandem_proto::identity::{Identity, peer_identity};
+use tandem_proto::model::timestamp_to_wire;
 use tandem_proto::pb;
 use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
+use crate::ops::journal::{OpKind, OpRecord, OpState};
+use crate::ops::{Operations, Progress, StartError, Watched};
 
 /// What the service needs to answer.
 pub struct AgentService<E> {
@@ -19,6 +23,7 @@ pub struct AgentService<E> {
     pub set: String,
     pub member: String,
     pub engine: Arc<E>,
+    pub ops: Arc<Operations<E>>,
 }
 
 /// Interceptor: the caller must present the controller's certificate.
@@ -36,10 +41,63 @@ pub fn require_controller(req: Request<()>) -> Result<Request<()>, Status> {
 type ProgressStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Progress, Status>> + Send>>;
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not available in this version of tandem-agent"
-    ))
+fn start_status(e: StartError) -> Status {
+    let msg = e.to_string();
+    match e {
+        StartError::Busy { .. } | StartError::Stale { .. } | StartError::Refused(_) => {
+            Status::failed_precondition(msg)
+        }
+        StartError::ShuttingDown => Status::unavailable(msg),
+        StartError::Journal(_) => Status::internal(msg),
+    }
+}
+
+fn op_state(s: OpState) -> pb::OperationState {
+    match s {
+        OpState::Running => pb::OperationState::Running,
+        OpState::Succeeded => pb::OperationState::Succeeded,
+        OpState::ErrorsFound => pb::OperationState::ErrorsFound,
+        OpState::Failed => pb::OperationState::Failed,
+        OpState::Cancelled => pb::OperationState::Cancelled,
+        OpState::Interrupted => pb::OperationState::Interrupted,
+    }
+}
+
+/// The wire form of a journal record.
+pub fn result_of(r: &OpRecord) -> pb::OperationResult {
+    pb::OperationResult {
+        operation_id: r.id.clone(),
+        kind: match r.kind {
+            OpKind::Copy => pb::OperationKind::Copy,
+            OpKind::Testdb => pb::OperationKind::Testdb,
+        } as i32,
+        state: op_state(r.state) as i32,
+        started_at: Some(timestamp_to_wire(r.started_at)),
+        finished_at: r.finished_at.map(timestamp_to_wire),
+        tested_lsn: r.tested_lsn.clone().unwrap_or_default(),
+        findings: r.findings.iter().cloned().map(Into::into).collect(),
+        reason: r.reason.clone().unwrap_or_default(),
+        output_path: r
+            .output_path
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        standby_downtime_seconds: r.standby_downtime_seconds.unwrap_or(0.0),
+    }
+}
+
+fn progress_of(p: &Progress) -> pb::Progress {
+    let done = p.record.state.is_final();
+    pb::Progress {
+        operation_id: p.record.id.clone(),
+        state: op_state(p.record.state) as i32,
+        step: p.record.step.clone(),
+        bytes_done: p.bytes_done,
+        bytes_total: p.bytes_total,
+        message: p.message.clone(),
+        at: Some(timestamp_to_wire(jiff::Timestamp::now())),
+        result: done.then(|| result_of(&p.record)),
+    }
 }
 
 #[tonic::async_trait]
@@ -60,35 +118,115 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(agent = %self.agent))]
     async fn start_operation(
         &self,
-        _req: Request<pb::StartOperationRequest>,
+        req: Request<pb::StartOperationRequest>,
     ) -> Result<Response<pb::StartOperationResponse>, Status> {
-        Err(not_yet("StartOperation"))
+        let r = req.into_inner();
+        let kind = match pb::OperationKind::try_from(r.kind) {
+            Ok(pb::OperationKind::Testdb) => OpKind::Testdb,
+            Ok(pb::OperationKind::Copy) => OpKind::Copy,
+            Ok(k) => {
+                return Err(Status::unimplemented(format!(
+                    "{k:?} is not available in this version of tandem-agent"
+                )));
+            }
+            Err(_) => return Err(Status::invalid_argument(format!("unknown operation kind {}", r.kind))),
+        };
+        let id = self
+            .ops
+            .start(kind, r.set_generation, r.params)
+            .await
+            .map_err(start_status)?;
+        Ok(Response::new(pb::StartOperationResponse { operation_id: id }))
     }
 
     type WatchStream = ProgressStream;
 
     async fn watch(
         &self,
-        _req: Request<pb::WatchRequest>,
+        req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(not_yet("Watch"))
+        let id = req.into_inner().operation_id;
+        let watched = self
+            .ops
+            .watch(&id)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no operation `{id}` on this agent")))?;
+        let stream: ProgressStream = match watched {
+            Watched::Finished(rec) => {
+                let p = Progress {
+                    bytes_done: rec.bytes_copied,
+                    bytes_total: rec.bytes_copied,
+                    message: "finished".into(),
+                    record: rec,
+                };
+                Box::pin(tokio_stream::once(Ok(progress_of(&p))))
+            }
+            Watched::Live(mut rx) => Box::pin(async_stream(move |tx| async move {
+                loop {
+                    let p = rx.borrow_and_update().clone();
+                    let done = p.record.state.is_final();
+                    if tx.send(Ok(progress_of(&p))).await.is_err() || done {
+                        return;
+                    }
+                    // Cancel-safe: changed() only waits for the next value.
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                    // Throttle: at most ~5 messages a second per watcher.
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            })),
+        };
+        Ok(Response::new(stream))
     }
 
     async fn cancel(
         &self,
-        _req: Request<pb::CancelRequest>,
+        req: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
-        Err(not_yet("Cancel"))
+        let id = req.into_inner().operation_id;
+        if self.ops.cancel(&id) {
+            return Ok(Response::new(pb::CancelResponse {
+                state: pb::OperationState::Running as i32,
+            }));
+        }
+        match self.ops.journal().read(&id).map_err(|e| Status::internal(e.to_string()))? {
+            Some(rec) => Ok(Response::new(pb::CancelResponse {
+                state: op_state(rec.state) as i32,
+            })),
+            None => Err(Status::not_found(format!("no operation `{id}` on this agent"))),
+        }
     }
 
     async fn list_operations(
         &self,
-        _req: Request<pb::ListOperationsRequest>,
+        req: Request<pb::ListOperationsRequest>,
     ) -> Result<Response<pb::ListOperationsResponse>, Status> {
+        let limit = req.into_inner().limit as usize;
+        let mut ops = self
+            .ops
+            .journal()
+            .list()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if limit > 0 {
+            ops.truncate(limit);
+        }
         Ok(Response::new(pb::ListOperationsResponse {
-            operations: vec![],
+            operations: ops.iter().map(result_of).collect(),
         }))
     }
+}
+
+/// A stream fed by a task through a channel (the task ends when the client goes away).
+fn async_stream<F, Fut>(f: F) -> impl tokio_stream::Stream<Item = Result<pb::Progress, Status>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::Progress, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

@@ -31,6 +31,14 @@ pub enum ServiceError {
     },
     #[error("no set named `{set}`; `tandemctl show` lists the sets")]
     UnknownSet { set: String },
+    #[error("name the sets to test, or --all")]
+    NoSets,
+    #[error("--member needs exactly one set")]
+    MemberNeedsOneSet,
+    #[error("set `{set}` has no member `{member}`; `tandemctl show {set}` lists them")]
+    UnknownMember { set: String, member: String },
+    #[error("no run `{run}` on this controller (runs are kept until it restarts)")]
+    UnknownRun { run: String },
     #[error("{what} is not available in this version of tandem-controller")]
     NotYet { what: &'static str },
     #[error(transparent)]
@@ -49,7 +57,10 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::NotDeclared { .. } | ServiceError::WrongMembership { .. } => {
                 tonic::Status::failed_precondition(msg)
             }
-            ServiceError::UnknownSet { .. } => tonic::Status::not_found(msg),
+            ServiceError::UnknownSet { .. } | ServiceError::UnknownMember { .. } | ServiceError::UnknownRun { .. } => {
+                tonic::Status::not_found(msg)
+            }
+            ServiceError::NoSets | ServiceError::MemberNeedsOneSet => tonic::Status::invalid_argument(msg),
             ServiceError::NotYet { .. } => tonic::Status::unimplemented(msg),
             ServiceError::Invalid(_) => tonic::Status::invalid_argument(msg),
             ServiceError::Store(_) => tonic::Status::internal(msg),

@@ -5,14 +5,18 @@
 //! silent agents offline). State that cannot be re-learned lives in the
 //! SQLite `store`; what agents are doing is re-learned from them. Calls to
 //! agents go through `agents::AgentClients` (mTLS as the controller).
+//! Test runs (`runs`) are spawned tasks that order a test, relay its
+//! progress and store the set's `verdicts`.
 //! Everything stops when `main` cancels the `shutdown` token.
 
 pub mod agents;
 pub mod config;
 pub mod error;
 pub mod inventory;
+pub mod runs;
 pub mod service;
 pub mod store;
+pub mod verdicts;
 
 use std::sync::Arc;
 
@@ -45,10 +49,13 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         inventory.clone(),
         shutdown.clone(),
     ));
+    let agents = Arc::new(agents::AgentClients::new(cfg.tls.clone()));
+    let runs = Arc::new(runs::Runs::new(inventory.clone(), store.clone(), agents.clone()));
     let service = service::ControllerService {
         inventory,
         store,
-        agents: Arc::new(agents::AgentClients::new(cfg.tls.clone())),
+        agents,
+        runs,
     };
     tonic::transport::Server::builder()
         .tls_config(server_tls)?

@@ -18,12 +18,14 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::agents::AgentClients;
 use crate::error::ServiceError;
 use crate::inventory::{AgentView, Inventory};
+use crate::runs::Runs;
 use crate::store::Store;
 
 pub struct ControllerService {
     pub inventory: Arc<Inventory>,
     pub store: Store,
     pub agents: Arc<AgentClients>,
+    pub runs: Arc<Runs>,
 }
 
 type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
@@ -259,53 +261,90 @@ impl pb::controller_server::Controller for ControllerService {
                 name: set.name.clone(),
                 generation,
                 members: self.member_views(set).await,
-                verdict: Some(pb::Verdict {
-                    kind: pb::VerdictKind::NeverTested as i32,
-                    ..Default::default()
-                }),
+                verdict: Some(
+                    self.store
+                        .verdicts(set.name.clone(), 1)
+                        .await
+                        .map_err(ServiceError::from)?
+                        .first()
+                        .map(|v| v.to_pb())
+                        .unwrap_or(pb::Verdict {
+                            kind: pb::VerdictKind::NeverTested as i32,
+                            ..Default::default()
+                        }),
+                ),
             });
         }
         Ok(Response::new(pb::ShowSetsResponse { sets }))
     }
 
-    async fn start_testdb(
-        &self,
-        req: Request<pb::StartTestdbRequest>,
-    ) -> Result<Response<pb::StartRunResponse>, Status> {
+    async fn start_testdb(&self, req: Request<pb::StartTestdbRequest>) -> Result<Response<pb::StartRunResponse>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
-        let refusal = match require_user(&who, "StartTestdb") {
-            Err(e) => e,
-            Ok(()) => ServiceError::NotYet { what: "testdb" },
-        };
-        let result: Result<(), ServiceError> = Err(refusal);
-        self.audit(
-            &who,
-            "StartTestdb",
-            serde_json::json!({"sets": r.sets, "all": r.all, "member": r.member}),
-            &result,
-        )
-        .await;
-        Err(result
-            .err()
-            .map(Status::from)
-            .unwrap_or_else(|| Status::internal("unreachable")))
+        let args = serde_json::json!({"sets": r.sets, "all": r.all, "member": r.member});
+        let result = (|| {
+            require_user(&who, "StartTestdb")?;
+            let cfg = self.inventory.config();
+            let sets: Vec<String> = if r.all {
+                cfg.sets.iter().map(|s| s.name.clone()).collect()
+            } else {
+                r.sets.clone()
+            };
+            if sets.is_empty() {
+                return Err(ServiceError::NoSets);
+            }
+            for name in &sets {
+                if !cfg.sets.iter().any(|s| &s.name == name) {
+                    return Err(ServiceError::UnknownSet { set: name.clone() });
+                }
+            }
+            let member = (!r.member.is_empty()).then(|| r.member.clone());
+            if let Some(m) = &member {
+                let [set] = &sets[..] else {
+                    return Err(ServiceError::MemberNeedsOneSet);
+                };
+                let declared = cfg.sets.iter().find(|s| &s.name == set).is_some_and(|s| s.members.iter().any(|x| &x.name == m));
+                if !declared {
+                    return Err(ServiceError::UnknownMember { set: set.clone(), member: m.clone() });
+                }
+            }
+            Ok(self.runs.start(sets, member, current_trace_id().unwrap_or_default()))
+        })();
+        self.audit(&who, "StartTestdb", args, &result).await;
+        Ok(Response::new(pb::StartRunResponse { run_id: result? }))
     }
 
     type WatchRunStream = Stream<pb::RunProgress>;
 
-    async fn watch_run(
-        &self,
-        req: Request<pb::WatchRunRequest>,
-    ) -> Result<Response<Self::WatchRunStream>, Status> {
+    async fn watch_run(&self, req: Request<pb::WatchRunRequest>) -> Result<Response<Self::WatchRunStream>, Status> {
         require_user(&caller(&req)?, "WatchRun")?;
-        Err(ServiceError::NotYet { what: "WatchRun" }.into())
+        let id = req.into_inner().run_id;
+        let run = self.runs.get(&id).ok_or(ServiceError::UnknownRun { run: id })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut seen = 0;
+            let mut changes = run.subscribe();
+            loop {
+                let (events, done) = run.events_from(seen);
+                seen += events.len();
+                for ev in events {
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                if done {
+                    return;
+                }
+                // Cancel-safe: changed() only waits for the next event count.
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
-    async fn cancel_run(
-        &self,
-        req: Request<pb::CancelRunRequest>,
-    ) -> Result<Response<pb::CancelRunResponse>, Status> {
+    async fn cancel_run(&self, req: Request<pb::CancelRunRequest>) -> Result<Response<pb::CancelRunResponse>, Status> {
         require_user(&caller(&req)?, "CancelRun")?;
         Err(ServiceError::NotYet { what: "CancelRun" }.into())
     }
@@ -315,11 +354,15 @@ impl pb::controller_server::Controller for ControllerService {
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         require_user(&caller(&req)?, "History")?;
-        let set = req.into_inner().set;
+        let r = req.into_inner();
+        let set = r.set.clone();
         if !self.inventory.config().sets.iter().any(|s| s.name == set) {
             return Err(ServiceError::UnknownSet { set }.into());
         }
-        Ok(Response::new(pb::HistoryResponse { verdicts: vec![] }))
+        let verdicts = self.store.verdicts(set, r.limit).await.map_err(ServiceError::from)?;
+        Ok(Response::new(pb::HistoryResponse {
+            verdicts: verdicts.iter().map(|v| v.to_pb()).collect(),
+        }))
     }
 
     async fn audit(

@@ -63,6 +63,28 @@ pub enum Command {
         /// Only these sets (default: all).
         sets: Vec<String>,
     },
+    /// Test a set's standby: copy its database aside, bring the copy up so it
+    /// replays its log, and run the integrity checks on it (SPEC T2). Shows a
+    /// progress bar per set and ends with the verdicts. Exit 0 clean, 1 errors
+    /// found, 2 a test could not run.
+    Testdb {
+        /// The sets to test.
+        #[arg(required_unless_present = "all")]
+        sets: Vec<String>,
+        /// Test every set.
+        #[arg(long, conflicts_with = "sets")]
+        all: bool,
+        /// Test this member instead of the set's streaming standby (one set only).
+        #[arg(long)]
+        member: Option<String>,
+    },
+    /// A set's verdict history, newest first.
+    History {
+        set: String,
+        /// How many verdicts (0: all).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// Show the audit log of mutating calls, newest first.
     Audit {
         /// How many entries (0: all).

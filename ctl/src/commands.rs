@@ -16,6 +16,9 @@ pub enum Outcome {
     Ok,
     /// A verdict or a state is bad: exit 1.
     Bad,
+    /// The command ran, but what it asked for could not be done (a test
+    /// could not run): exit 2.
+    CouldNotRun,
 }
 
 /// The command could not run: exit 2 with this message.
@@ -66,7 +69,7 @@ impl Connection {
     }
 }
 
-fn refused(call: &'static str) -> impl Fn(tonic::Status) -> CtlError {
+pub fn refused(call: &'static str) -> impl Fn(tonic::Status) -> CtlError {
     move |s| CtlError::Refused {
         call,
         message: if s.message().is_empty() {
@@ -77,7 +80,7 @@ fn refused(call: &'static str) -> impl Fn(tonic::Status) -> CtlError {
     }
 }
 
-fn print(format: OutputFormat, json: Value, human: String) {
+pub fn print(format: OutputFormat, json: Value, human: String) {
     match format {
         OutputFormat::Json => println!(
             "{}",
@@ -128,6 +131,24 @@ pub async fn run(
                 output::verdict_bad(&s.verdict) || !s.members.iter().all(output::member_ok)
             });
             Ok(if bad { Outcome::Bad } else { Outcome::Ok })
+        }
+        Command::Testdb { sets, all, member } => crate::testdb::run(conn, format, sets, all, member).await,
+        Command::History { set, limit } => {
+            let verdicts = conn
+                .connect()
+                .await?
+                .history(pb::HistoryRequest { set: set.clone(), limit })
+                .await
+                .map_err(refused("History"))?
+                .into_inner()
+                .verdicts;
+            let json = serde_json::json!({
+                "set": set,
+                "verdicts": verdicts.iter().map(|v| output::verdict_json(&Some(v.clone()))).collect::<Vec<_>>(),
+            });
+            let results: Vec<(String, pb::Verdict)> = verdicts.into_iter().map(|v| (set.clone(), v)).collect();
+            print(format, json, output::verdicts_human(&results));
+            Ok(Outcome::Ok)
         }
         Command::Audit { limit } => {
             let entries = conn

@@ -10,3 +10,4 @@ pub mod certs;
 pub mod cli;
 pub mod commands;
 pub mod output;
+pub mod testdb;

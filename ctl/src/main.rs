@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         match result {
             Ok(Outcome::Ok) => ExitCode::SUCCESS,
             Ok(Outcome::Bad) => ExitCode::from(1),
+            Ok(Outcome::CouldNotRun) => ExitCode::from(2),
             Err(e) => {
                 eprintln!("tandemctl: {e}");
                 ExitCode::from(2)
@@ -42,6 +43,8 @@ fn command_name(c: &Command) -> &'static str {
         Command::Agents => "agents",
         Command::Show { .. } => "show",
         Command::Audit { .. } => "audit",
+        Command::Testdb { .. } => "testdb",
+        Command::History { .. } => "history",
         Command::Certs(_) => "certs init",
     }
 }

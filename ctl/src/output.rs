@@ -126,6 +126,84 @@ fn verdict_summary(v: &Option<pb::Verdict>) -> String {
     }
 }
 
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// A verdict's JSON shape (in `show`, `testdb` and `history`).
+pub fn verdict_json(v: &Option<pb::Verdict>) -> Value {
+    let d = pb::Verdict::default();
+    let x = v.as_ref().unwrap_or(&d);
+    let findings: Vec<Value> = x
+        .findings
+        .iter()
+        .map(|f| json!({"database": f.database, "relation": f.relation, "kind": f.kind, "message": f.message}))
+        .collect();
+    json!({
+        "kind": verdict_kind(v),
+        "summary": verdict_summary(v),
+        "lsn": non_empty(&x.lsn),
+        "at": ts(x.at),
+        "member": non_empty(&x.member),
+        "findings": findings,
+        "reason": non_empty(&x.reason),
+        "operation_id": non_empty(&x.operation_id),
+        "output_path": non_empty(&x.output_path),
+        "warnings": x.warnings,
+        "standby_downtime_seconds": (x.standby_downtime_seconds > 0.0).then_some(x.standby_downtime_seconds),
+        "duration_seconds": (x.duration_seconds > 0.0).then_some(x.duration_seconds),
+        "trace_id": non_empty(&x.trace_id),
+    })
+}
+
+pub fn verdict_failed(v: &Option<pb::Verdict>) -> bool {
+    verdict_kind(v) == "failed_to_run"
+}
+
+/// The verdict table `testdb` ends with, and the details of bad verdicts.
+pub fn verdicts_human(results: &[(String, pb::Verdict)]) -> String {
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|(set, v)| {
+            let first = v
+                .findings
+                .first()
+                .map(|f| format!("{} {}: {}", f.kind, f.relation, f.message))
+                .or_else(|| non_empty(&v.reason))
+                .unwrap_or_default();
+            vec![
+                set.clone(),
+                if v.member.is_empty() { "-".into() } else { v.member.clone() },
+                verdict_kind(&Some(v.clone())).to_owned(),
+                if v.lsn.is_empty() { "-".into() } else { v.lsn.clone() },
+                if v.duration_seconds > 0.0 { format!("{:.1}s", v.duration_seconds) } else { "-".into() },
+                first.chars().take(100).collect(),
+            ]
+        })
+        .collect();
+    let mut out = table(&["SET", "MEMBER", "VERDICT", "LSN", "DURATION", "FIRST FINDING / REASON"], &rows);
+    for (set, v) in results {
+        let vv = Some(v.clone());
+        out.push_str(&format!("\n\n{set}: {}", verdict_summary(&vv)));
+        for f in v.findings.iter().take(5) {
+            out.push_str(&format!("\n  {} {} {}: {}", f.kind, f.database, f.relation, f.message));
+        }
+        if v.findings.len() > 5 {
+            out.push_str(&format!("\n  ... {} more", v.findings.len() - 5));
+        }
+        for w in &v.warnings {
+            out.push_str(&format!("\n  warning: {w}"));
+        }
+        if !v.output_path.is_empty() && verdict_kind(&vv) != "clean" {
+            out.push_str(&format!("\n  full output: {} on member {}", v.output_path, v.member));
+        }
+        if !v.trace_id.is_empty() {
+            out.push_str(&format!("\n  trace id: {}", v.trace_id));
+        }
+    }
+    out
+}
+
 pub fn verdict_bad(v: &Option<pb::Verdict>) -> bool {
     verdict_kind(v) == "errors"
 }
@@ -154,19 +232,11 @@ pub fn sets_json(sets: &[pb::SetView]) -> Value {
                     )
                 })
                 .collect();
-            let v = &s.verdict;
             json!({
                 "name": s.name,
                 "generation": s.generation,
                 "members": members,
-                "verdict": {
-                    "kind": verdict_kind(v),
-                    "summary": verdict_summary(v),
-                    "lsn": v.as_ref().map(|v| v.lsn.clone()).filter(|l| !l.is_empty()),
-                    "at": v.as_ref().and_then(|v| ts(v.at)),
-                    "member": v.as_ref().map(|v| v.member.clone()).filter(|m| !m.is_empty()),
-                    "trace_id": v.as_ref().map(|v| v.trace_id.clone()).filter(|t| !t.is_empty()),
-                },
+                "verdict": verdict_json(&s.verdict),
             })
         })
         .collect();

@@ -2,14 +2,69 @@
 //!
 //! The agent's actions never run database tools themselves; they call an
 //! [`Engine`]. PostgreSQL ([`postgres::PostgresEngine`]) is the first engine
-//! and the one every claim is proven on. Later issues add `stop`/`start`,
-//! the ordered copy, private instances, checks and restore to this trait.
+//! and the one every claim is proven on: `postgres` (facts, live stop/start),
+//! `private` (a throwaway instance on a copy, and the checks), `copy` (the
+//! ordered, hashed copy of a stopped data directory), `findings` (reading the
+//! check tools' output).
 
+pub mod copy;
+pub mod findings;
 pub mod postgres;
+pub mod private;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tandem_proto::model::Facts;
+use tandem_proto::model::{Facts, Finding, Lsn};
+use tokio_util::sync::CancellationToken;
+
+use crate::runner::RunError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("{tool} failed (exit {code:?}): {stderr}")]
+    Tool {
+        tool: &'static str,
+        code: Option<i32>,
+        stderr: String,
+    },
+    #[error("unexpected output from {tool}: {output:?}")]
+    Output { tool: &'static str, output: String },
+    #[error(transparent)]
+    Copy(#[from] copy::CopyError),
+    #[error("cannot {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A throwaway server running on a copy (SPEC T2.4): socket only, private
+/// directory, archiving and replication off.
+#[derive(Debug, Clone)]
+pub struct PrivateInstance {
+    pub data_dir: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    /// The log position the instance reached after replaying the copy's log.
+    pub lsn: Option<Lsn>,
+    pub data_checksums: bool,
+}
+
+/// What the checks on a private instance found.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    pub findings: Vec<Finding>,
+}
+
+/// Called from the copy's worker threads with the bytes copied so far.
+pub type ProgressFn = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// A local database instance the agent looks after.
 pub trait Engine: Send + Sync + 'static {
@@ -17,4 +72,59 @@ pub trait Engine: Send + Sync + 'static {
     /// sizes, version. Never fails: what could not be read is said in
     /// `Facts::problem` and the role is `Unknown`.
     fn facts(&self) -> impl Future<Output = Facts> + Send;
+
+    /// The live data directory.
+    fn data_dir(&self) -> &Path;
+
+    /// Stop the live server (fast shutdown) and wait; Ok when already stopped.
+    fn stop(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Start the live server in the mode its data directory says (a standby
+    /// stays a standby) and wait until it accepts connections.
+    fn start(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Copy the stopped live data directory into `dst` (which must not
+    /// exist) in the order the data was added, hashed and fsynced; the
+    /// manifest goes beside it. Returns the bytes copied.
+    fn copy_to(
+        &self,
+        dst: &Path,
+        workers: usize,
+        progress: ProgressFn,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<u64, EngineError>> + Send;
+
+    /// Start a private instance on the copy in `dir` (no standby mode), wait
+    /// until it has replayed the log and accepts connections.
+    fn open_private(
+        &self,
+        dir: &Path,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<PrivateInstance, EngineError>> + Send;
+
+    /// Integrity checks on the private instance; the tools' full output is
+    /// appended to `out`.
+    fn check_private(
+        &self,
+        inst: &PrivateInstance,
+        logical_read: bool,
+        out: &Path,
+    ) -> impl Future<Output = Result<CheckReport, EngineError>> + Send;
+
+    /// Stop the private instance.
+    fn close_private(
+        &self,
+        inst: &PrivateInstance,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Offline checks on the stopped copy (page checksums); output to `out`.
+    fn check_offline(
+        &self,
+        dir: &Path,
+        out: &Path,
+    ) -> impl Future<Output = Result<CheckReport, EngineError>> + Send;
+
+    /// Kill a private instance on `dir` at once (SIGKILL), whatever state it
+    /// is in. Used when the agent stops in the middle of a test (SPEC T3).
+    fn kill_private(&self, dir: &Path);
 }

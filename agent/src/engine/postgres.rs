@@ -2,13 +2,16 @@
 //! and `psql`, run as the database's OS user.
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::time::Duration;
 
 use tandem_proto::model::{Facts, Lsn, Role, ServerState};
 
-use super::Engine;
+use tokio_util::sync::CancellationToken;
+
+use super::{CheckReport, Engine, EngineError, PrivateInstance, ProgressFn, copy};
 use crate::config::PostgresConfig;
-use crate::runner::{RunError, Runner};
+use crate::runner::Runner;
 
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -23,35 +26,33 @@ const FACTS_SQL: &str = "SELECT current_setting('server_version'), \
 
 #[derive(Debug, Clone)]
 pub struct PostgresEngine {
-    cfg: PostgresConfig,
+    pub(super) cfg: PostgresConfig,
     bin_dir: PathBuf,
-    runner: Runner,
+    pub(super) runner: Runner,
+    /// The live server's log when the agent starts it.
+    server_log: PathBuf,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PostgresError {
-    #[error(transparent)]
-    Run(#[from] RunError),
-    #[error("{tool} failed (exit {code:?}): {stderr}")]
-    Tool {
-        tool: &'static str,
-        code: Option<i32>,
-        stderr: String,
-    },
-    #[error("unexpected output from psql: {0:?}")]
-    Output(String),
-}
+/// How long the live server may take to stop or start.
+const LIVE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl PostgresEngine {
-    pub fn new(cfg: PostgresConfig, runner: Runner) -> PostgresEngine {
+    /// `home` is the agent's home; the live server's log defaults to
+    /// `<home>/postgres.log`.
+    pub fn new(cfg: PostgresConfig, runner: Runner, home: &Path) -> PostgresEngine {
         let bin_dir = cfg
             .bin_dir
             .clone()
             .unwrap_or_else(|| find_bin_dir(&cfg.data_dir));
+        let server_log = cfg
+            .server_log
+            .clone()
+            .unwrap_or_else(|| home.join("postgres.log"));
         PostgresEngine {
             cfg,
             bin_dir,
             runner,
+            server_log,
         }
     }
 
@@ -59,21 +60,25 @@ impl PostgresEngine {
         &self.bin_dir
     }
 
-    fn tool(&self, name: &str) -> PathBuf {
+    pub(super) fn tool(&self, name: &str) -> PathBuf {
         let p = self.bin_dir.join(name);
         if p.exists() { p } else { PathBuf::from(name) }
     }
 
     /// `pg_ctl status`: exit 0 running, 3 not running, 4 no usable data directory.
-    async fn server_state(&self) -> Result<ServerState, PostgresError> {
+    async fn server_state(&self) -> Result<ServerState, EngineError> {
+        self.server_state_of(&self.cfg.data_dir).await
+    }
+
+    pub(super) async fn server_state_of(&self, dir: &Path) -> Result<ServerState, EngineError> {
         let mut cmd = self.runner.command(self.tool("pg_ctl"));
-        cmd.arg("status").arg("-D").arg(&self.cfg.data_dir);
+        cmd.arg("status").arg("-D").arg(dir);
         let out = self.runner.output(cmd, STATUS_TIMEOUT).await?;
         match out.status.code() {
             Some(0) => Ok(ServerState::Running),
             Some(3) => Ok(ServerState::Stopped),
             Some(4) => Ok(ServerState::Missing),
-            code => Err(PostgresError::Tool {
+            code => Err(EngineError::Tool {
                 tool: "pg_ctl status",
                 code,
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
@@ -82,13 +87,23 @@ impl PostgresEngine {
     }
 
     /// Run one query on the live server through psql; returns the trimmed rows.
-    pub async fn query(&self, sql: &str) -> Result<String, PostgresError> {
+    pub async fn query(&self, sql: &str) -> Result<String, EngineError> {
+        self.query_at(&self.cfg.socket_dir, self.cfg.port, sql).await
+    }
+
+    /// Run one query through psql on the server at `socket_dir`/`port`.
+    pub(super) async fn query_at(
+        &self,
+        socket_dir: &Path,
+        port: u16,
+        sql: &str,
+    ) -> Result<String, EngineError> {
         let mut cmd = self.runner.command(self.tool("psql"));
         cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-F", "|"])
             .arg("-h")
-            .arg(&self.cfg.socket_dir)
+            .arg(socket_dir)
             .arg("-p")
-            .arg(self.cfg.port.to_string())
+            .arg(port.to_string())
             .arg("-U")
             .arg(&self.cfg.user)
             .arg("-d")
@@ -98,14 +113,23 @@ impl PostgresEngine {
             .env("PGCONNECT_TIMEOUT", "5")
             .env("PGAPPNAME", "tandem-agent");
         let out = self.runner.output(cmd, STATUS_TIMEOUT).await?;
-        if !out.status.success() {
-            return Err(PostgresError::Tool {
-                tool: "psql",
-                code: out.status.code(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
+        check_tool("psql", &out)?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// `pg_ctl` with `args` on data directory `dir`, as the OS user.
+    pub(super) async fn pg_ctl(
+        &self,
+        tool: &'static str,
+        args: &[&str],
+        dir: &Path,
+        timeout: Duration,
+    ) -> Result<Output, EngineError> {
+        let mut cmd = self.runner.command(self.tool("pg_ctl"));
+        cmd.args(args).arg("-D").arg(dir);
+        let out = self.runner.output(cmd, timeout).await?;
+        check_tool(tool, &out)?;
+        Ok(out)
     }
 
     fn unreachable(&self, state: ServerState, problem: String) -> Facts {
@@ -119,6 +143,85 @@ impl PostgresEngine {
 }
 
 impl Engine for PostgresEngine {
+    fn data_dir(&self) -> &Path {
+        &self.cfg.data_dir
+    }
+
+    async fn stop(&self) -> Result<(), EngineError> {
+        if self.server_state().await? != ServerState::Running {
+            return Ok(());
+        }
+        let t = LIVE_TIMEOUT.as_secs().to_string();
+        self.pg_ctl("pg_ctl stop", &["stop", "-m", "fast", "-w", "-t", &t], &self.cfg.data_dir, LIVE_TIMEOUT + Duration::from_secs(5))
+            .await
+            .map(|_| ())
+    }
+
+    async fn start(&self) -> Result<(), EngineError> {
+        if self.server_state().await? == ServerState::Running {
+            return Ok(());
+        }
+        self.runner
+            .prepare_file(&self.server_log)
+            .map_err(|source| EngineError::Io {
+                op: "prepare the server log",
+                path: self.server_log.clone(),
+                source,
+            })?;
+        let t = LIVE_TIMEOUT.as_secs().to_string();
+        let log = self.server_log.to_string_lossy().into_owned();
+        self.pg_ctl("pg_ctl start", &["start", "-w", "-t", &t, "-l", &log], &self.cfg.data_dir, LIVE_TIMEOUT + Duration::from_secs(5))
+            .await
+            .map(|_| ())
+    }
+
+    async fn copy_to(
+        &self,
+        dst: &Path,
+        workers: usize,
+        progress: ProgressFn,
+        cancel: CancellationToken,
+    ) -> Result<u64, EngineError> {
+        let src = self.cfg.data_dir.clone();
+        let dst = dst.to_owned();
+        let opts = copy::CopyOptions {
+            workers: workers.max(1),
+            owner: self.runner.owner(),
+        };
+        tokio::task::spawn_blocking(move || {
+            let plan = copy::plan(&src)?;
+            let progress = move |n: u64| progress(n);
+            let report = copy::copy(&plan, &src, &dst, &opts, &progress, &cancel)?;
+            Ok::<u64, EngineError>(report.bytes)
+        })
+        .await
+        .map_err(|e| EngineError::Io {
+            op: "run the copy",
+            path: self.cfg.data_dir.clone(),
+            source: std::io::Error::other(e),
+        })?
+    }
+
+    async fn open_private(&self, dir: &Path, timeout: Duration) -> Result<PrivateInstance, EngineError> {
+        self.open_private_instance(dir, timeout).await
+    }
+
+    async fn check_private(&self, inst: &PrivateInstance, logical_read: bool, out: &Path) -> Result<CheckReport, EngineError> {
+        self.check_private_instance(inst, logical_read, out).await
+    }
+
+    async fn close_private(&self, inst: &PrivateInstance) -> Result<(), EngineError> {
+        self.close_private_instance(inst).await
+    }
+
+    async fn check_offline(&self, dir: &Path, out: &Path) -> Result<CheckReport, EngineError> {
+        self.checksums(dir, out).await
+    }
+
+    fn kill_private(&self, dir: &Path) {
+        super::private::kill_postmaster(dir);
+    }
+
     async fn facts(&self) -> Facts {
         let data_dir = self.cfg.data_dir.clone();
         if !data_dir.join("PG_VERSION").exists() {
@@ -169,9 +272,21 @@ impl Engine for PostgresEngine {
     }
 }
 
+/// A tool's non-zero exit as an error with its stderr.
+pub(super) fn check_tool(tool: &'static str, out: &Output) -> Result<(), EngineError> {
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(EngineError::Tool {
+        tool,
+        code: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    })
+}
+
 /// Parse the row of [`FACTS_SQL`].
-fn parse_facts_row(row: &str) -> Result<Facts, PostgresError> {
-    let bad = || PostgresError::Output(row.to_owned());
+fn parse_facts_row(row: &str) -> Result<Facts, EngineError> {
+    let bad = || EngineError::Output { tool: "psql", output: row.to_owned() };
     let cols: Vec<&str> = row.split('|').collect();
     let [
         version,
@@ -185,7 +300,7 @@ fn parse_facts_row(row: &str) -> Result<Facts, PostgresError> {
     else {
         return Err(bad());
     };
-    let lsn = |s: &str| -> Result<Option<Lsn>, PostgresError> {
+    let lsn = |s: &str| -> Result<Option<Lsn>, EngineError> {
         if s.is_empty() {
             Ok(None)
         } else {

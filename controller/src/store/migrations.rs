@@ -36,4 +36,27 @@ pub const MIGRATIONS: &[&str] = &[
         trace_id   TEXT NOT NULL DEFAULT ''
     );
     "#,
+    // 2: testdb: operations dispatched to agents, and verdicts with history.
+    r#"
+    CREATE TABLE operations (
+        id           TEXT PRIMARY KEY,
+        run_id       TEXT NOT NULL,
+        set_name     TEXT NOT NULL,
+        member       TEXT NOT NULL,
+        agent        TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        started_at   TEXT NOT NULL,
+        finished_at  TEXT,
+        trace_id     TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE verdicts (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        set_name      TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        verdict       TEXT NOT NULL,
+        at            TEXT NOT NULL
+    );
+    CREATE INDEX verdicts_by_set ON verdicts(set_name, id);
+    "#,
 ];

@@ -18,6 +18,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tandem_proto::model::AgentState;
 
 use crate::config::SetConfig;
+use crate::verdicts::Verdict;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -298,6 +299,70 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Append a verdict to the set's history.
+    pub async fn record_verdict(&self, set: String, v: Verdict) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&v).expect("verdicts serialize");
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO verdicts(set_name, kind, verdict, at) VALUES (?1, ?2, ?3, ?4)",
+                params![set, v.kind.as_str(), json, v.at.to_string()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// A set's verdicts, newest first (all when `limit` is 0).
+    pub async fn verdicts(&self, set: String, limit: u32) -> Result<Vec<Verdict>, StoreError> {
+        let limit = if limit == 0 { -1 } else { i64::from(limit) };
+        self.call(move |c| {
+            let rows: Vec<String> = c
+                .prepare("SELECT verdict FROM verdicts WHERE set_name = ?1 ORDER BY id DESC LIMIT ?2")?
+                .query_map(params![set, limit], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(rows.iter().filter_map(|r| serde_json::from_str(r).ok()).collect())
+        })
+        .await
+    }
+
+    /// Record an operation dispatched to an agent.
+    pub async fn record_operation(&self, op: OperationRow) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO operations(id, run_id, set_name, member, agent, kind, state, started_at, trace_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8)",
+                params![op.id, op.run_id, op.set, op.member, op.agent, op.kind, Timestamp::now().to_string(), op.trace_id],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn finish_operation(&self, id: String, state: String) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE operations SET state = ?2, finished_at = ?3 WHERE id = ?1",
+                params![id, state, Timestamp::now().to_string()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+}
+
+/// An operation the controller dispatched.
+#[derive(Debug, Clone)]
+pub struct OperationRow {
+    pub id: String,
+    pub run_id: String,
+    pub set: String,
+    pub member: String,
+    pub agent: String,
+    pub kind: String,
+    pub trace_id: String,
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let version: usize =
         conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
@@ -387,6 +452,22 @@ mod tests {
             .unwrap();
         assert_eq!(s.generation("billing".into()).await.unwrap(), Some(2));
         assert_eq!(s.generation("nope".into()).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn verdict_history_is_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("c.db")).unwrap();
+        for reason in ["first", "second"] {
+            s.record_verdict("billing".into(), Verdict::failed_to_run("db2", reason.into(), String::new()))
+                .await
+                .unwrap();
+        }
+        let h = s.verdicts("billing".into(), 0).await.unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].reason.as_deref(), Some("second"));
+        assert_eq!(s.verdicts("billing".into(), 1).await.unwrap().len(), 1);
+        assert!(s.verdicts("crm".into(), 0).await.unwrap().is_empty());
     }
 
     #[tokio::test]

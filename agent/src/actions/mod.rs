@@ -1,0 +1,4 @@
+//! Actions: multi-step work over the engine, each step named, timed, traced
+//! and safe to run again. `testdb` also serves the copy-only operation.
+
+pub mod testdb;

@@ -1,0 +1,1298 @@
+//! The ordered copy of a stopped PostgreSQL data directory (SPEC T2 step 2,
+//! DESIGN "The engine boundary": `copy_to`).
+//!
+//! The copy is made in the order the data was added, so that the newest data
+//! lands last: first every relation and other file, oldest-modified first
+//! (phase 1), then the `pg_wal` segments in log order (phase 2), then
+//! `global/pg_control` alone (phase 3). Phases run strictly one after another:
+//! every file of a phase and every directory written to is fsynced before the
+//! next phase starts. Inside a phase, `workers` threads take files in plan
+//! order from a shared queue.
+//!
+//! Every file is hashed with BLAKE3 while it is written; the hashes go to a
+//! manifest beside the copy (`<dst>.manifest`, one `<hex>  <size>  <path>`
+//! line per file in copy order) that [`verify`] checks later.
+//!
+//! The source is only ever read (DESIGN "Data safety rules" 1), and no
+//! symlink is followed inside it: a symlink (a tablespace under `pg_tblspc`)
+//! makes [`plan`] fail with [`CopyError::Unsupported`], and every file is
+//! opened with `O_NOFOLLOW`. This module is blocking; callers run it in
+//! `tokio::task::spawn_blocking`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::fs::{self, DirBuilder, File, FileTimes, OpenOptions};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::libc;
+use tokio_util::sync::CancellationToken;
+
+/// Read and write in chunks of this size.
+const CHUNK: usize = 1 << 20;
+/// Call `progress` after at least this many bytes...
+const PROGRESS_BYTES: u64 = 64 << 20;
+/// ...or at least this much time since the last call.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+/// Suffix of files this module writes before renaming them into place; such
+/// files in a source are never copied.
+const TMP_SUFFIX: &str = ".tandem-tmp";
+/// Top-level directories whose contents PostgreSQL's base backup leaves out;
+/// the directories themselves are created empty.
+const EMPTY_DIRS: &[&str] = &[
+    "pg_stat_tmp",
+    "pg_replslot",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_subtrans",
+];
+/// Top-level files PostgreSQL's base backup leaves out.
+const SKIP_FILES: &[&str] = &["postmaster.pid", "postmaster.opts"];
+const PG_CONTROL: &str = "global/pg_control";
+
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Worker threads per phase, at least 1; see [`default_workers`].
+    pub workers: usize,
+    /// Owner (uid, gid) of every created file and directory (the agent runs
+    /// as root, the copy must belong to `postgres`); `None` leaves them as
+    /// created.
+    pub owner: Option<(u32, u32)>,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            workers: default_workers(),
+            owner: None,
+        }
+    }
+}
+
+/// Workers for this host: its available parallelism, clamped to 2..=8 (the
+/// copy waits on I/O, so two workers pay off even on one core).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8)
+}
+
+/// What [`copy`] will copy, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyPlan {
+    /// Files in copy order: phase 1, then 2, then 3.
+    pub entries: Vec<PlanEntry>,
+    /// Every directory below the root (relative, parents first), including
+    /// the ones whose contents are left out.
+    pub dirs: Vec<PathBuf>,
+    /// Sum of the entries' sizes.
+    pub total_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanEntry {
+    /// Path relative to the data directory.
+    pub rel: PathBuf,
+    pub size: u64,
+    /// 1 = relation and other files, 2 = `pg_wal` segments, 3 = `global/pg_control`.
+    pub phase: u8,
+}
+
+#[derive(Debug, Clone)]
+pub struct CopyReport {
+    pub files: usize,
+    pub bytes: u64,
+    pub manifest: PathBuf,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("cannot {op} {path}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} already exists; the previous copy must be deleted first")]
+    Exists { path: PathBuf },
+    #[error("{path}: {what} is not supported")]
+    Unsupported { path: PathBuf, what: String },
+    #[error("{path} is not a PostgreSQL data directory (it has no global/pg_control)")]
+    NotDataDir { path: PathBuf },
+    #[error("{path} vanished after the copy was planned; is the server really stopped?")]
+    Vanished { path: PathBuf },
+    #[error(
+        "{path} changed size after the copy was planned ({expected} bytes planned, {found} found); is the server really stopped?"
+    )]
+    Changed {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+    #[error("the copy was cancelled")]
+    Cancelled,
+    #[error("{path} does not match the manifest: expected {expected}, found {found}")]
+    Mismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error("manifest {path} line {line}: {what}")]
+    BadManifest {
+        path: PathBuf,
+        line: usize,
+        what: String,
+    },
+}
+
+fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> CopyError + 'a {
+    move |source| CopyError::Io {
+        path: path.to_owned(),
+        op,
+        source,
+    }
+}
+
+/// List what will be copied from the data directory `src`, in order.
+///
+/// Leaves out what PostgreSQL's own base backup leaves out: `postmaster.pid`,
+/// `postmaster.opts`, the contents of `pg_stat_tmp`, `pg_replslot`,
+/// `pg_dynshmem`, `pg_notify`, `pg_serial`, `pg_snapshots`, `pg_subtrans`
+/// and `pg_wal/archive_status` (the directories themselves are kept), and any
+/// `*.tandem-tmp` file. Phase 1 is sorted by modification time (ties by
+/// path), phase 2 (regular files directly in `pg_wal`) by name, which is log
+/// order; phase 3 is `global/pg_control`. A symlink anywhere below `src` (a
+/// tablespace) or any other special file is [`CopyError::Unsupported`].
+pub fn plan(src: &Path) -> Result<CopyPlan, CopyError> {
+    let root = fs::metadata(src).map_err(io_err(src, "read the data directory"))?;
+    if !root.is_dir() {
+        return Err(CopyError::Unsupported {
+            path: src.to_owned(),
+            what: "a data directory that is not a directory".into(),
+        });
+    }
+    let mut phase1: Vec<(SystemTime, PathBuf, u64)> = Vec::new();
+    let mut phase2: Vec<(PathBuf, u64)> = Vec::new();
+    let mut control: Option<u64> = None;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
+    while let Some(rel_dir) = stack.pop() {
+        let abs_dir = src.join(&rel_dir);
+        let read = fs::read_dir(&abs_dir).map_err(io_err(&abs_dir, "list the directory"))?;
+        for item in read {
+            let item = item.map_err(io_err(&abs_dir, "list the directory"))?;
+            let rel = rel_dir.join(item.file_name());
+            let abs = src.join(&rel);
+            if item.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
+                continue;
+            }
+            check_name(&rel)?;
+            let meta = fs::symlink_metadata(&abs).map_err(io_err(&abs, "read the metadata of"))?;
+            let ft = meta.file_type();
+            if ft.is_symlink() {
+                let target = fs::read_link(&abs)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                return Err(CopyError::Unsupported {
+                    path: abs,
+                    what: format!(
+                        "a symbolic link (to {target}; tablespaces and a pg_wal elsewhere are not supported yet)"
+                    ),
+                });
+            }
+            if ft.is_dir() {
+                dirs.push(rel.clone());
+                let top = rel_dir.as_os_str().is_empty();
+                let skip_contents = (top && EMPTY_DIRS.iter().any(|d| rel == Path::new(d)))
+                    || rel == Path::new("pg_wal/archive_status");
+                if !skip_contents {
+                    stack.push(rel);
+                }
+                continue;
+            }
+            if !ft.is_file() {
+                return Err(CopyError::Unsupported {
+                    path: abs,
+                    what: "a special file (socket, fifo or device)".into(),
+                });
+            }
+            if rel_dir.as_os_str().is_empty() && SKIP_FILES.iter().any(|f| rel == Path::new(f)) {
+                continue;
+            }
+            let size = meta.len();
+            if rel == Path::new(PG_CONTROL) {
+                control = Some(size);
+            } else if rel_dir == Path::new("pg_wal") {
+                phase2.push((rel, size));
+            } else {
+                let mtime = meta.modified().map_err(io_err(&abs, "read the mtime of"))?;
+                phase1.push((mtime, rel, size));
+            }
+        }
+    }
+    let Some(control_size) = control else {
+        return Err(CopyError::NotDataDir {
+            path: src.to_owned(),
+        });
+    };
+    phase1.sort();
+    phase2.sort();
+    dirs.sort();
+    let mut entries: Vec<PlanEntry> = phase1
+        .into_iter()
+        .map(|(_, rel, size)| PlanEntry {
+            rel,
+            size,
+            phase: 1,
+        })
+        .chain(phase2.into_iter().map(|(rel, size)| PlanEntry {
+            rel,
+            size,
+            phase: 2,
+        }))
+        .collect();
+    entries.push(PlanEntry {
+        rel: PathBuf::from(PG_CONTROL),
+        size: control_size,
+        phase: 3,
+    });
+    let total_bytes = entries.iter().map(|e| e.size).sum();
+    Ok(CopyPlan {
+        entries,
+        dirs,
+        total_bytes,
+    })
+}
+
+/// A relative path the manifest can hold: only normal components, UTF-8,
+/// no line breaks.
+fn check_name(rel: &Path) -> Result<&str, CopyError> {
+    let bad = |what: &str| CopyError::Unsupported {
+        path: rel.to_owned(),
+        what: what.into(),
+    };
+    if rel.as_os_str().is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(bad("a path that is not relative and plain"));
+    }
+    let s = rel.to_str().ok_or_else(|| bad("a name that is not UTF-8"))?;
+    if s.contains(['\n', '\r']) {
+        return Err(bad("a name with a line break"));
+    }
+    Ok(s)
+}
+
+/// Where the manifest of the copy `dst` lives: beside it, named
+/// `<dst>.manifest`.
+pub fn manifest_path(dst: &Path) -> Result<PathBuf, CopyError> {
+    let name = dst.file_name().ok_or_else(|| CopyError::Unsupported {
+        path: dst.to_owned(),
+        what: "a destination without a final name".into(),
+    })?;
+    let mut m: OsString = name.to_owned();
+    m.push(".manifest");
+    Ok(parent_of(dst).join(m))
+}
+
+fn parent_of(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Copy `plan` from `src` into `dst`, which must not exist; see the module
+/// documentation for the order and the guarantees.
+///
+/// Calls `progress(bytes copied so far)` at most about every 64 MiB or
+/// 200 ms, and once at the end with the total. `cancel` is checked between
+/// chunks: a cancelled copy stops within one chunk per worker and returns
+/// [`CopyError::Cancelled`], leaving the partial `dst` for the caller to
+/// delete. Writes and fsyncs the manifest `<dst>.manifest` last.
+pub fn copy(
+    plan: &CopyPlan,
+    src: &Path,
+    dst: &Path,
+    opts: &CopyOptions,
+    progress: &(dyn Fn(u64) + Sync),
+    cancel: &CancellationToken,
+) -> Result<CopyReport, CopyError> {
+    copy_observed(plan, src, dst, opts, progress, cancel, &|_| {})
+}
+
+/// Steps of a copy, for tests that check the ordering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Plan entry `i` is written and fsynced.
+    FileDone(usize),
+    /// Every file of the phase and every directory written to is fsynced.
+    PhaseSynced(u8),
+}
+
+/// One directory of the copy: where, the source's mode and times, and the
+/// last phase that puts a file directly in it (its mode and times are set
+/// after that phase).
+struct DirInfo {
+    rel: PathBuf,
+    mode: u32,
+    times: FileTimes,
+    last_phase: u8,
+}
+
+struct Shared<'a> {
+    plan: &'a CopyPlan,
+    src: &'a Path,
+    dst: &'a Path,
+    owner: Option<(u32, u32)>,
+    cancel: &'a CancellationToken,
+    /// Set on the first error so that the other workers stop too.
+    stop: AtomicBool,
+    first_error: Mutex<Option<CopyError>>,
+    hashes: Vec<OnceLock<blake3::Hash>>,
+    progress: Progress<'a>,
+    observe: &'a (dyn Fn(Step) + Sync),
+}
+
+struct Progress<'a> {
+    done: AtomicU64,
+    /// When and at what count `report` was last called.
+    last: Mutex<(Instant, u64)>,
+    report: &'a (dyn Fn(u64) + Sync),
+}
+
+impl Progress<'_> {
+    fn add(&self, n: u64) {
+        let total = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        // Whoever holds the lock reports; the others go on copying.
+        if let Ok(mut last) = self.last.try_lock()
+            && (total.saturating_sub(last.1) >= PROGRESS_BYTES
+                || last.0.elapsed() >= PROGRESS_EVERY)
+        {
+            let now = self.done.load(Ordering::Relaxed);
+            *last = (Instant::now(), now);
+            (self.report)(now);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.done.load(Ordering::Relaxed);
+        *last = (Instant::now(), now);
+        (self.report)(now);
+        now
+    }
+}
+
+fn copy_observed(
+    plan: &CopyPlan,
+    src: &Path,
+    dst: &Path,
+    opts: &CopyOptions,
+    progress: &(dyn Fn(u64) + Sync),
+    cancel: &CancellationToken,
+    observe: &(dyn Fn(Step) + Sync),
+) -> Result<CopyReport, CopyError> {
+    let started = Instant::now();
+    if cancel.is_cancelled() {
+        return Err(CopyError::Cancelled);
+    }
+    let manifest = manifest_path(dst)?;
+    let mut by_phase: [Vec<usize>; 3] = Default::default();
+    for (i, e) in plan.entries.iter().enumerate() {
+        check_name(&e.rel)?;
+        match e.phase {
+            1..=3 => by_phase[usize::from(e.phase - 1)].push(i),
+            p => {
+                return Err(CopyError::Unsupported {
+                    path: e.rel.clone(),
+                    what: format!("plan phase {p}"),
+                });
+            }
+        }
+    }
+    for d in &plan.dirs {
+        check_name(d)?;
+    }
+
+    // The root first: it must not exist, and it gets the source's mode at the end.
+    let mut dirs: Vec<DirInfo> = Vec::with_capacity(plan.dirs.len() + 1);
+    for rel in std::iter::once(Path::new("")).chain(plan.dirs.iter().map(PathBuf::as_path)) {
+        let s = src.join(rel);
+        let meta = fs::symlink_metadata(&s).map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                CopyError::Vanished { path: s.clone() }
+            } else {
+                io_err(&s, "read the metadata of")(e)
+            }
+        })?;
+        if !meta.is_dir() && !rel.as_os_str().is_empty() {
+            return Err(CopyError::Changed {
+                path: s,
+                expected: 0,
+                found: meta.len(),
+            });
+        }
+        let d = dst.join(rel);
+        let created = if rel.as_os_str().is_empty() {
+            DirBuilder::new().mode(0o700).create(dst)
+        } else {
+            DirBuilder::new().mode(0o700).create(&d)
+        };
+        created.map_err(|e| {
+            if e.kind() == ErrorKind::AlreadyExists && rel.as_os_str().is_empty() {
+                CopyError::Exists {
+                    path: dst.to_owned(),
+                }
+            } else {
+                io_err(&d, "create the directory")(e)
+            }
+        })?;
+        if let Some((uid, gid)) = opts.owner {
+            std::os::unix::fs::lchown(&d, Some(uid), Some(gid))
+                .map_err(io_err(&d, "change the owner of"))?;
+        }
+        dirs.push(DirInfo {
+            rel: rel.to_owned(),
+            mode: meta.mode() & 0o7777,
+            times: times_of(&meta),
+            last_phase: 1,
+        });
+    }
+    let dir_index: BTreeMap<PathBuf, usize> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.rel.clone(), i))
+        .collect();
+    // Directories each phase writes files into.
+    let mut written: [BTreeSet<usize>; 3] = Default::default();
+    for e in &plan.entries {
+        let parent = e.rel.parent().unwrap_or(Path::new(""));
+        let Some(&di) = dir_index.get(parent) else {
+            return Err(CopyError::Unsupported {
+                path: e.rel.clone(),
+                what: "a plan entry whose directory is not in the plan".into(),
+            });
+        };
+        dirs[di].last_phase = dirs[di].last_phase.max(e.phase);
+        written[usize::from(e.phase - 1)].insert(di);
+    }
+
+    let shared = Shared {
+        plan,
+        src,
+        dst,
+        owner: opts.owner,
+        cancel,
+        stop: AtomicBool::new(false),
+        first_error: Mutex::new(None),
+        hashes: plan.entries.iter().map(|_| OnceLock::new()).collect(),
+        progress: Progress {
+            done: AtomicU64::new(0),
+            last: Mutex::new((Instant::now(), 0)),
+            report: progress,
+        },
+        observe,
+    };
+    for phase in 1..=3u8 {
+        let p = usize::from(phase - 1);
+        run_phase(&shared, &by_phase[p], opts.workers.max(1))?;
+        // Directories done receiving files get the source's mode and times,
+        // then every directory written to in this phase is fsynced (in phase
+        // 1, all of them: they were created).
+        for d in dirs.iter().filter(|d| d.last_phase == phase) {
+            finish_dir(&dst.join(&d.rel), d, opts.owner)?;
+        }
+        let to_sync: Vec<usize> = if phase == 1 {
+            (0..dirs.len()).collect()
+        } else {
+            written[p].iter().copied().collect()
+        };
+        for di in to_sync {
+            check_cancel(cancel)?;
+            fsync_dir(&dst.join(&dirs[di].rel))?;
+        }
+        observe(Step::PhaseSynced(phase));
+    }
+
+    // The manifest, in copy order, written aside and renamed into place.
+    let mut text = String::new();
+    for (i, e) in plan.entries.iter().enumerate() {
+        let Some(h) = shared.hashes[i].get() else {
+            return Err(CopyError::Unsupported {
+                path: e.rel.clone(),
+                what: "a plan entry that was not copied".into(),
+            });
+        };
+        text.push_str(&format!("{}  {}  {}\n", h.to_hex(), e.size, check_name(&e.rel)?));
+    }
+    let mut tmp_name = manifest.as_os_str().to_owned();
+    tmp_name.push(TMP_SUFFIX);
+    let tmp = PathBuf::from(tmp_name);
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(io_err(&tmp, "create the manifest"))?;
+        if let Some((uid, gid)) = opts.owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                .map_err(io_err(&tmp, "change the owner of"))?;
+        }
+        f.write_all(text.as_bytes())
+            .map_err(io_err(&tmp, "write the manifest"))?;
+        f.sync_all().map_err(io_err(&tmp, "fsync the manifest"))?;
+    }
+    fs::rename(&tmp, &manifest).map_err(io_err(&manifest, "rename the manifest into"))?;
+    // Makes both the copy's directory entry and the manifest's durable.
+    fsync_dir(&parent_of(dst))?;
+
+    let bytes = shared.progress.finish();
+    Ok(CopyReport {
+        files: plan.entries.len(),
+        bytes,
+        manifest,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn times_of(meta: &fs::Metadata) -> FileTimes {
+    let mut t = FileTimes::new();
+    if let Ok(a) = meta.accessed() {
+        t = t.set_accessed(a);
+    }
+    if let Ok(m) = meta.modified() {
+        t = t.set_modified(m);
+    }
+    t
+}
+
+fn check_cancel(cancel: &CancellationToken) -> Result<(), CopyError> {
+    if cancel.is_cancelled() {
+        Err(CopyError::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+fn open_dir(path: &Path) -> Result<File, CopyError> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_err(path, "open the directory"))
+}
+
+fn fsync_dir(path: &Path) -> Result<(), CopyError> {
+    open_dir(path)?
+        .sync_all()
+        .map_err(io_err(path, "fsync the directory"))
+}
+
+/// Give a copied directory the source's mode and times (and the owner again:
+/// chmod as root must not be undone by a later chown).
+fn finish_dir(path: &Path, d: &DirInfo, owner: Option<(u32, u32)>) -> Result<(), CopyError> {
+    let f = open_dir(path)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+            .map_err(io_err(path, "change the owner of"))?;
+    }
+    f.set_permissions(fs::Permissions::from_mode(d.mode))
+        .map_err(io_err(path, "set the mode of"))?;
+    f.set_times(d.times)
+        .map_err(io_err(path, "set the times of"))
+}
+
+/// Copy the entries `indices` (in that order) with up to `workers` threads;
+/// returns when all are written and fsynced, or with the first error.
+fn run_phase(shared: &Shared<'_>, indices: &[usize], workers: usize) -> Result<(), CopyError> {
+    let next = AtomicUsize::new(0);
+    let worker = || {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            if shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&i) = indices.get(k) else {
+                return;
+            };
+            match copy_file(shared, i, &mut buf) {
+                Ok(hash) => {
+                    let _ = shared.hashes[i].set(hash);
+                    (shared.observe)(Step::FileDone(i));
+                }
+                Err(e) => {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    let mut first = shared
+                        .first_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    if first.is_none() {
+                        *first = Some(e);
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    let threads = workers.min(indices.len());
+    if threads <= 1 {
+        worker();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(worker);
+            }
+        });
+    }
+    let first = shared
+        .first_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match first {
+        Some(e) => Err(e),
+        None => check_cancel(shared.cancel),
+    }
+}
+
+/// Copy one file: read in chunks, hash, write, then owner, mode, times and
+/// fsync.
+fn copy_file(shared: &Shared<'_>, i: usize, buf: &mut [u8]) -> Result<blake3::Hash, CopyError> {
+    let entry = &shared.plan.entries[i];
+    let sp = shared.src.join(&entry.rel);
+    let dp = shared.dst.join(&entry.rel);
+    check_cancel(shared.cancel)?;
+    let mut input = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&sp)
+        .map_err(|e| match e.kind() {
+            ErrorKind::NotFound => CopyError::Vanished { path: sp.clone() },
+            _ if e.raw_os_error() == Some(libc::ELOOP) => CopyError::Unsupported {
+                path: sp.clone(),
+                what: "a symbolic link".into(),
+            },
+            _ => io_err(&sp, "open")(e),
+        })?;
+    let meta = input.metadata().map_err(io_err(&sp, "read the metadata of"))?;
+    if !meta.is_file() {
+        return Err(CopyError::Unsupported {
+            path: sp,
+            what: "a file that is no longer a regular file".into(),
+        });
+    }
+    if meta.len() != entry.size {
+        return Err(CopyError::Changed {
+            path: sp,
+            expected: entry.size,
+            found: meta.len(),
+        });
+    }
+    let _ = nix::fcntl::posix_fadvise(
+        &input,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+    );
+    let mut output = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&dp)
+        .map_err(io_err(&dp, "create"))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut copied: u64 = 0;
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            // Another worker failed; its error is the one reported.
+            return Err(CopyError::Cancelled);
+        }
+        check_cancel(shared.cancel)?;
+        let n = match input.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(&sp, "read")(e)),
+        };
+        hasher.update(&buf[..n]);
+        output.write_all(&buf[..n]).map_err(io_err(&dp, "write"))?;
+        copied += n as u64;
+        shared.progress.add(n as u64);
+    }
+    if copied != entry.size {
+        return Err(CopyError::Changed {
+            path: sp,
+            expected: entry.size,
+            found: copied,
+        });
+    }
+    if let Some((uid, gid)) = shared.owner {
+        std::os::unix::fs::fchown(&output, Some(uid), Some(gid))
+            .map_err(io_err(&dp, "change the owner of"))?;
+    }
+    output
+        .set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(io_err(&dp, "set the mode of"))?;
+    output
+        .set_times(times_of(&meta))
+        .map_err(io_err(&dp, "set the times of"))?;
+    output.sync_all().map_err(io_err(&dp, "fsync"))?;
+    Ok(hasher.finalize())
+}
+
+/// Re-hash the copy `dst` and compare it with its manifest `<dst>.manifest`:
+/// every listed file must be there with the listed size and hash, and no
+/// other file may be.
+pub fn verify(dst: &Path) -> Result<(), CopyError> {
+    let manifest = manifest_path(dst)?;
+    let text = fs::read_to_string(&manifest).map_err(io_err(&manifest, "read the manifest"))?;
+    let mut listed: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut buf = vec![0u8; CHUNK];
+    for (n, line) in text.lines().enumerate() {
+        let bad = |what: &str| CopyError::BadManifest {
+            path: manifest.clone(),
+            line: n + 1,
+            what: what.into(),
+        };
+        let mut parts = line.splitn(3, "  ");
+        let (Some(hex), Some(size), Some(rel)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("expected `<blake3>  <size>  <path>`"));
+        };
+        let expected = blake3::Hash::from_hex(hex).map_err(|_| bad("not a BLAKE3 hash"))?;
+        let size: u64 = size.parse().map_err(|_| bad("not a size"))?;
+        let rel = PathBuf::from(rel);
+        check_name(&rel).map_err(|_| bad("not a plain relative path"))?;
+        let path = dst.join(&rel);
+        let mut f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(CopyError::Mismatch {
+                    path,
+                    expected: format!("a file of {size} bytes"),
+                    found: "no file".into(),
+                });
+            }
+            Err(e) => return Err(io_err(&path, "open")(e)),
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut found_size: u64 = 0;
+        loop {
+            let k = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(&path, "read")(e)),
+            };
+            hasher.update(&buf[..k]);
+            found_size += k as u64;
+        }
+        if found_size != size {
+            return Err(CopyError::Mismatch {
+                path,
+                expected: format!("{size} bytes"),
+                found: format!("{found_size} bytes"),
+            });
+        }
+        let found = hasher.finalize();
+        if found != expected {
+            return Err(CopyError::Mismatch {
+                path,
+                expected: format!("BLAKE3 {}", expected.to_hex()),
+                found: format!("BLAKE3 {}", found.to_hex()),
+            });
+        }
+        listed.insert(rel);
+    }
+    // Nothing else may be in the copy.
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel_dir) = stack.pop() {
+        let abs_dir = dst.join(&rel_dir);
+        for item in fs::read_dir(&abs_dir).map_err(io_err(&abs_dir, "list the directory"))? {
+            let item = item.map_err(io_err(&abs_dir, "list the directory"))?;
+            let rel = rel_dir.join(item.file_name());
+            let ft = item
+                .file_type()
+                .map_err(io_err(&abs_dir, "list the directory"))?;
+            if ft.is_dir() {
+                stack.push(rel);
+            } else if !listed.contains(&rel) {
+                return Err(CopyError::Mismatch {
+                    path: dst.join(&rel),
+                    expected: "no such file (it is not in the manifest)".into(),
+                    found: "a file".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    /// Write `rel` under `root` with `len` bytes of a pattern and the given
+    /// mtime (seconds since the epoch).
+    fn put(root: &Path, rel: &str, len: usize, mtime: u64) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let data: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ rel.len() as u8)
+            .collect();
+        fs::write(&p, data).unwrap();
+        let f = File::options().write(true).open(&p).unwrap();
+        f.set_modified(UNIX_EPOCH + Duration::from_secs(mtime))
+            .unwrap();
+    }
+
+    /// A fake stopped data directory.
+    fn fake_datadir(root: &Path) {
+        fs::create_dir(root).unwrap();
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700)).unwrap();
+        put(root, "PG_VERSION", 3, 1_000);
+        put(root, "base/1/1259", 3 * CHUNK + 17, 5_000);
+        put(root, "base/1/2608", 8192, 3_000);
+        put(root, "base/1/2608_fsm", 8192, 3_000);
+        put(root, "base/5/16384", 2 * CHUNK, 4_000);
+        put(root, "global/1262", 8192, 2_000);
+        put(root, "global/pg_control", 8192, 9_000);
+        put(root, "pg_xact/0000", 8192, 6_000);
+        put(root, "postgresql.conf", 100, 500);
+        put(root, "postmaster.pid", 50, 9_500);
+        put(root, "postmaster.opts", 50, 9_500);
+        put(root, "pg_stat_tmp/x", 10, 100);
+        put(root, "pg_replslot/slot/state", 10, 100);
+        put(root, "base/1/junk.tandem-tmp", 10, 100);
+        // Log segments: newer names have older mtimes, so order by name shows.
+        put(root, "pg_wal/000000010000000000000003", CHUNK, 7_000);
+        put(root, "pg_wal/000000010000000000000001", CHUNK, 8_000);
+        put(root, "pg_wal/000000010000000000000002", CHUNK, 7_500);
+        put(root, "pg_wal/archive_status/000000010000000000000001.done", 0, 8_000);
+        fs::set_permissions(
+            root.join("base/1/2608"),
+            fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+    }
+
+    fn rels(plan: &CopyPlan) -> Vec<(String, u8)> {
+        plan.entries
+            .iter()
+            .map(|e| (e.rel.to_str().unwrap().to_owned(), e.phase))
+            .collect()
+    }
+
+    fn run(src: &Path, dst: &Path, workers: usize) -> Result<CopyReport, CopyError> {
+        let plan = plan(src)?;
+        copy(
+            &plan,
+            src,
+            dst,
+            &CopyOptions {
+                workers,
+                owner: None,
+            },
+            &|_| {},
+            &CancellationToken::new(),
+        )
+    }
+
+    #[test]
+    fn plan_orders_by_mtime_then_log_then_control() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        let p = plan(&src).unwrap();
+        let expected: Vec<(String, u8)> = [
+            ("postgresql.conf", 1),
+            ("PG_VERSION", 1),
+            ("global/1262", 1),
+            ("base/1/2608", 1),
+            ("base/1/2608_fsm", 1),
+            ("base/5/16384", 1),
+            ("base/1/1259", 1),
+            ("pg_xact/0000", 1),
+            ("pg_wal/000000010000000000000001", 2),
+            ("pg_wal/000000010000000000000002", 2),
+            ("pg_wal/000000010000000000000003", 2),
+            ("global/pg_control", 3),
+        ]
+        .iter()
+        .map(|(r, p)| (r.to_string(), *p))
+        .collect();
+        assert_eq!(rels(&p), expected);
+        assert_eq!(p.total_bytes, p.entries.iter().map(|e| e.size).sum::<u64>());
+        let dirs: Vec<&str> = p.dirs.iter().map(|d| d.to_str().unwrap()).collect();
+        assert_eq!(
+            dirs,
+            [
+                "base",
+                "base/1",
+                "base/5",
+                "global",
+                "pg_replslot",
+                "pg_stat_tmp",
+                "pg_wal",
+                "pg_wal/archive_status",
+                "pg_xact"
+            ]
+        );
+    }
+
+    #[test]
+    fn symlinks_and_missing_control_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        fs::create_dir(src.join("pg_tblspc")).unwrap();
+        std::os::unix::fs::symlink(t.path(), src.join("pg_tblspc/16400")).unwrap();
+        let e = plan(&src).unwrap_err();
+        assert!(
+            matches!(&e, CopyError::Unsupported { path, .. } if path.ends_with("pg_tblspc/16400")),
+            "{e}"
+        );
+        assert!(e.to_string().contains("pg_tblspc/16400"), "{e}");
+
+        let other = t.path().join("other");
+        fs::create_dir(&other).unwrap();
+        put(&other, "base/1/1", 10, 1);
+        assert!(matches!(plan(&other), Err(CopyError::NotDataDir { .. })));
+    }
+
+    #[test]
+    fn copy_reproduces_bytes_modes_and_mtimes_and_leaves_out_excluded() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        let dst = t.path().join("copy");
+        let report = run(&src, &dst, 2).unwrap();
+        let p = plan(&src).unwrap();
+        assert_eq!(report.files, p.entries.len());
+        assert_eq!(report.bytes, p.total_bytes);
+        assert_eq!(report.manifest, t.path().join("copy.manifest"));
+        for e in &p.entries {
+            let (a, b) = (src.join(&e.rel), dst.join(&e.rel));
+            assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap(), "{a:?}");
+            let (ma, mb) = (fs::metadata(&a).unwrap(), fs::metadata(&b).unwrap());
+            assert_eq!(ma.mode(), mb.mode(), "{a:?}");
+            assert_eq!(ma.modified().unwrap(), mb.modified().unwrap(), "{a:?}");
+        }
+        assert_eq!(
+            fs::metadata(&dst).unwrap().mode() & 0o7777,
+            0o700,
+            "root mode"
+        );
+        assert_eq!(
+            fs::metadata(dst.join("base/1")).unwrap().modified().unwrap(),
+            fs::metadata(src.join("base/1")).unwrap().modified().unwrap()
+        );
+        for gone in [
+            "postmaster.pid",
+            "postmaster.opts",
+            "pg_stat_tmp/x",
+            "pg_replslot/slot",
+            "base/1/junk.tandem-tmp",
+            "pg_wal/archive_status/000000010000000000000001.done",
+        ] {
+            assert!(!dst.join(gone).exists(), "{gone} was copied");
+        }
+        for kept in ["pg_stat_tmp", "pg_replslot", "pg_wal/archive_status"] {
+            assert!(dst.join(kept).is_dir(), "{kept} is missing");
+        }
+        assert!(!t.path().join("copy.manifest.tandem-tmp").exists());
+    }
+
+    #[test]
+    fn manifest_has_blake3_of_every_file_and_verify_catches_a_flipped_byte() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        let dst = t.path().join("copy");
+        let report = run(&src, &dst, 3).unwrap();
+        let p = plan(&src).unwrap();
+        let text = fs::read_to_string(&report.manifest).unwrap();
+        let expected: String = p
+            .entries
+            .iter()
+            .map(|e| {
+                let h = blake3::hash(&fs::read(src.join(&e.rel)).unwrap());
+                format!("{}  {}  {}\n", h.to_hex(), e.size, e.rel.display())
+            })
+            .collect();
+        assert_eq!(text, expected);
+
+        verify(&dst).unwrap();
+        let victim = dst.join("base/1/1259");
+        let mut data = fs::read(&victim).unwrap();
+        data[CHUNK + 5] ^= 0x01;
+        fs::write(&victim, data).unwrap();
+        let e = verify(&dst).unwrap_err();
+        assert!(
+            matches!(&e, CopyError::Mismatch { path, .. } if *path == victim),
+            "{e}"
+        );
+
+        // An extra file is a mismatch too.
+        let t2 = tempfile::tempdir().unwrap();
+        let dst2 = t2.path().join("copy");
+        run(&src, &dst2, 1).unwrap();
+        fs::write(dst2.join("base/extra"), b"x").unwrap();
+        assert!(matches!(verify(&dst2), Err(CopyError::Mismatch { .. })));
+    }
+
+    #[test]
+    fn existing_destination_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        let dst = t.path().join("copy");
+        fs::create_dir(&dst).unwrap();
+        fs::write(dst.join("keep"), b"keep").unwrap();
+        let e = run(&src, &dst, 2).unwrap_err();
+        assert!(matches!(&e, CopyError::Exists { path } if *path == dst), "{e}");
+        assert_eq!(fs::read(dst.join("keep")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn cancelled_before_start_does_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        let dst = t.path().join("copy");
+        let p = plan(&src).unwrap();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let e = copy(&p, &src, &dst, &CopyOptions::default(), &|_| {}, &cancel).unwrap_err();
+        assert!(matches!(e, CopyError::Cancelled), "{e}");
+        assert!(!dst.exists());
+    }
+
+    #[test]
+    fn cancelled_during_copy_stops_promptly() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        let dst = t.path().join("copy");
+        let p = plan(&src).unwrap();
+        let cancel = CancellationToken::new();
+        let calls = AtomicUsize::new(0);
+        // Cancel from the first completed file on.
+        let e = copy_observed(
+            &p,
+            &src,
+            &dst,
+            &CopyOptions {
+                workers: 1,
+                owner: None,
+            },
+            &|_| {},
+            &cancel,
+            &|step| {
+                if let Step::FileDone(_) = step {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    cancel.cancel();
+                }
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, CopyError::Cancelled), "{e}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(!dst.join("global/pg_control").exists());
+        assert!(!t.path().join("copy.manifest").exists());
+    }
+
+    #[test]
+    fn progress_is_reported_and_ends_at_total() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        let dst = t.path().join("copy");
+        let p = plan(&src).unwrap();
+        let seen = Mutex::new(Vec::new());
+        copy(
+            &p,
+            &src,
+            &dst,
+            &CopyOptions {
+                workers: 2,
+                owner: None,
+            },
+            &|n| seen.lock().unwrap().push(n),
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        let seen = seen.into_inner().unwrap();
+        assert!(!seen.is_empty());
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        assert_eq!(*seen.last().unwrap(), p.total_bytes);
+    }
+
+    #[test]
+    fn one_and_four_workers_give_identical_manifests() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        let a = run(&src, &t.path().join("a"), 1).unwrap();
+        let b = run(&src, &t.path().join("b"), 4).unwrap();
+        assert_eq!(
+            fs::read_to_string(a.manifest).unwrap(),
+            fs::read_to_string(b.manifest).unwrap()
+        );
+    }
+
+    #[test]
+    fn phases_complete_in_order() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        // More files, so that four workers really overlap.
+        for i in 0..40 {
+            put(&src, &format!("base/7/{i}"), 4096 * (i % 5 + 1), 100 + i as u64);
+        }
+        for i in 4..12 {
+            put(&src, &format!("pg_wal/0000000100000000000000{i:02X}"), 8192, 50);
+        }
+        let p = plan(&src).unwrap();
+        let steps = Mutex::new(Vec::new());
+        copy_observed(
+            &p,
+            &src,
+            &t.path().join("copy"),
+            &CopyOptions {
+                workers: 4,
+                owner: None,
+            },
+            &|_| {},
+            &CancellationToken::new(),
+            &|s| steps.lock().unwrap().push(s),
+        )
+        .unwrap();
+        let steps = steps.into_inner().unwrap();
+        // Each step's phase: files by their plan phase, barriers by theirs.
+        let mut current = 1u8;
+        let mut files_in_phase = [0usize; 3];
+        for s in &steps {
+            match *s {
+                Step::FileDone(i) => {
+                    assert_eq!(p.entries[i].phase, current, "{steps:?}");
+                    files_in_phase[usize::from(current - 1)] += 1;
+                }
+                Step::PhaseSynced(ph) => {
+                    assert_eq!(ph, current, "{steps:?}");
+                    current += 1;
+                }
+            }
+        }
+        assert_eq!(current, 4);
+        assert_eq!(files_in_phase.iter().sum::<usize>(), p.entries.len());
+        assert_eq!(files_in_phase[2], 1);
+        assert_eq!(
+            steps[steps.len() - 2],
+            Step::FileDone(p.entries.len() - 1),
+            "pg_control is the last file"
+        );
+    }
+
+    #[test]
+    fn manifest_lists_phases_in_order() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        let r = run(&src, &t.path().join("copy"), 4).unwrap();
+        let text = fs::read_to_string(r.manifest).unwrap();
+        let phases: Vec<u8> = text
+            .lines()
+            .map(|l| {
+                let rel = l.splitn(3, "  ").nth(2).unwrap();
+                if rel == PG_CONTROL {
+                    3
+                } else if rel.starts_with("pg_wal/") {
+                    2
+                } else {
+                    1
+                }
+            })
+            .collect();
+        assert!(phases.windows(2).all(|w| w[0] <= w[1]), "{text}");
+        assert_eq!(phases.last(), Some(&3));
+    }
+
+    #[test]
+    fn owner_is_applied_when_root() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        let dst = t.path().join("copy");
+        let p = plan(&src).unwrap();
+        let r = copy(
+            &p,
+            &src,
+            &dst,
+            &CopyOptions {
+                workers: 2,
+                owner: Some((4321, 4322)),
+            },
+            &|_| {},
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        for path in [
+            dst.clone(),
+            dst.join("base/1"),
+            dst.join("base/1/1259"),
+            dst.join("global/pg_control"),
+            r.manifest,
+        ] {
+            let m = fs::metadata(&path).unwrap();
+            assert_eq!((m.uid(), m.gid()), (4321, 4322), "{path:?}");
+        }
+        assert_eq!(
+            fs::metadata(dst.join("base/1/2608")).unwrap().mode() & 0o7777,
+            0o640
+        );
+    }
+
+    #[test]
+    fn a_vanished_file_is_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        let p = plan(&src).unwrap();
+        fs::remove_file(src.join("base/1/2608")).unwrap();
+        let e = copy(
+            &p,
+            &src,
+            &t.path().join("copy"),
+            &CopyOptions::default(),
+            &|_| {},
+            &CancellationToken::new(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, CopyError::Vanished { path } if path.ends_with("base/1/2608")),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! The operation journal: one JSON file per operation under `<home>/journal/`,
+//! written atomically (temporary file, fsync, rename, fsync of the directory)
+//! before an operation acts and at every change of its state.
+//!
+//! A crash or SIGKILL leaves the last record saying "running"; at the next
+//! start [`Journal::recover`] marks such records interrupted, so an operation
+//! is never silently forgotten (SPEC C5). The highest set generation the agent
+//! has accepted is kept in `<home>/generation` the same way (STYLE 8).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tandem_proto::model::Finding;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("journal record {path} is not valid JSON")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    Copy,
+    Testdb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    Running,
+    Succeeded,
+    ErrorsFound,
+    Failed,
+    Cancelled,
+    Interrupted,
+}
+
+impl OpState {
+    pub fn is_final(self) -> bool {
+        self != OpState::Running
+    }
+}
+
+/// How long one step took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTime {
+    pub step: String,
+    pub seconds: f64,
+}
+
+/// One operation as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpRecord {
+    pub id: String,
+    pub kind: OpKind,
+    pub set_generation: u64,
+    pub state: OpState,
+    /// The step running now, or the last one that ran.
+    pub step: String,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub tested_lsn: Option<String>,
+    pub findings: Vec<Finding>,
+    pub reason: Option<String>,
+    pub output_path: Option<PathBuf>,
+    pub standby_downtime_seconds: Option<f64>,
+    pub steps: Vec<StepTime>,
+    pub bytes_copied: u64,
+    /// Warnings worth a person's attention (e.g. data checksums are off).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    generation_file: PathBuf,
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JournalError {
+    let path = path.to_owned();
+    move |source| JournalError::Io { op, path, source }
+}
+
+/// Write `bytes` to `path` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
+    let tmp = path.with_extension("tandem-tmp");
+    let mut f = fs::File::create(&tmp).map_err(io("create", &tmp))?;
+    f.write_all(bytes).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("fsync", &tmp))?;
+    fs::rename(&tmp, path).map_err(io("rename into place", path))?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync", dir))?;
+    }
+    Ok(())
+}
+
+impl Journal {
+    pub fn open(home: &Path) -> Result<Journal, JournalError> {
+        let dir = home.join("journal");
+        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        Ok(Journal {
+            dir,
+            generation_file: home.join("generation"),
+        })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    pub fn write(&self, rec: &OpRecord) -> Result<(), JournalError> {
+        let bytes = serde_json::to_vec_pretty(rec).expect("records serialize");
+        write_atomic(&self.path(&rec.id), &bytes)
+    }
+
+    pub fn read(&self, id: &str) -> Result<Option<OpRecord>, JournalError> {
+        let path = self.path(id);
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| JournalError::Corrupt { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+
+    /// Every record, newest first.
+    pub fn list(&self) -> Result<Vec<OpRecord>, JournalError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
+            let path = entry.map_err(io("list", &self.dir))?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let b = fs::read(&path).map_err(io("read", &path))?;
+                match serde_json::from_slice::<OpRecord>(&b) {
+                    Ok(r) => out.push(r),
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping a damaged journal record"),
+                }
+            }
+        }
+        out.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
+        Ok(out)
+    }
+
+    /// Mark records a previous run left "running" as interrupted.
+    pub fn recover(&self) -> Result<Vec<OpRecord>, JournalError> {
+        let mut recovered = Vec::new();
+        for mut rec in self.list()? {
+            if rec.state == OpState::Running {
+                rec.state = OpState::Interrupted;
+                rec.finished_at = Some(Timestamp::now());
+                rec.reason = Some(format!(
+                    "the agent stopped (crash or kill) during step `{}`; the copy is unusable",
+                    rec.step
+                ));
+                self.write(&rec)?;
+                recovered.push(rec);
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// The highest set generation accepted so far (0 when none).
+    pub fn generation(&self) -> Result<u64, JournalError> {
+        match fs::read_to_string(&self.generation_file) {
+            Ok(s) => Ok(s.trim().parse().unwrap_or(0)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io("read", &self.generation_file)(e)),
+        }
+    }
+
+    pub fn set_generation(&self, g: u64) -> Result<(), JournalError> {
+        write_atomic(&self.generation_file, g.to_string().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, state: OpState, at: i64) -> OpRecord {
+        OpRecord {
+            id: id.into(),
+            kind: OpKind::Testdb,
+            set_generation: 1,
+            state,
+            step: "copy".into(),
+            started_at: Timestamp::from_second(at).unwrap(),
+            finished_at: None,
+            tested_lsn: None,
+            findings: vec![],
+            reason: None,
+            output_path: None,
+            standby_downtime_seconds: None,
+            steps: vec![],
+            bytes_copied: 0,
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn records_survive_and_running_ones_become_interrupted() {
+        let home = tempfile::tempdir().unwrap();
+        let j = Journal::open(home.path()).unwrap();
+        j.write(&rec("a", OpState::Succeeded, 100)).unwrap();
+        j.write(&rec("b", OpState::Running, 200)).unwrap();
+        drop(j);
+        let j = Journal::open(home.path()).unwrap();
+        let recovered = j.recover().unwrap();
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].id, "b");
+        let b = j.read("b").unwrap().unwrap();
+        assert_eq!(b.state, OpState::Interrupted);
+        assert!(b.reason.unwrap().contains("during step `copy`"));
+        let ids: Vec<String> = j.list().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec!["b", "a"], "newest first");
+        assert!(j.recover().unwrap().is_empty(), "recovery is idempotent");
+    }
+
+    #[test]
+    fn generation_is_kept() {
+        let home = tempfile::tempdir().unwrap();
+        let j = Journal::open(home.path()).unwrap();
+        assert_eq!(j.generation().unwrap(), 0);
+        j.set_generation(7).unwrap();
+        assert_eq!(Journal::open(home.path()).unwrap().generation().unwrap(), 7);
+    }
+}

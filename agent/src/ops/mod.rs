@@ -1,0 +1,260 @@
+//! Long operations on the agent: start, watch, cancel, and what survives.
+//!
+//! [`Operations`] owns the one slot an instance has for a running operation
+//! (DESIGN rule 3), the on-disk [`journal::Journal`], and a `watch` channel
+//! per operation through which progress reaches `Watch` streams. `start`
+//! checks the order (set generation, preconditions), writes the journal
+//! record, spawns the action on a [`TaskTracker`] with its own cancellation
+//! token and returns the id at once (STYLE 6). Agent shutdown cancels the
+//! token and [`Operations::shutdown`] waits until the action has cleaned up
+//! (standby restarted, journal written, event hook run).
+
+pub mod journal;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::actions::testdb::{self, Preconditions, TestdbError};
+use crate::config::AgentConfig;
+use crate::engine::Engine;
+use crate::events::Events;
+use journal::{Journal, JournalError, OpKind, OpRecord, OpState};
+
+/// Progress of one operation, as `Watch` streams it.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub record: OpRecord,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("operation {running} is running on this instance; one operation at a time (wait for it, or cancel it)")]
+    Busy { running: String },
+    #[error("stale order: set generation {got} is older than {seen}, already accepted; the controller's view of the set is out of date")]
+    Stale { got: u64, seen: u64 },
+    #[error(transparent)]
+    Refused(#[from] TestdbError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+struct Current {
+    id: String,
+    cancel: CancellationToken,
+}
+
+pub struct Operations<E> {
+    cfg: Arc<AgentConfig>,
+    engine: Arc<E>,
+    journal: Arc<Journal>,
+    events: Events,
+    current: Mutex<Option<Current>>,
+    progress: Mutex<HashMap<String, watch::Receiver<Progress>>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+fn new_id(kind: OpKind) -> String {
+    let now = Timestamp::now();
+    let k = match kind {
+        OpKind::Copy => "copy",
+        OpKind::Testdb => "testdb",
+    };
+    format!(
+        "{k}-{}-{:04x}",
+        now.strftime("%Y%m%dT%H%M%S"),
+        now.subsec_nanosecond() as u32 & 0xffff
+    )
+}
+
+impl<E: Engine> Operations<E> {
+    /// Open the journal and mark what a previous run left running as interrupted.
+    pub fn open(
+        cfg: Arc<AgentConfig>,
+        engine: Arc<E>,
+        events: Events,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Operations<E>>, JournalError> {
+        let journal = Journal::open(&cfg.home)?;
+        for rec in journal.recover()? {
+            warn!(operation = %rec.id, step = %rec.step, "operation was interrupted by an agent stop; recorded as interrupted");
+            testdb::mark_copy_unusable(&cfg, &format!("operation {} was interrupted", rec.id));
+            testdb::write_state_file(&cfg, &rec);
+        }
+        Ok(Arc::new(Operations {
+            cfg,
+            engine,
+            journal: Arc::new(journal),
+            events,
+            current: Mutex::new(None),
+            progress: Mutex::new(HashMap::new()),
+            shutdown,
+            tasks: TaskTracker::new(),
+        }))
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The id of the running operation, if any.
+    pub fn running(&self) -> Option<String> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|c| c.id.clone())
+    }
+
+    /// Validate, record and spawn an operation; returns its id.
+    pub async fn start(
+        self: &Arc<Self>,
+        kind: OpKind,
+        set_generation: u64,
+        params: HashMap<String, String>,
+    ) -> Result<String, StartError> {
+        if self.shutdown.is_cancelled() {
+            return Err(StartError::ShuttingDown);
+        }
+        let seen = self.journal.generation()?;
+        if set_generation < seen {
+            return Err(StartError::Stale {
+                got: set_generation,
+                seen,
+            });
+        }
+        if let Some(running) = self.running() {
+            return Err(StartError::Busy { running });
+        }
+        let pre = Preconditions::check(&self.cfg, &*self.engine).await?;
+        let id = new_id(kind);
+        let cancel = self.shutdown.child_token();
+        {
+            let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = cur.as_ref() {
+                return Err(StartError::Busy {
+                    running: c.id.clone(),
+                });
+            }
+            *cur = Some(Current {
+                id: id.clone(),
+                cancel: cancel.clone(),
+            });
+        }
+        if set_generation > seen {
+            self.journal.set_generation(set_generation)?;
+        }
+        let record = OpRecord {
+            id: id.clone(),
+            kind,
+            set_generation,
+            state: OpState::Running,
+            step: "pending".into(),
+            started_at: Timestamp::now(),
+            finished_at: None,
+            tested_lsn: None,
+            findings: vec![],
+            reason: None,
+            output_path: None,
+            standby_downtime_seconds: None,
+            steps: vec![],
+            bytes_copied: 0,
+            warnings: vec![],
+        };
+        if let Err(e) = self.journal.write(&record) {
+            *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return Err(e.into());
+        }
+        let (tx, rx) = watch::channel(Progress {
+            record: record.clone(),
+            bytes_done: 0,
+            bytes_total: pre.data_bytes,
+            message: String::new(),
+        });
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), rx);
+        let this = self.clone();
+        let span = info_span!("operation", operation.id = %id, kind = ?kind, set = %self.cfg.set, member = %self.cfg.member());
+        info!(operation = %id, ?kind, "operation started");
+        let skip_logical = params.get("skip_logical_read").is_some_and(|v| v == "true");
+        self.tasks.spawn(
+            async move {
+                let job = testdb::Job {
+                    cfg: this.cfg.clone(),
+                    engine: this.engine.clone(),
+                    journal: this.journal.clone(),
+                    progress: tx,
+                    cancel,
+                    only_copy: kind == OpKind::Copy,
+                    logical_read: this.cfg.testdb.logical_read && !skip_logical,
+                    shutting_down: this.shutdown.clone(),
+                };
+                let rec = testdb::run(job, record).await;
+                this.events.operation_finished(&rec).await;
+                *this.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            .instrument(span),
+        );
+        Ok(id)
+    }
+
+    /// A receiver of the operation's progress, or its journal record when it
+    /// finished before this agent started.
+    pub fn watch(&self, id: &str) -> Result<Option<Watched>, JournalError> {
+        if let Some(rx) = self
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            return Ok(Some(Watched::Live(rx.clone())));
+        }
+        Ok(self.journal.read(id)?.map(Watched::Finished))
+    }
+
+    /// Ask the running operation `id` to stop. Returns false when it is not running.
+    pub fn cancel(&self, id: &str) -> bool {
+        match self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(c) if c.id == id => {
+                c.cancel.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Wait for running operations to finish their clean-up (the shutdown
+    /// token must already be cancelled).
+    pub async fn shutdown(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        testdb::state_file_path(&self.cfg)
+    }
+}
+
+pub enum Watched {
+    Live(watch::Receiver<Progress>),
+    Finished(OpRecord),
+}
