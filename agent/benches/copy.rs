@@ -41,7 +41,10 @@ fn usage() -> ExitCode {
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; it means nothing here.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let mut datadir: Option<PathBuf> = None;
     let mut make: Option<PathBuf> = None;
     let mut rounds: usize = 3;
@@ -49,10 +52,7 @@ fn main() -> ExitCode {
     let mut scale: u32 = 50;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         let parsed: Result<(), String> = match a.as_str() {
             "--make" => value("--make").map(|v| make = Some(PathBuf::from(v))),
             "--rounds" => value("--rounds")
@@ -173,7 +173,9 @@ fn sync_all() -> Res<()> {
 }
 
 fn run_cmd(mut cmd: Command) -> Res<()> {
-    let status = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if status.success() {
         Ok(())
     } else {

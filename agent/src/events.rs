@@ -63,7 +63,8 @@ impl Events {
                         .map(|f| format!("{} {}: {}", f.kind, f.relation, f.message))
                         .unwrap_or_default()
                 );
-                self.emit("E_TESTDB", "ERRORS_FOUND", &rec.step, &rec.id, &msg).await;
+                self.emit("E_TESTDB", "ERRORS_FOUND", &rec.step, &rec.id, &msg)
+                    .await;
             }
             _ => {}
         }
@@ -85,9 +86,15 @@ impl Events {
                 .kill_on_drop(true);
             match tokio::time::timeout(HOOK_TIMEOUT, cmd.output()).await {
                 Ok(Ok(out)) if out.status.success() => {}
-                Ok(Ok(out)) => warn!(hook = %hook.display(), status = %out.status, stderr = %String::from_utf8_lossy(&out.stderr).trim(), "event hook failed"),
-                Ok(Err(e)) => warn!(hook = %hook.display(), error = %e, "cannot run the event hook (field `event_hook`)"),
-                Err(_) => warn!(hook = %hook.display(), ?HOOK_TIMEOUT, "event hook did not finish in time; killed"),
+                Ok(Ok(out)) => {
+                    warn!(hook = %hook.display(), status = %out.status, stderr = %String::from_utf8_lossy(&out.stderr).trim(), "event hook failed")
+                }
+                Ok(Err(e)) => {
+                    warn!(hook = %hook.display(), error = %e, "cannot run the event hook (field `event_hook`)")
+                }
+                Err(_) => {
+                    warn!(hook = %hook.display(), ?HOOK_TIMEOUT, "event hook did not finish in time; killed")
+                }
             }
         }
         if let Some(c) = &self.controller {
@@ -101,7 +108,9 @@ impl Events {
             };
             match tokio::time::timeout(REPORT_TIMEOUT, c.clone().report_event(req)).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => warn!(error = %e.message(), "cannot report the event to the controller"),
+                Ok(Err(e)) => {
+                    warn!(error = %e.message(), "cannot report the event to the controller")
+                }
                 Err(_) => warn!("controller did not take the event in time"),
             }
         }

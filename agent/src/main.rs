@@ -89,7 +89,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", tandem_agent::actions::testdb::state_human(&v));
             }
-            Ok(if v["result"] == "clean" { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if v["result"] == "clean" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Run => {
             let telemetry = telemetry::init("tandem-agent", cli.log_format, "info")?;

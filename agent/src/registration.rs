@@ -31,12 +31,14 @@ pub async fn run<E: Engine>(
     let mut reachable = true;
     loop {
         let result = if registered {
-            heartbeat(&cfg, &*engine, ops.running(), &mut client).await.map(|again| {
-                if again {
-                    info!("controller does not know this agent; registering again");
-                    registered = false;
-                }
-            })
+            heartbeat(&cfg, &*engine, ops.running(), &mut client)
+                .await
+                .map(|again| {
+                    if again {
+                        info!("controller does not know this agent; registering again");
+                        registered = false;
+                    }
+                })
         } else {
             register(&cfg, &*engine, &mut client).await.map(|ms| {
                 registered = true;

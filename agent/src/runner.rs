@@ -84,7 +84,10 @@ impl Runner {
         if let Some(d) = file.parent() {
             std::fs::create_dir_all(d)?;
         }
-        std::fs::OpenOptions::new().create(true).append(true).open(file)?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)?;
         self.chown(file)
     }
 

@@ -132,14 +132,21 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
                     "{k:?} is not available in this version of tandem-agent"
                 )));
             }
-            Err(_) => return Err(Status::invalid_argument(format!("unknown operation kind {}", r.kind))),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown operation kind {}",
+                    r.kind
+                )));
+            }
         };
         let id = self
             .ops
             .start(kind, r.set_generation, r.params)
             .await
             .map_err(start_status)?;
-        Ok(Response::new(pb::StartOperationResponse { operation_id: id }))
+        Ok(Response::new(pb::StartOperationResponse {
+            operation_id: id,
+        }))
     }
 
     type WatchStream = ProgressStream;
@@ -160,7 +167,7 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
                     bytes_done: rec.bytes_copied,
                     bytes_total: rec.bytes_copied,
                     message: "finished".into(),
-                    record: rec,
+                    record: *rec,
                 };
                 Box::pin(tokio_stream::once(Ok(progress_of(&p))))
             }
@@ -193,11 +200,18 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
                 state: pb::OperationState::Running as i32,
             }));
         }
-        match self.ops.journal().read(&id).map_err(|e| Status::internal(e.to_string()))? {
+        match self
+            .ops
+            .journal()
+            .read(&id)
+            .map_err(|e| Status::internal(e.to_string()))?
+        {
             Some(rec) => Ok(Response::new(pb::CancelResponse {
                 state: op_state(rec.state) as i32,
             })),
-            None => Err(Status::not_found(format!("no operation `{id}` on this agent"))),
+            None => Err(Status::not_found(format!(
+                "no operation `{id}` on this agent"
+            ))),
         }
     }
 

@@ -57,10 +57,12 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::NotDeclared { .. } | ServiceError::WrongMembership { .. } => {
                 tonic::Status::failed_precondition(msg)
             }
-            ServiceError::UnknownSet { .. } | ServiceError::UnknownMember { .. } | ServiceError::UnknownRun { .. } => {
-                tonic::Status::not_found(msg)
+            ServiceError::UnknownSet { .. }
+            | ServiceError::UnknownMember { .. }
+            | ServiceError::UnknownRun { .. } => tonic::Status::not_found(msg),
+            ServiceError::NoSets | ServiceError::MemberNeedsOneSet => {
+                tonic::Status::invalid_argument(msg)
             }
-            ServiceError::NoSets | ServiceError::MemberNeedsOneSet => tonic::Status::invalid_argument(msg),
             ServiceError::NotYet { .. } => tonic::Status::unimplemented(msg),
             ServiceError::Invalid(_) => tonic::Status::invalid_argument(msg),
             ServiceError::Store(_) => tonic::Status::internal(msg),

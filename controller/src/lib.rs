@@ -50,7 +50,11 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         shutdown.clone(),
     ));
     let agents = Arc::new(agents::AgentClients::new(cfg.tls.clone()));
-    let runs = Arc::new(runs::Runs::new(inventory.clone(), store.clone(), agents.clone()));
+    let runs = Arc::new(runs::Runs::new(
+        inventory.clone(),
+        store.clone(),
+        agents.clone(),
+    ));
     let service = service::ControllerService {
         inventory,
         store,

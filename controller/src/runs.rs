@@ -48,7 +48,10 @@ impl Run {
     pub fn events_from(&self, from: usize) -> (Vec<pb::RunProgress>, bool) {
         let evs = self.events.lock().unwrap_or_else(|p| p.into_inner());
         let done = evs.last().is_some_and(|e| e.done);
-        (evs.get(from..).map(|s| s.to_vec()).unwrap_or_default(), done)
+        (
+            evs.get(from..).map(|s| s.to_vec()).unwrap_or_default(),
+            done,
+        )
     }
 
     pub fn subscribe(&self) -> watch::Receiver<usize> {
@@ -65,7 +68,11 @@ pub struct Runs {
 
 fn new_run_id() -> String {
     let now = Timestamp::now();
-    format!("run-{}-{:04x}", now.strftime("%Y%m%dT%H%M%S"), now.subsec_nanosecond() as u32 & 0xffff)
+    format!(
+        "run-{}-{:04x}",
+        now.strftime("%Y%m%dT%H%M%S"),
+        now.subsec_nanosecond() as u32 & 0xffff
+    )
 }
 
 impl Runs {
@@ -79,17 +86,29 @@ impl Runs {
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Run>> {
-        self.runs.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// Start a run over `sets` (already validated); returns its id at once.
-    pub fn start(self: &Arc<Self>, sets: Vec<String>, member: Option<String>, trace_id: String) -> String {
+    pub fn start(
+        self: &Arc<Self>,
+        sets: Vec<String>,
+        member: Option<String>,
+        trace_id: String,
+    ) -> String {
         let id = new_run_id();
         let run = Arc::new(Run {
             events: Mutex::new(Vec::new()),
             count: watch::channel(0).0,
         });
-        self.runs.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), run.clone());
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), run.clone());
         let this = self.clone();
         let run_id = id.clone();
         // The run's span continues the caller's trace.
@@ -133,12 +152,21 @@ impl Runs {
         };
         let mut out = Vec::new();
         for m in &set.members {
-            let address = self.inventory.get(m.agent()).map(|v| v.row.address).unwrap_or_default();
+            let address = self
+                .inventory
+                .get(m.agent())
+                .map(|v| v.row.address)
+                .unwrap_or_default();
             let facts = if address.is_empty() {
                 None
             } else {
                 match self.agents.client(&address) {
-                    Ok(mut c) => match tokio::time::timeout(cfg.status_timeout, c.status(pb::StatusRequest {})).await {
+                    Ok(mut c) => match tokio::time::timeout(
+                        cfg.status_timeout,
+                        c.status(pb::StatusRequest {}),
+                    )
+                    .await
+                    {
                         Ok(Ok(r)) => r.into_inner().facts.and_then(|f| Facts::try_from(f).ok()),
                         _ => None,
                     },
@@ -151,27 +179,60 @@ impl Runs {
     }
 
     /// Test one set; always ends with a verdict.
-    async fn test_set(&self, run: &Run, run_id: &str, set: &str, member: Option<&str>, trace_id: &str) -> Verdict {
+    async fn test_set(
+        &self,
+        run: &Run,
+        run_id: &str,
+        set: &str,
+        member: Option<&str>,
+        trace_id: &str,
+    ) -> Verdict {
         let members = self.live_members(set).await;
         let chosen = match member {
             Some(name) => members.iter().find(|m| m.0 == name),
             None => members
                 .iter()
-                .find(|m| m.3.as_ref().is_some_and(|f| f.role == Role::Standby && f.fully_received))
-                .or_else(|| members.iter().find(|m| m.3.as_ref().is_some_and(|f| f.role == Role::Standby))),
+                .find(|m| {
+                    m.3.as_ref()
+                        .is_some_and(|f| f.role == Role::Standby && f.fully_received)
+                })
+                .or_else(|| {
+                    members
+                        .iter()
+                        .find(|m| m.3.as_ref().is_some_and(|f| f.role == Role::Standby))
+                }),
         };
         let Some((member, agent, address, _)) = chosen else {
             let seen: Vec<String> = members
                 .iter()
-                .map(|(m, _, _, f)| format!("{m}: {}", f.as_ref().map_or("agent not answering".to_owned(), |f| format!("{} {}", f.role, f.state_word()))))
+                .map(|(m, _, _, f)| {
+                    format!(
+                        "{m}: {}",
+                        f.as_ref()
+                            .map_or("agent not answering".to_owned(), |f| format!(
+                                "{} {}",
+                                f.role,
+                                f.state_word()
+                            ))
+                    )
+                })
                 .collect();
             return Verdict::failed_to_run(
                 member.unwrap_or(""),
-                format!("no standby to test in set `{set}` ({}); a test copies a standby (SPEC T2)", seen.join(", ")),
+                format!(
+                    "no standby to test in set `{set}` ({}); a test copies a standby (SPEC T2)",
+                    seen.join(", ")
+                ),
                 trace_id.to_owned(),
             );
         };
-        let generation = self.store.generation(set.to_owned()).await.ok().flatten().unwrap_or(1);
+        let generation = self
+            .store
+            .generation(set.to_owned())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(1);
         let mut client = match self.agents.client(address) {
             Ok(c) => c,
             Err(e) => return Verdict::failed_to_run(member, e.to_string(), trace_id.to_owned()),
@@ -186,7 +247,11 @@ impl Runs {
         let op_id = match started {
             Ok(r) => r.into_inner().operation_id,
             Err(s) => {
-                return Verdict::failed_to_run(member, format!("agent `{agent}` refused: {}", s.message()), trace_id.to_owned());
+                return Verdict::failed_to_run(
+                    member,
+                    format!("agent `{agent}` refused: {}", s.message()),
+                    trace_id.to_owned(),
+                );
             }
         };
         info!(set, member = %member, operation = %op_id, "testdb started");
@@ -207,16 +272,32 @@ impl Runs {
             Ok(r) => Verdict::from_result(member, &r, vec![], trace_id.to_owned()),
             Err(reason) => Verdict::failed_to_run(member, reason, trace_id.to_owned()),
         };
-        let _ = self.store.finish_operation(op_id, verdict.kind.as_str().to_owned()).await;
+        let _ = self
+            .store
+            .finish_operation(op_id, verdict.kind.as_str().to_owned())
+            .await;
         verdict
     }
 
     /// Relay the agent's progress until the operation's result arrives.
-    async fn follow(&self, run: &Run, run_id: &str, set: &str, member: &str, address: &str, op_id: &str) -> Result<pb::OperationResult, String> {
+    async fn follow(
+        &self,
+        run: &Run,
+        run_id: &str,
+        set: &str,
+        member: &str,
+        address: &str,
+        op_id: &str,
+    ) -> Result<pb::OperationResult, String> {
         let mut failures = 0;
         loop {
             let stream = match self.agents.client(address) {
-                Ok(mut c) => c.watch(pb::WatchRequest { operation_id: op_id.to_owned() }).await,
+                Ok(mut c) => {
+                    c.watch(pb::WatchRequest {
+                        operation_id: op_id.to_owned(),
+                    })
+                    .await
+                }
                 Err(e) => return Err(e.to_string()),
             };
             match stream {
@@ -249,7 +330,9 @@ impl Runs {
                 Err(e) if e.code() == tonic::Code::NotFound => {
                     return Err(format!("agent lost operation {op_id}: {}", e.message()));
                 }
-                Err(e) => warn!(operation = op_id, error = %e.message(), "cannot watch the operation"),
+                Err(e) => {
+                    warn!(operation = op_id, error = %e.message(), "cannot watch the operation")
+                }
             }
             failures += 1;
             if failures > WATCH_RETRIES {

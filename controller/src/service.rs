@@ -278,7 +278,10 @@ impl pb::controller_server::Controller for ControllerService {
         Ok(Response::new(pb::ShowSetsResponse { sets }))
     }
 
-    async fn start_testdb(&self, req: Request<pb::StartTestdbRequest>) -> Result<Response<pb::StartRunResponse>, Status> {
+    async fn start_testdb(
+        &self,
+        req: Request<pb::StartTestdbRequest>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
         let args = serde_json::json!({"sets": r.sets, "all": r.all, "member": r.member});
@@ -303,12 +306,21 @@ impl pb::controller_server::Controller for ControllerService {
                 let [set] = &sets[..] else {
                     return Err(ServiceError::MemberNeedsOneSet);
                 };
-                let declared = cfg.sets.iter().find(|s| &s.name == set).is_some_and(|s| s.members.iter().any(|x| &x.name == m));
+                let declared = cfg
+                    .sets
+                    .iter()
+                    .find(|s| &s.name == set)
+                    .is_some_and(|s| s.members.iter().any(|x| &x.name == m));
                 if !declared {
-                    return Err(ServiceError::UnknownMember { set: set.clone(), member: m.clone() });
+                    return Err(ServiceError::UnknownMember {
+                        set: set.clone(),
+                        member: m.clone(),
+                    });
                 }
             }
-            Ok(self.runs.start(sets, member, current_trace_id().unwrap_or_default()))
+            Ok(self
+                .runs
+                .start(sets, member, current_trace_id().unwrap_or_default()))
         })();
         self.audit(&who, "StartTestdb", args, &result).await;
         Ok(Response::new(pb::StartRunResponse { run_id: result? }))
@@ -316,10 +328,16 @@ impl pb::controller_server::Controller for ControllerService {
 
     type WatchRunStream = Stream<pb::RunProgress>;
 
-    async fn watch_run(&self, req: Request<pb::WatchRunRequest>) -> Result<Response<Self::WatchRunStream>, Status> {
+    async fn watch_run(
+        &self,
+        req: Request<pb::WatchRunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
         require_user(&caller(&req)?, "WatchRun")?;
         let id = req.into_inner().run_id;
-        let run = self.runs.get(&id).ok_or(ServiceError::UnknownRun { run: id })?;
+        let run = self
+            .runs
+            .get(&id)
+            .ok_or(ServiceError::UnknownRun { run: id })?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let mut seen = 0;
@@ -341,10 +359,15 @@ impl pb::controller_server::Controller for ControllerService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn cancel_run(&self, req: Request<pb::CancelRunRequest>) -> Result<Response<pb::CancelRunResponse>, Status> {
+    async fn cancel_run(
+        &self,
+        req: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::CancelRunResponse>, Status> {
         require_user(&caller(&req)?, "CancelRun")?;
         Err(ServiceError::NotYet { what: "CancelRun" }.into())
     }
@@ -359,7 +382,11 @@ impl pb::controller_server::Controller for ControllerService {
         if !self.inventory.config().sets.iter().any(|s| s.name == set) {
             return Err(ServiceError::UnknownSet { set }.into());
         }
-        let verdicts = self.store.verdicts(set, r.limit).await.map_err(ServiceError::from)?;
+        let verdicts = self
+            .store
+            .verdicts(set, r.limit)
+            .await
+            .map_err(ServiceError::from)?;
         Ok(Response::new(pb::HistoryResponse {
             verdicts: verdicts.iter().map(|v| v.to_pb()).collect(),
         }))

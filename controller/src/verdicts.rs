@@ -66,21 +66,29 @@ impl Verdict {
     }
 
     /// The verdict an agent's final operation result gives.
-    pub fn from_result(member: &str, r: &pb::OperationResult, warnings: Vec<String>, trace_id: String) -> Verdict {
+    pub fn from_result(
+        member: &str,
+        r: &pb::OperationResult,
+        warnings: Vec<String>,
+        trace_id: String,
+    ) -> Verdict {
         let at = timestamp_from_wire("finished_at", r.finished_at)
             .ok()
             .flatten()
             .unwrap_or_else(Timestamp::now);
-        let started = timestamp_from_wire("started_at", r.started_at).ok().flatten();
+        let started = timestamp_from_wire("started_at", r.started_at)
+            .ok()
+            .flatten();
         let kind = match pb::OperationState::try_from(r.state) {
             Ok(pb::OperationState::Succeeded) => VerdictKind::Clean,
             Ok(pb::OperationState::ErrorsFound) => VerdictKind::Errors,
             _ => VerdictKind::FailedToRun,
         };
         let reason = match kind {
-            VerdictKind::FailedToRun if r.reason.is_empty() => {
-                Some(format!("the test ended {:?} without a reason", pb::OperationState::try_from(r.state).unwrap_or_default()))
-            }
+            VerdictKind::FailedToRun if r.reason.is_empty() => Some(format!(
+                "the test ended {:?} without a reason",
+                pb::OperationState::try_from(r.state).unwrap_or_default()
+            )),
             _ => (!r.reason.is_empty()).then(|| r.reason.clone()),
         };
         Verdict {
@@ -94,7 +102,8 @@ impl Verdict {
             operation_id: r.operation_id.clone(),
             output_path: r.output_path.clone(),
             warnings,
-            standby_downtime_seconds: (r.standby_downtime_seconds > 0.0).then_some(r.standby_downtime_seconds),
+            standby_downtime_seconds: (r.standby_downtime_seconds > 0.0)
+                .then_some(r.standby_downtime_seconds),
             duration_seconds: started.map(|s| (at - s).total(jiff::Unit::Second).unwrap_or(0.0)),
         }
     }
@@ -130,8 +139,14 @@ mod tests {
             operation_id: "testdb-1".into(),
             kind: pb::OperationKind::Testdb as i32,
             state: state as i32,
-            started_at: Some(prost_types::Timestamp { seconds: 100, nanos: 0 }),
-            finished_at: Some(prost_types::Timestamp { seconds: 160, nanos: 0 }),
+            started_at: Some(prost_types::Timestamp {
+                seconds: 100,
+                nanos: 0,
+            }),
+            finished_at: Some(prost_types::Timestamp {
+                seconds: 160,
+                nanos: 0,
+            }),
             tested_lsn: "0/3000148".into(),
             findings: (0..findings)
                 .map(|i| pb::Finding {
@@ -149,7 +164,12 @@ mod tests {
 
     #[test]
     fn a_clean_result_is_a_clean_verdict_with_its_lsn() {
-        let v = Verdict::from_result("db2", &result(pb::OperationState::Succeeded, 0), vec![], "t".into());
+        let v = Verdict::from_result(
+            "db2",
+            &result(pb::OperationState::Succeeded, 0),
+            vec![],
+            "t".into(),
+        );
         assert_eq!(v.kind, VerdictKind::Clean);
         assert_eq!(v.lsn.as_deref(), Some("0/3000148"));
         assert_eq!(v.duration_seconds, Some(60.0));
@@ -158,7 +178,12 @@ mod tests {
 
     #[test]
     fn findings_make_an_errors_verdict() {
-        let v = Verdict::from_result("db2", &result(pb::OperationState::ErrorsFound, 2), vec![], "t".into());
+        let v = Verdict::from_result(
+            "db2",
+            &result(pb::OperationState::ErrorsFound, 2),
+            vec![],
+            "t".into(),
+        );
         assert_eq!(v.kind, VerdictKind::Errors);
         assert_eq!(v.findings.len(), 2);
         assert_eq!(v.to_pb().kind, pb::VerdictKind::Errors as i32);
@@ -172,7 +197,12 @@ mod tests {
         assert_eq!(v.kind, VerdictKind::FailedToRun);
         assert!(v.reason.unwrap().contains("during step `copy`"));
         let r = result(pb::OperationState::Failed, 0);
-        assert!(Verdict::from_result("db2", &r, vec![], "t".into()).reason.unwrap().contains("without a reason"));
+        assert!(
+            Verdict::from_result("db2", &r, vec![], "t".into())
+                .reason
+                .unwrap()
+                .contains("without a reason")
+        );
     }
 
     #[test]

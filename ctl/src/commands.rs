@@ -132,12 +132,17 @@ pub async fn run(
             });
             Ok(if bad { Outcome::Bad } else { Outcome::Ok })
         }
-        Command::Testdb { sets, all, member } => crate::testdb::run(conn, format, sets, all, member).await,
+        Command::Testdb { sets, all, member } => {
+            crate::testdb::run(conn, format, sets, all, member).await
+        }
         Command::History { set, limit } => {
             let verdicts = conn
                 .connect()
                 .await?
-                .history(pb::HistoryRequest { set: set.clone(), limit })
+                .history(pb::HistoryRequest {
+                    set: set.clone(),
+                    limit,
+                })
                 .await
                 .map_err(refused("History"))?
                 .into_inner()
@@ -146,7 +151,8 @@ pub async fn run(
                 "set": set,
                 "verdicts": verdicts.iter().map(|v| output::verdict_json(&Some(v.clone()))).collect::<Vec<_>>(),
             });
-            let results: Vec<(String, pb::Verdict)> = verdicts.into_iter().map(|v| (set.clone(), v)).collect();
+            let results: Vec<(String, pb::Verdict)> =
+                verdicts.into_iter().map(|v| (set.clone(), v)).collect();
             print(format, json, output::verdicts_human(&results));
             Ok(Outcome::Ok)
         }

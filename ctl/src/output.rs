@@ -173,20 +173,45 @@ pub fn verdicts_human(results: &[(String, pb::Verdict)]) -> String {
                 .unwrap_or_default();
             vec![
                 set.clone(),
-                if v.member.is_empty() { "-".into() } else { v.member.clone() },
+                if v.member.is_empty() {
+                    "-".into()
+                } else {
+                    v.member.clone()
+                },
                 verdict_kind(&Some(v.clone())).to_owned(),
-                if v.lsn.is_empty() { "-".into() } else { v.lsn.clone() },
-                if v.duration_seconds > 0.0 { format!("{:.1}s", v.duration_seconds) } else { "-".into() },
+                if v.lsn.is_empty() {
+                    "-".into()
+                } else {
+                    v.lsn.clone()
+                },
+                if v.duration_seconds > 0.0 {
+                    format!("{:.1}s", v.duration_seconds)
+                } else {
+                    "-".into()
+                },
                 first.chars().take(100).collect(),
             ]
         })
         .collect();
-    let mut out = table(&["SET", "MEMBER", "VERDICT", "LSN", "DURATION", "FIRST FINDING / REASON"], &rows);
+    let mut out = table(
+        &[
+            "SET",
+            "MEMBER",
+            "VERDICT",
+            "LSN",
+            "DURATION",
+            "FIRST FINDING / REASON",
+        ],
+        &rows,
+    );
     for (set, v) in results {
         let vv = Some(v.clone());
         out.push_str(&format!("\n\n{set}: {}", verdict_summary(&vv)));
         for f in v.findings.iter().take(5) {
-            out.push_str(&format!("\n  {} {} {}: {}", f.kind, f.database, f.relation, f.message));
+            out.push_str(&format!(
+                "\n  {} {} {}: {}",
+                f.kind, f.database, f.relation, f.message
+            ));
         }
         if v.findings.len() > 5 {
             out.push_str(&format!("\n  ... {} more", v.findings.len() - 5));
@@ -195,7 +220,10 @@ pub fn verdicts_human(results: &[(String, pb::Verdict)]) -> String {
             out.push_str(&format!("\n  warning: {w}"));
         }
         if !v.output_path.is_empty() && verdict_kind(&vv) != "clean" {
-            out.push_str(&format!("\n  full output: {} on member {}", v.output_path, v.member));
+            out.push_str(&format!(
+                "\n  full output: {} on member {}",
+                v.output_path, v.member
+            ));
         }
         if !v.trace_id.is_empty() {
             out.push_str(&format!("\n  trace id: {}", v.trace_id));

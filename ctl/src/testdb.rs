@@ -11,8 +11,8 @@ use std::io::IsTerminal;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tandem_proto::pb;
 
-use crate::commands::{CtlError, Outcome, print, refused};
 use crate::cli::Connection;
+use crate::commands::{CtlError, Outcome, print, refused};
 use crate::output::{self, OutputFormat};
 
 struct Display {
@@ -36,9 +36,11 @@ impl Display {
         Some(self.bars.entry(set.to_owned()).or_insert_with(|| {
             let b = multi.add(ProgressBar::new(0));
             b.set_style(
-                ProgressStyle::with_template("{prefix:>12} {spinner} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-                    .expect("template is valid")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{prefix:>12} {spinner} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+                )
+                .expect("template is valid")
+                .progress_chars("=> "),
             );
             b.set_prefix(set.to_owned());
             b.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -63,7 +65,10 @@ impl Display {
     }
 
     fn verdict(&mut self, set: &str, v: &pb::Verdict) {
-        let summary = output::verdict_json(&Some(v.clone()))["summary"].as_str().unwrap_or("").to_owned();
+        let summary = output::verdict_json(&Some(v.clone()))["summary"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
         match self.bar(set) {
             Some(b) => b.finish_with_message(summary),
             None => eprintln!("{set}: {summary}"),
@@ -90,7 +95,9 @@ pub async fn run(
         .into_inner()
         .run_id;
     let mut stream = client
-        .watch_run(pb::WatchRunRequest { run_id: run_id.clone() })
+        .watch_run(pb::WatchRunRequest {
+            run_id: run_id.clone(),
+        })
         .await
         .map_err(refused("WatchRun"))?
         .into_inner();
@@ -103,7 +110,10 @@ pub async fn run(
             Err(s) => {
                 return Err(CtlError::Refused {
                     call: "WatchRun",
-                    message: format!("the progress stream of run {run_id} broke ({}); `tandemctl history SET` will show the verdicts", s.message()),
+                    message: format!(
+                        "the progress stream of run {run_id} broke ({}); `tandemctl history SET` will show the verdicts",
+                        s.message()
+                    ),
                 });
             }
         };
@@ -130,8 +140,12 @@ pub async fn run(
         })).collect::<Vec<_>>(),
     });
     print(format, json, output::verdicts_human(&results));
-    let errors = results.iter().any(|(_, v)| output::verdict_bad(&Some(v.clone())));
-    let failed = results.iter().any(|(_, v)| output::verdict_failed(&Some(v.clone())));
+    let errors = results
+        .iter()
+        .any(|(_, v)| output::verdict_bad(&Some(v.clone())));
+    let failed = results
+        .iter()
+        .any(|(_, v)| output::verdict_failed(&Some(v.clone())));
     Ok(if errors {
         Outcome::Bad
     } else if failed {

@@ -34,6 +34,10 @@ pub struct FleetSpec {
     pub offline_after: Duration,
     /// Extra environment for the controller and agents (e.g. OTEL_*).
     pub env: Vec<(String, String)>,
+    /// Extra top-level lines for every agent.toml (e.g. `event_hook = ...`).
+    pub agent_top: String,
+    /// Extra lines for every agent.toml's `[testdb]` table.
+    pub agent_testdb: String,
 }
 
 impl FleetSpec {
@@ -43,6 +47,8 @@ impl FleetSpec {
             heartbeat_interval: Duration::from_millis(300),
             offline_after: Duration::from_secs(2),
             env: vec![],
+            agent_top: String::new(),
+            agent_testdb: String::new(),
         }
     }
 
@@ -167,7 +173,7 @@ impl Fleet {
             write(
                 &config,
                 &format!(
-                    "name = \"{member}\"\nset = \"{set}\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[postgres]\ndata_dir = \"{data}\"\nsocket_dir = \"{sock}\"\nport = {pgport}\narchive_dir = \"{archive}\"\n",
+                    "name = \"{member}\"\nset = \"{set}\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[postgres]\ndata_dir = \"{data}\"\nsocket_dir = \"{sock}\"\nport = {pgport}\narchive_dir = \"{archive}\"\n\n[testdb]\n{testdb}\n",
                     home = adir.join("home").display(),
                     hb = spec.heartbeat_interval.as_millis(),
                     c = certs.display(),
@@ -175,6 +181,8 @@ impl Fleet {
                     sock = server.socket_dir.display(),
                     pgport = server.port,
                     archive = adir.join("archive").display(),
+                    top = spec.agent_top,
+                    testdb = spec.agent_testdb,
                 ),
             )?;
             agents.insert(
@@ -223,6 +231,15 @@ impl Fleet {
         let log = self.dir.join("logs/controller.log");
         self.controller = Some(Proc::spawn("tandem-controller", cmd, &log)?);
         Ok(())
+    }
+
+    /// The agent's home directory (state file, testdb.out, journal).
+    pub fn agent_home(&self, name: &str) -> PathBuf {
+        self.dir.join("agents").join(name).join("home")
+    }
+
+    pub fn agent_archive(&self, name: &str) -> PathBuf {
+        self.dir.join("agents").join(name).join("archive")
     }
 
     pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {

@@ -34,11 +34,17 @@ const MIB: u64 = 1024 * 1024;
 /// Why a test may not start (checked before anything is written).
 #[derive(Debug, thiserror::Error)]
 pub enum TestdbError {
-    #[error("member `{member}` is not a standby (role: {role}); testdb copies a standby's database (SPEC T2); run it on the set's standby")]
+    #[error(
+        "member `{member}` is not a standby (role: {role}); testdb copies a standby's database (SPEC T2); run it on the set's standby"
+    )]
     NotStandby { member: String, role: Role },
-    #[error("standby `{member}` is not streaming (state: {state}); a test needs the whole database from the primary (SPEC T8); wait until it streams")]
+    #[error(
+        "standby `{member}` is not streaming (state: {state}); a test needs the whole database from the primary (SPEC T8); wait until it streams"
+    )]
     NotStreaming { member: String, state: String },
-    #[error("safe mode: the archive filesystem of {dir} has {avail} MiB free (+{reclaim} MiB from the previous copy); a copy of {data} MiB plus the reserve of {reserve} MiB needs {need} MiB. Nothing was written (SPEC R11); free space, or move postgres.archive_dir, or lower testdb.free_space_reserve_mib")]
+    #[error(
+        "safe mode: the archive filesystem of {dir} has {avail} MiB free (+{reclaim} MiB from the previous copy); a copy of {data} MiB plus the reserve of {reserve} MiB needs {need} MiB. Nothing was written (SPEC R11); free space, or move postgres.archive_dir, or lower testdb.free_space_reserve_mib"
+    )]
     NoSpace {
         dir: PathBuf,
         avail: u64,
@@ -57,14 +63,27 @@ pub struct Preconditions {
 }
 
 impl Preconditions {
-    pub async fn check<E: Engine>(cfg: &AgentConfig, engine: &E) -> Result<Preconditions, TestdbError> {
+    pub async fn check<E: Engine>(
+        cfg: &AgentConfig,
+        engine: &E,
+    ) -> Result<Preconditions, TestdbError> {
         let facts = engine.facts().await;
-        preconditions(cfg, &facts, free_bytes(&cfg.postgres.archive_dir)?, dir_size(&copy_dir(cfg)))
+        preconditions(
+            cfg,
+            &facts,
+            free_bytes(&cfg.postgres.archive_dir)?,
+            dir_size(&copy_dir(cfg)),
+        )
     }
 }
 
 /// The rules of SPEC T8 and R11 on what was observed (pure, unit-tested).
-fn preconditions(cfg: &AgentConfig, facts: &Facts, free: u64, previous_copy: u64) -> Result<Preconditions, TestdbError> {
+fn preconditions(
+    cfg: &AgentConfig,
+    facts: &Facts,
+    free: u64,
+    previous_copy: u64,
+) -> Result<Preconditions, TestdbError> {
     if facts.role != Role::Standby {
         return Err(TestdbError::NotStandby {
             member: cfg.member().to_owned(),
@@ -200,7 +219,9 @@ pub fn state_human(v: &serde_json::Value) -> String {
         "operation {}, started {}, standby down {} s, output {}\n",
         s("operation_id"),
         s("started_at"),
-        v["standby_downtime_seconds"].as_f64().map_or("-".into(), |d| format!("{d:.1}")),
+        v["standby_downtime_seconds"]
+            .as_f64()
+            .map_or("-".into(), |d| format!("{d:.1}")),
         s("output")
     ));
     out
@@ -248,7 +269,9 @@ enum StepError {
         #[source]
         source: EngineError,
     },
-    #[error("the standby was started again but is not streaming after {0:?}; check its log and the primary")]
+    #[error(
+        "the standby was started again but is not streaming after {0:?}; check its log and the primary"
+    )]
     NotStreamingAgain(Duration),
 }
 
@@ -333,7 +356,9 @@ impl<E: Engine> Job<E> {
                 let tx = self.progress.clone();
                 let progress = Arc::new(move |n: u64| tx.send_modify(|p| p.bytes_done = n));
                 let workers = self.cfg.testdb.copy_workers.unwrap_or_else(default_workers);
-                self.engine.copy_to(&copy, workers, progress, self.cancel.clone()).await
+                self.engine
+                    .copy_to(&copy, workers, progress, self.cancel.clone())
+                    .await
             })
             .await;
         // The standby comes back whatever happened to the copy.
@@ -349,16 +374,28 @@ impl<E: Engine> Job<E> {
         let out = output_path(&self.cfg);
         sh.rec().output_path = Some(out.clone());
         let inst = self
-            .step(sh, "open_private", self.engine.open_private(&copy, self.cfg.testdb.private_start_timeout))
+            .step(
+                sh,
+                "open_private",
+                self.engine
+                    .open_private(&copy, self.cfg.testdb.private_start_timeout),
+            )
             .await?;
         sh.rec().tested_lsn = inst.lsn.map(|l| l.to_string());
         let checked = self
-            .step(sh, "checks", self.engine.check_private(&inst, self.logical_read, &out))
+            .step(
+                sh,
+                "checks",
+                self.engine.check_private(&inst, self.logical_read, &out),
+            )
             .await;
-        self.step(sh, "stop_private", self.engine.close_private(&inst)).await?;
+        self.step(sh, "stop_private", self.engine.close_private(&inst))
+            .await?;
         sh.rec().findings.extend(checked?.findings);
         if inst.data_checksums {
-            let offline = self.step(sh, "checksums", self.engine.check_offline(&copy, &out)).await?;
+            let offline = self
+                .step(sh, "checksums", self.engine.check_offline(&copy, &out))
+                .await?;
             sh.rec().findings.extend(offline.findings);
         } else {
             sh.rec().warnings.push(
@@ -406,14 +443,18 @@ pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
     // Cancel-safe by design: dropping `steps` kills the running tool
     // (kill_on_drop); the clean-up below puts back what it changed.
     let result = tokio::select! {
-        r = job.steps(&sh) => Some(r),
+        biased;
         _ = job.cancel.cancelled() => None,
+        r = job.steps(&sh) => Some(r),
     };
     let (state, reason) = match result {
         Some(Ok(())) => {
             let failed = sh.rec().findings.iter().any(|f| f.kind == "check_failed");
             if failed {
-                (OpState::Failed, Some("a check tool failed; see testdb.out".to_owned()))
+                (
+                    OpState::Failed,
+                    Some("a check tool failed; see testdb.out".to_owned()),
+                )
             } else if sh.rec().findings.is_empty() {
                 (OpState::Succeeded, None)
             } else {
@@ -428,7 +469,11 @@ pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
             let step = sh.rec().step.clone();
             job.engine.kill_private(&copy_dir(&job.cfg));
             let shutdown = job.shutting_down.is_cancelled();
-            let why = if shutdown { "the agent was stopped" } else { "the operation was cancelled" };
+            let why = if shutdown {
+                "the agent was stopped"
+            } else {
+                "the operation was cancelled"
+            };
             mark_copy_unusable(&job.cfg, &format!("{why} during step `{step}`"));
             if sh.standby_stopped.load(Ordering::SeqCst) {
                 warn!("bringing the standby back after the interruption");
@@ -436,8 +481,17 @@ pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
                     error!(error = %e, "the standby could not be brought back; start it by hand");
                 }
             }
-            let state = if shutdown { OpState::Interrupted } else { OpState::Cancelled };
-            (state, Some(format!("{why} during step `{step}`; the copy is unusable")))
+            // The record names the step that was interrupted, not the clean-up.
+            sh.rec().step = step.clone();
+            let state = if shutdown {
+                OpState::Interrupted
+            } else {
+                OpState::Cancelled
+            };
+            (
+                state,
+                Some(format!("{why} during step `{step}`; the copy is unusable")),
+            )
         }
     };
     let rec = {
@@ -504,18 +558,28 @@ mod tests {
         let mut f = standby(true);
         f.role = Role::Primary;
         let e = preconditions(&cfg(10), &f, u64::MAX / 2, 0).err().unwrap();
-        assert!(e.to_string().contains("is not a standby (role: primary)"), "{e}");
+        assert!(
+            e.to_string().contains("is not a standby (role: primary)"),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_standby_not_streaming_is_refused_with_its_state() {
-        let e = preconditions(&cfg(10), &standby(false), u64::MAX / 2, 0).err().unwrap();
-        assert!(e.to_string().contains("not streaming (state: catchup)"), "{e}");
+        let e = preconditions(&cfg(10), &standby(false), u64::MAX / 2, 0)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("not streaming (state: catchup)"),
+            "{e}"
+        );
     }
 
     #[test]
     fn too_little_space_is_safe_mode_with_the_numbers() {
-        let e = preconditions(&cfg(50), &standby(true), 120 * MIB, 0).err().unwrap();
+        let e = preconditions(&cfg(50), &standby(true), 120 * MIB, 0)
+            .err()
+            .unwrap();
         let msg = e.to_string();
         assert!(msg.contains("safe mode"), "{msg}");
         assert!(msg.contains("120 MiB free"), "{msg}");

@@ -280,11 +280,12 @@ fn check_name(rel: &Path) -> Result<&str, CopyError> {
         path: rel.to_owned(),
         what: what.into(),
     };
-    if rel.as_os_str().is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_)))
-    {
+    if rel.as_os_str().is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
         return Err(bad("a path that is not relative and plain"));
     }
-    let s = rel.to_str().ok_or_else(|| bad("a name that is not UTF-8"))?;
+    let s = rel
+        .to_str()
+        .ok_or_else(|| bad("a name that is not UTF-8"))?;
     if s.contains(['\n', '\r']) {
         return Err(bad("a name with a line break"));
     }
@@ -532,7 +533,12 @@ fn copy_observed(
                 what: "a plan entry that was not copied".into(),
             });
         };
-        text.push_str(&format!("{}  {}  {}\n", h.to_hex(), e.size, check_name(&e.rel)?));
+        text.push_str(&format!(
+            "{}  {}  {}\n",
+            h.to_hex(),
+            e.size,
+            check_name(&e.rel)?
+        ));
     }
     let mut tmp_name = manifest.as_os_str().to_owned();
     tmp_name.push(TMP_SUFFIX);
@@ -635,10 +641,7 @@ fn run_phase(shared: &Shared<'_>, indices: &[usize], workers: usize) -> Result<(
                 }
                 Err(e) => {
                     shared.stop.store(true, Ordering::Relaxed);
-                    let mut first = shared
-                        .first_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
+                    let mut first = shared.first_error.lock().unwrap_or_else(|p| p.into_inner());
                     if first.is_none() {
                         *first = Some(e);
                     }
@@ -687,7 +690,9 @@ fn copy_file(shared: &Shared<'_>, i: usize, buf: &mut [u8]) -> Result<blake3::Ha
             },
             _ => io_err(&sp, "open")(e),
         })?;
-    let meta = input.metadata().map_err(io_err(&sp, "read the metadata of"))?;
+    let meta = input
+        .metadata()
+        .map_err(io_err(&sp, "read the metadata of"))?;
     if !meta.is_file() {
         return Err(CopyError::Unsupported {
             path: sp,
@@ -886,12 +891,13 @@ mod tests {
         put(root, "pg_wal/000000010000000000000003", CHUNK, 7_000);
         put(root, "pg_wal/000000010000000000000001", CHUNK, 8_000);
         put(root, "pg_wal/000000010000000000000002", CHUNK, 7_500);
-        put(root, "pg_wal/archive_status/000000010000000000000001.done", 0, 8_000);
-        fs::set_permissions(
-            root.join("base/1/2608"),
-            fs::Permissions::from_mode(0o640),
-        )
-        .unwrap();
+        put(
+            root,
+            "pg_wal/archive_status/000000010000000000000001.done",
+            0,
+            8_000,
+        );
+        fs::set_permissions(root.join("base/1/2608"), fs::Permissions::from_mode(0o640)).unwrap();
     }
 
     fn rels(plan: &CopyPlan) -> Vec<(String, u8)> {
@@ -1002,8 +1008,14 @@ mod tests {
             "root mode"
         );
         assert_eq!(
-            fs::metadata(dst.join("base/1")).unwrap().modified().unwrap(),
-            fs::metadata(src.join("base/1")).unwrap().modified().unwrap()
+            fs::metadata(dst.join("base/1"))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            fs::metadata(src.join("base/1"))
+                .unwrap()
+                .modified()
+                .unwrap()
         );
         for gone in [
             "postmaster.pid",
@@ -1068,7 +1080,10 @@ mod tests {
         fs::create_dir(&dst).unwrap();
         fs::write(dst.join("keep"), b"keep").unwrap();
         let e = run(&src, &dst, 2).unwrap_err();
-        assert!(matches!(&e, CopyError::Exists { path } if *path == dst), "{e}");
+        assert!(
+            matches!(&e, CopyError::Exists { path } if *path == dst),
+            "{e}"
+        );
         assert_eq!(fs::read(dst.join("keep")).unwrap(), b"keep");
     }
 
@@ -1166,10 +1181,20 @@ mod tests {
         fake_datadir(&src);
         // More files, so that four workers really overlap.
         for i in 0..40 {
-            put(&src, &format!("base/7/{i}"), 4096 * (i % 5 + 1), 100 + i as u64);
+            put(
+                &src,
+                &format!("base/7/{i}"),
+                4096 * (i % 5 + 1),
+                100 + i as u64,
+            );
         }
         for i in 4..12 {
-            put(&src, &format!("pg_wal/0000000100000000000000{i:02X}"), 8192, 50);
+            put(
+                &src,
+                &format!("pg_wal/0000000100000000000000{i:02X}"),
+                8192,
+                50,
+            );
         }
         let p = plan(&src).unwrap();
         let steps = Mutex::new(Vec::new());

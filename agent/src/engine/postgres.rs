@@ -88,7 +88,8 @@ impl PostgresEngine {
 
     /// Run one query on the live server through psql; returns the trimmed rows.
     pub async fn query(&self, sql: &str) -> Result<String, EngineError> {
-        self.query_at(&self.cfg.socket_dir, self.cfg.port, sql).await
+        self.query_at(&self.cfg.socket_dir, self.cfg.port, sql)
+            .await
     }
 
     /// Run one query through psql on the server at `socket_dir`/`port`.
@@ -152,9 +153,14 @@ impl Engine for PostgresEngine {
             return Ok(());
         }
         let t = LIVE_TIMEOUT.as_secs().to_string();
-        self.pg_ctl("pg_ctl stop", &["stop", "-m", "fast", "-w", "-t", &t], &self.cfg.data_dir, LIVE_TIMEOUT + Duration::from_secs(5))
-            .await
-            .map(|_| ())
+        self.pg_ctl(
+            "pg_ctl stop",
+            &["stop", "-m", "fast", "-w", "-t", &t],
+            &self.cfg.data_dir,
+            LIVE_TIMEOUT + Duration::from_secs(5),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn start(&self) -> Result<(), EngineError> {
@@ -170,9 +176,14 @@ impl Engine for PostgresEngine {
             })?;
         let t = LIVE_TIMEOUT.as_secs().to_string();
         let log = self.server_log.to_string_lossy().into_owned();
-        self.pg_ctl("pg_ctl start", &["start", "-w", "-t", &t, "-l", &log], &self.cfg.data_dir, LIVE_TIMEOUT + Duration::from_secs(5))
-            .await
-            .map(|_| ())
+        self.pg_ctl(
+            "pg_ctl start",
+            &["start", "-w", "-t", &t, "-l", &log],
+            &self.cfg.data_dir,
+            LIVE_TIMEOUT + Duration::from_secs(5),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn copy_to(
@@ -202,11 +213,20 @@ impl Engine for PostgresEngine {
         })?
     }
 
-    async fn open_private(&self, dir: &Path, timeout: Duration) -> Result<PrivateInstance, EngineError> {
+    async fn open_private(
+        &self,
+        dir: &Path,
+        timeout: Duration,
+    ) -> Result<PrivateInstance, EngineError> {
         self.open_private_instance(dir, timeout).await
     }
 
-    async fn check_private(&self, inst: &PrivateInstance, logical_read: bool, out: &Path) -> Result<CheckReport, EngineError> {
+    async fn check_private(
+        &self,
+        inst: &PrivateInstance,
+        logical_read: bool,
+        out: &Path,
+    ) -> Result<CheckReport, EngineError> {
         self.check_private_instance(inst, logical_read, out).await
     }
 
@@ -286,7 +306,10 @@ pub(super) fn check_tool(tool: &'static str, out: &Output) -> Result<(), EngineE
 
 /// Parse the row of [`FACTS_SQL`].
 fn parse_facts_row(row: &str) -> Result<Facts, EngineError> {
-    let bad = || EngineError::Output { tool: "psql", output: row.to_owned() };
+    let bad = || EngineError::Output {
+        tool: "psql",
+        output: row.to_owned(),
+    };
     let cols: Vec<&str> = row.split('|').collect();
     let [
         version,

@@ -45,9 +45,19 @@ fn append_output(out: &Path, title: &str, o: &Output) -> Result<String, EngineEr
     write!(
         f,
         "==== {title} (exit {}) ====\n{stdout}{}{stderr}{}\n",
-        o.status.code().map_or("signal".to_owned(), |c| c.to_string()),
-        if stdout.is_empty() || stdout.ends_with('\n') { "" } else { "\n" },
-        if stderr.is_empty() || stderr.ends_with('\n') { "" } else { "\n" },
+        o.status
+            .code()
+            .map_or("signal".to_owned(), |c| c.to_string()),
+        if stdout.is_empty() || stdout.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        },
+        if stderr.is_empty() || stderr.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        },
     )
     .map_err(io("write", out))?;
     Ok(format!("{stdout}{stderr}"))
@@ -59,7 +69,10 @@ pub fn kill_postmaster(dir: &Path) {
     let Ok(text) = std::fs::read_to_string(dir.join("postmaster.pid")) else {
         return;
     };
-    if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok())
+    if let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
         && pid > 1
     {
         let _ = nix::sys::signal::kill(
@@ -81,7 +94,9 @@ impl PostgresEngine {
         self.runner
             .prepare_dir(&socket_dir)
             .map_err(io("prepare", &socket_dir))?;
-        self.runner.prepare_file(&log).map_err(io("prepare", &log))?;
+        self.runner
+            .prepare_file(&log)
+            .map_err(io("prepare", &log))?;
         for signal in ["standby.signal", "recovery.signal"] {
             match std::fs::remove_file(dir.join(signal)) {
                 Ok(()) => {}
@@ -94,7 +109,9 @@ impl PostgresEngine {
         if !conf.exists() {
             std::fs::write(&conf, "# written by tandem for a private instance\n")
                 .map_err(io("write", &conf))?;
-            self.runner.prepare_file(&conf).map_err(io("chown", &conf))?;
+            self.runner
+                .prepare_file(&conf)
+                .map_err(io("chown", &conf))?;
         }
         let hba = dir.join("tandem_hba.conf");
         std::fs::write(&hba, "local all all trust\n").map_err(io("write", &hba))?;
@@ -125,7 +142,9 @@ impl PostgresEngine {
         )
         .map_err(io("write", &auto))?;
         drop(f);
-        self.runner.prepare_file(&auto).map_err(io("chown", &auto))?;
+        self.runner
+            .prepare_file(&auto)
+            .map_err(io("chown", &auto))?;
 
         let t = timeout.as_secs().max(1).to_string();
         let log_s = log.to_string_lossy().into_owned();
@@ -198,7 +217,7 @@ impl PostgresEngine {
 
         if logical_read {
             let mut cmd = self.runner.command(self.tool("pg_dumpall"));
-            cmd.args(["-f", "/dev/null"]);
+            cmd.args(["--no-sync", "-f", "/dev/null"]);
             conn(&mut cmd);
             let o = self.runner.output(cmd, CHECK_TIMEOUT).await?;
             let text = append_output(out, "pg_dumpall -f /dev/null (full logical read)", &o)?;
@@ -228,7 +247,11 @@ impl PostgresEngine {
     }
 
     /// `pg_checksums --check` on a stopped copy.
-    pub(super) async fn checksums(&self, dir: &Path, out: &Path) -> Result<CheckReport, EngineError> {
+    pub(super) async fn checksums(
+        &self,
+        dir: &Path,
+        out: &Path,
+    ) -> Result<CheckReport, EngineError> {
         let mut cmd = self.runner.command(self.tool("pg_checksums"));
         cmd.arg("--check").arg("-D").arg(dir);
         let o = self.runner.output(cmd, CHECK_TIMEOUT).await?;
@@ -244,14 +267,20 @@ impl PostgresEngine {
 /// A tool that failed without saying what it found.
 fn tool_failed(tool: &str, o: &Output) -> Finding {
     let stderr = String::from_utf8_lossy(&o.stderr);
-    let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     Finding {
         database: String::new(),
         relation: String::new(),
         kind: "check_failed".into(),
         message: format!(
             "{tool} exited with {} and reported no finding: {last}",
-            o.status.code().map_or("a signal".to_owned(), |c| format!("code {c}"))
+            o.status
+                .code()
+                .map_or("a signal".to_owned(), |c| format!("code {c}"))
         ),
     }
 }

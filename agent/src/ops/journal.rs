@@ -150,7 +150,9 @@ impl Journal {
                 let b = fs::read(&path).map_err(io("read", &path))?;
                 match serde_json::from_slice::<OpRecord>(&b) {
                     Ok(r) => out.push(r),
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping a damaged journal record"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "skipping a damaged journal record")
+                    }
                 }
             }
         }

@@ -38,9 +38,13 @@ pub struct Progress {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("operation {running} is running on this instance; one operation at a time (wait for it, or cancel it)")]
+    #[error(
+        "operation {running} is running on this instance; one operation at a time (wait for it, or cancel it)"
+    )]
     Busy { running: String },
-    #[error("stale order: set generation {got} is older than {seen}, already accepted; the controller's view of the set is out of date")]
+    #[error(
+        "stale order: set generation {got} is older than {seen}, already accepted; the controller's view of the set is out of date"
+    )]
     Stale { got: u64, seen: u64 },
     #[error(transparent)]
     Refused(#[from] TestdbError),
@@ -223,7 +227,10 @@ impl<E: Engine> Operations<E> {
         {
             return Ok(Some(Watched::Live(rx.clone())));
         }
-        Ok(self.journal.read(id)?.map(Watched::Finished))
+        Ok(self
+            .journal
+            .read(id)?
+            .map(|r| Watched::Finished(Box::new(r))))
     }
 
     /// Ask the running operation `id` to stop. Returns false when it is not running.
@@ -256,5 +263,5 @@ impl<E: Engine> Operations<E> {
 
 pub enum Watched {
     Live(watch::Receiver<Progress>),
-    Finished(OpRecord),
+    Finished(Box<OpRecord>),
 }

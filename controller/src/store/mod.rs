@@ -318,10 +318,15 @@ impl Store {
         let limit = if limit == 0 { -1 } else { i64::from(limit) };
         self.call(move |c| {
             let rows: Vec<String> = c
-                .prepare("SELECT verdict FROM verdicts WHERE set_name = ?1 ORDER BY id DESC LIMIT ?2")?
+                .prepare(
+                    "SELECT verdict FROM verdicts WHERE set_name = ?1 ORDER BY id DESC LIMIT ?2",
+                )?
                 .query_map(params![set, limit], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
-            Ok(rows.iter().filter_map(|r| serde_json::from_str(r).ok()).collect())
+            Ok(rows
+                .iter()
+                .filter_map(|r| serde_json::from_str(r).ok())
+                .collect())
         })
         .await
     }
@@ -459,9 +464,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("c.db")).unwrap();
         for reason in ["first", "second"] {
-            s.record_verdict("billing".into(), Verdict::failed_to_run("db2", reason.into(), String::new()))
-                .await
-                .unwrap();
+            s.record_verdict(
+                "billing".into(),
+                Verdict::failed_to_run("db2", reason.into(), String::new()),
+            )
+            .await
+            .unwrap();
         }
         let h = s.verdicts("billing".into(), 0).await.unwrap();
         assert_eq!(h.len(), 2);
