@@ -11,10 +11,12 @@
 # `. $TANDEM_DEMO_DIR/env` sets TANDEM_CONTROLLER, TANDEM_CA, TANDEM_CERT,
 # TANDEM_KEY and, per member, TANDEM_DEMO_<SET>_<MEMBER>_PGHOST/PGPORT/PGDATA.
 # Ports: controller on $TANDEM_DEMO_PORT (default 7700), agents on the next four.
+# Data: pgbench scale $TANDEM_DEMO_SCALE (default 1) in each set.
 set -euo pipefail
 
 DEMO_DIR=${TANDEM_DEMO_DIR:-/var/tmp/tandem-demo}
 BASE_PORT=${TANDEM_DEMO_PORT:-7700}
+SCALE=${TANDEM_DEMO_SCALE:-1}    # pgbench scale of the demo data (1 = 16 MB, 50 = 750 MB)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/debug
@@ -87,7 +89,7 @@ shared_buffers = '32MB'
 cluster_name = '$set-db1'
 EOF
   as_pg "$PGBIN/pg_ctl" start -w -D "$p" -l "$DEMO_DIR/logs/pg-$set-db1.log" >/dev/null
-  as_pg "$PGBIN/pgbench" -i -q -s 1 -h "$psock" -p "$pport" -U postgres postgres >/dev/null 2>&1
+  as_pg "$PGBIN/pgbench" -i -q -s "$SCALE" -h "$psock" -p "$pport" -U postgres postgres >/dev/null 2>&1
   say "set $set: standby (pg_basebackup -R) on socket $ssock port $sport"
   as_pg "$PGBIN/pg_basebackup" -D "$s" -R -X stream -c fast -h "$psock" -p "$pport" -U postgres
   cat >>"$s/postgresql.conf" <<EOF
@@ -263,6 +265,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) PGBIN=$(pg_bin); status ;;
-  -h|--help|help|"") sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] ;;
+  -h|--help|help|"") sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] ;;
   *) die "unknown command '$1'; use up, status or down" ;;
 esac

@@ -77,6 +77,7 @@ fn main() -> ExitCode {
         }
     }
     let result = match (make, datadir) {
+        (Some(dir), None) if scale == 0 => explore(&dir),
         (Some(dir), None) => make_datadir(&dir, scale),
         (None, Some(dir)) => bench(&dir, rounds.max(1), workers.max(1)),
         _ => return usage(),
@@ -330,5 +331,48 @@ fn bench(src: &Path, rounds: usize, workers: usize) -> Res<()> {
         }
     }
     println!("(the copy made last was verified against its manifest)");
+    Ok(())
+}
+
+#[allow(dead_code)]
+pub fn explore(src: &Path) -> Res<()> {
+    use std::io::Write;
+    let plan = copy::plan(src).map_err(|e| e.to_string())?;
+    let dst = src.parent().unwrap().join("explore");
+    let mut buf = vec![0u8; 1 << 20];
+    for e in &plan.entries {
+        let mut f = fs::File::open(src.join(&e.rel)).map_err(|e| e.to_string())?;
+        while f.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
+    }
+    for mode in ["rw", "rw+hash", "rw+hash+fsync", "rw+hash+syncfs", "cfr", "rw+fsync"] {
+        for _ in 0..2 {
+        let _ = fs::remove_dir_all(&dst);
+        sync_all()?;
+        let t = Instant::now();
+        fs::create_dir(&dst).unwrap();
+        for d in &plan.dirs { fs::create_dir(dst.join(d)).unwrap(); }
+        let mut last = None;
+        for e in &plan.entries {
+            let mut i = fs::File::open(src.join(&e.rel)).unwrap();
+            let mut o = fs::File::create(dst.join(&e.rel)).unwrap();
+            if mode == "cfr" {
+                std::io::copy(&mut i, &mut o).unwrap();
+                continue;
+            }
+            let mut h = blake3::Hasher::new();
+            loop {
+                let n = i.read(&mut buf).unwrap();
+                if n == 0 { break; }
+                if mode.contains("hash") { h.update(&buf[..n]); }
+                o.write_all(&buf[..n]).unwrap();
+            }
+            if mode.contains("fsync") { o.sync_all().unwrap(); }
+            last = Some(o);
+        }
+        if mode.contains("syncfs") { nix::unistd::syncfs(last.as_ref().unwrap()).unwrap(); }
+        println!("{mode}: {:.3}s", t.elapsed().as_secs_f64());
+        }
+    }
+    let _ = fs::remove_dir_all(&dst);
     Ok(())
 }
