@@ -344,6 +344,21 @@ pub fn explore(src: &Path) -> Res<()> {
         let mut f = fs::File::open(src.join(&e.rel)).map_err(|e| e.to_string())?;
         while f.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
     }
+    {
+        let big = vec![7u8; 1 << 30];
+        for chunk in [1usize << 20, 1 << 16] {
+            let t = Instant::now();
+            let mut h = blake3::Hasher::new();
+            for c in big.chunks(chunk) { h.update(c); }
+            std::hint::black_box(h.finalize());
+            println!("blake3 1GiB in {chunk}-byte updates: {:.3}s", t.elapsed().as_secs_f64());
+        }
+        let mut other = vec![0u8; 1 << 30];
+        let t = Instant::now();
+        other.copy_from_slice(&big);
+        std::hint::black_box(&other);
+        println!("memcpy 1GiB: {:.3}s", t.elapsed().as_secs_f64());
+    }
     for mode in ["rw", "rw+hash", "rw+hash+fsync", "rw+hash+syncfs", "cfr", "rw+fsync"] {
         for _ in 0..2 {
         let _ = fs::remove_dir_all(&dst);

@@ -106,6 +106,14 @@ async fn agents_register_and_show_real_roles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_goes_offline_and_comes_back() {
     let mut fleet = Fleet::start(FleetSpec::new(&[("beta", 1)])).await.unwrap();
+    // A second agent for the same instance refuses to start.
+    let second = std::process::Command::new(tandem_tests::procs::bin_path("tandem-agent").unwrap())
+        .arg("--config")
+        .arg(&fleet.agents["beta-s1"].config)
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another tandem-agent holds"), "{}", String::from_utf8_lossy(&second.stderr));
     fleet.kill_agent("beta-s1");
     fleet
         .wait_agents_state(&["beta-s1".into()], "offline")

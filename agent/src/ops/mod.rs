@@ -54,12 +54,30 @@ pub enum StartError {
     ShuttingDown,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("another tandem-agent holds {path}: one agent per instance and home (field `home`)")]
+    Locked { path: PathBuf },
+    #[error("cannot open the lock file {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
 struct Current {
     id: String,
     cancel: CancellationToken,
 }
 
 pub struct Operations<E> {
+    /// An exclusive lock on `<home>/agent.lock` for the agent's lifetime: a
+    /// second agent on the same home (so the same instance) cannot start; the
+    /// kernel drops it when the process dies, so a crash never leaves it stuck.
+    _home_lock: nix::fcntl::Flock<std::fs::File>,
     cfg: Arc<AgentConfig>,
     engine: Arc<E>,
     journal: Arc<Journal>,
@@ -90,7 +108,19 @@ impl<E: Engine> Operations<E> {
         engine: Arc<E>,
         events: Events,
         shutdown: CancellationToken,
-    ) -> Result<Arc<Operations<E>>, JournalError> {
+    ) -> Result<Arc<Operations<E>>, OpenError> {
+        let lock_path = cfg.home.join("agent.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| OpenError::Lock {
+                path: lock_path.clone(),
+                source,
+            })?;
+        let home_lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| OpenError::Locked { path: lock_path })?;
         let journal = Journal::open(&cfg.home)?;
         for rec in journal.recover()? {
             warn!(operation = %rec.id, step = %rec.step, "operation was interrupted by an agent stop; recorded as interrupted");
@@ -98,6 +128,7 @@ impl<E: Engine> Operations<E> {
             testdb::write_state_file(&cfg, &rec);
         }
         Ok(Arc::new(Operations {
+            _home_lock: home_lock,
             cfg,
             engine,
             journal: Arc::new(journal),
