@@ -9,7 +9,7 @@
 //!
 //! `--make` creates a data directory for the benchmark (as the `postgres` OS
 //! user when run as root): `initdb --data-checksums`, a server on a private
-//! socket directory, `pgbench -i -s N` (default 50, about 750 MB), stop.
+//! socket directory, `pgbench -i -s N` (default 50: about 1.5 GB with its WAL), stop.
 //!
 //! Page cache: dropping caches fairly would need root side effects, so
 //! instead the source is read once before timing and every run sees a warm
@@ -34,7 +34,7 @@ fn usage() -> ExitCode {
         "usage: cargo bench -p tandem-agent --bench copy -- DATADIR [--rounds N] [--workers N]\n\
          \x20      cargo bench -p tandem-agent --bench copy -- --make DIR [--scale N]\n\
          DATADIR is a stopped PostgreSQL data directory; --make creates one with pgbench\n\
-         (scale 50 is about 750 MB) using {PG_BIN}."
+         (scale 50 is about 1.5 GB: 0.8 GB of tables and indexes, 0.6 GB of WAL) using {PG_BIN}."
     );
     ExitCode::from(2)
 }
@@ -77,7 +77,6 @@ fn main() -> ExitCode {
         }
     }
     let result = match (make, datadir) {
-        (Some(dir), None) if scale == 0 => explore(&dir),
         (Some(dir), None) => make_datadir(&dir, scale),
         (None, Some(dir)) => bench(&dir, rounds.max(1), workers.max(1)),
         _ => return usage(),
@@ -196,9 +195,31 @@ fn remove(dst: &Path) -> Res<()> {
     Ok(())
 }
 
-/// Time one run: `sync` first (not timed), then `f`, then delete `dst` (not timed).
-fn timed(dst: &Path, f: impl FnOnce() -> Res<()>) -> Res<Duration> {
+/// Read every file of the plan once, so that it is in the page cache.
+fn warm(src: &Path, plan: &copy::CopyPlan) -> Res<()> {
+    let mut buf = vec![0u8; 256 << 10];
+    for e in &plan.entries {
+        let p = src.join(&e.rel);
+        let mut f = fs::File::open(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        while f
+            .read(&mut buf)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            > 0
+        {}
+    }
+    Ok(())
+}
+
+/// Time one run: `sync` and a warm-up read of the source first (not timed),
+/// then `f`, then delete `dst` (not timed).
+fn timed(
+    src: &Path,
+    plan: &copy::CopyPlan,
+    dst: &Path,
+    f: impl FnOnce() -> Res<()>,
+) -> Res<Duration> {
     sync_all()?;
+    warm(src, plan)?;
     let t = Instant::now();
     f()?;
     let d = t.elapsed();
@@ -229,13 +250,6 @@ fn bench(src: &Path, rounds: usize, workers: usize) -> Res<()> {
         .map_err(|e| format!("cannot make a work directory in {}: {e}", parent.display()))?;
     let dst = work.path().join("copy");
 
-    // Warm-up: read every file once so that all runs see a warm page cache.
-    let mut buf = vec![0u8; 1 << 20];
-    for e in &plan.entries {
-        let mut f = fs::File::open(src.join(&e.rel)).map_err(|e| e.to_string())?;
-        while f.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
-    }
-
     println!(
         "source {}: {} files, {:.1} MB, {} directories",
         src.display(),
@@ -244,8 +258,9 @@ fn bench(src: &Path, rounds: usize, workers: usize) -> Res<()> {
         plan.dirs.len()
     );
     println!(
-        "{} rounds, median shown; source read once before timing (warm page cache, no drop_caches); \
-         a sync before each run, not timed; copies deleted after each run, not timed",
+        "{} rounds, median shown; before each run (not timed): sync, then one read of the whole \
+         source so every run sees a warm page cache (no drop_caches); copies deleted after each \
+         run, not timed",
         rounds
     );
 
@@ -278,10 +293,10 @@ fn bench(src: &Path, rounds: usize, workers: usize) -> Res<()> {
     let mut ours_t = Vec::new();
     let mut ours1_t = Vec::new();
     for r in 0..rounds {
-        let a = timed(&dst, || cp(false))?;
-        let b = timed(&dst, || cp(true))?;
-        let c = timed(&dst, || ours(workers))?;
-        let d = timed(&dst, || ours(1))?;
+        let a = timed(&src, &plan, &dst, || cp(false))?;
+        let b = timed(&src, &plan, &dst, || cp(true))?;
+        let c = timed(&src, &plan, &dst, || ours(workers))?;
+        let d = timed(&src, &plan, &dst, || ours(1))?;
         println!(
             "round {}: cp -a {:.3}s, cp -a + sync {:.3}s, ours (workers {workers}) {:.3}s, ours (workers 1) {:.3}s",
             r + 1,
@@ -331,63 +346,5 @@ fn bench(src: &Path, rounds: usize, workers: usize) -> Res<()> {
         }
     }
     println!("(the copy made last was verified against its manifest)");
-    Ok(())
-}
-
-#[allow(dead_code)]
-pub fn explore(src: &Path) -> Res<()> {
-    use std::io::Write;
-    let plan = copy::plan(src).map_err(|e| e.to_string())?;
-    let dst = src.parent().unwrap().join("explore");
-    let mut buf = vec![0u8; 1 << 20];
-    for e in &plan.entries {
-        let mut f = fs::File::open(src.join(&e.rel)).map_err(|e| e.to_string())?;
-        while f.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
-    }
-    {
-        let big = vec![7u8; 1 << 30];
-        for chunk in [1usize << 20, 1 << 16] {
-            let t = Instant::now();
-            let mut h = blake3::Hasher::new();
-            for c in big.chunks(chunk) { h.update(c); }
-            std::hint::black_box(h.finalize());
-            println!("blake3 1GiB in {chunk}-byte updates: {:.3}s", t.elapsed().as_secs_f64());
-        }
-        let mut other = vec![0u8; 1 << 30];
-        let t = Instant::now();
-        other.copy_from_slice(&big);
-        std::hint::black_box(&other);
-        println!("memcpy 1GiB: {:.3}s", t.elapsed().as_secs_f64());
-    }
-    for mode in ["rw", "rw+hash", "rw+hash+fsync", "rw+hash+syncfs", "cfr", "rw+fsync"] {
-        for _ in 0..2 {
-        let _ = fs::remove_dir_all(&dst);
-        sync_all()?;
-        let t = Instant::now();
-        fs::create_dir(&dst).unwrap();
-        for d in &plan.dirs { fs::create_dir(dst.join(d)).unwrap(); }
-        let mut last = None;
-        for e in &plan.entries {
-            let mut i = fs::File::open(src.join(&e.rel)).unwrap();
-            let mut o = fs::File::create(dst.join(&e.rel)).unwrap();
-            if mode == "cfr" {
-                std::io::copy(&mut i, &mut o).unwrap();
-                continue;
-            }
-            let mut h = blake3::Hasher::new();
-            loop {
-                let n = i.read(&mut buf).unwrap();
-                if n == 0 { break; }
-                if mode.contains("hash") { h.update(&buf[..n]); }
-                o.write_all(&buf[..n]).unwrap();
-            }
-            if mode.contains("fsync") { o.sync_all().unwrap(); }
-            last = Some(o);
-        }
-        if mode.contains("syncfs") { nix::unistd::syncfs(last.as_ref().unwrap()).unwrap(); }
-        println!("{mode}: {:.3}s", t.elapsed().as_secs_f64());
-        }
-    }
-    let _ = fs::remove_dir_all(&dst);
     Ok(())
 }

@@ -113,7 +113,11 @@ async fn a_killed_agent_goes_offline_and_comes_back() {
         .output()
         .unwrap();
     assert_eq!(second.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&second.stderr).contains("another tandem-agent holds"), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another tandem-agent holds"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     fleet.kill_agent("beta-s1");
     fleet
         .wait_agents_state(&["beta-s1".into()], "offline")

@@ -18,6 +18,12 @@
 //! makes [`plan`] fail with [`CopyError::Unsupported`], and every file is
 //! opened with `O_NOFOLLOW`. This module is blocking; callers run it in
 //! `tokio::task::spawn_blocking`.
+//!
+//! Speed (`cargo bench -p tandem-agent --bench copy`): workers read, hash
+//! and write in 256 KiB chunks (they stay in the L2 cache) and start each
+//! file's writeback every 8 MiB; a syncer thread fsyncs finished files while
+//! the workers go on with the next ones. A file counts as copied only once
+//! fsynced.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -32,8 +38,16 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::libc;
 use tokio_util::sync::CancellationToken;
 
-/// Read and write in chunks of this size.
-const CHUNK: usize = 1 << 20;
+/// Read, hash and write in chunks of this size. Large enough for few system
+/// calls, small enough to stay in a core's L2 cache between the read, the hash
+/// and the write: on the 2-core test host, 1 MiB chunks made the whole copy
+/// about twice as slow as 128-256 KiB ones (`benches/copy.rs`).
+const CHUNK: usize = 256 << 10;
+/// Start the writeback of a file's new data every this many bytes, so that
+/// its fsync finds little left to write (see [`start_writeback`]).
+const FLUSH_EVERY: u64 = 8 << 20;
+/// Copied files waiting for their fsync; a worker waits when this many are.
+const SYNC_QUEUE: usize = 64;
 /// Call `progress` after at least this many bytes...
 const PROGRESS_BYTES: u64 = 64 << 20;
 /// ...or at least this much time since the last call.
@@ -186,7 +200,7 @@ pub fn plan(src: &Path) -> Result<CopyPlan, CopyError> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
     while let Some(rel_dir) = stack.pop() {
-        let abs_dir = src.join(&rel_dir);
+        let abs_dir = under(src, &rel_dir);
         let read = fs::read_dir(&abs_dir).map_err(io_err(&abs_dir, "list the directory"))?;
         for item in read {
             let item = item.map_err(io_err(&abs_dir, "list the directory"))?;
@@ -304,6 +318,16 @@ pub fn manifest_path(dst: &Path) -> Result<PathBuf, CopyError> {
     Ok(parent_of(dst).join(m))
 }
 
+/// `base` joined with the relative `rel`; `base` itself for an empty `rel`
+/// (no trailing slash in messages).
+fn under(base: &Path, rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() {
+        base.to_owned()
+    } else {
+        base.join(rel)
+    }
+}
+
 fn parent_of(p: &Path) -> PathBuf {
     match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
@@ -361,6 +385,17 @@ struct Shared<'a> {
     hashes: Vec<OnceLock<blake3::Hash>>,
     progress: Progress<'a>,
     observe: &'a (dyn Fn(Step) + Sync),
+}
+
+impl Shared<'_> {
+    /// Record the first error and make every worker stop.
+    fn fail(&self, e: CopyError) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            *first = Some(e);
+        }
+    }
 }
 
 struct Progress<'a> {
@@ -424,10 +459,36 @@ fn copy_observed(
         check_name(d)?;
     }
 
-    // The root first: it must not exist, and it gets the source's mode at the end.
-    let mut dirs: Vec<DirInfo> = Vec::with_capacity(plan.dirs.len() + 1);
-    for rel in std::iter::once(Path::new("")).chain(plan.dirs.iter().map(PathBuf::as_path)) {
-        let s = src.join(rel);
+    // Every entry's directory must be in the plan; checked before anything
+    // is created.
+    let dir_index: BTreeMap<&Path, usize> = std::iter::once(Path::new(""))
+        .chain(plan.dirs.iter().map(PathBuf::as_path))
+        .enumerate()
+        .map(|(i, d)| (d, i))
+        .collect();
+    let mut last_phase = vec![1u8; dir_index.len()];
+    // Directories each phase writes files into.
+    let mut written: [BTreeSet<usize>; 3] = Default::default();
+    for e in &plan.entries {
+        let parent = e.rel.parent().unwrap_or(Path::new(""));
+        let Some(&di) = dir_index.get(parent) else {
+            return Err(CopyError::Unsupported {
+                path: e.rel.clone(),
+                what: "a plan entry whose directory is not in the plan".into(),
+            });
+        };
+        last_phase[di] = last_phase[di].max(e.phase);
+        written[usize::from(e.phase - 1)].insert(di);
+    }
+
+    // The root first (it must not exist), then the others, parents first;
+    // each gets the source's mode and times once no more files go into it.
+    let mut dirs: Vec<DirInfo> = Vec::with_capacity(dir_index.len());
+    for (di, rel) in std::iter::once(Path::new(""))
+        .chain(plan.dirs.iter().map(PathBuf::as_path))
+        .enumerate()
+    {
+        let s = under(src, rel);
         let meta = fs::symlink_metadata(&s).map_err(|e| {
             if e.kind() == ErrorKind::NotFound {
                 CopyError::Vanished { path: s.clone() }
@@ -436,23 +497,15 @@ fn copy_observed(
             }
         })?;
         if !meta.is_dir() && !rel.as_os_str().is_empty() {
-            return Err(CopyError::Changed {
+            return Err(CopyError::Unsupported {
                 path: s,
-                expected: 0,
-                found: meta.len(),
+                what: "a planned directory that is no longer a directory".into(),
             });
         }
-        let d = dst.join(rel);
-        let created = if rel.as_os_str().is_empty() {
-            DirBuilder::new().mode(0o700).create(dst)
-        } else {
-            DirBuilder::new().mode(0o700).create(&d)
-        };
-        created.map_err(|e| {
+        let d = under(dst, rel);
+        DirBuilder::new().mode(0o700).create(&d).map_err(|e| {
             if e.kind() == ErrorKind::AlreadyExists && rel.as_os_str().is_empty() {
-                CopyError::Exists {
-                    path: dst.to_owned(),
-                }
+                CopyError::Exists { path: d.clone() }
             } else {
                 io_err(&d, "create the directory")(e)
             }
@@ -465,26 +518,8 @@ fn copy_observed(
             rel: rel.to_owned(),
             mode: meta.mode() & 0o7777,
             times: times_of(&meta),
-            last_phase: 1,
+            last_phase: last_phase[di],
         });
-    }
-    let dir_index: BTreeMap<PathBuf, usize> = dirs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.rel.clone(), i))
-        .collect();
-    // Directories each phase writes files into.
-    let mut written: [BTreeSet<usize>; 3] = Default::default();
-    for e in &plan.entries {
-        let parent = e.rel.parent().unwrap_or(Path::new(""));
-        let Some(&di) = dir_index.get(parent) else {
-            return Err(CopyError::Unsupported {
-                path: e.rel.clone(),
-                what: "a plan entry whose directory is not in the plan".into(),
-            });
-        };
-        dirs[di].last_phase = dirs[di].last_phase.max(e.phase);
-        written[usize::from(e.phase - 1)].insert(di);
     }
 
     let shared = Shared {
@@ -510,7 +545,7 @@ fn copy_observed(
         // then every directory written to in this phase is fsynced (in phase
         // 1, all of them: they were created).
         for d in dirs.iter().filter(|d| d.last_phase == phase) {
-            finish_dir(&dst.join(&d.rel), d, opts.owner)?;
+            finish_dir(&under(dst, &d.rel), d, opts.owner)?;
         }
         let to_sync: Vec<usize> = if phase == 1 {
             (0..dirs.len()).collect()
@@ -519,7 +554,7 @@ fn copy_observed(
         };
         for di in to_sync {
             check_cancel(cancel)?;
-            fsync_dir(&dst.join(&dirs[di].rel))?;
+            fsync_dir(&under(dst, &dirs[di].rel))?;
         }
         observe(Step::PhaseSynced(phase));
     }
@@ -620,11 +655,24 @@ fn finish_dir(path: &Path, d: &DirInfo, owner: Option<(u32, u32)>) -> Result<(),
         .map_err(io_err(path, "set the times of"))
 }
 
+/// A copied file waiting for its fsync.
+struct Written {
+    index: usize,
+    file: File,
+    path: PathBuf,
+    hash: blake3::Hash,
+}
+
 /// Copy the entries `indices` (in that order) with up to `workers` threads;
 /// returns when all are written and fsynced, or with the first error.
+///
+/// The workers hand each written file to a syncer thread that fsyncs it, so
+/// that a worker goes on copying the next file while the previous one is
+/// flushed; a file counts as done (its hash recorded) only once fsynced.
 fn run_phase(shared: &Shared<'_>, indices: &[usize], workers: usize) -> Result<(), CopyError> {
     let next = AtomicUsize::new(0);
-    let worker = || {
+    let (to_sync, synced) = std::sync::mpsc::sync_channel::<Written>(SYNC_QUEUE);
+    let worker = |to_sync: std::sync::mpsc::SyncSender<Written>| {
         let mut buf = vec![0u8; CHUNK];
         loop {
             if shared.stop.load(Ordering::Relaxed) {
@@ -635,31 +683,42 @@ fn run_phase(shared: &Shared<'_>, indices: &[usize], workers: usize) -> Result<(
                 return;
             };
             match copy_file(shared, i, &mut buf) {
-                Ok(hash) => {
-                    let _ = shared.hashes[i].set(hash);
-                    (shared.observe)(Step::FileDone(i));
+                Ok(w) => {
+                    if to_sync.send(w).is_err() {
+                        return;
+                    }
                 }
                 Err(e) => {
-                    shared.stop.store(true, Ordering::Relaxed);
-                    let mut first = shared.first_error.lock().unwrap_or_else(|p| p.into_inner());
-                    if first.is_none() {
-                        *first = Some(e);
-                    }
+                    shared.fail(e);
                     return;
                 }
             }
         }
     };
-    let threads = workers.min(indices.len());
-    if threads <= 1 {
-        worker();
-    } else {
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(worker);
+    let syncer = move || {
+        // Runs until every worker is gone; after a failure it only drains.
+        for w in synced {
+            if shared.stop.load(Ordering::Relaxed) || shared.cancel.is_cancelled() {
+                continue;
             }
-        });
-    }
+            match w.file.sync_all() {
+                Ok(()) => {
+                    let _ = shared.hashes[w.index].set(w.hash);
+                    (shared.observe)(Step::FileDone(w.index));
+                }
+                Err(e) => shared.fail(io_err(&w.path, "fsync")(e)),
+            }
+        }
+    };
+    let threads = workers.clamp(1, indices.len().max(1));
+    std::thread::scope(|s| {
+        s.spawn(syncer);
+        for _ in 1..threads {
+            let tx = to_sync.clone();
+            s.spawn(move || worker(tx));
+        }
+        worker(to_sync);
+    });
     let first = shared
         .first_error
         .lock()
@@ -671,9 +730,9 @@ fn run_phase(shared: &Shared<'_>, indices: &[usize], workers: usize) -> Result<(
     }
 }
 
-/// Copy one file: read in chunks, hash, write, then owner, mode, times and
-/// fsync.
-fn copy_file(shared: &Shared<'_>, i: usize, buf: &mut [u8]) -> Result<blake3::Hash, CopyError> {
+/// Copy one file: read in chunks, hash, write, then owner, mode and times.
+/// The caller fsyncs the returned file.
+fn copy_file(shared: &Shared<'_>, i: usize, buf: &mut [u8]) -> Result<Written, CopyError> {
     let entry = &shared.plan.entries[i];
     let sp = shared.src.join(&entry.rel);
     let dp = shared.dst.join(&entry.rel);
@@ -721,6 +780,7 @@ fn copy_file(shared: &Shared<'_>, i: usize, buf: &mut [u8]) -> Result<blake3::Ha
         .map_err(io_err(&dp, "create"))?;
     let mut hasher = blake3::Hasher::new();
     let mut copied: u64 = 0;
+    let mut flushed: u64 = 0;
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             // Another worker failed; its error is the one reported.
@@ -737,6 +797,10 @@ fn copy_file(shared: &Shared<'_>, i: usize, buf: &mut [u8]) -> Result<blake3::Ha
         output.write_all(&buf[..n]).map_err(io_err(&dp, "write"))?;
         copied += n as u64;
         shared.progress.add(n as u64);
+        if copied - flushed >= FLUSH_EVERY {
+            start_writeback(&output, flushed, copied - flushed);
+            flushed = copied;
+        }
     }
     if copied != entry.size {
         return Err(CopyError::Changed {
@@ -755,8 +819,29 @@ fn copy_file(shared: &Shared<'_>, i: usize, buf: &mut [u8]) -> Result<blake3::Ha
     output
         .set_times(times_of(&meta))
         .map_err(io_err(&dp, "set the times of"))?;
-    output.sync_all().map_err(io_err(&dp, "fsync"))?;
-    Ok(hasher.finalize())
+    Ok(Written {
+        index: i,
+        file: output,
+        path: dp,
+        hash: hasher.finalize(),
+    })
+}
+
+/// Start writing `len` bytes at `offset` of a copied file to disk without
+/// waiting: on Linux, `POSIX_FADV_DONTNEED` starts the writeback of the dirty
+/// range and drops the pages already clean, so the file's fsync at the end
+/// has little left to do (measured: the fsync of a 670 MB relation file went
+/// from about 200 ms to nothing) and the copy does not crowd the page cache.
+/// Only a hint: errors are ignored, the fsync reports real ones.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    if let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) {
+        let _ = nix::fcntl::posix_fadvise(
+            file,
+            offset,
+            len,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+    }
 }
 
 /// Re-hash the copy `dst` and compare it with its manifest `<dst>.manifest`:
@@ -829,7 +914,7 @@ pub fn verify(dst: &Path) -> Result<(), CopyError> {
     // Nothing else may be in the copy.
     let mut stack = vec![PathBuf::new()];
     while let Some(rel_dir) = stack.pop() {
-        let abs_dir = dst.join(&rel_dir);
+        let abs_dir = under(dst, &rel_dir);
         for item in fs::read_dir(&abs_dir).map_err(io_err(&abs_dir, "list the directory"))? {
             let item = item.map_err(io_err(&abs_dir, "list the directory"))?;
             let rel = rel_dir.join(item.file_name());
@@ -1297,6 +1382,36 @@ mod tests {
             fs::metadata(dst.join("base/1/2608")).unwrap().mode() & 0o7777,
             0o640
         );
+    }
+
+    #[test]
+    fn a_plan_leaving_the_destination_is_refused_before_anything_is_made() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("data");
+        fake_datadir(&src);
+        let dst = t.path().join("copy");
+        for bad in ["../escape", "/etc/passwd", "nodir/file"] {
+            let mut p = plan(&src).unwrap();
+            p.entries.insert(
+                0,
+                PlanEntry {
+                    rel: PathBuf::from(bad),
+                    size: 1,
+                    phase: 1,
+                },
+            );
+            let e = copy(
+                &p,
+                &src,
+                &dst,
+                &CopyOptions::default(),
+                &|_| {},
+                &CancellationToken::new(),
+            )
+            .unwrap_err();
+            assert!(matches!(e, CopyError::Unsupported { .. }), "{bad}: {e}");
+            assert!(!dst.exists(), "{bad}");
+        }
     }
 
     #[test]
