@@ -6,13 +6,15 @@
 #           instance on the copy; pg_amcheck; pg_dumpall; stop; pg_checksums)
 #   tandem: `tandemctl testdb billing` (copy hashed + fsynced, same checks)
 # and print tandem/hand as a ratio, and the standby's downtime of each.
-# Usage: bench/testdb.sh [ROUNDS]   (env SCALE, TANDEM_DEMO_DIR, TANDEM_DEMO_PORT)
+# Usage: bench/testdb.sh [ROUNDS]   (env SCALE, TANDEM_DEMO_DIR, TANDEM_DEMO_PORT;
+# Tandem is built with --release unless TANDEM_DEMO_PROFILE=debug)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ROUNDS=${1:-3}
 export TANDEM_DEMO_DIR=${TANDEM_DEMO_DIR:-/var/tmp/tandem-bench}
 export TANDEM_DEMO_PORT=${TANDEM_DEMO_PORT:-7800}
 export TANDEM_DEMO_SCALE=${SCALE:-50}
+export TANDEM_DEMO_PROFILE=${TANDEM_DEMO_PROFILE:-release}
 D=$TANDEM_DEMO_DIR
 "$ROOT/deploy/demo.sh" up >/dev/null
 # shellcheck disable=SC1091

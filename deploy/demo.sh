@@ -12,6 +12,7 @@
 # TANDEM_KEY and, per member, TANDEM_DEMO_<SET>_<MEMBER>_PGHOST/PGPORT/PGDATA.
 # Ports: controller on $TANDEM_DEMO_PORT (default 7700), agents on the next four.
 # Data: pgbench scale $TANDEM_DEMO_SCALE (default 1) in each set.
+# Build: $TANDEM_DEMO_PROFILE debug (default) or release.
 set -euo pipefail
 
 DEMO_DIR=${TANDEM_DEMO_DIR:-/var/tmp/tandem-demo}
@@ -19,7 +20,8 @@ BASE_PORT=${TANDEM_DEMO_PORT:-7700}
 SCALE=${TANDEM_DEMO_SCALE:-1}    # pgbench scale of the demo data (1 = 16 MB, 50 = 750 MB)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET_DIR/debug
+PROFILE=${TANDEM_DEMO_PROFILE:-debug}   # debug (shares the tests' build) or release
+BIN=$TARGET_DIR/$PROFILE
 SETS=(billing crm)
 MEMBERS=(db1 db2)          # db1 starts as the primary, db2 as its standby
 
@@ -66,8 +68,10 @@ all_running() {
 
 build() {
   command -v cargo >/dev/null || die "cargo is not installed; install Rust (https://rustup.rs) and run again"
-  say "building tandem (cargo build --workspace --bins)"
-  (cd "$ROOT" && cargo build --workspace --bins -q)
+  local flag=""
+  [ "$PROFILE" = release ] && flag=--release
+  say "building tandem (cargo build --workspace --bins $flag)"
+  (cd "$ROOT" && cargo build --workspace --bins -q $flag)
 }
 
 make_set() {
@@ -265,6 +269,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) PGBIN=$(pg_bin); status ;;
-  -h|--help|help|"") sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] ;;
+  -h|--help|help|"") sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] ;;
   *) die "unknown command '$1'; use up, status or down" ;;
 esac

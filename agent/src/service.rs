@@ -83,6 +83,7 @@ pub fn result_of(r: &OpRecord) -> pb::OperationResult {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default(),
         standby_downtime_seconds: r.standby_downtime_seconds.unwrap_or(0.0),
+        warnings: r.warnings.clone(),
     }
 }
 
@@ -182,8 +183,8 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
                     if rx.changed().await.is_err() {
                         return;
                     }
-                    // Throttle: at most ~5 messages a second per watcher.
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    // Throttle: at most ~10 messages a second per watcher.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             })),
         };

@@ -269,7 +269,7 @@ impl Runs {
             .await;
         let result = self.follow(run, run_id, set, member, address, &op_id).await;
         let verdict = match result {
-            Ok(r) => Verdict::from_result(member, &r, vec![], trace_id.to_owned()),
+            Ok(r) => Verdict::from_result(member, &r, trace_id.to_owned()),
             Err(reason) => Verdict::failed_to_run(member, reason, trace_id.to_owned()),
         };
         let _ = self

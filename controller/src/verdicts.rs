@@ -69,7 +69,6 @@ impl Verdict {
     pub fn from_result(
         member: &str,
         r: &pb::OperationResult,
-        warnings: Vec<String>,
         trace_id: String,
     ) -> Verdict {
         let at = timestamp_from_wire("finished_at", r.finished_at)
@@ -101,7 +100,7 @@ impl Verdict {
             trace_id,
             operation_id: r.operation_id.clone(),
             output_path: r.output_path.clone(),
-            warnings,
+            warnings: r.warnings.clone(),
             standby_downtime_seconds: (r.standby_downtime_seconds > 0.0)
                 .then_some(r.standby_downtime_seconds),
             duration_seconds: started.map(|s| (at - s).total(jiff::Unit::Second).unwrap_or(0.0)),
@@ -159,6 +158,7 @@ mod tests {
             reason: String::new(),
             output_path: "/var/lib/tandem/agent/testdb.out".into(),
             standby_downtime_seconds: 4.5,
+            warnings: vec!["data checksums are off".into()],
         }
     }
 
@@ -167,13 +167,13 @@ mod tests {
         let v = Verdict::from_result(
             "db2",
             &result(pb::OperationState::Succeeded, 0),
-            vec![],
             "t".into(),
         );
         assert_eq!(v.kind, VerdictKind::Clean);
         assert_eq!(v.lsn.as_deref(), Some("0/3000148"));
         assert_eq!(v.duration_seconds, Some(60.0));
         assert_eq!(v.standby_downtime_seconds, Some(4.5));
+        assert_eq!(v.warnings, vec!["data checksums are off"]);
     }
 
     #[test]
@@ -181,7 +181,6 @@ mod tests {
         let v = Verdict::from_result(
             "db2",
             &result(pb::OperationState::ErrorsFound, 2),
-            vec![],
             "t".into(),
         );
         assert_eq!(v.kind, VerdictKind::Errors);
@@ -193,12 +192,12 @@ mod tests {
     fn an_interrupted_test_could_not_run_and_says_why() {
         let mut r = result(pb::OperationState::Interrupted, 0);
         r.reason = "the agent was stopped during step `copy`".into();
-        let v = Verdict::from_result("db2", &r, vec![], "t".into());
+        let v = Verdict::from_result("db2", &r, "t".into());
         assert_eq!(v.kind, VerdictKind::FailedToRun);
         assert!(v.reason.unwrap().contains("during step `copy`"));
         let r = result(pb::OperationState::Failed, 0);
         assert!(
-            Verdict::from_result("db2", &r, vec![], "t".into())
+            Verdict::from_result("db2", &r, "t".into())
                 .reason
                 .unwrap()
                 .contains("without a reason")

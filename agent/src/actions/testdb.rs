@@ -322,7 +322,7 @@ impl<E: Engine> Job<E> {
             if t0.elapsed() > limit {
                 return Err(StepError::NotStreamingAgain(limit));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
