@@ -66,11 +66,7 @@ impl Verdict {
     }
 
     /// The verdict an agent's final operation result gives.
-    pub fn from_result(
-        member: &str,
-        r: &pb::OperationResult,
-        trace_id: String,
-    ) -> Verdict {
+    pub fn from_result(member: &str, r: &pb::OperationResult, trace_id: String) -> Verdict {
         let at = timestamp_from_wire("finished_at", r.finished_at)
             .ok()
             .flatten()
@@ -164,11 +160,7 @@ mod tests {
 
     #[test]
     fn a_clean_result_is_a_clean_verdict_with_its_lsn() {
-        let v = Verdict::from_result(
-            "db2",
-            &result(pb::OperationState::Succeeded, 0),
-            "t".into(),
-        );
+        let v = Verdict::from_result("db2", &result(pb::OperationState::Succeeded, 0), "t".into());
         assert_eq!(v.kind, VerdictKind::Clean);
         assert_eq!(v.lsn.as_deref(), Some("0/3000148"));
         assert_eq!(v.duration_seconds, Some(60.0));
