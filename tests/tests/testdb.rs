@@ -254,7 +254,13 @@ async fn sigterm_during_the_copy_interrupts_cleanly_and_the_next_test_succeeds()
         Duration::from_secs(30),
         Duration::from_millis(10),
         || async {
-            for e in std::fs::read_dir(&journal).into_iter().flatten().flatten() {
+            // Only records: `*.tandem-tmp` files are renamed into place.
+            let records = std::fs::read_dir(&journal)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"));
+            for e in records {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
                 if text.contains("\"step\": \"copy\"") {
                     return Ok(Some(e.path()));
