@@ -86,6 +86,29 @@ pub struct OpRecord {
     pub warnings: Vec<String>,
 }
 
+impl OpRecord {
+    /// A new operation, running, before its first step.
+    pub fn new(id: String, kind: OpKind, set_generation: u64) -> OpRecord {
+        OpRecord {
+            id,
+            kind,
+            set_generation,
+            state: OpState::Running,
+            step: "pending".into(),
+            started_at: Timestamp::now(),
+            finished_at: None,
+            tested_lsn: None,
+            findings: vec![],
+            reason: None,
+            output_path: None,
+            standby_downtime_seconds: None,
+            steps: vec![],
+            bytes_copied: 0,
+            warnings: vec![],
+        }
+    }
+}
+
 pub struct Journal {
     dir: PathBuf,
     generation_file: PathBuf,
@@ -198,21 +221,10 @@ mod tests {
 
     fn rec(id: &str, state: OpState, at: i64) -> OpRecord {
         OpRecord {
-            id: id.into(),
-            kind: OpKind::Testdb,
-            set_generation: 1,
             state,
             step: "copy".into(),
             started_at: Timestamp::from_second(at).unwrap(),
-            finished_at: None,
-            tested_lsn: None,
-            findings: vec![],
-            reason: None,
-            output_path: None,
-            standby_downtime_seconds: None,
-            steps: vec![],
-            bytes_copied: 0,
-            warnings: vec![],
+            ..OpRecord::new(id.into(), OpKind::Testdb, 1)
         }
     }
 

@@ -25,7 +25,7 @@ use crate::actions::testdb::{self, Preconditions, TestdbError};
 use crate::config::AgentConfig;
 use crate::engine::Engine;
 use crate::events::Events;
-use journal::{Journal, JournalError, OpKind, OpRecord, OpState};
+use journal::{Journal, JournalError, OpKind, OpRecord};
 
 /// Progress of one operation, as `Watch` streams it.
 #[derive(Debug, Clone)]
@@ -191,23 +191,7 @@ impl<E: Engine> Operations<E> {
         if set_generation > seen {
             self.journal.set_generation(set_generation)?;
         }
-        let record = OpRecord {
-            id: id.clone(),
-            kind,
-            set_generation,
-            state: OpState::Running,
-            step: "pending".into(),
-            started_at: Timestamp::now(),
-            finished_at: None,
-            tested_lsn: None,
-            findings: vec![],
-            reason: None,
-            output_path: None,
-            standby_downtime_seconds: None,
-            steps: vec![],
-            bytes_copied: 0,
-            warnings: vec![],
-        };
+        let record = OpRecord::new(id.clone(), kind, set_generation);
         if let Err(e) = self.journal.write(&record) {
             *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
             return Err(e.into());
