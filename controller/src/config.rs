@@ -30,9 +30,106 @@ pub struct ControllerConfig {
     #[serde(default = "default_status_timeout", with = "humantime_serde")]
     pub status_timeout: Duration,
     pub tls: TlsFiles,
+    /// How many tests may run at once (SPEC T7); changeable at run time with
+    /// `tandemctl limits`, which overrides these until changed again.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Which people (certificate names) have which role (SPEC O1).
+    #[serde(default)]
+    pub access: Access,
     /// The replication sets and their members.
     #[serde(default)]
     pub sets: Vec<SetConfig>,
+}
+
+/// Load limits (SPEC T7). Members of one set never run two operations at
+/// once whatever the limits say.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// At most this many tests at once in the whole fleet.
+    #[serde(default = "default_fleet_limit")]
+    pub fleet: u32,
+    /// At most this many tests at once on one host.
+    #[serde(default = "default_per_host_limit")]
+    pub per_host: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fleet: default_fleet_limit(),
+            per_host: default_per_host_limit(),
+        }
+    }
+}
+
+fn default_fleet_limit() -> u32 {
+    4
+}
+fn default_per_host_limit() -> u32 {
+    1
+}
+
+/// What a person may do (SPEC O1). Each role includes the ones before it.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum UserRole {
+    /// Nothing: the certificate is refused everywhere.
+    None,
+    /// Read: agents, sets, verdicts, history, audit.
+    Viewer,
+    /// Viewer, plus start copies and tests, cancel runs.
+    Operator,
+    /// Operator, plus set changes, limits, restore and maintenance.
+    Admin,
+}
+
+impl UserRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserRole::None => "none",
+            UserRole::Viewer => "viewer",
+            UserRole::Operator => "operator",
+            UserRole::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for UserRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    /// The role of a person whose certificate name is not in `users`.
+    #[serde(default = "default_role")]
+    pub default_role: UserRole,
+    /// Certificate name (spiffe://tandem/user/<name>) to role.
+    #[serde(default)]
+    pub users: std::collections::BTreeMap<String, UserRole>,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            default_role: default_role(),
+            users: Default::default(),
+        }
+    }
+}
+
+fn default_role() -> UserRole {
+    UserRole::Viewer
+}
+
+impl Access {
+    pub fn role_of(&self, user: &str) -> UserRole {
+        self.users.get(user).copied().unwrap_or(self.default_role)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -49,6 +146,10 @@ pub struct MemberConfig {
     /// The agent on this member's host; defaults to the member's name.
     #[serde(default)]
     pub agent: Option<String>,
+    /// The host the member runs on, for the per-host limit; defaults to the
+    /// host part of the address its agent registered with.
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 impl MemberConfig {
@@ -87,6 +188,16 @@ impl ControllerConfig {
                     humantime::format_duration(cfg.heartbeat_interval)
                 ),
             ));
+        }
+        if cfg.limits.fleet == 0 || cfg.limits.per_host == 0 {
+            return Err(invalid(
+                "limits".into(),
+                "limits must be at least 1 (a limit of 0 would never run a test; use the set's policy `off` instead)".into(),
+            ));
+        }
+        for user in cfg.access.users.keys() {
+            tandem_proto::identity::validate_name(user)
+                .map_err(|e| invalid(format!("access.users.{user}"), e.to_string()))?;
         }
         let mut sets = HashSet::new();
         let mut agents = HashSet::new();

@@ -13,6 +13,15 @@ pub enum ServiceError {
         action: &'static str,
         why: &'static str,
     },
+    #[error(
+        "{identity} may not call {action}: it needs the {needed} role and has {has}; roles are granted in controller.toml [access.users]"
+    )]
+    NeedsRole {
+        identity: Identity,
+        action: &'static str,
+        needed: crate::config::UserRole,
+        has: crate::config::UserRole,
+    },
     #[error("certificate says {identity} but the request is for agent `{claimed}`")]
     NotYourName { identity: Identity, claimed: String },
     #[error(
@@ -33,11 +42,13 @@ pub enum ServiceError {
     UnknownSet { set: String },
     #[error("name the sets to test, or --all")]
     NoSets,
+    #[error("limits must be at least 1 (a limit of 0 would never run a test)")]
+    BadLimits,
     #[error("--member needs exactly one set")]
     MemberNeedsOneSet,
     #[error("set `{set}` has no member `{member}`; `tandemctl show {set}` lists them")]
     UnknownMember { set: String, member: String },
-    #[error("no run `{run}` on this controller (runs are kept until it restarts)")]
+    #[error("no run `{run}` on this controller")]
     UnknownRun { run: String },
     #[error("{what} is not available in this version of tandem-controller")]
     NotYet { what: &'static str },
@@ -51,16 +62,16 @@ impl From<ServiceError> for tonic::Status {
     fn from(e: ServiceError) -> Self {
         let msg = e.to_string();
         match e {
-            ServiceError::Forbidden { .. } | ServiceError::NotYourName { .. } => {
-                tonic::Status::permission_denied(msg)
-            }
+            ServiceError::Forbidden { .. }
+            | ServiceError::NeedsRole { .. }
+            | ServiceError::NotYourName { .. } => tonic::Status::permission_denied(msg),
             ServiceError::NotDeclared { .. } | ServiceError::WrongMembership { .. } => {
                 tonic::Status::failed_precondition(msg)
             }
             ServiceError::UnknownSet { .. }
             | ServiceError::UnknownMember { .. }
             | ServiceError::UnknownRun { .. } => tonic::Status::not_found(msg),
-            ServiceError::NoSets | ServiceError::MemberNeedsOneSet => {
+            ServiceError::NoSets | ServiceError::MemberNeedsOneSet | ServiceError::BadLimits => {
                 tonic::Status::invalid_argument(msg)
             }
             ServiceError::NotYet { .. } => tonic::Status::unimplemented(msg),

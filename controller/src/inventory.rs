@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use tandem_proto::model::{AgentState, Facts, Registration};
+use tandem_proto::model::{AgentState, Facts, Registration, Role};
 use tracing::{info, warn};
 
 use crate::config::ControllerConfig;
@@ -29,7 +29,14 @@ pub struct AgentView {
 struct Entry {
     row: AgentRow,
     facts: Option<Facts>,
+    /// The last role seen other than `Unknown` (a stopped server's role is
+    /// unknown; a change is judged against the last one known).
+    role: Option<Role>,
     seen_at: Instant,
+}
+
+fn known(role: Role) -> Option<Role> {
+    (role != Role::Unknown).then_some(role)
 }
 
 pub struct Inventory {
@@ -48,7 +55,7 @@ impl Inventory {
             .await?
             .into_iter()
             .map(|row| {
-                let facts = row
+                let facts: Option<Facts> = row
                     .facts
                     .as_deref()
                     .and_then(|f| serde_json::from_str(f).ok());
@@ -56,6 +63,7 @@ impl Inventory {
                     row.name.clone(),
                     Entry {
                         row,
+                        role: facts.as_ref().and_then(|f| known(f.role)),
                         facts,
                         seen_at: now,
                     },
@@ -96,11 +104,12 @@ impl Inventory {
             });
         }
         let now = Timestamp::now();
-        let first_seen = self
+        let (first_seen, prev_role) = self
             .lock()
             .get(&reg.agent)
-            .map(|e| e.row.first_seen)
-            .unwrap_or(now);
+            .map(|e| (e.row.first_seen, e.role))
+            .unwrap_or((now, None));
+        let role = reg.facts.role;
         let row = AgentRow {
             name: reg.agent.clone(),
             set: reg.set.clone(),
@@ -118,20 +127,61 @@ impl Inventory {
             reg.agent.clone(),
             Entry {
                 row,
+                role: known(reg.facts.role).or(prev_role),
                 facts: Some(reg.facts),
                 seen_at: Instant::now(),
             },
         );
+        self.note_role(&reg.agent, &reg.set, &reg.member, prev_role, role)
+            .await?;
         Ok(self.store.generation(reg.set).await?.unwrap_or(1))
+    }
+
+    /// Roles are learned from the agents, never trusted from config (SPEC
+    /// C1): when a member's role changes (a failover, a promotion by hand, a
+    /// re-seeded old primary), it goes into the set's history and the set
+    /// gets a new generation, so orders based on the old roles are refused
+    /// (STYLE 8).
+    async fn note_role(
+        &self,
+        agent: &str,
+        set: &str,
+        member: &str,
+        prev: Option<Role>,
+        now: Role,
+    ) -> Result<(), ServiceError> {
+        let (Some(prev), Some(now)) = (prev, known(now)) else {
+            return Ok(());
+        };
+        if prev == now {
+            return Ok(());
+        }
+        let generation = self.store.bump_generation(set.to_owned()).await?;
+        let message = format!(
+            "member {member} (agent {agent}) is now the {now}, was the {prev}; set generation {generation}"
+        );
+        warn!(set, member, agent, %prev, %now, generation, "role change seen");
+        self.store
+            .set_event(set.to_owned(), "role", message)
+            .await?;
+        Ok(())
     }
 
     /// A heartbeat. Returns false when the agent is unknown and must register.
     pub async fn heartbeat(&self, agent: &str, facts: Facts) -> Result<bool, ServiceError> {
+        let new_role = facts.role;
+        let mut role_change = None;
         let came_back = {
             let mut agents = self.lock();
             let Some(e) = agents.get_mut(agent) else {
                 return Ok(false);
             };
+            if let Some(new) = known(new_role) {
+                if e.role != Some(new) {
+                    role_change = Some((e.row.set.clone(), e.row.member.clone(), e.role));
+                }
+                e.role = Some(new);
+            }
             e.seen_at = Instant::now();
             e.row.last_seen = Timestamp::now();
             e.facts = Some(facts);
@@ -144,6 +194,9 @@ impl Inventory {
             self.store
                 .set_agent_state(agent.to_owned(), AgentState::Online, at)
                 .await?;
+        }
+        if let Some((set, member, prev)) = role_change {
+            self.note_role(agent, &set, &member, prev, new_role).await?;
         }
         Ok(true)
     }
@@ -264,6 +317,7 @@ mod tests {
                     facts: None,
                 },
                 facts: None,
+                role: None,
                 seen_at,
             },
         )

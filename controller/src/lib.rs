@@ -5,15 +5,17 @@
 //! silent agents offline). State that cannot be re-learned lives in the
 //! SQLite `store`; what agents are doing is re-learned from them. Calls to
 //! agents go through `agents::AgentClients` (mTLS as the controller).
-//! Test runs (`runs`) are spawned tasks that order a test, relay its
-//! progress and store the set's `verdicts`.
+//! Test runs go through the `fleet`: one queue, dispatched under the load
+//! limits, each job ordering a test, relaying its progress and storing the
+//! set's `verdicts`; unfinished runs are carried on after a restart.
 //! Everything stops when `main` cancels the `shutdown` token.
 
 pub mod agents;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod inventory;
-pub mod runs;
+pub mod schedule;
 pub mod service;
 pub mod store;
 pub mod verdicts;
@@ -50,16 +52,14 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         shutdown.clone(),
     ));
     let agents = Arc::new(agents::AgentClients::new(cfg.tls.clone()));
-    let runs = Arc::new(runs::Runs::new(
-        inventory.clone(),
-        store.clone(),
-        agents.clone(),
-    ));
+    let fleet = fleet::Fleet::new(inventory.clone(), store.clone(), agents.clone()).await?;
+    fleet.recover().await?;
+    let dispatcher = tokio::spawn(fleet.clone().dispatch_loop(shutdown.clone()));
     let service = service::ControllerService {
         inventory,
         store,
         agents,
-        runs,
+        fleet,
     };
     tonic::transport::Server::builder()
         .tls_config(server_tls)?
@@ -73,6 +73,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         .context("controller gRPC server failed")?;
     shutdown.cancel();
     let _ = liveness.await;
+    let _ = dispatcher.await;
     info!("tandem-controller stopped");
     Ok(())
 }

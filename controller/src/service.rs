@@ -16,16 +16,17 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::agents::AgentClients;
+use crate::config::{Access, UserRole};
 use crate::error::ServiceError;
+use crate::fleet::Fleet;
 use crate::inventory::{AgentView, Inventory};
-use crate::runs::Runs;
 use crate::store::Store;
 
 pub struct ControllerService {
     pub inventory: Arc<Inventory>,
     pub store: Store,
     pub agents: Arc<AgentClients>,
-    pub runs: Arc<Runs>,
+    pub fleet: Arc<Fleet>,
 }
 
 type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
@@ -35,14 +36,31 @@ fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
     peer_identity(req)
 }
 
-fn require_user(who: &Identity, action: &'static str) -> Result<(), ServiceError> {
-    match who {
-        Identity::User(_) => Ok(()),
-        _ => Err(ServiceError::Forbidden {
+/// A person's call: refused unless their role (controller.toml `[access]`)
+/// is at least `needed` (SPEC O1).
+fn require_role(
+    access: &Access,
+    who: &Identity,
+    needed: UserRole,
+    action: &'static str,
+) -> Result<(), ServiceError> {
+    let Identity::User(name) = who else {
+        return Err(ServiceError::Forbidden {
             identity: who.clone(),
             action,
-            why: "only operators (spiffe://tandem/user/...) may",
-        }),
+            why: "only people (spiffe://tandem/user/...) may",
+        });
+    };
+    let has = access.role_of(name);
+    if has >= needed {
+        Ok(())
+    } else {
+        Err(ServiceError::NeedsRole {
+            identity: who.clone(),
+            action,
+            needed,
+            has,
+        })
     }
 }
 
@@ -62,6 +80,15 @@ fn require_agent(who: &Identity, claimed: &str, action: &'static str) -> Result<
 }
 
 impl ControllerService {
+    fn require(
+        &self,
+        who: &Identity,
+        needed: UserRole,
+        action: &'static str,
+    ) -> Result<(), ServiceError> {
+        require_role(&self.inventory.config().access, who, needed, action)
+    }
+
     /// Write an audit record for a mutating call; a failure to audit is logged
     /// loudly but does not change the call's outcome.
     async fn audit<T>(
@@ -228,7 +255,7 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        require_user(&caller(&req)?, "ListAgents")?;
+        self.require(&caller(&req)?, UserRole::Viewer, "ListAgents")?;
         let agents = self.inventory.list().into_iter().map(agent_info).collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
@@ -237,7 +264,7 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::ShowSetsRequest>,
     ) -> Result<Response<pb::ShowSetsResponse>, Status> {
-        require_user(&caller(&req)?, "ShowSets")?;
+        self.require(&caller(&req)?, UserRole::Viewer, "ShowSets")?;
         let wanted = req.into_inner().sets;
         let cfg = self.inventory.config();
         for name in &wanted {
@@ -275,6 +302,12 @@ impl pb::controller_server::Controller for ControllerService {
                 ),
             });
         }
+        // Sets needing a repair first (SPEC C3), then in config order.
+        sets.sort_by_key(|s| {
+            s.verdict
+                .as_ref()
+                .is_none_or(|v| v.kind != pb::VerdictKind::Errors as i32)
+        });
         Ok(Response::new(pb::ShowSetsResponse { sets }))
     }
 
@@ -285,8 +318,8 @@ impl pb::controller_server::Controller for ControllerService {
         let who = caller(&req)?;
         let r = req.into_inner();
         let args = serde_json::json!({"sets": r.sets, "all": r.all, "member": r.member});
-        let result = (|| {
-            require_user(&who, "StartTestdb")?;
+        let result = async {
+            self.require(&who, UserRole::Operator, "StartTestdb")?;
             let cfg = self.inventory.config();
             let sets: Vec<String> = if r.all {
                 cfg.sets.iter().map(|s| s.name.clone()).collect()
@@ -319,9 +352,16 @@ impl pb::controller_server::Controller for ControllerService {
                 }
             }
             Ok(self
-                .runs
-                .start(sets, member, current_trace_id().unwrap_or_default()))
-        })();
+                .fleet
+                .start_run(
+                    sets,
+                    member,
+                    "manual",
+                    current_trace_id().unwrap_or_default(),
+                )
+                .await?)
+        }
+        .await;
         self.audit(&who, "StartTestdb", args, &result).await;
         Ok(Response::new(pb::StartRunResponse { run_id: result? }))
     }
@@ -332,11 +372,13 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
-        require_user(&caller(&req)?, "WatchRun")?;
+        self.require(&caller(&req)?, UserRole::Viewer, "WatchRun")?;
         let id = req.into_inner().run_id;
         let run = self
-            .runs
+            .fleet
             .get(&id)
+            .await
+            .map_err(ServiceError::from)?
             .ok_or(ServiceError::UnknownRun { run: id })?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -368,7 +410,7 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        require_user(&caller(&req)?, "CancelRun")?;
+        self.require(&caller(&req)?, UserRole::Operator, "CancelRun")?;
         Err(ServiceError::NotYet { what: "CancelRun" }.into())
     }
 
@@ -376,7 +418,7 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        require_user(&caller(&req)?, "History")?;
+        self.require(&caller(&req)?, UserRole::Viewer, "History")?;
         let r = req.into_inner();
         let set = r.set.clone();
         if !self.inventory.config().sets.iter().any(|s| s.name == set) {
@@ -384,11 +426,72 @@ impl pb::controller_server::Controller for ControllerService {
         }
         let verdicts = self
             .store
-            .verdicts(set, r.limit)
+            .verdicts(set.clone(), r.limit)
+            .await
+            .map_err(ServiceError::from)?;
+        let events = self
+            .store
+            .set_events(set, r.limit)
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::HistoryResponse {
             verdicts: verdicts.iter().map(|v| v.to_pb()).collect(),
+            events: events
+                .into_iter()
+                .map(|e| pb::SetEvent {
+                    at: Some(timestamp_to_wire(e.at)),
+                    kind: e.kind,
+                    message: e.message,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn limits(
+        &self,
+        req: Request<pb::LimitsRequest>,
+    ) -> Result<Response<pb::LimitsResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let changing = r.reset || r.fleet.is_some() || r.per_host.is_some();
+        if changing {
+            let args =
+                serde_json::json!({"fleet": r.fleet, "per_host": r.per_host, "reset": r.reset});
+            let result = async {
+                self.require(&who, UserRole::Admin, "Limits")?;
+                let new = if r.reset {
+                    None
+                } else {
+                    let cur = self.fleet.limits();
+                    let l = crate::config::Limits {
+                        fleet: r.fleet.unwrap_or(cur.fleet),
+                        per_host: r.per_host.unwrap_or(cur.per_host),
+                    };
+                    if l.fleet == 0 || l.per_host == 0 {
+                        return Err(ServiceError::BadLimits);
+                    }
+                    Some(l)
+                };
+                Ok(self.fleet.set_limits(new).await?)
+            }
+            .await;
+            self.audit(&who, "Limits", args, &result).await;
+            result?;
+        } else {
+            self.require(&who, UserRole::Viewer, "Limits")?;
+        }
+        let l = self.fleet.limits();
+        let (waiting, running) = self.fleet.queue_lengths();
+        Ok(Response::new(pb::LimitsResponse {
+            fleet: l.fleet,
+            per_host: l.per_host,
+            overridden: self
+                .fleet
+                .limits_overridden()
+                .await
+                .map_err(ServiceError::from)?,
+            running: running as u32,
+            waiting: waiting as u32,
         }))
     }
 
@@ -396,7 +499,7 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::AuditRequest>,
     ) -> Result<Response<pb::AuditResponse>, Status> {
-        require_user(&caller(&req)?, "Audit")?;
+        self.require(&caller(&req)?, UserRole::Viewer, "Audit")?;
         let rows = self
             .store
             .audit_log(req.into_inner().limit)

@@ -44,6 +44,9 @@ pub struct Verdict {
     pub warnings: Vec<String>,
     pub standby_downtime_seconds: Option<f64>,
     pub duration_seconds: Option<f64>,
+    /// When the agent's operation started (none when it never did).
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
 }
 
 impl Verdict {
@@ -62,6 +65,7 @@ impl Verdict {
             warnings: vec![],
             standby_downtime_seconds: None,
             duration_seconds: None,
+            started_at: None,
         }
     }
 
@@ -100,6 +104,7 @@ impl Verdict {
             standby_downtime_seconds: (r.standby_downtime_seconds > 0.0)
                 .then_some(r.standby_downtime_seconds),
             duration_seconds: started.map(|s| (at - s).total(jiff::Unit::Second).unwrap_or(0.0)),
+            started_at: started,
         }
     }
 
@@ -121,6 +126,7 @@ impl Verdict {
             warnings: self.warnings.clone(),
             standby_downtime_seconds: self.standby_downtime_seconds.unwrap_or(0.0),
             duration_seconds: self.duration_seconds.unwrap_or(0.0),
+            started_at: self.started_at.map(timestamp_to_wire),
         }
     }
 }
@@ -155,6 +161,7 @@ mod tests {
             output_path: "/var/lib/tandem/agent/testdb.out".into(),
             standby_downtime_seconds: 4.5,
             warnings: vec!["data checksums are off".into()],
+            request_id: String::new(),
         }
     }
 

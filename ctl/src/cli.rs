@@ -78,12 +78,27 @@ pub enum Command {
         #[arg(long)]
         member: Option<String>,
     },
-    /// A set's verdict history, newest first.
+    /// A set's history, newest first: its verdicts, and what else happened
+    /// to it (role changes seen, scheduled tests skipped).
     History {
         set: String,
         /// How many verdicts (0: all).
         #[arg(long, default_value_t = 20)]
         limit: u32,
+    },
+    /// Show the fleet's load limits and how many tests run and wait; with a
+    /// flag, change them now (admin role; persisted, they override
+    /// controller.toml's [limits] until --reset).
+    Limits {
+        /// At most this many tests at once in the fleet.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        fleet: Option<u32>,
+        /// At most this many tests at once on one host.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        per_host: Option<u32>,
+        /// Go back to the limits in controller.toml.
+        #[arg(long, conflicts_with_all = ["fleet", "per_host"])]
+        reset: bool,
     },
     /// Show the audit log of mutating calls, newest first.
     Audit {

@@ -136,7 +136,7 @@ pub async fn run(
             crate::testdb::run(conn, format, sets, all, member).await
         }
         Command::History { set, limit } => {
-            let verdicts = conn
+            let h = conn
                 .connect()
                 .await?
                 .history(pb::HistoryRequest {
@@ -145,15 +145,74 @@ pub async fn run(
                 })
                 .await
                 .map_err(refused("History"))?
-                .into_inner()
-                .verdicts;
+                .into_inner();
+            let events: Vec<Value> = h
+                .events
+                .iter()
+                .map(|e| serde_json::json!({"at": output::ts(e.at), "kind": e.kind, "message": e.message}))
+                .collect();
             let json = serde_json::json!({
                 "set": set,
-                "verdicts": verdicts.iter().map(|v| output::verdict_json(&Some(v.clone()))).collect::<Vec<_>>(),
+                "verdicts": h.verdicts.iter().map(|v| output::verdict_json(&Some(v.clone()))).collect::<Vec<_>>(),
+                "events": events,
             });
             let results: Vec<(String, pb::Verdict)> =
-                verdicts.into_iter().map(|v| (set.clone(), v)).collect();
-            print(format, json, output::verdicts_human(&results));
+                h.verdicts.into_iter().map(|v| (set.clone(), v)).collect();
+            let mut human = output::verdicts_human(&results);
+            if !h.events.is_empty() {
+                let rows: Vec<Vec<String>> = h
+                    .events
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            output::ts(e.at).unwrap_or_default(),
+                            e.kind.clone(),
+                            e.message.clone(),
+                        ]
+                    })
+                    .collect();
+                human.push_str("\n\n");
+                human.push_str(&output::table(&["AT", "EVENT", "WHAT"], &rows));
+            }
+            print(format, json, human);
+            Ok(Outcome::Ok)
+        }
+        Command::Limits {
+            fleet,
+            per_host,
+            reset,
+        } => {
+            let l = conn
+                .connect()
+                .await?
+                .limits(pb::LimitsRequest {
+                    fleet,
+                    per_host,
+                    reset,
+                })
+                .await
+                .map_err(refused("Limits"))?
+                .into_inner();
+            let json = serde_json::json!({
+                "fleet": l.fleet,
+                "per_host": l.per_host,
+                "source": if l.overridden { "tandemctl" } else { "controller.toml" },
+                "running": l.running,
+                "waiting": l.waiting,
+            });
+            let human = format!(
+                "limits: {} tests at once in the fleet, {} per host (from {})\nnow: {} running, {} waiting",
+                l.fleet,
+                l.per_host,
+                if l.overridden {
+                    "tandemctl limits; --reset goes back to controller.toml"
+                } else {
+                    "controller.toml"
+                },
+                l.running,
+                l.waiting
+            );
+            print(format, json, human);
             Ok(Outcome::Ok)
         }
         Command::Audit { limit } => {

@@ -45,6 +45,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Audit { .. } => "audit",
         Command::Testdb { .. } => "testdb",
         Command::History { .. } => "history",
+        Command::Limits { .. } => "limits",
         Command::Certs(_) => "certs init",
     }
 }

@@ -51,7 +51,7 @@ fn facts(f: &Option<pb::InstanceFacts>) -> Option<Facts> {
     f.clone().and_then(|f| Facts::try_from(f).ok())
 }
 
-fn ts(t: Option<prost_types::Timestamp>) -> Option<String> {
+pub fn ts(t: Option<prost_types::Timestamp>) -> Option<String> {
     timestamp_from_wire("at", t)
         .ok()
         .flatten()
@@ -152,6 +152,7 @@ pub fn verdict_json(v: &Option<pb::Verdict>) -> Value {
         "warnings": x.warnings,
         "standby_downtime_seconds": (x.standby_downtime_seconds > 0.0).then_some(x.standby_downtime_seconds),
         "duration_seconds": (x.duration_seconds > 0.0).then_some(x.duration_seconds),
+        "started_at": ts(x.started_at),
         "trace_id": non_empty(&x.trace_id),
     })
 }

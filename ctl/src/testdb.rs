@@ -64,6 +64,14 @@ impl Display {
         }
     }
 
+    /// Why the set's test has not started yet ("waiting: fleet limit 4/4").
+    fn waiting(&mut self, set: &str, why: &str) {
+        match self.bar(set) {
+            Some(b) => b.set_message(why.to_owned()),
+            None => eprintln!("{set}: {why}"),
+        }
+    }
+
     fn verdict(&mut self, set: &str, v: &pb::Verdict) {
         let summary = output::verdict_json(&Some(v.clone()))["summary"]
             .as_str()
@@ -117,6 +125,9 @@ pub async fn run(
                 });
             }
         };
+        if !ev.waiting.is_empty() {
+            display.waiting(&ev.set, &ev.waiting);
+        }
         if let Some(p) = &ev.progress {
             display.progress(&ev.set, &ev.member, p);
         }

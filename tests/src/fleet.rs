@@ -38,6 +38,11 @@ pub struct FleetSpec {
     pub agent_top: String,
     /// Extra lines for every agent.toml's `[testdb]` table.
     pub agent_testdb: String,
+    /// Extra top-level lines for controller.toml (before its tables).
+    pub controller_top: String,
+    /// The controller's `[limits]`: tests at once in the fleet, per host
+    /// (every member of a test fleet is on 127.0.0.1).
+    pub limits: (u32, u32),
 }
 
 impl FleetSpec {
@@ -49,6 +54,8 @@ impl FleetSpec {
             env: vec![],
             agent_top: String::new(),
             agent_testdb: String::new(),
+            controller_top: String::new(),
+            limits: (4, 4),
         }
     }
 
@@ -134,7 +141,7 @@ impl Fleet {
                 "--agents",
                 &agent_names.join(","),
                 "--users",
-                "operator,viewer",
+                "operator,viewer,admin",
             ],
         )?;
         if certs_run.code != 0 {
@@ -144,11 +151,14 @@ impl Fleet {
         let port = free_port();
         let controller_url = format!("https://127.0.0.1:{port}");
         let mut toml = format!(
-            "listen = \"127.0.0.1:{port}\"\nstore = \"{}\"\nheartbeat_interval = \"{}ms\"\noffline_after = \"{}ms\"\nstatus_timeout = \"3s\"\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/controller.pem\"\nkey = \"{c}/controller-key.pem\"\n",
+            "listen = \"127.0.0.1:{port}\"\nstore = \"{}\"\nheartbeat_interval = \"{}ms\"\noffline_after = \"{}ms\"\nstatus_timeout = \"3s\"\n{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/controller.pem\"\nkey = \"{c}/controller-key.pem\"\n\n[limits]\nfleet = {fleet}\nper_host = {per_host}\n\n[access]\ndefault_role = \"viewer\"\nusers = {{ operator = \"operator\", admin = \"admin\" }}\n",
             dir.join("controller.db").display(),
             spec.heartbeat_interval.as_millis(),
             spec.offline_after.as_millis(),
             c = certs.display(),
+            top = spec.controller_top,
+            fleet = spec.limits.0,
+            per_host = spec.limits.1,
         );
         for (set, _) in &spec.sets {
             let names: Vec<String> = members
@@ -254,6 +264,13 @@ impl Fleet {
         Ok(())
     }
 
+    /// SIGKILL the controller (a crash).
+    pub fn kill_controller(&mut self) {
+        if let Some(mut p) = self.controller.take() {
+            p.kill();
+        }
+    }
+
     /// SIGKILL an agent (a crash, as far as the controller can tell).
     pub fn kill_agent(&mut self, name: &str) {
         if let Some(mut p) = self.agents.get_mut(name).and_then(|a| a.proc.take()) {
@@ -278,7 +295,12 @@ impl Fleet {
 
     /// Run `tandemctl` as the operator.
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<CtlRun> {
-        let mut env = self.ctl_env("operator");
+        self.ctl_as("operator", args)
+    }
+
+    /// Run `tandemctl` as `user` (operator, viewer or admin).
+    pub fn ctl_as(&self, user: &str, args: &[&str]) -> anyhow::Result<CtlRun> {
+        let mut env = self.ctl_env(user);
         env.extend(self.spec.env.iter().cloned());
         run_ctl_raw(&env, args)
     }

@@ -84,6 +84,9 @@ pub struct OpRecord {
     /// Warnings worth a person's attention (e.g. data checksums are off).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The controller's request id for this operation (empty when none).
+    #[serde(default)]
+    pub request_id: String,
 }
 
 impl OpRecord {
@@ -105,6 +108,7 @@ impl OpRecord {
             steps: vec![],
             bytes_copied: 0,
             warnings: vec![],
+            request_id: String::new(),
         }
     }
 }

@@ -170,6 +170,17 @@ impl<E: Engine> Operations<E> {
                 seen,
             });
         }
+        let request_id = params.get("request_id").cloned().unwrap_or_default();
+        if !request_id.is_empty()
+            && let Some(known) = self
+                .journal
+                .list()?
+                .into_iter()
+                .find(|r| r.request_id == request_id)
+        {
+            info!(operation = %known.id, request = %request_id, "repeated request: returning the operation it started");
+            return Ok(known.id);
+        }
         if let Some(running) = self.running() {
             return Err(StartError::Busy { running });
         }
@@ -191,7 +202,8 @@ impl<E: Engine> Operations<E> {
         if set_generation > seen {
             self.journal.set_generation(set_generation)?;
         }
-        let record = OpRecord::new(id.clone(), kind, set_generation);
+        let mut record = OpRecord::new(id.clone(), kind, set_generation);
+        record.request_id = request_id;
         if let Err(e) = self.journal.write(&record) {
             *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
             return Err(e.into());

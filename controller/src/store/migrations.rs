@@ -59,4 +59,38 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX verdicts_by_set ON verdicts(set_name, id);
     "#,
+    // 3: fleet runs that survive a restart (SPEC C5), settings changed at run
+    // time (limits), and each set's history of events (role changes, skips).
+    r#"
+    CREATE TABLE runs (
+        id           TEXT PRIMARY KEY,
+        created_at   TEXT NOT NULL,
+        origin       TEXT NOT NULL,
+        trace_id     TEXT NOT NULL DEFAULT '',
+        finished_at  TEXT
+    );
+    CREATE TABLE run_sets (
+        run_id        TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        position      INTEGER NOT NULL,
+        set_name      TEXT NOT NULL,
+        member        TEXT NOT NULL DEFAULT '',
+        state         TEXT NOT NULL,
+        agent         TEXT NOT NULL DEFAULT '',
+        operation_id  TEXT NOT NULL DEFAULT '',
+        verdict_id    INTEGER,
+        PRIMARY KEY (run_id, set_name)
+    );
+    CREATE TABLE settings (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    CREATE TABLE set_events (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        set_name  TEXT NOT NULL,
+        at        TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        message   TEXT NOT NULL
+    );
+    CREATE INDEX set_events_by_set ON set_events(set_name, id);
+    "#,
 ];

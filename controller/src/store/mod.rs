@@ -9,6 +9,9 @@
 //! methods below into a trait; with one backend the trait would only be noise.
 
 mod migrations;
+mod runs;
+
+pub use runs::{RunRow, RunSetRow, RunSetState, SetEvent};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -191,6 +194,19 @@ impl Store {
         .await
     }
 
+    /// A new generation for `set` (its roles changed); returns it.
+    pub async fn bump_generation(&self, set: String) -> Result<u64, StoreError> {
+        self.call(move |c| {
+            c.query_row(
+                "UPDATE sets SET generation = generation + 1 WHERE name = ?1 RETURNING generation",
+                [set],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|g| g as u64)
+        })
+        .await
+    }
+
     pub async fn upsert_agent(&self, a: AgentRow) -> Result<(), StoreError> {
         self.call(move |c| {
             c.execute(
@@ -330,42 +346,6 @@ impl Store {
         })
         .await
     }
-
-    /// Record an operation dispatched to an agent.
-    pub async fn record_operation(&self, op: OperationRow) -> Result<(), StoreError> {
-        self.call(move |c| {
-            c.execute(
-                "INSERT INTO operations(id, run_id, set_name, member, agent, kind, state, started_at, trace_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8)",
-                params![op.id, op.run_id, op.set, op.member, op.agent, op.kind, Timestamp::now().to_string(), op.trace_id],
-            )
-            .map(|_| ())
-        })
-        .await
-    }
-
-    pub async fn finish_operation(&self, id: String, state: String) -> Result<(), StoreError> {
-        self.call(move |c| {
-            c.execute(
-                "UPDATE operations SET state = ?2, finished_at = ?3 WHERE id = ?1",
-                params![id, state, Timestamp::now().to_string()],
-            )
-            .map(|_| ())
-        })
-        .await
-    }
-}
-
-/// An operation the controller dispatched.
-#[derive(Debug, Clone)]
-pub struct OperationRow {
-    pub id: String,
-    pub run_id: String,
-    pub set: String,
-    pub member: String,
-    pub agent: String,
-    pub kind: String,
-    pub trace_id: String,
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
@@ -402,6 +382,7 @@ mod tests {
                 .map(|m| MemberConfig {
                     name: (*m).into(),
                     agent: None,
+                    host: None,
                 })
                 .collect(),
         }

@@ -1,0 +1,858 @@
+//! Fleet runs: the controller's side of `tandemctl testdb` (SPEC C2, T7, C5).
+//!
+//! A run is a list of sets to test. Each set becomes a job in one fleet-wide
+//! queue; the dispatcher starts queued jobs in order as the load limits allow
+//! ([`admit`]: at most `fleet` tests at once, at most `per_host` on one host,
+//! never two operations on members of one set) and tells the run why a job
+//! waits ("waiting: fleet limit 4/4"). The limits can be changed while the
+//! controller runs ([`Fleet::set_limits`], persisted).
+//!
+//! Every step of a job is written to the store before and after it happens
+//! (`queued` -> `starting` -> `running` -> `done`, see `store::runs`). The
+//! order to the agent carries a request id (`<run>/<set>`) that the agent
+//! keeps in its journal and answers idempotently, so a controller killed at
+//! any point carries each unfinished run on at start ([`Fleet::recover`]):
+//! queued sets are queued again, started ones are found on their agents and
+//! followed to their verdicts. A steady-state restart (no unfinished runs)
+//! starts nothing.
+//!
+//! `WatchRun` replays a run's events from the start and then follows them,
+//! so a late watcher misses nothing; a run that finished before a restart is
+//! rebuilt from its stored verdicts. A run is a spawned task: a `tandemctl`
+//! that goes away does not stop it (STYLE 6).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tandem_proto::model::{AgentState, Role};
+use tandem_proto::pb;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::agents::AgentClients;
+use crate::config::Limits;
+use crate::inventory::Inventory;
+use crate::store::{RunSetState, Store, StoreError};
+use crate::verdicts::Verdict;
+
+/// How often and how long to retry a broken Watch stream to an agent.
+const WATCH_RETRIES: u32 = 30;
+const WATCH_RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a queued job does not start yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// Another operation runs on a member of the same set.
+    Set {
+        set: String,
+    },
+    Fleet {
+        running: u32,
+        limit: u32,
+    },
+    Host {
+        host: String,
+        running: u32,
+        limit: u32,
+    },
+}
+
+impl std::fmt::Display for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Wait::Set { set } => write!(f, "waiting: another operation runs on set {set}"),
+            Wait::Fleet { running, limit } => write!(f, "waiting: fleet limit {running}/{limit}"),
+            Wait::Host {
+                host,
+                running,
+                limit,
+            } => write!(f, "waiting: host {host} limit {running}/{limit}"),
+        }
+    }
+}
+
+/// A running job's claim on the limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Busy {
+    pub set: String,
+    pub host: String,
+}
+
+/// May a job on `set`, testing a member on `host`, start while `busy` run?
+pub fn admit(limits: &Limits, busy: &[Busy], set: &str, host: &str) -> Result<(), Wait> {
+    if busy.iter().any(|b| b.set == set) {
+        return Err(Wait::Set {
+            set: set.to_owned(),
+        });
+    }
+    let running = busy.len() as u32;
+    if running >= limits.fleet {
+        return Err(Wait::Fleet {
+            running,
+            limit: limits.fleet,
+        });
+    }
+    let on_host = busy.iter().filter(|b| b.host == host).count() as u32;
+    if on_host >= limits.per_host {
+        return Err(Wait::Host {
+            host: host.to_owned(),
+            running: on_host,
+            limit: limits.per_host,
+        });
+    }
+    Ok(())
+}
+
+/// One run's events, for `WatchRun`.
+pub struct Run {
+    events: Mutex<Vec<pb::RunProgress>>,
+    count: watch::Sender<usize>,
+}
+
+impl Run {
+    fn new() -> Arc<Run> {
+        Arc::new(Run {
+            events: Mutex::new(Vec::new()),
+            count: watch::channel(0).0,
+        })
+    }
+
+    fn push(&self, ev: pb::RunProgress) {
+        let n = {
+            let mut evs = self.events.lock().unwrap_or_else(|p| p.into_inner());
+            evs.push(ev);
+            evs.len()
+        };
+        self.count.send_replace(n);
+    }
+
+    /// Events from index `from` on, and whether the run is done.
+    pub fn events_from(&self, from: usize) -> (Vec<pb::RunProgress>, bool) {
+        let evs = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let done = evs.last().is_some_and(|e| e.done);
+        (
+            evs.get(from..).map(|s| s.to_vec()).unwrap_or_default(),
+            done,
+        )
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+}
+
+/// One set of a run, queued or running.
+struct Job {
+    run_id: String,
+    run: Arc<Run>,
+    set: String,
+    /// The member asked for; `None`: the set's streaming standby.
+    member: Option<String>,
+    trace_id: String,
+    /// The last reason given to the run, so it is said once per change.
+    waiting: Option<Wait>,
+}
+
+/// The member a job tests.
+#[derive(Debug, Clone)]
+struct Target {
+    member: String,
+    agent: String,
+    address: String,
+    host: String,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Job>,
+    busy: Vec<Busy>,
+}
+
+pub struct Fleet {
+    inventory: Arc<Inventory>,
+    store: Store,
+    agents: Arc<AgentClients>,
+    runs: Mutex<HashMap<String, Arc<Run>>>,
+    queue: Mutex<Queue>,
+    limits: Mutex<Limits>,
+    wake: Notify,
+}
+
+fn new_run_id() -> String {
+    let now = Timestamp::now();
+    format!(
+        "run-{}-{:04x}",
+        now.strftime("%Y%m%dT%H%M%S"),
+        now.subsec_nanosecond() as u32 & 0xffff
+    )
+}
+
+/// The host part of "host:port" (brackets of an IPv6 address removed).
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+impl Fleet {
+    /// The fleet with the limits the store says (set by `tandemctl limits`),
+    /// or else the config's.
+    pub async fn new(
+        inventory: Arc<Inventory>,
+        store: Store,
+        agents: Arc<AgentClients>,
+    ) -> Result<Arc<Fleet>, StoreError> {
+        let limits = match store.setting("limits").await? {
+            Some(json) => serde_json::from_str(&json).unwrap_or(inventory.config().limits),
+            None => inventory.config().limits,
+        };
+        Ok(Arc::new(Fleet {
+            inventory,
+            store,
+            agents,
+            runs: Mutex::new(HashMap::new()),
+            queue: Mutex::new(Queue::default()),
+            limits: Mutex::new(limits),
+            wake: Notify::new(),
+        }))
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn limits(&self) -> Limits {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the limits come from `tandemctl limits` (else from the config).
+    pub async fn limits_overridden(&self) -> Result<bool, StoreError> {
+        Ok(self.store.setting("limits").await?.is_some())
+    }
+
+    /// Change the limits now (persisted); `None` goes back to the config's.
+    pub async fn set_limits(&self, limits: Option<Limits>) -> Result<Limits, StoreError> {
+        let effective = limits.unwrap_or(self.inventory.config().limits);
+        match limits {
+            Some(l) => {
+                self.store
+                    .put_setting(
+                        "limits",
+                        serde_json::to_string(&l).expect("limits serialize"),
+                    )
+                    .await?
+            }
+            None => self.store.delete_setting("limits").await?,
+        }
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = effective;
+        info!(
+            fleet = effective.fleet,
+            per_host = effective.per_host,
+            "limits changed"
+        );
+        self.wake.notify_one();
+        Ok(effective)
+    }
+
+    /// Jobs waiting and running now.
+    pub fn queue_lengths(&self) -> (usize, usize) {
+        let q = self.lock_queue();
+        (q.waiting.len(), q.busy.len())
+    }
+
+    /// Whether a job of `set` waits or runs now.
+    pub fn set_active(&self, set: &str) -> bool {
+        let q = self.lock_queue();
+        q.busy.iter().any(|b| b.set == set) || q.waiting.iter().any(|j| j.set == set)
+    }
+
+    /// A run's events: live, or rebuilt from the store for a run that
+    /// finished before this controller started.
+    pub async fn get(&self, id: &str) -> Result<Option<Arc<Run>>, StoreError> {
+        if let Some(r) = self.runs.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(Some(r.clone()));
+        }
+        let Some(row) = self.store.run(id.to_owned()).await? else {
+            return Ok(None);
+        };
+        let run = Run::new();
+        for s in &row.sets {
+            if let Some(v) = &s.verdict {
+                run.push(verdict_event(&row.id, &s.set, v));
+            }
+        }
+        run.push(done_event(&row.id));
+        Ok(Some(run))
+    }
+
+    /// Start a run over `sets` (already validated); returns its id once it
+    /// is stored.
+    pub async fn start_run(
+        self: &Arc<Self>,
+        sets: Vec<String>,
+        member: Option<String>,
+        origin: &str,
+        trace_id: String,
+    ) -> Result<String, StoreError> {
+        let id = new_run_id();
+        self.store
+            .create_run(
+                id.clone(),
+                origin.to_owned(),
+                trace_id.clone(),
+                sets.iter()
+                    .map(|s| (s.clone(), member.clone().unwrap_or_default()))
+                    .collect(),
+            )
+            .await?;
+        let run = Run::new();
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), run.clone());
+        info!(run = %id, sets = ?sets, origin, "run queued");
+        {
+            let mut q = self.lock_queue();
+            for set in sets {
+                q.waiting.push_back(Job {
+                    run_id: id.clone(),
+                    run: run.clone(),
+                    set,
+                    member: member.clone(),
+                    trace_id: trace_id.clone(),
+                    waiting: None,
+                });
+            }
+        }
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Carry on the runs a previous controller left unfinished (SPEC C5).
+    pub async fn recover(self: &Arc<Self>) -> Result<(), StoreError> {
+        for row in self.store.unfinished_runs().await? {
+            let run = Run::new();
+            self.runs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(row.id.clone(), run.clone());
+            info!(run = %row.id, sets = row.sets.len(), "carrying on a run left unfinished by a restart");
+            for s in row.sets {
+                let job = Job {
+                    run_id: row.id.clone(),
+                    run: run.clone(),
+                    set: s.set.clone(),
+                    member: (!s.member.is_empty()).then_some(s.member.clone()),
+                    trace_id: row.trace_id.clone(),
+                    waiting: None,
+                };
+                match s.state {
+                    RunSetState::Done => {
+                        if let Some(v) = &s.verdict {
+                            run.push(verdict_event(&row.id, &s.set, v));
+                        }
+                    }
+                    RunSetState::Queued => self.lock_queue().waiting.push_back(job),
+                    RunSetState::Starting | RunSetState::Running => {
+                        let view = self.inventory.get(&s.agent);
+                        let address = view.map(|v| v.row.address).unwrap_or_default();
+                        let target = Target {
+                            member: self.member_of_agent(&s.set, &s.agent),
+                            host: self.host(&s.set, &s.agent, &address),
+                            agent: s.agent.clone(),
+                            address,
+                        };
+                        self.lock_queue().busy.push(Busy {
+                            set: s.set.clone(),
+                            host: target.host.clone(),
+                        });
+                        let this = self.clone();
+                        let span = info_span!("testdb.resume", run.id = %row.id, set = %s.set);
+                        let op = s.operation_id.clone();
+                        tokio::spawn(
+                            async move { this.resume(job, target, op).await }.instrument(span),
+                        );
+                    }
+                }
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Dispatch queued jobs until `shutdown`.
+    pub async fn dispatch_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            self.dispatch();
+            // Cancel-safe: both only wait.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Start every queued job the limits admit, in queue order; tell the
+    /// others' runs why they wait.
+    fn dispatch(self: &Arc<Self>) {
+        let limits = self.limits();
+        let mut q = self.lock_queue();
+        let mut i = 0;
+        while i < q.waiting.len() {
+            let job = &q.waiting[i];
+            let target = self.target(&job.set, job.member.as_deref());
+            let host = target.as_ref().map(|t| t.host.clone()).unwrap_or_default();
+            let admitted = match &target {
+                Ok(_) => admit(&limits, &q.busy, &job.set, &host),
+                // Nothing will run on the set, only the set rule applies.
+                Err(_) => admit(
+                    &Limits {
+                        fleet: u32::MAX,
+                        per_host: u32::MAX,
+                    },
+                    &q.busy,
+                    &job.set,
+                    &host,
+                ),
+            };
+            match admitted {
+                Ok(()) => {
+                    let job = q.waiting.remove(i).expect("index checked");
+                    q.busy.push(Busy {
+                        set: job.set.clone(),
+                        host,
+                    });
+                    let this = self.clone();
+                    let span = info_span!("testdb.set", run.id = %job.run_id, set = %job.set);
+                    tokio::spawn(async move { this.run_job(job, target).await }.instrument(span));
+                }
+                Err(wait) => {
+                    let job = &mut q.waiting[i];
+                    if job.waiting.as_ref() != Some(&wait) {
+                        info!(run = %job.run_id, set = %job.set, "{wait}");
+                        job.run.push(pb::RunProgress {
+                            run_id: job.run_id.clone(),
+                            set: job.set.clone(),
+                            waiting: wait.to_string(),
+                            ..Default::default()
+                        });
+                        job.waiting = Some(wait);
+                    }
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    fn member_of_agent(&self, set: &str, agent: &str) -> String {
+        self.inventory
+            .config()
+            .sets
+            .iter()
+            .find(|s| s.name == set)
+            .and_then(|s| s.members.iter().find(|m| m.agent() == agent))
+            .map(|m| m.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// The host a member runs on: declared, or its agent's address.
+    fn host(&self, set: &str, agent: &str, address: &str) -> String {
+        self.inventory
+            .config()
+            .sets
+            .iter()
+            .find(|s| s.name == set)
+            .and_then(|s| s.members.iter().find(|m| m.agent() == agent))
+            .and_then(|m| m.host.clone())
+            .unwrap_or_else(|| host_of(address).to_owned())
+    }
+
+    /// The member to test: the named one, or the set's streaming standby as
+    /// the agents' last heartbeats say. The agent checks again before it
+    /// starts (SPEC T8). `Err` says why nothing can be tested.
+    fn target(&self, set: &str, member: Option<&str>) -> Result<Target, String> {
+        let cfg = self.inventory.config();
+        let Some(set_cfg) = cfg.sets.iter().find(|s| s.name == set) else {
+            return Err(format!("set `{set}` is no longer declared"));
+        };
+        let views: Vec<_> = set_cfg
+            .members
+            .iter()
+            .map(|m| (m, self.inventory.get(m.agent())))
+            .collect();
+        let online = |v: &Option<crate::inventory::AgentView>| {
+            v.as_ref()
+                .is_some_and(|v| v.row.state == AgentState::Online && !v.row.address.is_empty())
+        };
+        let standby = |v: &Option<crate::inventory::AgentView>, streaming: bool| {
+            v.as_ref()
+                .and_then(|v| v.facts.as_ref())
+                .is_some_and(|f| f.role == Role::Standby && (f.fully_received || !streaming))
+        };
+        let chosen = match member {
+            Some(name) => views.iter().find(|(m, _)| m.name == name),
+            None => views
+                .iter()
+                .find(|(_, v)| online(v) && standby(v, true))
+                .or_else(|| views.iter().find(|(_, v)| online(v) && standby(v, false))),
+        };
+        match chosen {
+            Some((m, v)) if online(v) => {
+                let address = v
+                    .as_ref()
+                    .map(|v| v.row.address.clone())
+                    .unwrap_or_default();
+                Ok(Target {
+                    member: m.name.clone(),
+                    agent: m.agent().to_owned(),
+                    host: m
+                        .host
+                        .clone()
+                        .unwrap_or_else(|| host_of(&address).to_owned()),
+                    address,
+                })
+            }
+            Some((m, v)) => Err(format!(
+                "the agent `{}` of member `{}` is {}; start it, or test another member",
+                m.agent(),
+                m.name,
+                v.as_ref()
+                    .map_or("never seen", |v| if v.row.state == AgentState::Offline {
+                        "offline"
+                    } else {
+                        "never seen"
+                    })
+            )),
+            None => {
+                let seen: Vec<String> = views
+                    .iter()
+                    .map(|(m, v)| {
+                        let what = match v {
+                            Some(v) if v.row.state != AgentState::Online => {
+                                "agent offline".to_owned()
+                            }
+                            Some(v) => v.facts.as_ref().map_or("no facts yet".to_owned(), |f| {
+                                format!("{} {}", f.role, f.state_word())
+                            }),
+                            None => "agent never seen".to_owned(),
+                        };
+                        format!("{}: {what}", m.name)
+                    })
+                    .collect();
+                Err(format!(
+                    "no standby to test in set `{set}` ({}); a test copies a streaming standby (SPEC T2, T8)",
+                    seen.join(", ")
+                ))
+            }
+        }
+    }
+
+    /// Run one admitted job to its verdict.
+    async fn run_job(self: Arc<Self>, job: Job, target: Result<Target, String>) {
+        let target = match target {
+            Ok(t) => t,
+            Err(reason) => {
+                let v = Verdict::failed_to_run(
+                    job.member.as_deref().unwrap_or(""),
+                    reason,
+                    job.trace_id.clone(),
+                );
+                return self.finish(job, v).await;
+            }
+        };
+        let verdict = self.order(&job, &target).await;
+        self.finish(job, verdict).await;
+    }
+
+    /// Order the test from the target's agent and follow it to its verdict.
+    async fn order(&self, job: &Job, t: &Target) -> Verdict {
+        let failed =
+            |reason: String| Verdict::failed_to_run(&t.member, reason, job.trace_id.clone());
+        if let Err(e) = self
+            .store
+            .run_set_state(
+                job.run_id.clone(),
+                job.set.clone(),
+                RunSetState::Starting,
+                t.agent.clone(),
+                String::new(),
+            )
+            .await
+        {
+            return failed(format!("cannot record the order in the store: {e}"));
+        }
+        let generation = self
+            .store
+            .generation(job.set.clone())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(1);
+        let mut client = match self.agents.client(&t.address) {
+            Ok(c) => c,
+            Err(e) => return failed(e.to_string()),
+        };
+        let started = client
+            .start_operation(pb::StartOperationRequest {
+                kind: pb::OperationKind::Testdb as i32,
+                set_generation: generation,
+                params: HashMap::from([("request_id".to_owned(), request_id(job))]),
+            })
+            .await;
+        let op_id = match started {
+            Ok(r) => r.into_inner().operation_id,
+            Err(s) => {
+                return failed(format!("agent `{}` refused: {}", t.agent, s.message()));
+            }
+        };
+        self.follow_to_verdict(job, t, op_id).await
+    }
+
+    async fn follow_to_verdict(&self, job: &Job, t: &Target, op_id: String) -> Verdict {
+        info!(set = %job.set, member = %t.member, operation = %op_id, "testdb running");
+        if let Err(e) = self
+            .store
+            .run_set_state(
+                job.run_id.clone(),
+                job.set.clone(),
+                RunSetState::Running,
+                t.agent.clone(),
+                op_id.clone(),
+            )
+            .await
+        {
+            warn!(error = %e, "cannot record the running operation");
+        }
+        match self.follow(job, t, &op_id).await {
+            Ok(r) => Verdict::from_result(&t.member, &r, job.trace_id.clone()),
+            Err(reason) => Verdict::failed_to_run(&t.member, reason, job.trace_id.clone()),
+        }
+    }
+
+    /// A job a previous controller started: find its operation on the
+    /// agent and follow it; if the order never reached the agent, queue the
+    /// job again.
+    async fn resume(self: Arc<Self>, job: Job, t: Target, op_id: String) {
+        let op_id = if op_id.is_empty() {
+            match self.find_request(&t, &request_id(&job)).await {
+                Ok(Some(id)) => id,
+                Ok(None) => {
+                    info!(set = %job.set, "the order never reached the agent; queued again");
+                    let mut q = self.lock_queue();
+                    q.busy.retain(|b| b.set != job.set);
+                    q.waiting.push_front(job);
+                    drop(q);
+                    self.wake.notify_one();
+                    return;
+                }
+                Err(reason) => {
+                    let v = Verdict::failed_to_run(&t.member, reason, job.trace_id.clone());
+                    return self.finish(job, v).await;
+                }
+            }
+        } else {
+            op_id
+        };
+        let v = self.follow_to_verdict(&job, &t, op_id).await;
+        self.finish(job, v).await;
+    }
+
+    /// The operation the agent started for `request`, if any.
+    async fn find_request(&self, t: &Target, request: &str) -> Result<Option<String>, String> {
+        for _ in 0..WATCH_RETRIES {
+            let listed = match self.agents.client(&t.address) {
+                Ok(mut c) => {
+                    c.list_operations(pb::ListOperationsRequest { limit: 0 })
+                        .await
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            match listed {
+                Ok(r) => {
+                    return Ok(r
+                        .into_inner()
+                        .operations
+                        .into_iter()
+                        .find(|o| o.request_id == request)
+                        .map(|o| o.operation_id));
+                }
+                Err(e) => {
+                    warn!(agent = %t.agent, error = %e.message(), "cannot list the agent's operations")
+                }
+            }
+            tokio::time::sleep(WATCH_RETRY_EVERY).await;
+        }
+        Err(format!(
+            "cannot reach the agent `{}` at {} to learn what became of the test ordered before the controller restarted",
+            t.agent, t.address
+        ))
+    }
+
+    /// Store the verdict, tell the run, free the job's place.
+    async fn finish(&self, job: Job, verdict: Verdict) {
+        info!(set = %job.set, verdict = verdict.kind.as_str(), lsn = ?verdict.lsn, "verdict");
+        let run_done = match self
+            .store
+            .finish_run_set(job.run_id.clone(), job.set.clone(), verdict.clone())
+            .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                warn!(set = %job.set, error = %e, "cannot store the verdict");
+                false
+            }
+        };
+        job.run.push(verdict_event(&job.run_id, &job.set, &verdict));
+        if run_done {
+            info!(run = %job.run_id, "run finished");
+            job.run.push(done_event(&job.run_id));
+        }
+        self.lock_queue().busy.retain(|b| b.set != job.set);
+        self.wake.notify_one();
+    }
+
+    /// Relay the agent's progress until the operation's result arrives.
+    async fn follow(
+        &self,
+        job: &Job,
+        t: &Target,
+        op_id: &str,
+    ) -> Result<pb::OperationResult, String> {
+        let mut failures = 0;
+        loop {
+            let stream = match self.agents.client(&t.address) {
+                Ok(mut c) => {
+                    c.watch(pb::WatchRequest {
+                        operation_id: op_id.to_owned(),
+                    })
+                    .await
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            match stream {
+                Ok(s) => {
+                    let mut s = s.into_inner();
+                    loop {
+                        match s.message().await {
+                            Ok(Some(p)) => {
+                                failures = 0;
+                                let result = p.result.clone();
+                                job.run.push(pb::RunProgress {
+                                    run_id: job.run_id.clone(),
+                                    set: job.set.clone(),
+                                    member: t.member.clone(),
+                                    progress: Some(p),
+                                    ..Default::default()
+                                });
+                                if let Some(r) = result {
+                                    return Ok(r);
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                warn!(operation = op_id, error = %e.message(), "watch stream broke");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.code() == tonic::Code::NotFound => {
+                    return Err(format!("agent lost operation {op_id}: {}", e.message()));
+                }
+                Err(e) => {
+                    warn!(operation = op_id, error = %e.message(), "cannot watch the operation")
+                }
+            }
+            failures += 1;
+            if failures > WATCH_RETRIES {
+                return Err(format!(
+                    "lost contact with the agent at {} during operation {op_id}; its journal says what became of it",
+                    t.address
+                ));
+            }
+            tokio::time::sleep(WATCH_RETRY_EVERY).await;
+        }
+    }
+}
+
+fn request_id(job: &Job) -> String {
+    format!("{}/{}", job.run_id, job.set)
+}
+
+fn verdict_event(run_id: &str, set: &str, v: &Verdict) -> pb::RunProgress {
+    pb::RunProgress {
+        run_id: run_id.to_owned(),
+        set: set.to_owned(),
+        member: v.member.clone(),
+        verdict: Some(v.to_pb()),
+        ..Default::default()
+    }
+}
+
+fn done_event(run_id: &str) -> pb::RunProgress {
+    pb::RunProgress {
+        run_id: run_id.to_owned(),
+        done: true,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn busy(set: &str, host: &str) -> Busy {
+        Busy {
+            set: set.into(),
+            host: host.into(),
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        fleet: 2,
+        per_host: 1,
+    };
+
+    #[test]
+    fn an_idle_fleet_admits() {
+        assert_eq!(admit(&LIMITS, &[], "a", "h1"), Ok(()));
+    }
+
+    #[test]
+    fn one_operation_per_set_whatever_the_limits() {
+        let big = Limits {
+            fleet: 100,
+            per_host: 100,
+        };
+        let w = admit(&big, &[busy("a", "h1")], "a", "h2").unwrap_err();
+        assert_eq!(w.to_string(), "waiting: another operation runs on set a");
+    }
+
+    #[test]
+    fn the_fleet_limit_counts_every_running_test() {
+        let w = admit(&LIMITS, &[busy("a", "h1"), busy("b", "h2")], "c", "h3").unwrap_err();
+        assert_eq!(w.to_string(), "waiting: fleet limit 2/2");
+    }
+
+    #[test]
+    fn the_host_limit_counts_tests_on_that_host_only() {
+        let w = admit(&LIMITS, &[busy("a", "h1")], "b", "h1").unwrap_err();
+        assert_eq!(w.to_string(), "waiting: host h1 limit 1/1");
+        assert_eq!(admit(&LIMITS, &[busy("a", "h1")], "b", "h2"), Ok(()));
+    }
+
+    #[test]
+    fn the_set_rule_is_said_before_the_limits() {
+        let w = admit(&LIMITS, &[busy("a", "h1"), busy("b", "h2")], "a", "h1").unwrap_err();
+        assert!(matches!(w, Wait::Set { .. }));
+    }
+
+    #[test]
+    fn hosts_come_from_addresses() {
+        assert_eq!(host_of("10.0.0.7:7701"), "10.0.0.7");
+        assert_eq!(host_of("[::1]:7701"), "::1");
+        assert_eq!(host_of("db7.example:7701"), "db7.example");
+    }
+}

@@ -1,0 +1,273 @@
+//! Fleet runs end to end (SPEC C2, C3, C5, T7, O1): two real PostgreSQL
+//! sets, the real controller, agents and tandemctl.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::Value;
+use tandem_tests::corrupt;
+use tandem_tests::fleet::{Fleet, FleetSpec};
+use tandem_tests::procs::bin_path;
+use tandem_tests::wait::wait_for;
+
+fn ts(v: &Value) -> Timestamp {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {v}"))
+        .parse()
+        .unwrap()
+}
+
+/// Each set's verdict in a `testdb --output json` document, by set name.
+fn verdicts(run: &Value) -> Vec<(String, Value)> {
+    run["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_owned(), s["verdict"].clone()))
+        .collect()
+}
+
+async fn replicated(fleet: &Fleet, set: &str) {
+    let pair = fleet.set(set);
+    for s in &pair.standbys {
+        corrupt::wait_replayed(&pair.primary, s).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testdb_all_under_a_fleet_limit_of_one_then_errors_in_one_set() {
+    let mut spec = FleetSpec::new(&[("alpha", 1), ("beta", 1)]);
+    spec.limits = (1, 1);
+    let fleet = Fleet::start(spec).await.unwrap();
+    replicated(&fleet, "alpha").await;
+    replicated(&fleet, "beta").await;
+
+    // A viewer may look but not start a test (SPEC O1); the refusal names
+    // the role it needs and is audited.
+    let refused = fleet.ctl_as("viewer", &["testdb", "alpha"]).unwrap();
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("needs the operator role and has viewer"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(fleet.ctl_as("viewer", &["show"]).unwrap().code, 0);
+    let audit = fleet.ctl(&["audit", "--output", "json"]).unwrap().json();
+    let denied = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "StartTestdb" && e["identity"] == "spiffe://tandem/user/viewer")
+        .unwrap_or_else(|| panic!("no audit record of the viewer's call: {audit:#}"));
+    assert!(
+        denied["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("needs the operator role"),
+        "{denied:#}"
+    );
+
+    // Both sets clean, exit 0; with a fleet limit of 1 the tests ran one
+    // after the other, and the second one was told why it waited.
+    let run = fleet.ctl(&["testdb", "--all", "--output", "json"]).unwrap();
+    assert_eq!(run.code, 0, "{run:?}\n{}", fleet.logs());
+    let vs = verdicts(&run.json());
+    assert_eq!(vs.len(), 2, "{vs:?}");
+    for (set, v) in &vs {
+        assert_eq!(v["kind"], "clean", "{set}: {v:#}");
+        assert_eq!(v["member"], format!("{set}-s1"));
+    }
+    let mut spans: Vec<(Timestamp, Timestamp)> = vs
+        .iter()
+        .map(|(_, v)| (ts(&v["started_at"]), ts(&v["at"])))
+        .collect();
+    spans.sort();
+    assert!(
+        spans[0].1 <= spans[1].0,
+        "the tests overlapped under a fleet limit of 1: {spans:?}"
+    );
+    assert!(
+        run.stderr.contains("waiting: fleet limit 1/1"),
+        "{}",
+        run.stderr
+    );
+
+    // The limits can be read by anyone and changed by an admin only, at run time.
+    let limits = fleet.ctl(&["limits", "--output", "json"]).unwrap().json();
+    assert_eq!(
+        (limits["fleet"].as_u64(), limits["source"].as_str()),
+        (Some(1), Some("controller.toml"))
+    );
+    let denied = fleet.ctl(&["limits", "--fleet", "2"]).unwrap();
+    assert_eq!(denied.code, 2, "{denied:?}");
+    assert!(
+        denied.stderr.contains("needs the admin role"),
+        "{}",
+        denied.stderr
+    );
+    let changed = fleet
+        .ctl_as("admin", &["limits", "--fleet", "2", "--output", "json"])
+        .unwrap()
+        .json();
+    assert_eq!(
+        (changed["fleet"].as_u64(), changed["source"].as_str()),
+        (Some(2), Some("tandemctl"))
+    );
+
+    // Replicated corruption in beta: exit 1, only beta needs a repair, and
+    // `show` lists it first.
+    let beta = fleet.set("beta");
+    corrupt::replicated_index_corruption(&beta.primary, "postgres").unwrap();
+    replicated(&fleet, "beta").await;
+    let run = fleet.ctl(&["testdb", "--all", "--output", "json"]).unwrap();
+    assert_eq!(run.code, 1, "{run:?}\n{}", fleet.logs());
+    let vs: std::collections::BTreeMap<_, _> = verdicts(&run.json()).into_iter().collect();
+    assert_eq!(vs["alpha"]["kind"], "clean", "{vs:?}");
+    assert_eq!(vs["beta"]["kind"], "errors", "{vs:?}");
+    let human = fleet.ctl(&["testdb", "beta"]).unwrap();
+    assert_eq!(human.code, 1);
+    assert!(
+        human.stdout.contains("tandem_corrupt_f_idx"),
+        "the table names the first finding: {}",
+        human.stdout
+    );
+    let show = fleet.ctl(&["show", "--output", "json"]).unwrap();
+    assert_eq!(show.code, 1);
+    let sets = show.json()["sets"].as_array().unwrap().clone();
+    assert_eq!(sets[0]["name"], "beta", "sets needing repair come first");
+    assert_eq!(sets[0]["verdict"]["kind"], "errors");
+    assert!(
+        sets[0]["verdict"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("whole set halted"),
+        "{:#}",
+        sets[0]["verdict"]
+    );
+    assert_eq!(sets[1]["verdict"]["kind"], "clean");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_during_a_fleet_run_carries_it_on() {
+    let mut spec = FleetSpec::new(&[("gamma", 1), ("delta", 1)]);
+    spec.limits = (1, 1);
+    let mut fleet = Fleet::start(spec).await.unwrap();
+    replicated(&fleet, "gamma").await;
+    replicated(&fleet, "delta").await;
+
+    // tandemctl watches the run in the background.
+    let mut cmd = std::process::Command::new(bin_path("tandemctl").unwrap());
+    cmd.args(["testdb", "--all", "--output", "json"])
+        .envs(fleet.ctl_env("operator"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut watcher = cmd.spawn().unwrap();
+    // Its stderr, line by line (one line per step when not on a terminal).
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = watcher.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+
+    // Kill the controller while the first test runs on its agent and
+    // tandemctl follows it.
+    let journals = [
+        fleet.agent_home("gamma-s1").join("journal"),
+        fleet.agent_home("delta-s1").join("journal"),
+    ];
+    let count = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_for(
+        "tandemctl to show the first test's steps",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || {
+            seen.extend(rx.try_iter());
+            let stepping = seen.iter().any(|l| l.contains(": step "));
+            async move { Ok(stepping.then_some(())) }
+        },
+    )
+    .await
+    .unwrap();
+    fleet.kill_controller();
+    let out = watcher.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the watcher lost the controller"
+    );
+    let lines: Vec<String> = rx.iter().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("tandemctl history")),
+        "{lines:?}"
+    );
+
+    // Restarted, the controller finds the running test on its agent, and
+    // runs the set that was still queued.
+    fleet.start_controller().unwrap();
+    // Verdicts of a set, once the controller answers.
+    let history = |set: &str| -> anyhow::Result<Value> {
+        let run = fleet.ctl(&["history", set, "--output", "json"])?;
+        let v: Value = serde_json::from_str(&run.stdout)
+            .map_err(|_| anyhow::anyhow!("no answer yet: {}", run.stderr.trim()))?;
+        Ok(v["verdicts"].clone())
+    };
+    wait_for(
+        "both sets' verdicts after the restart",
+        Duration::from_secs(180),
+        Duration::from_millis(200),
+        || {
+            let got = (history("gamma"), history("delta"));
+            async move {
+                Ok(match got {
+                    (Ok(g), Ok(d)) => (!g.as_array().unwrap().is_empty()
+                        && !d.as_array().unwrap().is_empty())
+                    .then_some(()),
+                    _ => None,
+                })
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+    for set in ["gamma", "delta"] {
+        let h = history(set).unwrap();
+        let h = h.as_array().unwrap();
+        assert_eq!(h.len(), 1, "{set}: exactly one verdict: {h:#?}");
+        assert_eq!(h[0]["kind"], "clean", "{set}: {:#}", h[0]);
+    }
+    // One operation per set on the agents: the restart ordered nothing twice.
+    assert_eq!(count(&journals[0]), 1);
+    assert_eq!(count(&journals[1]), 1);
+
+    // A steady-state restart starts nothing.
+    fleet.kill_controller();
+    fleet.start_controller().unwrap();
+    let names: Vec<String> = fleet.agents.keys().cloned().collect();
+    fleet.wait_agents_state(&names, "online").await.unwrap();
+    let limits = fleet.ctl(&["limits", "--output", "json"]).unwrap().json();
+    assert_eq!(
+        (limits["running"].as_u64(), limits["waiting"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(count(&journals[0]) + count(&journals[1]), 2);
+}
