@@ -13,6 +13,8 @@ use serde::Deserialize;
 use tandem_proto::config::{self, ConfigError};
 use tandem_proto::tls::TlsFiles;
 
+use crate::schedule::Policy;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
@@ -34,6 +36,10 @@ pub struct ControllerConfig {
     /// `tandemctl limits`, which overrides these until changed again.
     #[serde(default)]
     pub limits: Limits,
+    /// The time zone calendar policies (`AT...`, `testdb`, `cron=`) are in,
+    /// e.g. "Europe/Moscow" or "UTC"; required when a set has one.
+    #[serde(default)]
+    pub time_zone: Option<String>,
     /// Which people (certificate names) have which role (SPEC O1).
     #[serde(default)]
     pub access: Access,
@@ -137,6 +143,16 @@ impl Access {
 pub struct SetConfig {
     pub name: String,
     pub members: Vec<MemberConfig>,
+    /// When the set is tested (SPEC T1; grammar in `schedule`): `off`,
+    /// `interval=SECONDS`, `ATwed0500,sun0300`, `signal`, `testdb`, `cron=...`.
+    #[serde(default)]
+    pub test: Policy,
+    /// When an archive copy (a copy without a test, SPEC T9) is made; same grammar.
+    #[serde(default)]
+    pub archive_copy: Policy,
+    /// Pack each copy into one archive file (SPEC T9).
+    #[serde(default)]
+    pub archive_file: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -199,6 +215,14 @@ impl ControllerConfig {
             tandem_proto::identity::validate_name(user)
                 .map_err(|e| invalid(format!("access.users.{user}"), e.to_string()))?;
         }
+        if let Some(tz) = &cfg.time_zone {
+            jiff::tz::TimeZone::get(tz).map_err(|e| {
+                invalid(
+                    "time_zone".into(),
+                    format!("unknown time zone `{tz}` ({e}); use an IANA name such as \"Europe/Moscow\" or \"UTC\""),
+                )
+            })?;
+        }
         let mut sets = HashSet::new();
         let mut agents = HashSet::new();
         for (i, set) in cfg.sets.iter().enumerate() {
@@ -210,6 +234,16 @@ impl ControllerConfig {
                     format!("{field}.name"),
                     format!("set `{}` is declared twice", set.name),
                 ));
+            }
+            for (what, p) in [("test", &set.test), ("archive_copy", &set.archive_copy)] {
+                if p.is_calendar() && cfg.time_zone.is_none() {
+                    return Err(invalid(
+                        format!("{field}.{what}"),
+                        format!(
+                            "`{p}` is a calendar policy and needs the time zone it is in: set `time_zone` (e.g. \"UTC\") at the top of the file"
+                        ),
+                    ));
+                }
             }
             if set.members.is_empty() {
                 return Err(invalid(
@@ -242,6 +276,15 @@ impl ControllerConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// The time zone of calendar policies (UTC when none is configured, which
+    /// `check` allows only when no set has a calendar policy).
+    pub fn tz(&self) -> jiff::tz::TimeZone {
+        self.time_zone
+            .as_deref()
+            .and_then(|t| jiff::tz::TimeZone::get(t).ok())
+            .unwrap_or(jiff::tz::TimeZone::UTC)
     }
 
     /// The set and member an agent is declared for.
@@ -303,6 +346,27 @@ mod tests {
         );
         let err = ControllerConfig::parse(Path::new("c.toml"), &text).unwrap_err();
         assert!(err.to_string().contains("offline_after"), "{err}");
+    }
+
+    #[test]
+    fn policies_parse_and_calendar_ones_need_a_time_zone() {
+        let text = BASE.replace(
+            "name = \"billing\"",
+            "name = \"billing\"\ntest = \"ATwed0500\"\narchive_copy = \"interval=3600\"",
+        );
+        let err = ControllerConfig::parse(Path::new("c.toml"), &text).unwrap_err();
+        assert!(err.to_string().contains("sets[0].test"), "{err}");
+        assert!(err.to_string().contains("time_zone"), "{err}");
+        let text = format!("time_zone = \"Europe/Moscow\"\n{text}");
+        let c = ControllerConfig::parse(Path::new("c.toml"), &text).unwrap();
+        assert_eq!(c.sets[0].test.to_string(), "ATwed0500");
+        assert_eq!(c.sets[0].archive_copy.to_string(), "interval=3600");
+        let bad = text.replace("ATwed0500", "ATwed2500");
+        let err = ControllerConfig::parse(Path::new("c.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("expected an hour"), "{err}");
+        let bad = text.replace("Europe/Moscow", "Mars/Olympus");
+        let err = ControllerConfig::parse(Path::new("c.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("unknown time zone"), "{err}");
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum ServiceError {
     NoSets,
     #[error("limits must be at least 1 (a limit of 0 would never run a test)")]
     BadLimits,
+    #[error("{0}")]
+    BadPolicy(String),
     #[error("--member needs exactly one set")]
     MemberNeedsOneSet,
     #[error("set `{set}` has no member `{member}`; `tandemctl show {set}` lists them")]
@@ -71,9 +73,10 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::UnknownSet { .. }
             | ServiceError::UnknownMember { .. }
             | ServiceError::UnknownRun { .. } => tonic::Status::not_found(msg),
-            ServiceError::NoSets | ServiceError::MemberNeedsOneSet | ServiceError::BadLimits => {
-                tonic::Status::invalid_argument(msg)
-            }
+            ServiceError::NoSets
+            | ServiceError::MemberNeedsOneSet
+            | ServiceError::BadLimits
+            | ServiceError::BadPolicy(_) => tonic::Status::invalid_argument(msg),
             ServiceError::NotYet { .. } => tonic::Status::unimplemented(msg),
             ServiceError::Invalid(_) => tonic::Status::invalid_argument(msg),
             ServiceError::Store(_) => tonic::Status::internal(msg),

@@ -81,6 +81,12 @@ pub struct Busy {
     pub host: String,
 }
 
+/// A busy place, with when its job started.
+struct Running {
+    busy: Busy,
+    since: Timestamp,
+}
+
 /// May a job on `set`, testing a member on `host`, start while `busy` run?
 pub fn admit(limits: &Limits, busy: &[Busy], set: &str, host: &str) -> Result<(), Wait> {
     if busy.iter().any(|b| b.set == set) {
@@ -154,6 +160,8 @@ struct Job {
     trace_id: String,
     /// The last reason given to the run, so it is said once per change.
     waiting: Option<Wait>,
+    /// When the job was queued.
+    since: Timestamp,
 }
 
 /// The member a job tests.
@@ -168,7 +176,13 @@ struct Target {
 #[derive(Default)]
 struct Queue {
     waiting: VecDeque<Job>,
-    busy: Vec<Busy>,
+    running: Vec<Running>,
+}
+
+impl Queue {
+    fn busy(&self) -> Vec<Busy> {
+        self.running.iter().map(|r| r.busy.clone()).collect()
+    }
 }
 
 pub struct Fleet {
@@ -179,6 +193,8 @@ pub struct Fleet {
     queue: Mutex<Queue>,
     limits: Mutex<Limits>,
     wake: Notify,
+    /// Notified when a job ends (the scheduler waits on it).
+    pub finished: Notify,
 }
 
 fn new_run_id() -> String {
@@ -216,6 +232,7 @@ impl Fleet {
             queue: Mutex::new(Queue::default()),
             limits: Mutex::new(limits),
             wake: Notify::new(),
+            finished: Notify::new(),
         }))
     }
 
@@ -259,13 +276,18 @@ impl Fleet {
     /// Jobs waiting and running now.
     pub fn queue_lengths(&self) -> (usize, usize) {
         let q = self.lock_queue();
-        (q.waiting.len(), q.busy.len())
+        (q.waiting.len(), q.running.len())
     }
 
-    /// Whether a job of `set` waits or runs now.
-    pub fn set_active(&self, set: &str) -> bool {
+    /// Since when a job of `set` waits or runs, if one does.
+    pub fn set_active_since(&self, set: &str) -> Option<Timestamp> {
         let q = self.lock_queue();
-        q.busy.iter().any(|b| b.set == set) || q.waiting.iter().any(|j| j.set == set)
+        q.running
+            .iter()
+            .filter(|r| r.busy.set == set)
+            .map(|r| r.since)
+            .chain(q.waiting.iter().filter(|j| j.set == set).map(|j| j.since))
+            .min()
     }
 
     /// A run's events: live, or rebuilt from the store for a run that
@@ -323,6 +345,7 @@ impl Fleet {
                     member: member.clone(),
                     trace_id: trace_id.clone(),
                     waiting: None,
+                    since: Timestamp::now(),
                 });
             }
         }
@@ -347,6 +370,7 @@ impl Fleet {
                     member: (!s.member.is_empty()).then_some(s.member.clone()),
                     trace_id: row.trace_id.clone(),
                     waiting: None,
+                    since: row.created_at,
                 };
                 match s.state {
                     RunSetState::Done => {
@@ -364,9 +388,12 @@ impl Fleet {
                             agent: s.agent.clone(),
                             address,
                         };
-                        self.lock_queue().busy.push(Busy {
-                            set: s.set.clone(),
-                            host: target.host.clone(),
+                        self.lock_queue().running.push(Running {
+                            busy: Busy {
+                                set: s.set.clone(),
+                                host: target.host.clone(),
+                            },
+                            since: row.created_at,
                         });
                         let this = self.clone();
                         let span = info_span!("testdb.resume", run.id = %row.id, set = %s.set);
@@ -399,20 +426,21 @@ impl Fleet {
     fn dispatch(self: &Arc<Self>) {
         let limits = self.limits();
         let mut q = self.lock_queue();
+        let mut busy = q.busy();
         let mut i = 0;
         while i < q.waiting.len() {
             let job = &q.waiting[i];
             let target = self.target(&job.set, job.member.as_deref());
             let host = target.as_ref().map(|t| t.host.clone()).unwrap_or_default();
             let admitted = match &target {
-                Ok(_) => admit(&limits, &q.busy, &job.set, &host),
+                Ok(_) => admit(&limits, &busy, &job.set, &host),
                 // Nothing will run on the set, only the set rule applies.
                 Err(_) => admit(
                     &Limits {
                         fleet: u32::MAX,
                         per_host: u32::MAX,
                     },
-                    &q.busy,
+                    &busy,
                     &job.set,
                     &host,
                 ),
@@ -420,9 +448,14 @@ impl Fleet {
             match admitted {
                 Ok(()) => {
                     let job = q.waiting.remove(i).expect("index checked");
-                    q.busy.push(Busy {
+                    let b = Busy {
                         set: job.set.clone(),
                         host,
+                    };
+                    busy.push(b.clone());
+                    q.running.push(Running {
+                        busy: b,
+                        since: Timestamp::now(),
                     });
                     let this = self.clone();
                     let span = info_span!("testdb.set", run.id = %job.run_id, set = %job.set);
@@ -641,7 +674,7 @@ impl Fleet {
                 Ok(None) => {
                     info!(set = %job.set, "the order never reached the agent; queued again");
                     let mut q = self.lock_queue();
-                    q.busy.retain(|b| b.set != job.set);
+                    q.running.retain(|r| r.busy.set != job.set);
                     q.waiting.push_front(job);
                     drop(q);
                     self.wake.notify_one();
@@ -709,8 +742,9 @@ impl Fleet {
             info!(run = %job.run_id, "run finished");
             job.run.push(done_event(&job.run_id));
         }
-        self.lock_queue().busy.retain(|b| b.set != job.set);
+        self.lock_queue().running.retain(|r| r.busy.set != job.set);
         self.wake.notify_one();
+        self.finished.notify_one();
     }
 
     /// Relay the agent's progress until the operation's result arrives.

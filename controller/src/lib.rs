@@ -16,6 +16,7 @@ pub mod error;
 pub mod fleet;
 pub mod inventory;
 pub mod schedule;
+pub mod scheduler;
 pub mod service;
 pub mod store;
 pub mod verdicts;
@@ -55,11 +56,14 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let fleet = fleet::Fleet::new(inventory.clone(), store.clone(), agents.clone()).await?;
     fleet.recover().await?;
     let dispatcher = tokio::spawn(fleet.clone().dispatch_loop(shutdown.clone()));
+    let scheduler = scheduler::Scheduler::new(inventory.clone(), store.clone(), fleet.clone());
+    let scheduling = tokio::spawn(scheduler.clone().run(shutdown.clone()));
     let service = service::ControllerService {
         inventory,
         store,
         agents,
         fleet,
+        scheduler,
     };
     tonic::transport::Server::builder()
         .tls_config(server_tls)?
@@ -74,6 +78,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     shutdown.cancel();
     let _ = liveness.await;
     let _ = dispatcher.await;
+    let _ = scheduling.await;
     info!("tandem-controller stopped");
     Ok(())
 }

@@ -20,6 +20,7 @@ use crate::config::{Access, UserRole};
 use crate::error::ServiceError;
 use crate::fleet::Fleet;
 use crate::inventory::{AgentView, Inventory};
+use crate::scheduler::{Policies, Scheduler};
 use crate::store::Store;
 
 pub struct ControllerService {
@@ -27,6 +28,21 @@ pub struct ControllerService {
     pub store: Store,
     pub agents: Arc<AgentClients>,
     pub fleet: Arc<Fleet>,
+    pub scheduler: Arc<Scheduler>,
+}
+
+fn policies_pb(p: &Policies) -> pb::Policies {
+    pb::Policies {
+        test: p.test.to_string(),
+        archive_copy: p.archive_copy.to_string(),
+        archive_file: p.archive_file,
+        source: if p.overridden {
+            "tandemctl"
+        } else {
+            "controller.toml"
+        }
+        .into(),
+    }
 }
 
 type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
@@ -284,22 +300,33 @@ impl pb::controller_server::Controller for ControllerService {
                 .await
                 .map_err(ServiceError::from)?
                 .unwrap_or(1);
+            let last = self
+                .store
+                .verdicts(set.name.clone(), 1)
+                .await
+                .map_err(ServiceError::from)?;
+            let policies = crate::scheduler::policies(&self.inventory, &self.store, &set.name)
+                .await
+                .map_err(ServiceError::from)?;
+            let next_test = if self.fleet.set_active_since(&set.name).is_some() {
+                None
+            } else {
+                policies.test.next_due(
+                    &cfg.tz(),
+                    jiff::Timestamp::now(),
+                    last.first().map(|v| v.at),
+                )
+            };
             sets.push(pb::SetView {
                 name: set.name.clone(),
                 generation,
                 members: self.member_views(set).await,
-                verdict: Some(
-                    self.store
-                        .verdicts(set.name.clone(), 1)
-                        .await
-                        .map_err(ServiceError::from)?
-                        .first()
-                        .map(|v| v.to_pb())
-                        .unwrap_or(pb::Verdict {
-                            kind: pb::VerdictKind::NeverTested as i32,
-                            ..Default::default()
-                        }),
-                ),
+                verdict: Some(last.first().map(|v| v.to_pb()).unwrap_or(pb::Verdict {
+                    kind: pb::VerdictKind::NeverTested as i32,
+                    ..Default::default()
+                })),
+                policies: Some(policies_pb(&policies)),
+                next_test: next_test.map(timestamp_to_wire),
             });
         }
         // Sets needing a repair first (SPEC C3), then in config order.
@@ -444,6 +471,58 @@ impl pb::controller_server::Controller for ControllerService {
                     message: e.message,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn set_policy(
+        &self,
+        req: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::SetPolicyResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set, "test": r.test, "archive_copy": r.archive_copy, "archive_file": r.archive_file, "reset": r.reset});
+        let result = async {
+            self.require(&who, UserRole::Admin, "SetPolicy")?;
+            let cfg = self.inventory.config();
+            if !cfg.sets.iter().any(|s| s.name == r.set) {
+                return Err(ServiceError::UnknownSet { set: r.set.clone() });
+            }
+            let parse = |what: &str, text: &Option<String>| -> Result<Option<crate::schedule::Policy>, ServiceError> {
+                let Some(text) = text else { return Ok(None) };
+                let p: crate::schedule::Policy = text
+                    .parse()
+                    .map_err(|e: crate::schedule::PolicyError| ServiceError::BadPolicy(format!("{what}: {e}")))?;
+                if p.is_calendar() && cfg.time_zone.is_none() {
+                    return Err(ServiceError::BadPolicy(format!(
+                        "{what}: `{p}` is a calendar policy and controller.toml has no `time_zone`; set one (e.g. \"UTC\") and restart the controller, or use interval=SECONDS"
+                    )));
+                }
+                Ok(Some(p))
+            };
+            let test = parse("test policy", &r.test)?;
+            let archive_copy = parse("archive-copy policy", &r.archive_copy)?;
+            if r.reset {
+                crate::scheduler::set_policies(&self.store, &r.set, None).await?;
+            } else {
+                let mut p = crate::scheduler::policies(&self.inventory, &self.store, &r.set).await?;
+                if let Some(t) = test {
+                    p.test = t;
+                }
+                if let Some(a) = archive_copy {
+                    p.archive_copy = a;
+                }
+                if let Some(f) = r.archive_file {
+                    p.archive_file = f;
+                }
+                crate::scheduler::set_policies(&self.store, &r.set, Some(&p)).await?;
+            }
+            self.scheduler.changed.notify_one();
+            Ok(crate::scheduler::policies(&self.inventory, &self.store, &r.set).await?)
+        }
+        .await;
+        self.audit(&who, "SetPolicy", args, &result).await;
+        Ok(Response::new(pb::SetPolicyResponse {
+            policies: Some(policies_pb(&result?)),
         }))
     }
 

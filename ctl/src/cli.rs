@@ -106,9 +106,38 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Change a set (admin role).
+    #[command(subcommand)]
+    Set(SetCommand),
     /// Certificates for a development fleet.
     #[command(subcommand)]
     Certs(CertsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SetCommand {
+    /// Change when a set is tested and archive-copied (persisted; overrides
+    /// controller.toml until --reset). Policies: `off`, `interval=SECONDS`
+    /// (from the previous test's end), `ATwed0500,sun0300` (weekly, in the
+    /// controller's time_zone; `AT*0300` every day), `testdb` (daily at
+    /// midnight), `signal` or `signal=SIGUSR1` (a signal to an agent starts
+    /// a test), `cron=MIN HOUR DOM MON DOW`.
+    Policy {
+        /// The set.
+        set: String,
+        /// The test policy.
+        #[arg(long)]
+        test: Option<String>,
+        /// The archive-copy policy (a copy without a test).
+        #[arg(long)]
+        archive_copy: Option<String>,
+        /// Pack each copy into one archive file: on or off.
+        #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+        archive_file: Option<bool>,
+        /// Go back to the policies in controller.toml.
+        #[arg(long, conflicts_with_all = ["test", "archive_copy", "archive_file"])]
+        reset: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -6,7 +6,7 @@ use tandem_proto::pb::controller_client::ControllerClient;
 use tandem_proto::propagation::{TracedChannel, traced};
 use tandem_proto::tls::TlsFiles;
 
-use crate::cli::{CertsCommand, Command, Connection};
+use crate::cli::{CertsCommand, Command, Connection, SetCommand};
 use crate::output::{self, OutputFormat};
 
 /// How a command ended when it ran.
@@ -36,6 +36,8 @@ pub enum CtlError {
     Refused { call: &'static str, message: String },
     #[error(transparent)]
     Certs(#[from] crate::certs::CertsError),
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl Connection {
@@ -229,6 +231,44 @@ pub async fn run(
                 output::audit_json(&entries),
                 output::audit_human(&entries),
             );
+            Ok(Outcome::Ok)
+        }
+        Command::Set(SetCommand::Policy {
+            set,
+            test,
+            archive_copy,
+            archive_file,
+            reset,
+        }) => {
+            if !reset && test.is_none() && archive_copy.is_none() && archive_file.is_none() {
+                return Err(CtlError::Usage(
+                    "say what to change: --test, --archive-copy, --archive-file or --reset (`tandemctl show SET` shows the policies)".into(),
+                ));
+            }
+            let p = conn
+                .connect()
+                .await?
+                .set_policy(pb::SetPolicyRequest {
+                    set: set.clone(),
+                    test,
+                    archive_copy,
+                    archive_file,
+                    reset,
+                })
+                .await
+                .map_err(refused("SetPolicy"))?
+                .into_inner()
+                .policies;
+            let json = serde_json::json!({"set": set, "policies": output::policies_json(&p)});
+            let p = p.unwrap_or_default();
+            let human = format!(
+                "set {set}: test {}, archive copy {}, archive file {} (from {})",
+                p.test,
+                p.archive_copy,
+                if p.archive_file { "on" } else { "off" },
+                p.source
+            );
+            print(format, json, human);
             Ok(Outcome::Ok)
         }
         Command::Certs(CertsCommand::Init {

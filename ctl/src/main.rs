@@ -46,6 +46,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Testdb { .. } => "testdb",
         Command::History { .. } => "history",
         Command::Limits { .. } => "limits",
+        Command::Set(_) => "set",
         Command::Certs(_) => "certs init",
     }
 }

@@ -266,10 +266,40 @@ pub fn sets_json(sets: &[pb::SetView]) -> Value {
                 "generation": s.generation,
                 "members": members,
                 "verdict": verdict_json(&s.verdict),
+                "policies": policies_json(&s.policies),
+                "next_test": ts(s.next_test),
             })
         })
         .collect();
     json!({ "sets": sets })
+}
+
+pub fn policies_json(p: &Option<pb::Policies>) -> Value {
+    let d = pb::Policies::default();
+    let p = p.as_ref().unwrap_or(&d);
+    json!({
+        "test": p.test,
+        "archive_copy": p.archive_copy,
+        "archive_file": p.archive_file,
+        "source": p.source,
+    })
+}
+
+fn policies_human(p: &Option<pb::Policies>, next: Option<prost_types::Timestamp>) -> String {
+    let d = pb::Policies::default();
+    let p = p.as_ref().unwrap_or(&d);
+    format!(
+        "  policy: test {}{}, archive copy {}{} (from {})",
+        p.test,
+        ts(next).map(|t| format!(" (next {t})")).unwrap_or_default(),
+        p.archive_copy,
+        if p.archive_file {
+            " packed into a file"
+        } else {
+            ""
+        },
+        p.source
+    )
 }
 
 pub fn sets_human(sets: &[pb::SetView]) -> String {
@@ -284,6 +314,8 @@ pub fn sets_human(sets: &[pb::SetView]) -> String {
             s.generation,
             verdict_summary(&s.verdict)
         ));
+        out.push_str(&policies_human(&s.policies, s.next_test));
+        out.push('\n');
         let rows: Vec<Vec<String>> = s
             .members
             .iter()
@@ -442,6 +474,7 @@ mod tests {
                 live: false,
             }],
             verdict: None,
+            ..Default::default()
         };
         let v = sets_json(&[set]);
         let m = &v["sets"][0]["members"][0];

@@ -271,3 +271,124 @@ async fn a_controller_killed_during_a_fleet_run_carries_it_on() {
     );
     assert_eq!(count(&journals[0]) + count(&journals[1]), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_policy_tests_back_to_back_and_a_promotion_is_seen() {
+    let fleet = Fleet::start(FleetSpec::new(&[("eps", 1)])).await.unwrap();
+    replicated(&fleet, "eps").await;
+
+    // Policies are an admin's, parsed with precise errors.
+    let bad = fleet
+        .ctl_as("admin", &["set", "policy", "eps", "--test", "ATwed25"])
+        .unwrap();
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(
+        bad.stderr
+            .contains("at character 5: expected an hour 00-23"),
+        "{}",
+        bad.stderr
+    );
+    let denied = fleet
+        .ctl(&["set", "policy", "eps", "--test", "interval=2"])
+        .unwrap();
+    assert!(denied.stderr.contains("needs the admin role"), "{denied:?}");
+    let set = fleet
+        .ctl_as(
+            "admin",
+            &[
+                "set",
+                "policy",
+                "eps",
+                "--test",
+                "interval=2",
+                "--output",
+                "json",
+            ],
+        )
+        .unwrap();
+    assert_eq!(set.code, 0, "{set:?}");
+    assert_eq!(set.json()["policies"]["test"], "interval=2");
+    assert_eq!(set.json()["policies"]["source"], "tandemctl");
+
+    // Two scheduled tests, the second 2 s after the first one's end.
+    let history = || -> anyhow::Result<Vec<Value>> {
+        let run = fleet.ctl(&["history", "eps", "--output", "json"])?;
+        let v: Value = serde_json::from_str(&run.stdout)?;
+        Ok(v["verdicts"].as_array().cloned().unwrap_or_default())
+    };
+    let h = wait_for(
+        "two scheduled tests",
+        Duration::from_secs(180),
+        Duration::from_millis(200),
+        || {
+            let h = history();
+            async move { Ok(h.ok().filter(|h| h.len() >= 2)) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+    let off = fleet
+        .ctl_as("admin", &["set", "policy", "eps", "--test", "off"])
+        .unwrap();
+    assert_eq!(off.code, 0, "{off:?}");
+    let (newer, older) = (&h[0], &h[1]);
+    for v in [newer, older] {
+        assert_eq!(v["kind"], "clean", "{v:#}");
+    }
+    let gap = ts(&newer["started_at"]).duration_since(ts(&older["at"]));
+    assert!(
+        gap >= jiff::SignedDuration::from_secs(2) && gap < jiff::SignedDuration::from_secs(15),
+        "the next test starts 2 s after the previous one's end, not its start: gap {gap:?}"
+    );
+
+    // No test runs any more; then a promotion makes eps-s1 the primary, and
+    // the controller sees it and records it.
+    wait_for(
+        "the fleet to be idle",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || {
+            let l = fleet.ctl(&["limits", "--output", "json"]);
+            async move {
+                let l: Value = serde_json::from_str(&l?.stdout)?;
+                Ok((l["running"] == 0 && l["waiting"] == 0).then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let pair = fleet.set("eps");
+    pair.standbys[0].promote().unwrap();
+    wait_for(
+        "eps-s1 to be seen as a primary",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let run = fleet.ctl(&["history", "eps", "--output", "json"]);
+            async move {
+                let v: Value = serde_json::from_str(&run?.stdout)?;
+                Ok(v["events"].as_array().and_then(|e| {
+                    e.iter()
+                        .find(|e| e["kind"] == "role")
+                        .map(|e| e["message"].as_str().unwrap_or("").to_owned())
+                }))
+            }
+        },
+    )
+    .await
+    .map(|message| {
+        assert!(
+            message.contains("eps-s1") && message.contains("is now the primary"),
+            "{message}"
+        )
+    })
+    .unwrap();
+    let show = fleet
+        .ctl(&["show", "eps", "--output", "json"])
+        .unwrap()
+        .json();
+    let members = show["sets"][0]["members"].as_array().unwrap();
+    let s1 = members.iter().find(|m| m["name"] == "eps-s1").unwrap();
+    assert_eq!(s1["role"], "primary", "{s1:#}");
+    assert!(show["sets"][0]["generation"].as_u64().unwrap() > 1);
+}

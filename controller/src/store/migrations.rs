@@ -93,4 +93,23 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX set_events_by_set ON set_events(set_name, id);
     "#,
+    // 4: policies changed with `tandemctl set policy` (they override the
+    // config's), and where each set's schedule stands.
+    r#"
+    CREATE TABLE policies (
+        set_name      TEXT PRIMARY KEY,
+        test          TEXT NOT NULL,
+        archive_copy  TEXT NOT NULL,
+        archive_file  INTEGER NOT NULL,
+        changed_at    TEXT NOT NULL
+    );
+    CREATE TABLE schedules (
+        set_name  TEXT NOT NULL,
+        purpose   TEXT NOT NULL,
+        policy    TEXT NOT NULL,
+        since     TEXT NOT NULL,
+        last_due  TEXT,
+        PRIMARY KEY (set_name, purpose)
+    );
+    "#,
 ];

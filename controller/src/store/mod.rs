@@ -10,8 +10,10 @@
 
 mod migrations;
 mod runs;
+mod schedules;
 
 pub use runs::{RunRow, RunSetRow, RunSetState, SetEvent};
+pub use schedules::{PolicyRow, ScheduleRow};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -385,6 +387,9 @@ mod tests {
                     host: None,
                 })
                 .collect(),
+            test: Default::default(),
+            archive_copy: Default::default(),
+            archive_file: false,
         }
     }
 

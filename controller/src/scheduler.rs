@@ -1,0 +1,239 @@
+//! The scheduler: starts each set's tests when its policy says (SPEC T1).
+//!
+//! The policy grammar and the decisions are pure logic in `schedule`; this
+//! is the loop with the I/O. For each set it builds the `ScheduleState` from
+//! the store (when the policy took effect, the last occurrence handled), the
+//! verdicts (when the last test finished, manual ones included) and the
+//! fleet (a test of the set waiting or running), asks `schedule::decide`,
+//! and acts: a due test becomes a fleet run (origin `schedule`, under the
+//! usual limits); an occurrence that fell while the previous test still ran
+//! is skipped and said so in the set's history; after downtime at most one
+//! catch-up run starts. It sleeps until the next due time, a test's end, a
+//! policy change or shutdown.
+//!
+//! Archive-copy policies (SPEC T9) are parsed, stored and shown; their runs
+//! come with the backup work, which adds the copy-and-pack operation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::fleet::Fleet;
+use crate::inventory::Inventory;
+use crate::schedule::{Decision, Policy, Running, ScheduleState, decide, describe_instant};
+use crate::store::{PolicyRow, ScheduleRow, Store, StoreError};
+
+/// The longest the loop sleeps without looking again (a safety net; every
+/// change that matters also wakes it).
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// A set's policies in force: set with `tandemctl set policy`, else the config's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policies {
+    pub test: Policy,
+    pub archive_copy: Policy,
+    pub archive_file: bool,
+    /// True when they come from `tandemctl set policy`.
+    pub overridden: bool,
+}
+
+pub async fn policies(inv: &Inventory, store: &Store, set: &str) -> Result<Policies, StoreError> {
+    if let Some(row) = store.policy(set.to_owned()).await? {
+        // Stored strings were parsed before they were stored.
+        return Ok(Policies {
+            test: row.test.parse().unwrap_or_default(),
+            archive_copy: row.archive_copy.parse().unwrap_or_default(),
+            archive_file: row.archive_file,
+            overridden: true,
+        });
+    }
+    let cfg = inv.config();
+    let declared = cfg.sets.iter().find(|s| s.name == set);
+    Ok(Policies {
+        test: declared.map(|s| s.test.clone()).unwrap_or_default(),
+        archive_copy: declared.map(|s| s.archive_copy.clone()).unwrap_or_default(),
+        archive_file: declared.is_some_and(|s| s.archive_file),
+        overridden: false,
+    })
+}
+
+/// Store a set's policies (`None`: back to the config's).
+pub async fn set_policies(
+    store: &Store,
+    set: &str,
+    p: Option<&Policies>,
+) -> Result<(), StoreError> {
+    store
+        .put_policy(
+            set.to_owned(),
+            p.map(|p| PolicyRow {
+                test: p.test.to_string(),
+                archive_copy: p.archive_copy.to_string(),
+                archive_file: p.archive_file,
+            }),
+        )
+        .await
+}
+
+pub struct Scheduler {
+    inventory: Arc<Inventory>,
+    store: Store,
+    fleet: Arc<Fleet>,
+    /// Notified when a policy changes.
+    pub changed: Notify,
+}
+
+impl Scheduler {
+    pub fn new(inventory: Arc<Inventory>, store: Store, fleet: Arc<Fleet>) -> Arc<Scheduler> {
+        Arc::new(Scheduler {
+            inventory,
+            store,
+            fleet,
+            changed: Notify::new(),
+        })
+    }
+
+    /// The schedule state of `set`'s tests under `policy`, now.
+    async fn state(
+        &self,
+        set: &str,
+        policy: &Policy,
+        now: Timestamp,
+    ) -> Result<ScheduleState, StoreError> {
+        let canonical = policy.to_string();
+        let row = match self.store.schedule(set.to_owned(), "test").await? {
+            Some(row) if row.policy == canonical => row,
+            // New, or changed: it takes effect now.
+            _ => {
+                let row = ScheduleRow {
+                    policy: canonical,
+                    since: now,
+                    last_due: None,
+                };
+                self.store
+                    .put_schedule(set.to_owned(), "test", row.clone())
+                    .await?;
+                row
+            }
+        };
+        let last = self.store.verdicts(set.to_owned(), 1).await?;
+        Ok(ScheduleState {
+            since: row.since,
+            last_due: row.last_due,
+            last_finished: last.first().map(|v| v.at),
+            running: self.fleet.set_active_since(set).map(Running::test),
+        })
+    }
+
+    /// Look at every set once; act on what is due. Returns when to look again.
+    pub async fn tick(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
+        let tz = self.inventory.config().tz();
+        let mut next: Option<Timestamp> = None;
+        let sets: Vec<String> = self
+            .inventory
+            .config()
+            .sets
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        for set in sets {
+            let policy = policies(&self.inventory, &self.store, &set).await?.test;
+            if matches!(policy, Policy::Off | Policy::Signal(_)) {
+                continue;
+            }
+            let state = self.state(&set, &policy, now).await?;
+            match decide(&policy, &tz, now, &state) {
+                Decision::Idle | Decision::WaitForRun => {}
+                Decision::WaitUntil(t) => next = Some(next.map_or(t, |n| n.min(t))),
+                Decision::Start {
+                    due,
+                    catch_up,
+                    missed,
+                } => {
+                    let run = self
+                        .fleet
+                        .start_run(vec![set.clone()], None, "schedule", String::new())
+                        .await?;
+                    info!(set, run, policy = %policy, due = %due, catch_up, missed, "scheduled test started");
+                    if catch_up {
+                        self.store
+                            .set_event(
+                                set.clone(),
+                                "schedule",
+                                format!(
+                                    "catch-up test (run {run}) for the {} occurrence{}",
+                                    describe_instant(due, &tz),
+                                    if missed > 0 {
+                                        format!("; {missed} older occurrence(s) missed while the controller was down are not run")
+                                    } else {
+                                        String::new()
+                                    }
+                                ),
+                            )
+                            .await?;
+                    }
+                    self.handled(&set, &policy, &state, due).await?;
+                    // Look again at once: the next occurrence.
+                    next = Some(now);
+                }
+                Decision::Skip { due, reason } => {
+                    info!(set, due = %due, "{reason}");
+                    self.store
+                        .set_event(set.clone(), "schedule", reason)
+                        .await?;
+                    self.handled(&set, &policy, &state, due).await?;
+                    next = Some(now);
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    async fn handled(
+        &self,
+        set: &str,
+        policy: &Policy,
+        state: &ScheduleState,
+        due: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.store
+            .put_schedule(
+                set.to_owned(),
+                "test",
+                ScheduleRow {
+                    policy: policy.to_string(),
+                    since: state.since,
+                    last_due: Some(due),
+                },
+            )
+            .await
+    }
+
+    /// Run until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let now = Timestamp::now();
+            let wait = match self.tick(now).await {
+                Ok(Some(t)) => Duration::try_from(t.duration_since(now))
+                    .unwrap_or(Duration::ZERO)
+                    .min(MAX_SLEEP),
+                Ok(None) => MAX_SLEEP,
+                Err(e) => {
+                    warn!(error = %e, "scheduler: store failed; trying again");
+                    Duration::from_secs(5)
+                }
+            };
+            // Cancel-safe: each branch only waits.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.fleet.finished.notified() => {}
+                _ = self.changed.notified() => {}
+            }
+        }
+    }
+}
