@@ -3,7 +3,8 @@
 # a PostgreSQL primary and a streaming standby, a controller and four agents
 # on loopback, talking mutual TLS.
 #
-#   deploy/demo.sh up       build, create (or keep) the fleet, print `tandemctl show`
+#   deploy/demo.sh up       build, create (or keep) the fleet, print `tandemctl show`,
+#                           then run the main job: `tandemctl testdb --all`
 #   deploy/demo.sh status   print `tandemctl show` for a running demo
 #   deploy/demo.sh down     stop everything and remove the demo directory
 #
@@ -146,6 +147,7 @@ up() {
   if all_running; then
     say "demo already running in $DEMO_DIR"
     status
+    main_job
     return
   fi
   if [ -e "$DEMO_DIR" ]; then
@@ -165,13 +167,23 @@ up() {
     for m in "${MEMBERS[@]}"; do agents+=("$set-$m"); done
   done
   say "certificates (tandemctl certs init)"
-  ctl certs init --dir "$DEMO_DIR/certs" --agents "$(IFS=,; echo "${agents[*]}")" --users operator >/dev/null
+  ctl certs init --dir "$DEMO_DIR/certs" --agents "$(IFS=,; echo "${agents[*]}")" --users operator,admin >/dev/null
 
   {
     echo "listen = \"127.0.0.1:$BASE_PORT\""
     echo "store = \"$DEMO_DIR/controller.db\""
     echo 'heartbeat_interval = "1s"'
     echo 'offline_after = "5s"'
+    echo 'time_zone = "UTC"'
+    echo
+    echo '# Both sets live on this one host: let their tests run side by side.'
+    echo '[limits]'
+    echo 'fleet = 2'
+    echo 'per_host = 2'
+    echo
+    echo '[access]'
+    echo 'default_role = "viewer"'
+    echo 'users = { operator = "operator", admin = "admin" }'
     echo
     echo '[tls]'
     echo "ca = \"$DEMO_DIR/certs/ca.pem\""
@@ -226,15 +238,32 @@ up() {
     sleep 0.5
   done
   status
+  main_job
   cat >&2 <<EOF
 
 Demo is up. Next:
   . $env
   tandemctl show                 # sets, members, roles, verdicts
+  tandemctl testdb billing       # test one set again
+  tandemctl history billing      # its verdicts and events
+  TANDEM_CERT=$DEMO_DIR/certs/user-admin.pem TANDEM_KEY=$DEMO_DIR/certs/user-admin-key.pem \\
+    tandemctl set policy crm --test interval=600   # test crm every 10 min after the last test
   tandemctl agents --output json
   psql -h \$TANDEM_DEMO_BILLING_DB1_PGHOST -p \$TANDEM_DEMO_BILLING_DB1_PGPORT -U postgres
   deploy/demo.sh down            # stop and remove everything
 EOF
+}
+
+# The demo's main job: test every set's standby and print the verdicts.
+main_job() {
+  say "the main job: tandemctl testdb --all"
+  local rc=0
+  ctl testdb --all || rc=$?
+  case $rc in
+    0) say "every set is clean" ;;
+    1) say "errors found: the sets above need a repair on the primary with the whole set halted" ;;
+    *) die "tandemctl testdb --all could not run every test (exit $rc); see $DEMO_DIR/logs/" ;;
+  esac
 }
 
 status() {
