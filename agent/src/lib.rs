@@ -7,7 +7,9 @@
 //! then waits for the operation's clean-up (standby back, journal written,
 //! event hook run) before returning. The engine (`engine`) is the only code
 //! that touches the database; it runs its tools through `runner` as the
-//! database's OS user. `events` runs the event hook and tells the controller.
+//! database's OS user. `run` is the PostgreSQL agent; `run_with_engine`
+//! runs the same agent on any [`engine::Engine`] (the scale benchmark uses
+//! `engine::simulated`). `events` runs the event hook and tells the controller.
 
 pub mod actions;
 pub mod config;
@@ -17,6 +19,7 @@ pub mod ops;
 pub mod registration;
 pub mod runner;
 pub mod service;
+pub mod signals;
 
 use std::sync::Arc;
 
@@ -28,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::AgentConfig;
+use crate::engine::Engine;
 use crate::engine::postgres::PostgresEngine;
 use crate::runner::Runner;
 
@@ -37,10 +41,20 @@ pub fn engine_for(cfg: &AgentConfig) -> anyhow::Result<PostgresEngine> {
     Ok(PostgresEngine::new(cfg.postgres.clone(), runner, &cfg.home))
 }
 
-/// Run the agent until `shutdown` is cancelled.
+/// Run the agent on its PostgreSQL server until `shutdown` is cancelled.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let cfg = Arc::new(cfg);
-    let engine = Arc::new(engine_for(&cfg)?);
+    let engine = engine_for(&cfg)?;
+    info!(bin_dir = %engine.bin_dir().display(), "PostgreSQL tools");
+    run_with_engine(Arc::new(cfg), Arc::new(engine), shutdown).await
+}
+
+/// Run the agent with `engine` until `shutdown` is cancelled: the gRPC
+/// server, the registration loop and the operations, then their clean-up.
+pub async fn run_with_engine<E: Engine>(
+    cfg: Arc<AgentConfig>,
+    engine: Arc<E>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.home).with_context(|| {
         format!(
             "cannot create the agent's home {} (field `home`)",
@@ -65,7 +79,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                 cfg.listen
             )
         })?;
-    info!(listen = %cfg.listen, set = %cfg.set, member = %cfg.member(), bin_dir = %engine.bin_dir().display(), "tandem-agent started");
+    info!(listen = %cfg.listen, set = %cfg.set, member = %cfg.member(), data_dir = %engine.data_dir().display(), "tandem-agent started");
 
     let service = service::AgentService {
         agent: cfg.name.clone(),
@@ -74,6 +88,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         engine: engine.clone(),
         ops: ops.clone(),
     };
+    let signals = tokio::spawn(signals::run(
+        cfg.clone(),
+        ops.clone(),
+        controller.clone(),
+        shutdown.clone(),
+    ));
     let registration = tokio::spawn(registration::run(
         cfg.clone(),
         engine,
@@ -100,6 +120,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     }
     ops.shutdown().await;
     let _ = registration.await;
+    let _ = signals.await;
     info!("tandem-agent stopped");
     Ok(())
 }

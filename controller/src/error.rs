@@ -46,6 +46,14 @@ pub enum ServiceError {
     BadLimits,
     #[error("{0}")]
     BadPolicy(String),
+    #[error(
+        "set `{set}`'s test policy is `{policy}`, so {signal} starts no test; an admin sets `tandemctl set policy {set} --test signal={signal}`"
+    )]
+    NotSignalPolicy {
+        set: String,
+        policy: String,
+        signal: String,
+    },
     #[error("--member needs exactly one set")]
     MemberNeedsOneSet,
     #[error("set `{set}` has no member `{member}`; `tandemctl show {set}` lists them")]
@@ -67,9 +75,9 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Forbidden { .. }
             | ServiceError::NeedsRole { .. }
             | ServiceError::NotYourName { .. } => tonic::Status::permission_denied(msg),
-            ServiceError::NotDeclared { .. } | ServiceError::WrongMembership { .. } => {
-                tonic::Status::failed_precondition(msg)
-            }
+            ServiceError::NotDeclared { .. }
+            | ServiceError::WrongMembership { .. }
+            | ServiceError::NotSignalPolicy { .. } => tonic::Status::failed_precondition(msg),
             ServiceError::UnknownSet { .. }
             | ServiceError::UnknownMember { .. }
             | ServiceError::UnknownRun { .. } => tonic::Status::not_found(msg),

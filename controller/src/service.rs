@@ -267,6 +267,91 @@ impl pb::controller_server::Controller for ControllerService {
         Ok(Response::new(pb::ReportEventResponse {}))
     }
 
+    async fn request_test(
+        &self,
+        req: Request<pb::RequestTestRequest>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"agent": r.agent, "signal": r.signal});
+        let result = async {
+            require_agent(&who, &r.agent, "RequestTest")?;
+            let (set, _) = self.inventory.config().member_of(&r.agent).ok_or_else(|| {
+                ServiceError::NotDeclared {
+                    agent: r.agent.clone(),
+                }
+            })?;
+            let set = set.name.clone();
+            let policy = crate::scheduler::policies(&self.inventory, &self.store, &set)
+                .await?
+                .test;
+            if policy.signal().map(|s| s.name()) != Some(r.signal.as_str()) {
+                return Err(ServiceError::NotSignalPolicy {
+                    set,
+                    policy: policy.to_string(),
+                    signal: r.signal.clone(),
+                });
+            }
+            Ok(self
+                .fleet
+                .start_run(
+                    vec![set],
+                    None,
+                    "signal",
+                    current_trace_id().unwrap_or_default(),
+                )
+                .await?)
+        }
+        .await;
+        self.audit(&who, "RequestTest", args, &result).await;
+        Ok(Response::new(pb::StartRunResponse { run_id: result? }))
+    }
+
+    async fn report_local_result(
+        &self,
+        req: Request<pb::ReportLocalResultRequest>,
+    ) -> Result<Response<pb::ReportLocalResultResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let op = r
+            .result
+            .as_ref()
+            .map(|x| x.operation_id.clone())
+            .unwrap_or_default();
+        let args = serde_json::json!({"agent": r.agent, "operation_id": op});
+        let result = async {
+            require_agent(&who, &r.agent, "ReportLocalResult")?;
+            let (set, member) = self
+                .inventory
+                .config()
+                .member_of(&r.agent)
+                .ok_or_else(|| ServiceError::NotDeclared {
+                    agent: r.agent.clone(),
+                })?;
+            let result = r
+                .result
+                .as_ref()
+                .ok_or(tandem_proto::model::ModelError::Missing { field: "result" })?;
+            let v = crate::verdicts::Verdict::from_result(&member.name, result, String::new());
+            let message = format!(
+                "agent {} tested member {} by itself while the controller was unreachable (operation {}): {}",
+                r.agent,
+                member.name,
+                result.operation_id,
+                v.kind.as_str()
+            );
+            self.store.record_verdict(set.name.clone(), v).await?;
+            self.store
+                .set_event(set.name.clone(), "signal", message)
+                .await?;
+            Ok(())
+        }
+        .await;
+        self.audit(&who, "ReportLocalResult", args, &result).await;
+        result?;
+        Ok(Response::new(pb::ReportLocalResultResponse {}))
+    }
+
     async fn list_agents(
         &self,
         req: Request<pb::ListAgentsRequest>,

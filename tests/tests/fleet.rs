@@ -28,6 +28,24 @@ fn verdicts(run: &Value) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// `tandemctl history SET` once it has at least `n` verdicts.
+async fn history_with(fleet: &Fleet, set: &str, n: usize) -> Value {
+    wait_for(
+        &format!("{n} verdict(s) for {set}"),
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || {
+            let h = fleet
+                .ctl(&["history", set, "--output", "json"])
+                .ok()
+                .and_then(|r| serde_json::from_str::<Value>(&r.stdout).ok());
+            async move { Ok(h.filter(|h| h["verdicts"].as_array().is_some_and(|v| v.len() >= n))) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()))
+}
+
 async fn replicated(fleet: &Fleet, set: &str) {
     let pair = fleet.set(set);
     for s in &pair.standbys {
@@ -391,4 +409,61 @@ async fn an_interval_policy_tests_back_to_back_and_a_promotion_is_seen() {
     let s1 = members.iter().find(|m| m["name"] == "eps-s1").unwrap();
     assert_eq!(s1["role"], "primary", "{s1:#}");
     assert!(show["sets"][0]["generation"].as_u64().unwrap() > 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_asks_for_a_test_and_an_agent_alone_tests_by_itself() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let mut fleet = Fleet::start(FleetSpec::new(&[("zeta", 1)])).await.unwrap();
+    replicated(&fleet, "zeta").await;
+    let set = fleet
+        .ctl_as("admin", &["set", "policy", "zeta", "--test", "signal"])
+        .unwrap();
+    assert_eq!(set.code, 0, "{set:?}");
+    let pid =
+        |fleet: &Fleet| Pid::from_raw(fleet.agents["zeta-s1"].proc.as_ref().unwrap().pid() as i32);
+    // SIGALRM to the standby's agent: the controller runs the test.
+    kill(pid(&fleet), Signal::SIGALRM).unwrap();
+    let h = history_with(&fleet, "zeta", 1).await;
+    assert_eq!(h["verdicts"][0]["kind"], "clean", "{h:#}");
+
+    // Without a controller the agent tests by itself and reports the
+    // result once the controller is back.
+    fleet.kill_controller();
+    kill(pid(&fleet), Signal::SIGALRM).unwrap();
+    let journal = fleet.agent_home("zeta-s1").join("journal");
+    wait_for(
+        "the agent's own test to finish",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || {
+            let local_done = std::fs::read_dir(&journal)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|t| serde_json::from_str::<Value>(&t).ok())
+                .any(|r| {
+                    r["request_id"]
+                        .as_str()
+                        .is_some_and(|x| x.starts_with("local/"))
+                        && r["finished_at"].is_string()
+                });
+            async move { Ok(local_done.then_some(())) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+    fleet.start_controller().unwrap();
+    let h = history_with(&fleet, "zeta", 2).await;
+    assert_eq!(h["verdicts"][0]["kind"], "clean", "{h:#}");
+    let events = h["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "signal" && e["message"].as_str().unwrap().contains("by itself")),
+        "{events:#?}"
+    );
 }

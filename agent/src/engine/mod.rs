@@ -5,12 +5,14 @@
 //! and the one every claim is proven on: `postgres` (facts, live stop/start),
 //! `private` (a throwaway instance on a copy, and the checks), `copy` (the
 //! ordered, hashed copy of a stopped data directory), `findings` (reading the
-//! check tools' output).
+//! check tools' output). [`simulated::SimulatedEngine`] answers the trait
+//! without a database, for the controller's scale benchmark only.
 
 pub mod copy;
 pub mod findings;
 pub mod postgres;
 pub mod private;
+pub mod simulated;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
