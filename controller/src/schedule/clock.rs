@@ -75,7 +75,7 @@ impl Clock {
 /// against whatever changes the state (a run finished, the policy changed,
 /// shutdown), then record the decision and call again:
 ///
-/// ```ignore
+/// ```text
 /// loop {
 ///     tokio::select! {
 ///         d = next_decision(&clock, &policy, &tz, &state) => { /* start or record the skip; update state */ }
