@@ -382,9 +382,16 @@ impl Fleet {
                     RunSetState::Starting | RunSetState::Running => {
                         let view = self.inventory.get(&s.agent);
                         let address = view.map(|v| v.row.address).unwrap_or_default();
+                        let declared = self.declared(&s.set, &s.agent);
                         let target = Target {
-                            member: self.member_of_agent(&s.set, &s.agent),
-                            host: self.host(&s.set, &s.agent, &address),
+                            member: declared
+                                .as_ref()
+                                .map(|m| m.name.clone())
+                                .unwrap_or_default(),
+                            // The host a member runs on: declared, or its agent's address.
+                            host: declared
+                                .and_then(|m| m.host)
+                                .unwrap_or_else(|| host_of(&address).to_owned()),
                             agent: s.agent.clone(),
                             address,
                         };
@@ -479,27 +486,15 @@ impl Fleet {
         }
     }
 
-    fn member_of_agent(&self, set: &str, agent: &str) -> String {
+    /// The declared member of `set` that `agent` serves.
+    fn declared(&self, set: &str, agent: &str) -> Option<crate::config::MemberConfig> {
         self.inventory
             .config()
             .sets
             .iter()
             .find(|s| s.name == set)
             .and_then(|s| s.members.iter().find(|m| m.agent() == agent))
-            .map(|m| m.name.clone())
-            .unwrap_or_default()
-    }
-
-    /// The host a member runs on: declared, or its agent's address.
-    fn host(&self, set: &str, agent: &str, address: &str) -> String {
-        self.inventory
-            .config()
-            .sets
-            .iter()
-            .find(|s| s.name == set)
-            .and_then(|s| s.members.iter().find(|m| m.agent() == agent))
-            .and_then(|m| m.host.clone())
-            .unwrap_or_else(|| host_of(address).to_owned())
+            .cloned()
     }
 
     /// The member to test: the named one, or the set's streaming standby as
