@@ -4,4 +4,5 @@ pub mod fleet;
 pub mod otlp;
 pub mod pg;
 pub mod procs;
+pub mod scale;
 pub mod wait;

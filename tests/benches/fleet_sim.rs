@@ -1,0 +1,878 @@
+//! Scale benchmark of the controller: one real `tandem-controller` process
+//! and a fleet of SIMULATED agents (by default 1,000: 500 sets of a primary
+//! and a standby), timing `tandemctl testdb --all` against the ideal wall
+//! time the fleet limits allow.
+//!
+//! ```text
+//! cargo build --release -p tandem-controller -p tandem-ctl
+//! cargo bench -p tandem-tests --bench fleet_sim
+//! TANDEM_BENCH_AGENTS=20 cargo bench -p tandem-tests --bench fleet_sim   # CI smoke
+//! ```
+//!
+//! What is real: the certificates (`tandemctl certs init`), the controller
+//! binary (its own process, so its peak memory is its own), `tandemctl`, and
+//! in every agent everything above the engine: the gRPC server with mTLS on
+//! its own loopback port, registration and heartbeats, operations, the
+//! journal and the testdb step list with its preconditions. What is
+//! simulated: the database, through
+//! `tandem_agent::engine::simulated::SimulatedEngine`, whose steps sleep for
+//! fixed times and which always finds a clean copy. The agents run in this
+//! process on one tokio runtime, which is what makes a thousand of them fit
+//! on one machine. This measures the controller; it proves nothing about
+//! testdb itself.
+//!
+//! Settings (environment):
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `TANDEM_BENCH_AGENTS` | 1000 | agents (even: a primary and a standby per set) |
+//! | `TANDEM_BENCH_HOSTS` | 50 | host names the members are spread over |
+//! | `TANDEM_BENCH_TEST_MS` | 2000 | simulated duration D of one test, all steps |
+//! | `TANDEM_BENCH_FLEET_LIMIT` | 100 | `[limits] fleet` |
+//! | `TANDEM_BENCH_PER_HOST_LIMIT` | 2 | `[limits] per_host` |
+//! | `TANDEM_BENCH_HEARTBEAT_MS` | 2000 | heartbeat interval (controller and agents) |
+//! | `TANDEM_BENCH_IDLE_SECS` | 10 | how long to watch the idle controller's CPU |
+//! | `TANDEM_BENCH_CONTROLLER_NOFILE` | (inherit) | soft RLIMIT_NOFILE for the controller process, e.g. 1024 to see whether it needs more |
+//! | `TANDEM_BENCH_AGENT_DIR` | `/dev/shm` | where the agents' homes go (see below) |
+//! | `TANDEM_BENCH_STORE_DIR` | a temporary directory | where the controller's store goes (e.g. `/dev/shm` to see what its fsyncs cost) |
+//! | `TANDEM_KEEP_TEST_DIRS` | 0 | 1: keep the directories and the controller's log |
+//!
+//! The binaries are found by `tandem_tests::procs::bin_path`: under `cargo
+//! bench` that is `target/release/` (override with
+//! `CARGO_BIN_EXE_tandem-controller` and `CARGO_BIN_EXE_tandemctl`). A
+//! warning is printed when a binary is older than its sources.
+//!
+//! The agents' homes and archive directories go to tmpfs (`/dev/shm`) when
+//! it exists: every step of every test writes and fsyncs the agent's
+//! journal, and a thousand agents sharing this machine's one disk would
+//! measure that disk, where real agents each have their own. The
+//! controller's store stays on disk (a temporary directory): it is part of
+//! what is measured.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+use tandem_agent::config::AgentConfig;
+use tandem_agent::engine::simulated::{SimulatedDurations, SimulatedEngine};
+use tandem_proto::model::Role;
+use tandem_tests::fleet::{CtlRun, run_ctl_raw};
+use tandem_tests::procs::{Proc, bin_path, workspace_root};
+use tandem_tests::scale::{
+    Ideal, Member, ProcSample, Sampler, ideal, layout, proc_sample, raise_nofile, summary,
+    turnarounds,
+};
+use tandem_tests::wait::free_port;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+const MIB: u64 = 1024 * 1024;
+
+/// The benchmark's knobs; see the module documentation.
+#[derive(Debug, Clone)]
+struct Settings {
+    agents: usize,
+    hosts: usize,
+    test: Duration,
+    fleet_limit: usize,
+    per_host_limit: usize,
+    heartbeat: Duration,
+    idle: Duration,
+    controller_nofile: Option<u64>,
+    agent_dir: PathBuf,
+    store_dir: Option<PathBuf>,
+    keep: bool,
+}
+
+fn env_num(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a whole number")),
+        _ => Ok(default),
+    }
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Settings> {
+        let agents = env_num("TANDEM_BENCH_AGENTS", 1000)? as usize;
+        ensure!(
+            agents >= 2 && agents.is_multiple_of(2),
+            "TANDEM_BENCH_AGENTS must be even and at least 2 (a primary and a standby per set)"
+        );
+        let hosts = env_num("TANDEM_BENCH_HOSTS", 50)? as usize;
+        ensure!(hosts >= 1, "TANDEM_BENCH_HOSTS must be at least 1");
+        let fleet_limit = env_num("TANDEM_BENCH_FLEET_LIMIT", 100)? as usize;
+        let per_host_limit = env_num("TANDEM_BENCH_PER_HOST_LIMIT", 2)? as usize;
+        ensure!(
+            fleet_limit >= 1 && per_host_limit >= 1,
+            "the limits must be at least 1"
+        );
+        let default_dir = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        Ok(Settings {
+            agents,
+            hosts,
+            test: Duration::from_millis(env_num("TANDEM_BENCH_TEST_MS", 2000)?),
+            fleet_limit,
+            per_host_limit,
+            heartbeat: Duration::from_millis(env_num("TANDEM_BENCH_HEARTBEAT_MS", 2000)?.max(1)),
+            idle: Duration::from_secs(env_num("TANDEM_BENCH_IDLE_SECS", 10)?),
+            controller_nofile: std::env::var("TANDEM_BENCH_CONTROLLER_NOFILE")
+                .ok()
+                .map(|v| v.parse())
+                .transpose()
+                .context("TANDEM_BENCH_CONTROLLER_NOFILE is not a number")?,
+            agent_dir: std::env::var_os("TANDEM_BENCH_AGENT_DIR")
+                .map(PathBuf::from)
+                .unwrap_or(default_dir),
+            store_dir: std::env::var_os("TANDEM_BENCH_STORE_DIR").map(PathBuf::from),
+            keep: std::env::var("TANDEM_KEEP_TEST_DIRS").is_ok_and(|v| v == "1"),
+        })
+    }
+
+    fn sets(&self) -> usize {
+        self.agents / 2
+    }
+}
+
+/// Warn when `bin` is older than a source file of the crates it is built
+/// from: the figures would be those of an old build.
+fn warn_if_stale(bin: &Path, crates: &[&str]) {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return;
+    };
+    let root = workspace_root();
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    let mut stack: Vec<PathBuf> = crates.iter().map(|c| root.join(c)).collect();
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p
+                .extension()
+                .is_some_and(|x| x == "rs" || x == "proto" || x == "toml")
+                && let Ok(m) = e.metadata().and_then(|m| m.modified())
+                && newest.as_ref().is_none_or(|(t, _)| m > *t)
+            {
+                newest = Some((m, p));
+            }
+        }
+    }
+    if let Some((t, p)) = newest
+        && t > built
+    {
+        eprintln!(
+            "WARNING: {} is older than {}; rebuild: cargo build --release -p tandem-controller -p tandem-ctl",
+            bin.display(),
+            p.display()
+        );
+    }
+}
+
+fn ctl_env(certs: &Path, url: &str) -> Vec<(String, String)> {
+    let c = certs.display();
+    vec![
+        ("TANDEM_CONTROLLER".into(), url.to_owned()),
+        ("TANDEM_CA".into(), format!("{c}/ca.pem")),
+        ("TANDEM_CERT".into(), format!("{c}/user-operator.pem")),
+        ("TANDEM_KEY".into(), format!("{c}/user-operator-key.pem")),
+    ]
+}
+
+fn controller_toml(
+    s: &Settings,
+    members: &[Member],
+    certs: &Path,
+    store: &Path,
+    port: u16,
+) -> String {
+    let hb = s.heartbeat.as_millis();
+    let mut t = format!(
+        "# Written by tests/benches/fleet_sim.rs: {agents} simulated agents.\n\
+         listen = \"127.0.0.1:{port}\"\n\
+         store = \"{store}\"\n\
+         heartbeat_interval = \"{hb}ms\"\n\
+         offline_after = \"{offline}ms\"\n\
+         status_timeout = \"10s\"\n\n\
+         [tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/controller.pem\"\nkey = \"{c}/controller-key.pem\"\n\n\
+         [limits]\nfleet = {fleet}\nper_host = {per_host}\n\n\
+         [access]\nusers = {{ operator = \"operator\" }}\n",
+        agents = s.agents,
+        store = store.display(),
+        offline = (hb * 5).max(10_000),
+        c = certs.display(),
+        fleet = s.fleet_limit,
+        per_host = s.per_host_limit,
+    );
+    for pair in members.chunks(2) {
+        let ms: Vec<String> = pair
+            .iter()
+            .map(|m| {
+                format!(
+                    "{{ name = \"{}\", agent = \"{}\", host = \"{}\" }}",
+                    m.member, m.agent, m.host
+                )
+            })
+            .collect();
+        let _ = write!(
+            t,
+            "\n[[sets]]\nname = \"{}\"\nmembers = [{}]\n",
+            pair[0].set,
+            ms.join(", ")
+        );
+    }
+    t
+}
+
+fn agent_toml(
+    m: &Member,
+    port: u16,
+    controller_url: &str,
+    certs: &Path,
+    home: &Path,
+    heartbeat: Duration,
+) -> String {
+    format!(
+        "name = \"{agent}\"\nset = \"{set}\"\nmember = \"{member}\"\nlisten = \"127.0.0.1:{port}\"\n\
+         controller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n\n\
+         [tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{agent}.pem\"\nkey = \"{c}/agent-{agent}-key.pem\"\n\n\
+         [postgres]\ndata_dir = \"/simulated/{agent}\"\narchive_dir = \"{archive}\"\n\n\
+         [testdb]\nfree_space_reserve_mib = 64\n",
+        agent = m.agent,
+        set = m.set,
+        member = m.member,
+        home = home.join("home").display(),
+        archive = home.join("archive").display(),
+        hb = heartbeat.as_millis(),
+        c = certs.display(),
+    )
+}
+
+/// Count the agents in each state in `tandemctl agents --output json`.
+fn agent_states(run: &CtlRun) -> anyhow::Result<BTreeMap<String, usize>> {
+    let v: Value = serde_json::from_str(&run.stdout)
+        .with_context(|| format!("tandemctl agents printed no JSON: {}", run.stderr.trim()))?;
+    let mut out = BTreeMap::new();
+    for a in v["agents"].as_array().into_iter().flatten() {
+        *out.entry(a["state"].as_str().unwrap_or("?").to_owned())
+            .or_insert(0) += 1;
+    }
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    let rt = match tandem_proto::process::start("fleet_sim") {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(bench()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fleet_sim: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn bench() -> anyhow::Result<ExitCode> {
+    let s = Settings::from_env()?;
+    let _log = tandem_proto::telemetry::init(
+        "fleet_sim",
+        tandem_proto::telemetry::LogFormat::Human,
+        "warn",
+    )?;
+    let (soft, hard) = raise_nofile()?;
+    eprintln!(
+        "fleet_sim: {} agents, {} sets, {} hosts, test {} ms; RLIMIT_NOFILE of this process: soft {soft} raised to {hard}",
+        s.agents,
+        s.sets(),
+        s.hosts,
+        s.test.as_millis()
+    );
+    let build = "cargo build --release -p tandem-controller -p tandem-ctl";
+    let controller_bin = bin_path("tandem-controller").context(build)?;
+    let ctl_bin = bin_path("tandemctl").context(build)?;
+    eprintln!(
+        "fleet_sim: {} and {}",
+        controller_bin.display(),
+        ctl_bin.display()
+    );
+    warn_if_stale(&controller_bin, &["controller", "proto"]);
+    warn_if_stale(&ctl_bin, &["ctl", "proto"]);
+
+    let dir = tempfile::Builder::new()
+        .prefix("tandem-fleet-sim-")
+        .tempdir()?;
+    let agent_root = tempfile::Builder::new()
+        .prefix("tandem-fleet-sim-agents-")
+        .tempdir_in(&s.agent_dir)
+        .with_context(|| format!("create a directory in {}", s.agent_dir.display()))?;
+    let store_dir = match &s.store_dir {
+        Some(d) => Some(
+            tempfile::Builder::new()
+                .prefix("tandem-fleet-sim-store-")
+                .tempdir_in(d)
+                .with_context(|| format!("create a directory in {}", d.display()))?,
+        ),
+        None => None,
+    };
+    let store = store_dir
+        .as_ref()
+        .map_or(dir.path(), |d| d.path())
+        .join("controller.db");
+    let result = run_bench(&s, dir.path(), agent_root.path(), &store, &controller_bin).await;
+    if s.keep || result.is_err() {
+        eprintln!(
+            "fleet_sim: kept {} (controller log in logs/), {} and {}",
+            dir.keep().display(),
+            agent_root.keep().display(),
+            store.display()
+        );
+        if let Some(d) = store_dir {
+            let _ = d.keep();
+        }
+    }
+    result
+}
+
+/// The controller process and how to reach it.
+struct Controller {
+    proc: Proc,
+    url: String,
+    /// `tandemctl`'s environment, as the operator.
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+}
+
+async fn run_bench(
+    s: &Settings,
+    dir: &Path,
+    agent_root: &Path,
+    store: &Path,
+    controller_bin: &Path,
+) -> anyhow::Result<ExitCode> {
+    let members = layout(s.sets(), s.hosts);
+    let certs = dir.join("certs");
+    let certs_time = make_certs(&members, &certs)?;
+    eprintln!(
+        "fleet_sim: tandemctl certs init for the controller, {} agents and 1 user: {:.2} s",
+        s.agents,
+        certs_time.as_secs_f64()
+    );
+
+    let mut controller = start_controller(s, &members, dir, &certs, store, controller_bin).await?;
+    let pid = controller.pid();
+    let sampler = Sampler::start(pid);
+    let at_start = proc_sample(pid)?;
+
+    let shutdown = CancellationToken::new();
+    let t_agents = Instant::now();
+    let mut agents = start_agents(s, &members, agent_root, &certs, &controller.url, &shutdown)?;
+    wait_online(s, &controller, &mut agents).await?;
+    let registration = t_agents.elapsed();
+    eprintln!(
+        "fleet_sim: all {} agents online after {:.2} s",
+        s.agents,
+        registration.as_secs_f64()
+    );
+
+    // The idle controller: heartbeats only.
+    let idle0 = proc_sample(pid)?;
+    tokio::time::sleep(s.idle).await;
+    let idle1 = proc_sample(pid)?;
+    let idle_cpu = (idle1.cpu_secs - idle0.cpu_secs) / s.idle.as_secs_f64().max(0.001);
+
+    // The run.
+    let mut tests_per_host: BTreeMap<String, usize> = BTreeMap::new();
+    for m in members.iter().filter(|m| m.member == "s") {
+        *tests_per_host.entry(m.host.clone()).or_insert(0) += 1;
+    }
+    let ideal = ideal(&tests_per_host, s.fleet_limit, s.per_host_limit, s.test);
+    eprintln!(
+        "fleet_sim: tandemctl testdb --all: {} tests, at most {} at once, {} rounds, ideal {:.1} s",
+        s.sets(),
+        ideal.at_once,
+        ideal.rounds,
+        ideal.wall.as_secs_f64()
+    );
+    let before = proc_sample(pid)?;
+    let started = SystemTime::now();
+    let t_run = Instant::now();
+    let run = ctl(&controller.env, &["testdb", "--all", "--output", "json"]).await?;
+    let wall = t_run.elapsed();
+    let after = proc_sample(pid)?;
+    let (max_fds, max_threads) = sampler.peaks();
+    drop(sampler);
+    let tests = Tests::read(&run, started, wall, ideal.at_once)?;
+
+    let figures = Figures {
+        certs_time,
+        registration,
+        idle_cpu,
+        ideal,
+        wall,
+        tests,
+        at_start,
+        online: idle0,
+        before,
+        after,
+        max_fds,
+        max_threads,
+    };
+    figures.print(s);
+
+    // Stop everything: the agents first (while the controller still
+    // answers, so they stop quietly), then the controller.
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut failed = Vec::new();
+        while let Some(r) = agents.join_next().await {
+            match r {
+                Ok((_, Ok(()))) => {}
+                Ok((name, Err(e))) => failed.push(format!("{name}: {e:#}")),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        failed
+    })
+    .await;
+    match stopped {
+        Ok(failed) if failed.is_empty() => {}
+        Ok(failed) => eprintln!("fleet_sim: agents that failed: {failed:?}"),
+        Err(_) => eprintln!("fleet_sim: agents did not stop within 60 s"),
+    }
+    controller.proc.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let _ = controller.proc.wait_exit(Duration::from_secs(30)).await;
+
+    let t = &figures.tests;
+    if t.clean != t.total || run.code != 0 {
+        eprintln!(
+            "fleet_sim: {} of {} tests were not clean (tandemctl exit {}); first ones: {:#?}\ncontroller log: {}",
+            t.total - t.clean,
+            t.total,
+            run.code,
+            t.not_clean,
+            controller.log.display()
+        );
+        bail!("not every test was clean");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Certificates for the controller, every agent and the operator, through
+/// the real `tandemctl certs init`; returns how long it took.
+fn make_certs(members: &[Member], certs: &Path) -> anyhow::Result<Duration> {
+    let names: Vec<&str> = members.iter().map(|m| m.agent.as_str()).collect();
+    let t0 = Instant::now();
+    let run = run_ctl_raw(
+        &[],
+        &[
+            "certs",
+            "init",
+            "--dir",
+            certs.to_str().context("the certs path is not UTF-8")?,
+            "--agents",
+            &names.join(","),
+            "--users",
+            "operator",
+        ],
+    )?;
+    ensure!(run.code == 0, "tandemctl certs init failed: {}", run.stderr);
+    Ok(t0.elapsed())
+}
+
+/// Write controller.toml and start the controller; wait until it answers.
+async fn start_controller(
+    s: &Settings,
+    members: &[Member],
+    dir: &Path,
+    certs: &Path,
+    store: &Path,
+    bin: &Path,
+) -> anyhow::Result<Controller> {
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let config = dir.join("controller.toml");
+    std::fs::write(&config, controller_toml(s, members, certs, store, port))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
+    if let Some(n) = s.controller_nofile {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        // SAFETY: runs in the child between fork and exec and only makes
+        // two system calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+                setrlimit(Resource::RLIMIT_NOFILE, n.min(hard), hard)?;
+                Ok(())
+            });
+        }
+    }
+    let log = dir.join("logs/controller.log");
+    let proc = Proc::spawn("tandem-controller", cmd, &log)?;
+    let c = Controller {
+        env: ctl_env(certs, &url),
+        proc,
+        url,
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = exited(c.pid()) {
+            bail!("the controller exited ({st}); log:\n{}", tail(&c.log));
+        }
+        if ctl(&c.env, &["agents", "--output", "json"]).await?.code != 2 {
+            return Ok(c);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the controller did not answer within 30 s; log:\n{}",
+            tail(&c.log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+type Agents = JoinSet<(String, anyhow::Result<()>)>;
+
+/// Start every simulated agent as a task of this process.
+fn start_agents(
+    s: &Settings,
+    members: &[Member],
+    root: &Path,
+    certs: &Path,
+    url: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Agents> {
+    let durations = SimulatedDurations::spread(s.test);
+    let mut agents = JoinSet::new();
+    for m in members {
+        let home = root.join(&m.agent);
+        let text = agent_toml(m, free_port(), url, certs, &home, s.heartbeat);
+        let cfg = AgentConfig::parse(&home.join("agent.toml"), &text)?;
+        let role = if m.member == "p" {
+            Role::Primary
+        } else {
+            Role::Standby
+        };
+        let engine = SimulatedEngine::new(&cfg.postgres.data_dir)
+            .with_role(role)
+            .with_durations(durations)
+            .with_data_dir_bytes(16 * MIB);
+        let name = m.agent.clone();
+        let token = shutdown.clone();
+        agents.spawn(async move {
+            let r = tandem_agent::run_with_engine(Arc::new(cfg), Arc::new(engine), token).await;
+            (name, r)
+        });
+    }
+    Ok(agents)
+}
+
+/// Poll `tandemctl agents` until every agent is online.
+async fn wait_online(s: &Settings, c: &Controller, agents: &mut Agents) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120 + s.agents as u64 / 10);
+    loop {
+        // An agent that ended already will never be online.
+        if let Some(r) = agents.try_join_next() {
+            let (name, r) = r?;
+            bail!("agent {name} stopped: {r:?}");
+        }
+        let states = agent_states(&ctl(&c.env, &["agents", "--output", "json"]).await?)?;
+        if states.get("online").copied().unwrap_or(0) == s.agents {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not all {} agents online in time: {states:?}; controller log tail:\n{}",
+            s.agents,
+            tail(&c.log)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What the run's verdicts say.
+struct Tests {
+    total: usize,
+    clean: usize,
+    not_clean: Vec<String>,
+    /// The agents' own test time (accepting the order to the result), mean.
+    agent_mean: f64,
+    /// From the command's start to the first test's start on its agent.
+    first_start: f64,
+    /// Slot turnarounds (see `scale::turnarounds`).
+    turnaround: Vec<f64>,
+    /// From the last test's end on its agent to the command's end.
+    last_end: f64,
+}
+
+fn parse_time(v: &Value) -> Option<f64> {
+    let t: jiff::Timestamp = v.as_str()?.parse().ok()?;
+    Some(t.as_millisecond() as f64 / 1000.0)
+}
+
+impl Tests {
+    fn read(
+        run: &CtlRun,
+        started: SystemTime,
+        wall: Duration,
+        at_once: usize,
+    ) -> anyhow::Result<Tests> {
+        let out: Value = serde_json::from_str(&run.stdout).with_context(|| {
+            let tail: Vec<&str> = run.stderr.lines().rev().take(20).collect();
+            format!(
+                "tandemctl testdb printed no JSON (exit {}): {}",
+                run.code,
+                tail.join("\n")
+            )
+        })?;
+        let sets: Vec<&Value> = out["sets"].as_array().into_iter().flatten().collect();
+        let verdicts: Vec<&Value> = sets.iter().map(|v| &v["verdict"]).collect();
+        let starts: Vec<f64> = verdicts
+            .iter()
+            .filter_map(|v| parse_time(&v["started_at"]))
+            .collect();
+        let ends: Vec<f64> = verdicts
+            .iter()
+            .filter_map(|v| parse_time(&v["at"]))
+            .collect();
+        let durations: Vec<f64> = verdicts
+            .iter()
+            .filter_map(|v| v["duration_seconds"].as_f64())
+            .collect();
+        let t0 = started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let min = |xs: &[f64]| xs.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = |xs: &[f64]| xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Ok(Tests {
+            total: sets.len(),
+            clean: verdicts.iter().filter(|v| v["kind"] == "clean").count(),
+            not_clean: sets
+                .iter()
+                .filter(|v| v["verdict"]["kind"] != "clean")
+                .take(5)
+                .map(|v| {
+                    format!(
+                        "{}: {} {}",
+                        v["name"].as_str().unwrap_or("?"),
+                        v["verdict"]["kind"].as_str().unwrap_or("?"),
+                        v["verdict"]["reason"].as_str().unwrap_or("")
+                    )
+                })
+                .collect(),
+            agent_mean: summary(&durations).0,
+            first_start: if starts.is_empty() {
+                0.0
+            } else {
+                min(&starts) - t0
+            },
+            turnaround: turnarounds(&starts, &ends, at_once),
+            last_end: if ends.is_empty() {
+                0.0
+            } else {
+                t0 + wall.as_secs_f64() - max(&ends)
+            },
+        })
+    }
+}
+
+/// Everything measured.
+struct Figures {
+    certs_time: Duration,
+    registration: Duration,
+    idle_cpu: f64,
+    ideal: Ideal,
+    wall: Duration,
+    tests: Tests,
+    at_start: ProcSample,
+    online: ProcSample,
+    before: ProcSample,
+    after: ProcSample,
+    max_fds: u64,
+    max_threads: u64,
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}
+
+fn mb(kib: u64) -> f64 {
+    round(kib as f64 / 1024.0, 1)
+}
+
+impl Figures {
+    fn print(&self, s: &Settings) {
+        let t = &self.tests;
+        let (wall, ideal) = (self.wall.as_secs_f64(), self.ideal.wall.as_secs_f64());
+        let ratio = wall / ideal.max(1e-9);
+        // Overhead per dispatched test. With at most `at_once` tests running
+        // at once, the run is `at_once` lanes each doing about T / at_once
+        // tests one after another. If the controller added a delay δ to
+        // every test it dispatched (relaying the result, storing the
+        // verdict, choosing and ordering the next test), each lane would
+        // take (T / at_once)·δ longer, so wall - ideal ≈ δ·T / at_once, and
+        // δ ≈ (wall - ideal)·at_once / T.
+        let per_test = |ideal: f64| {
+            (wall - ideal).max(0.0) * self.ideal.at_once as f64 / t.total.max(1) as f64
+        };
+        // The same against the test time the agents measured themselves
+        // (from accepting the order to the result): what their own
+        // bookkeeping (journal, facts) on this shared machine added to D is
+        // then not counted as the controller's.
+        let ideal_agent = t.agent_mean * self.ideal.rounds as f64;
+        let (ta_mean, ta_p50, ta_p90, ta_max) = summary(&t.turnaround);
+        let hwm = self.after.hwm_kib;
+        let run_cpu = self.after.cpu_secs - self.before.cpu_secs;
+        let json = json!({
+            "bench": "fleet_sim",
+            "agents": s.agents,
+            "sets": s.sets(),
+            "hosts": s.hosts,
+            "limits": {"fleet": s.fleet_limit, "per_host": s.per_host_limit},
+            "heartbeat_ms": s.heartbeat.as_millis() as u64,
+            "test_seconds": round(s.test.as_secs_f64(), 3),
+            "at_once": self.ideal.at_once,
+            "rounds": self.ideal.rounds,
+            "certs_init_seconds": round(self.certs_time.as_secs_f64(), 2),
+            "all_online_seconds": round(self.registration.as_secs_f64(), 2),
+            "tests": t.total,
+            "clean": t.clean,
+            "wall_seconds": round(wall, 3),
+            "ideal_seconds": round(ideal, 3),
+            "wall_over_ideal": round(ratio, 4),
+            "overhead_percent_of_ideal": round((ratio - 1.0) * 100.0, 2),
+            "overhead_per_test_ms": round(per_test(ideal) * 1000.0, 1),
+            "agent_test_mean_seconds": round(t.agent_mean, 3),
+            "overhead_per_test_vs_agent_time_ms": round(per_test(ideal_agent) * 1000.0, 1),
+            "first_start_ms": round(t.first_start * 1000.0, 1),
+            "turnaround_ms": {"mean": round(ta_mean * 1000.0, 1), "p50": round(ta_p50 * 1000.0, 1), "p90": round(ta_p90 * 1000.0, 1), "max": round(ta_max * 1000.0, 1)},
+            "last_end_ms": round(t.last_end * 1000.0, 1),
+            "controller_vmhwm_mb": mb(hwm),
+            "controller_rss_mb": {"start": mb(self.at_start.rss_kib), "online": mb(self.online.rss_kib), "end": mb(self.after.rss_kib)},
+            "controller_max_fds": self.max_fds,
+            "controller_max_threads": self.max_threads,
+            "controller_idle_cpu_percent": round(self.idle_cpu * 100.0, 1),
+            "controller_run_cpu_seconds": round(run_cpu, 2),
+            "store": if s.store_dir.is_some() { "custom" } else { "disk" },
+        });
+        let met = |ok: bool| if ok { "met" } else { "NOT met" };
+        println!();
+        println!(
+            "==== fleet_sim: tandem-controller with {} simulated agents ====",
+            s.agents
+        );
+        println!(
+            "fleet        {} agents: {} sets of 2 on {} hosts; heartbeat {} ms",
+            s.agents,
+            s.sets(),
+            s.hosts,
+            s.heartbeat.as_millis()
+        );
+        println!(
+            "limits       fleet {}, per host {}: at most {} tests at once, {} rounds",
+            s.fleet_limit, s.per_host_limit, self.ideal.at_once, self.ideal.rounds
+        );
+        println!(
+            "setup        certs init {:.2} s; all agents online {:.2} s after they started",
+            self.certs_time.as_secs_f64(),
+            self.registration.as_secs_f64()
+        );
+        println!(
+            "run          {} tests, {} clean; D = {:.3} s simulated, {:.3} s as the agents measured",
+            t.total,
+            t.clean,
+            s.test.as_secs_f64(),
+            t.agent_mean
+        );
+        println!(
+            "wall         {wall:.3} s; ideal {ideal:.3} s; wall/ideal {ratio:.4} (goal <= 1.01: {})",
+            met(ratio <= 1.01)
+        );
+        println!(
+            "overhead     {:.1} ms per dispatched test; {:.1} ms against the agents' own test time",
+            per_test(ideal) * 1000.0,
+            per_test(ideal_agent) * 1000.0
+        );
+        println!(
+            "where        first test started {:.0} ms after the command; a freed place refilled after {:.0} ms (median {:.0}, p90 {:.0}, max {:.0}); the command ended {:.0} ms after the last test",
+            t.first_start * 1000.0,
+            ta_mean * 1000.0,
+            ta_p50 * 1000.0,
+            ta_p90 * 1000.0,
+            ta_max * 1000.0,
+            t.last_end * 1000.0
+        );
+        println!(
+            "memory       VmHWM {:.1} MB (goal < 200: {}); RSS {:.1} MB at start, {:.1} MB all online, {:.1} MB after the run",
+            mb(hwm),
+            met(hwm < 200 * 1024),
+            mb(self.at_start.rss_kib),
+            mb(self.online.rss_kib),
+            mb(self.after.rss_kib)
+        );
+        println!(
+            "controller   at most {} open files and {} threads; CPU {:.1}% idle (heartbeats), {:.2} s during the run",
+            self.max_fds,
+            self.max_threads,
+            self.idle_cpu * 100.0,
+            run_cpu
+        );
+        println!("json {json}");
+        println!();
+    }
+}
+
+/// Whether the process has exited (a zombie counts: `Proc` reaps it later).
+fn exited(pid: u32) -> Option<&'static str> {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => Some("gone"),
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .filter(|state| *state == "Z")
+            .map(|_| "exited"),
+    }
+}
+
+/// Run the real `tandemctl` off the runtime's workers, which the agents need.
+async fn ctl(env: &[(String, String)], args: &[&str]) -> anyhow::Result<CtlRun> {
+    let env = env.to_vec();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_ctl_raw(&env, &args)
+    })
+    .await?
+}
+
+/// The last lines of a log file.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
