@@ -184,8 +184,13 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
                     if rx.changed().await.is_err() {
                         return;
                     }
-                    // Throttle: at most ~10 messages a second per watcher.
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    // Throttle: at most ~10 messages a second per watcher,
+                    // but the result goes out as soon as it is there.
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_millis(100),
+                        rx.wait_for(|p| p.record.state.is_final()),
+                    )
+                    .await;
                 }
             })),
         };

@@ -721,6 +721,10 @@ impl Fleet {
     /// Store the verdict, tell the run, free the job's place.
     async fn finish(&self, job: Job, verdict: Verdict) {
         info!(set = %job.set, verdict = verdict.kind.as_str(), lsn = ?verdict.lsn, "verdict");
+        // The verdict goes to the run before the store decides whether it was
+        // the run's last: whoever's write lands last pushes `done`, after
+        // every set's verdict was pushed.
+        job.run.push(verdict_event(&job.run_id, &job.set, &verdict));
         let run_done = match self
             .store
             .finish_run_set(job.run_id.clone(), job.set.clone(), verdict.clone())
@@ -732,7 +736,6 @@ impl Fleet {
                 false
             }
         };
-        job.run.push(verdict_event(&job.run_id, &job.set, &verdict));
         if run_done {
             info!(run = %job.run_id, "run finished");
             job.run.push(done_event(&job.run_id));

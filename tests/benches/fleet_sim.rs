@@ -32,13 +32,14 @@
 //! | `TANDEM_BENCH_PER_HOST_LIMIT` | 2 | `[limits] per_host` |
 //! | `TANDEM_BENCH_HEARTBEAT_MS` | 2000 | heartbeat interval (controller and agents) |
 //! | `TANDEM_BENCH_IDLE_SECS` | 10 | how long to watch the idle controller's CPU |
+//! | `TANDEM_BENCH_RUNS` | 2 | runs of `testdb --all`; the first opens a channel to every agent it tests, the next reuse them |
 //! | `TANDEM_BENCH_CONTROLLER_NOFILE` | (inherit) | soft RLIMIT_NOFILE for the controller process, e.g. 1024 to see whether it needs more |
 //! | `TANDEM_BENCH_AGENT_DIR` | `/dev/shm` | where the agents' homes go (see below) |
 //! | `TANDEM_BENCH_STORE_DIR` | a temporary directory | where the controller's store goes (e.g. `/dev/shm` to see what its fsyncs cost) |
 //! | `TANDEM_KEEP_TEST_DIRS` | 0 | 1: keep the directories and the controller's log |
 //!
-//! The binaries are found by `tandem_tests::procs::bin_path`: under `cargo
-//! bench` that is `target/release/` (override with
+//! The binaries are those beside the benchmark: `target/release/` under
+//! `cargo bench`, never a debug build (override with
 //! `CARGO_BIN_EXE_tandem-controller` and `CARGO_BIN_EXE_tandemctl`). A
 //! warning is printed when a binary is older than its sources.
 //!
@@ -62,8 +63,8 @@ use serde_json::{Value, json};
 use tandem_agent::config::AgentConfig;
 use tandem_agent::engine::simulated::{SimulatedDurations, SimulatedEngine};
 use tandem_proto::model::Role;
-use tandem_tests::fleet::{CtlRun, run_ctl_raw};
-use tandem_tests::procs::{Proc, bin_path, workspace_root};
+use tandem_tests::fleet::{CtlRun, run_ctl_at};
+use tandem_tests::procs::{Proc, workspace_root};
 use tandem_tests::scale::{
     Ideal, Member, ProcSample, Sampler, ideal, layout, proc_sample, raise_nofile, summary,
     turnarounds,
@@ -84,6 +85,7 @@ struct Settings {
     per_host_limit: usize,
     heartbeat: Duration,
     idle: Duration,
+    runs: usize,
     controller_nofile: Option<u64>,
     agent_dir: PathBuf,
     store_dir: Option<PathBuf>,
@@ -128,6 +130,7 @@ impl Settings {
             per_host_limit,
             heartbeat: Duration::from_millis(env_num("TANDEM_BENCH_HEARTBEAT_MS", 2000)?.max(1)),
             idle: Duration::from_secs(env_num("TANDEM_BENCH_IDLE_SECS", 10)?),
+            runs: env_num("TANDEM_BENCH_RUNS", 2)?.max(1) as usize,
             controller_nofile: std::env::var("TANDEM_BENCH_CONTROLLER_NOFILE")
                 .ok()
                 .map(|v| v.parse())
@@ -144,6 +147,42 @@ impl Settings {
     fn sets(&self) -> usize {
         self.agents / 2
     }
+}
+
+/// The binaries measured.
+struct Bins {
+    controller: PathBuf,
+    ctl: PathBuf,
+}
+
+/// `CARGO_BIN_EXE_<name>`, or the binary beside this benchmark's executable
+/// (`target/<profile>/deps/` -> `target/<profile>/`): under `cargo bench`
+/// the release build, as the figures must be.
+fn find_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let build = "build them first: cargo build --release -p tandem-controller -p tandem-ctl";
+    if let Some(p) = std::env::var_os(format!("CARGO_BIN_EXE_{name}")) {
+        let p = PathBuf::from(p);
+        ensure!(
+            p.is_file(),
+            "CARGO_BIN_EXE_{name}: {} does not exist",
+            p.display()
+        );
+        return Ok(p);
+    }
+    let exe = std::env::current_exe()?;
+    let profile = exe
+        .parent()
+        .filter(|d| d.file_name().is_some_and(|n| n == "deps"))
+        .and_then(Path::parent)
+        .with_context(|| {
+            format!(
+                "{} is not in target/<profile>/deps; set CARGO_BIN_EXE_{name}",
+                exe.display()
+            )
+        })?;
+    let p = profile.join(name);
+    ensure!(p.is_file(), "{} does not exist; {build}", p.display());
+    Ok(p)
 }
 
 /// Warn when `bin` is older than a source file of the crates it is built
@@ -281,7 +320,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     match rt.block_on(bench()) {
-        Ok(code) => code,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fleet_sim: {e:#}");
             ExitCode::from(2)
@@ -289,7 +328,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn bench() -> anyhow::Result<ExitCode> {
+async fn bench() -> anyhow::Result<()> {
     let s = Settings::from_env()?;
     let _log = tandem_proto::telemetry::init(
         "fleet_sim",
@@ -298,22 +337,23 @@ async fn bench() -> anyhow::Result<ExitCode> {
     )?;
     let (soft, hard) = raise_nofile()?;
     eprintln!(
-        "fleet_sim: {} agents, {} sets, {} hosts, test {} ms; RLIMIT_NOFILE of this process: soft {soft} raised to {hard}",
+        "fleet_sim: {} agents, {} sets, {} hosts, test {} ms; this process's RLIMIT_NOFILE soft limit {soft} raised to the hard limit {hard}",
         s.agents,
         s.sets(),
         s.hosts,
         s.test.as_millis()
     );
-    let build = "cargo build --release -p tandem-controller -p tandem-ctl";
-    let controller_bin = bin_path("tandem-controller").context(build)?;
-    let ctl_bin = bin_path("tandemctl").context(build)?;
+    let bins = Bins {
+        controller: find_bin("tandem-controller")?,
+        ctl: find_bin("tandemctl")?,
+    };
     eprintln!(
         "fleet_sim: {} and {}",
-        controller_bin.display(),
-        ctl_bin.display()
+        bins.controller.display(),
+        bins.ctl.display()
     );
-    warn_if_stale(&controller_bin, &["controller", "proto"]);
-    warn_if_stale(&ctl_bin, &["ctl", "proto"]);
+    warn_if_stale(&bins.controller, &["controller", "proto"]);
+    warn_if_stale(&bins.ctl, &["ctl", "proto"]);
 
     let dir = tempfile::Builder::new()
         .prefix("tandem-fleet-sim-")
@@ -335,7 +375,7 @@ async fn bench() -> anyhow::Result<ExitCode> {
         .as_ref()
         .map_or(dir.path(), |d| d.path())
         .join("controller.db");
-    let result = run_bench(&s, dir.path(), agent_root.path(), &store, &controller_bin).await;
+    let result = run_bench(&s, &bins, dir.path(), agent_root.path(), &store).await;
     if s.keep || result.is_err() {
         eprintln!(
             "fleet_sim: kept {} (controller log in logs/), {} and {}",
@@ -354,7 +394,8 @@ async fn bench() -> anyhow::Result<ExitCode> {
 struct Controller {
     proc: Proc,
     url: String,
-    /// `tandemctl`'s environment, as the operator.
+    /// `tandemctl`, and its environment as the operator.
+    ctl: PathBuf,
     env: Vec<(String, String)>,
     log: PathBuf,
 }
@@ -367,21 +408,21 @@ impl Controller {
 
 async fn run_bench(
     s: &Settings,
+    bins: &Bins,
     dir: &Path,
     agent_root: &Path,
     store: &Path,
-    controller_bin: &Path,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<()> {
     let members = layout(s.sets(), s.hosts);
     let certs = dir.join("certs");
-    let certs_time = make_certs(&members, &certs)?;
+    let certs_time = make_certs(&bins.ctl, &members, &certs)?;
     eprintln!(
         "fleet_sim: tandemctl certs init for the controller, {} agents and 1 user: {:.2} s",
         s.agents,
         certs_time.as_secs_f64()
     );
 
-    let mut controller = start_controller(s, &members, dir, &certs, store, controller_bin).await?;
+    let mut controller = start_controller(s, bins, &members, dir, &certs, store).await?;
     let pid = controller.pid();
     let sampler = Sampler::start(pid);
     let at_start = proc_sample(pid)?;
@@ -416,34 +457,53 @@ async fn run_bench(
         ideal.rounds,
         ideal.wall.as_secs_f64()
     );
-    let before = proc_sample(pid)?;
-    let started = SystemTime::now();
-    let t_run = Instant::now();
-    let run = ctl(&controller.env, &["testdb", "--all", "--output", "json"]).await?;
-    let wall = t_run.elapsed();
-    let after = proc_sample(pid)?;
+    let mut runs = Vec::new();
+    for n in 1..=s.runs {
+        if n > 1 {
+            // The controller picks the standby from the agents' last
+            // heartbeats, which the previous run left saying "stopped".
+            let t = Instant::now();
+            wait_standbys(s, &controller).await?;
+            eprintln!(
+                "fleet_sim: every standby streaming again in the controller's view after {:.2} s",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        let r = one_run(&controller, dir, &members, &ideal, n).await?;
+        eprintln!(
+            "fleet_sim: run {n}: {:.3} s (ideal {:.3} s)",
+            r.wall.as_secs_f64(),
+            ideal.wall.as_secs_f64()
+        );
+        runs.push(r);
+    }
     let (max_fds, max_threads) = sampler.peaks();
     drop(sampler);
-    let tests = Tests::read(&run, started, wall, ideal.at_once)?;
-
     let figures = Figures {
         certs_time,
         registration,
         idle_cpu,
         ideal,
-        wall,
-        tests,
+        runs,
         at_start,
         online: idle0,
-        before,
-        after,
+        end: proc_sample(pid)?,
         max_fds,
         max_threads,
     };
     figures.print(s);
 
-    // Stop everything: the agents first (while the controller still
-    // answers, so they stop quietly), then the controller.
+    stop(agents, shutdown, &mut controller).await?;
+    figures.check(s, dir, &controller.log)
+}
+
+/// Stop the agents (while the controller still answers, so they stop
+/// quietly), then the controller.
+async fn stop(
+    mut agents: Agents,
+    shutdown: CancellationToken,
+    controller: &mut Controller,
+) -> anyhow::Result<()> {
     shutdown.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(60), async {
         let mut failed = Vec::new();
@@ -463,29 +523,46 @@ async fn run_bench(
         Err(_) => eprintln!("fleet_sim: agents did not stop within 60 s"),
     }
     controller.proc.signal(nix::sys::signal::Signal::SIGTERM)?;
-    let _ = controller.proc.wait_exit(Duration::from_secs(30)).await;
+    controller.proc.wait_exit(Duration::from_secs(30)).await?;
+    Ok(())
+}
 
-    let t = &figures.tests;
-    if t.clean != t.total || run.code != 0 {
-        eprintln!(
-            "fleet_sim: {} of {} tests were not clean (tandemctl exit {}); first ones: {:#?}\ncontroller log: {}",
-            t.total - t.clean,
-            t.total,
-            run.code,
-            t.not_clean,
-            controller.log.display()
-        );
-        bail!("not every test was clean");
-    }
-    Ok(ExitCode::SUCCESS)
+/// One `tandemctl testdb --all`, timed; its output goes to
+/// `logs/testdb-<n>.json` and `.stderr`.
+async fn one_run(
+    c: &Controller,
+    dir: &Path,
+    members: &[Member],
+    ideal: &Ideal,
+    n: usize,
+) -> anyhow::Result<RunFigures> {
+    let pid = c.pid();
+    let before = proc_sample(pid)?;
+    let agents_before = proc_sample(std::process::id())?;
+    let started = SystemTime::now();
+    let t_run = Instant::now();
+    let run = ctl(c, &["testdb", "--all", "--output", "json"]).await?;
+    let wall = t_run.elapsed();
+    let after = proc_sample(pid)?;
+    let agents_after = proc_sample(std::process::id())?;
+    std::fs::write(dir.join(format!("logs/testdb-{n}.json")), &run.stdout)?;
+    std::fs::write(dir.join(format!("logs/testdb-{n}.stderr")), &run.stderr)?;
+    Ok(RunFigures {
+        wall,
+        tests: Tests::read(&run, members, started, wall, ideal.at_once)?,
+        controller_cpu: after.cpu_secs - before.cpu_secs,
+        agents_cpu: agents_after.cpu_secs - agents_before.cpu_secs,
+        rss_after_kib: after.rss_kib,
+    })
 }
 
 /// Certificates for the controller, every agent and the operator, through
 /// the real `tandemctl certs init`; returns how long it took.
-fn make_certs(members: &[Member], certs: &Path) -> anyhow::Result<Duration> {
+fn make_certs(ctl: &Path, members: &[Member], certs: &Path) -> anyhow::Result<Duration> {
     let names: Vec<&str> = members.iter().map(|m| m.agent.as_str()).collect();
     let t0 = Instant::now();
-    let run = run_ctl_raw(
+    let run = run_ctl_at(
+        ctl,
         &[],
         &[
             "certs",
@@ -505,17 +582,17 @@ fn make_certs(members: &[Member], certs: &Path) -> anyhow::Result<Duration> {
 /// Write controller.toml and start the controller; wait until it answers.
 async fn start_controller(
     s: &Settings,
+    bins: &Bins,
     members: &[Member],
     dir: &Path,
     certs: &Path,
     store: &Path,
-    bin: &Path,
 ) -> anyhow::Result<Controller> {
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}");
     let config = dir.join("controller.toml");
     std::fs::write(&config, controller_toml(s, members, certs, store, port))?;
-    let mut cmd = Command::new(bin);
+    let mut cmd = Command::new(&bins.controller);
     cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
     if let Some(n) = s.controller_nofile {
         use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -532,6 +609,7 @@ async fn start_controller(
     let log = dir.join("logs/controller.log");
     let proc = Proc::spawn("tandem-controller", cmd, &log)?;
     let c = Controller {
+        ctl: bins.ctl.clone(),
         env: ctl_env(certs, &url),
         proc,
         url,
@@ -542,7 +620,7 @@ async fn start_controller(
         if let Some(st) = exited(c.pid()) {
             bail!("the controller exited ({st}); log:\n{}", tail(&c.log));
         }
-        if ctl(&c.env, &["agents", "--output", "json"]).await?.code != 2 {
+        if ctl(&c, &["agents", "--output", "json"]).await?.code != 2 {
             return Ok(c);
         }
         ensure!(
@@ -599,7 +677,7 @@ async fn wait_online(s: &Settings, c: &Controller, agents: &mut Agents) -> anyho
             let (name, r) = r?;
             bail!("agent {name} stopped: {r:?}");
         }
-        let states = agent_states(&ctl(&c.env, &["agents", "--output", "json"]).await?)?;
+        let states = agent_states(&ctl(c, &["agents", "--output", "json"]).await?)?;
         if states.get("online").copied().unwrap_or(0) == s.agents {
             return Ok(());
         }
@@ -613,10 +691,40 @@ async fn wait_online(s: &Settings, c: &Controller, agents: &mut Agents) -> anyho
     }
 }
 
+/// Poll `tandemctl agents` until every set's standby is seen as one.
+async fn wait_standbys(s: &Settings, c: &Controller) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60) + s.heartbeat * 3;
+    loop {
+        let run = ctl(c, &["agents", "--output", "json"]).await?;
+        let v: Value = serde_json::from_str(&run.stdout)
+            .with_context(|| format!("tandemctl agents printed no JSON: {}", run.stderr.trim()))?;
+        let standbys = v["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["role"] == "standby" && a["state"] == "online")
+            .count();
+        if standbys == s.sets() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {standbys} of {} standbys are seen as such; controller log tail:\n{}",
+            s.sets(),
+            tail(&c.log)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// What the run's verdicts say.
 struct Tests {
     total: usize,
     clean: usize,
+    /// tandemctl's exit code.
+    exit: i32,
+    /// Sets of the run without a verdict in the output.
+    missing: Vec<String>,
     not_clean: Vec<String>,
     /// The agents' own test time (accepting the order to the result), mean.
     agent_mean: f64,
@@ -636,6 +744,7 @@ fn parse_time(v: &Value) -> Option<f64> {
 impl Tests {
     fn read(
         run: &CtlRun,
+        members: &[Member],
         started: SystemTime,
         wall: Duration,
         at_once: usize,
@@ -668,8 +777,18 @@ impl Tests {
             .as_secs_f64();
         let min = |xs: &[f64]| xs.iter().copied().fold(f64::INFINITY, f64::min);
         let max = |xs: &[f64]| xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let named: std::collections::HashSet<&str> =
+            sets.iter().filter_map(|v| v["name"].as_str()).collect();
+        let mut missing: Vec<String> = members
+            .iter()
+            .filter(|m| m.member == "s" && !named.contains(m.set.as_str()))
+            .map(|m| m.set.clone())
+            .collect();
+        missing.dedup();
         Ok(Tests {
             total: sets.len(),
+            exit: run.code,
+            missing,
             clean: verdicts.iter().filter(|v| v["kind"] == "clean").count(),
             not_clean: sets
                 .iter()
@@ -700,20 +819,16 @@ impl Tests {
     }
 }
 
-/// Everything measured.
-struct Figures {
-    certs_time: Duration,
-    registration: Duration,
-    idle_cpu: f64,
-    ideal: Ideal,
+/// One run of `testdb --all`.
+struct RunFigures {
     wall: Duration,
     tests: Tests,
-    at_start: ProcSample,
-    online: ProcSample,
-    before: ProcSample,
-    after: ProcSample,
-    max_fds: u64,
-    max_threads: u64,
+    /// CPU time of the controller during the run, in seconds.
+    controller_cpu: f64,
+    /// CPU time of this process (the agents) during the run, in seconds.
+    agents_cpu: f64,
+    /// The controller's resident memory after the run.
+    rss_after_kib: u64,
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -721,33 +836,152 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * p).round() / p
 }
 
+fn ms(x: f64) -> f64 {
+    round(x * 1000.0, 1)
+}
+
 fn mb(kib: u64) -> f64 {
     round(kib as f64 / 1024.0, 1)
 }
 
-impl Figures {
-    fn print(&self, s: &Settings) {
+impl RunFigures {
+    /// Overhead per dispatched test when a test takes `d` seconds. With at
+    /// most `at_once` tests running at once, the run is `at_once` lanes
+    /// each doing about T / at_once tests one after another. If the
+    /// controller added a delay δ to every test it dispatched (relaying the
+    /// result, storing the verdict, choosing and ordering the next test),
+    /// each lane would take (T / at_once)·δ longer, so
+    /// wall - ideal ≈ δ·T / at_once, and δ ≈ (wall - ideal)·at_once / T.
+    fn per_test(&self, ideal: &Ideal, d: f64) -> f64 {
+        let ideal_wall = d * ideal.rounds as f64;
+        (self.wall.as_secs_f64() - ideal_wall).max(0.0) * ideal.at_once as f64
+            / self.tests.total.max(1) as f64
+    }
+
+    fn ratio(&self, ideal: &Ideal) -> f64 {
+        self.wall.as_secs_f64() / ideal.wall.as_secs_f64().max(1e-9)
+    }
+
+    fn json(&self, ideal: &Ideal) -> Value {
         let t = &self.tests;
-        let (wall, ideal) = (self.wall.as_secs_f64(), self.ideal.wall.as_secs_f64());
-        let ratio = wall / ideal.max(1e-9);
-        // Overhead per dispatched test. With at most `at_once` tests running
-        // at once, the run is `at_once` lanes each doing about T / at_once
-        // tests one after another. If the controller added a delay δ to
-        // every test it dispatched (relaying the result, storing the
-        // verdict, choosing and ordering the next test), each lane would
-        // take (T / at_once)·δ longer, so wall - ideal ≈ δ·T / at_once, and
-        // δ ≈ (wall - ideal)·at_once / T.
-        let per_test = |ideal: f64| {
-            (wall - ideal).max(0.0) * self.ideal.at_once as f64 / t.total.max(1) as f64
+        let (mean, p50, p90, max) = summary(&t.turnaround);
+        let ratio = self.ratio(ideal);
+        json!({
+            "verdicts": t.total,
+            "clean": t.clean,
+            "wall_seconds": round(self.wall.as_secs_f64(), 3),
+            "wall_over_ideal": round(ratio, 4),
+            "overhead_percent_of_ideal": round((ratio - 1.0) * 100.0, 2),
+            "overhead_per_test_ms": ms(self.per_test(ideal, ideal.wall.as_secs_f64() / ideal.rounds.max(1) as f64)),
+            "agent_test_mean_seconds": round(t.agent_mean, 3),
+            "overhead_per_test_vs_agent_time_ms": ms(self.per_test(ideal, t.agent_mean)),
+            "first_start_ms": ms(t.first_start),
+            "turnaround_ms": {"mean": ms(mean), "p50": ms(p50), "p90": ms(p90), "max": ms(max)},
+            "last_end_ms": ms(t.last_end),
+            "controller_cpu_seconds": round(self.controller_cpu, 2),
+            "agents_cpu_seconds": round(self.agents_cpu, 2),
+            "controller_rss_after_mb": mb(self.rss_after_kib),
+        })
+    }
+
+    fn print(&self, n: usize, ideal: &Ideal) {
+        let t = &self.tests;
+        let d = ideal.wall.as_secs_f64() / ideal.rounds.max(1) as f64;
+        let ratio = self.ratio(ideal);
+        let what = if n == 1 {
+            "first contact: a new channel to every agent tested"
+        } else {
+            "channels to the agents already open"
         };
-        // The same against the test time the agents measured themselves
-        // (from accepting the order to the result): what their own
-        // bookkeeping (journal, facts) on this shared machine added to D is
-        // then not counted as the controller's.
-        let ideal_agent = t.agent_mean * self.ideal.rounds as f64;
-        let (ta_mean, ta_p50, ta_p90, ta_max) = summary(&t.turnaround);
-        let hwm = self.after.hwm_kib;
-        let run_cpu = self.after.cpu_secs - self.before.cpu_secs;
+        println!("run {n}        {what}");
+        println!(
+            "  verdicts   {} of {} sets, {} clean; a test took {:.3} s on its agent (D = {d:.3} s)",
+            t.total,
+            t.total + t.missing.len(),
+            t.clean,
+            t.agent_mean
+        );
+        println!(
+            "  wall       {:.3} s; ideal {:.3} s; wall/ideal {ratio:.4} (goal <= 1.01: {})",
+            self.wall.as_secs_f64(),
+            ideal.wall.as_secs_f64(),
+            if ratio <= 1.01 { "met" } else { "NOT met" }
+        );
+        println!(
+            "  overhead   {:.1} ms per dispatched test; {:.1} ms against the agents' own test time",
+            self.per_test(ideal, d) * 1000.0,
+            self.per_test(ideal, t.agent_mean) * 1000.0
+        );
+        let refill = if t.turnaround.is_empty() {
+            "no place was refilled (one round)".to_owned()
+        } else {
+            let (mean, p50, p90, max) = summary(&t.turnaround);
+            format!(
+                "a freed place refilled after {:.0} ms (median {:.0}, p90 {:.0}, max {:.0})",
+                mean * 1000.0,
+                p50 * 1000.0,
+                p90 * 1000.0,
+                max * 1000.0
+            )
+        };
+        println!(
+            "  where      first test started {:.0} ms after the command; {refill}; the command ended {:.0} ms after the last test",
+            t.first_start * 1000.0,
+            t.last_end * 1000.0
+        );
+        println!(
+            "  controller {:.2} s of CPU (the simulated agents {:.2} s); RSS {:.1} MB after the run",
+            self.controller_cpu,
+            self.agents_cpu,
+            mb(self.rss_after_kib)
+        );
+    }
+}
+
+/// Everything measured.
+struct Figures {
+    certs_time: Duration,
+    registration: Duration,
+    idle_cpu: f64,
+    ideal: Ideal,
+    runs: Vec<RunFigures>,
+    at_start: ProcSample,
+    online: ProcSample,
+    end: ProcSample,
+    max_fds: u64,
+    max_threads: u64,
+}
+
+impl Figures {
+    /// Fail unless every run printed a clean verdict for every set.
+    fn check(&self, s: &Settings, dir: &Path, log: &Path) -> anyhow::Result<()> {
+        for (i, t) in self.runs.iter().map(|r| &r.tests).enumerate() {
+            let n = i + 1;
+            ensure!(
+                t.missing.is_empty(),
+                "run {n}: tandemctl testdb printed {} verdicts for {} sets (exit {}); no verdict for {:?}; its output is in {}",
+                t.total,
+                s.sets(),
+                t.exit,
+                t.missing,
+                dir.join("logs").display()
+            );
+            ensure!(
+                t.clean == t.total && t.exit == 0,
+                "run {n}: {} of {} tests were not clean (tandemctl exit {}); first ones: {:#?}; controller log: {}",
+                t.total - t.clean,
+                t.total,
+                t.exit,
+                t.not_clean,
+                log.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn print(&self, s: &Settings) {
+        let hwm = self.end.hwm_kib;
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
         let json = json!({
             "bench": "fleet_sim",
             "agents": s.agents,
@@ -758,89 +992,60 @@ impl Figures {
             "test_seconds": round(s.test.as_secs_f64(), 3),
             "at_once": self.ideal.at_once,
             "rounds": self.ideal.rounds,
+            "ideal_seconds": round(self.ideal.wall.as_secs_f64(), 3),
             "certs_init_seconds": round(self.certs_time.as_secs_f64(), 2),
             "all_online_seconds": round(self.registration.as_secs_f64(), 2),
-            "tests": t.total,
-            "clean": t.clean,
-            "wall_seconds": round(wall, 3),
-            "ideal_seconds": round(ideal, 3),
-            "wall_over_ideal": round(ratio, 4),
-            "overhead_percent_of_ideal": round((ratio - 1.0) * 100.0, 2),
-            "overhead_per_test_ms": round(per_test(ideal) * 1000.0, 1),
-            "agent_test_mean_seconds": round(t.agent_mean, 3),
-            "overhead_per_test_vs_agent_time_ms": round(per_test(ideal_agent) * 1000.0, 1),
-            "first_start_ms": round(t.first_start * 1000.0, 1),
-            "turnaround_ms": {"mean": round(ta_mean * 1000.0, 1), "p50": round(ta_p50 * 1000.0, 1), "p90": round(ta_p90 * 1000.0, 1), "max": round(ta_max * 1000.0, 1)},
-            "last_end_ms": round(t.last_end * 1000.0, 1),
+            "runs": self.runs.iter().map(|r| r.json(&self.ideal)).collect::<Vec<_>>(),
             "controller_vmhwm_mb": mb(hwm),
-            "controller_rss_mb": {"start": mb(self.at_start.rss_kib), "online": mb(self.online.rss_kib), "end": mb(self.after.rss_kib)},
+            "controller_rss_mb": {"start": mb(self.at_start.rss_kib), "online": mb(self.online.rss_kib), "end": mb(self.end.rss_kib)},
             "controller_max_fds": self.max_fds,
             "controller_max_threads": self.max_threads,
             "controller_idle_cpu_percent": round(self.idle_cpu * 100.0, 1),
-            "controller_run_cpu_seconds": round(run_cpu, 2),
+            "cpus": cpus,
             "store": if s.store_dir.is_some() { "custom" } else { "disk" },
         });
-        let met = |ok: bool| if ok { "met" } else { "NOT met" };
         println!();
         println!(
             "==== fleet_sim: tandem-controller with {} simulated agents ====",
             s.agents
         );
         println!(
-            "fleet        {} agents: {} sets of 2 on {} hosts; heartbeat {} ms",
+            "fleet        {} agents: {} sets of 2 on {} hosts; heartbeat {} ms; {cpus} CPUs shared by the controller and the agents",
             s.agents,
             s.sets(),
             s.hosts,
             s.heartbeat.as_millis()
         );
         println!(
-            "limits       fleet {}, per host {}: at most {} tests at once, {} rounds",
-            s.fleet_limit, s.per_host_limit, self.ideal.at_once, self.ideal.rounds
+            "limits       fleet {}, per host {}: at most {} tests at once, {} rounds of D = {:.3} s: ideal {:.3} s",
+            s.fleet_limit,
+            s.per_host_limit,
+            self.ideal.at_once,
+            self.ideal.rounds,
+            s.test.as_secs_f64(),
+            self.ideal.wall.as_secs_f64()
         );
         println!(
             "setup        certs init {:.2} s; all agents online {:.2} s after they started",
             self.certs_time.as_secs_f64(),
             self.registration.as_secs_f64()
         );
+        for (i, r) in self.runs.iter().enumerate() {
+            r.print(i + 1, &self.ideal);
+        }
         println!(
-            "run          {} tests, {} clean; D = {:.3} s simulated, {:.3} s as the agents measured",
-            t.total,
-            t.clean,
-            s.test.as_secs_f64(),
-            t.agent_mean
-        );
-        println!(
-            "wall         {wall:.3} s; ideal {ideal:.3} s; wall/ideal {ratio:.4} (goal <= 1.01: {})",
-            met(ratio <= 1.01)
-        );
-        println!(
-            "overhead     {:.1} ms per dispatched test; {:.1} ms against the agents' own test time",
-            per_test(ideal) * 1000.0,
-            per_test(ideal_agent) * 1000.0
-        );
-        println!(
-            "where        first test started {:.0} ms after the command; a freed place refilled after {:.0} ms (median {:.0}, p90 {:.0}, max {:.0}); the command ended {:.0} ms after the last test",
-            t.first_start * 1000.0,
-            ta_mean * 1000.0,
-            ta_p50 * 1000.0,
-            ta_p90 * 1000.0,
-            ta_max * 1000.0,
-            t.last_end * 1000.0
-        );
-        println!(
-            "memory       VmHWM {:.1} MB (goal < 200: {}); RSS {:.1} MB at start, {:.1} MB all online, {:.1} MB after the run",
+            "memory       controller VmHWM {:.1} MB (goal < 200: {}); RSS {:.1} MB at start, {:.1} MB all online, {:.1} MB at the end",
             mb(hwm),
-            met(hwm < 200 * 1024),
+            if hwm < 200 * 1024 { "met" } else { "NOT met" },
             mb(self.at_start.rss_kib),
             mb(self.online.rss_kib),
-            mb(self.after.rss_kib)
+            mb(self.end.rss_kib)
         );
         println!(
-            "controller   at most {} open files and {} threads; CPU {:.1}% idle (heartbeats), {:.2} s during the run",
+            "controller   at most {} open files and {} threads; CPU {:.1}% of one CPU when idle (heartbeats)",
             self.max_fds,
             self.max_threads,
-            self.idle_cpu * 100.0,
-            run_cpu
+            self.idle_cpu * 100.0
         );
         println!("json {json}");
         println!();
@@ -859,13 +1064,13 @@ fn exited(pid: u32) -> Option<&'static str> {
     }
 }
 
-/// Run the real `tandemctl` off the runtime's workers, which the agents need.
-async fn ctl(env: &[(String, String)], args: &[&str]) -> anyhow::Result<CtlRun> {
-    let env = env.to_vec();
+/// Run `tandemctl` off the runtime's workers, which the agents need.
+async fn ctl(c: &Controller, args: &[&str]) -> anyhow::Result<CtlRun> {
+    let (bin, env) = (c.ctl.clone(), c.env.clone());
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_ctl_raw(&env, &args)
+        run_ctl_at(&bin, &env, &args)
     })
     .await?
 }

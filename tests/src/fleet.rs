@@ -383,7 +383,13 @@ impl Drop for Fleet {
 
 /// Run the real `tandemctl` with `env` and `args`.
 pub fn run_ctl_raw(env: &[(String, String)], args: &[&str]) -> anyhow::Result<CtlRun> {
-    let mut cmd = Command::new(bin_path("tandemctl")?);
+    run_ctl_at(&bin_path("tandemctl")?, env, args)
+}
+
+/// Run the `tandemctl` at `bin` with `env` (and no other `TANDEM_*`
+/// settings from this process) and `args`.
+pub fn run_ctl_at(bin: &Path, env: &[(String, String)], args: &[&str]) -> anyhow::Result<CtlRun> {
+    let mut cmd = Command::new(bin);
     for k in [
         "TANDEM_CONTROLLER",
         "TANDEM_CA",
