@@ -14,7 +14,8 @@
 //! Archive-copy policies (SPEC T9) are parsed, stored and shown; their runs
 //! come with the backup work, which adds the copy-and-pack operation.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -41,7 +42,7 @@ pub struct Policies {
     pub overridden: bool,
 }
 
-pub async fn policies(inv: &Inventory, store: &Store, set: &str) -> Result<Policies, StoreError> {
+async fn load_policies(inv: &Inventory, store: &Store, set: &str) -> Result<Policies, StoreError> {
     if let Some(row) = store.policy(set.to_owned()).await? {
         // Stored strings were parsed before they were stored.
         return Ok(Policies {
@@ -62,11 +63,7 @@ pub async fn policies(inv: &Inventory, store: &Store, set: &str) -> Result<Polic
 }
 
 /// Store a set's policies (`None`: back to the config's).
-pub async fn set_policies(
-    store: &Store,
-    set: &str,
-    p: Option<&Policies>,
-) -> Result<(), StoreError> {
+async fn store_policies(store: &Store, set: &str, p: Option<&Policies>) -> Result<(), StoreError> {
     store
         .put_policy(
             set.to_owned(),
@@ -84,7 +81,11 @@ pub struct Scheduler {
     store: Store,
     fleet: Arc<Fleet>,
     /// Notified when a policy changes.
-    pub changed: Notify,
+    changed: Notify,
+    /// Policies in force, by set, read from the store once and kept up to
+    /// date by [`Scheduler::set_policies`] (the only writer), so a tick does
+    /// not read every set's policy again.
+    cache: Mutex<HashMap<String, Policies>>,
 }
 
 impl Scheduler {
@@ -94,7 +95,36 @@ impl Scheduler {
             store,
             fleet,
             changed: Notify::new(),
+            cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A set's policies in force.
+    pub async fn policies(&self, set: &str) -> Result<Policies, StoreError> {
+        if let Some(p) = self.lock_cache().get(set) {
+            return Ok(p.clone());
+        }
+        let p = load_policies(&self.inventory, &self.store, set).await?;
+        self.lock_cache().insert(set.to_owned(), p.clone());
+        Ok(p)
+    }
+
+    /// Change a set's policies (`None`: back to the config's); returns the
+    /// policies now in force and wakes the loop.
+    pub async fn set_policies(
+        &self,
+        set: &str,
+        p: Option<&Policies>,
+    ) -> Result<Policies, StoreError> {
+        store_policies(&self.store, set, p).await?;
+        self.lock_cache().remove(set);
+        let now = self.policies(set).await?;
+        self.changed.notify_one();
+        Ok(now)
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Policies>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The schedule state of `set`'s tests under `policy`, now.
@@ -141,7 +171,7 @@ impl Scheduler {
             .map(|s| s.name.clone())
             .collect();
         for set in sets {
-            let policy = policies(&self.inventory, &self.store, &set).await?.test;
+            let policy = self.policies(&set).await?.test;
             if matches!(policy, Policy::Off | Policy::Signal(_)) {
                 continue;
             }

@@ -282,9 +282,7 @@ impl pb::controller_server::Controller for ControllerService {
                 }
             })?;
             let set = set.name.clone();
-            let policy = crate::scheduler::policies(&self.inventory, &self.store, &set)
-                .await?
-                .test;
+            let policy = self.scheduler.policies(&set).await?.test;
             if policy.signal().map(|s| s.name()) != Some(r.signal.as_str()) {
                 return Err(ServiceError::NotSignalPolicy {
                     set,
@@ -390,7 +388,9 @@ impl pb::controller_server::Controller for ControllerService {
                 .verdicts(set.name.clone(), 1)
                 .await
                 .map_err(ServiceError::from)?;
-            let policies = crate::scheduler::policies(&self.inventory, &self.store, &set.name)
+            let policies = self
+                .scheduler
+                .policies(&set.name)
                 .await
                 .map_err(ServiceError::from)?;
             let next_test = if self.fleet.set_active_since(&set.name).is_some() {
@@ -587,22 +587,19 @@ impl pb::controller_server::Controller for ControllerService {
             let test = parse("test policy", &r.test)?;
             let archive_copy = parse("archive-copy policy", &r.archive_copy)?;
             if r.reset {
-                crate::scheduler::set_policies(&self.store, &r.set, None).await?;
-            } else {
-                let mut p = crate::scheduler::policies(&self.inventory, &self.store, &r.set).await?;
-                if let Some(t) = test {
-                    p.test = t;
-                }
-                if let Some(a) = archive_copy {
-                    p.archive_copy = a;
-                }
-                if let Some(f) = r.archive_file {
-                    p.archive_file = f;
-                }
-                crate::scheduler::set_policies(&self.store, &r.set, Some(&p)).await?;
+                return Ok(self.scheduler.set_policies(&r.set, None).await?);
             }
-            self.scheduler.changed.notify_one();
-            Ok(crate::scheduler::policies(&self.inventory, &self.store, &r.set).await?)
+            let mut p = self.scheduler.policies(&r.set).await?;
+            if let Some(t) = test {
+                p.test = t;
+            }
+            if let Some(a) = archive_copy {
+                p.archive_copy = a;
+            }
+            if let Some(f) = r.archive_file {
+                p.archive_file = f;
+            }
+            Ok(self.scheduler.set_policies(&r.set, Some(&p)).await?)
         }
         .await;
         self.audit(&who, "SetPolicy", args, &result).await;
