@@ -75,6 +75,14 @@ pub async fn run<E: Engine>(
     }
 }
 
+/// Whether a failed call means the controller did not answer (rather than
+/// answered "no"). A controller killed while the call is in flight resets
+/// the connection, which tonic reports as `Cancelled` or `Unknown`.
+fn unreachable(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(code, Unavailable | Cancelled | Unknown | DeadlineExceeded)
+}
+
 impl<E: Engine> Signals<E> {
     async fn requested(&self, name: &str) {
         info!(signal = name, "a test of this set was asked for by signal");
@@ -88,7 +96,7 @@ impl<E: Engine> Signals<E> {
                 info!(signal = name, run = %r.into_inner().run_id, "the controller runs the test");
                 return;
             }
-            Ok(Err(s)) if s.code() == tonic::Code::Unavailable => s.message().to_owned(),
+            Ok(Err(s)) if unreachable(s.code()) => s.message().to_owned(),
             Ok(Err(s)) => {
                 warn!(signal = name, error = %s.message(), "the controller refused the signal's test");
                 return;
@@ -152,6 +160,32 @@ impl<E: Engine> Signals<E> {
                 }
                 Err(_) => return,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreachable;
+    use tonic::Code;
+
+    #[test]
+    fn a_reset_connection_is_unreachable_and_a_refusal_is_not() {
+        for code in [
+            Code::Unavailable,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::DeadlineExceeded,
+        ] {
+            assert!(unreachable(code), "{code:?}");
+        }
+        for code in [
+            Code::PermissionDenied,
+            Code::FailedPrecondition,
+            Code::NotFound,
+            Code::InvalidArgument,
+        ] {
+            assert!(!unreachable(code), "{code:?}");
         }
     }
 }
