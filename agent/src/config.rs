@@ -43,6 +43,36 @@ pub struct AgentConfig {
     pub postgres: PostgresConfig,
     #[serde(default)]
     pub testdb: TestdbConfig,
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
+}
+
+/// What a maintenance window may run on this server (SPEC T4).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// The `exec` repair: a command (argv) run as the database's OS user
+    /// for findings REINDEX cannot repair, with TANDEM_WINDOW, TANDEM_SET,
+    /// TANDEM_MEMBER, TANDEM_FINDINGS (a JSON file of the findings), PGDATA,
+    /// PGHOST, PGPORT and PGUSER in its environment. Exit 0 means repaired.
+    #[serde(default)]
+    pub repair_command: Option<Vec<String>>,
+    /// How long the repair command may run.
+    #[serde(default = "default_repair_timeout", with = "humantime_serde")]
+    pub repair_timeout: Duration,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig {
+            repair_command: None,
+            repair_timeout: default_repair_timeout(),
+        }
+    }
+}
+
+fn default_repair_timeout() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// How testdb copies and checks (SPEC T2).

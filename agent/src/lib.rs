@@ -15,6 +15,7 @@ pub mod actions;
 pub mod config;
 pub mod engine;
 pub mod events;
+pub mod maintain;
 pub mod ops;
 pub mod registration;
 pub mod runner;
@@ -87,6 +88,7 @@ pub async fn run_with_engine<E: Engine>(
         member: cfg.member().to_owned(),
         engine: engine.clone(),
         ops: ops.clone(),
+        maintainer: maintain::Maintainer::new(cfg.clone(), engine.clone(), ops.clone()),
     };
     let signals = tokio::spawn(signals::run(
         cfg.clone(),

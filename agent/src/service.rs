@@ -14,6 +14,7 @@ use tandem_proto::pb;
 use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
+use crate::maintain::{MaintainError, Maintainer};
 use crate::ops::journal::{OpKind, OpRecord, OpState};
 use crate::ops::{Operations, Progress, StartError, Watched};
 
@@ -24,6 +25,7 @@ pub struct AgentService<E> {
     pub member: String,
     pub engine: Arc<E>,
     pub ops: Arc<Operations<E>>,
+    pub maintainer: Arc<Maintainer<E>>,
 }
 
 /// Interceptor: the caller must present the controller's certificate.
@@ -44,9 +46,10 @@ type ProgressStream =
 fn start_status(e: StartError) -> Status {
     let msg = e.to_string();
     match e {
-        StartError::Busy { .. } | StartError::Stale { .. } | StartError::Refused(_) => {
-            Status::failed_precondition(msg)
-        }
+        StartError::Busy { .. }
+        | StartError::Stale { .. }
+        | StartError::Refused(_)
+        | StartError::Fenced { .. } => Status::failed_precondition(msg),
         StartError::ShuttingDown => Status::unavailable(msg),
         StartError::Journal(_) => Status::internal(msg),
     }
@@ -219,6 +222,27 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
             None => Err(Status::not_found(format!(
                 "no operation `{id}` on this agent"
             ))),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(agent = %self.agent))]
+    async fn maintain(
+        &self,
+        req: Request<pb::MaintainRequest>,
+    ) -> Result<Response<pb::MaintainResponse>, Status> {
+        match self.maintainer.step(req.into_inner()).await {
+            Ok(r) => Ok(Response::new(r)),
+            Err(e) => {
+                let msg = e.to_string();
+                Err(match e {
+                    MaintainError::UnknownStep(_) => Status::invalid_argument(msg),
+                    MaintainError::Stale { .. }
+                    | MaintainError::Busy(_)
+                    | MaintainError::FencedByOther { .. } => Status::failed_precondition(msg),
+                    // The step ran and failed: the window stops there.
+                    _ => Status::aborted(msg),
+                })
+            }
         }
     }
 

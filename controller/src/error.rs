@@ -62,6 +62,8 @@ pub enum ServiceError {
     UnknownRun { run: String },
     #[error("{what} is not available in this version of tandem-controller")]
     NotYet { what: &'static str },
+    #[error("{0}")]
+    Maintenance(String),
     #[error(transparent)]
     Invalid(#[from] ModelError),
     #[error("controller store failed: {0}")]
@@ -77,7 +79,8 @@ impl From<ServiceError> for tonic::Status {
             | ServiceError::NotYourName { .. } => tonic::Status::permission_denied(msg),
             ServiceError::NotDeclared { .. }
             | ServiceError::WrongMembership { .. }
-            | ServiceError::NotSignalPolicy { .. } => tonic::Status::failed_precondition(msg),
+            | ServiceError::NotSignalPolicy { .. }
+            | ServiceError::Maintenance(_) => tonic::Status::failed_precondition(msg),
             ServiceError::UnknownSet { .. }
             | ServiceError::UnknownMember { .. }
             | ServiceError::UnknownRun { .. } => tonic::Status::not_found(msg),

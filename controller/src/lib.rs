@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod inventory;
+pub mod maintenance;
 pub mod schedule;
 pub mod scheduler;
 pub mod service;
@@ -54,6 +55,14 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     ));
     let agents = Arc::new(agents::AgentClients::new(cfg.tls.clone()));
     let fleet = fleet::Fleet::new(inventory.clone(), store.clone(), agents.clone()).await?;
+    let maintenance = maintenance::Maintenance::new(
+        inventory.clone(),
+        store.clone(),
+        agents.clone(),
+        fleet.clone(),
+    );
+    // Windows first: their sets are held before any recovered run dispatches.
+    maintenance.recover().await?;
     fleet.recover().await?;
     let dispatcher = tokio::spawn(fleet.clone().dispatch_loop(shutdown.clone()));
     let scheduler = scheduler::Scheduler::new(inventory.clone(), store.clone(), fleet.clone());
@@ -64,6 +73,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         agents,
         fleet,
         scheduler,
+        maintenance,
     };
     tonic::transport::Server::builder()
         .tls_config(server_tls)?

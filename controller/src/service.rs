@@ -29,6 +29,7 @@ pub struct ControllerService {
     pub agents: Arc<AgentClients>,
     pub fleet: Arc<Fleet>,
     pub scheduler: Arc<Scheduler>,
+    pub maintenance: Arc<crate::maintenance::Maintenance>,
 }
 
 fn policies_pb(p: &Policies) -> pb::Policies {
@@ -96,6 +97,26 @@ fn require_agent(who: &Identity, claimed: &str, action: &'static str) -> Result<
 }
 
 impl ControllerService {
+    async fn end_window(
+        &self,
+        req: Request<pb::MaintenanceRequest>,
+        ending: crate::maintenance::Ending,
+        action: &'static str,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set});
+        let result = async {
+            self.require(&who, UserRole::Admin, action)?;
+            self.maintenance.end(&r.set, ending, &who.uri()).await
+        }
+        .await;
+        self.audit(&who, action, args, &result).await;
+        Ok(Response::new(pb::MaintenanceResponse {
+            json: serde_json::to_string(&result?).expect("windows serialize"),
+        }))
+    }
+
     fn require(
         &self,
         who: &Identity,
@@ -653,6 +674,78 @@ impl pb::controller_server::Controller for ControllerService {
                 .map_err(ServiceError::from)?,
             running: running as u32,
             waiting: waiting as u32,
+        }))
+    }
+
+    async fn maintenance_plan(
+        &self,
+        req: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        self.require(&who, UserRole::Operator, "MaintenancePlan")?;
+        let plan = self.maintenance.plan(&r.set).await?;
+        Ok(Response::new(pb::MaintenanceResponse {
+            json: serde_json::to_string(&plan).expect("plans serialize"),
+        }))
+    }
+
+    async fn maintenance_open(
+        &self,
+        req: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set, "reason": r.reason});
+        let result = async {
+            self.require(&who, UserRole::Admin, "MaintenanceOpen")?;
+            self.maintenance
+                .open(
+                    &r.set,
+                    &r.reason,
+                    &who.uri(),
+                    current_trace_id().unwrap_or_default(),
+                )
+                .await
+        }
+        .await;
+        self.audit(&who, "MaintenanceOpen", args, &result).await;
+        Ok(Response::new(pb::MaintenanceResponse {
+            json: serde_json::to_string(&result?).expect("windows serialize"),
+        }))
+    }
+
+    async fn maintenance_close(
+        &self,
+        req: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        self.end_window(req, crate::maintenance::Ending::Close, "MaintenanceClose")
+            .await
+    }
+
+    async fn maintenance_abort(
+        &self,
+        req: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        self.end_window(req, crate::maintenance::Ending::Abort, "MaintenanceAbort")
+            .await
+    }
+
+    async fn maintenance_show(
+        &self,
+        req: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        self.require(&who, UserRole::Viewer, "MaintenanceShow")?;
+        if !self.inventory.config().sets.iter().any(|s| s.name == r.set) {
+            return Err(ServiceError::UnknownSet { set: r.set }.into());
+        }
+        let w = self.maintenance.latest(&r.set).await?;
+        Ok(Response::new(pb::MaintenanceResponse {
+            json: w
+                .map(|w| serde_json::to_string(&w).expect("windows serialize"))
+                .unwrap_or_default(),
         }))
     }
 

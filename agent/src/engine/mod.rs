@@ -10,6 +10,7 @@
 
 pub mod copy;
 pub mod findings;
+mod live;
 pub mod postgres;
 pub mod private;
 pub mod simulated;
@@ -38,6 +39,10 @@ pub enum EngineError {
     Output { tool: &'static str, output: String },
     #[error(transparent)]
     Copy(#[from] copy::CopyError),
+    #[error("{0} is not supported by this engine")]
+    Unsupported(&'static str),
+    #[error("{0}")]
+    Refused(String),
     #[error("cannot {op} {path}")]
     Io {
         op: &'static str,
@@ -63,6 +68,28 @@ pub struct PrivateInstance {
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
     pub findings: Vec<Finding>,
+}
+
+/// A relation that findings name, as the live server knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRelation {
+    pub database: String,
+    /// `schema.name`.
+    pub relation: String,
+    pub is_index: bool,
+    /// Its size on the live server (0 when it could not be read).
+    pub bytes: u64,
+}
+
+/// What a read-only check of named relations on the live server found.
+#[derive(Debug, Clone, Default)]
+pub struct LiveCheck {
+    /// The relations checked.
+    pub relations: Vec<LiveRelation>,
+    /// What the checks found there (empty: the live server is clean there).
+    pub findings: Vec<Finding>,
+    /// Findings that name nothing the live server can check, with why.
+    pub unresolved: Vec<String>,
 }
 
 /// Called from the copy's worker threads with the bytes copied so far.
@@ -129,4 +156,45 @@ pub trait Engine: Send + Sync + 'static {
     /// Kill a private instance on `dir` at once (SIGKILL), whatever state it
     /// is in. Used when the agent stops in the middle of a test (SPEC T3).
     fn kill_private(&self, dir: &Path);
+
+    // Maintenance on the live server (SPEC T4, C4): the steps of a window.
+    // Each is idempotent, so a window re-run after a crash can repeat it.
+
+    /// Re-check, read-only and online, exactly the relations `targets` name
+    /// (amcheck of those indexes and tables); output appended to `out`.
+    fn check_live(
+        &self,
+        _targets: &[Finding],
+        _out: &Path,
+    ) -> impl Future<Output = Result<LiveCheck, EngineError>> + Send {
+        async { Err(EngineError::Unsupported("checking the live server")) }
+    }
+
+    /// Take the live server out of client service (restart it listening on
+    /// its socket only); Ok when it already is.
+    fn isolate(&self) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async { Err(EngineError::Unsupported("isolating the server")) }
+    }
+
+    /// Put the live server back in client service (undo [`Engine::isolate`],
+    /// or start it); Ok when it already serves.
+    fn serve(&self) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async { Err(EngineError::Unsupported("serving clients")) }
+    }
+
+    /// Rebuild one index (`schema.name`) in `database` on the live server.
+    fn reindex(
+        &self,
+        _database: &str,
+        _index: &str,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async { Err(EngineError::Unsupported("reindex")) }
+    }
+
+    /// Re-seed the stopped standby from its primary: the data directory is
+    /// moved to `aside` (never deleted), a fresh base backup takes its
+    /// place, and the standby's own configuration files are kept.
+    fn reseed(&self, _aside: &Path) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async { Err(EngineError::Unsupported("re-seeding a standby")) }
+    }
 }

@@ -13,7 +13,7 @@ use super::{CheckReport, Engine, EngineError, PrivateInstance, ProgressFn, copy}
 use crate::config::PostgresConfig;
 use crate::runner::Runner;
 
-const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One query reads everything `facts()` needs, as one `|`-separated row.
 const FACTS_SQL: &str = "SELECT current_setting('server_version'), \
@@ -30,11 +30,14 @@ pub struct PostgresEngine {
     bin_dir: PathBuf,
     pub(super) runner: Runner,
     /// The live server's log when the agent starts it.
-    server_log: PathBuf,
+    pub(super) server_log: PathBuf,
+    /// Present while the agent keeps the live server out of client service
+    /// (socket only) for a maintenance window.
+    pub(super) isolated_marker: PathBuf,
 }
 
 /// How long the live server may take to stop or start.
-const LIVE_TIMEOUT: Duration = Duration::from_secs(300);
+pub(super) const LIVE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl PostgresEngine {
     /// `home` is the agent's home; the live server's log defaults to
@@ -53,6 +56,7 @@ impl PostgresEngine {
             bin_dir,
             runner,
             server_log,
+            isolated_marker: home.join("isolated"),
         }
     }
 
@@ -99,6 +103,20 @@ impl PostgresEngine {
         port: u16,
         sql: &str,
     ) -> Result<String, EngineError> {
+        self.query_in(socket_dir, port, &self.cfg.dbname, sql, STATUS_TIMEOUT)
+            .await
+    }
+
+    /// Run one query in database `db` through psql on the server at
+    /// `socket_dir`/`port`.
+    pub(super) async fn query_in(
+        &self,
+        socket_dir: &Path,
+        port: u16,
+        db: &str,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<String, EngineError> {
         let mut cmd = self.runner.command(self.tool("psql"));
         cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-F", "|"])
             .arg("-h")
@@ -108,12 +126,12 @@ impl PostgresEngine {
             .arg("-U")
             .arg(&self.cfg.user)
             .arg("-d")
-            .arg(&self.cfg.dbname)
+            .arg(db)
             .arg("-c")
             .arg(sql)
             .env("PGCONNECT_TIMEOUT", "5")
             .env("PGAPPNAME", "tandem-agent");
-        let out = self.runner.output(cmd, STATUS_TIMEOUT).await?;
+        let out = self.runner.output(cmd, timeout).await?;
         check_tool("psql", &out)?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
@@ -240,6 +258,30 @@ impl Engine for PostgresEngine {
 
     fn kill_private(&self, dir: &Path) {
         super::private::kill_postmaster(dir);
+    }
+
+    async fn check_live(
+        &self,
+        targets: &[tandem_proto::model::Finding],
+        out: &Path,
+    ) -> Result<super::LiveCheck, EngineError> {
+        self.check_live_relations(targets, out).await
+    }
+
+    async fn isolate(&self) -> Result<(), EngineError> {
+        self.isolate_live().await
+    }
+
+    async fn serve(&self) -> Result<(), EngineError> {
+        self.serve_live().await
+    }
+
+    async fn reindex(&self, database: &str, index: &str) -> Result<(), EngineError> {
+        self.reindex_live(database, index).await
+    }
+
+    async fn reseed(&self, aside: &Path) -> Result<(), EngineError> {
+        self.reseed_standby(aside).await
     }
 
     async fn facts(&self) -> Facts {

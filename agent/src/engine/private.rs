@@ -26,15 +26,15 @@ use super::{CheckReport, EngineError, PrivateInstance, findings};
 /// The private instance's port (it listens on a private socket directory
 /// only, so the number only names the socket file).
 const PRIVATE_PORT: u16 = 5432;
-const CHECK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub(super) const CHECK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EngineError {
+pub(super) fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EngineError {
     let path = path.to_owned();
     move |source| EngineError::Io { op, path, source }
 }
 
 /// Append a tool's run to `out`: a header, stdout, stderr.
-fn append_output(out: &Path, title: &str, o: &Output) -> Result<String, EngineError> {
+pub(super) fn append_output(out: &Path, title: &str, o: &Output) -> Result<String, EngineError> {
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
     let mut f = OpenOptions::new()
@@ -265,7 +265,7 @@ impl PostgresEngine {
 }
 
 /// A tool that failed without saying what it found.
-fn tool_failed(tool: &str, o: &Output) -> Finding {
+pub(super) fn tool_failed(tool: &str, o: &Output) -> Finding {
     let stderr = String::from_utf8_lossy(&o.stderr);
     let last = stderr
         .lines()

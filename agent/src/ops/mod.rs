@@ -52,6 +52,10 @@ pub enum StartError {
     Journal(#[from] JournalError),
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error(
+        "this server is fenced by maintenance window {window} since {since}: no operation starts until the window releases it"
+    )]
+    Fenced { window: String, since: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +166,12 @@ impl<E: Engine> Operations<E> {
     ) -> Result<String, StartError> {
         if self.shutdown.is_cancelled() {
             return Err(StartError::ShuttingDown);
+        }
+        if let Some(f) = crate::maintain::fence(&self.cfg.home) {
+            return Err(StartError::Fenced {
+                window: f.window,
+                since: f.since,
+            });
         }
         let seen = self.journal.generation()?;
         if set_generation < seen {

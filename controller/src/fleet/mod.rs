@@ -98,6 +98,8 @@ struct Job {
     set: String,
     /// The member asked for; `None`: the set's streaming standby.
     member: Option<String>,
+    /// Who asked: "manual", "schedule", "signal", "maintenance".
+    origin: String,
     trace_id: String,
     /// The last reason given to the run, so it is said once per change.
     waiting: Option<Wait>,
@@ -134,9 +136,15 @@ pub struct Fleet {
     queue: Mutex<Queue>,
     limits: Mutex<Limits>,
     wake: Notify,
+    /// Sets held by a maintenance window, with why: only the window's own
+    /// runs (origin "maintenance") start there.
+    held: Mutex<HashMap<String, String>>,
     /// Notified when a job ends (the scheduler waits on it).
     pub finished: Notify,
 }
+
+/// The origin of a maintenance window's own runs.
+pub const MAINTENANCE_ORIGIN: &str = "maintenance";
 
 fn new_run_id() -> String {
     let now = Timestamp::now();
@@ -167,6 +175,7 @@ impl Fleet {
             queue: Mutex::new(Queue::default()),
             limits: Mutex::new(limits),
             wake: Notify::new(),
+            held: Mutex::new(HashMap::new()),
             finished: Notify::new(),
         }))
     }
@@ -206,6 +215,32 @@ impl Fleet {
         );
         self.wake.notify_one();
         Ok(effective)
+    }
+
+    /// Hold `set` for a maintenance window: nothing but the window's own
+    /// runs starts there until [`Fleet::release`].
+    pub fn hold(&self, set: &str, why: String) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(set.to_owned(), why);
+    }
+
+    pub fn release(&self, set: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(set);
+        self.wake.notify_one();
+    }
+
+    /// Why `set` is held, if it is.
+    pub fn held(&self, set: &str) -> Option<String> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(set)
+            .cloned()
     }
 
     /// Jobs waiting and running now.
@@ -278,6 +313,7 @@ impl Fleet {
                     run: run.clone(),
                     set,
                     member: member.clone(),
+                    origin: origin.to_owned(),
                     trace_id: trace_id.clone(),
                     waiting: None,
                     since: Timestamp::now(),
@@ -303,6 +339,7 @@ impl Fleet {
                     run: run.clone(),
                     set: s.set.clone(),
                     member: (!s.member.is_empty()).then_some(s.member.clone()),
+                    origin: row.origin.clone(),
                     trace_id: row.trace_id.clone(),
                     waiting: None,
                     since: row.created_at,
@@ -372,7 +409,13 @@ impl Fleet {
         let mut i = 0;
         while i < q.waiting.len() {
             let job = &q.waiting[i];
-            let target = self.target(&job.set, job.member.as_deref());
+            let held = self
+                .held(&job.set)
+                .filter(|_| job.origin != MAINTENANCE_ORIGIN);
+            let target = match held {
+                Some(why) => Err(why),
+                None => self.target(&job.set, job.member.as_deref()),
+            };
             let host = target.as_ref().map(|t| t.host.clone()).unwrap_or_default();
             let admitted = match &target {
                 Ok(_) => admit(&limits, &busy, &job.set, &host),

@@ -112,4 +112,18 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (set_name, purpose)
     );
     "#,
+    // 6: maintenance windows (SPEC T4, C4): the plan, each step's outcome and
+    // the report, as one JSON document per window, so a restarted controller
+    // carries on from the recorded step.
+    r#"
+    CREATE TABLE windows (
+        id         TEXT PRIMARY KEY,
+        set_name   TEXT NOT NULL,
+        state      TEXT NOT NULL,
+        doc        TEXT NOT NULL,
+        opened_at  TEXT NOT NULL,
+        closed_at  TEXT
+    );
+    CREATE INDEX windows_by_set ON windows(set_name, opened_at);
+    "#,
 ];

@@ -11,6 +11,8 @@
 mod migrations;
 mod runs;
 mod schedules;
+mod windows;
+pub use windows::FINISHED_STATES;
 
 pub use runs::{RunRow, RunSetRow, RunSetState, SetEvent};
 pub use schedules::{PolicyRow, ScheduleRow};

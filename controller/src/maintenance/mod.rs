@@ -1,0 +1,840 @@
+//! Maintenance windows (SPEC T4, C4, O1): repair on the primary with the
+//! whole set halted, or re-seed a standby with standby-local damage, then
+//! prove the set clean with a fresh testdb.
+//!
+//! A window is one JSON document in the store ([`Window`]): the plan
+//! ([`plan::Plan`], built before any action from the set's last errors
+//! verdict and a read-only triage on the primary), each step's state and
+//! message, and the report. It is written before and after every step, so a
+//! controller that restarts in the middle carries on from the recorded step
+//! ([`Maintenance::recover`]); agents make every step idempotent.
+//!
+//! While a window is not over, the fleet holds its set ([`Fleet::hold`]):
+//! no schedule, signal or `testdb --all` starts anything there except the
+//! window's own testdb. A failed step stops the plan and leaves the set as
+//! it is (halted, standbys fenced); `abort` puts it back as it was before
+//! the window (primary serving, standbys unfenced, started and streaming),
+//! `close` does the same and then runs the testdb that closes the window.
+
+pub mod plan;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tandem_proto::model::{Facts, Lsn, Role};
+use tandem_proto::pb;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::agents::AgentClients;
+use crate::error::ServiceError;
+use crate::fleet::{Fleet, MAINTENANCE_ORIGIN};
+use crate::inventory::Inventory;
+use crate::store::{Store, StoreError};
+use crate::verdicts::{Verdict, VerdictKind};
+use plan::{Action, Plan, Repair, Step, StepState};
+
+/// How long a restarted standby may take to stream again.
+const STREAMING_TIMEOUT: Duration = Duration::from_secs(180);
+const POLL_EVERY: Duration = Duration::from_millis(300);
+/// An agent that does not answer (restarting) is asked again this often.
+const AGENT_RETRIES: u32 = 20;
+const AGENT_RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How long one agent step may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowState {
+    /// The plan's steps are running.
+    Running,
+    /// A step failed: the set stays as the failed step left it (halted,
+    /// fenced) until `abort` or `close`.
+    Failed,
+    /// `abort` or `close` is putting the set back.
+    Resuming,
+    /// Over: the repair was proven by a clean testdb.
+    Closed,
+    /// Over: the set was put back as it was before the window.
+    Aborted,
+}
+
+impl WindowState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowState::Running => "running",
+            WindowState::Failed => "failed",
+            WindowState::Resuming => "resuming",
+            WindowState::Closed => "closed",
+            WindowState::Aborted => "aborted",
+        }
+    }
+
+    pub fn is_over(self) -> bool {
+        matches!(self, WindowState::Closed | WindowState::Aborted)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// Put the set back, then a testdb that closes the window when clean.
+    Close,
+    /// Put the set back as it was before the window.
+    Abort,
+}
+
+/// One window: its plan, what became of each step, and the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub id: String,
+    pub set: String,
+    pub reason: String,
+    pub opened_by: String,
+    pub opened_at: Timestamp,
+    #[serde(default)]
+    pub closed_at: Option<Timestamp>,
+    pub state: WindowState,
+    pub plan: Plan,
+    /// The steps of `abort` or `close`, once asked for.
+    #[serde(default)]
+    pub ending: Option<Ending>,
+    #[serde(default)]
+    pub resume: Vec<Step>,
+    /// Which step failed and why.
+    #[serde(default)]
+    pub failure: Option<String>,
+    /// The primary's log position once back in service: standbys must
+    /// replay past it.
+    #[serde(default)]
+    pub repair_lsn: Option<String>,
+    /// The testdb that closed (or did not close) the window.
+    #[serde(default)]
+    pub verdict: Option<Verdict>,
+    /// First member stopped to last member streaming, as measured.
+    #[serde(default)]
+    pub downtime_seconds: Option<f64>,
+    #[serde(default)]
+    pub trace_id: String,
+}
+
+impl Window {
+    fn phase_steps(&mut self) -> &mut Vec<Step> {
+        if self.state == WindowState::Resuming {
+            &mut self.resume
+        } else {
+            &mut self.plan.steps
+        }
+    }
+
+    /// The sentence the fleet gives for a held set.
+    fn hold_reason(&self) -> String {
+        format!(
+            "set `{}` is in maintenance window {} ({}, {}); tests resume when it closes",
+            self.set,
+            self.id,
+            self.reason,
+            self.state.as_str()
+        )
+    }
+}
+
+struct Active {
+    cancel: CancellationToken,
+    drive: Arc<tokio::sync::Mutex<()>>,
+}
+
+pub struct Maintenance {
+    inventory: Arc<Inventory>,
+    store: Store,
+    agents: Arc<AgentClients>,
+    fleet: Arc<Fleet>,
+    active: Mutex<HashMap<String, Active>>,
+}
+
+/// A member and its agent.
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    agent: String,
+}
+
+fn new_window_id() -> String {
+    let now = Timestamp::now();
+    format!(
+        "mw-{}-{:04x}",
+        now.strftime("%Y%m%dT%H%M%S"),
+        now.subsec_nanosecond() as u32 & 0xffff
+    )
+}
+
+fn err(msg: impl Into<String>) -> ServiceError {
+    ServiceError::Maintenance(msg.into())
+}
+
+impl Maintenance {
+    pub fn new(
+        inventory: Arc<Inventory>,
+        store: Store,
+        agents: Arc<AgentClients>,
+        fleet: Arc<Fleet>,
+    ) -> Arc<Maintenance> {
+        Arc::new(Maintenance {
+            inventory,
+            store,
+            agents,
+            fleet,
+            active: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn save(&self, w: &Window) -> Result<(), StoreError> {
+        self.store
+            .put_window(
+                w.id.clone(),
+                w.set.clone(),
+                w.state.as_str().to_owned(),
+                serde_json::to_string(w).expect("windows serialize"),
+                w.opened_at.to_string(),
+                w.closed_at.map(|t| t.to_string()),
+            )
+            .await
+    }
+
+    /// The set's newest window, if any.
+    pub async fn latest(&self, set: &str) -> Result<Option<Window>, ServiceError> {
+        let docs = self.store.window_docs(set.to_owned(), 1).await?;
+        Ok(docs.first().and_then(|d| serde_json::from_str(d).ok()))
+    }
+
+    async fn open_window(&self, set: &str) -> Result<Option<Window>, ServiceError> {
+        Ok(self.latest(set).await?.filter(|w| !w.state.is_over()))
+    }
+
+    /// Every member's agent, and which member is the primary now (from
+    /// the agents' facts, SPEC C1).
+    fn members(&self, set: &str) -> Result<(Member, Vec<Member>), ServiceError> {
+        let cfg = self.inventory.config();
+        let set_cfg =
+            cfg.sets
+                .iter()
+                .find(|s| s.name == set)
+                .ok_or_else(|| ServiceError::UnknownSet {
+                    set: set.to_owned(),
+                })?;
+        let mut primaries = Vec::new();
+        let mut standbys = Vec::new();
+        for m in &set_cfg.members {
+            let member = Member {
+                name: m.name.clone(),
+                agent: m.agent().to_owned(),
+            };
+            let view = self.inventory.get(&member.agent);
+            let online = view
+                .as_ref()
+                .is_some_and(|v| v.row.state == tandem_proto::model::AgentState::Online);
+            if !online {
+                return Err(err(format!(
+                    "the agent `{}` of member `{}` is offline or was never seen; every member's agent must answer before a window halts the set",
+                    member.agent, member.name
+                )));
+            }
+            match view.and_then(|v| v.facts).map(|f| f.role) {
+                Some(Role::Primary) => primaries.push(member),
+                _ => standbys.push(member),
+            }
+        }
+        match primaries.len() {
+            1 => Ok((primaries.remove(0), standbys)),
+            0 => Err(err(format!(
+                "no member of set `{set}` runs as primary now; a window repairs on the primary (start it, or repair by hand)"
+            ))),
+            _ => Err(err(format!(
+                "more than one member of set `{set}` runs as primary ({}): split brain; resolve it by hand first",
+                primaries
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// One `Maintain` step on a member's agent; an agent that does not
+    /// answer is asked again (bounded).
+    async fn agent_step(
+        &self,
+        set: &str,
+        window: &str,
+        member: &Member,
+        step: &str,
+        targets: &[tandem_proto::model::Finding],
+    ) -> Result<pb::MaintainResponse, String> {
+        let generation = self
+            .store
+            .generation(set.to_owned())
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or(0);
+        let mut last = String::new();
+        for _ in 0..AGENT_RETRIES {
+            let Some(view) = self.inventory.get(&member.agent) else {
+                return Err(format!("agent `{}` was never seen", member.agent));
+            };
+            let mut client = self
+                .agents
+                .client(&view.row.address)
+                .map_err(|e| e.to_string())?;
+            let mut req = tonic::Request::new(pb::MaintainRequest {
+                window_id: window.to_owned(),
+                step: step.to_owned(),
+                set_generation: generation,
+                targets: targets.iter().cloned().map(Into::into).collect(),
+            });
+            req.set_timeout(STEP_TIMEOUT);
+            match client.maintain(req).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                    ) =>
+                {
+                    last = format!("agent `{}` does not answer: {}", member.agent, s.message());
+                    tokio::time::sleep(AGENT_RETRY_EVERY).await;
+                }
+                Err(s) => return Err(s.message().to_owned()),
+            }
+        }
+        Err(last)
+    }
+
+    /// The plan for a repair of `set`, built now (runs the read-only triage
+    /// on the primary).
+    pub async fn plan(&self, set: &str) -> Result<Plan, ServiceError> {
+        let (primary, standbys) = self.members(set)?;
+        let verdicts = self.store.verdicts(set.to_owned(), 1).await?;
+        let verdict = match verdicts.first() {
+            Some(v) if v.kind == VerdictKind::Errors => v.clone(),
+            Some(v) => {
+                return Err(err(format!(
+                    "set `{set}`'s last verdict is {} ({}): there is nothing to repair; a window repairs what a testdb found",
+                    v.kind.as_str(),
+                    v.at
+                )));
+            }
+            None => {
+                return Err(err(format!(
+                    "set `{set}` was never tested: there is nothing to repair; run `tandemctl testdb {set}` first"
+                )));
+            }
+        };
+        let triage = self
+            .agent_step(set, "plan", &primary, "triage", &verdict.findings)
+            .await
+            .map_err(|e| {
+                err(format!(
+                    "the triage on primary `{}` failed: {e}",
+                    primary.name
+                ))
+            })?;
+        let data_bytes = triage.facts.as_ref().map_or(0, |f| f.data_dir_bytes);
+        let standby_names: Vec<String> = standbys.iter().map(|m| m.name.clone()).collect();
+        let mut p = plan::build(plan::Input {
+            set,
+            primary: &primary.name,
+            standbys: &standby_names,
+            verdict: &verdict,
+            triage: plan::Triage {
+                findings: triage.findings.into_iter().map(Into::into).collect(),
+                relations: triage
+                    .relations
+                    .into_iter()
+                    .map(|r| plan::Relation {
+                        database: r.database,
+                        relation: r.relation,
+                        is_index: r.is_index,
+                        bytes: r.bytes,
+                    })
+                    .collect(),
+                unresolved: triage.unresolved,
+            },
+            data_bytes,
+        });
+        let now = Timestamp::now();
+        if let Some(t) = p.steps.first_mut() {
+            t.state = StepState::Done;
+            t.message = triage.message;
+            t.started_at = Some(now);
+            t.finished_at = Some(now);
+        }
+        Ok(p)
+    }
+
+    /// Open a window on `set` now and run its plan in the background.
+    pub async fn open(
+        self: &Arc<Self>,
+        set: &str,
+        reason: &str,
+        who: &str,
+        trace_id: String,
+    ) -> Result<Window, ServiceError> {
+        if reason.trim().is_empty() {
+            return Err(err(
+                "say why the window opens: --reason TEXT (it goes into the set's history and the audit log)",
+            ));
+        }
+        if let Some(w) = self.open_window(set).await? {
+            return Err(err(format!(
+                "set `{set}` is already in window {} ({}); `tandemctl maintenance show {set}`, then close or abort it",
+                w.id,
+                w.state.as_str()
+            )));
+        }
+        if let Some(since) = self.fleet.set_active_since(set) {
+            return Err(err(format!(
+                "a test of set `{set}` is queued or running (since {since}); wait for it to end, then open the window"
+            )));
+        }
+        let plan = self.plan(set).await?;
+        let w = Window {
+            id: new_window_id(),
+            set: set.to_owned(),
+            reason: reason.to_owned(),
+            opened_by: who.to_owned(),
+            opened_at: Timestamp::now(),
+            closed_at: None,
+            state: WindowState::Running,
+            plan,
+            ending: None,
+            resume: vec![],
+            failure: None,
+            repair_lsn: None,
+            verdict: None,
+            downtime_seconds: None,
+            trace_id,
+        };
+        self.save(&w).await?;
+        self.fleet.hold(set, w.hold_reason());
+        self.event(
+            set,
+            format!(
+                "window {} opened by {who}: {reason}; {} repair, {} steps, expected downtime {:.0} s",
+                w.id,
+                match w.plan.repair {
+                    Repair::Primary => "primary (whole set halted)",
+                    Repair::Reseed => "re-seed",
+                },
+                w.plan.steps.len(),
+                w.plan.expected_downtime_seconds
+            ),
+        )
+        .await;
+        self.spawn_drive(w.clone());
+        Ok(w)
+    }
+
+    /// Put the set back as it was before the window (`Abort`), or back and
+    /// then tested (`Close`).
+    pub async fn end(
+        self: &Arc<Self>,
+        set: &str,
+        ending: Ending,
+        who: &str,
+    ) -> Result<Window, ServiceError> {
+        let Some(w) = self.open_window(set).await? else {
+            return Err(err(format!(
+                "set `{set}` has no open maintenance window; `tandemctl maintenance show {set}` shows the last one"
+            )));
+        };
+        // Stop a running plan after its current step, and wait for it.
+        let (cancel, drive) = self.active_for(&w.id);
+        cancel.cancel();
+        let guard = drive.clone().lock_owned().await;
+        // Re-read: the drive may have moved on before it stopped.
+        let mut w = self.open_window(set).await?.unwrap_or(w);
+        w.ending = Some(ending);
+        w.state = WindowState::Resuming;
+        w.failure = None;
+        w.resume = plan::resume_steps(&w.plan);
+        if ending == Ending::Close {
+            w.resume.extend(
+                w.plan
+                    .steps
+                    .iter()
+                    .filter(|s| s.action == Action::Testdb)
+                    .cloned()
+                    .map(|mut s| {
+                        s.state = StepState::Pending;
+                        s.message.clear();
+                        s.started_at = None;
+                        s.finished_at = None;
+                        s
+                    }),
+            );
+        }
+        self.save(&w).await?;
+        self.event(
+            set,
+            format!(
+                "window {}: {} asked by {who}",
+                w.id,
+                match ending {
+                    Ending::Close => "close (resume the set, then testdb)",
+                    Ending::Abort => "abort (resume the set as it was)",
+                }
+            ),
+        )
+        .await;
+        drop(guard);
+        self.forget(&w.id);
+        self.spawn_drive(w.clone());
+        Ok(w)
+    }
+
+    /// Hold every set whose window is not over, and carry on the windows a
+    /// previous controller left running (SPEC C5).
+    pub async fn recover(self: &Arc<Self>) -> Result<(), ServiceError> {
+        for doc in self.store.unfinished_window_docs().await? {
+            let Ok(w) = serde_json::from_str::<Window>(&doc) else {
+                warn!("a stored maintenance window cannot be read; skipped");
+                continue;
+            };
+            self.fleet.hold(&w.set, w.hold_reason());
+            if matches!(w.state, WindowState::Running | WindowState::Resuming) {
+                info!(window = %w.id, set = %w.set, "carrying on a maintenance window left by a restart");
+                self.spawn_drive(w);
+            }
+        }
+        Ok(())
+    }
+
+    fn active_for(&self, id: &str) -> (CancellationToken, Arc<tokio::sync::Mutex<()>>) {
+        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let e = a.entry(id.to_owned()).or_insert_with(|| Active {
+            cancel: CancellationToken::new(),
+            drive: Arc::new(tokio::sync::Mutex::new(())),
+        });
+        (e.cancel.clone(), e.drive.clone())
+    }
+
+    fn forget(&self, id: &str) {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    fn spawn_drive(self: &Arc<Self>, w: Window) {
+        let this = self.clone();
+        let span = info_span!("maintenance.window", window = %w.id, set = %w.set);
+        tokio::spawn(
+            async move {
+                if let Err(e) = this.drive(w).await {
+                    warn!(error = %e, "the maintenance window could not be recorded");
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn event(&self, set: &str, message: String) {
+        info!(set, "{message}");
+        if let Err(e) = self
+            .store
+            .set_event(set.to_owned(), "maintenance", message)
+            .await
+        {
+            warn!(error = %e, "cannot record the set event");
+        }
+    }
+
+    /// Run the window's steps from the first one not done.
+    async fn drive(self: &Arc<Self>, mut w: Window) -> Result<(), StoreError> {
+        let (cancel, drive) = self.active_for(&w.id);
+        let _guard = drive.lock().await;
+        loop {
+            let next = w
+                .phase_steps()
+                .iter()
+                .position(|s| s.state != StepState::Done);
+            let Some(i) = next else { break };
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            {
+                let s = &mut w.phase_steps()[i];
+                s.state = StepState::Running;
+                s.started_at = Some(Timestamp::now());
+            }
+            self.save(&w).await?;
+            let step = w.phase_steps()[i].clone();
+            let span =
+                info_span!("maintenance.step", step = step.action.name(), member = %step.member);
+            let outcome = self.execute(&mut w, &step).instrument(span).await;
+            let label = step.label(i);
+            let s = &mut w.phase_steps()[i];
+            s.finished_at = Some(Timestamp::now());
+            match outcome {
+                Ok(message) => {
+                    s.state = StepState::Done;
+                    s.message = message;
+                }
+                Err(e) => {
+                    s.state = StepState::Failed;
+                    s.message = e.clone();
+                    let phase = if w.state == WindowState::Resuming {
+                        "resuming: "
+                    } else {
+                        ""
+                    };
+                    w.failure = Some(format!("{phase}{label} failed: {e}"));
+                    w.state = WindowState::Failed;
+                    w.downtime_seconds = plan::measured_downtime(w.phase_steps());
+                    self.save(&w).await?;
+                    self.fleet.hold(&w.set, w.hold_reason());
+                    self.event(
+                        &w.set,
+                        format!(
+                            "window {}: {}; the set stays as it is (halted members stay fenced); `tandemctl maintenance abort {}` puts it back",
+                            w.id,
+                            w.failure.as_deref().unwrap_or(""),
+                            w.set
+                        ),
+                    )
+                    .await;
+                    self.forget(&w.id);
+                    return Ok(());
+                }
+            }
+            self.save(&w).await?;
+        }
+        // Every step is done.
+        let tested = w.phase_steps().iter().any(|s| s.action == Action::Testdb);
+        if w.state == WindowState::Running || w.ending == Some(Ending::Close) {
+            w.downtime_seconds = plan::measured_downtime(&w.plan.steps);
+        }
+        if tested {
+            let clean = w
+                .verdict
+                .as_ref()
+                .is_some_and(|v| v.kind == VerdictKind::Clean);
+            if clean {
+                w.state = WindowState::Closed;
+                w.closed_at = Some(Timestamp::now());
+            } else {
+                w.state = WindowState::Failed;
+                w.failure = Some(match &w.verdict {
+                    Some(v) if v.kind == VerdictKind::Errors => format!(
+                        "the testdb after the repair still found {} finding(s); the window stays open with the report",
+                        v.findings.len()
+                    ),
+                    Some(v) => format!(
+                        "the testdb after the repair could not run: {}",
+                        v.reason.as_deref().unwrap_or("")
+                    ),
+                    None => "the testdb after the repair gave no verdict".into(),
+                });
+            }
+        } else {
+            w.state = WindowState::Aborted;
+            w.closed_at = Some(Timestamp::now());
+        }
+        self.save(&w).await?;
+        if w.state.is_over() {
+            self.fleet.release(&w.set);
+        } else {
+            self.fleet.hold(&w.set, w.hold_reason());
+        }
+        self.event(
+            &w.set,
+            match w.state {
+                WindowState::Closed => format!(
+                    "window {} closed: the set tested clean after the repair{}",
+                    w.id,
+                    w.downtime_seconds
+                        .map(|d| format!(" (set downtime {d:.1} s)"))
+                        .unwrap_or_default()
+                ),
+                WindowState::Aborted => format!(
+                    "window {} aborted: the set is back as it was before the window",
+                    w.id
+                ),
+                _ => format!("window {}: {}", w.id, w.failure.as_deref().unwrap_or("")),
+            },
+        )
+        .await;
+        self.forget(&w.id);
+        Ok(())
+    }
+
+    /// Run one step; Ok is the message for the report.
+    async fn execute(&self, w: &mut Window, step: &Step) -> Result<String, String> {
+        let (primary, standbys) = self.members_by_name(&w.plan);
+        let member = if step.member == primary.name {
+            primary.clone()
+        } else {
+            standbys
+                .iter()
+                .find(|m| m.name == step.member)
+                .cloned()
+                .unwrap_or(Member {
+                    name: step.member.clone(),
+                    agent: step.member.clone(),
+                })
+        };
+        match step.action {
+            Action::WaitStreaming => self.wait_streaming(w, &member).await,
+            Action::Testdb => self.testdb(w, step).await,
+            action => {
+                let name = action.agent_step().expect("agent steps have names");
+                let r = self
+                    .agent_step(&w.set, &w.id, &member, name, &step.targets)
+                    .await?;
+                let facts: Option<Facts> = r.facts.clone().and_then(|f| Facts::try_from(f).ok());
+                match action {
+                    Action::Check if !r.findings.is_empty() => {
+                        let first = r.findings[0]
+                            .message
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                            .to_owned();
+                        return Err(format!(
+                            "the primary's check still finds {} finding(s) after the repair: {first}",
+                            r.findings.len()
+                        ));
+                    }
+                    Action::Serve => {
+                        w.repair_lsn = facts
+                            .as_ref()
+                            .and_then(|f| f.current_lsn)
+                            .map(|l| l.to_string());
+                    }
+                    Action::FenceStop | Action::Reseed if !r.fenced => {
+                        return Err(format!("agent `{}` did not keep its fence", member.agent));
+                    }
+                    _ => {}
+                }
+                Ok(r.message)
+            }
+        }
+    }
+
+    /// Members as the plan names them, with their agents from the config.
+    fn members_by_name(&self, p: &Plan) -> (Member, Vec<Member>) {
+        let cfg = self.inventory.config();
+        let agent_of = |name: &str| {
+            cfg.sets
+                .iter()
+                .find(|s| s.name == p.set)
+                .and_then(|s| s.members.iter().find(|m| m.name == name))
+                .map_or(name.to_owned(), |m| m.agent().to_owned())
+        };
+        let m = |name: &String| Member {
+            name: name.clone(),
+            agent: agent_of(name),
+        };
+        (m(&p.primary), p.standbys.iter().map(m).collect())
+    }
+
+    /// Wait until `member` runs as a standby, streams, and has replayed
+    /// past the repair's log position. A standby seen as primary fails the
+    /// step at once: nothing in a window may promote one.
+    async fn wait_streaming(&self, w: &Window, member: &Member) -> Result<String, String> {
+        let want: Option<Lsn> = w.repair_lsn.as_deref().and_then(|l| l.parse().ok());
+        let deadline = tokio::time::Instant::now() + STREAMING_TIMEOUT;
+        let mut last = String::from("no answer yet");
+        while tokio::time::Instant::now() < deadline {
+            if let Some(view) = self.inventory.get(&member.agent)
+                && let Ok(mut client) = self.agents.client(&view.row.address)
+                && let Ok(r) = client.status(pb::StatusRequest {}).await
+                && let Some(f) = r.into_inner().facts.and_then(|f| Facts::try_from(f).ok())
+            {
+                if f.role == Role::Primary {
+                    return Err(format!(
+                        "member `{}` runs as a primary: it was promoted during the window",
+                        member.name
+                    ));
+                }
+                let replayed_enough = match (want, f.replayed_lsn) {
+                    (Some(w), Some(r)) => r >= w,
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                };
+                if f.role == Role::Standby && f.fully_received && replayed_enough {
+                    return Ok(format!(
+                        "{} streams, replayed to {}",
+                        member.name,
+                        f.replayed_lsn.map(|l| l.to_string()).unwrap_or_default()
+                    ));
+                }
+                last = format!(
+                    "{} {}, replayed {}{}",
+                    f.role,
+                    f.state_word(),
+                    f.replayed_lsn.map(|l| l.to_string()).unwrap_or_default(),
+                    want.map(|w| format!(", waiting for {w}"))
+                        .unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+        Err(format!(
+            "member `{}` did not stream within {:?}: {last}",
+            member.name, STREAMING_TIMEOUT
+        ))
+    }
+
+    /// The window's own testdb, through the fleet (under its limits).
+    async fn testdb(&self, w: &mut Window, step: &Step) -> Result<String, String> {
+        let member = (!step.member.is_empty()).then(|| step.member.clone());
+        let run_id = self
+            .fleet
+            .start_run(
+                vec![w.set.clone()],
+                member,
+                MAINTENANCE_ORIGIN,
+                w.trace_id.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let run = self
+            .fleet
+            .get(&run_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("run {run_id} vanished"))?;
+        let mut rx = run.subscribe();
+        loop {
+            if run.events_from(0).1 {
+                break;
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        let v = self
+            .store
+            .verdicts(w.set.clone(), 1)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("run {run_id} left no verdict"))?;
+        let msg = format!(
+            "testdb of {} ({run_id}): {}{}",
+            v.member,
+            v.kind.as_str(),
+            v.lsn
+                .as_deref()
+                .map(|l| format!(" up to {l}"))
+                .unwrap_or_default()
+        );
+        w.verdict = Some(v);
+        Ok(msg)
+    }
+}

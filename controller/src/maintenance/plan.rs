@@ -1,0 +1,662 @@
+//! A maintenance window's plan (SPEC T4, C4), built before any action from
+//! the set's findings and the triage on its primary. Pure: no I/O.
+//!
+//! Triage re-checks, on the primary, exactly the relations the findings
+//! name. What it confirms is a *replicated* error: every member has it, so
+//! it is repaired on the primary with the whole set halted (standbys fenced
+//! and stopped first, the primary out of client service, `REINDEX` of the
+//! named indexes, the `exec` repair for the rest, the primary's own check,
+//! then primary back, standbys started and streaming past the repair, a
+//! fresh testdb). What the primary does not have is *standby-local* damage:
+//! the tested standby is re-seeded from the primary, which never stops.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tandem_proto::model::Finding;
+
+use crate::verdicts::Verdict;
+
+/// Rough costs used for the estimate when nothing better is known.
+const STOP_SECS: f64 = 2.0;
+const START_SECS: f64 = 2.0;
+const STREAM_SECS: f64 = 3.0;
+const EXEC_SECS: f64 = 60.0;
+const TESTDB_SECS: f64 = 60.0;
+/// Bytes a second REINDEX, the amcheck re-check and a base backup manage,
+/// for the estimate.
+const REINDEX_RATE: f64 = 50e6;
+const CHECK_RATE: f64 = 100e6;
+const BASEBACKUP_RATE: f64 = 100e6;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Repair {
+    /// A replicated error: repaired on the primary, whole set halted.
+    Primary,
+    /// Standby-local damage: the standby is re-seeded from the primary.
+    Reseed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Triage,
+    FenceStop,
+    Isolate,
+    Reindex,
+    ExecRepair,
+    Check,
+    Serve,
+    Reseed,
+    UnfenceStart,
+    WaitStreaming,
+    Testdb,
+}
+
+impl Action {
+    /// The agent's name for the step (`Maintain`), when an agent runs it.
+    pub fn agent_step(self) -> Option<&'static str> {
+        Some(match self {
+            Action::Triage => "triage",
+            Action::FenceStop => "fence_stop",
+            Action::Isolate => "isolate",
+            Action::Reindex => "reindex",
+            Action::ExecRepair => "exec_repair",
+            Action::Check => "check",
+            Action::Serve => "serve",
+            Action::Reseed => "reseed",
+            Action::UnfenceStart => "unfence_start",
+            Action::WaitStreaming | Action::Testdb => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::WaitStreaming => "wait_streaming",
+            Action::Testdb => "testdb",
+            a => a.agent_step().unwrap_or("?"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    #[default]
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+/// One step of a plan, and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub action: Action,
+    /// The member it acts on (empty: the set, e.g. testdb).
+    pub member: String,
+    /// What it touches, for a person reading the plan.
+    pub touches: String,
+    /// The findings it is about (triage, reindex, exec_repair, check).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<Finding>,
+    pub estimate_seconds: f64,
+    /// Whether the set is (partly) out of service during it.
+    pub downtime: bool,
+    #[serde(default)]
+    pub state: StepState,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
+    #[serde(default)]
+    pub finished_at: Option<Timestamp>,
+}
+
+impl Step {
+    fn new(action: Action, member: &str, touches: String, estimate: f64, downtime: bool) -> Step {
+        Step {
+            action,
+            member: member.to_owned(),
+            touches,
+            targets: vec![],
+            estimate_seconds: estimate,
+            downtime,
+            state: StepState::Pending,
+            message: String::new(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn with_targets(mut self, t: Vec<Finding>) -> Step {
+        self.targets = t;
+        self
+    }
+
+    /// "3 isolate on billing-db1", for reports.
+    pub fn label(&self, index: usize) -> String {
+        if self.member.is_empty() {
+            format!("step {} {}", index + 1, self.action.name())
+        } else {
+            format!(
+                "step {} {} on {}",
+                index + 1,
+                self.action.name(),
+                self.member
+            )
+        }
+    }
+}
+
+/// A relation the triage checked on the primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relation {
+    pub database: String,
+    pub relation: String,
+    pub is_index: bool,
+    pub bytes: u64,
+}
+
+/// What the re-check on the primary found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Triage {
+    pub findings: Vec<Finding>,
+    pub relations: Vec<Relation>,
+    pub unresolved: Vec<String>,
+}
+
+/// What a plan is built from.
+pub struct Input<'a> {
+    pub set: &'a str,
+    pub primary: &'a str,
+    pub standbys: &'a [String],
+    /// The errors verdict the repair is for.
+    pub verdict: &'a Verdict,
+    pub triage: Triage,
+    /// The primary's data directory size, for a re-seed's estimate.
+    pub data_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub set: String,
+    pub repair: Repair,
+    /// Why this path, from the triage.
+    pub why: String,
+    /// The other path, and when it would have been taken.
+    pub alternative: String,
+    pub primary: String,
+    pub standbys: Vec<String>,
+    /// The member whose copy had the findings.
+    pub tested_member: String,
+    /// The verdict's findings.
+    pub findings: Vec<Finding>,
+    pub triage: Triage,
+    pub steps: Vec<Step>,
+    /// First member stopped to last member streaming, as estimated.
+    pub expected_downtime_seconds: f64,
+}
+
+fn same_relation(a: &Finding, b: &Finding) -> bool {
+    a.database == b.database && a.relation == b.relation
+}
+
+/// Whether the triage found the finding's relation damaged on the primary.
+fn confirmed(f: &Finding, t: &Triage) -> bool {
+    t.findings.iter().any(|p| same_relation(p, f))
+}
+
+pub fn build(input: Input<'_>) -> Plan {
+    let Input {
+        set,
+        primary,
+        standbys,
+        verdict,
+        triage,
+        data_bytes,
+    } = input;
+    let findings = verdict.findings.clone();
+    let tested = verdict.member.clone();
+    let replicated = !triage.findings.is_empty() || !triage.unresolved.is_empty();
+    let bytes_of = |f: &Finding| {
+        triage
+            .relations
+            .iter()
+            .find(|r| r.database == f.database && r.relation == f.relation)
+            .map_or(0, |r| r.bytes)
+    };
+    let mut steps = vec![
+        Step::new(
+            Action::Triage,
+            primary,
+            format!(
+                "re-checks {} relation(s) on {primary}, read-only and online",
+                triage.relations.len()
+            ),
+            1.0 + findings.iter().map(bytes_of).sum::<u64>() as f64 / CHECK_RATE,
+            false,
+        )
+        .with_targets(findings.clone()),
+    ];
+    let (repair, why, alternative);
+    if replicated || standbys.iter().all(|s| *s != tested) {
+        repair = Repair::Primary;
+        why = if triage.unresolved.is_empty() {
+            format!(
+                "the primary {primary} has the same damage ({} finding(s) confirmed): a replicated error, repaired on the primary with the whole set halted",
+                triage.findings.len()
+            )
+        } else {
+            format!(
+                "{} finding(s) name nothing the primary can re-check ({}): treated as replicated, repaired on the primary with the whole set halted",
+                triage.unresolved.len(),
+                triage.unresolved.join("; ")
+            )
+        };
+        alternative = format!(
+            "re-seed {tested} from {primary}, primary never stopped (taken when the primary's re-check is clean)"
+        );
+        // Findings on the primary's relations; index ones are REINDEXed,
+        // the others go to the exec repair.
+        // When the primary's findings name the relations differently (or
+        // only unresolved ones exist), every finding is repaired.
+        let matched: Vec<Finding> = findings
+            .iter()
+            .filter(|f| confirmed(f, &triage))
+            .cloned()
+            .collect();
+        let on_primary = if matched.is_empty() {
+            findings.clone()
+        } else {
+            matched
+        };
+        let indexes: Vec<Finding> = on_primary
+            .iter()
+            .filter(|f| f.kind == "index")
+            .cloned()
+            .collect();
+        let mut others: Vec<Finding> = on_primary
+            .iter()
+            .filter(|f| f.kind != "index")
+            .cloned()
+            .collect();
+        others.extend(triage.unresolved.iter().map(|u| Finding {
+            database: String::new(),
+            relation: String::new(),
+            kind: "unresolved".into(),
+            message: u.clone(),
+        }));
+        for s in standbys {
+            steps.push(Step::new(
+                Action::FenceStop,
+                s,
+                format!("stops standby {s}; its agent holds a fence (no start, no promotion)"),
+                STOP_SECS,
+                true,
+            ));
+        }
+        steps.push(Step::new(
+            Action::Isolate,
+            primary,
+            format!("restarts primary {primary} on its socket only: clients are out"),
+            STOP_SECS + START_SECS,
+            true,
+        ));
+        if !indexes.is_empty() {
+            let names: Vec<String> = indexes
+                .iter()
+                .map(|f| format!("{}.{}", f.database, f.relation))
+                .collect();
+            let bytes: u64 = indexes.iter().map(bytes_of).sum();
+            steps.push(
+                Step::new(
+                    Action::Reindex,
+                    primary,
+                    format!("REINDEX INDEX {} on {primary}", names.join(", ")),
+                    1.0 + bytes as f64 / REINDEX_RATE,
+                    true,
+                )
+                .with_targets(indexes),
+            );
+        }
+        if !others.is_empty() {
+            steps.push(
+                Step::new(
+                    Action::ExecRepair,
+                    primary,
+                    format!(
+                        "runs the configured repair command on {primary} for {} finding(s) REINDEX cannot repair",
+                        others.len()
+                    ),
+                    EXEC_SECS,
+                    true,
+                )
+                .with_targets(others),
+            );
+        }
+        steps.push(
+            Step::new(
+                Action::Check,
+                primary,
+                format!("re-checks the repaired relations on {primary}"),
+                1.0 + findings.iter().map(bytes_of).sum::<u64>() as f64 / CHECK_RATE,
+                true,
+            )
+            .with_targets(findings.clone()),
+        );
+        steps.push(Step::new(
+            Action::Serve,
+            primary,
+            format!("restarts primary {primary} for clients"),
+            STOP_SECS + START_SECS,
+            true,
+        ));
+        for s in standbys {
+            steps.push(Step::new(
+                Action::UnfenceStart,
+                s,
+                format!("releases {s}'s fence and starts it"),
+                START_SECS,
+                true,
+            ));
+        }
+        for s in standbys {
+            steps.push(Step::new(
+                Action::WaitStreaming,
+                s,
+                format!("waits until {s} streams and has replayed past the repair"),
+                STREAM_SECS,
+                true,
+            ));
+        }
+    } else {
+        repair = Repair::Reseed;
+        why = format!(
+            "the primary {primary} is clean where {tested}'s copy was damaged: standby-local damage, repaired by re-seeding {tested}; the primary never stops"
+        );
+        alternative = format!(
+            "repair on {primary} with the whole set halted (taken when the primary's re-check confirms the findings)"
+        );
+        steps.push(Step::new(
+            Action::Reseed,
+            &tested,
+            format!(
+                "stops {tested} (fenced), moves its data directory aside (kept), pg_basebackup from {primary}"
+            ),
+            STOP_SECS + 5.0 + data_bytes as f64 / BASEBACKUP_RATE,
+            true,
+        ));
+        steps.push(Step::new(
+            Action::UnfenceStart,
+            &tested,
+            format!("releases {tested}'s fence and starts it"),
+            START_SECS,
+            true,
+        ));
+        steps.push(Step::new(
+            Action::WaitStreaming,
+            &tested,
+            format!("waits until {tested} streams"),
+            STREAM_SECS,
+            true,
+        ));
+    }
+    let test_secs = verdict.duration_seconds.unwrap_or(TESTDB_SECS);
+    let member = if repair == Repair::Reseed {
+        tested.clone()
+    } else {
+        String::new()
+    };
+    steps.push(Step::new(
+        Action::Testdb,
+        &member,
+        "a fresh testdb of a standby's copy; a clean verdict closes the window".into(),
+        test_secs,
+        false,
+    ));
+    let expected_downtime_seconds = steps
+        .iter()
+        .filter(|s| s.downtime)
+        .map(|s| s.estimate_seconds)
+        .sum();
+    Plan {
+        set: set.to_owned(),
+        repair,
+        why,
+        alternative,
+        primary: primary.to_owned(),
+        standbys: standbys.to_vec(),
+        tested_member: tested,
+        findings,
+        triage,
+        steps,
+        expected_downtime_seconds,
+    }
+}
+
+/// The steps that put the set back as it was before the window (abort, and
+/// the resume part of close), from the plan's path.
+pub fn resume_steps(plan: &Plan) -> Vec<Step> {
+    let mut steps = Vec::new();
+    match plan.repair {
+        Repair::Primary => {
+            steps.push(Step::new(
+                Action::Serve,
+                &plan.primary,
+                format!("puts primary {} back in client service", plan.primary),
+                STOP_SECS + START_SECS,
+                true,
+            ));
+            for s in &plan.standbys {
+                steps.push(Step::new(
+                    Action::UnfenceStart,
+                    s,
+                    format!("releases {s}'s fence and starts it"),
+                    START_SECS,
+                    true,
+                ));
+            }
+            for s in &plan.standbys {
+                steps.push(Step::new(
+                    Action::WaitStreaming,
+                    s,
+                    format!("waits until {s} streams"),
+                    STREAM_SECS,
+                    true,
+                ));
+            }
+        }
+        Repair::Reseed => {
+            let s = &plan.tested_member;
+            steps.push(Step::new(
+                Action::UnfenceStart,
+                s,
+                format!("releases {s}'s fence and starts it"),
+                START_SECS,
+                true,
+            ));
+            steps.push(Step::new(
+                Action::WaitStreaming,
+                s,
+                format!("waits until {s} streams"),
+                STREAM_SECS,
+                true,
+            ));
+        }
+    }
+    steps
+}
+
+/// Seconds from the first downtime step's start to the last one's end.
+pub fn measured_downtime(steps: &[Step]) -> Option<f64> {
+    let down: Vec<&Step> = steps.iter().filter(|s| s.downtime).collect();
+    let first = down.first()?.started_at?;
+    let last = down.last()?.finished_at?;
+    Some(last.duration_since(first).as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdicts::VerdictKind;
+
+    fn finding(kind: &str, db: &str, rel: &str) -> Finding {
+        Finding {
+            database: db.into(),
+            relation: rel.into(),
+            kind: kind.into(),
+            message: "m".into(),
+        }
+    }
+
+    fn verdict(findings: Vec<Finding>) -> Verdict {
+        let mut v = Verdict::failed_to_run("s1", String::new(), String::new());
+        v.kind = VerdictKind::Errors;
+        v.findings = findings;
+        v.duration_seconds = Some(10.0);
+        v
+    }
+
+    fn actions(p: &Plan) -> Vec<(Action, &str)> {
+        p.steps
+            .iter()
+            .map(|s| (s.action, s.member.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_confirmed_index_finding_halts_the_whole_set_standbys_first() {
+        let f = finding("index", "postgres", "public.t_idx");
+        let standbys = vec!["s1".to_owned(), "s2".to_owned()];
+        let v = verdict(vec![f.clone()]);
+        let p = build(Input {
+            set: "zeta",
+            primary: "p",
+            standbys: &standbys,
+            verdict: &v,
+            triage: Triage {
+                findings: vec![f.clone()],
+                relations: vec![Relation {
+                    database: "postgres".into(),
+                    relation: "public.t_idx".into(),
+                    is_index: true,
+                    bytes: 100_000_000,
+                }],
+                unresolved: vec![],
+            },
+            data_bytes: 0,
+        });
+        assert_eq!(p.repair, Repair::Primary);
+        assert_eq!(
+            actions(&p),
+            vec![
+                (Action::Triage, "p"),
+                (Action::FenceStop, "s1"),
+                (Action::FenceStop, "s2"),
+                (Action::Isolate, "p"),
+                (Action::Reindex, "p"),
+                (Action::Check, "p"),
+                (Action::Serve, "p"),
+                (Action::UnfenceStart, "s1"),
+                (Action::UnfenceStart, "s2"),
+                (Action::WaitStreaming, "s1"),
+                (Action::WaitStreaming, "s2"),
+                (Action::Testdb, ""),
+            ]
+        );
+        assert_eq!(p.steps[4].targets, vec![f]);
+        // 2 stops + isolate 4 + reindex 1+2 + check 1+1 + serve 4 + 2 starts + 2 waits
+        assert!(
+            (p.expected_downtime_seconds - (4.0 + 4.0 + 3.0 + 2.0 + 4.0 + 4.0 + 6.0)).abs() < 1e-9,
+            "{}",
+            p.expected_downtime_seconds
+        );
+        assert!(p.why.contains("replicated"), "{}", p.why);
+    }
+
+    #[test]
+    fn a_clean_primary_means_standby_local_damage_and_a_reseed() {
+        let f = finding("checksum", "5", "base/5/16384");
+        let standbys = vec!["s1".to_owned()];
+        let v = verdict(vec![f]);
+        let p = build(Input {
+            set: "zeta",
+            primary: "p",
+            standbys: &standbys,
+            verdict: &v,
+            triage: Triage::default(),
+            data_bytes: 1_000_000_000,
+        });
+        assert_eq!(p.repair, Repair::Reseed);
+        assert_eq!(
+            actions(&p),
+            vec![
+                (Action::Triage, "p"),
+                (Action::Reseed, "s1"),
+                (Action::UnfenceStart, "s1"),
+                (Action::WaitStreaming, "s1"),
+                (Action::Testdb, "s1"),
+            ]
+        );
+        assert!(p.alternative.contains("whole set halted"));
+        assert!(!p.steps.iter().any(|s| s.member == "p" && s.downtime));
+    }
+
+    #[test]
+    fn heap_findings_and_unresolved_ones_go_to_the_exec_repair() {
+        let heap = finding("heap", "postgres", "public.t");
+        let standbys = vec!["s1".to_owned()];
+        let v = verdict(vec![heap.clone()]);
+        let p = build(Input {
+            set: "zeta",
+            primary: "p",
+            standbys: &standbys,
+            verdict: &v,
+            triage: Triage {
+                findings: vec![heap.clone()],
+                relations: vec![],
+                unresolved: vec!["a check_failed finding names no relation".into()],
+            },
+            data_bytes: 0,
+        });
+        assert_eq!(p.repair, Repair::Primary);
+        let exec = p
+            .steps
+            .iter()
+            .find(|s| s.action == Action::ExecRepair)
+            .unwrap();
+        assert_eq!(exec.targets.len(), 2);
+        assert!(!p.steps.iter().any(|s| s.action == Action::Reindex));
+    }
+
+    #[test]
+    fn resume_undoes_the_path_and_downtime_is_measured_over_downtime_steps() {
+        let standbys = vec!["s1".to_owned()];
+        let f = finding("index", "postgres", "public.t_idx");
+        let v = verdict(vec![f.clone()]);
+        let mut p = build(Input {
+            set: "zeta",
+            primary: "p",
+            standbys: &standbys,
+            verdict: &v,
+            triage: Triage {
+                findings: vec![f],
+                ..Default::default()
+            },
+            data_bytes: 0,
+        });
+        let r: Vec<Action> = resume_steps(&p).iter().map(|s| s.action).collect();
+        assert_eq!(
+            r,
+            vec![Action::Serve, Action::UnfenceStart, Action::WaitStreaming]
+        );
+        let t0: Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
+        for (i, s) in p.steps.iter_mut().enumerate() {
+            s.started_at = Some(t0 + jiff::SignedDuration::from_secs(i as i64 * 10));
+            s.finished_at = Some(t0 + jiff::SignedDuration::from_secs(i as i64 * 10 + 5));
+        }
+        // Downtime steps are 1..=7 (fence_stop .. wait_streaming): 10 s to 75 s.
+        assert_eq!(measured_downtime(&p.steps), Some(65.0));
+    }
+}
