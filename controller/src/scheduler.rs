@@ -184,6 +184,21 @@ impl Scheduler {
                     catch_up,
                     missed,
                 } => {
+                    // A maintenance window holds the set: the occurrence is
+                    // skipped, with the reason in the set's history.
+                    if let Some(why) = self.fleet.held(&set) {
+                        let reason = format!(
+                            "scheduled test of the {} occurrence skipped: {why}",
+                            describe_instant(due, &tz)
+                        );
+                        info!(set, due = %due, "{reason}");
+                        self.store
+                            .set_event(set.clone(), "schedule", reason)
+                            .await?;
+                        self.handled(&set, &policy, &state, due).await?;
+                        next = Some(now);
+                        continue;
+                    }
                     let run = self
                         .fleet
                         .start_run(vec![set.clone()], None, "schedule", String::new())

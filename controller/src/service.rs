@@ -323,7 +323,10 @@ impl pb::controller_server::Controller for ControllerService {
         }
         .await;
         self.audit(&who, "RequestTest", args, &result).await;
-        Ok(Response::new(pb::StartRunResponse { run_id: result? }))
+        Ok(Response::new(pb::StartRunResponse {
+            run_id: result?,
+            skipped: vec![],
+        }))
     }
 
     async fn report_local_result(
@@ -467,6 +470,24 @@ impl pb::controller_server::Controller for ControllerService {
                     return Err(ServiceError::UnknownSet { set: name.clone() });
                 }
             }
+            // A set held by a maintenance window: refused when named, left
+            // out of --all with the reason.
+            let mut skipped = Vec::new();
+            let mut runnable = Vec::new();
+            for name in sets {
+                match self.fleet.held(&name) {
+                    Some(why) if !r.all => return Err(ServiceError::Maintenance(why)),
+                    Some(why) => skipped.push(pb::SkippedSet {
+                        set: name,
+                        reason: why,
+                    }),
+                    None => runnable.push(name),
+                }
+            }
+            let sets = runnable;
+            if sets.is_empty() {
+                return Ok((String::new(), skipped));
+            }
             let member = (!r.member.is_empty()).then(|| r.member.clone());
             if let Some(m) = &member {
                 let [set] = &sets[..] else {
@@ -484,7 +505,7 @@ impl pb::controller_server::Controller for ControllerService {
                     });
                 }
             }
-            Ok(self
+            let run_id = self
                 .fleet
                 .start_run(
                     sets,
@@ -492,11 +513,13 @@ impl pb::controller_server::Controller for ControllerService {
                     "manual",
                     current_trace_id().unwrap_or_default(),
                 )
-                .await?)
+                .await?;
+            Ok((run_id, skipped))
         }
         .await;
         self.audit(&who, "StartTestdb", args, &result).await;
-        Ok(Response::new(pb::StartRunResponse { run_id: result? }))
+        let (run_id, skipped) = result?;
+        Ok(Response::new(pb::StartRunResponse { run_id, skipped }))
     }
 
     type WatchRunStream = Stream<pb::RunProgress>;

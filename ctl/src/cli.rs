@@ -109,6 +109,11 @@ pub enum Command {
     /// Change a set (admin role).
     #[command(subcommand)]
     Set(SetCommand),
+    /// Maintenance windows: repair what a testdb found, on the primary with
+    /// the whole set halted (replicated errors) or by re-seeding the standby
+    /// (standby-local damage), then prove the set clean with a fresh testdb.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
     /// Certificates for a development fleet.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -138,6 +143,44 @@ pub enum SetCommand {
         #[arg(long, conflicts_with_all = ["test", "archive_copy", "archive_file"])]
         reset: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MaintenanceCommand {
+    /// Print the repair plan for a set whose last verdict found errors: the
+    /// triage on the primary (read-only, online: amcheck of exactly the
+    /// relations the findings name), the ordered steps, what each touches,
+    /// and the expected downtime. Changes nothing (operator role).
+    Plan { set: String },
+    /// Open a window now and run the plan (admin role): standbys fenced and
+    /// stopped, primary out of client service, REINDEX / exec repair, check,
+    /// resume in order, testdb. A clean testdb closes the window; a failed
+    /// step stops it and leaves the set halted (exit 1).
+    Open {
+        set: String,
+        /// Why (goes into the set's history and the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Return once the window is open; do not follow it.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Resume a window's set (primary serving, standbys unfenced, started
+    /// and streaming) and run the testdb that closes it; e.g. after a
+    /// repair made by hand (admin role).
+    Close {
+        set: String,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop a window and put its set back as it was before (admin role).
+    Abort {
+        set: String,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Show the set's current or last window: plan, steps, report.
+    Show { set: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -134,6 +134,7 @@ pub async fn run(
             });
             Ok(if bad { Outcome::Bad } else { Outcome::Ok })
         }
+        Command::Maintenance(cmd) => crate::maintenance::run(conn, format, cmd).await,
         Command::Testdb { sets, all, member } => {
             crate::testdb::run(conn, format, sets, all, member).await
         }

@@ -9,5 +9,6 @@
 pub mod certs;
 pub mod cli;
 pub mod commands;
+pub mod maintenance;
 pub mod output;
 pub mod testdb;

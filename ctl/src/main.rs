@@ -47,6 +47,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::History { .. } => "history",
         Command::Limits { .. } => "limits",
         Command::Set(_) => "set",
+        Command::Maintenance(_) => "maintenance",
         Command::Certs(_) => "certs init",
     }
 }

@@ -92,7 +92,7 @@ pub async fn run(
     member: Option<String>,
 ) -> Result<Outcome, CtlError> {
     let mut client = conn.connect().await?;
-    let run_id = client
+    let started = client
         .start_testdb(pb::StartTestdbRequest {
             sets,
             all,
@@ -100,8 +100,26 @@ pub async fn run(
         })
         .await
         .map_err(refused("StartTestdb"))?
-        .into_inner()
-        .run_id;
+        .into_inner();
+    let run_id = started.run_id;
+    let skipped = started.skipped;
+    if format == OutputFormat::Human {
+        for s in &skipped {
+            eprintln!("{}: skipped: {}", s.set, s.reason);
+        }
+    }
+    let skipped_json: Vec<serde_json::Value> = skipped
+        .iter()
+        .map(|s| serde_json::json!({"name": s.set, "reason": s.reason}))
+        .collect();
+    if run_id.is_empty() {
+        print(
+            format,
+            serde_json::json!({"run_id": null, "sets": [], "skipped": skipped_json}),
+            "every set asked for is held by a maintenance window; nothing was tested".into(),
+        );
+        return Ok(Outcome::Ok);
+    }
     let mut stream = client
         .watch_run(pb::WatchRunRequest {
             run_id: run_id.clone(),
@@ -149,6 +167,7 @@ pub async fn run(
             "member": v.member,
             "verdict": output::verdict_json(&Some(v.clone())),
         })).collect::<Vec<_>>(),
+        "skipped": skipped_json,
     });
     print(format, json, output::verdicts_human(&results));
     let errors = results
