@@ -226,7 +226,9 @@ impl<E: Engine> Maintainer<E> {
             }
             Step::Isolate => {
                 self.engine.isolate().await?;
-                resp.message = "out of client service: listening on its socket only".into();
+                resp.message =
+                    "out of client service: no TCP, its socket moved to the agent's private directory"
+                        .into();
             }
             Step::Triage | Step::Check => {
                 let c = self.engine.check_live(&targets, &out_file).await?;

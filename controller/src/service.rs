@@ -81,6 +81,17 @@ fn require_role(
     }
 }
 
+/// `--repair`: "" or "auto" (REINDEX for index findings), or "exec".
+fn exec_only(r: &pb::MaintenanceRequest) -> Result<bool, ServiceError> {
+    match r.repair.as_str() {
+        "" | "auto" => Ok(false),
+        "exec" => Ok(true),
+        other => Err(ServiceError::Maintenance(format!(
+            "unknown repair `{other}`: use auto (REINDEX for index findings, the exec repair for the rest) or exec (the exec repair for everything)"
+        ))),
+    }
+}
+
 fn require_agent(who: &Identity, claimed: &str, action: &'static str) -> Result<(), ServiceError> {
     match who {
         Identity::Agent(name) if name == claimed => Ok(()),
@@ -707,7 +718,7 @@ impl pb::controller_server::Controller for ControllerService {
         let who = caller(&req)?;
         let r = req.into_inner();
         self.require(&who, UserRole::Operator, "MaintenancePlan")?;
-        let plan = self.maintenance.plan(&r.set).await?;
+        let plan = self.maintenance.plan(&r.set, exec_only(&r)?).await?;
         Ok(Response::new(pb::MaintenanceResponse {
             json: serde_json::to_string(&plan).expect("plans serialize"),
         }))
@@ -719,13 +730,14 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::MaintenanceResponse>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
-        let args = serde_json::json!({"set": r.set, "reason": r.reason});
+        let args = serde_json::json!({"set": r.set, "reason": r.reason, "repair": r.repair});
         let result = async {
             self.require(&who, UserRole::Admin, "MaintenanceOpen")?;
             self.maintenance
                 .open(
                     &r.set,
                     &r.reason,
+                    exec_only(&r)?,
                     &who.uri(),
                     current_trace_id().unwrap_or_default(),
                 )

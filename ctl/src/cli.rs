@@ -151,7 +151,14 @@ pub enum MaintenanceCommand {
     /// triage on the primary (read-only, online: amcheck of exactly the
     /// relations the findings name), the ordered steps, what each touches,
     /// and the expected downtime. Changes nothing (operator role).
-    Plan { set: String },
+    Plan {
+        set: String,
+        /// auto: REINDEX for index findings, the agent's exec repair
+        /// (maintenance.repair_command) for the rest; exec: the exec repair
+        /// for everything.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "exec"])]
+        repair: String,
+    },
     /// Open a window now and run the plan (admin role): standbys fenced and
     /// stopped, primary out of client service, REINDEX / exec repair, check,
     /// resume in order, testdb. A clean testdb closes the window; a failed
@@ -161,6 +168,9 @@ pub enum MaintenanceCommand {
         /// Why (goes into the set's history and the audit log).
         #[arg(long)]
         reason: String,
+        /// auto or exec, as for `plan`.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "exec"])]
+        repair: String,
         /// Return once the window is open; do not follow it.
         #[arg(long)]
         detach: bool,

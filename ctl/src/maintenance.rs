@@ -184,6 +184,7 @@ async fn follow(
             .maintenance_show(pb::MaintenanceRequest {
                 set: set.to_owned(),
                 reason: String::new(),
+                repair: String::new(),
             })
             .await
             .map_err(refused("MaintenanceShow"))?
@@ -206,12 +207,16 @@ pub async fn run(
     let req = |set: &str, reason: &str| pb::MaintenanceRequest {
         set: set.to_owned(),
         reason: reason.to_owned(),
+        repair: String::new(),
     };
     let cmd_is_close = matches!(cmd, MaintenanceCommand::Close { .. });
     match cmd {
-        MaintenanceCommand::Plan { set } => {
+        MaintenanceCommand::Plan { set, repair } => {
             let json = client
-                .maintenance_plan(req(&set, ""))
+                .maintenance_plan(pb::MaintenanceRequest {
+                    repair,
+                    ..req(&set, "")
+                })
                 .await
                 .map_err(refused("MaintenancePlan"))?
                 .into_inner()
@@ -224,10 +229,14 @@ pub async fn run(
         MaintenanceCommand::Open {
             set,
             reason,
+            repair,
             detach,
         } => {
             let json = client
-                .maintenance_open(req(&set, &reason))
+                .maintenance_open(pb::MaintenanceRequest {
+                    repair,
+                    ..req(&set, &reason)
+                })
                 .await
                 .map_err(refused("MaintenanceOpen"))?
                 .into_inner()

@@ -7,10 +7,14 @@
 //!   oid>/<filenode>`), resolved to its relation with `pg_filenode_relation`.
 //!   `--install-missing` creates the amcheck extension where it is missing:
 //!   the only write.
-//! - `isolate`: the server restarted with `listen_addresses = ''` (socket
-//!   only) and a marker in the agent's home saying so; `serve` restarts it
-//!   normally and removes the marker. `pg_ctl start` does not reuse the
-//!   options of an earlier start, so a plain start always serves clients.
+//! - `isolate`: the server restarted with `listen_addresses = ''` and its
+//!   socket in a private 0700 directory of the agent's home
+//!   (`<home>/isolated.sock`), so no client reaches it, over TCP or its
+//!   usual socket; a marker (`<home>/isolated`) says so and the agent talks
+//!   to the server through the private socket while it is there. `serve`
+//!   restarts it normally and removes the marker. `pg_ctl start` does not
+//!   reuse the options of an earlier start, so a plain start always serves
+//!   clients again.
 //! - `reindex`: `REINDEX INDEX` as the OS user, through the socket.
 //! - `reseed`: the standby's data directory moved aside (never deleted), a
 //!   fresh `pg_basebackup -R -X stream -c fast` from the `primary_conninfo`
@@ -97,7 +101,7 @@ impl PostgresEngine {
                     .ok_or_else(|| format!("file {:?} is not a relation file", f.relation))?;
                 let q = |db: String, sql: String| async move {
                     self.query_in(
-                        &self.cfg.socket_dir,
+                        &self.live_socket_dir(),
                         self.cfg.port,
                         &db,
                         &sql,
@@ -159,7 +163,7 @@ impl PostgresEngine {
             let mut cmd = self.runner.command(self.tool("pg_amcheck"));
             cmd.args(["--heapallindexed", "--install-missing"])
                 .arg("-h")
-                .arg(&self.cfg.socket_dir)
+                .arg(self.live_socket_dir())
                 .arg("-p")
                 .arg(self.cfg.port.to_string())
                 .arg("-U")
@@ -187,7 +191,7 @@ impl PostgresEngine {
             for (rel, is_index) in rels {
                 let bytes = self
                     .query_in(
-                        &self.cfg.socket_dir,
+                        &self.live_socket_dir(),
                         self.cfg.port,
                         &db,
                         &format!(
@@ -237,13 +241,21 @@ impl PostgresEngine {
         if running && self.isolated_marker.exists() {
             return Ok(());
         }
+        let sock = self.isolated_socket_dir();
+        self.runner
+            .prepare_dir(&sock)
+            .map_err(io("create", &sock))?;
         std::fs::write(
             &self.isolated_marker,
-            b"socket only: a maintenance window\n",
+            b"out of client service for a maintenance window\n",
         )
         .map_err(io("write", &self.isolated_marker))?;
         self.stop().await?;
-        self.start_with(Some("-c listen_addresses=''")).await
+        let opts = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}'",
+            sock.display()
+        );
+        self.start_with(Some(&opts)).await
     }
 
     pub(super) async fn serve_live(&self) -> Result<(), EngineError> {
@@ -264,7 +276,7 @@ impl PostgresEngine {
         index: &str,
     ) -> Result<(), EngineError> {
         self.query_in(
-            &self.cfg.socket_dir,
+            &self.live_socket_dir(),
             self.cfg.port,
             database,
             &format!("REINDEX INDEX {}", quote_relation(index)),

@@ -60,6 +60,21 @@ impl PostgresEngine {
         }
     }
 
+    /// The private socket directory of an isolated server.
+    pub(super) fn isolated_socket_dir(&self) -> PathBuf {
+        self.isolated_marker.with_extension("sock")
+    }
+
+    /// Where the live server's socket is now: its usual directory, or the
+    /// private one while it is out of client service.
+    pub(super) fn live_socket_dir(&self) -> PathBuf {
+        if self.isolated_marker.exists() {
+            self.isolated_socket_dir()
+        } else {
+            self.cfg.socket_dir.clone()
+        }
+    }
+
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
     }
@@ -92,7 +107,7 @@ impl PostgresEngine {
 
     /// Run one query on the live server through psql; returns the trimmed rows.
     pub async fn query(&self, sql: &str) -> Result<String, EngineError> {
-        self.query_at(&self.cfg.socket_dir, self.cfg.port, sql)
+        self.query_at(&self.live_socket_dir(), self.cfg.port, sql)
             .await
     }
 

@@ -314,7 +314,7 @@ impl Maintenance {
 
     /// The plan for a repair of `set`, built now (runs the read-only triage
     /// on the primary).
-    pub async fn plan(&self, set: &str) -> Result<Plan, ServiceError> {
+    pub async fn plan(&self, set: &str, exec_only: bool) -> Result<Plan, ServiceError> {
         let (primary, standbys) = self.members(set)?;
         let verdicts = self.store.verdicts(set.to_owned(), 1).await?;
         let verdict = match verdicts.first() {
@@ -363,6 +363,7 @@ impl Maintenance {
                 unresolved: triage.unresolved,
             },
             data_bytes,
+            exec_only,
         });
         let now = Timestamp::now();
         if let Some(t) = p.steps.first_mut() {
@@ -379,6 +380,7 @@ impl Maintenance {
         self: &Arc<Self>,
         set: &str,
         reason: &str,
+        exec_only: bool,
         who: &str,
         trace_id: String,
     ) -> Result<Window, ServiceError> {
@@ -399,7 +401,7 @@ impl Maintenance {
                 "a test of set `{set}` is queued or running (since {since}); wait for it to end, then open the window"
             )));
         }
-        let plan = self.plan(set).await?;
+        let plan = self.plan(set, exec_only).await?;
         let w = Window {
             id: new_window_id(),
             set: set.to_owned(),
@@ -766,6 +768,9 @@ impl Maintenance {
                     (None, _) => true,
                 };
                 if f.role == Role::Standby && f.fully_received && replayed_enough {
+                    // What the fleet picks the testdb's member from: make
+                    // it as fresh as what was just seen.
+                    let _ = self.inventory.heartbeat(&member.agent, f.clone()).await;
                     return Ok(format!(
                         "{} streams, replayed to {}",
                         member.name,

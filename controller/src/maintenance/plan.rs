@@ -176,6 +176,9 @@ pub struct Input<'a> {
     pub triage: Triage,
     /// The primary's data directory size, for a re-seed's estimate.
     pub data_bytes: u64,
+    /// Send every finding to the configured `exec` repair, indexes too
+    /// (`tandemctl maintenance open --repair exec`).
+    pub exec_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,6 +218,7 @@ pub fn build(input: Input<'_>) -> Plan {
         verdict,
         triage,
         data_bytes,
+        exec_only,
     } = input;
     let findings = verdict.findings.clone();
     let tested = verdict.member.clone();
@@ -271,14 +275,15 @@ pub fn build(input: Input<'_>) -> Plan {
         } else {
             matched
         };
+        let by_reindex = |f: &Finding| f.kind == "index" && !exec_only;
         let indexes: Vec<Finding> = on_primary
             .iter()
-            .filter(|f| f.kind == "index")
+            .filter(|f| by_reindex(f))
             .cloned()
             .collect();
         let mut others: Vec<Finding> = on_primary
             .iter()
-            .filter(|f| f.kind != "index")
+            .filter(|f| !by_reindex(f))
             .cloned()
             .collect();
         others.extend(triage.unresolved.iter().map(|u| Finding {
@@ -546,6 +551,7 @@ mod tests {
                 unresolved: vec![],
             },
             data_bytes: 0,
+            exec_only: false,
         });
         assert_eq!(p.repair, Repair::Primary);
         assert_eq!(
@@ -587,6 +593,7 @@ mod tests {
             verdict: &v,
             triage: Triage::default(),
             data_bytes: 1_000_000_000,
+            exec_only: false,
         });
         assert_eq!(p.repair, Repair::Reseed);
         assert_eq!(
@@ -619,6 +626,7 @@ mod tests {
                 unresolved: vec!["a check_failed finding names no relation".into()],
             },
             data_bytes: 0,
+            exec_only: false,
         });
         assert_eq!(p.repair, Repair::Primary);
         let exec = p
@@ -645,6 +653,7 @@ mod tests {
                 ..Default::default()
             },
             data_bytes: 0,
+            exec_only: false,
         });
         let r: Vec<Action> = resume_steps(&p).iter().map(|s| s.action).collect();
         assert_eq!(
