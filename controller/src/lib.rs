@@ -8,6 +8,7 @@
 //! Test runs go through the `fleet`: one queue, dispatched under the load
 //! limits, each job ordering a test, relaying its progress and storing the
 //! set's `verdicts`; unfinished runs are carried on after a restart.
+//! `metrics` holds every Prometheus metric (served when `main` asks).
 //! Everything stops when `main` cancels the `shutdown` token.
 
 pub mod agents;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod inventory;
+pub mod metrics;
 pub mod schedule;
 pub mod scheduler;
 pub mod service;
@@ -38,6 +40,8 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let server_tls = cfg.tls.server_config()?;
     let store = store::Store::open(&cfg.store)?;
     let inventory = Arc::new(inventory::Inventory::load(cfg.clone(), store.clone()).await?);
+    let set_names: Vec<String> = cfg.sets.iter().map(|s| s.name.clone()).collect();
+    metrics::load_verdicts(&store, &set_names).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| {

@@ -27,6 +27,10 @@ struct Cli {
     /// Check the config file and exit.
     #[arg(long)]
     check_config: bool,
+    /// Serve Prometheus metrics on this address ("127.0.0.1:9464"),
+    /// overriding `metrics_listen` in the config.
+    #[arg(long, env = "TANDEM_CONTROLLER_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +56,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let telemetry = telemetry::init("tandem-controller", cli.log_format, "info")?;
+    let metrics = match cli.metrics_listen {
+        Some(addr) => Some((addr, "--metrics-listen")),
+        None => cfg.metrics_listen.map(|a| (a, "field `metrics_listen`")),
+    };
+    if let Some((addr, setting)) = metrics {
+        tandem_controller::metrics::serve(addr, setting)?;
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
     let result = tandem_controller::run(cfg, shutdown).await;

@@ -28,6 +28,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tandem_proto::model::{AgentState, Role};
 use tandem_proto::pb;
+use tandem_proto::propagation::TraceParent;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -99,6 +100,9 @@ struct Job {
     /// The member asked for; `None`: the set's streaming standby.
     member: Option<String>,
     trace_id: String,
+    /// The trace the job's spans continue: the call that queued it, or,
+    /// after a restart, the stored trace id.
+    parent: TraceParent,
     /// The last reason given to the run, so it is said once per change.
     waiting: Option<Wait>,
     /// When the job was queued.
@@ -270,6 +274,7 @@ impl Fleet {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), run.clone());
         info!(run = %id, sets = ?sets, origin, "run queued");
+        let parent = TraceParent::current();
         {
             let mut q = self.lock_queue();
             for set in sets {
@@ -279,6 +284,7 @@ impl Fleet {
                     set,
                     member: member.clone(),
                     trace_id: trace_id.clone(),
+                    parent: parent.clone(),
                     waiting: None,
                     since: Timestamp::now(),
                 });
@@ -304,6 +310,7 @@ impl Fleet {
                     set: s.set.clone(),
                     member: (!s.member.is_empty()).then_some(s.member.clone()),
                     trace_id: row.trace_id.clone(),
+                    parent: TraceParent::from_trace_id(&row.trace_id),
                     waiting: None,
                     since: row.created_at,
                 };
@@ -338,7 +345,7 @@ impl Fleet {
                             since: row.created_at,
                         });
                         let this = self.clone();
-                        let span = info_span!("testdb.resume", run.id = %row.id, set = %s.set);
+                        let span = job_span("testdb.resume", &job);
                         let op = s.operation_id.clone();
                         tokio::spawn(
                             async move { this.resume(job, target, op).await }.instrument(span),
@@ -390,6 +397,7 @@ impl Fleet {
             match admitted {
                 Ok(()) => {
                     let job = q.waiting.remove(i).expect("index checked");
+                    crate::metrics::admitted(seconds_since(job.since));
                     let b = Busy {
                         set: job.set.clone(),
                         host,
@@ -400,13 +408,14 @@ impl Fleet {
                         since: Timestamp::now(),
                     });
                     let this = self.clone();
-                    let span = info_span!("testdb.set", run.id = %job.run_id, set = %job.set);
+                    let span = job_span("testdb.set", &job);
                     tokio::spawn(async move { this.run_job(job, target).await }.instrument(span));
                 }
                 Err(wait) => {
                     let job = &mut q.waiting[i];
                     if job.waiting.as_ref() != Some(&wait) {
                         info!(run = %job.run_id, set = %job.set, "{wait}");
+                        crate::metrics::wait(&wait);
                         job.run.push(pb::RunProgress {
                             run_id: job.run_id.clone(),
                             set: job.set.clone(),
@@ -419,6 +428,10 @@ impl Fleet {
                 }
             }
         }
+        crate::metrics::queue(
+            q.running.len(),
+            q.waiting.iter().map(|j| j.waiting.as_ref()),
+        );
     }
 
     /// The declared member of `set` that `agent` serves.
@@ -531,6 +544,9 @@ impl Fleet {
 
     /// Order the test from the target's agent and follow it to its verdict.
     async fn order(&self, job: &Job, t: &Target) -> Verdict {
+        let span = tracing::Span::current();
+        span.record("member", t.member.as_str());
+        span.record("agent", t.agent.as_str());
         let failed =
             |reason: String| Verdict::failed_to_run(&t.member, reason, job.trace_id.clone());
         if let Err(e) = self
@@ -575,6 +591,7 @@ impl Fleet {
 
     async fn follow_to_verdict(&self, job: &Job, t: &Target, op_id: String) -> Verdict {
         info!(set = %job.set, member = %t.member, operation = %op_id, "testdb running");
+        tracing::Span::current().record("operation.id", op_id.as_str());
         if let Err(e) = self
             .store
             .run_set_state(
@@ -656,6 +673,13 @@ impl Fleet {
     /// Store the verdict, tell the run, free the job's place.
     async fn finish(&self, job: Job, verdict: Verdict) {
         info!(set = %job.set, verdict = verdict.kind.as_str(), lsn = ?verdict.lsn, "verdict");
+        crate::metrics::verdict(&job.set, &verdict);
+        let span = tracing::Span::current();
+        span.record("verdict", verdict.kind.as_str());
+        span.record("findings", verdict.findings.len() as u64);
+        if let Some(lsn) = &verdict.lsn {
+            span.record("lsn", lsn.as_str());
+        }
         // The verdict goes to the run before the store decides whether it was
         // the run's last: whoever's write lands last pushes `done`, after
         // every set's verdict was pushed.
@@ -748,6 +772,35 @@ impl Fleet {
             tokio::time::sleep(WATCH_RETRY_EVERY).await;
         }
     }
+}
+
+/// The span of one set's test on the controller, in the trace of the call
+/// that queued it; the agent's operation and steps are its descendants.
+/// Fields left empty are recorded as they become known.
+fn job_span(name: &'static str, job: &Job) -> tracing::Span {
+    let span = info_span!(
+        parent: None,
+        "testdb.set",
+        otel.name = name,
+        run.id = %job.run_id,
+        set = %job.set,
+        member = tracing::field::Empty,
+        agent = tracing::field::Empty,
+        operation.id = tracing::field::Empty,
+        verdict = tracing::field::Empty,
+        findings = tracing::field::Empty,
+        lsn = tracing::field::Empty,
+        db.system = "postgresql",
+    );
+    job.parent.adopt(&span);
+    span
+}
+
+/// Seconds from `t` until now.
+fn seconds_since(t: Timestamp) -> f64 {
+    (Timestamp::now() - t)
+        .total(jiff::Unit::Second)
+        .unwrap_or(0.0)
 }
 
 fn request_id(job: &Job) -> String {
