@@ -199,3 +199,97 @@ pub fn agents(views: &[AgentView]) {
         gauge!("tandem_agents", "state" => state.to_string()).set(n as f64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    /// The value of the series `name` with exactly these `labels`.
+    fn get<'a>(
+        snap: &'a [(metrics_util::CompositeKey, DebugValue)],
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<&'a DebugValue> {
+        snap.iter()
+            .find(|(k, _)| {
+                let key = k.key();
+                key.name() == name
+                    && key.labels().count() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(l, v)| key.labels().any(|x| x.key() == *l && x.value() == *v))
+            })
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn the_queue_is_counted_by_reason_and_verdicts_are_one_hot() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let fleet = Wait::Fleet {
+                running: 1,
+                limit: 1,
+            };
+            let host = Wait::Host {
+                host: "db1".into(),
+                running: 1,
+                limit: 1,
+            };
+            queue(
+                1,
+                [Some(&fleet), Some(&fleet), Some(&host), None].into_iter(),
+            );
+            wait(&fleet);
+            let mut v = Verdict::failed_to_run("db2", "x".into(), String::new());
+            v.kind = VerdictKind::Errors;
+            v.duration_seconds = Some(12.5);
+            verdict("billing", &v);
+        });
+        let snap: Vec<_> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(k, _, _, v)| (k, v))
+            .collect();
+        let g = |n: &str, l: &[(&str, &str)]| match get(&snap, n, l) {
+            Some(DebugValue::Gauge(x)) => x.0,
+            other => panic!("{n} {l:?}: {other:?}"),
+        };
+        assert_eq!(g("tandem_fleet_queue_length", &[]), 4.0);
+        assert_eq!(g("tandem_fleet_running_operations", &[]), 1.0);
+        assert_eq!(g("tandem_fleet_waiting", &[("reason", "fleet")]), 2.0);
+        assert_eq!(g("tandem_fleet_waiting", &[("reason", "host")]), 1.0);
+        assert_eq!(g("tandem_fleet_waiting", &[("reason", "set")]), 0.0);
+        assert!(matches!(
+            get(&snap, "tandem_fleet_waits_total", &[("reason", "fleet")]),
+            Some(DebugValue::Counter(1))
+        ));
+        let kind = |k: &str| g("tandem_set_verdict", &[("set", "billing"), ("verdict", k)]);
+        assert_eq!(
+            (kind("errors"), kind("clean"), kind("never_tested")),
+            (1.0, 0.0, 0.0)
+        );
+        assert!(
+            g(
+                "tandem_set_verdict_timestamp_seconds",
+                &[("set", "billing")]
+            ) > 1.7e9,
+            "unix seconds"
+        );
+        assert!(matches!(
+            get(&snap, "tandem_test_duration_seconds", &[("set", "billing")]),
+            Some(DebugValue::Histogram(h)) if h.len() == 1
+        ));
+        assert!(
+            get(
+                &snap,
+                "tandem_set_clean_timestamp_seconds",
+                &[("set", "billing")]
+            )
+            .is_none()
+        );
+    }
+}
