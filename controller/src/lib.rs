@@ -40,8 +40,10 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let server_tls = cfg.tls.server_config()?;
     let store = store::Store::open(&cfg.store)?;
     let inventory = Arc::new(inventory::Inventory::load(cfg.clone(), store.clone()).await?);
-    let set_names: Vec<String> = cfg.sets.iter().map(|s| s.name.clone()).collect();
-    metrics::load_verdicts(&store, &set_names).await?;
+    if cfg.metrics_listen.is_some() {
+        let sets: Vec<String> = cfg.sets.iter().map(|s| s.name.clone()).collect();
+        metrics::load_verdicts(&store, &sets).await?;
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| {

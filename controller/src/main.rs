@@ -49,18 +49,21 @@ fn main() -> ExitCode {
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
-    let cfg = ControllerConfig::load(&cli.config)?;
+    let mut cfg = ControllerConfig::load(&cli.config)?;
     if cli.check_config {
         cfg.tls.server_config()?;
         println!("{}: ok ({} sets)", cli.config.display(), cfg.sets.len());
         return Ok(());
     }
     let telemetry = telemetry::init("tandem-controller", cli.log_format, "info")?;
-    let metrics = match cli.metrics_listen {
-        Some(addr) => Some((addr, "--metrics-listen")),
-        None => cfg.metrics_listen.map(|a| (a, "field `metrics_listen`")),
+    let setting = match cli.metrics_listen {
+        Some(addr) => {
+            cfg.metrics_listen = Some(addr);
+            "--metrics-listen"
+        }
+        None => "field `metrics_listen`",
     };
-    if let Some((addr, setting)) = metrics {
+    if let Some(addr) = cfg.metrics_listen {
         tandem_controller::metrics::serve(addr, setting)?;
     }
     let shutdown = CancellationToken::new();

@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | `tandem_set_verdict` | gauge | set, verdict | 1 for the kind of the set's last verdict (`never_tested`, `clean`, `errors`, `failed_to_run`), 0 for the others |
 //! | `tandem_set_verdict_timestamp_seconds` | gauge | set | unix time of the last verdict (age: `time() - ...`); absent when never tested |
-//! | `tandem_set_clean_timestamp_seconds` | gauge | set | unix time of the set's last clean verdict (among its last 500) |
+//! | `tandem_set_clean_timestamp_seconds` | gauge | set | unix time of the set's last clean verdict (at start-up: among its last 100) |
 //! | `tandem_verdicts_total` | counter | set, verdict | verdicts given since the controller started |
 //! | `tandem_test_duration_seconds` | histogram | set | duration of each test, from the agent's start to its result |
 //! | `tandem_test_standby_downtime_seconds` | histogram | set | how long the standby was stopped for each test |
@@ -35,6 +35,8 @@ use crate::inventory::AgentView;
 use crate::store::{Store, StoreError};
 use crate::verdicts::{Verdict, VerdictKind};
 
+/// How many verdicts back the start-up looks for a set's last clean one.
+const CLEAN_LOOKBACK: u32 = 100;
 const VERDICT_KINDS: [&str; 4] = ["never_tested", "clean", "errors", "failed_to_run"];
 const WAIT_REASONS: [&str; 3] = ["set", "fleet", "host"];
 const AGENT_STATES: [AgentState; 3] = [
@@ -103,15 +105,23 @@ fn describe() {
     describe_gauge!("tandem_controller_build_info", "The controller's version");
 }
 
-/// Set each declared set's verdict gauges from the store (at start-up).
+/// Set each declared set's verdict gauges from the store (at start-up,
+/// when metrics are on).
 pub async fn load_verdicts(store: &Store, sets: &[String]) -> Result<(), StoreError> {
     for set in sets {
-        let verdicts = store.verdicts(set.clone(), 500).await?;
-        match verdicts.first() {
-            Some(last) => set_verdict_gauges(set, last),
-            None => set_kind(set, "never_tested"),
-        }
-        if let Some(clean) = verdicts.iter().find(|v| v.kind == VerdictKind::Clean) {
+        let last = store.verdicts(set.clone(), 1).await?;
+        let Some(last) = last.first() else {
+            set_kind(set, "never_tested");
+            continue;
+        };
+        set_verdict_gauges(set, last);
+        let clean = if last.kind == VerdictKind::Clean {
+            Some(last.clone())
+        } else {
+            let recent = store.verdicts(set.clone(), CLEAN_LOOKBACK).await?;
+            recent.into_iter().find(|v| v.kind == VerdictKind::Clean)
+        };
+        if let Some(clean) = clean {
             gauge!("tandem_set_clean_timestamp_seconds", "set" => set.clone())
                 .set(unix_seconds(clean.at));
         }
