@@ -345,7 +345,7 @@ impl Fleet {
                             since: row.created_at,
                         });
                         let this = self.clone();
-                        let span = job_span("testdb.resume", &job);
+                        let span = job_span(&job, true);
                         let op = s.operation_id.clone();
                         tokio::spawn(
                             async move { this.resume(job, target, op).await }.instrument(span),
@@ -408,7 +408,7 @@ impl Fleet {
                         since: Timestamp::now(),
                     });
                     let this = self.clone();
-                    let span = job_span("testdb.set", &job);
+                    let span = job_span(&job, false);
                     tokio::spawn(async move { this.run_job(job, target).await }.instrument(span));
                 }
                 Err(wait) => {
@@ -776,12 +776,13 @@ impl Fleet {
 
 /// The span of one set's test on the controller, in the trace of the call
 /// that queued it; the agent's operation and steps are its descendants.
-/// Fields left empty are recorded as they become known.
-fn job_span(name: &'static str, job: &Job) -> tracing::Span {
+/// Fields left empty are recorded as they become known; `resumed`: carried
+/// on after a controller restart.
+fn job_span(job: &Job, resumed: bool) -> tracing::Span {
     let span = info_span!(
         parent: None,
         "testdb.set",
-        otel.name = name,
+        resumed,
         run.id = %job.run_id,
         set = %job.set,
         member = tracing::field::Empty,
