@@ -11,13 +11,17 @@
 # State lives under $TANDEM_DEMO_DIR (default /var/tmp/tandem-demo). After `up`,
 # `. $TANDEM_DEMO_DIR/env` sets TANDEM_CONTROLLER, TANDEM_CA, TANDEM_CERT,
 # TANDEM_KEY and, per member, TANDEM_DEMO_<SET>_<MEMBER>_PGHOST/PGPORT/PGDATA.
-# Ports: controller on $TANDEM_DEMO_PORT (default 7700), agents on the next four.
+# Ports: controller on $TANDEM_DEMO_PORT (default 7700), agents on the next four;
+# Prometheus metrics on $TANDEM_DEMO_METRICS_PORT (default 9464: the controller)
+# and the next four (the agents), listed in $TANDEM_DEMO_METRICS_URLS.
+# Traces: set OTEL_EXPORTER_OTLP_ENDPOINT before `up` (deploy/observability).
 # Data: pgbench scale $TANDEM_DEMO_SCALE (default 1) in each set.
 # Build: $TANDEM_DEMO_PROFILE debug (default) or release.
 set -euo pipefail
 
 DEMO_DIR=${TANDEM_DEMO_DIR:-/var/tmp/tandem-demo}
 BASE_PORT=${TANDEM_DEMO_PORT:-7700}
+METRICS_PORT=${TANDEM_DEMO_METRICS_PORT:-9464}
 SCALE=${TANDEM_DEMO_SCALE:-1}    # pgbench scale of the demo data (1 = 16 MB, 50 = 750 MB)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -106,7 +110,7 @@ EOF
 }
 
 write_agent_config() {
-  local set=$1 member=$2 port=$3 pgport=$4
+  local set=$1 member=$2 port=$3 pgport=$4   # $5: metrics port
   local name="$set-$member" home="$DEMO_DIR/agents/$set-$member"
   mkdir -p "$home/home" "$home/archive"
   chown "$OS_USER" "$home/archive"
@@ -118,6 +122,7 @@ listen = "127.0.0.1:$port"
 controller = "https://127.0.0.1:$BASE_PORT"
 home = "$home/home"
 heartbeat_interval = "1s"
+metrics_listen = "127.0.0.1:$5"
 
 [tls]
 ca = "$DEMO_DIR/certs/ca.pem"
@@ -157,6 +162,9 @@ up() {
   for p in $(seq "$BASE_PORT" $((BASE_PORT + 4))); do
     port_free "$p" || die "port $p on 127.0.0.1 is in use; set TANDEM_DEMO_PORT to a free range of 5 ports"
   done
+  for p in $(seq "$METRICS_PORT" $((METRICS_PORT + 4))); do
+    port_free "$p" || die "port $p on 127.0.0.1 is in use; set TANDEM_DEMO_METRICS_PORT to a free range of 5 ports"
+  done
   mkdir -p "$DEMO_DIR"/{pg,sock,logs,run,agents}
   chmod 755 "$DEMO_DIR"
 
@@ -175,6 +183,7 @@ up() {
     echo 'heartbeat_interval = "1s"'
     echo 'offline_after = "5s"'
     echo 'time_zone = "UTC"'
+    echo "metrics_listen = \"127.0.0.1:$METRICS_PORT\""
     echo
     echo '# Both sets live on this one host: let their tests run side by side.'
     echo '[limits]'
@@ -205,14 +214,18 @@ up() {
     echo "export TANDEM_CERT=$DEMO_DIR/certs/user-operator.pem"
     echo "export TANDEM_KEY=$DEMO_DIR/certs/user-operator-key.pem"
     echo "export PATH=$BIN:\$PATH"
+    local urls="" p
+    for p in $(seq "$METRICS_PORT" $((METRICS_PORT + 4))); do urls="$urls http://127.0.0.1:$p/metrics"; done
+    echo "# Prometheus metrics: the controller's, then each agent's"
+    echo "export TANDEM_DEMO_METRICS_URLS=\"${urls# }\""
   } >"$env"
 
   say "starting tandem-controller on 127.0.0.1:$BASE_PORT"
   start_daemon controller "$BIN/tandem-controller" --config "$DEMO_DIR/controller.toml"
-  local port=$((BASE_PORT + 1)) pgport=5433
+  local port=$((BASE_PORT + 1)) pgport=5433 mport=$((METRICS_PORT + 1))
   for set in "${SETS[@]}"; do
     for m in "${MEMBERS[@]}"; do
-      write_agent_config "$set" "$m" "$port" "$pgport"
+      write_agent_config "$set" "$m" "$port" "$pgport" "$mport"
       local up_set up_m
       up_set=$(echo "$set" | tr '[:lower:]' '[:upper:]' | tr -c 'A-Z0-9\n' '_')
       up_m=$(echo "$m" | tr '[:lower:]' '[:upper:]' | tr -c 'A-Z0-9\n' '_')
@@ -223,7 +236,7 @@ up() {
       } >>"$env"
       say "starting tandem-agent $set-$m on 127.0.0.1:$port"
       start_daemon "agent-$set-$m" "$BIN/tandem-agent" --config "$DEMO_DIR/agents/$set-$m/agent.toml"
-      port=$((port + 1)); pgport=$((pgport + 1))
+      port=$((port + 1)); pgport=$((pgport + 1)); mport=$((mport + 1))
     done
   done
 
@@ -249,6 +262,7 @@ Demo is up. Next:
   TANDEM_CERT=$DEMO_DIR/certs/user-admin.pem TANDEM_KEY=$DEMO_DIR/certs/user-admin-key.pem \\
     tandemctl set policy crm --test interval=600   # test crm every 10 min after the last test
   tandemctl agents --output json
+  curl -s \${TANDEM_DEMO_METRICS_URLS%% *}   # the controller's Prometheus metrics
   psql -h \$TANDEM_DEMO_BILLING_DB1_PGHOST -p \$TANDEM_DEMO_BILLING_DB1_PGPORT -U postgres
   deploy/demo.sh down            # stop and remove everything
 EOF
@@ -298,6 +312,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) PGBIN=$(pg_bin); status ;;
-  -h|--help|help|"") sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] ;;
+  -h|--help|help|"") sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] ;;
   *) die "unknown command '$1'; use up, status or down" ;;
 esac

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is
-# missing (PostgreSQL from the distribution's packages), then runs
+# missing (PostgreSQL, systemd-analyze and docker-compose from the
+# distribution's packages), then runs
 # `cargo fmt --check`, clippy with warnings as errors, and every test: unit
 # tests and end-to-end tests against real PostgreSQL and the real binaries.
 set -euo pipefail
@@ -13,6 +14,10 @@ command -v cargo >/dev/null || { echo "tests/run.sh: cargo is not installed; ins
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql postgresql-contrib)
 ls /usr/lib/postgresql/*/bin/pg_amcheck >/dev/null 2>&1 || missing+=(postgresql-client)
+# deploy/ is checked with the tools that read it: systemd-analyze verify for
+# the units, docker-compose config -q for the compose file (tests/tests/deploy.rs).
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   sudo=""

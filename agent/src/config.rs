@@ -31,6 +31,10 @@ pub struct AgentConfig {
     pub controller: String,
     /// The agent's home: state file, testdb.out, operation journal.
     pub home: PathBuf,
+    /// Where Prometheus scrapes the agent's metrics (`http://<addr>/metrics`);
+    /// off when absent. `--metrics-listen` overrides it.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// How often to tell the controller the agent is alive.
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub heartbeat_interval: Duration,

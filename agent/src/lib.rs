@@ -10,12 +10,14 @@
 //! database's OS user. `run` is the PostgreSQL agent; `run_with_engine`
 //! runs the same agent on any [`engine::Engine`] (the scale benchmark uses
 //! `engine::simulated`). `events` runs the event hook and tells the controller.
+//! `metrics` holds every Prometheus metric (served when `main` asks).
 
 pub mod actions;
 pub mod config;
 pub mod engine;
 pub mod events;
 pub mod maintain;
+pub mod metrics;
 pub mod ops;
 pub mod registration;
 pub mod runner;

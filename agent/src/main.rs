@@ -26,6 +26,10 @@ struct Cli {
     /// Log format on stderr: human or json.
     #[arg(long, default_value = "human", global = true)]
     log_format: LogFormat,
+    /// Serve Prometheus metrics on this address ("127.0.0.1:9465"),
+    /// overriding `metrics_listen` in the config (with `run`).
+    #[arg(long, env = "TANDEM_AGENT_METRICS_LISTEN", global = true)]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -97,6 +101,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run => {
             let telemetry = telemetry::init("tandem-agent", cli.log_format, "info")?;
+            let metrics = match cli.metrics_listen {
+                Some(addr) => Some((addr, "--metrics-listen")),
+                None => cfg.metrics_listen.map(|a| (a, "field `metrics_listen`")),
+            };
+            if let Some((addr, setting)) = metrics {
+                tandem_agent::metrics::serve(addr, setting, &cfg)?;
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(on_signal(shutdown.clone()));
             let result = tandem_agent::run(cfg, shutdown).await;

@@ -13,6 +13,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use tokio::process::Command;
+use tracing::Instrument as _;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -114,13 +115,49 @@ impl Runner {
     }
 
     /// Run to completion with a time limit, capturing stdout and stderr.
+    ///
+    /// Inside a span (an operation's step, a `Status` call) the command is a
+    /// `process` span of its own with OpenTelemetry's process attributes
+    /// (`process.executable.name`, `process.exit.code`); outside any span
+    /// (the heartbeat's polls) it is not traced.
     pub async fn output(&self, mut cmd: Command, timeout: Duration) -> Result<Output, RunError> {
         let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            let name = Path::new(&program)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| program.clone());
+            tracing::info_span!(
+                "process",
+                otel.name = %name,
+                process.executable.name = %name,
+                process.command = %program,
+                process.exit.code = tracing::field::Empty,
+                process.timed_out = tracing::field::Empty,
+            )
+        };
         let fut = cmd.output();
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(out)) => Ok(out),
+        let r = tokio::time::timeout(timeout, fut)
+            .instrument(span.clone())
+            .await;
+        match r {
+            Ok(Ok(out)) => {
+                if let Some(code) = out.status.code() {
+                    span.record("process.exit.code", code);
+                } else if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&out.status)
+                {
+                    // Killed by a signal: the shell's convention, 128 + signal.
+                    span.record("process.exit.code", 128 + sig);
+                }
+                Ok(out)
+            }
             Ok(Err(source)) => Err(RunError::Spawn { program, source }),
-            Err(_) => Err(RunError::Timeout { program, timeout }),
+            Err(_) => {
+                span.record("process.timed_out", true);
+                Err(RunError::Timeout { program, timeout })
+            }
         }
     }
 }

@@ -43,6 +43,11 @@ pub struct ControllerConfig {
     /// Which people (certificate names) have which role (SPEC O1).
     #[serde(default)]
     pub access: Access,
+    /// Where Prometheus scrapes the controller's metrics
+    /// (`http://<addr>/metrics`); off when absent. `--metrics-listen`
+    /// overrides it.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// The replication sets and their members.
     #[serde(default)]
     pub sets: Vec<SetConfig>,

@@ -294,6 +294,7 @@ pub async fn liveness_loop(inv: Arc<Inventory>, shutdown: tokio_util::sync::Canc
         if let Err(e) = inv.sweep(Instant::now()).await {
             warn!(error = %e, "liveness sweep failed");
         }
+        crate::metrics::agents(&inv.list());
     }
 }
 

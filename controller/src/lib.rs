@@ -8,6 +8,7 @@
 //! Test runs go through the `fleet`: one queue, dispatched under the load
 //! limits, each job ordering a test, relaying its progress and storing the
 //! set's `verdicts`; unfinished runs are carried on after a restart.
+//! `metrics` holds every Prometheus metric (served when `main` asks).
 //! Everything stops when `main` cancels the `shutdown` token.
 
 pub mod agents;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod fleet;
 pub mod inventory;
 pub mod maintenance;
+pub mod metrics;
 pub mod schedule;
 pub mod scheduler;
 pub mod service;
@@ -39,6 +41,10 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let server_tls = cfg.tls.server_config()?;
     let store = store::Store::open(&cfg.store)?;
     let inventory = Arc::new(inventory::Inventory::load(cfg.clone(), store.clone()).await?);
+    if cfg.metrics_listen.is_some() {
+        let sets: Vec<String> = cfg.sets.iter().map(|s| s.name.clone()).collect();
+        metrics::load_verdicts(&store, &sets).await?;
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| {

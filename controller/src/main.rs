@@ -27,6 +27,10 @@ struct Cli {
     /// Check the config file and exit.
     #[arg(long)]
     check_config: bool,
+    /// Serve Prometheus metrics on this address ("127.0.0.1:9464"),
+    /// overriding `metrics_listen` in the config.
+    #[arg(long, env = "TANDEM_CONTROLLER_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -45,13 +49,23 @@ fn main() -> ExitCode {
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
-    let cfg = ControllerConfig::load(&cli.config)?;
+    let mut cfg = ControllerConfig::load(&cli.config)?;
     if cli.check_config {
         cfg.tls.server_config()?;
         println!("{}: ok ({} sets)", cli.config.display(), cfg.sets.len());
         return Ok(());
     }
     let telemetry = telemetry::init("tandem-controller", cli.log_format, "info")?;
+    let setting = match cli.metrics_listen {
+        Some(addr) => {
+            cfg.metrics_listen = Some(addr);
+            "--metrics-listen"
+        }
+        None => "field `metrics_listen`",
+    };
+    if let Some(addr) = cfg.metrics_listen {
+        tandem_controller::metrics::serve(addr, setting)?;
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
     let result = tandem_controller::run(cfg, shutdown).await;

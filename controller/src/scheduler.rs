@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use tandem_proto::propagation::current_trace_id;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::fleet::Fleet;
 use crate::inventory::Inventory;
@@ -199,9 +200,13 @@ impl Scheduler {
                         next = Some(now);
                         continue;
                     }
+                    // A scheduled test is a trace of its own, stored with its verdict.
+                    let span = info_span!(parent: None, "tandem-controller schedule", set = %set, policy = %policy);
+                    let trace_id = span.in_scope(current_trace_id).unwrap_or_default();
                     let run = self
                         .fleet
-                        .start_run(vec![set.clone()], None, "schedule", String::new())
+                        .start_run(vec![set.clone()], None, "schedule", trace_id)
+                        .instrument(span)
                         .await?;
                     info!(set, run, policy = %policy, due = %due, catch_up, missed, "scheduled test started");
                     if catch_up {

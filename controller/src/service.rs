@@ -373,6 +373,7 @@ impl pb::controller_server::Controller for ControllerService {
                 result.operation_id,
                 v.kind.as_str()
             );
+            crate::metrics::verdict(&set.name, &v);
             self.store.record_verdict(set.name.clone(), v).await?;
             self.store
                 .set_event(set.name.clone(), "signal", message)

@@ -6,6 +6,7 @@
 //! - [`tls`], [`identity`]: mutual TLS from PEM files, and who is calling (SAN URIs).
 //! - [`telemetry`], [`propagation`]: tracing set-up shared by all three binaries, and
 //!   W3C trace context carried in gRPC metadata.
+//! - [`metrics`]: the Prometheus endpoint of the controller and the agent.
 //! - [`process`]: start-up every `main` shares (crypto provider, runtime) and the stop signals.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
@@ -14,6 +15,7 @@ pub mod pb {
 
 pub mod config;
 pub mod identity;
+pub mod metrics;
 pub mod model;
 pub mod process;
 pub mod propagation;

@@ -92,6 +92,51 @@ pub fn current_trace_id() -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
+/// A trace to continue from another task (a spawned job, a run carried on
+/// after a restart), so the work it does stays in the trace of the call
+/// that asked for it.
+#[derive(Debug, Clone)]
+pub struct TraceParent(opentelemetry::Context);
+
+impl TraceParent {
+    /// The current span, as a parent.
+    pub fn current() -> TraceParent {
+        TraceParent(current_context())
+    }
+
+    /// A parent in the stored trace `trace_id` (32 hex digits; anything else
+    /// gives no parent). The parent span itself is gone (it was in a previous
+    /// process), so its id is made up from the trace id: the continued spans
+    /// land in the same trace, under a span Tempo reports as missing.
+    pub fn from_trace_id(trace_id: &str) -> TraceParent {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let Ok(trace) = TraceId::from_hex(trace_id) else {
+            return TraceParent(opentelemetry::Context::new());
+        };
+        let bytes = trace.to_bytes();
+        let mut low = [0u8; 8];
+        low.copy_from_slice(&bytes[8..]);
+        let span = u64::from_be_bytes(low).max(1);
+        let sc = SpanContext::new(
+            trace,
+            SpanId::from_bytes(span.to_be_bytes()),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        TraceParent(opentelemetry::Context::new().with_remote_span_context(sc))
+    }
+
+    /// Make this the OpenTelemetry parent of `span`, which must not have been
+    /// entered yet (create it with `parent: None`). Does nothing when there
+    /// is no valid parent.
+    pub fn adopt(&self, span: &tracing::Span) {
+        if self.0.span().span_context().is_valid() {
+            let _ = span.set_parent(self.0.clone());
+        }
+    }
+}
+
 /// The OpenTelemetry context of the current tracing span or, when that span
 /// has none (it is filtered out of the OpenTelemetry layer, e.g. a DEBUG span),
 /// the context of the innermost entered span that has one.
@@ -321,6 +366,37 @@ mod tests {
         assert!(outer.is_some());
         assert_eq!(inner, outer);
         assert!(injected);
+    }
+
+    #[test]
+    fn a_span_adopts_a_parent_from_another_task_or_a_stored_trace_id() {
+        let (parent, spans) = with_otel(|| {
+            let outer = tracing::info_span!("outer");
+            let parent = outer.in_scope(TraceParent::current);
+            let job = tracing::info_span!(parent: None, "job");
+            parent.adopt(&job);
+            job.in_scope(|| {});
+            drop(job);
+            let resumed = tracing::info_span!(parent: None, "resumed");
+            let trace = outer.in_scope(current_trace_id).unwrap();
+            TraceParent::from_trace_id(&trace).adopt(&resumed);
+            resumed.in_scope(|| {});
+            drop(resumed);
+            trace
+        });
+        let by = |n: &str| spans.iter().find(|s| s.name == n).unwrap().clone();
+        let (outer, job, resumed) = (by("outer"), by("job"), by("resumed"));
+        assert_eq!(job.span_context.trace_id(), outer.span_context.trace_id());
+        assert_eq!(job.parent_span_id, outer.span_context.span_id());
+        assert_eq!(resumed.span_context.trace_id().to_string(), parent);
+        assert_ne!(resumed.parent_span_id, SpanId::INVALID);
+        // A bad stored id gives a new trace, not a panic.
+        let (_, spans) = with_otel(|| {
+            let s = tracing::info_span!(parent: None, "fresh");
+            TraceParent::from_trace_id("not hex").adopt(&s);
+            s.in_scope(|| {});
+        });
+        assert_eq!(spans[0].parent_span_id, SpanId::INVALID);
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct FleetSpec {
     /// The controller's `[limits]`: tests at once in the fleet, per host
     /// (every member of a test fleet is on 127.0.0.1).
     pub limits: (u32, u32),
+    /// Turn on every process's Prometheus endpoint (`metrics_listen` on a
+    /// free port; [`Fleet::metrics`] has the addresses).
+    pub metrics: bool,
 }
 
 impl FleetSpec {
@@ -56,6 +59,7 @@ impl FleetSpec {
             agent_testdb: String::new(),
             controller_top: String::new(),
             limits: (4, 4),
+            metrics: false,
         }
     }
 
@@ -100,6 +104,9 @@ pub struct Fleet {
     pub controller: Option<Proc>,
     pub agents: BTreeMap<String, AgentHandle>,
     pub sets: BTreeMap<String, PgPair>,
+    /// `metrics_listen` of the controller (key "controller") and of each
+    /// agent (its name), when [`FleetSpec::metrics`] is on.
+    pub metrics: BTreeMap<String, String>,
     spec: FleetSpec,
     keep: bool,
 }
@@ -148,10 +155,20 @@ impl Fleet {
             bail!("tandemctl certs init failed: {}", certs_run.stderr);
         }
 
+        let mut metrics = BTreeMap::new();
+        let mut metrics_line = |name: &str| {
+            if !spec.metrics {
+                return String::new();
+            }
+            let addr = format!("127.0.0.1:{}", free_port());
+            metrics.insert(name.to_owned(), addr.clone());
+            format!("metrics_listen = \"{addr}\"\n")
+        };
+        let controller_metrics = metrics_line("controller");
         let port = free_port();
         let controller_url = format!("https://127.0.0.1:{port}");
         let mut toml = format!(
-            "listen = \"127.0.0.1:{port}\"\nstore = \"{}\"\nheartbeat_interval = \"{}ms\"\noffline_after = \"{}ms\"\nstatus_timeout = \"3s\"\n{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/controller.pem\"\nkey = \"{c}/controller-key.pem\"\n\n[limits]\nfleet = {fleet}\nper_host = {per_host}\n\n[access]\ndefault_role = \"viewer\"\nusers = {{ operator = \"operator\", admin = \"admin\" }}\n",
+            "listen = \"127.0.0.1:{port}\"\nstore = \"{}\"\nheartbeat_interval = \"{}ms\"\noffline_after = \"{}ms\"\nstatus_timeout = \"3s\"\n{controller_metrics}{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/controller.pem\"\nkey = \"{c}/controller-key.pem\"\n\n[limits]\nfleet = {fleet}\nper_host = {per_host}\n\n[access]\ndefault_role = \"viewer\"\nusers = {{ operator = \"operator\", admin = \"admin\" }}\n",
             dir.join("controller.db").display(),
             spec.heartbeat_interval.as_millis(),
             spec.offline_after.as_millis(),
@@ -180,10 +197,11 @@ impl Fleet {
             let adir = dir.join("agents").join(member);
             let config = adir.join("agent.toml");
             let aport = free_port();
+            let agent_metrics = metrics_line(member);
             write(
                 &config,
                 &format!(
-                    "name = \"{member}\"\nset = \"{set}\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[postgres]\ndata_dir = \"{data}\"\nsocket_dir = \"{sock}\"\nport = {pgport}\narchive_dir = \"{archive}\"\n\n[testdb]\n{testdb}\n",
+                    "name = \"{member}\"\nset = \"{set}\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{agent_metrics}{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[postgres]\ndata_dir = \"{data}\"\nsocket_dir = \"{sock}\"\nport = {pgport}\narchive_dir = \"{archive}\"\n\n[testdb]\n{testdb}\n",
                     home = adir.join("home").display(),
                     hb = spec.heartbeat_interval.as_millis(),
                     c = certs.display(),
@@ -214,6 +232,7 @@ impl Fleet {
             controller: None,
             agents,
             sets,
+            metrics,
             spec,
             keep: false,
         };

@@ -4,5 +4,6 @@ pub mod fleet;
 pub mod otlp;
 pub mod pg;
 pub mod procs;
+pub mod prom;
 pub mod scale;
 pub mod wait;

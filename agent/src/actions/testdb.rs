@@ -27,7 +27,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::config::AgentConfig;
 use crate::engine::{Engine, EngineError, copy::default_workers};
 use crate::ops::Progress;
-use crate::ops::journal::{Journal, OpRecord, OpState, StepTime, write_atomic};
+use crate::ops::journal::{Journal, OpKind, OpRecord, OpState, StepTime, write_atomic};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -297,9 +297,28 @@ impl<E: Engine> Job<E> {
         sh.rec().step = name.to_owned();
         self.publish(sh, &format!("step {name}"));
         let t0 = Instant::now();
-        let span = info_span!("testdb.step", step = name, set = %self.cfg.set, member = %self.cfg.member());
+        let kind = if self.only_copy {
+            OpKind::Copy
+        } else {
+            OpKind::Testdb
+        };
+        // Step-specific fields are recorded by the step itself
+        // (`Span::current().record(...)`).
+        let span = info_span!(
+            "testdb.step",
+            otel.name = %format_args!("{} {name}", crate::metrics::kind_label(kind)),
+            step = name,
+            set = %self.cfg.set,
+            member = %self.cfg.member(),
+            operation.id = %sh.rec().id,
+            bytes = tracing::field::Empty,
+            bytes_per_second = tracing::field::Empty,
+            lsn = tracing::field::Empty,
+            findings = tracing::field::Empty,
+        );
         let r = fut.instrument(span).await;
         let seconds = t0.elapsed().as_secs_f64();
+        crate::metrics::step(kind, name, seconds);
         sh.rec().steps.push(StepTime {
             step: name.to_owned(),
             seconds,
@@ -356,9 +375,18 @@ impl<E: Engine> Job<E> {
                 let tx = self.progress.clone();
                 let progress = Arc::new(move |n: u64| tx.send_modify(|p| p.bytes_done = n));
                 let workers = self.cfg.testdb.copy_workers.unwrap_or_else(default_workers);
-                self.engine
+                let t0 = Instant::now();
+                let n = self
+                    .engine
                     .copy_to(&copy, workers, progress, self.cancel.clone())
-                    .await
+                    .await?;
+                let span = tracing::Span::current();
+                span.record("bytes", n);
+                span.record(
+                    "bytes_per_second",
+                    (n as f64 / t0.elapsed().as_secs_f64().max(1e-3)).round() as u64,
+                );
+                Ok(n)
             })
             .await;
         // The standby comes back whatever happened to the copy.
@@ -374,27 +402,38 @@ impl<E: Engine> Job<E> {
         let out = output_path(&self.cfg);
         sh.rec().output_path = Some(out.clone());
         let inst = self
-            .step(
-                sh,
-                "open_private",
-                self.engine
-                    .open_private(&copy, self.cfg.testdb.private_start_timeout),
-            )
+            .step(sh, "open_private", async {
+                let inst = self
+                    .engine
+                    .open_private(&copy, self.cfg.testdb.private_start_timeout)
+                    .await?;
+                if let Some(lsn) = &inst.lsn {
+                    tracing::Span::current().record("lsn", lsn.to_string());
+                }
+                Ok(inst)
+            })
             .await?;
         sh.rec().tested_lsn = inst.lsn.map(|l| l.to_string());
         let checked = self
-            .step(
-                sh,
-                "checks",
-                self.engine.check_private(&inst, self.logical_read, &out),
-            )
+            .step(sh, "checks", async {
+                let r = self
+                    .engine
+                    .check_private(&inst, self.logical_read, &out)
+                    .await?;
+                tracing::Span::current().record("findings", r.findings.len() as u64);
+                Ok(r)
+            })
             .await;
         self.step(sh, "stop_private", self.engine.close_private(&inst))
             .await?;
         sh.rec().findings.extend(checked?.findings);
         if inst.data_checksums {
             let offline = self
-                .step(sh, "checksums", self.engine.check_offline(&copy, &out))
+                .step(sh, "checksums", async {
+                    let r = self.engine.check_offline(&copy, &out).await?;
+                    tracing::Span::current().record("findings", r.findings.len() as u64);
+                    Ok(r)
+                })
                 .await?;
             sh.rec().findings.extend(offline.findings);
         } else {
@@ -501,6 +540,14 @@ pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
         r.finished_at = Some(Timestamp::now());
         r.clone()
     };
+    // The operation's span (see `ops::Operations::start`).
+    let span = tracing::Span::current();
+    span.record("result", crate::metrics::result_label(rec.state));
+    span.record("findings", rec.findings.len() as u64);
+    span.record("bytes", rec.bytes_copied);
+    if let Some(lsn) = &rec.tested_lsn {
+        span.record("lsn", lsn.as_str());
+    }
     match rec.state {
         OpState::ErrorsFound => {
             for f in &rec.findings {

@@ -229,8 +229,22 @@ impl<E: Engine> Operations<E> {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), rx);
         let this = self.clone();
-        let span = info_span!("operation", operation.id = %id, kind = ?kind, set = %self.cfg.set, member = %self.cfg.member());
+        let span = info_span!(
+            "operation",
+            otel.name = %format_args!("operation {}", crate::metrics::kind_label(kind)),
+            operation.id = %id,
+            kind = crate::metrics::kind_label(kind),
+            set = %self.cfg.set,
+            member = %self.cfg.member(),
+            role = "standby",
+            db.system = "postgresql",
+            result = tracing::field::Empty,
+            lsn = tracing::field::Empty,
+            findings = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+        );
         info!(operation = %id, ?kind, "operation started");
+        crate::metrics::operation_started();
         let skip_logical = params.get("skip_logical_read").is_some_and(|v| v == "true");
         self.tasks.spawn(
             async move {
@@ -245,6 +259,7 @@ impl<E: Engine> Operations<E> {
                     shutting_down: this.shutdown.clone(),
                 };
                 let rec = testdb::run(job, record).await;
+                crate::metrics::operation_finished(&rec);
                 this.events.operation_finished(&rec).await;
                 *this.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }

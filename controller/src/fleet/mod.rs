@@ -28,6 +28,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tandem_proto::model::{AgentState, Role};
 use tandem_proto::pb;
+use tandem_proto::propagation::TraceParent;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -101,6 +102,9 @@ struct Job {
     /// Who asked: "manual", "schedule", "signal", "maintenance".
     origin: String,
     trace_id: String,
+    /// The trace the job's spans continue: the call that queued it, or,
+    /// after a restart, the stored trace id.
+    parent: TraceParent,
     /// The last reason given to the run, so it is said once per change.
     waiting: Option<Wait>,
     /// When the job was queued.
@@ -224,6 +228,7 @@ impl Fleet {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(set.to_owned(), why);
+        crate::metrics::window_open(set, true);
     }
 
     pub fn release(&self, set: &str) {
@@ -231,6 +236,7 @@ impl Fleet {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(set);
+        crate::metrics::window_open(set, false);
         self.wake.notify_one();
     }
 
@@ -305,6 +311,7 @@ impl Fleet {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), run.clone());
         info!(run = %id, sets = ?sets, origin, "run queued");
+        let parent = TraceParent::current();
         {
             let mut q = self.lock_queue();
             for set in sets {
@@ -315,6 +322,7 @@ impl Fleet {
                     member: member.clone(),
                     origin: origin.to_owned(),
                     trace_id: trace_id.clone(),
+                    parent: parent.clone(),
                     waiting: None,
                     since: Timestamp::now(),
                 });
@@ -341,6 +349,7 @@ impl Fleet {
                     member: (!s.member.is_empty()).then_some(s.member.clone()),
                     origin: row.origin.clone(),
                     trace_id: row.trace_id.clone(),
+                    parent: TraceParent::from_trace_id(&row.trace_id),
                     waiting: None,
                     since: row.created_at,
                 };
@@ -375,7 +384,7 @@ impl Fleet {
                             since: row.created_at,
                         });
                         let this = self.clone();
-                        let span = info_span!("testdb.resume", run.id = %row.id, set = %s.set);
+                        let span = job_span(&job, true);
                         let op = s.operation_id.clone();
                         tokio::spawn(
                             async move { this.resume(job, target, op).await }.instrument(span),
@@ -433,6 +442,7 @@ impl Fleet {
             match admitted {
                 Ok(()) => {
                     let job = q.waiting.remove(i).expect("index checked");
+                    crate::metrics::admitted(seconds_since(job.since));
                     let b = Busy {
                         set: job.set.clone(),
                         host,
@@ -443,13 +453,14 @@ impl Fleet {
                         since: Timestamp::now(),
                     });
                     let this = self.clone();
-                    let span = info_span!("testdb.set", run.id = %job.run_id, set = %job.set);
+                    let span = job_span(&job, false);
                     tokio::spawn(async move { this.run_job(job, target).await }.instrument(span));
                 }
                 Err(wait) => {
                     let job = &mut q.waiting[i];
                     if job.waiting.as_ref() != Some(&wait) {
                         info!(run = %job.run_id, set = %job.set, "{wait}");
+                        crate::metrics::wait(&wait);
                         job.run.push(pb::RunProgress {
                             run_id: job.run_id.clone(),
                             set: job.set.clone(),
@@ -462,6 +473,10 @@ impl Fleet {
                 }
             }
         }
+        crate::metrics::queue(
+            q.running.len(),
+            q.waiting.iter().map(|j| j.waiting.as_ref()),
+        );
     }
 
     /// The declared member of `set` that `agent` serves.
@@ -574,6 +589,9 @@ impl Fleet {
 
     /// Order the test from the target's agent and follow it to its verdict.
     async fn order(&self, job: &Job, t: &Target) -> Verdict {
+        let span = tracing::Span::current();
+        span.record("member", t.member.as_str());
+        span.record("agent", t.agent.as_str());
         let failed =
             |reason: String| Verdict::failed_to_run(&t.member, reason, job.trace_id.clone());
         if let Err(e) = self
@@ -618,6 +636,7 @@ impl Fleet {
 
     async fn follow_to_verdict(&self, job: &Job, t: &Target, op_id: String) -> Verdict {
         info!(set = %job.set, member = %t.member, operation = %op_id, "testdb running");
+        tracing::Span::current().record("operation.id", op_id.as_str());
         if let Err(e) = self
             .store
             .run_set_state(
@@ -699,6 +718,13 @@ impl Fleet {
     /// Store the verdict, tell the run, free the job's place.
     async fn finish(&self, job: Job, verdict: Verdict) {
         info!(set = %job.set, verdict = verdict.kind.as_str(), lsn = ?verdict.lsn, "verdict");
+        crate::metrics::verdict(&job.set, &verdict);
+        let span = tracing::Span::current();
+        span.record("verdict", verdict.kind.as_str());
+        span.record("findings", verdict.findings.len() as u64);
+        if let Some(lsn) = &verdict.lsn {
+            span.record("lsn", lsn.as_str());
+        }
         // The verdict goes to the run before the store decides whether it was
         // the run's last: whoever's write lands last pushes `done`, after
         // every set's verdict was pushed.
@@ -791,6 +817,36 @@ impl Fleet {
             tokio::time::sleep(WATCH_RETRY_EVERY).await;
         }
     }
+}
+
+/// The span of one set's test on the controller, in the trace of the call
+/// that queued it; the agent's operation and steps are its descendants.
+/// Fields left empty are recorded as they become known; `resumed`: carried
+/// on after a controller restart.
+fn job_span(job: &Job, resumed: bool) -> tracing::Span {
+    let span = info_span!(
+        parent: None,
+        "testdb.set",
+        resumed,
+        run.id = %job.run_id,
+        set = %job.set,
+        member = tracing::field::Empty,
+        agent = tracing::field::Empty,
+        operation.id = tracing::field::Empty,
+        verdict = tracing::field::Empty,
+        findings = tracing::field::Empty,
+        lsn = tracing::field::Empty,
+        db.system = "postgresql",
+    );
+    job.parent.adopt(&span);
+    span
+}
+
+/// Seconds from `t` until now.
+fn seconds_since(t: Timestamp) -> f64 {
+    (Timestamp::now() - t)
+        .total(jiff::Unit::Second)
+        .unwrap_or(0.0)
 }
 
 fn request_id(job: &Job) -> String {

@@ -646,6 +646,9 @@ impl Maintenance {
             w.closed_at = Some(Timestamp::now());
         }
         self.save(&w).await?;
+        if let (WindowState::Closed, Some(d)) = (w.state, w.downtime_seconds) {
+            crate::metrics::window_downtime(d);
+        }
         if w.state.is_over() {
             self.fleet.release(&w.set);
         } else {
