@@ -1,23 +1,33 @@
-//! The inventory: which agents exist, where they are, and whether they live.
+//! The inventory: which sets and members are declared, which agents exist,
+//! where they are, and whether they live.
 //!
-//! Declared sets come from `controller.toml` (mirrored into the store);
-//! registrations and heartbeats come from agents. The in-memory map is the
-//! observed truth; every change of an agent's registration or liveness is
-//! written to the store so a restarted controller knows where its agents are.
-//! After a restart, agents that were online get one `offline_after` of grace
-//! to heartbeat before they are marked offline.
+//! Declared sets live in the store (SPEC C1): `controller.toml`'s sets are
+//! imported at start when the store has never seen them (the rule is in
+//! `crate::sets`), and `tandemctl set add/change/remove` changes them at run
+//! time ([`Inventory::add_set`], [`Inventory::change_set`],
+//! [`Inventory::remove_set`]; one change at a time, the store first, then
+//! the in-memory snapshot that every reader uses: fleet, scheduler,
+//! `show`, registration). Registrations and heartbeats come from agents. The
+//! in-memory map is the observed truth; every change of an agent's
+//! registration or liveness is written to the store so a restarted
+//! controller knows where its agents are. After a restart, agents that were
+//! online get one `offline_after` of grace to heartbeat before they are
+//! marked offline. An agent no longer declared (its set removed, its member
+//! changed) is asked to register again, which tells it why it is refused.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use tandem_proto::identity::Identity;
 use tandem_proto::model::{AgentState, Facts, Registration, Role};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::ControllerConfig;
 use crate::error::ServiceError;
-use crate::store::{AgentRow, Store};
+use crate::sets::{Declared, MemberDecl, SetDecl, StoredState, check, plan_import};
+use crate::store::{AgentRow, SetRow, Store};
 
 /// One agent as the controller sees it now.
 #[derive(Debug, Clone)]
@@ -39,16 +49,56 @@ fn known(role: Role) -> Option<Role> {
     (role != Role::Unknown).then_some(role)
 }
 
+/// What `tandemctl set change` asks.
+#[derive(Debug, Clone, Default)]
+pub struct MemberChanges {
+    pub add: Vec<MemberDecl>,
+    /// Members (by name) given a new agent or host.
+    pub change: Vec<MemberDecl>,
+    pub remove: Vec<String>,
+}
+
 pub struct Inventory {
     cfg: Arc<ControllerConfig>,
     store: Store,
     agents: Mutex<HashMap<String, Entry>>,
+    /// The sets in force; replaced whole on each change.
+    declared: RwLock<Arc<Declared>>,
+    /// One inventory change at a time (store, then snapshot).
+    edits: tokio::sync::Mutex<()>,
 }
 
 impl Inventory {
     /// Load what the store knows.
     pub async fn load(cfg: Arc<ControllerConfig>, store: Store) -> Result<Inventory, ServiceError> {
-        store.sync_sets(cfg.sets.clone()).await?;
+        let file: Vec<SetDecl> = cfg.sets.iter().map(SetDecl::from).collect();
+        let stored: Vec<_> = store.sets().await?.into_iter().map(|r| r.stored).collect();
+        let plan = plan_import(&file, &stored);
+        for (set, at, by) in &plan.removed {
+            warn!(
+                set = %set,
+                removed_at = %at,
+                removed_by = %by,
+                "set `{set}` is in controller.toml but was removed with `tandemctl set remove` at {at} by {by}; it stays removed: delete it from controller.toml, or bring it back with `tandemctl set add {set} --from-config`"
+            );
+        }
+        for (set, diff) in &plan.differs {
+            warn!(
+                set = %set,
+                "set `{set}` in controller.toml differs from the inventory in the store, which wins (it was changed with `tandemctl set`): {}; to apply the file: `tandemctl set add {set} --from-config --replace`; to see the store's: `tandemctl set list {set}`",
+                diff.join("; ")
+            );
+        }
+        for (set, why) in &plan.conflicts {
+            error!(set = %set, "set `{set}` in controller.toml is not imported: {why}");
+        }
+        for set in &plan.import {
+            info!(set = %set.name, members = %set.describe_members(), "set imported from controller.toml");
+        }
+        if !plan.import.is_empty() {
+            store.import_sets(plan.import).await?;
+        }
+        let declared = Arc::new(Declared::new(active_sets(&store.sets().await?)));
         let now = Instant::now();
         let agents = store
             .agents()
@@ -74,11 +124,190 @@ impl Inventory {
             cfg,
             store,
             agents: Mutex::new(agents),
+            declared: RwLock::new(declared),
+            edits: tokio::sync::Mutex::new(()),
         })
     }
 
     pub fn config(&self) -> &ControllerConfig {
         &self.cfg
+    }
+
+    /// The sets in force now (a snapshot: a later change makes a new one).
+    pub fn declared(&self) -> Arc<Declared> {
+        self.declared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A set in force.
+    pub fn set(&self, name: &str) -> Option<SetDecl> {
+        self.declared().set(name).cloned()
+    }
+
+    /// The sets in force as stored (generation, who changed them), in order;
+    /// only `names` when not empty.
+    pub async fn set_rows(&self, names: &[String]) -> Result<Vec<SetRow>, ServiceError> {
+        let declared = self.declared();
+        for n in names {
+            if declared.set(n).is_none() {
+                return Err(ServiceError::UnknownSet { set: n.clone() });
+            }
+        }
+        Ok(self
+            .store
+            .sets()
+            .await?
+            .into_iter()
+            .filter(|r| r.stored.state == StoredState::Active)
+            .filter(|r| names.is_empty() || names.contains(&r.stored.decl.name))
+            .collect())
+    }
+
+    /// Whether the store has ever known `set` (in force or removed): its
+    /// history can be read.
+    pub async fn ever_known(&self, set: &str) -> Result<bool, ServiceError> {
+        Ok(self.declared().set(set).is_some()
+            || self
+                .store
+                .sets()
+                .await?
+                .iter()
+                .any(|r| r.stored.decl.name == set && r.stored.state != StoredState::Legacy))
+    }
+
+    /// Add a set (`tandemctl set add`), or replace an existing one's members
+    /// when `replace`. A removed set may be added again.
+    pub async fn add_set(
+        &self,
+        set: SetDecl,
+        replace: bool,
+        who: &Identity,
+    ) -> Result<SetRow, ServiceError> {
+        let _edit = self.edits.lock().await;
+        let declared = self.declared();
+        let old = declared.set(&set.name);
+        if old.is_some() && !replace {
+            return Err(ServiceError::SetExists { set: set.name });
+        }
+        check(&set, &declared.sets)?;
+        let event = match old {
+            Some(old) if crate::sets::same_members(old, &set) => {
+                return self.row(&set.name).await;
+            }
+            Some(old) => format!(
+                "members replaced by {}: {} (were {})",
+                who.uri(),
+                set.describe_members(),
+                old.describe_members()
+            ),
+            None => format!("added by {}: members {}", who.uri(), set.describe_members()),
+        };
+        self.commit(set, who, event).await
+    }
+
+    /// Add, change and remove members of a set (`tandemctl set change`).
+    pub async fn change_set(
+        &self,
+        name: &str,
+        changes: MemberChanges,
+        who: &Identity,
+    ) -> Result<SetRow, ServiceError> {
+        let _edit = self.edits.lock().await;
+        let declared = self.declared();
+        let old = declared
+            .set(name)
+            .ok_or_else(|| ServiceError::UnknownSet { set: name.to_owned() })?;
+        let mut set = old.clone();
+        let mut said = Vec::new();
+        for m in &changes.remove {
+            let before = set.members.len();
+            set.members.retain(|x| &x.name != m);
+            if set.members.len() == before {
+                return Err(ServiceError::UnknownMember {
+                    set: name.to_owned(),
+                    member: m.clone(),
+                });
+            }
+            said.push(format!("removed member {m}"));
+        }
+        for m in changes.change {
+            let Some(x) = set.members.iter_mut().find(|x| x.name == m.name) else {
+                return Err(ServiceError::UnknownMember {
+                    set: name.to_owned(),
+                    member: m.name,
+                });
+            };
+            said.push(format!(
+                "changed member {} to {}",
+                crate::sets::describe_member(x),
+                crate::sets::describe_member(&m)
+            ));
+            *x = m;
+        }
+        for m in changes.add {
+            said.push(format!("added member {}", crate::sets::describe_member(&m)));
+            set.members.push(m);
+        }
+        check(&set, &declared.sets)?;
+        if crate::sets::same_members(old, &set) {
+            return Err(ServiceError::NothingChanges { set: name.to_owned() });
+        }
+        let event = format!("members changed by {}: {}", who.uri(), said.join(", "));
+        self.commit(set, who, event).await
+    }
+
+    /// Remove a set (`tandemctl set remove`). `busy` says which run has a
+    /// test of the set waiting or running (then the set stays).
+    pub async fn remove_set(
+        &self,
+        name: &str,
+        who: &Identity,
+        busy: impl Fn(&str) -> Option<String>,
+    ) -> Result<SetRow, ServiceError> {
+        let _edit = self.edits.lock().await;
+        let row = self.row(name).await?;
+        if let Some(run) = busy(name) {
+            return Err(ServiceError::SetBusy {
+                set: name.to_owned(),
+                run,
+            });
+        }
+        let event = format!(
+            "removed by {}; its members were {}",
+            who.uri(),
+            row.stored.decl.describe_members()
+        );
+        self.store
+            .remove_set(name.to_owned(), who.uri(), event)
+            .await?;
+        self.reload().await?;
+        warn!(set = name, by = %who.uri(), "set removed from the inventory");
+        Ok(row)
+    }
+
+    /// Store `set` as in force, then make it the snapshot.
+    async fn commit(&self, set: SetDecl, who: &Identity, event: String) -> Result<SetRow, ServiceError> {
+        let name = set.name.clone();
+        let generation = self.store.put_set(set, who.uri(), event.clone()).await?;
+        self.reload().await?;
+        info!(set = %name, generation, "inventory changed: {event}");
+        self.row(&name).await
+    }
+
+    async fn reload(&self) -> Result<(), ServiceError> {
+        let sets = active_sets(&self.store.sets().await?);
+        *self.declared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Declared::new(sets));
+        Ok(())
+    }
+
+    /// One set in force, as stored.
+    async fn row(&self, name: &str) -> Result<SetRow, ServiceError> {
+        self.set_rows(&[name.to_owned()])
+            .await?
+            .pop()
+            .ok_or_else(|| ServiceError::UnknownSet { set: name.to_owned() })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -88,8 +317,9 @@ impl Inventory {
     /// Accept a registration from the agent named in it (already checked
     /// against the caller's certificate). Returns the set's generation.
     pub async fn register(&self, reg: Registration) -> Result<u64, ServiceError> {
+        let declared = self.declared();
         let (set, member) =
-            self.cfg
+            declared
                 .member_of(&reg.agent)
                 .ok_or_else(|| ServiceError::NotDeclared {
                     agent: reg.agent.clone(),
@@ -167,15 +397,23 @@ impl Inventory {
         Ok(())
     }
 
-    /// A heartbeat. Returns false when the agent is unknown and must register.
+    /// A heartbeat. Returns false when the agent is unknown, or no longer
+    /// declared as the member it registered for, and must register.
     pub async fn heartbeat(&self, agent: &str, facts: Facts) -> Result<bool, ServiceError> {
         let new_role = facts.role;
         let mut role_change = None;
+        let declared = self.declared();
         let came_back = {
             let mut agents = self.lock();
             let Some(e) = agents.get_mut(agent) else {
                 return Ok(false);
             };
+            let still = declared
+                .member_of(agent)
+                .is_some_and(|(s, m)| s.name == e.row.set && m.name == e.row.member);
+            if !still {
+                return Ok(false);
+            }
             if let Some(new) = known(new_role) {
                 if e.role != Some(new) {
                     role_change = Some((e.row.set.clone(), e.row.member.clone(), e.role));
@@ -223,20 +461,21 @@ impl Inventory {
         Ok(went_offline.into_iter().map(|(n, _)| n).collect())
     }
 
-    /// Every declared agent, registered or not, in config order.
+    /// Every declared agent, registered or not, in inventory order.
     pub fn list(&self) -> Vec<AgentView> {
+        let declared = self.declared();
         let agents = self.lock();
         let mut out = Vec::new();
-        for set in &self.cfg.sets {
+        for set in &declared.sets {
             for m in &set.members {
-                out.push(match agents.get(m.agent()) {
+                out.push(match agents.get(&m.agent) {
                     Some(e) => AgentView {
                         row: e.row.clone(),
                         facts: e.facts.clone(),
                     },
                     None => AgentView {
                         row: AgentRow {
-                            name: m.agent().to_owned(),
+                            name: m.agent.clone(),
                             set: set.name.clone(),
                             member: m.name.clone(),
                             address: String::new(),
@@ -260,6 +499,13 @@ impl Inventory {
             facts: e.facts.clone(),
         })
     }
+}
+
+fn active_sets(rows: &[SetRow]) -> Vec<SetDecl> {
+    rows.iter()
+        .filter(|r| r.stored.state == StoredState::Active)
+        .map(|r| r.stored.decl.clone())
+        .collect()
 }
 
 /// Online agents whose last heartbeat is older than `offline_after`.

@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod schedule;
 pub mod scheduler;
 pub mod service;
+pub mod sets;
 pub mod store;
 pub mod verdicts;
 

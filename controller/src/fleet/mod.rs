@@ -19,7 +19,10 @@
 //! `WatchRun` replays a run's events from the start and then follows them,
 //! so a late watcher misses nothing; a run that finished before a restart is
 //! rebuilt from its stored verdicts. A run is a spawned task: a `tandemctl`
-//! that goes away does not stop it (STYLE 6).
+//! that goes away does not stop it (STYLE 6); [`Fleet::cancel_run`] does:
+//! its queued sets end at once as could-not-run ("cancelled by ..."), and
+//! the agents running its tests are asked to cancel them (they put the
+//! standby back and end `cancelled`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -47,10 +50,21 @@ pub use limits::{Busy, Wait, admit};
 const WATCH_RETRIES: u32 = 30;
 const WATCH_RETRY_EVERY: Duration = Duration::from_secs(1);
 
-/// A busy place, with when its job started.
+/// A busy place, with when its job started and the run it belongs to.
 struct Running {
     busy: Busy,
     since: Timestamp,
+    run_id: String,
+}
+
+/// What cancelling a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Cancelled {
+    /// Sets that were queued: they end as could-not-run.
+    pub queued: Vec<String>,
+    /// Sets whose test was running or starting: their agents are asked to
+    /// cancel it (the verdict follows when the agent has put things back).
+    pub stopping: Vec<String>,
 }
 
 /// One run's events, for `WatchRun`.
@@ -136,6 +150,8 @@ pub struct Fleet {
     wake: Notify,
     /// Notified when a job ends (the scheduler waits on it).
     pub finished: Notify,
+    /// Runs being cancelled, with who cancelled them (until they end).
+    cancelled: Mutex<HashMap<String, String>>,
 }
 
 fn new_run_id() -> String {
@@ -168,6 +184,7 @@ impl Fleet {
             limits: Mutex::new(limits),
             wake: Notify::new(),
             finished: Notify::new(),
+            cancelled: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -223,6 +240,110 @@ impl Fleet {
             .map(|r| r.since)
             .chain(q.waiting.iter().filter(|j| j.set == set).map(|j| j.since))
             .min()
+    }
+
+    /// The run with a test of `set` waiting or running, if any.
+    pub fn active_run(&self, set: &str) -> Option<String> {
+        let q = self.lock_queue();
+        q.running
+            .iter()
+            .find(|r| r.busy.set == set)
+            .map(|r| r.run_id.clone())
+            .or_else(|| {
+                q.waiting
+                    .iter()
+                    .find(|j| j.set == set)
+                    .map(|j| j.run_id.clone())
+            })
+    }
+
+    /// Who cancelled `run`, if it is being cancelled.
+    fn cancelled_by(&self, run: &str) -> Option<String> {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run)
+            .cloned()
+    }
+
+    /// Cancel a run not finished (`who` is said in its verdicts): queued
+    /// sets end now as could-not-run; the agents running its tests are asked
+    /// to cancel them. `None` when no such run is going on here.
+    pub async fn cancel_run(&self, run_id: &str, who: &str) -> Option<Cancelled> {
+        let live = self
+            .runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(run_id);
+        if !live {
+            return None;
+        }
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id.to_owned(), who.to_owned());
+        let (queued, running): (Vec<Job>, Vec<String>) = {
+            let mut q = self.lock_queue();
+            let (mine, others): (VecDeque<Job>, VecDeque<Job>) =
+                q.waiting.drain(..).partition(|j| j.run_id == run_id);
+            q.waiting = others;
+            let running = q
+                .running
+                .iter()
+                .filter(|r| r.run_id == run_id)
+                .map(|r| r.busy.set.clone())
+                .collect();
+            (mine.into(), running)
+        };
+        info!(run = run_id, by = who, queued = queued.len(), running = running.len(), "run cancelled");
+        let mut out = Cancelled {
+            queued: queued.iter().map(|j| j.set.clone()).collect(),
+            stopping: running,
+        };
+        for job in queued {
+            let v = Verdict::failed_to_run(
+                job.member.as_deref().unwrap_or(""),
+                format!("cancelled by {who} before it started"),
+                job.trace_id.clone(),
+            );
+            self.record(job, v).await;
+        }
+        // Tests already ordered: ask their agents. One still starting is
+        // cancelled by `order` as soon as its operation id is known.
+        if let Ok(Some(row)) = self.store.run(run_id.to_owned()).await {
+            let ordered: Vec<_> = row
+                .sets
+                .into_iter()
+                .filter(|s| s.state == RunSetState::Running && out.stopping.contains(&s.set))
+                .collect();
+            for s in ordered {
+                if let Err(e) = self.cancel_on_agent(&s.agent, &s.operation_id).await {
+                    warn!(run = run_id, set = %s.set, error = %e, "cannot ask the agent to cancel");
+                    out.stopping.retain(|x| x != &s.set);
+                }
+            }
+        }
+        self.wake.notify_one();
+        self.finished.notify_one();
+        Some(out)
+    }
+
+    /// Ask `agent` to cancel its operation `op_id`.
+    async fn cancel_on_agent(&self, agent: &str, op_id: &str) -> Result<(), String> {
+        let address = self
+            .inventory
+            .get(agent)
+            .map(|v| v.row.address)
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| format!("agent `{agent}` has no known address"))?;
+        let mut c = self.agents.client(&address).map_err(|e| e.to_string())?;
+        c.cancel(pb::CancelRequest {
+            operation_id: op_id.to_owned(),
+        })
+        .await
+        .map_err(|s| s.message().to_owned())?;
+        info!(agent, operation = op_id, "asked the agent to cancel its operation");
+        Ok(())
     }
 
     /// A run's events: live, or rebuilt from the store for a run that
@@ -336,6 +457,7 @@ impl Fleet {
                                 host: target.host.clone(),
                             },
                             since: row.created_at,
+                            run_id: row.id.clone(),
                         });
                         let this = self.clone();
                         let span = info_span!("testdb.resume", run.id = %row.id, set = %s.set);
@@ -398,6 +520,7 @@ impl Fleet {
                     q.running.push(Running {
                         busy: b,
                         since: Timestamp::now(),
+                        run_id: job.run_id.clone(),
                     });
                     let this = self.clone();
                     let span = info_span!("testdb.set", run.id = %job.run_id, set = %job.set);
@@ -422,13 +545,11 @@ impl Fleet {
     }
 
     /// The declared member of `set` that `agent` serves.
-    fn declared(&self, set: &str, agent: &str) -> Option<crate::config::MemberConfig> {
+    fn declared(&self, set: &str, agent: &str) -> Option<crate::sets::MemberDecl> {
         self.inventory
-            .config()
-            .sets
-            .iter()
-            .find(|s| s.name == set)
-            .and_then(|s| s.members.iter().find(|m| m.agent() == agent))
+            .declared()
+            .set(set)
+            .and_then(|s| s.member_of_agent(agent))
             .cloned()
     }
 
@@ -436,14 +557,16 @@ impl Fleet {
     /// the agents' last heartbeats say. The agent checks again before it
     /// starts (SPEC T8). `Err` says why nothing can be tested.
     fn target(&self, set: &str, member: Option<&str>) -> Result<Target, String> {
-        let cfg = self.inventory.config();
-        let Some(set_cfg) = cfg.sets.iter().find(|s| s.name == set) else {
-            return Err(format!("set `{set}` is no longer declared"));
+        let declared = self.inventory.declared();
+        let Some(set_decl) = declared.set(set) else {
+            return Err(format!(
+                "set `{set}` is no longer in the inventory (removed with `tandemctl set remove`)"
+            ));
         };
-        let views: Vec<_> = set_cfg
+        let views: Vec<_> = set_decl
             .members
             .iter()
-            .map(|m| (m, self.inventory.get(m.agent())))
+            .map(|m| (m, self.inventory.get(&m.agent)))
             .collect();
         let online = |v: &Option<crate::inventory::AgentView>| {
             v.as_ref()
@@ -469,7 +592,7 @@ impl Fleet {
                     .unwrap_or_default();
                 Ok(Target {
                     member: m.name.clone(),
-                    agent: m.agent().to_owned(),
+                    agent: m.agent.clone(),
                     host: m
                         .host
                         .clone()
@@ -479,7 +602,7 @@ impl Fleet {
             }
             Some((m, v)) => Err(format!(
                 "the agent `{}` of member `{}` is {}; start it, or test another member",
-                m.agent(),
+                m.agent,
                 m.name,
                 v.as_ref()
                     .map_or("never seen", |v| if v.row.state == AgentState::Offline {
@@ -514,6 +637,14 @@ impl Fleet {
 
     /// Run one admitted job to its verdict.
     async fn run_job(self: Arc<Self>, job: Job, target: Result<Target, String>) {
+        if let Some(who) = self.cancelled_by(&job.run_id) {
+            let v = Verdict::failed_to_run(
+                job.member.as_deref().unwrap_or(""),
+                format!("cancelled by {who} before it started"),
+                job.trace_id.clone(),
+            );
+            return self.finish(job, v).await;
+        }
         let target = match target {
             Ok(t) => t,
             Err(reason) => {
@@ -570,6 +701,11 @@ impl Fleet {
                 return failed(format!("agent `{}` refused: {}", t.agent, s.message()));
             }
         };
+        if self.cancelled_by(&job.run_id).is_some()
+            && let Err(e) = self.cancel_on_agent(&t.agent, &op_id).await
+        {
+            warn!(set = %job.set, error = %e, "cannot ask the agent to cancel");
+        }
         self.follow_to_verdict(job, t, op_id).await
     }
 
@@ -588,10 +724,19 @@ impl Fleet {
         {
             warn!(error = %e, "cannot record the running operation");
         }
-        match self.follow(job, t, &op_id).await {
+        let mut v = match self.follow(job, t, &op_id).await {
             Ok(r) => Verdict::from_result(&t.member, &r, job.trace_id.clone()),
             Err(reason) => Verdict::failed_to_run(&t.member, reason, job.trace_id.clone()),
+        };
+        if let Some(who) = self.cancelled_by(&job.run_id)
+            && v.kind == crate::verdicts::VerdictKind::FailedToRun
+        {
+            v.reason = Some(format!(
+                "cancelled by {who}: {}",
+                v.reason.as_deref().unwrap_or("")
+            ));
         }
+        v
     }
 
     /// A job a previous controller started: find its operation on the
@@ -604,7 +749,8 @@ impl Fleet {
                 Ok(None) => {
                     info!(set = %job.set, "the order never reached the agent; queued again");
                     let mut q = self.lock_queue();
-                    q.running.retain(|r| r.busy.set != job.set);
+                    q.running
+                        .retain(|r| !(r.busy.set == job.set && r.run_id == job.run_id));
                     q.waiting.push_front(job);
                     drop(q);
                     self.wake.notify_one();
@@ -655,6 +801,18 @@ impl Fleet {
 
     /// Store the verdict, tell the run, free the job's place.
     async fn finish(&self, job: Job, verdict: Verdict) {
+        let (run_id, set) = (job.run_id.clone(), job.set.clone());
+        self.record(job, verdict).await;
+        self.lock_queue()
+            .running
+            .retain(|r| !(r.busy.set == set && r.run_id == run_id));
+        self.wake.notify_one();
+        self.finished.notify_one();
+    }
+
+    /// Store a job's verdict and tell its run (and, when it was the run's
+    /// last, that the run is done).
+    async fn record(&self, job: Job, verdict: Verdict) {
         info!(set = %job.set, verdict = verdict.kind.as_str(), lsn = ?verdict.lsn, "verdict");
         // The verdict goes to the run before the store decides whether it was
         // the run's last: whoever's write lands last pushes `done`, after
@@ -680,10 +838,11 @@ impl Fleet {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&job.run_id);
+            self.cancelled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&job.run_id);
         }
-        self.lock_queue().running.retain(|r| r.busy.set != job.set);
-        self.wake.notify_one();
-        self.finished.notify_one();
     }
 
     /// Relay the agent's progress until the operation's result arrives.
