@@ -216,9 +216,9 @@ impl Inventory {
     ) -> Result<SetRow, ServiceError> {
         let _edit = self.edits.lock().await;
         let declared = self.declared();
-        let old = declared
-            .set(name)
-            .ok_or_else(|| ServiceError::UnknownSet { set: name.to_owned() })?;
+        let old = declared.set(name).ok_or_else(|| ServiceError::UnknownSet {
+            set: name.to_owned(),
+        })?;
         let mut set = old.clone();
         let mut said = Vec::new();
         for m in &changes.remove {
@@ -252,7 +252,9 @@ impl Inventory {
         }
         check(&set, &declared.sets)?;
         if crate::sets::same_members(old, &set) {
-            return Err(ServiceError::NothingChanges { set: name.to_owned() });
+            return Err(ServiceError::NothingChanges {
+                set: name.to_owned(),
+            });
         }
         let event = format!("members changed by {}: {}", who.uri(), said.join(", "));
         self.commit(set, who, event).await
@@ -288,7 +290,12 @@ impl Inventory {
     }
 
     /// Store `set` as in force, then make it the snapshot.
-    async fn commit(&self, set: SetDecl, who: &Identity, event: String) -> Result<SetRow, ServiceError> {
+    async fn commit(
+        &self,
+        set: SetDecl,
+        who: &Identity,
+        event: String,
+    ) -> Result<SetRow, ServiceError> {
         let name = set.name.clone();
         let generation = self.store.put_set(set, who.uri(), event.clone()).await?;
         self.reload().await?;
@@ -307,7 +314,9 @@ impl Inventory {
         self.set_rows(&[name.to_owned()])
             .await?
             .pop()
-            .ok_or_else(|| ServiceError::UnknownSet { set: name.to_owned() })
+            .ok_or_else(|| ServiceError::UnknownSet {
+                set: name.to_owned(),
+            })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {

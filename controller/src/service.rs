@@ -573,8 +573,12 @@ impl pb::controller_server::Controller for ControllerService {
             match self.fleet.cancel_run(&r.run_id, &by).await {
                 Some(c) => Ok(c),
                 None => match self.store.run(r.run_id.clone()).await? {
-                    Some(_) => Err(ServiceError::RunFinished { run: r.run_id.clone() }),
-                    None => Err(ServiceError::UnknownRun { run: r.run_id.clone() }),
+                    Some(_) => Err(ServiceError::RunFinished {
+                        run: r.run_id.clone(),
+                    }),
+                    None => Err(ServiceError::UnknownRun {
+                        run: r.run_id.clone(),
+                    }),
                 },
             }
         }
@@ -764,9 +768,11 @@ impl pb::controller_server::Controller for ControllerService {
             self.require(&who, UserRole::Admin, "AddSet")?;
             let set = if r.from_config {
                 let cfg = self.inventory.config();
-                let declared = cfg.sets.iter().find(|s| s.name == r.set).ok_or_else(|| {
-                    ServiceError::NotInConfig { set: r.set.clone() }
-                })?;
+                let declared = cfg
+                    .sets
+                    .iter()
+                    .find(|s| s.name == r.set)
+                    .ok_or_else(|| ServiceError::NotInConfig { set: r.set.clone() })?;
                 SetDecl::from(declared)
             } else {
                 if r.members.is_empty() {

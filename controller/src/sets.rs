@@ -123,7 +123,9 @@ pub enum SetError {
     },
     #[error("member `{member}` of set `{set}` has an empty host; leave the host out or name it")]
     EmptyHost { set: String, member: String },
-    #[error("set `{set}` would have no members; a set needs at least one (to drop the set: `tandemctl set remove {set}`)")]
+    #[error(
+        "set `{set}` would have no members; a set needs at least one (to drop the set: `tandemctl set remove {set}`)"
+    )]
     NoMembers { set: String },
     #[error("member `{member}` appears twice in set `{set}`; member names are unique in a set")]
     DuplicateMember { set: String, member: String },
@@ -174,7 +176,11 @@ pub fn check(set: &SetDecl, others: &[SetDecl]) -> Result<(), SetError> {
         }
     }
     for other in others.iter().filter(|o| o.name != set.name) {
-        if let Some(m) = other.members.iter().find(|m| agents.contains(m.agent.as_str())) {
+        if let Some(m) = other
+            .members
+            .iter()
+            .find(|m| agents.contains(m.agent.as_str()))
+        {
             return Err(SetError::AgentInOtherSet {
                 agent: m.agent.clone(),
                 other_set: other.name.clone(),
@@ -191,10 +197,7 @@ pub fn differences(from: &SetDecl, to: &SetDecl, from_what: &str, to_what: &str)
     let mut out = Vec::new();
     for m in &from.members {
         match to.member(&m.name) {
-            None => out.push(format!(
-                "member {} only in {from_what}",
-                describe_member(m)
-            )),
+            None => out.push(format!("member {} only in {from_what}", describe_member(m))),
             Some(t) => {
                 if t.agent != m.agent {
                     out.push(format!(
@@ -203,7 +206,9 @@ pub fn differences(from: &SetDecl, to: &SetDecl, from_what: &str, to_what: &str)
                     ));
                 }
                 if t.host != m.host {
-                    let h = |h: &Option<String>| h.clone().unwrap_or_else(|| "(from its address)".into());
+                    let h = |h: &Option<String>| {
+                        h.clone().unwrap_or_else(|| "(from its address)".into())
+                    };
                     out.push(format!(
                         "member {}: host {} in {from_what}, {} in {to_what}",
                         m.name,
@@ -326,7 +331,10 @@ mod tests {
         let e = check(&set("billing", &[("db1", "a"), ("db1", "b")]), &[]).unwrap_err();
         assert!(e.to_string().contains("member `db1` appears twice"), "{e}");
         let e = check(&set("billing", &[("db1", "a"), ("db2", "a")]), &[]).unwrap_err();
-        assert!(e.to_string().contains("agent `a` serves two members"), "{e}");
+        assert!(
+            e.to_string().contains("agent `a` serves two members"),
+            "{e}"
+        );
         let e = check(&set("bil ling", &[("db1", "a")]), &[]).unwrap_err();
         assert!(e.to_string().starts_with("bad set name"), "{e}");
         let other = set("crm", &[("c1", "db2")]);

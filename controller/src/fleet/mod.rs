@@ -295,7 +295,13 @@ impl Fleet {
                 .collect();
             (mine.into(), running)
         };
-        info!(run = run_id, by = who, queued = queued.len(), running = running.len(), "run cancelled");
+        info!(
+            run = run_id,
+            by = who,
+            queued = queued.len(),
+            running = running.len(),
+            "run cancelled"
+        );
         let mut out = Cancelled {
             queued: queued.iter().map(|j| j.set.clone()).collect(),
             stopping: running,
@@ -342,7 +348,11 @@ impl Fleet {
         })
         .await
         .map_err(|s| s.message().to_owned())?;
-        info!(agent, operation = op_id, "asked the agent to cancel its operation");
+        info!(
+            agent,
+            operation = op_id,
+            "asked the agent to cancel its operation"
+        );
         Ok(())
     }
 

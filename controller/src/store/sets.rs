@@ -38,7 +38,9 @@ fn write_members(tx: &Transaction<'_>, set: &SetDecl) -> Result<(), rusqlite::Er
 
 fn stored_members(tx: &Transaction<'_>, set: &str) -> Result<SetDecl, rusqlite::Error> {
     let members = tx
-        .prepare("SELECT name, agent, host FROM members WHERE set_name = ?1 ORDER BY position, name")?
+        .prepare(
+            "SELECT name, agent, host FROM members WHERE set_name = ?1 ORDER BY position, name",
+        )?
         .query_map([set], |r| {
             Ok(MemberDecl {
                 name: r.get(0)?,
