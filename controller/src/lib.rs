@@ -1,8 +1,10 @@
 //! tandem-controller: one per fleet.
 //!
 //! Tasks: the gRPC server (`service`: agents register and heartbeat,
-//! operators ask), and the liveness loop (`inventory::liveness_loop`: marks
-//! silent agents offline). State that cannot be re-learned lives in the
+//! operators ask and change the inventory), and the liveness loop
+//! (`inventory::liveness_loop`: marks silent agents offline). The sets in
+//! force are the `inventory`'s, kept in the store (`controller.toml` seeds
+//! them; the rules are in `sets`). State that cannot be re-learned lives in the
 //! SQLite `store`; what agents are doing is re-learned from them. Calls to
 //! agents go through `agents::AgentClients` (mTLS as the controller).
 //! Test runs go through the `fleet`: one queue, dispatched under the load

@@ -1,8 +1,8 @@
 //! The controller's store: one embedded SQLite file.
 //!
-//! It holds what cannot be re-learned from agents (STYLE 7): the declared
-//! sets and their generations, the agents that registered (address, last
-//! facts), and the audit log. SQLite calls are blocking; [`Store::call`] runs
+//! It holds what cannot be re-learned from agents (STYLE 7): the inventory
+//! (sets, members and generations: `sets.rs`), the agents that registered
+//! (address, last facts), and the audit log. SQLite calls are blocking; [`Store::call`] runs
 //! them on tokio's blocking pool behind one mutex-guarded connection (WAL
 //! journal, so readers of the file, e.g. `sqlite3` by hand, are not blocked).
 //! A second backend (etcd/PostgreSQL for an HA controller) would turn the
