@@ -66,6 +66,9 @@ pub struct Inventory {
     declared: RwLock<Arc<Declared>>,
     /// One inventory change at a time (store, then snapshot).
     edits: tokio::sync::Mutex<()>,
+    /// Agents refused at registration, with the refusal, so an agent that
+    /// retries every few seconds is audited once per distinct refusal.
+    refused: Mutex<HashMap<String, String>>,
 }
 
 impl Inventory {
@@ -126,6 +129,7 @@ impl Inventory {
             agents: Mutex::new(agents),
             declared: RwLock::new(declared),
             edits: tokio::sync::Mutex::new(()),
+            refused: Mutex::new(HashMap::new()),
         })
     }
 
@@ -321,6 +325,20 @@ impl Inventory {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this outcome of `agent`'s registration is worth an audit
+    /// record: every success, and a refusal only when it differs from the
+    /// agent's last one (a refused agent retries every heartbeat).
+    pub fn registration_news(&self, agent: &str, outcome: Result<(), String>) -> bool {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(()) => {
+                refused.remove(agent);
+                true
+            }
+            Err(why) => refused.insert(agent.to_owned(), why.clone()).as_ref() != Some(&why),
+        }
     }
 
     /// Accept a registration from the agent named in it (already checked

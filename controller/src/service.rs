@@ -259,13 +259,17 @@ impl pb::controller_server::Controller for ControllerService {
         let who = caller(&req)?;
         let raw = req.into_inner();
         let args = serde_json::json!({"agent": raw.agent, "address": raw.address, "set": raw.set, "member": raw.member, "version": raw.agent_version});
+        let agent = raw.agent.clone();
         let result = async {
             require_agent(&who, &raw.agent, "Register")?;
             let reg = Registration::try_from(raw)?;
             self.inventory.register(reg).await
         }
         .await;
-        self.audit(&who, "Register", args, &result).await;
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        if self.inventory.registration_news(&agent, outcome) {
+            self.audit(&who, "Register", args, &result).await;
+        }
         let generation = result?;
         Ok(Response::new(pb::RegisterResponse {
             heartbeat_interval_ms: self.inventory.config().heartbeat_interval.as_millis() as u64,

@@ -58,9 +58,36 @@ async fn sets_are_added_changed_and_removed_at_run_time() {
     let beta = fleet.members("beta");
     assert_eq!(beta, ["beta-p", "beta-s1"]);
 
-    // beta's agents run but are not in the inventory.
+    // beta's agents run but are not in the inventory: refused, and audited
+    // once each however often they retry.
     let agents = fleet.ctl(&["agents", "--output", "json"]).unwrap().json();
     assert_eq!(names(&agents, "agents"), ["alpha-p", "alpha-s1"]);
+    let refusals = |audit: &Value| {
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["action"] == "Register"
+                    && e["identity"] == "spiffe://tandem/agent/beta-p"
+                    && e["outcome"]
+                        .as_str()
+                        .unwrap()
+                        .contains("not a member of any set in the inventory")
+            })
+            .count()
+    };
+    wait_for(
+        "beta-p's refused registration in the audit log",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let a = fleet.ctl(&["audit", "--output", "json"]);
+            async move { Ok((refusals(&a?.json()) > 0).then_some(())) }
+        },
+    )
+    .await
+    .unwrap();
 
     // Only an admin changes the inventory; refusals name the role and are audited.
     let add = [
@@ -200,6 +227,7 @@ async fn sets_are_added_changed_and_removed_at_run_time() {
             .contains("needs the admin role")
     );
     assert_eq!(by("admin", "ChangeSet")["outcome"], "ok");
+    assert_eq!(refusals(&audit), 1, "{audit:#}");
 
     // Removed (a question unless --yes): gone from show, agents and testdb.
     refused(
