@@ -596,6 +596,92 @@ mod tests {
         )
     }
 
+    fn config(dir: &std::path::Path, sets: &str) -> Arc<ControllerConfig> {
+        let text = format!(
+            "listen = \"127.0.0.1:1\"\nstore = \"{}\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n{sets}",
+            dir.join("c.db").display()
+        );
+        Arc::new(ControllerConfig::parse(std::path::Path::new("c.toml"), &text).unwrap())
+    }
+
+    fn names(inv: &Inventory) -> Vec<String> {
+        inv.declared().sets.iter().map(|s| s.name.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_file_seeds_the_store_and_then_the_store_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(
+            dir.path(),
+            "[[sets]]\nname = \"billing\"\nmembers = [{ name = \"db1\" }, { name = \"db2\" }]\n\
+             [[sets]]\nname = \"crm\"\nmembers = [{ name = \"c1\" }]\n",
+        );
+        let store = Store::open(&cfg.store).unwrap();
+        let inv = Inventory::load(cfg.clone(), store.clone()).await.unwrap();
+        assert_eq!(names(&inv), ["billing", "crm"]);
+        let admin = Identity::User("admin".into());
+
+        let remove = |m: &str| MemberChanges {
+            remove: vec![m.into()],
+            ..Default::default()
+        };
+        let row = inv
+            .change_set("billing", remove("db2"), &admin)
+            .await
+            .unwrap();
+        assert_eq!(row.generation, 2);
+        assert_eq!(row.source, "tandemctl");
+        let e = inv
+            .change_set("billing", remove("db2"), &admin)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ServiceError::UnknownMember { .. }), "{e}");
+        let e = inv
+            .change_set("billing", remove("db1"), &admin)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("would have no members"), "{e}");
+        let taken = MemberChanges {
+            add: vec![MemberDecl {
+                name: "x".into(),
+                agent: "c1".into(),
+                host: None,
+            }],
+            ..Default::default()
+        };
+        let e = inv.change_set("billing", taken, &admin).await.unwrap_err();
+        assert!(
+            e.to_string().contains("already member `c1` of set `crm`"),
+            "{e}"
+        );
+        let e = inv
+            .remove_set("billing", &admin, |_| Some("run-1".into()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("in run run-1"), "{e}");
+        inv.remove_set("crm", &admin, |_| None).await.unwrap();
+        assert_eq!(names(&inv), ["billing"]);
+        assert!(inv.declared().member_of("c1").is_none());
+        assert!(inv.ever_known("crm").await.unwrap());
+        drop(inv);
+
+        // Started again with the same file: crm stays removed, billing keeps
+        // the store's members.
+        let inv = Inventory::load(cfg.clone(), store.clone()).await.unwrap();
+        assert_eq!(names(&inv), ["billing"]);
+        assert_eq!(inv.set("billing").unwrap().members.len(), 1);
+        // Added back as the file says: a new generation.
+        let crm = SetDecl::from(&cfg.sets[1]);
+        let e = inv
+            .add_set(SetDecl::from(&cfg.sets[0]), false, &admin)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ServiceError::SetExists { .. }), "{e}");
+        let row = inv.add_set(crm, false, &admin).await.unwrap();
+        assert_eq!(row.generation, 2);
+        assert_eq!(names(&inv), ["billing", "crm"]);
+    }
+
     #[test]
     fn only_online_agents_past_the_limit_go_offline() {
         let t0 = Instant::now();
