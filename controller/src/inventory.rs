@@ -95,6 +95,12 @@ impl Inventory {
         for (set, why) in &plan.conflicts {
             error!(set = %set, "set `{set}` in controller.toml is not imported: {why}");
         }
+        for set in &plan.not_in_file {
+            info!(
+                set = %set,
+                "set `{set}` is in the inventory but not in controller.toml (added with tandemctl, or deleted from the file since): it stays; `tandemctl set remove {set}` removes it"
+            );
+        }
         for set in &plan.import {
             info!(set = %set.name, members = %set.describe_members(), "set imported from controller.toml");
         }

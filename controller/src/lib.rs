@@ -49,7 +49,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
                 cfg.listen
             )
         })?;
-    info!(listen = %cfg.listen, store = %cfg.store.display(), sets = cfg.sets.len(), "tandem-controller started");
+    info!(listen = %cfg.listen, store = %cfg.store.display(), sets = inventory.declared().sets.len(), "tandem-controller started");
 
     let liveness = tokio::spawn(inventory::liveness_loop(
         inventory.clone(),

@@ -10,7 +10,9 @@
 //!   keeps the store's members, and the difference is logged with how to
 //!   apply the file (`tandemctl set add SET --from-config --replace`);
 //! - a set removed with `tandemctl set remove` stays removed even if the file
-//!   still declares it (logged, with when, by whom and what to do).
+//!   still declares it (logged, with when, by whom and what to do);
+//! - a set deleted from the file stays in force (logged) until `tandemctl set
+//!   remove`.
 //!
 //! Sets stored by a controller from before the inventory moved to the store
 //! (schema < 5) were only a mirror of the file; they count as never seen.
@@ -262,6 +264,9 @@ pub struct ImportPlan {
     pub differs: Vec<(String, Vec<String>)>,
     /// In the file, never seen, but cannot be imported: (set, why).
     pub conflicts: Vec<(String, SetError)>,
+    /// In force but not in the file (added with tandemctl, or deleted from
+    /// the file since it was imported): they stay.
+    pub not_in_file: Vec<String>,
 }
 
 /// Apply the import rule (see the module doc) to the file's sets and the
@@ -297,6 +302,11 @@ pub fn plan_import(file: &[SetDecl], stored: &[StoredSet]) -> ImportPlan {
             },
         }
     }
+    plan.not_in_file = stored
+        .iter()
+        .filter(|s| s.state == StoredState::Active && !file.iter().any(|f| f.name == s.decl.name))
+        .map(|s| s.decl.name.clone())
+        .collect();
     plan
 }
 
@@ -394,7 +404,7 @@ mod tests {
                 },
             ),
             stored(set("legacy", &[("l1", "l1")]), StoredState::Legacy),
-            // Added with tandemctl, not in the file: stays, nothing said.
+            // Added with tandemctl, not in the file: stays.
             stored(set("extra", &[("e1", "e1")]), StoredState::Active),
         ];
         let plan = plan_import(&file, &store);
@@ -415,6 +425,7 @@ mod tests {
             )]
         );
         assert!(plan.conflicts.is_empty());
+        assert_eq!(plan.not_in_file, ["extra"]);
     }
 
     #[test]
