@@ -154,6 +154,17 @@ async fn sets_are_added_changed_and_removed_at_run_time() {
     assert_eq!(set["source"], "tandemctl");
     assert_eq!(set["changed_by"], "spiffe://tandem/user/admin");
     fleet.wait_agents_state(&beta, "online").await.unwrap();
+    // The agent said why it was refused, once, however often it asked.
+    let log = fleet.agents["beta-p"].proc.as_ref().unwrap().log_text();
+    assert_eq!(
+        log.matches("the controller refuses this agent").count(),
+        1,
+        "said once, with why: {log}"
+    );
+    assert!(
+        log.contains("not a member of any set in the inventory"),
+        "{log}"
+    );
     fleet.replicated("beta").await.unwrap();
     let run = fleet.ctl(&["testdb", "beta", "--output", "json"]).unwrap();
     assert_eq!(run.code, 0, "{run:?}\n{}", fleet.logs());
