@@ -182,17 +182,19 @@ async fn standby_local_page_damage_is_found_by_the_checksum_step() {
             .unwrap();
     standby.start().unwrap();
     pair.wait_streaming(standby).await.unwrap();
+    // The controller picks the member to test from the agents' heartbeats
+    // (`agents`), not from the live status `show` reads.
     wait_for(
-        "the agent to see the standby streaming",
+        "the agent's heartbeat to report the standby streaming",
         Duration::from_secs(20),
         Duration::from_millis(100),
         || async {
-            let show = fleet.ctl(&["show", "local", "--output", "json"])?.json();
-            Ok(show["sets"][0]["members"]
+            let agents = fleet.ctl(&["agents", "--output", "json"])?.json();
+            Ok(agents["agents"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|m| m["state"] == "streaming")
+                .any(|a| a["name"] == "local-s1" && a["server_state"] == "streaming")
                 .then_some(()))
         },
     )
