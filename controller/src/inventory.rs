@@ -54,8 +54,16 @@ fn known(role: Role) -> Option<Role> {
 pub struct MemberChanges {
     pub add: Vec<MemberDecl>,
     /// Members (by name) given a new agent or host.
-    pub change: Vec<MemberDecl>,
+    pub change: Vec<MemberEdit>,
     pub remove: Vec<String>,
+}
+
+/// A member's new agent and/or host; what is `None` stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEdit {
+    pub name: String,
+    pub agent: Option<String>,
+    pub host: Option<String>,
 }
 
 pub struct Inventory {
@@ -249,12 +257,17 @@ impl Inventory {
                     member: m.name,
                 });
             };
+            let before = crate::sets::describe_member(x);
+            if let Some(agent) = m.agent {
+                x.agent = agent;
+            }
+            if let Some(host) = m.host {
+                x.host = Some(host);
+            }
             said.push(format!(
-                "changed member {} to {}",
-                crate::sets::describe_member(x),
-                crate::sets::describe_member(&m)
+                "changed member {before} to {}",
+                crate::sets::describe_member(x)
             ));
-            *x = m;
         }
         for m in changes.add {
             said.push(format!("added member {}", crate::sets::describe_member(&m)));
@@ -660,6 +673,31 @@ mod tests {
             e.to_string().contains("already member `c1` of set `crm`"),
             "{e}"
         );
+        // A change keeps what it does not name.
+        let edit = |agent: Option<&str>, host: Option<&str>| MemberChanges {
+            change: vec![MemberEdit {
+                name: "db1".into(),
+                agent: agent.map(Into::into),
+                host: host.map(Into::into),
+            }],
+            ..Default::default()
+        };
+        inv.change_set("billing", edit(Some("agent-db1"), None), &admin)
+            .await
+            .unwrap();
+        let row = inv
+            .change_set("billing", edit(None, Some("h1")), &admin)
+            .await
+            .unwrap();
+        assert_eq!(
+            row.stored.decl.members[0],
+            MemberDecl {
+                name: "db1".into(),
+                agent: "agent-db1".into(),
+                host: Some("h1".into()),
+            }
+        );
+        assert_eq!(row.generation, 4);
         let e = inv
             .remove_set("billing", &admin, |_| Some("run-1".into()))
             .await

@@ -810,7 +810,15 @@ impl pb::controller_server::Controller for ControllerService {
             self.require(&who, UserRole::Admin, "ChangeSet")?;
             let changes = crate::inventory::MemberChanges {
                 add: r.add.iter().cloned().map(member_decl).collect(),
-                change: r.change.iter().cloned().map(member_decl).collect(),
+                change: r
+                    .change
+                    .iter()
+                    .map(|m| crate::inventory::MemberEdit {
+                        name: m.name.clone(),
+                        agent: (!m.agent.is_empty()).then(|| m.agent.clone()),
+                        host: (!m.host.is_empty()).then(|| m.host.clone()),
+                    })
+                    .collect(),
                 remove: r.remove.clone(),
             };
             if changes.add.is_empty() && changes.change.is_empty() && changes.remove.is_empty() {

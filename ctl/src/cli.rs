@@ -190,7 +190,9 @@ pub enum SetCommand {
         /// Add a member: NAME[=AGENT][@HOST] (repeatable).
         #[arg(long, value_name = "NAME[=AGENT][@HOST]", value_parser = crate::inventory::parse_member)]
         add_member: Vec<tandem_proto::pb::MemberDecl>,
-        /// Give a member (by NAME) a new agent or host: NAME[=AGENT][@HOST] (repeatable).
+        /// Give a member (by NAME) a new agent and/or host:
+        /// NAME=AGENT, NAME@HOST or NAME=AGENT@HOST; what is left out stays
+        /// (repeatable).
         #[arg(long, value_name = "NAME[=AGENT][@HOST]", value_parser = crate::inventory::parse_member)]
         change_member: Vec<tandem_proto::pb::MemberDecl>,
         /// Remove a member by name (repeatable).

@@ -11,8 +11,9 @@ use crate::commands::{CtlError, Outcome, print, refused};
 use crate::output::{self, OutputFormat};
 
 /// Parse a member spec: `NAME`, `NAME=AGENT`, `NAME@HOST` or
-/// `NAME=AGENT@HOST` (the agent defaults to the member's name; the host, for
-/// the per-host limit, to the host of the agent's address).
+/// `NAME=AGENT@HOST`. What is left out is sent empty: for a new member the
+/// controller takes the member's name as the agent and the host of the
+/// agent's address as the host; for `--change-member` it keeps the value.
 pub fn parse_member(spec: &str) -> Result<pb::MemberDecl, String> {
     let shape = "expected NAME[=AGENT][@HOST], e.g. db2=agent-db2@db2.example.net";
     let (left, host) = match spec.split_once('@') {
@@ -39,7 +40,7 @@ pub fn parse_member(spec: &str) -> Result<pb::MemberDecl, String> {
     }
     Ok(pb::MemberDecl {
         name: name.to_owned(),
-        agent: agent.unwrap_or(name).to_owned(),
+        agent: agent.unwrap_or_default().to_owned(),
         host: host.unwrap_or_default().to_owned(),
     })
 }
@@ -104,6 +105,16 @@ pub async fn change(
     format: OutputFormat,
     req: pb::ChangeSetRequest,
 ) -> Result<Outcome, CtlError> {
+    if let Some(m) = req
+        .change
+        .iter()
+        .find(|m| m.agent.is_empty() && m.host.is_empty())
+    {
+        return Err(CtlError::Usage(format!(
+            "--change-member {} changes nothing: give NAME=AGENT, NAME@HOST or NAME=AGENT@HOST",
+            m.name
+        )));
+    }
     if req.add.is_empty() && req.change.is_empty() && req.remove.is_empty() {
         return Err(CtlError::Usage(format!(
             "say what changes: --add-member, --change-member or --remove-member (`tandemctl set list {}` shows the members)",
@@ -182,12 +193,9 @@ mod tests {
 
     #[test]
     fn member_specs_parse() {
-        assert_eq!(parse_member("db1"), Ok(m("db1", "db1", "")));
+        assert_eq!(parse_member("db1"), Ok(m("db1", "", "")));
         assert_eq!(parse_member("db2=a-db2"), Ok(m("db2", "a-db2", "")));
-        assert_eq!(
-            parse_member("db2@10.0.0.5"),
-            Ok(m("db2", "db2", "10.0.0.5"))
-        );
+        assert_eq!(parse_member("db2@10.0.0.5"), Ok(m("db2", "", "10.0.0.5")));
         assert_eq!(
             parse_member("db2=a-db2@db2.example.net"),
             Ok(m("db2", "a-db2", "db2.example.net"))
