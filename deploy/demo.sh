@@ -259,6 +259,7 @@ Demo is up. Next:
   tandemctl show                 # sets, members, roles, verdicts
   tandemctl testdb billing       # test one set again
   tandemctl history billing      # its verdicts and events
+  tandemctl set list             # the inventory: sets, members, agents, generations
   TANDEM_CERT=$DEMO_DIR/certs/user-admin.pem TANDEM_KEY=$DEMO_DIR/certs/user-admin-key.pem \\
     tandemctl set policy crm --test interval=600   # test crm every 10 min after the last test
   tandemctl agents --output json

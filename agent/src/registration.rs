@@ -2,8 +2,11 @@
 //!
 //! One task owns the controller channel. It registers (with the instance's
 //! facts), then heartbeats every `heartbeat_interval`; when the controller is
-//! unreachable it logs once per outage and retries on the same interval, and
-//! when the controller no longer knows the agent it registers again.
+//! unreachable it logs once per outage and retries on the same interval;
+//! when the controller refuses it (not in its inventory, or declared as
+//! another member) it logs why once per refusal and asks again at every
+//! heartbeat (a set added with `tandemctl set add` is joined at once); when
+//! the controller no longer knows the agent it registers again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +32,9 @@ pub async fn run<E: Engine>(
     let mut interval = cfg.heartbeat_interval;
     let mut registered = false;
     let mut reachable = true;
+    // The controller's last refusal of this agent (not in its inventory, or
+    // declared as another member), said once until it changes.
+    let mut refusal: Option<String> = None;
     loop {
         let result = if registered {
             heartbeat(&cfg, &*engine, ops.running(), &mut client)
@@ -42,6 +48,7 @@ pub async fn run<E: Engine>(
         } else {
             register(&cfg, &*engine, &mut client).await.map(|ms| {
                 registered = true;
+                refusal = None;
                 if ms > 0 {
                     interval = Duration::from_millis(ms).min(cfg.heartbeat_interval);
                 }
@@ -53,6 +60,13 @@ pub async fn run<E: Engine>(
                 reachable = true;
             }
             Ok(()) => {}
+            Err(status) if !registered && status.code() == tonic::Code::FailedPrecondition => {
+                if refusal.as_deref() != Some(status.message()) {
+                    warn!(controller = %cfg.controller, error = %status.message(), "the controller refuses this agent; asking again at every heartbeat");
+                    refusal = Some(status.message().to_owned());
+                }
+                reachable = true;
+            }
             Err(status) => {
                 if reachable {
                     warn!(controller = %cfg.controller, code = ?status.code(), error = %status.message(), "cannot reach the controller; retrying");

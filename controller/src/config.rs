@@ -48,7 +48,9 @@ pub struct ControllerConfig {
     /// overrides it.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
-    /// The replication sets and their members.
+    /// The replication sets and their members. Imported into the store
+    /// when the store has never seen them; after that the store is the
+    /// truth (`tandemctl set`), see `crate::sets`.
     #[serde(default)]
     pub sets: Vec<SetConfig>,
 }
@@ -291,16 +293,6 @@ impl ControllerConfig {
             .and_then(|t| jiff::tz::TimeZone::get(t).ok())
             .unwrap_or(jiff::tz::TimeZone::UTC)
     }
-
-    /// The set and member an agent is declared for.
-    pub fn member_of(&self, agent: &str) -> Option<(&SetConfig, &MemberConfig)> {
-        self.sets.iter().find_map(|s| {
-            s.members
-                .iter()
-                .find(|m| m.agent() == agent)
-                .map(|m| (s, m))
-        })
-    }
 }
 
 #[cfg(test)]
@@ -323,12 +315,9 @@ mod tests {
     fn parses_sets_and_defaults() {
         let c = ControllerConfig::parse(Path::new("c.toml"), BASE).unwrap();
         assert_eq!(c.offline_after, Duration::from_secs(10));
-        let (set, member) = c.member_of("agent-db2").unwrap();
-        assert_eq!(
-            (set.name.as_str(), member.name.as_str()),
-            ("billing", "db2")
-        );
-        assert!(c.member_of("db2").is_none());
+        let billing = &c.sets[0];
+        assert_eq!(billing.members[1].agent(), "agent-db2");
+        assert_eq!(billing.members[0].agent(), "db1");
     }
 
     #[test]

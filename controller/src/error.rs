@@ -25,11 +25,11 @@ pub enum ServiceError {
     #[error("certificate says {identity} but the request is for agent `{claimed}`")]
     NotYourName { identity: Identity, claimed: String },
     #[error(
-        "agent `{agent}` is not a member of any set in controller.toml; declare it under [[sets]] members"
+        "agent `{agent}` is not a member of any set in the inventory; an admin adds it with `tandemctl set add SET --member NAME={agent}` or `tandemctl set change SET --add-member NAME={agent}` (`tandemctl set list` shows the sets)"
     )]
     NotDeclared { agent: String },
     #[error(
-        "agent `{agent}` says it serves member `{member}` of set `{set}`, but controller.toml declares it as member `{declared_member}` of set `{declared_set}`; fix `set`/`member` in its agent.toml"
+        "agent `{agent}` says it serves member `{member}` of set `{set}`, but the inventory declares it as member `{declared_member}` of set `{declared_set}`; fix `set`/`member` in its agent.toml, or change the set with `tandemctl set change`"
     )]
     WrongMembership {
         agent: String,
@@ -60,6 +60,28 @@ pub enum ServiceError {
     UnknownMember { set: String, member: String },
     #[error("no run `{run}` on this controller")]
     UnknownRun { run: String },
+    #[error(
+        "set `{set}` exists; `tandemctl set change {set}` changes its members, `tandemctl set add {set} --replace ...` replaces them"
+    )]
+    SetExists { set: String },
+    #[error("nothing changes in set `{set}`; `tandemctl set list {set}` shows its members")]
+    NothingChanges { set: String },
+    #[error(
+        "set `{set}` has a test in run {run} waiting or running; wait for it to end or `tandemctl cancel {run}`, then remove the set"
+    )]
+    SetBusy { set: String, run: String },
+    #[error(
+        "controller.toml (as loaded when the controller started) does not declare set `{set}`; name its members with --member NAME=AGENT[@HOST]"
+    )]
+    NotInConfig { set: String },
+    #[error("give the set's members: --member NAME[=AGENT][@HOST] (repeatable) or --from-config")]
+    NoMembersGiven,
+    #[error(
+        "run {run} has finished; nothing to cancel (`tandemctl history SET` shows its verdicts)"
+    )]
+    RunFinished { run: String },
+    #[error(transparent)]
+    Set(#[from] crate::sets::SetError),
     #[error("{what} is not available in this version of tandem-controller")]
     NotYet { what: &'static str },
     #[error("{0}")]
@@ -88,6 +110,25 @@ impl From<ServiceError> for tonic::Status {
             | ServiceError::MemberNeedsOneSet
             | ServiceError::BadLimits
             | ServiceError::BadPolicy(_) => tonic::Status::invalid_argument(msg),
+            ServiceError::SetExists { .. } => tonic::Status::already_exists(msg),
+            ServiceError::SetBusy { .. }
+            | ServiceError::NotInConfig { .. }
+            | ServiceError::RunFinished { .. } => tonic::Status::failed_precondition(msg),
+            ServiceError::NothingChanges { .. } | ServiceError::NoMembersGiven => {
+                tonic::Status::invalid_argument(msg)
+            }
+            ServiceError::Set(e) => match e {
+                crate::sets::SetError::AgentInOtherSet { .. } => {
+                    tonic::Status::failed_precondition(msg)
+                }
+                crate::sets::SetError::BadName { .. }
+                | crate::sets::SetError::EmptyHost { .. }
+                | crate::sets::SetError::NoMembers { .. }
+                | crate::sets::SetError::DuplicateMember { .. }
+                | crate::sets::SetError::DuplicateAgent { .. } => {
+                    tonic::Status::invalid_argument(msg)
+                }
+            },
             ServiceError::NotYet { .. } => tonic::Status::unimplemented(msg),
             ServiceError::Invalid(_) => tonic::Status::invalid_argument(msg),
             ServiceError::Store(_) => tonic::Status::internal(msg),

@@ -1,23 +1,33 @@
-//! The inventory: which agents exist, where they are, and whether they live.
+//! The inventory: which sets and members are declared, which agents exist,
+//! where they are, and whether they live.
 //!
-//! Declared sets come from `controller.toml` (mirrored into the store);
-//! registrations and heartbeats come from agents. The in-memory map is the
-//! observed truth; every change of an agent's registration or liveness is
-//! written to the store so a restarted controller knows where its agents are.
-//! After a restart, agents that were online get one `offline_after` of grace
-//! to heartbeat before they are marked offline.
+//! Declared sets live in the store (SPEC C1): `controller.toml`'s sets are
+//! imported at start when the store has never seen them (the rule is in
+//! `crate::sets`), and `tandemctl set add/change/remove` changes them at run
+//! time ([`Inventory::add_set`], [`Inventory::change_set`],
+//! [`Inventory::remove_set`]; one change at a time, the store first, then
+//! the in-memory snapshot that every reader uses: fleet, scheduler,
+//! `show`, registration). Registrations and heartbeats come from agents. The
+//! in-memory map is the observed truth; every change of an agent's
+//! registration or liveness is written to the store so a restarted
+//! controller knows where its agents are. After a restart, agents that were
+//! online get one `offline_after` of grace to heartbeat before they are
+//! marked offline. An agent no longer declared (its set removed, its member
+//! changed) is asked to register again, which tells it why it is refused.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use tandem_proto::identity::Identity;
 use tandem_proto::model::{AgentState, Facts, Registration, Role};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::ControllerConfig;
 use crate::error::ServiceError;
-use crate::store::{AgentRow, Store};
+use crate::sets::{Declared, MemberDecl, SetDecl, StoredState, check, plan_import};
+use crate::store::{AgentRow, SetRow, Store};
 
 /// One agent as the controller sees it now.
 #[derive(Debug, Clone)]
@@ -39,16 +49,73 @@ fn known(role: Role) -> Option<Role> {
     (role != Role::Unknown).then_some(role)
 }
 
+/// What `tandemctl set change` asks.
+#[derive(Debug, Clone, Default)]
+pub struct MemberChanges {
+    pub add: Vec<MemberDecl>,
+    /// Members (by name) given a new agent or host.
+    pub change: Vec<MemberEdit>,
+    pub remove: Vec<String>,
+}
+
+/// A member's new agent and/or host; what is `None` stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEdit {
+    pub name: String,
+    pub agent: Option<String>,
+    pub host: Option<String>,
+}
+
 pub struct Inventory {
     cfg: Arc<ControllerConfig>,
     store: Store,
     agents: Mutex<HashMap<String, Entry>>,
+    /// The sets in force; replaced whole on each change.
+    declared: RwLock<Arc<Declared>>,
+    /// One inventory change at a time (store, then snapshot).
+    edits: tokio::sync::Mutex<()>,
+    /// Agents refused at registration, with the refusal, so an agent that
+    /// retries every few seconds is audited once per distinct refusal.
+    refused: Mutex<HashMap<String, String>>,
 }
 
 impl Inventory {
     /// Load what the store knows.
     pub async fn load(cfg: Arc<ControllerConfig>, store: Store) -> Result<Inventory, ServiceError> {
-        store.sync_sets(cfg.sets.clone()).await?;
+        let file: Vec<SetDecl> = cfg.sets.iter().map(SetDecl::from).collect();
+        let stored: Vec<_> = store.sets().await?.into_iter().map(|r| r.stored).collect();
+        let plan = plan_import(&file, &stored);
+        for (set, at, by) in &plan.removed {
+            warn!(
+                set = %set,
+                removed_at = %at,
+                removed_by = %by,
+                "set `{set}` is in controller.toml but was removed with `tandemctl set remove` at {at} by {by}; it stays removed: delete it from controller.toml, or bring it back with `tandemctl set add {set} --from-config`"
+            );
+        }
+        for (set, diff) in &plan.differs {
+            warn!(
+                set = %set,
+                "set `{set}` in controller.toml differs from the inventory in the store, which wins (it was changed with `tandemctl set`): {}; to apply the file: `tandemctl set add {set} --from-config --replace`; to see the store's: `tandemctl set list {set}`",
+                diff.join("; ")
+            );
+        }
+        for (set, why) in &plan.conflicts {
+            error!(set = %set, "set `{set}` in controller.toml is not imported: {why}");
+        }
+        for set in &plan.not_in_file {
+            info!(
+                set = %set,
+                "set `{set}` is in the inventory but not in controller.toml (added with tandemctl, or deleted from the file since): it stays; `tandemctl set remove {set}` removes it"
+            );
+        }
+        for set in &plan.import {
+            info!(set = %set.name, members = %set.describe_members(), "set imported from controller.toml");
+        }
+        if !plan.import.is_empty() {
+            store.import_sets(plan.import).await?;
+        }
+        let declared = Arc::new(Declared::new(active_sets(&store.sets().await?)));
         let now = Instant::now();
         let agents = store
             .agents()
@@ -74,6 +141,9 @@ impl Inventory {
             cfg,
             store,
             agents: Mutex::new(agents),
+            declared: RwLock::new(declared),
+            edits: tokio::sync::Mutex::new(()),
+            refused: Mutex::new(HashMap::new()),
         })
     }
 
@@ -81,15 +151,221 @@ impl Inventory {
         &self.cfg
     }
 
+    /// The sets in force now (a snapshot: a later change makes a new one).
+    pub fn declared(&self) -> Arc<Declared> {
+        self.declared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A set in force.
+    pub fn set(&self, name: &str) -> Option<SetDecl> {
+        self.declared().set(name).cloned()
+    }
+
+    /// The sets in force as stored (generation, who changed them), in order;
+    /// only `names` when not empty.
+    pub async fn set_rows(&self, names: &[String]) -> Result<Vec<SetRow>, ServiceError> {
+        let declared = self.declared();
+        for n in names {
+            if declared.set(n).is_none() {
+                return Err(ServiceError::UnknownSet { set: n.clone() });
+            }
+        }
+        Ok(self
+            .store
+            .sets()
+            .await?
+            .into_iter()
+            .filter(|r| r.stored.state == StoredState::Active)
+            .filter(|r| names.is_empty() || names.contains(&r.stored.decl.name))
+            .collect())
+    }
+
+    /// Whether the store has ever known `set` (in force or removed): its
+    /// history can be read.
+    pub async fn ever_known(&self, set: &str) -> Result<bool, ServiceError> {
+        Ok(self.declared().set(set).is_some()
+            || self
+                .store
+                .sets()
+                .await?
+                .iter()
+                .any(|r| r.stored.decl.name == set && r.stored.state != StoredState::Legacy))
+    }
+
+    /// Add a set (`tandemctl set add`), or replace an existing one's members
+    /// when `replace`. A removed set may be added again.
+    pub async fn add_set(
+        &self,
+        set: SetDecl,
+        replace: bool,
+        who: &Identity,
+    ) -> Result<SetRow, ServiceError> {
+        let _edit = self.edits.lock().await;
+        let declared = self.declared();
+        let old = declared.set(&set.name);
+        if old.is_some() && !replace {
+            return Err(ServiceError::SetExists { set: set.name });
+        }
+        check(&set, &declared.sets)?;
+        let event = match old {
+            Some(old) if crate::sets::same_members(old, &set) => {
+                return self.row(&set.name).await;
+            }
+            Some(old) => format!(
+                "members replaced by {}: {} (were {})",
+                who.uri(),
+                set.describe_members(),
+                old.describe_members()
+            ),
+            None => format!("added by {}: members {}", who.uri(), set.describe_members()),
+        };
+        self.commit(set, who, event).await
+    }
+
+    /// Add, change and remove members of a set (`tandemctl set change`).
+    pub async fn change_set(
+        &self,
+        name: &str,
+        changes: MemberChanges,
+        who: &Identity,
+    ) -> Result<SetRow, ServiceError> {
+        let _edit = self.edits.lock().await;
+        let declared = self.declared();
+        let old = declared.set(name).ok_or_else(|| ServiceError::UnknownSet {
+            set: name.to_owned(),
+        })?;
+        let mut set = old.clone();
+        let mut said = Vec::new();
+        for m in &changes.remove {
+            let before = set.members.len();
+            set.members.retain(|x| &x.name != m);
+            if set.members.len() == before {
+                return Err(ServiceError::UnknownMember {
+                    set: name.to_owned(),
+                    member: m.clone(),
+                });
+            }
+            said.push(format!("removed member {m}"));
+        }
+        for m in changes.change {
+            let Some(x) = set.members.iter_mut().find(|x| x.name == m.name) else {
+                return Err(ServiceError::UnknownMember {
+                    set: name.to_owned(),
+                    member: m.name,
+                });
+            };
+            let before = crate::sets::describe_member(x);
+            if let Some(agent) = m.agent {
+                x.agent = agent;
+            }
+            if let Some(host) = m.host {
+                x.host = Some(host);
+            }
+            said.push(format!(
+                "changed member {before} to {}",
+                crate::sets::describe_member(x)
+            ));
+        }
+        for m in changes.add {
+            said.push(format!("added member {}", crate::sets::describe_member(&m)));
+            set.members.push(m);
+        }
+        check(&set, &declared.sets)?;
+        if crate::sets::same_members(old, &set) {
+            return Err(ServiceError::NothingChanges {
+                set: name.to_owned(),
+            });
+        }
+        let event = format!("members changed by {}: {}", who.uri(), said.join(", "));
+        self.commit(set, who, event).await
+    }
+
+    /// Remove a set (`tandemctl set remove`). `busy` says which run has a
+    /// test of the set waiting or running (then the set stays).
+    pub async fn remove_set(
+        &self,
+        name: &str,
+        who: &Identity,
+        busy: impl Fn(&str) -> Option<String>,
+    ) -> Result<SetRow, ServiceError> {
+        let _edit = self.edits.lock().await;
+        let row = self.row(name).await?;
+        if let Some(run) = busy(name) {
+            return Err(ServiceError::SetBusy {
+                set: name.to_owned(),
+                run,
+            });
+        }
+        let event = format!(
+            "removed by {}; its members were {}",
+            who.uri(),
+            row.stored.decl.describe_members()
+        );
+        self.store
+            .remove_set(name.to_owned(), who.uri(), event)
+            .await?;
+        self.reload().await?;
+        warn!(set = name, by = %who.uri(), "set removed from the inventory");
+        Ok(row)
+    }
+
+    /// Store `set` as in force, then make it the snapshot.
+    async fn commit(
+        &self,
+        set: SetDecl,
+        who: &Identity,
+        event: String,
+    ) -> Result<SetRow, ServiceError> {
+        let name = set.name.clone();
+        let generation = self.store.put_set(set, who.uri(), event.clone()).await?;
+        self.reload().await?;
+        info!(set = %name, generation, "inventory changed: {event}");
+        self.row(&name).await
+    }
+
+    async fn reload(&self) -> Result<(), ServiceError> {
+        let sets = active_sets(&self.store.sets().await?);
+        *self.declared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Declared::new(sets));
+        Ok(())
+    }
+
+    /// One set in force, as stored.
+    async fn row(&self, name: &str) -> Result<SetRow, ServiceError> {
+        self.set_rows(&[name.to_owned()])
+            .await?
+            .pop()
+            .ok_or_else(|| ServiceError::UnknownSet {
+                set: name.to_owned(),
+            })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this outcome of `agent`'s registration is worth an audit
+    /// record: every success, and a refusal only when it differs from the
+    /// agent's last one (a refused agent retries every heartbeat).
+    pub fn registration_news(&self, agent: &str, outcome: Result<(), String>) -> bool {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(()) => {
+                refused.remove(agent);
+                true
+            }
+            Err(why) => refused.insert(agent.to_owned(), why.clone()).as_ref() != Some(&why),
+        }
     }
 
     /// Accept a registration from the agent named in it (already checked
     /// against the caller's certificate). Returns the set's generation.
     pub async fn register(&self, reg: Registration) -> Result<u64, ServiceError> {
+        let declared = self.declared();
         let (set, member) =
-            self.cfg
+            declared
                 .member_of(&reg.agent)
                 .ok_or_else(|| ServiceError::NotDeclared {
                     agent: reg.agent.clone(),
@@ -167,15 +443,23 @@ impl Inventory {
         Ok(())
     }
 
-    /// A heartbeat. Returns false when the agent is unknown and must register.
+    /// A heartbeat. Returns false when the agent is unknown, or no longer
+    /// declared as the member it registered for, and must register.
     pub async fn heartbeat(&self, agent: &str, facts: Facts) -> Result<bool, ServiceError> {
         let new_role = facts.role;
         let mut role_change = None;
+        let declared = self.declared();
         let came_back = {
             let mut agents = self.lock();
             let Some(e) = agents.get_mut(agent) else {
                 return Ok(false);
             };
+            let still = declared
+                .member_of(agent)
+                .is_some_and(|(s, m)| s.name == e.row.set && m.name == e.row.member);
+            if !still {
+                return Ok(false);
+            }
             if let Some(new) = known(new_role) {
                 if e.role != Some(new) {
                     role_change = Some((e.row.set.clone(), e.row.member.clone(), e.role));
@@ -223,20 +507,21 @@ impl Inventory {
         Ok(went_offline.into_iter().map(|(n, _)| n).collect())
     }
 
-    /// Every declared agent, registered or not, in config order.
+    /// Every declared agent, registered or not, in inventory order.
     pub fn list(&self) -> Vec<AgentView> {
+        let declared = self.declared();
         let agents = self.lock();
         let mut out = Vec::new();
-        for set in &self.cfg.sets {
+        for set in &declared.sets {
             for m in &set.members {
-                out.push(match agents.get(m.agent()) {
+                out.push(match agents.get(&m.agent) {
                     Some(e) => AgentView {
                         row: e.row.clone(),
                         facts: e.facts.clone(),
                     },
                     None => AgentView {
                         row: AgentRow {
-                            name: m.agent().to_owned(),
+                            name: m.agent.clone(),
                             set: set.name.clone(),
                             member: m.name.clone(),
                             address: String::new(),
@@ -260,6 +545,13 @@ impl Inventory {
             facts: e.facts.clone(),
         })
     }
+}
+
+fn active_sets(rows: &[SetRow]) -> Vec<SetDecl> {
+    rows.iter()
+        .filter(|r| r.stored.state == StoredState::Active)
+        .map(|r| r.stored.decl.clone())
+        .collect()
 }
 
 /// Online agents whose last heartbeat is older than `offline_after`.
@@ -322,6 +614,117 @@ mod tests {
                 seen_at,
             },
         )
+    }
+
+    fn config(dir: &std::path::Path, sets: &str) -> Arc<ControllerConfig> {
+        let text = format!(
+            "listen = \"127.0.0.1:1\"\nstore = \"{}\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n{sets}",
+            dir.join("c.db").display()
+        );
+        Arc::new(ControllerConfig::parse(std::path::Path::new("c.toml"), &text).unwrap())
+    }
+
+    fn names(inv: &Inventory) -> Vec<String> {
+        inv.declared().sets.iter().map(|s| s.name.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_file_seeds_the_store_and_then_the_store_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(
+            dir.path(),
+            "[[sets]]\nname = \"billing\"\nmembers = [{ name = \"db1\" }, { name = \"db2\" }]\n\
+             [[sets]]\nname = \"crm\"\nmembers = [{ name = \"c1\" }]\n",
+        );
+        let store = Store::open(&cfg.store).unwrap();
+        let inv = Inventory::load(cfg.clone(), store.clone()).await.unwrap();
+        assert_eq!(names(&inv), ["billing", "crm"]);
+        let admin = Identity::User("admin".into());
+
+        let remove = |m: &str| MemberChanges {
+            remove: vec![m.into()],
+            ..Default::default()
+        };
+        let row = inv
+            .change_set("billing", remove("db2"), &admin)
+            .await
+            .unwrap();
+        assert_eq!(row.generation, 2);
+        assert_eq!(row.source, "tandemctl");
+        let e = inv
+            .change_set("billing", remove("db2"), &admin)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ServiceError::UnknownMember { .. }), "{e}");
+        let e = inv
+            .change_set("billing", remove("db1"), &admin)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("would have no members"), "{e}");
+        let taken = MemberChanges {
+            add: vec![MemberDecl {
+                name: "x".into(),
+                agent: "c1".into(),
+                host: None,
+            }],
+            ..Default::default()
+        };
+        let e = inv.change_set("billing", taken, &admin).await.unwrap_err();
+        assert!(
+            e.to_string().contains("already member `c1` of set `crm`"),
+            "{e}"
+        );
+        // A change keeps what it does not name.
+        let edit = |agent: Option<&str>, host: Option<&str>| MemberChanges {
+            change: vec![MemberEdit {
+                name: "db1".into(),
+                agent: agent.map(Into::into),
+                host: host.map(Into::into),
+            }],
+            ..Default::default()
+        };
+        inv.change_set("billing", edit(Some("agent-db1"), None), &admin)
+            .await
+            .unwrap();
+        let row = inv
+            .change_set("billing", edit(None, Some("h1")), &admin)
+            .await
+            .unwrap();
+        assert_eq!(
+            row.stored.decl.members[0],
+            MemberDecl {
+                name: "db1".into(),
+                agent: "agent-db1".into(),
+                host: Some("h1".into()),
+            }
+        );
+        assert_eq!(row.generation, 4);
+        let e = inv
+            .remove_set("billing", &admin, |_| Some("run-1".into()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("in run run-1"), "{e}");
+        inv.remove_set("crm", &admin, |_| None).await.unwrap();
+        assert_eq!(names(&inv), ["billing"]);
+        assert!(inv.declared().member_of("c1").is_none());
+        assert!(inv.ever_known("crm").await.unwrap());
+        drop(inv);
+
+        // Started again with the same file: crm stays removed, billing keeps
+        // the store's members.
+        let inv = Inventory::load(cfg.clone(), store.clone()).await.unwrap();
+        assert_eq!(names(&inv), ["billing"]);
+        assert_eq!(inv.set("billing").unwrap().members.len(), 1);
+        // Added back as the file says: a new generation.
+        let crm = SetDecl::from(&cfg.sets[1]);
+        let e = inv
+            .add_set(SetDecl::from(&cfg.sets[0]), false, &admin)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ServiceError::SetExists { .. }), "{e}");
+        let row = inv.add_set(crm, false, &admin).await.unwrap();
+        assert_eq!(row.generation, 2);
+        assert_eq!(names(&inv), ["billing", "crm"]);
     }
 
     #[test]

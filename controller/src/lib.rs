@@ -1,8 +1,10 @@
 //! tandem-controller: one per fleet.
 //!
 //! Tasks: the gRPC server (`service`: agents register and heartbeat,
-//! operators ask), and the liveness loop (`inventory::liveness_loop`: marks
-//! silent agents offline). State that cannot be re-learned lives in the
+//! operators ask and change the inventory), and the liveness loop
+//! (`inventory::liveness_loop`: marks silent agents offline). The sets in
+//! force are the `inventory`'s, kept in the store (`controller.toml` seeds
+//! them; the rules are in `sets`). State that cannot be re-learned lives in the
 //! SQLite `store`; what agents are doing is re-learned from them. Calls to
 //! agents go through `agents::AgentClients` (mTLS as the controller).
 //! Test runs go through the `fleet`: one queue, dispatched under the load
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod schedule;
 pub mod scheduler;
 pub mod service;
+pub mod sets;
 pub mod store;
 pub mod verdicts;
 
@@ -53,7 +56,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
                 cfg.listen
             )
         })?;
-    info!(listen = %cfg.listen, store = %cfg.store.display(), sets = cfg.sets.len(), "tandem-controller started");
+    info!(listen = %cfg.listen, store = %cfg.store.display(), sets = inventory.declared().sets.len(), "tandem-controller started");
 
     let liveness = tokio::spawn(inventory::liveness_loop(
         inventory.clone(),

@@ -124,6 +124,13 @@ impl Scheduler {
         Ok(now)
     }
 
+    /// The inventory changed for `set` (added again, or new): read its
+    /// policies afresh and look at the schedule now.
+    pub fn forget(&self, set: &str) {
+        self.lock_cache().remove(set);
+        self.changed.notify_one();
+    }
+
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Policies>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -166,7 +173,7 @@ impl Scheduler {
         let mut next: Option<Timestamp> = None;
         let sets: Vec<String> = self
             .inventory
-            .config()
+            .declared()
             .sets
             .iter()
             .map(|s| s.name.clone())

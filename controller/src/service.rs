@@ -21,7 +21,8 @@ use crate::error::ServiceError;
 use crate::fleet::Fleet;
 use crate::inventory::{AgentView, Inventory};
 use crate::scheduler::{Policies, Scheduler};
-use crate::store::Store;
+use crate::sets::{MemberDecl, SetDecl};
+use crate::store::{SetRow, Store};
 
 pub struct ControllerService {
     pub inventory: Arc<Inventory>,
@@ -166,16 +167,16 @@ impl ControllerService {
     }
 
     /// Ask each registered member's agent for live facts, in parallel.
-    async fn member_views(&self, set: &crate::config::SetConfig) -> Vec<pb::MemberView> {
+    async fn member_views(&self, set: &SetDecl) -> Vec<pb::MemberView> {
         let timeout = self.inventory.config().status_timeout;
         let mut tasks = JoinSet::new();
         for (i, m) in set.members.iter().enumerate() {
-            let view = self.inventory.get(m.agent());
+            let view = self.inventory.get(&m.agent);
             let client = view
                 .as_ref()
                 .filter(|v| !v.row.address.is_empty())
                 .map(|v| self.agents.client(&v.row.address));
-            let span = info_span!("agent.status", agent = %m.agent(), member = %m.name);
+            let span = info_span!("agent.status", agent = %m.agent, member = %m.name);
             tasks.spawn(
                 async move {
                     let live = match client {
@@ -217,7 +218,7 @@ impl ControllerService {
             let facts = live.or_else(|| view.and_then(|v| v.facts));
             out[i] = Some(pb::MemberView {
                 name: m.name.clone(),
-                agent: m.agent().to_owned(),
+                agent: m.agent.clone(),
                 agent_state: pb::AgentState::from(state) as i32,
                 facts: facts.map(Into::into),
                 live: is_live,
@@ -241,6 +242,46 @@ fn agent_info(v: AgentView) -> pb::AgentInfo {
     }
 }
 
+/// A member as sent; names are checked with the whole set (`sets::check`).
+fn member_decl(m: pb::MemberDecl) -> MemberDecl {
+    MemberDecl {
+        agent: if m.agent.is_empty() {
+            m.name.clone()
+        } else {
+            m.agent
+        },
+        host: (!m.host.is_empty()).then_some(m.host),
+        name: m.name,
+    }
+}
+
+fn inventory_set(r: SetRow) -> pb::InventorySet {
+    pb::InventorySet {
+        name: r.stored.decl.name,
+        generation: r.generation,
+        members: r
+            .stored
+            .decl
+            .members
+            .into_iter()
+            .map(|m| pb::MemberDecl {
+                name: m.name,
+                agent: m.agent,
+                host: m.host.unwrap_or_default(),
+            })
+            .collect(),
+        source: r.source,
+        changed_at: r.changed_at.map(timestamp_to_wire),
+        changed_by: r.changed_by,
+    }
+}
+
+fn members_json(ms: &[pb::MemberDecl]) -> serde_json::Value {
+    ms.iter()
+        .map(|m| serde_json::json!({"name": m.name, "agent": m.agent, "host": m.host}))
+        .collect()
+}
+
 #[tonic::async_trait]
 impl pb::controller_server::Controller for ControllerService {
     async fn register(
@@ -250,13 +291,17 @@ impl pb::controller_server::Controller for ControllerService {
         let who = caller(&req)?;
         let raw = req.into_inner();
         let args = serde_json::json!({"agent": raw.agent, "address": raw.address, "set": raw.set, "member": raw.member, "version": raw.agent_version});
+        let agent = raw.agent.clone();
         let result = async {
             require_agent(&who, &raw.agent, "Register")?;
             let reg = Registration::try_from(raw)?;
             self.inventory.register(reg).await
         }
         .await;
-        self.audit(&who, "Register", args, &result).await;
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        if self.inventory.registration_news(&agent, outcome) {
+            self.audit(&who, "Register", args, &result).await;
+        }
         let generation = result?;
         Ok(Response::new(pb::RegisterResponse {
             heartbeat_interval_ms: self.inventory.config().heartbeat_interval.as_millis() as u64,
@@ -308,12 +353,14 @@ impl pb::controller_server::Controller for ControllerService {
         let args = serde_json::json!({"agent": r.agent, "signal": r.signal});
         let result = async {
             require_agent(&who, &r.agent, "RequestTest")?;
-            let (set, _) = self.inventory.config().member_of(&r.agent).ok_or_else(|| {
-                ServiceError::NotDeclared {
+            let set = self
+                .inventory
+                .declared()
+                .member_of(&r.agent)
+                .map(|(s, _)| s.name.clone())
+                .ok_or_else(|| ServiceError::NotDeclared {
                     agent: r.agent.clone(),
-                }
-            })?;
-            let set = set.name.clone();
+                })?;
             let policy = self.scheduler.policies(&set).await?.test;
             if policy.signal().map(|s| s.name()) != Some(r.signal.as_str()) {
                 return Err(ServiceError::NotSignalPolicy {
@@ -354,13 +401,13 @@ impl pb::controller_server::Controller for ControllerService {
         let args = serde_json::json!({"agent": r.agent, "operation_id": op});
         let result = async {
             require_agent(&who, &r.agent, "ReportLocalResult")?;
-            let (set, member) = self
-                .inventory
-                .config()
-                .member_of(&r.agent)
-                .ok_or_else(|| ServiceError::NotDeclared {
-                    agent: r.agent.clone(),
-                })?;
+            let declared = self.inventory.declared();
+            let (set, member) =
+                declared
+                    .member_of(&r.agent)
+                    .ok_or_else(|| ServiceError::NotDeclared {
+                        agent: r.agent.clone(),
+                    })?;
             let result = r
                 .result
                 .as_ref()
@@ -402,13 +449,14 @@ impl pb::controller_server::Controller for ControllerService {
         self.require(&caller(&req)?, UserRole::Viewer, "ShowSets")?;
         let wanted = req.into_inner().sets;
         let cfg = self.inventory.config();
+        let declared = self.inventory.declared();
         for name in &wanted {
-            if !cfg.sets.iter().any(|s| &s.name == name) {
+            if declared.set(name).is_none() {
                 return Err(ServiceError::UnknownSet { set: name.clone() }.into());
             }
         }
         let mut sets = Vec::new();
-        for set in cfg
+        for set in declared
             .sets
             .iter()
             .filter(|s| wanted.is_empty() || wanted.contains(&s.name))
@@ -450,7 +498,7 @@ impl pb::controller_server::Controller for ControllerService {
                 next_test: next_test.map(timestamp_to_wire),
             });
         }
-        // Sets needing a repair first (SPEC C3), then in config order.
+        // Sets needing a repair first (SPEC C3), then in inventory order.
         sets.sort_by_key(|s| {
             s.verdict
                 .as_ref()
@@ -468,9 +516,9 @@ impl pb::controller_server::Controller for ControllerService {
         let args = serde_json::json!({"sets": r.sets, "all": r.all, "member": r.member});
         let result = async {
             self.require(&who, UserRole::Operator, "StartTestdb")?;
-            let cfg = self.inventory.config();
+            let declared = self.inventory.declared();
             let sets: Vec<String> = if r.all {
-                cfg.sets.iter().map(|s| s.name.clone()).collect()
+                declared.sets.iter().map(|s| s.name.clone()).collect()
             } else {
                 r.sets.clone()
             };
@@ -478,7 +526,7 @@ impl pb::controller_server::Controller for ControllerService {
                 return Err(ServiceError::NoSets);
             }
             for name in &sets {
-                if !cfg.sets.iter().any(|s| &s.name == name) {
+                if declared.set(name).is_none() {
                     return Err(ServiceError::UnknownSet { set: name.clone() });
                 }
             }
@@ -505,12 +553,7 @@ impl pb::controller_server::Controller for ControllerService {
                 let [set] = &sets[..] else {
                     return Err(ServiceError::MemberNeedsOneSet);
                 };
-                let declared = cfg
-                    .sets
-                    .iter()
-                    .find(|s| &s.name == set)
-                    .is_some_and(|s| s.members.iter().any(|x| &x.name == m));
-                if !declared {
+                if declared.set(set).and_then(|s| s.member(m)).is_none() {
                     return Err(ServiceError::UnknownMember {
                         set: set.clone(),
                         member: m.clone(),
@@ -578,8 +621,34 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        self.require(&caller(&req)?, UserRole::Operator, "CancelRun")?;
-        Err(ServiceError::NotYet { what: "CancelRun" }.into())
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"run_id": r.run_id});
+        let result = async {
+            self.require(&who, UserRole::Operator, "CancelRun")?;
+            let by = match &who {
+                tandem_proto::identity::Identity::User(name) => name.clone(),
+                other => other.uri(),
+            };
+            match self.fleet.cancel_run(&r.run_id, &by).await {
+                Some(c) => Ok(c),
+                None => match self.store.run(r.run_id.clone()).await? {
+                    Some(_) => Err(ServiceError::RunFinished {
+                        run: r.run_id.clone(),
+                    }),
+                    None => Err(ServiceError::UnknownRun {
+                        run: r.run_id.clone(),
+                    }),
+                },
+            }
+        }
+        .await;
+        self.audit(&who, "CancelRun", args, &result).await;
+        let c = result?;
+        Ok(Response::new(pb::CancelRunResponse {
+            queued: c.queued,
+            stopping: c.stopping,
+        }))
     }
 
     async fn history(
@@ -589,7 +658,7 @@ impl pb::controller_server::Controller for ControllerService {
         self.require(&caller(&req)?, UserRole::Viewer, "History")?;
         let r = req.into_inner();
         let set = r.set.clone();
-        if !self.inventory.config().sets.iter().any(|s| s.name == set) {
+        if !self.inventory.ever_known(&set).await? {
             return Err(ServiceError::UnknownSet { set }.into());
         }
         let verdicts = self
@@ -625,7 +694,7 @@ impl pb::controller_server::Controller for ControllerService {
         let result = async {
             self.require(&who, UserRole::Admin, "SetPolicy")?;
             let cfg = self.inventory.config();
-            if !cfg.sets.iter().any(|s| s.name == r.set) {
+            if self.inventory.set(&r.set).is_none() {
                 return Err(ServiceError::UnknownSet { set: r.set.clone() });
             }
             let parse = |what: &str, text: &Option<String>| -> Result<Option<crate::schedule::Policy>, ServiceError> {
@@ -774,7 +843,7 @@ impl pb::controller_server::Controller for ControllerService {
         let who = caller(&req)?;
         let r = req.into_inner();
         self.require(&who, UserRole::Viewer, "MaintenanceShow")?;
-        if !self.inventory.config().sets.iter().any(|s| s.name == r.set) {
+        if self.inventory.set(&r.set).is_none() {
             return Err(ServiceError::UnknownSet { set: r.set }.into());
         }
         let w = self.maintenance.latest(&r.set).await?;
@@ -808,5 +877,117 @@ impl pb::controller_server::Controller for ControllerService {
             })
             .collect();
         Ok(Response::new(pb::AuditResponse { entries }))
+    }
+
+    async fn list_inventory(
+        &self,
+        req: Request<pb::ListInventoryRequest>,
+    ) -> Result<Response<pb::ListInventoryResponse>, Status> {
+        self.require(&caller(&req)?, UserRole::Viewer, "ListInventory")?;
+        let rows = self.inventory.set_rows(&req.into_inner().sets).await?;
+        Ok(Response::new(pb::ListInventoryResponse {
+            sets: rows.into_iter().map(inventory_set).collect(),
+        }))
+    }
+
+    async fn add_set(
+        &self,
+        req: Request<pb::AddSetRequest>,
+    ) -> Result<Response<pb::InventorySetResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set, "members": members_json(&r.members), "replace": r.replace, "from_config": r.from_config});
+        let result = async {
+            self.require(&who, UserRole::Admin, "AddSet")?;
+            let set = if r.from_config {
+                let cfg = self.inventory.config();
+                let declared = cfg
+                    .sets
+                    .iter()
+                    .find(|s| s.name == r.set)
+                    .ok_or_else(|| ServiceError::NotInConfig { set: r.set.clone() })?;
+                SetDecl::from(declared)
+            } else {
+                if r.members.is_empty() {
+                    return Err(ServiceError::NoMembersGiven);
+                }
+                SetDecl {
+                    name: r.set.clone(),
+                    members: r.members.iter().cloned().map(member_decl).collect(),
+                }
+            };
+            let row = self.inventory.add_set(set, r.replace, &who).await?;
+            // A set added again starts with the policies of controller.toml.
+            self.scheduler.forget(&r.set);
+            Ok(row)
+        }
+        .await;
+        self.audit(&who, "AddSet", args, &result).await;
+        Ok(Response::new(pb::InventorySetResponse {
+            set: Some(inventory_set(result?)),
+        }))
+    }
+
+    async fn change_set(
+        &self,
+        req: Request<pb::ChangeSetRequest>,
+    ) -> Result<Response<pb::InventorySetResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set, "add": members_json(&r.add), "change": members_json(&r.change), "remove": r.remove});
+        let result = async {
+            self.require(&who, UserRole::Admin, "ChangeSet")?;
+            let changes = crate::inventory::MemberChanges {
+                add: r.add.iter().cloned().map(member_decl).collect(),
+                change: r
+                    .change
+                    .iter()
+                    .map(|m| crate::inventory::MemberEdit {
+                        name: m.name.clone(),
+                        agent: (!m.agent.is_empty()).then(|| m.agent.clone()),
+                        host: (!m.host.is_empty()).then(|| m.host.clone()),
+                    })
+                    .collect(),
+                remove: r.remove.clone(),
+            };
+            if changes.add.is_empty() && changes.change.is_empty() && changes.remove.is_empty() {
+                return Err(ServiceError::NothingChanges { set: r.set.clone() });
+            }
+            self.inventory.change_set(&r.set, changes, &who).await
+        }
+        .await;
+        self.audit(&who, "ChangeSet", args, &result).await;
+        Ok(Response::new(pb::InventorySetResponse {
+            set: Some(inventory_set(result?)),
+        }))
+    }
+
+    async fn remove_set(
+        &self,
+        req: Request<pb::RemoveSetRequest>,
+    ) -> Result<Response<pb::InventorySetResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set});
+        let result = async {
+            self.require(&who, UserRole::Admin, "RemoveSet")?;
+            if let Some(why) = self.fleet.held(&r.set) {
+                return Err(ServiceError::Maintenance(format!(
+                    "cannot remove it: {why}; close or abort the window first"
+                )));
+            }
+            let row = self
+                .inventory
+                .remove_set(&r.set, &who, |set| self.fleet.active_run(set))
+                .await?;
+            // Its policies set with tandemctl go with it.
+            self.scheduler.set_policies(&r.set, None).await?;
+            Ok(row)
+        }
+        .await;
+        self.audit(&who, "RemoveSet", args, &result).await;
+        Ok(Response::new(pb::InventorySetResponse {
+            set: Some(inventory_set(result?)),
+        }))
     }
 }

@@ -67,6 +67,10 @@ pub enum Command {
     /// replays its log, and run the integrity checks on it (SPEC T2). Shows a
     /// progress bar per set and ends with the verdicts. Exit 0 clean, 1 errors
     /// found, 2 a test could not run.
+    ///
+    /// The run is the controller's: Ctrl-C stops watching it, not the run
+    /// (`tandemctl watch RUN` follows it again, `tandemctl cancel RUN`
+    /// cancels it); the run id is printed on stderr at the start.
     Testdb {
         /// The sets to test.
         #[arg(required_unless_present = "all")]
@@ -78,8 +82,22 @@ pub enum Command {
         #[arg(long)]
         member: Option<String>,
     },
+    /// Follow a run started earlier (by `testdb`, a schedule or a signal)
+    /// to its verdicts; exit codes as for `testdb`.
+    Watch {
+        /// The run id (printed by `testdb`, in `tandemctl audit`).
+        run: String,
+    },
+    /// Cancel a run (operator role): its queued sets end as could-not-run
+    /// ("cancelled by <you>"), and the agents running its tests are asked to
+    /// cancel them (they put the standby back). `tandemctl watch RUN` shows
+    /// the verdicts.
+    Cancel {
+        /// The run id.
+        run: String,
+    },
     /// A set's history, newest first: its verdicts, and what else happened
-    /// to it (role changes seen, scheduled tests skipped).
+    /// to it (role changes seen, scheduled tests skipped, inventory changes).
     History {
         set: String,
         /// How many verdicts (0: all).
@@ -106,7 +124,8 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// Change a set (admin role).
+    /// The inventory of sets and members, and changes to it (admin role to
+    /// change), and a set's policies.
     #[command(subcommand)]
     Set(SetCommand),
     /// Maintenance windows: repair what a testdb found, on the primary with
@@ -142,6 +161,59 @@ pub enum SetCommand {
         /// Go back to the policies in controller.toml.
         #[arg(long, conflicts_with_all = ["test", "archive_copy", "archive_file"])]
         reset: bool,
+    },
+    /// List the sets in the inventory with their members as declared
+    /// (agent, host), generation, and who changed them last. `tandemctl
+    /// show` gives their live state.
+    List {
+        /// Only these sets (default: all).
+        sets: Vec<String>,
+    },
+    /// Add a set to the inventory (admin role; persisted and audited; it
+    /// wins over controller.toml). Its agents are accepted at once.
+    Add {
+        /// The new set's name.
+        set: String,
+        /// A member: NAME[=AGENT][@HOST] (repeat for each). The agent
+        /// defaults to NAME; the host (for the per-host limit) to the host of
+        /// the agent's address.
+        #[arg(long = "member", value_name = "NAME[=AGENT][@HOST]", value_parser = crate::inventory::parse_member, required_unless_present = "from_config")]
+        members: Vec<tandem_proto::pb::MemberDecl>,
+        /// Take the members from controller.toml, as the controller loaded
+        /// it when it started (to apply the file's version of a set).
+        #[arg(long, conflicts_with = "members")]
+        from_config: bool,
+        /// Replace the members of an existing set (a new generation).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Add, change or remove members of a set (admin role; a new generation,
+    /// so agents refuse orders made before; recorded in `tandemctl history`).
+    Change {
+        /// The set.
+        set: String,
+        /// Add a member: NAME[=AGENT][@HOST] (repeatable).
+        #[arg(long, value_name = "NAME[=AGENT][@HOST]", value_parser = crate::inventory::parse_member)]
+        add_member: Vec<tandem_proto::pb::MemberDecl>,
+        /// Give a member (by NAME) a new agent and/or host:
+        /// NAME=AGENT, NAME@HOST or NAME=AGENT@HOST; what is left out stays
+        /// (repeatable).
+        #[arg(long, value_name = "NAME[=AGENT][@HOST]", value_parser = crate::inventory::parse_member)]
+        change_member: Vec<tandem_proto::pb::MemberDecl>,
+        /// Remove a member by name (repeatable).
+        #[arg(long, value_name = "NAME")]
+        remove_member: Vec<String>,
+    },
+    /// Remove a set from the inventory (admin role): it is no longer shown,
+    /// tested or scheduled, and its agents are refused; its history stays.
+    /// Refused while a test of the set waits or runs. It stays removed even
+    /// if controller.toml still declares it.
+    Remove {
+        /// The set.
+        set: String,
+        /// Do not ask for confirmation (needed when not on a terminal).
+        #[arg(long)]
+        yes: bool,
     },
 }
 

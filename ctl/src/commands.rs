@@ -138,6 +138,48 @@ pub async fn run(
         Command::Testdb { sets, all, member } => {
             crate::testdb::run(conn, format, sets, all, member).await
         }
+        Command::Watch { run } => crate::testdb::watch(conn, format, run).await,
+        Command::Cancel { run } => crate::testdb::cancel(conn, format, run).await,
+        Command::Set(SetCommand::List { sets }) => crate::inventory::list(conn, format, sets).await,
+        Command::Set(SetCommand::Add {
+            set,
+            members,
+            from_config,
+            replace,
+        }) => {
+            crate::inventory::add(
+                conn,
+                format,
+                pb::AddSetRequest {
+                    set,
+                    members,
+                    replace,
+                    from_config,
+                },
+            )
+            .await
+        }
+        Command::Set(SetCommand::Change {
+            set,
+            add_member,
+            change_member,
+            remove_member,
+        }) => {
+            crate::inventory::change(
+                conn,
+                format,
+                pb::ChangeSetRequest {
+                    set,
+                    add: add_member,
+                    change: change_member,
+                    remove: remove_member,
+                },
+            )
+            .await
+        }
+        Command::Set(SetCommand::Remove { set, yes }) => {
+            crate::inventory::remove(conn, format, set, yes).await
+        }
         Command::History { set, limit } => {
             let h = conn
                 .connect()

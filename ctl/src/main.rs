@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tandem_ctl::cli::{Cli, Command};
+use tandem_ctl::cli::{Cli, Command, SetCommand};
 use tandem_ctl::commands::{self, Outcome};
 use tandem_proto::telemetry;
 use tracing::Instrument;
@@ -46,7 +46,13 @@ fn command_name(c: &Command) -> &'static str {
         Command::Testdb { .. } => "testdb",
         Command::History { .. } => "history",
         Command::Limits { .. } => "limits",
-        Command::Set(_) => "set",
+        Command::Watch { .. } => "watch",
+        Command::Cancel { .. } => "cancel",
+        Command::Set(SetCommand::Policy { .. }) => "set policy",
+        Command::Set(SetCommand::List { .. }) => "set list",
+        Command::Set(SetCommand::Add { .. }) => "set add",
+        Command::Set(SetCommand::Change { .. }) => "set change",
+        Command::Set(SetCommand::Remove { .. }) => "set remove",
         Command::Maintenance(_) => "maintenance",
         Command::Certs(_) => "certs init",
     }

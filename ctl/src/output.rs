@@ -448,9 +448,81 @@ pub fn audit_human(entries: &[pb::AuditEntry]) -> String {
     )
 }
 
+/// One set of the inventory (`tandemctl set list`, `set add`, ...).
+pub fn inventory_set_json(s: &pb::InventorySet) -> Value {
+    json!({
+        "name": s.name,
+        "generation": s.generation,
+        "members": s.members.iter().map(|m| json!({
+            "name": m.name,
+            "agent": m.agent,
+            "host": (!m.host.is_empty()).then_some(&m.host),
+        })).collect::<Vec<_>>(),
+        "source": s.source,
+        "changed_at": ts(s.changed_at),
+        "changed_by": s.changed_by,
+    })
+}
+
+pub fn inventory_human(sets: &[pb::InventorySet]) -> String {
+    let mut rows = Vec::new();
+    for s in sets {
+        for m in &s.members {
+            rows.push(vec![
+                s.name.clone(),
+                s.generation.to_string(),
+                m.name.clone(),
+                m.agent.clone(),
+                if m.host.is_empty() {
+                    "(its address)".into()
+                } else {
+                    m.host.clone()
+                },
+                if s.changed_by.is_empty() {
+                    s.source.clone()
+                } else {
+                    format!("{} by {}", s.source, s.changed_by)
+                },
+            ]);
+        }
+    }
+    table(&["SET", "GEN", "MEMBER", "AGENT", "HOST", "FROM"], &rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inventory_json_has_the_documented_shape() {
+        let s = pb::InventorySet {
+            name: "billing".into(),
+            generation: 3,
+            members: vec![
+                pb::MemberDecl {
+                    name: "db1".into(),
+                    agent: "db1".into(),
+                    host: String::new(),
+                },
+                pb::MemberDecl {
+                    name: "db2".into(),
+                    agent: "a2".into(),
+                    host: "h2".into(),
+                },
+            ],
+            source: "tandemctl".into(),
+            changed_at: None,
+            changed_by: "spiffe://tandem/user/admin".into(),
+        };
+        let v = inventory_set_json(&s);
+        assert_eq!(v["name"], "billing");
+        assert_eq!(v["generation"], 3);
+        assert_eq!(v["members"][0]["host"], Value::Null);
+        assert_eq!(v["members"][1]["agent"], "a2");
+        assert_eq!(v["members"][1]["host"], "h2");
+        assert_eq!(v["source"], "tandemctl");
+        assert!(inventory_human(&[s]).contains("tandemctl by spiffe://tandem/user/admin"));
+    }
 
     #[test]
     fn table_aligns_columns() {

@@ -1,5 +1,8 @@
 //! `tandemctl testdb`: start a run, show each set's progress, end with the
 //! verdicts and an exit code (0 clean, 1 errors found, 2 could not run).
+//! `tandemctl watch` follows a run already started; `tandemctl cancel`
+//! cancels one. The run belongs to the controller: Ctrl-C (or a lost
+//! connection) stops the watching, never the run.
 //!
 //! On a terminal each set gets a progress bar (step, bytes, rate); otherwise
 //! each step change is one line on stderr, so logs of scripted runs stay
@@ -108,18 +111,81 @@ pub async fn run(
             eprintln!("{}: skipped: {}", s.set, s.reason);
         }
     }
-    let skipped_json: Vec<serde_json::Value> = skipped
-        .iter()
-        .map(|s| serde_json::json!({"name": s.set, "reason": s.reason}))
-        .collect();
     if run_id.is_empty() {
         print(
             format,
-            serde_json::json!({"run_id": null, "sets": [], "skipped": skipped_json}),
+            serde_json::json!({"run_id": null, "sets": [], "skipped": skipped_json(&skipped)}),
             "every set asked for is held by a maintenance window; nothing was tested".into(),
         );
         return Ok(Outcome::Ok);
     }
+    eprintln!(
+        "run {run_id} started; Ctrl-C stops watching, not the run (`tandemctl cancel {run_id}` cancels it)"
+    );
+    follow(&mut client, format, run_id, &skipped).await
+}
+
+/// Sets a run left out, for the JSON output.
+fn skipped_json(skipped: &[pb::SkippedSet]) -> Vec<serde_json::Value> {
+    skipped
+        .iter()
+        .map(|s| serde_json::json!({"name": s.set, "reason": s.reason}))
+        .collect()
+}
+
+/// `tandemctl watch RUN`.
+pub async fn watch(
+    conn: &Connection,
+    format: OutputFormat,
+    run_id: String,
+) -> Result<Outcome, CtlError> {
+    let mut client = conn.connect().await?;
+    follow(&mut client, format, run_id, &[]).await
+}
+
+/// `tandemctl cancel RUN`.
+pub async fn cancel(
+    conn: &Connection,
+    format: OutputFormat,
+    run_id: String,
+) -> Result<Outcome, CtlError> {
+    let r = conn
+        .connect()
+        .await?
+        .cancel_run(pb::CancelRunRequest {
+            run_id: run_id.clone(),
+        })
+        .await
+        .map_err(refused("CancelRun"))?
+        .into_inner();
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let human = format!(
+        "run {run_id} cancelled: queued sets ended: {}; running tests asked to stop: {}
+`tandemctl watch {run_id}` shows the verdicts",
+        list(&r.queued),
+        list(&r.stopping)
+    );
+    print(
+        format,
+        serde_json::json!({"run_id": run_id, "queued": r.queued, "stopping": r.stopping}),
+        human,
+    );
+    Ok(Outcome::Ok)
+}
+
+/// Follow a run to its end: progress on stderr, the verdicts on stdout.
+async fn follow(
+    client: &mut pb::controller_client::ControllerClient<tandem_proto::propagation::TracedChannel>,
+    format: OutputFormat,
+    run_id: String,
+    skipped: &[pb::SkippedSet],
+) -> Result<Outcome, CtlError> {
     let mut stream = client
         .watch_run(pb::WatchRunRequest {
             run_id: run_id.clone(),
@@ -129,8 +195,23 @@ pub async fn run(
         .into_inner();
     let mut display = Display::new(format == OutputFormat::Human);
     let mut results: Vec<(String, pb::Verdict)> = Vec::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
-        let ev = match stream.message().await {
+        // Cancel-safe: message() keeps no partial message across polls that
+        // lose the race, and after Ctrl-C the stream is dropped anyway.
+        let next = tokio::select! {
+            m = stream.message() => m,
+            _ = &mut ctrl_c => {
+                if let Some(m) = &display.multi {
+                    let _ = m.clear();
+                }
+                return Err(CtlError::Usage(format!(
+                    "stopped watching run {run_id}; the run goes on on the controller: `tandemctl watch {run_id}` follows it again, `tandemctl cancel {run_id}` cancels it"
+                )));
+            }
+        };
+        let ev = match next {
             Ok(Some(ev)) => ev,
             Ok(None) => break,
             Err(s) => {
@@ -167,7 +248,7 @@ pub async fn run(
             "member": v.member,
             "verdict": output::verdict_json(&Some(v.clone())),
         })).collect::<Vec<_>>(),
-        "skipped": skipped_json,
+        "skipped": skipped_json(skipped),
     });
     print(format, json, output::verdicts_human(&results));
     let errors = results

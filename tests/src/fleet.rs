@@ -6,7 +6,9 @@
 //! Layout of the fleet's private directory: `certs/`, `controller.toml`,
 //! `controller.db`, `agents/<name>/{agent.toml,home/,archive/}`, `logs/`.
 //! Members are named `<set>-p` (primary) and `<set>-s1`, `<set>-s2`, ...
-//! (standbys); each member's agent has the member's name.
+//! (standbys); each member's agent has the member's name. Sets in
+//! `undeclared_sets` are made and their agents started, but they are left
+//! out of controller.toml (to add with `tandemctl set add`).
 //!
 //! Dropping a [`Fleet`] kills its processes; its directory and logs are kept
 //! (and their paths printed) when the test panicked or
@@ -30,6 +32,10 @@ use crate::wait::{free_port, wait_for};
 pub struct FleetSpec {
     /// Set names and how many standbys each has.
     pub sets: Vec<(String, usize)>,
+    /// Sets made like `sets`, whose agents start too, but that are not in
+    /// controller.toml (to add at run time with `tandemctl set add`); their
+    /// agents keep trying to register until then.
+    pub undeclared_sets: Vec<(String, usize)>,
     pub heartbeat_interval: Duration,
     pub offline_after: Duration,
     /// Extra environment for the controller and agents (e.g. OTEL_*).
@@ -52,6 +58,7 @@ impl FleetSpec {
     pub fn new(sets: &[(&str, usize)]) -> FleetSpec {
         FleetSpec {
             sets: sets.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect(),
+            undeclared_sets: vec![],
             heartbeat_interval: Duration::from_millis(300),
             offline_after: Duration::from_secs(2),
             env: vec![],
@@ -129,7 +136,7 @@ impl Fleet {
         let certs = dir.join("certs");
         let mut sets = BTreeMap::new();
         let mut members: Vec<(String, String, PgServer)> = Vec::new();
-        for (set, standbys) in &spec.sets {
+        for (set, standbys) in spec.sets.iter().chain(&spec.undeclared_sets) {
             let pair = PgPair::create(set, *standbys).await?;
             members.push((set.clone(), format!("{set}-p"), pair.primary.clone()));
             for (i, s) in pair.standbys.iter().enumerate() {
@@ -241,8 +248,32 @@ impl Fleet {
         for name in &names {
             fleet.start_agent(name)?;
         }
-        fleet.wait_agents_state(&names, "online").await?;
+        let declared: Vec<String> = fleet
+            .agents
+            .values()
+            .filter(|a| fleet.spec.sets.iter().any(|(s, _)| s == &a.set))
+            .map(|a| a.name.clone())
+            .collect();
+        fleet.wait_agents_state(&declared, "online").await?;
         Ok(fleet)
+    }
+
+    /// The agents (= member names) of `set`: `<set>-p`, `<set>-s1`, ...
+    pub fn members(&self, set: &str) -> Vec<String> {
+        self.agents
+            .values()
+            .filter(|a| a.set == set)
+            .map(|a| a.name.clone())
+            .collect()
+    }
+
+    /// Wait until every standby of `set` has replayed the primary's WAL.
+    pub async fn replicated(&self, set: &str) -> anyhow::Result<()> {
+        let pair = self.set(set);
+        for s in &pair.standbys {
+            crate::corrupt::wait_replayed(&pair.primary, s).await?;
+        }
+        Ok(())
     }
 
     fn command(&self, bin: &str) -> anyhow::Result<Command> {

@@ -47,10 +47,7 @@ async fn history_with(fleet: &Fleet, set: &str, n: usize) -> Value {
 }
 
 async fn replicated(fleet: &Fleet, set: &str) {
-    let pair = fleet.set(set);
-    for s in &pair.standbys {
-        corrupt::wait_replayed(&pair.primary, s).await.unwrap();
-    }
+    fleet.replicated(set).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

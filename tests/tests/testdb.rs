@@ -185,7 +185,7 @@ async fn standby_local_page_damage_is_found_by_the_checksum_step() {
     // The dispatcher picks the member from the agents' last heartbeats, so
     // wait for the heartbeat (`agents`) to say streaming, not only `show`.
     wait_for(
-        "the agent to see the standby streaming",
+        "the agent's heartbeat to report the standby streaming",
         Duration::from_secs(20),
         Duration::from_millis(100),
         || async {

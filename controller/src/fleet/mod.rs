@@ -19,7 +19,10 @@
 //! `WatchRun` replays a run's events from the start and then follows them,
 //! so a late watcher misses nothing; a run that finished before a restart is
 //! rebuilt from its stored verdicts. A run is a spawned task: a `tandemctl`
-//! that goes away does not stop it (STYLE 6).
+//! that goes away does not stop it (STYLE 6); [`Fleet::cancel_run`] does:
+//! its queued sets end at once as could-not-run ("cancelled by ..."), and
+//! the agents running its tests are asked to cancel them (they put the
+//! standby back and end `cancelled`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -39,7 +42,10 @@ use crate::inventory::Inventory;
 use crate::store::{RunSetState, Store, StoreError};
 use crate::verdicts::Verdict;
 
+mod cancel;
 mod limits;
+
+pub use cancel::Cancelled;
 
 use limits::host_of;
 pub use limits::{Busy, Wait, admit};
@@ -48,10 +54,11 @@ pub use limits::{Busy, Wait, admit};
 const WATCH_RETRIES: u32 = 30;
 const WATCH_RETRY_EVERY: Duration = Duration::from_secs(1);
 
-/// A busy place, with when its job started.
+/// A busy place, with when its job started and the run it belongs to.
 struct Running {
     busy: Busy,
     since: Timestamp,
+    run_id: String,
 }
 
 /// One run's events, for `WatchRun`.
@@ -145,6 +152,8 @@ pub struct Fleet {
     held: Mutex<HashMap<String, String>>,
     /// Notified when a job ends (the scheduler waits on it).
     pub finished: Notify,
+    /// Runs being cancelled, with who cancelled them (until they end).
+    cancelled: Mutex<HashMap<String, String>>,
 }
 
 /// The origin of a maintenance window's own runs.
@@ -181,6 +190,7 @@ impl Fleet {
             wake: Notify::new(),
             held: Mutex::new(HashMap::new()),
             finished: Notify::new(),
+            cancelled: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -264,6 +274,21 @@ impl Fleet {
             .map(|r| r.since)
             .chain(q.waiting.iter().filter(|j| j.set == set).map(|j| j.since))
             .min()
+    }
+
+    /// The run with a test of `set` waiting or running, if any.
+    pub fn active_run(&self, set: &str) -> Option<String> {
+        let q = self.lock_queue();
+        q.running
+            .iter()
+            .find(|r| r.busy.set == set)
+            .map(|r| r.run_id.clone())
+            .or_else(|| {
+                q.waiting
+                    .iter()
+                    .find(|j| j.set == set)
+                    .map(|j| j.run_id.clone())
+            })
     }
 
     /// A run's events: live, or rebuilt from the store for a run that
@@ -382,6 +407,7 @@ impl Fleet {
                                 host: target.host.clone(),
                             },
                             since: row.created_at,
+                            run_id: row.id.clone(),
                         });
                         let this = self.clone();
                         let span = job_span(&job, true);
@@ -451,6 +477,7 @@ impl Fleet {
                     q.running.push(Running {
                         busy: b,
                         since: Timestamp::now(),
+                        run_id: job.run_id.clone(),
                     });
                     let this = self.clone();
                     let span = job_span(&job, false);
@@ -480,13 +507,11 @@ impl Fleet {
     }
 
     /// The declared member of `set` that `agent` serves.
-    fn declared(&self, set: &str, agent: &str) -> Option<crate::config::MemberConfig> {
+    fn declared(&self, set: &str, agent: &str) -> Option<crate::sets::MemberDecl> {
         self.inventory
-            .config()
-            .sets
-            .iter()
-            .find(|s| s.name == set)
-            .and_then(|s| s.members.iter().find(|m| m.agent() == agent))
+            .declared()
+            .set(set)
+            .and_then(|s| s.member_of_agent(agent))
             .cloned()
     }
 
@@ -494,14 +519,16 @@ impl Fleet {
     /// the agents' last heartbeats say. The agent checks again before it
     /// starts (SPEC T8). `Err` says why nothing can be tested.
     fn target(&self, set: &str, member: Option<&str>) -> Result<Target, String> {
-        let cfg = self.inventory.config();
-        let Some(set_cfg) = cfg.sets.iter().find(|s| s.name == set) else {
-            return Err(format!("set `{set}` is no longer declared"));
+        let declared = self.inventory.declared();
+        let Some(set_decl) = declared.set(set) else {
+            return Err(format!(
+                "set `{set}` is no longer in the inventory (removed with `tandemctl set remove`)"
+            ));
         };
-        let views: Vec<_> = set_cfg
+        let views: Vec<_> = set_decl
             .members
             .iter()
-            .map(|m| (m, self.inventory.get(m.agent())))
+            .map(|m| (m, self.inventory.get(&m.agent)))
             .collect();
         let online = |v: &Option<crate::inventory::AgentView>| {
             v.as_ref()
@@ -527,7 +554,7 @@ impl Fleet {
                     .unwrap_or_default();
                 Ok(Target {
                     member: m.name.clone(),
-                    agent: m.agent().to_owned(),
+                    agent: m.agent.clone(),
                     host: m
                         .host
                         .clone()
@@ -537,7 +564,7 @@ impl Fleet {
             }
             Some((m, v)) => Err(format!(
                 "the agent `{}` of member `{}` is {}; start it, or test another member",
-                m.agent(),
+                m.agent,
                 m.name,
                 v.as_ref()
                     .map_or("never seen", |v| if v.row.state == AgentState::Offline {
@@ -572,6 +599,14 @@ impl Fleet {
 
     /// Run one admitted job to its verdict.
     async fn run_job(self: Arc<Self>, job: Job, target: Result<Target, String>) {
+        if let Some(who) = self.cancelled_by(&job.run_id) {
+            let v = Verdict::failed_to_run(
+                job.member.as_deref().unwrap_or(""),
+                format!("cancelled by {who} before it started"),
+                job.trace_id.clone(),
+            );
+            return self.finish(job, v).await;
+        }
         let target = match target {
             Ok(t) => t,
             Err(reason) => {
@@ -631,6 +666,11 @@ impl Fleet {
                 return failed(format!("agent `{}` refused: {}", t.agent, s.message()));
             }
         };
+        if self.cancelled_by(&job.run_id).is_some()
+            && let Err(e) = self.cancel_on_agent(&t.agent, &op_id).await
+        {
+            warn!(set = %job.set, error = %e, "cannot ask the agent to cancel");
+        }
         self.follow_to_verdict(job, t, op_id).await
     }
 
@@ -650,10 +690,19 @@ impl Fleet {
         {
             warn!(error = %e, "cannot record the running operation");
         }
-        match self.follow(job, t, &op_id).await {
+        let mut v = match self.follow(job, t, &op_id).await {
             Ok(r) => Verdict::from_result(&t.member, &r, job.trace_id.clone()),
             Err(reason) => Verdict::failed_to_run(&t.member, reason, job.trace_id.clone()),
+        };
+        if let Some(who) = self.cancelled_by(&job.run_id)
+            && v.kind == crate::verdicts::VerdictKind::FailedToRun
+        {
+            v.reason = Some(format!(
+                "cancelled by {who}: {}",
+                v.reason.as_deref().unwrap_or("")
+            ));
         }
+        v
     }
 
     /// A job a previous controller started: find its operation on the
@@ -666,7 +715,8 @@ impl Fleet {
                 Ok(None) => {
                     info!(set = %job.set, "the order never reached the agent; queued again");
                     let mut q = self.lock_queue();
-                    q.running.retain(|r| r.busy.set != job.set);
+                    q.running
+                        .retain(|r| !(r.busy.set == job.set && r.run_id == job.run_id));
                     q.waiting.push_front(job);
                     drop(q);
                     self.wake.notify_one();
@@ -717,6 +767,18 @@ impl Fleet {
 
     /// Store the verdict, tell the run, free the job's place.
     async fn finish(&self, job: Job, verdict: Verdict) {
+        let (run_id, set) = (job.run_id.clone(), job.set.clone());
+        self.record(job, verdict).await;
+        self.lock_queue()
+            .running
+            .retain(|r| !(r.busy.set == set && r.run_id == run_id));
+        self.wake.notify_one();
+        self.finished.notify_one();
+    }
+
+    /// Store a job's verdict and tell its run (and, when it was the run's
+    /// last, that the run is done).
+    async fn record(&self, job: Job, verdict: Verdict) {
         info!(set = %job.set, verdict = verdict.kind.as_str(), lsn = ?verdict.lsn, "verdict");
         crate::metrics::verdict(&job.set, &verdict);
         let span = tracing::Span::current();
@@ -749,10 +811,11 @@ impl Fleet {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&job.run_id);
+            self.cancelled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&job.run_id);
         }
-        self.lock_queue().running.retain(|r| r.busy.set != job.set);
-        self.wake.notify_one();
-        self.finished.notify_one();
     }
 
     /// Relay the agent's progress until the operation's result arrives.

@@ -217,20 +217,18 @@ impl Maintenance {
     /// Every member's agent, and which member is the primary now (from
     /// the agents' facts, SPEC C1).
     fn members(&self, set: &str) -> Result<(Member, Vec<Member>), ServiceError> {
-        let cfg = self.inventory.config();
-        let set_cfg =
-            cfg.sets
-                .iter()
-                .find(|s| s.name == set)
-                .ok_or_else(|| ServiceError::UnknownSet {
-                    set: set.to_owned(),
-                })?;
+        let set_cfg = self
+            .inventory
+            .set(set)
+            .ok_or_else(|| ServiceError::UnknownSet {
+                set: set.to_owned(),
+            })?;
         let mut primaries = Vec::new();
         let mut standbys = Vec::new();
         for m in &set_cfg.members {
             let member = Member {
                 name: m.name.clone(),
-                agent: m.agent().to_owned(),
+                agent: m.agent.clone(),
             };
             let view = self.inventory.get(&member.agent);
             let online = view
@@ -729,15 +727,13 @@ impl Maintenance {
         }
     }
 
-    /// Members as the plan names them, with their agents from the config.
+    /// Members as the plan names them, with their agents from the inventory.
     fn members_by_name(&self, p: &Plan) -> (Member, Vec<Member>) {
-        let cfg = self.inventory.config();
+        let decl = self.inventory.set(&p.set);
         let agent_of = |name: &str| {
-            cfg.sets
-                .iter()
-                .find(|s| s.name == p.set)
-                .and_then(|s| s.members.iter().find(|m| m.name == name))
-                .map_or(name.to_owned(), |m| m.agent().to_owned())
+            decl.as_ref()
+                .and_then(|s| s.member(name))
+                .map_or(name.to_owned(), |m| m.agent.clone())
         };
         let m = |name: &String| Member {
             name: name.clone(),

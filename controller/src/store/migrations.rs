@@ -112,6 +112,18 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (set_name, purpose)
     );
     "#,
+    // 5: the store holds the inventory (`tandemctl set add/change/remove`).
+    // A set's row is kept when it is removed (its generation goes on if it
+    // comes back). `state`: `active`, `removed`, or `legacy` for rows a
+    // controller from before this migration mirrored from its file.
+    r#"
+    ALTER TABLE sets ADD COLUMN state TEXT NOT NULL DEFAULT 'legacy';
+    ALTER TABLE sets ADD COLUMN source TEXT NOT NULL DEFAULT 'controller.toml';
+    ALTER TABLE sets ADD COLUMN changed_at TEXT;
+    ALTER TABLE sets ADD COLUMN changed_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE members ADD COLUMN host TEXT;
+    ALTER TABLE members ADD COLUMN position INTEGER NOT NULL DEFAULT 0;
+    "#,
     // 6: maintenance windows (SPEC T4, C4): the plan, each step's outcome and
     // the report, as one JSON document per window, so a restarted controller
     // carries on from the recorded step.

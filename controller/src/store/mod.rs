@@ -1,8 +1,8 @@
 //! The controller's store: one embedded SQLite file.
 //!
-//! It holds what cannot be re-learned from agents (STYLE 7): the declared
-//! sets and their generations, the agents that registered (address, last
-//! facts), and the audit log. SQLite calls are blocking; [`Store::call`] runs
+//! It holds what cannot be re-learned from agents (STYLE 7): the inventory
+//! (sets, members and generations: `sets.rs`), the agents that registered
+//! (address, last facts), and the audit log. SQLite calls are blocking; [`Store::call`] runs
 //! them on tokio's blocking pool behind one mutex-guarded connection (WAL
 //! journal, so readers of the file, e.g. `sqlite3` by hand, are not blocked).
 //! A second backend (etcd/PostgreSQL for an HA controller) would turn the
@@ -13,9 +13,11 @@ mod runs;
 mod schedules;
 mod windows;
 pub use windows::FINISHED_STATES;
+mod sets;
 
 pub use runs::{RunRow, RunSetRow, RunSetState, SetEvent};
 pub use schedules::{PolicyRow, ScheduleRow};
+pub use sets::SetRow;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,7 +26,6 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 use tandem_proto::model::AgentState;
 
-use crate::config::SetConfig;
 use crate::verdicts::Verdict;
 
 #[derive(Debug, thiserror::Error)]
@@ -141,50 +142,6 @@ impl Store {
         })
         .await??;
         Ok(out)
-    }
-
-    /// Make the stored sets and members match the config's declarations.
-    /// A set whose membership changes gets a new generation.
-    pub async fn sync_sets(&self, sets: Vec<SetConfig>) -> Result<(), StoreError> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let now = Timestamp::now().to_string();
-            for set in &sets {
-                tx.execute(
-                    "INSERT INTO sets(name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
-                    params![set.name, now],
-                )?;
-                let mut current: Vec<(String, String)> = tx
-                    .prepare("SELECT name, agent FROM members WHERE set_name = ?1 ORDER BY name")?
-                    .query_map([&set.name], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                current.sort();
-                let mut wanted: Vec<(String, String)> = set
-                    .members
-                    .iter()
-                    .map(|m| (m.name.clone(), m.agent().to_owned()))
-                    .collect();
-                wanted.sort();
-                if current != wanted {
-                    tx.execute("DELETE FROM members WHERE set_name = ?1", [&set.name])?;
-                    for (name, agent) in &wanted {
-                        tx.execute("DELETE FROM members WHERE agent = ?1", [agent])?;
-                        tx.execute(
-                            "INSERT INTO members(set_name, name, agent) VALUES (?1, ?2, ?3)",
-                            params![set.name, name, agent],
-                        )?;
-                    }
-                    if !current.is_empty() {
-                        tx.execute(
-                            "UPDATE sets SET generation = generation + 1 WHERE name = ?1",
-                            [&set.name],
-                        )?;
-                    }
-                }
-            }
-            tx.commit()
-        })
-        .await
     }
 
     pub async fn generation(&self, set: String) -> Result<Option<u64>, StoreError> {
@@ -376,24 +333,6 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MemberConfig;
-
-    fn set(name: &str, members: &[&str]) -> SetConfig {
-        SetConfig {
-            name: name.into(),
-            members: members
-                .iter()
-                .map(|m| MemberConfig {
-                    name: (*m).into(),
-                    agent: None,
-                    host: None,
-                })
-                .collect(),
-            test: Default::default(),
-            archive_copy: Default::default(),
-            archive_file: false,
-        }
-    }
 
     #[tokio::test]
     async fn migrates_once_and_survives_reopen() {
@@ -426,25 +365,6 @@ mod tests {
             .unwrap();
         let err = Store::open(&path).err().unwrap();
         assert!(err.to_string().contains("schema version 99"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn membership_change_bumps_generation() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("c.db")).unwrap();
-        s.sync_sets(vec![set("billing", &["db1", "db2"])])
-            .await
-            .unwrap();
-        assert_eq!(s.generation("billing".into()).await.unwrap(), Some(1));
-        s.sync_sets(vec![set("billing", &["db2", "db1"])])
-            .await
-            .unwrap();
-        assert_eq!(s.generation("billing".into()).await.unwrap(), Some(1));
-        s.sync_sets(vec![set("billing", &["db1", "db3"])])
-            .await
-            .unwrap();
-        assert_eq!(s.generation("billing".into()).await.unwrap(), Some(2));
-        assert_eq!(s.generation("nope".into()).await.unwrap(), None);
     }
 
     #[tokio::test]
