@@ -53,6 +53,23 @@ pub struct ControllerConfig {
     /// truth (`tandemctl set`), see `crate::sets`.
     #[serde(default)]
     pub sets: Vec<SetConfig>,
+    /// Recurring maintenance windows, by set name (SPEC T4): when a set
+    /// whose last verdict found errors gets its repair.
+    #[serde(default)]
+    pub windows: std::collections::BTreeMap<String, WindowConfig>,
+}
+
+/// A recurring maintenance window: `[windows.<set>]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// When the window opens, a calendar policy of the policy grammar
+    /// (`ATsun0300`, `AT*0300`, `testdb`, `cron=...`), in `time_zone`.
+    pub schedule: Policy,
+    /// How long it lasts: a repair whose plan expects more downtime than
+    /// is left of the window is not started (and says so in the history).
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
 }
 
 /// Load limits (SPEC T7). Members of one set never run two operations at
@@ -230,6 +247,30 @@ impl ControllerConfig {
                 )
             })?;
         }
+        for (set, w) in &cfg.windows {
+            let field = format!("windows.{set}");
+            if !w.schedule.is_calendar() {
+                return Err(invalid(
+                    format!("{field}.schedule"),
+                    format!(
+                        "`{}` is not a calendar policy; a window opens at wall-clock times: ATsun0300, AT*0300, testdb or cron=...",
+                        w.schedule
+                    ),
+                ));
+            }
+            if cfg.time_zone.is_none() {
+                return Err(invalid(
+                    format!("{field}.schedule"),
+                    "a window's schedule needs the time zone it is in: set `time_zone` (e.g. \"UTC\") at the top of the file".into(),
+                ));
+            }
+            if w.duration.is_zero() {
+                return Err(invalid(
+                    format!("{field}.duration"),
+                    "a window must last longer than 0 s (e.g. \"2h\")".into(),
+                ));
+            }
+        }
         let mut sets = HashSet::new();
         let mut agents = HashSet::new();
         for (i, set) in cfg.sets.iter().enumerate() {
@@ -361,6 +402,33 @@ mod tests {
         let bad = text.replace("Europe/Moscow", "Mars/Olympus");
         let err = ControllerConfig::parse(Path::new("c.toml"), &bad).unwrap_err();
         assert!(err.to_string().contains("unknown time zone"), "{err}");
+    }
+
+    #[test]
+    fn recurring_windows_need_a_calendar_schedule_a_time_zone_and_a_duration() {
+        let with = |w: &str| format!("{BASE}\n[windows.billing]\n{w}\n");
+        let ok = format!(
+            "time_zone = \"UTC\"\n{}",
+            with("schedule = \"ATsun0300\"\nduration = \"2h\"")
+        );
+        let c = ControllerConfig::parse(Path::new("c.toml"), &ok).unwrap();
+        assert_eq!(c.windows["billing"].duration, Duration::from_secs(7200));
+        let err = ControllerConfig::parse(
+            Path::new("c.toml"),
+            &with("schedule = \"ATsun0300\"\nduration = \"2h\""),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("time_zone"), "{err}");
+        let err =
+            ControllerConfig::parse(Path::new("c.toml"), &ok.replace("ATsun0300", "interval=60"))
+                .unwrap_err();
+        assert!(err.to_string().contains("not a calendar policy"), "{err}");
+        let err =
+            ControllerConfig::parse(Path::new("c.toml"), &ok.replace("2h", "0s")).unwrap_err();
+        assert!(
+            err.to_string().contains("windows.billing.duration"),
+            "{err}"
+        );
     }
 
     #[test]

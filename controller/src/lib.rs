@@ -72,6 +72,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     );
     // Windows first: their sets are held before any recovered run dispatches.
     maintenance.recover().await?;
+    let recurring = tokio::spawn(maintenance.clone().recurring_loop(shutdown.clone()));
     fleet.recover().await?;
     let dispatcher = tokio::spawn(fleet.clone().dispatch_loop(shutdown.clone()));
     let scheduler = scheduler::Scheduler::new(inventory.clone(), store.clone(), fleet.clone());
@@ -98,6 +99,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let _ = liveness.await;
     let _ = dispatcher.await;
     let _ = scheduling.await;
+    let _ = recurring.await;
     info!("tandem-controller stopped");
     Ok(())
 }

@@ -421,3 +421,37 @@ async fn a_window_carries_on_after_the_controller_is_killed() {
     pair.wait_streaming(&pair.standbys[0]).await.unwrap();
     assert!(pair.standbys[0].is_in_recovery().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recurring_window_repairs_a_set_that_needs_it_at_its_next_occurrence() {
+    let mut spec = FleetSpec::new(&[("mrec", 1)]);
+    // Every minute, for an hour: the next minute boundary opens it.
+    spec.controller_top = "time_zone = \"UTC\"\nwindows = { mrec = { schedule = \"cron=* * * * *\", duration = \"1h\" } }".into();
+    let fleet = Fleet::start(spec).await.unwrap();
+    corrupt_and_test(&fleet, "mrec").await;
+    let w = wait_for(
+        "the recurring window to open and close",
+        Duration::from_secs(200),
+        Duration::from_millis(500),
+        || {
+            let w = fleet
+                .ctl(&["maintenance", "show", "mrec", "--output", "json"])
+                .ok()
+                .and_then(|r| serde_json::from_str::<Value>(&r.stdout).ok());
+            async move {
+                Ok(w.filter(|w| {
+                    w.is_object() && !matches!(w["state"].as_str(), Some("running" | "resuming"))
+                }))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+    assert_eq!(w["state"], "closed", "{w:#}");
+    assert_eq!(w["opened_by"], "schedule");
+    assert!(
+        w["reason"].as_str().unwrap().contains("recurring window"),
+        "{w:#}"
+    );
+    assert_eq!(w["verdict"]["kind"], "clean");
+}

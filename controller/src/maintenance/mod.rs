@@ -17,6 +17,7 @@
 //! `close` does the same and then runs the testdb that closes the window.
 
 pub mod plan;
+mod recurring;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -382,6 +383,21 @@ impl Maintenance {
         who: &str,
         trace_id: String,
     ) -> Result<Window, ServiceError> {
+        self.open_within(set, reason, exec_only, who, trace_id, None)
+            .await
+    }
+
+    /// [`Maintenance::open`], refused when the plan expects more downtime
+    /// than `seconds_left` (a recurring window's remaining time).
+    pub async fn open_within(
+        self: &Arc<Self>,
+        set: &str,
+        reason: &str,
+        exec_only: bool,
+        who: &str,
+        trace_id: String,
+        seconds_left: Option<f64>,
+    ) -> Result<Window, ServiceError> {
         if reason.trim().is_empty() {
             return Err(err(
                 "say why the window opens: --reason TEXT (it goes into the set's history and the audit log)",
@@ -400,6 +416,14 @@ impl Maintenance {
             )));
         }
         let plan = self.plan(set, exec_only).await?;
+        if let Some(left) = seconds_left
+            && plan.expected_downtime_seconds > left
+        {
+            return Err(err(format!(
+                "the plan expects {:.0} s of downtime and the window has {left:.0} s left",
+                plan.expected_downtime_seconds
+            )));
+        }
         let w = Window {
             id: new_window_id(),
             set: set.to_owned(),
