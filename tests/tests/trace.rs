@@ -38,13 +38,15 @@ async fn one_tandemctl_call_is_one_trace_across_three_processes() {
                 .iter()
                 .filter(|s| s.service == "tandemctl" && s.name == "tandemctl show")
                 .collect();
+            // The controller's server span ends after its children, so it
+            // may come in a later batch than they do: wait for it by name.
             roots.iter().any(|root| {
-                let services: HashSet<&str> = spans
-                    .iter()
-                    .filter(|s| s.trace_id == root.trace_id)
-                    .map(|s| s.service.as_str())
-                    .collect();
-                services.contains("tandem-controller") && services.contains("tandem-agent")
+                let in_trace = |service: &str, name: &str| {
+                    spans.iter().any(|s| {
+                        s.trace_id == root.trace_id && s.service == service && s.name.contains(name)
+                    })
+                };
+                in_trace("tandem-controller", "ShowSets") && in_trace("tandem-agent", "")
             })
         })
         .await
