@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is
-# missing (PostgreSQL from the distribution's packages), then runs
+# missing (PostgreSQL, Patroni and etcd from the distribution's packages), then runs
 # `cargo fmt --check`, clippy with warnings as errors, and every test: unit
 # tests and end-to-end tests against real PostgreSQL and the real binaries.
 set -euo pipefail
@@ -13,6 +13,10 @@ command -v cargo >/dev/null || { echo "tests/run.sh: cargo is not installed; ins
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql postgresql-contrib)
 ls /usr/lib/postgresql/*/bin/pg_amcheck >/dev/null 2>&1 || missing+=(postgresql-client)
+# The Patroni test (tests/tests/patroni.rs) runs Debian's Patroni with a local
+# etcd; it starts its own on free ports (the packages' services stay unused).
+command -v patroni >/dev/null 2>&1 || missing+=(patroni)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   sudo=""
