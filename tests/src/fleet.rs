@@ -43,6 +43,12 @@ pub struct FleetSpec {
     /// The controller's `[limits]`: tests at once in the fleet, per host
     /// (every member of a test fleet is on 127.0.0.1).
     pub limits: (u32, u32),
+    /// Sets over servers that already exist and that the caller owns (e.g.
+    /// run by Patroni): set name, and each member's name (its agent's too)
+    /// with its server. They are not in [`Fleet::sets`].
+    pub existing: Vec<(String, Vec<(String, PgServer)>)>,
+    /// Extra tables for controller.toml, after the sets (e.g. `[ha.<set>]`).
+    pub controller_tables: String,
 }
 
 impl FleetSpec {
@@ -56,7 +62,21 @@ impl FleetSpec {
             agent_testdb: String::new(),
             controller_top: String::new(),
             limits: (4, 4),
+            existing: vec![],
+            controller_tables: String::new(),
         }
+    }
+
+    /// A set over existing servers: `members` are (member name, server).
+    pub fn existing_set(mut self, set: &str, members: &[(&str, &PgServer)]) -> FleetSpec {
+        self.existing.push((
+            set.to_owned(),
+            members
+                .iter()
+                .map(|(m, s)| ((*m).to_owned(), (*s).clone()))
+                .collect(),
+        ));
+        self
     }
 
     pub fn env(mut self, k: &str, v: &str) -> FleetSpec {
@@ -130,6 +150,11 @@ impl Fleet {
             }
             sets.insert(set.clone(), pair);
         }
+        for (set, existing) in &spec.existing {
+            for (member, server) in existing {
+                members.push((set.clone(), member.clone(), server.clone()));
+            }
+        }
         let agent_names: Vec<&str> = members.iter().map(|(_, m, _)| m.as_str()).collect();
         let certs_run = run_ctl_raw(
             &[],
@@ -160,7 +185,12 @@ impl Fleet {
             fleet = spec.limits.0,
             per_host = spec.limits.1,
         );
-        for (set, _) in &spec.sets {
+        let set_names = spec
+            .sets
+            .iter()
+            .map(|(s, _)| s)
+            .chain(spec.existing.iter().map(|(s, _)| s));
+        for set in set_names {
             let names: Vec<String> = members
                 .iter()
                 .filter(|(s, _, _)| s == set)
@@ -172,6 +202,7 @@ impl Fleet {
                 names.join(", ")
             )?;
         }
+        toml.push_str(&spec.controller_tables);
         let controller_config = dir.join("controller.toml");
         write(&controller_config, &toml)?;
 

@@ -7,6 +7,13 @@
 //! - `GET /cluster` confirms it: its `pause` is the cluster's state as
 //!   stored in the DCS (absent means not paused), and it names the leader.
 //!
+//! - `GET /patroni` on every member (its `api_url` in `/cluster`) then
+//!   shows that member's HA loop has taken the change in. Waiting for it
+//!   matters: the change wakes every member's loop at once, and Patroni
+//!   3.0.2, even paused, restarts a replica whose server stops while that
+//!   loop runs ("PAUSE: changing primary_conninfo and restarting"), which
+//!   is exactly what the window's first step does next.
+//!
 //! The URLs are tried in order; the first node that answers is enough (the
 //! pause is cluster-wide). Every request is bounded by the set's timeout.
 
@@ -33,6 +40,9 @@ struct Cluster {
 #[derive(Debug, Deserialize)]
 struct ClusterMember {
     name: String,
+    /// The member's own REST endpoint (`.../patroni`).
+    #[serde(default)]
+    api_url: Option<String>,
     #[serde(default)]
     role: String,
     #[serde(default)]
@@ -81,7 +91,10 @@ async fn request(
     let host = uri.host().unwrap_or_default().to_owned();
     let port = uri.port_u16().unwrap_or(80);
     let prefix = uri.path().trim_end_matches('/');
-    let target = format!("{prefix}{path}");
+    let target = match format!("{prefix}{path}") {
+        t if t.is_empty() => "/".to_owned(),
+        t => t,
+    };
     let authority = uri
         .authority()
         .map(|a| a.as_str().to_owned())
@@ -143,6 +156,53 @@ async fn cluster(base: &str, timeout: Duration) -> Result<Cluster, String> {
     })
 }
 
+/// Wait (bounded by `deadline`) until every member's own REST endpoint
+/// reports `pause` as asked: its HA loop has taken the change in. A member
+/// whose endpoint does not answer is named in the message, not a failure
+/// (its Patroni is down, or not reachable from here; the pause is in the
+/// DCS for it all the same).
+async fn members_took_it(
+    c: &Cluster,
+    pause: bool,
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+) -> String {
+    let mut took = Vec::new();
+    let mut not = Vec::new();
+    for m in &c.members {
+        let Some(api) = m.api_url.as_deref() else {
+            not.push(format!("{} (no api_url)", m.name));
+            continue;
+        };
+        let mut last;
+        loop {
+            match request(api, http::Method::GET, "", None, timeout).await {
+                Ok((status, body)) if status.is_success() => {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    let seen = v["pause"].as_bool().unwrap_or(false);
+                    if seen == pause {
+                        took.push(m.name.clone());
+                        break;
+                    }
+                    last = format!("its pause is still {seen}");
+                }
+                Ok((status, _)) => last = format!("HTTP {status}"),
+                Err(e) => last = e,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                not.push(format!("{} ({api}: {last})", m.name));
+                break;
+            }
+            tokio::time::sleep(CONFIRM_EVERY).await;
+        }
+    }
+    let mut msg = format!("taken in by {}", took.join(", "));
+    if !not.is_empty() {
+        msg.push_str(&format!("; not confirmed by {}", not.join(", ")));
+    }
+    msg
+}
+
 /// The cluster as the first node that answers sees it (for the plan).
 pub async fn look(cfg: &HaConfig) -> Result<Seen, String> {
     let mut errors = Vec::new();
@@ -197,8 +257,9 @@ pub async fn set_pause(cfg: &HaConfig, pause: bool, sent: &mut bool) -> Result<S
         loop {
             match cluster(url, cfg.timeout).await {
                 Ok(c) if c.pause == pause => {
+                    let members = members_took_it(&c, pause, cfg.timeout, deadline).await;
                     return Ok(format!(
-                        "Patroni {} through {url} (PATCH /config {body}); GET /cluster: {}",
+                        "Patroni {} through {url} (PATCH /config {body}); GET /cluster: {}; {members}",
                         if pause { "paused" } else { "resumed" },
                         c.describe()
                     ));
@@ -233,6 +294,7 @@ mod tests {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
+        let me = url.clone();
         tokio::spawn(async move {
             let mut paused = false;
             loop {
@@ -267,11 +329,13 @@ mod tests {
                     paused = body.contains("\"pause\":true");
                 }
                 log.lock().unwrap().push(format!("{line} {body}"));
+                let pause = if paused { ",\"pause\":true" } else { "" };
                 let answer = if line.starts_with("GET /cluster") {
                     format!(
-                        "{{\"members\":[{{\"name\":\"n1\",\"role\":\"leader\",\"state\":\"running\"}}]{}}}",
-                        if paused { ",\"pause\":true" } else { "" }
+                        "{{\"members\":[{{\"name\":\"n1\",\"role\":\"leader\",\"state\":\"running\",\"api_url\":\"{me}/patroni\"}}]{pause}}}"
                     )
+                } else if line.starts_with("GET /patroni") {
+                    format!("{{\"state\":\"running\"{pause}}}")
                 } else {
                     "{}".to_owned()
                 };
@@ -310,6 +374,7 @@ mod tests {
         assert!(sent);
         assert!(msg.contains("paused"), "{msg}");
         assert!(msg.contains("pause=true, leader n1"), "{msg}");
+        assert!(msg.contains("taken in by n1"), "{msg}");
         assert_eq!(
             look(&c).await.unwrap(),
             Seen {
@@ -322,6 +387,7 @@ mod tests {
         let log = seen.lock().unwrap().clone();
         assert_eq!(log[0], "PATCH /config HTTP/1.1 {\"pause\":true}", "{log:?}");
         assert!(log[1].starts_with("GET /cluster"), "{log:?}");
+        assert!(log[2].starts_with("GET /patroni"), "{log:?}");
         assert!(
             log.iter()
                 .any(|l| l == "PATCH /config HTTP/1.1 {\"pause\":false}"),
