@@ -6,7 +6,10 @@
 //! Layout of the fleet's private directory: `certs/`, `controller.toml`,
 //! `controller.db`, `agents/<name>/{agent.toml,home/,archive/}`, `logs/`.
 //! Members are named `<set>-p` (primary) and `<set>-s1`, `<set>-s2`, ...
-//! (standbys); each member's agent has the member's name.
+//! (standbys); each member's agent has the member's name. A set over
+//! servers that already exist ([`FleetSpec::existing_set`], e.g. run by
+//! Patroni) keeps the member names it is given, and its servers stay the
+//! caller's.
 //!
 //! Dropping a [`Fleet`] kills its processes; its directory and logs are kept
 //! (and their paths printed) when the test panicked or

@@ -269,3 +269,83 @@ async fn a_window_pauses_patroni_first_sees_no_failover_and_resumes_it_last() {
     assert!(replica.is_in_recovery().unwrap());
     assert!(!primary.is_in_recovery().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_patroni_fails_the_window_before_anything_stops() {
+    // A plain set (no Patroni runs) whose [ha] names a port nothing
+    // listens on.
+    let dead = format!("http://127.0.0.1:{}", tandem_tests::wait::free_port());
+    let mut spec = FleetSpec::new(&[("phx", 1)]);
+    spec.controller_tables = format!("\n[ha.phx]\npatroni = [\"{dead}\"]\ntimeout = \"2s\"\n");
+    let fleet = Fleet::start(spec).await.unwrap();
+    let pair = fleet.set("phx");
+    corrupt::replicated_index_corruption(&pair.primary, "postgres").unwrap();
+    corrupt::wait_replayed(&pair.primary, &pair.standbys[0])
+        .await
+        .unwrap();
+    let run = fleet.ctl(&["testdb", "phx", "--output", "json"]).unwrap();
+    assert_eq!(run.code, 1, "{run:?}\n{}", fleet.logs());
+
+    let plan = fleet
+        .ctl(&["maintenance", "plan", "phx", "--output", "json"])
+        .unwrap()
+        .json();
+    assert_eq!(plan["ha"]["paused_before"], Value::Null, "{plan:#}");
+    assert!(
+        plan["ha"]["seen"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer"),
+        "{plan:#}"
+    );
+
+    let open = fleet
+        .ctl_as(
+            "admin",
+            &[
+                "maintenance",
+                "open",
+                "phx",
+                "--reason",
+                "Patroni is down",
+                "--output",
+                "json",
+            ],
+        )
+        .unwrap();
+    assert_eq!(open.code, 1, "{open:?}\n{}", fleet.logs());
+    let w = open.json();
+    assert_eq!(w["state"], "failed", "{w:#}");
+    let failure = w["failure"].as_str().unwrap();
+    assert!(
+        failure.contains("pause_ha")
+            && failure.contains("cannot pause Patroni")
+            && failure.contains(&dead)
+            && failure.contains("nothing was stopped"),
+        "{failure}"
+    );
+    assert_eq!(w["ha_pause_sent"], false, "{w:#}");
+    assert_eq!(step(&w, "fence_stop")["state"], "pending", "{w:#}");
+    // Nothing stopped: the standby still streams, the primary serves.
+    assert!(pair.standbys[0].is_in_recovery().unwrap());
+    assert_eq!(pair.primary.psql("postgres", "select 1").unwrap(), "1");
+
+    // Abort puts back what never changed, and resumes no Patroni it never
+    // paused.
+    let abort = fleet
+        .ctl_as(
+            "admin",
+            &["maintenance", "abort", "phx", "--output", "json"],
+        )
+        .unwrap();
+    assert_eq!(abort.code, 0, "{abort:?}\n{}", fleet.logs());
+    let w = abort.json();
+    assert_eq!(w["state"], "aborted", "{w:#}");
+    let resume: Vec<&str> = w["resume"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert!(!resume.contains(&"resume_ha"), "{w:#}");
+}
