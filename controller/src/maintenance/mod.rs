@@ -15,6 +15,11 @@
 //! it is (halted, standbys fenced); `abort` puts it back as it was before
 //! the window (primary serving, standbys unfenced, started and streaming),
 //! `close` does the same and then runs the testdb that closes the window.
+//!
+//! A set with an HA manager (`[ha.<set>]`, Patroni) has it paused right
+//! after the triage and resumed as the very last step, by the controller
+//! itself ([`ha`]); abort and close end with the resume once a pause was
+//! sent.
 
 pub mod ha;
 pub mod plan;
