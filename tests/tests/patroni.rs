@@ -330,6 +330,42 @@ async fn an_unreachable_patroni_fails_the_window_before_anything_stops() {
     assert!(pair.standbys[0].is_in_recovery().unwrap());
     assert_eq!(pair.primary.psql("postgres", "select 1").unwrap(), "1");
 
+    // Close pauses Patroni first (its testdb needs it): still unreachable,
+    // so close fails at once, again with nothing stopped.
+    let close = fleet
+        .ctl_as(
+            "admin",
+            &["maintenance", "close", "phx", "--output", "json"],
+        )
+        .unwrap();
+    assert_eq!(close.code, 1, "{close:?}\n{}", fleet.logs());
+    let w = close.json();
+    assert_eq!(w["state"], "failed", "{w:#}");
+    let resume: Vec<&str> = w["resume"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        resume,
+        [
+            "pause_ha",
+            "serve",
+            "unfence_start",
+            "wait_streaming",
+            "testdb",
+            "resume_ha"
+        ],
+        "{w:#}"
+    );
+    let failure = w["failure"].as_str().unwrap();
+    assert!(
+        failure.starts_with("resuming: step 1 pause_ha failed"),
+        "{failure}"
+    );
+    assert!(pair.standbys[0].is_in_recovery().unwrap());
+
     // Abort puts back what never changed, and resumes no Patroni it never
     // paused.
     let abort = fleet

@@ -18,8 +18,8 @@
 //!
 //! A set with an HA manager (`[ha.<set>]`, Patroni) has it paused right
 //! after the triage and resumed as the very last step, by the controller
-//! itself ([`ha`]); abort and close end with the resume once a pause was
-//! sent.
+//! itself ([`ha`]); abort ends with the resume once a pause was sent, and
+//! close pauses it first and resumes it last ([`plan::close_steps`]).
 
 pub mod ha;
 pub mod plan;
@@ -496,32 +496,10 @@ impl Maintenance {
         w.ending = Some(ending);
         w.state = WindowState::Resuming;
         w.failure = None;
-        w.resume = plan::resume_steps(&w.plan, w.ha_pause_sent);
-        if ending == Ending::Close {
-            // The testdb runs before the HA manager resumes (it would
-            // restart the standby the testdb stops).
-            let at = w
-                .resume
-                .iter()
-                .position(|s| s.action == Action::ResumeHa)
-                .unwrap_or(w.resume.len());
-            let tail = w.resume.split_off(at);
-            w.resume.extend(
-                w.plan
-                    .steps
-                    .iter()
-                    .filter(|s| s.action == Action::Testdb)
-                    .cloned()
-                    .map(|mut s| {
-                        s.state = StepState::Pending;
-                        s.message.clear();
-                        s.started_at = None;
-                        s.finished_at = None;
-                        s
-                    }),
-            );
-            w.resume.extend(tail);
-        }
+        w.resume = match ending {
+            Ending::Abort => plan::resume_steps(&w.plan, w.ha_pause_sent),
+            Ending::Close => plan::close_steps(&w.plan),
+        };
         self.save(&w).await?;
         self.event(
             set,

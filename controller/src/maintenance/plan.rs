@@ -274,16 +274,7 @@ pub fn build(input: Input<'_>) -> Plan {
         .with_targets(findings.clone()),
     ];
     if let Some(h) = &ha {
-        steps.push(Step::new(
-            Action::PauseHa,
-            "",
-            format!(
-                "pauses {} (PATCH /config pause=true, confirmed by GET /cluster) before anything stops: no failover, no restart of a stopped member",
-                h.manager
-            ),
-            1.0,
-            false,
-        ));
+        steps.push(pause_ha_step(h));
     }
     let (repair, why, alternative);
     if replicated || standbys.iter().all(|s| *s != tested) {
@@ -486,6 +477,19 @@ pub fn build(input: Input<'_>) -> Plan {
     }
 }
 
+fn pause_ha_step(h: &Ha) -> Step {
+    Step::new(
+        Action::PauseHa,
+        "",
+        format!(
+            "pauses {} (PATCH /config pause=true, confirmed by GET /cluster) before anything stops: no failover, no restart of a stopped member",
+            h.manager
+        ),
+        1.0,
+        false,
+    )
+}
+
 fn resume_ha_step(h: &Ha) -> Step {
     Step::new(
         Action::ResumeHa,
@@ -554,6 +558,35 @@ pub fn resume_steps(plan: &Plan, ha_pause_sent: bool) -> Vec<Step> {
     if let Some(h) = &plan.ha
         && ha_pause_sent
     {
+        steps.push(resume_ha_step(h));
+    }
+    steps
+}
+
+/// The steps of `close`: the HA manager paused first (the testdb needs it
+/// paused, and a window whose testdb was not clean has already resumed
+/// it), the set put back, the testdb that closes the window, the HA
+/// manager resumed last.
+pub fn close_steps(plan: &Plan) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if let Some(h) = &plan.ha {
+        steps.push(pause_ha_step(h));
+    }
+    steps.extend(resume_steps(plan, false));
+    steps.extend(
+        plan.steps
+            .iter()
+            .filter(|s| s.action == Action::Testdb)
+            .map(|s| {
+                let mut s = s.clone();
+                s.state = StepState::Pending;
+                s.message.clear();
+                s.started_at = None;
+                s.finished_at = None;
+                s
+            }),
+    );
+    if let Some(h) = &plan.ha {
         steps.push(resume_ha_step(h));
     }
     steps
@@ -812,6 +845,23 @@ mod tests {
         assert_eq!(
             r,
             vec![Action::Serve, Action::UnfenceStart, Action::WaitStreaming]
+        );
+        // Close pauses first whatever happened before (its testdb needs
+        // it), tests, and resumes last.
+        let c: Vec<(Action, StepState)> = close_steps(&p)
+            .iter()
+            .map(|s| (s.action, s.state))
+            .collect();
+        assert_eq!(
+            c,
+            vec![
+                (Action::PauseHa, StepState::Pending),
+                (Action::Serve, StepState::Pending),
+                (Action::UnfenceStart, StepState::Pending),
+                (Action::WaitStreaming, StepState::Pending),
+                (Action::Testdb, StepState::Pending),
+                (Action::ResumeHa, StepState::Pending),
+            ]
         );
     }
 
