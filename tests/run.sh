@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is
-# missing (PostgreSQL, systemd-analyze and docker-compose from the
-# distribution's packages), then runs
+# missing (PostgreSQL, systemd-analyze, docker-compose, Patroni and etcd from
+# the distribution's packages), then runs
 # `cargo fmt --check`, clippy with warnings as errors, and every test: unit
 # tests and end-to-end tests against real PostgreSQL and the real binaries.
 set -euo pipefail
@@ -18,6 +18,10 @@ ls /usr/lib/postgresql/*/bin/pg_amcheck >/dev/null 2>&1 || missing+=(postgresql-
 # the units, docker-compose config -q for the compose file (tests/tests/deploy.rs).
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+# The Patroni test (tests/tests/patroni.rs) runs Debian's Patroni with a local
+# etcd; it starts its own on free ports (the packages' services stay unused).
+command -v patroni >/dev/null 2>&1 || missing+=(patroni)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   sudo=""

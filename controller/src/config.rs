@@ -57,6 +57,10 @@ pub struct ControllerConfig {
     /// whose last verdict found errors gets its repair.
     #[serde(default)]
     pub windows: std::collections::BTreeMap<String, WindowConfig>,
+    /// The HA manager of a set, by set name (`[ha.<set>]`): a maintenance
+    /// window pauses it before anything stops and resumes it last.
+    #[serde(default)]
+    pub ha: std::collections::BTreeMap<String, HaConfig>,
 }
 
 /// A recurring maintenance window: `[windows.<set>]`.
@@ -70,6 +74,23 @@ pub struct WindowConfig {
     /// is left of the window is not started (and says so in the history).
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
+}
+
+/// A set's HA manager (`[ha.<set>]`). Patroni only for now.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// REST API URLs of the set's Patroni nodes (`http://host:8008`); they
+    /// are tried in order and the first that answers is enough.
+    pub patroni: Vec<String>,
+    /// How long one Patroni request, and the wait for the pause to show in
+    /// `GET /cluster`, may take.
+    #[serde(default = "default_ha_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_ha_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Load limits (SPEC T7). Members of one set never run two operations at
@@ -198,6 +219,31 @@ impl MemberConfig {
     }
 }
 
+/// A Patroni REST URL the controller can reach: `http://host:port` with
+/// an optional path prefix (plain HTTP; the controller speaks no TLS to
+/// Patroni).
+pub fn check_patroni_url(url: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); write it as \"http://host:8008\""))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(
+                "https is not supported yet: give Patroni's plain HTTP REST address (restapi.listen), e.g. \"http://db1:8008\"".into(),
+            );
+        }
+        _ => return Err("needs the http:// scheme, e.g. \"http://db1:8008\"".into()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("has no host, e.g. \"http://db1:8008\"".into());
+    }
+    if uri.query().is_some() {
+        return Err("must not have a query string".into());
+    }
+    Ok(uri)
+}
+
 fn default_heartbeat() -> Duration {
     Duration::from_secs(2)
 }
@@ -323,6 +369,33 @@ impl ControllerConfig {
                 }
             }
         }
+        for (set, ha) in &cfg.ha {
+            let field = format!("ha.{set}");
+            if !sets.contains(set.as_str()) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "set `{set}` is not declared in [[sets]]; name a declared set (a misspelt name would leave its HA manager running during a window)"
+                    ),
+                ));
+            }
+            if ha.patroni.is_empty() {
+                return Err(invalid(
+                    format!("{field}.patroni"),
+                    "no Patroni REST URL; give at least one, e.g. [\"http://db1:8008\"]".into(),
+                ));
+            }
+            for url in &ha.patroni {
+                check_patroni_url(url)
+                    .map_err(|m| invalid(format!("{field}.patroni"), format!("`{url}`: {m}")))?;
+            }
+            if ha.timeout.is_zero() {
+                return Err(invalid(
+                    format!("{field}.timeout"),
+                    "must be longer than 0s (e.g. \"10s\")".into(),
+                ));
+            }
+        }
         Ok(cfg)
     }
 
@@ -429,6 +502,41 @@ mod tests {
             err.to_string().contains("windows.billing.duration"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ha_tables_name_declared_sets_and_plain_http_patroni_urls() {
+        let text = format!(
+            "{BASE}\n[ha.billing]\npatroni = [\"http://db1:8008\", \"http://[::1]:8008/\"]\ntimeout = \"3s\"\n"
+        );
+        let c = ControllerConfig::parse(Path::new("c.toml"), &text).unwrap();
+        let ha = &c.ha["billing"];
+        assert_eq!(ha.patroni.len(), 2);
+        assert_eq!(ha.timeout, Duration::from_secs(3));
+        let text = format!("{BASE}\n[ha.billing]\npatroni = [\"http://db1:8008\"]\n");
+        let c = ControllerConfig::parse(Path::new("c.toml"), &text).unwrap();
+        assert_eq!(c.ha["billing"].timeout, Duration::from_secs(10));
+        for (bad, says) in [
+            (
+                "[ha.biling]\npatroni = [\"http://db1:8008\"]",
+                "not declared",
+            ),
+            ("[ha.billing]\npatroni = []", "at least one"),
+            (
+                "[ha.billing]\npatroni = [\"https://db1:8008\"]",
+                "https is not supported",
+            ),
+            ("[ha.billing]\npatroni = [\"db1:8008\"]", "http://"),
+            (
+                "[ha.billing]\npatroni = [\"http://db1:8008\"]\nconsul = 1",
+                "consul",
+            ),
+        ] {
+            let err = ControllerConfig::parse(Path::new("c.toml"), &format!("{BASE}\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -45,6 +45,20 @@ pub fn plan_human(p: &Value) -> String {
         s(p, "why"),
         s(p, "alternative")
     );
+    if let Some(ha) = p.get("ha").filter(|h| h.is_object()) {
+        let urls: Vec<&str> = ha["urls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        out.push_str(&format!(
+            "  HA manager: {} ({}): {}\n",
+            s(ha, "manager"),
+            urls.join(", "),
+            s(ha, "seen")
+        ));
+    }
     let rows: Vec<Vec<String>> = p["steps"]
         .as_array()
         .into_iter()
@@ -302,5 +316,29 @@ pub async fn run(
             print(format, w, human);
             Ok(out)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_names_its_ha_manager() {
+        let p = serde_json::json!({
+            "set": "billing", "repair": "primary", "why": "w", "alternative": "a",
+            "ha": {"manager": "patroni", "urls": ["http://db1:8008"], "paused_before": false, "seen": "leader db1, not paused"},
+            "steps": [{"action": "pause_ha", "member": "", "state": "pending", "estimate_seconds": 1.0, "touches": "pauses patroni"}],
+            "expected_downtime_seconds": 0.0
+        });
+        let text = plan_human(&p);
+        assert!(
+            text.contains("HA manager: patroni (http://db1:8008): leader db1, not paused"),
+            "{text}"
+        );
+        assert!(text.contains("pause_ha"), "{text}");
+        let mut p = p;
+        p.as_object_mut().unwrap().remove("ha");
+        assert!(!plan_human(&p).contains("HA manager"));
     }
 }

@@ -9,6 +9,10 @@
 //! (standbys); each member's agent has the member's name. Sets in
 //! `undeclared_sets` are made and their agents started, but they are left
 //! out of controller.toml (to add with `tandemctl set add`).
+//! A set over
+//! servers that already exist ([`FleetSpec::existing_set`], e.g. run by
+//! Patroni) keeps the member names it is given, and its servers stay the
+//! caller's.
 //!
 //! Dropping a [`Fleet`] kills its processes; its directory and logs are kept
 //! (and their paths printed) when the test panicked or
@@ -52,6 +56,12 @@ pub struct FleetSpec {
     /// Turn on every process's Prometheus endpoint (`metrics_listen` on a
     /// free port; [`Fleet::metrics`] has the addresses).
     pub metrics: bool,
+    /// Sets over servers that already exist and that the caller owns (e.g.
+    /// run by Patroni): set name, and each member's name (its agent's too)
+    /// with its server. They are not in [`Fleet::sets`].
+    pub existing: Vec<(String, Vec<(String, PgServer)>)>,
+    /// Extra tables for controller.toml, after the sets (e.g. `[ha.<set>]`).
+    pub controller_tables: String,
 }
 
 impl FleetSpec {
@@ -67,7 +77,21 @@ impl FleetSpec {
             controller_top: String::new(),
             limits: (4, 4),
             metrics: false,
+            existing: vec![],
+            controller_tables: String::new(),
         }
+    }
+
+    /// A set over existing servers: `members` are (member name, server).
+    pub fn existing_set(mut self, set: &str, members: &[(&str, &PgServer)]) -> FleetSpec {
+        self.existing.push((
+            set.to_owned(),
+            members
+                .iter()
+                .map(|(m, s)| ((*m).to_owned(), (*s).clone()))
+                .collect(),
+        ));
+        self
     }
 
     pub fn env(mut self, k: &str, v: &str) -> FleetSpec {
@@ -144,6 +168,11 @@ impl Fleet {
             }
             sets.insert(set.clone(), pair);
         }
+        for (set, existing) in &spec.existing {
+            for (member, server) in existing {
+                members.push((set.clone(), member.clone(), server.clone()));
+            }
+        }
         let agent_names: Vec<&str> = members.iter().map(|(_, m, _)| m.as_str()).collect();
         let certs_run = run_ctl_raw(
             &[],
@@ -184,7 +213,12 @@ impl Fleet {
             fleet = spec.limits.0,
             per_host = spec.limits.1,
         );
-        for (set, _) in &spec.sets {
+        let set_names = spec
+            .sets
+            .iter()
+            .map(|(s, _)| s)
+            .chain(spec.existing.iter().map(|(s, _)| s));
+        for set in set_names {
             let names: Vec<String> = members
                 .iter()
                 .filter(|(s, _, _)| s == set)
@@ -196,6 +230,7 @@ impl Fleet {
                 names.join(", ")
             )?;
         }
+        toml.push_str(&spec.controller_tables);
         let controller_config = dir.join("controller.toml");
         write(&controller_config, &toml)?;
 

@@ -2,6 +2,7 @@
 pub mod corrupt;
 pub mod fleet;
 pub mod otlp;
+pub mod patroni;
 pub mod pg;
 pub mod procs;
 pub mod prom;

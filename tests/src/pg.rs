@@ -152,7 +152,7 @@ impl OsUser {
     }
 
     /// Make `path` owned by this user.
-    fn chown(&self, path: &Path) -> anyhow::Result<()> {
+    pub fn chown(&self, path: &Path) -> anyhow::Result<()> {
         std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
             .with_context(|| format!("chown {} to {}", path.display(), self.name))
     }
@@ -203,6 +203,25 @@ impl PgServer {
             }
         }
         Ok(server)
+    }
+
+    /// Lay out a server's files in `dir` for a server something else
+    /// makes and runs (e.g. Patroni): `<dir>/<name>/` (empty data dir,
+    /// 0700), `<dir>/<name>.sock/`, `<dir>/<name>.log`, owned by the server
+    /// user, and a free port. Nothing is initialised or started.
+    pub fn layout(dir: &Path, name: &str) -> anyhow::Result<PgServer> {
+        let bin = PgBin::find()?;
+        PgServer::prepare(dir, name, &bin, OsUser::for_server().as_ref())
+    }
+
+    /// The OS user server commands run as (None: the current user).
+    pub fn os_user(&self) -> Option<&OsUser> {
+        self.user.as_ref()
+    }
+
+    /// The PostgreSQL server binaries this server uses.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin.dir
     }
 
     /// A command for a PostgreSQL tool, run as this server's OS user.
@@ -406,6 +425,17 @@ impl PgPair {
                 standby.log_file.display()
             )
         })
+    }
+
+    /// A set whose servers something else made and runs (e.g. Patroni), in
+    /// `dir`: dropping it stops them and removes `dir` like any pair.
+    pub fn adopt(dir: PathBuf, primary: PgServer, standbys: Vec<PgServer>) -> PgPair {
+        PgPair {
+            dir,
+            primary,
+            standbys,
+            keep: false,
+        }
     }
 
     /// Keep this directory (logs) even after drop, e.g. when a test failed.

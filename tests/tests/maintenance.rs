@@ -219,17 +219,18 @@ async fn standby_local_damage_is_repaired_by_a_reseed_without_stopping_the_prima
     corrupt::standby_local_page_damage(&pair.primary, standby, "postgres", "t").unwrap();
     standby.start().unwrap();
     pair.wait_streaming(standby).await.unwrap();
+    // The controller picks the member to test from the agents' heartbeats.
     wait_for(
-        "the agent to see the standby streaming",
+        "the agent's heartbeat to say the standby streams",
         Duration::from_secs(20),
         Duration::from_millis(100),
         || async {
-            let show = fleet.ctl(&["show", "mloc", "--output", "json"])?.json();
-            Ok(show["sets"][0]["members"]
+            let agents = fleet.ctl(&["agents", "--output", "json"])?.json();
+            Ok(agents["agents"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|m| m["state"] == "streaming")
+                .any(|a| a["name"] == "mloc-s1" && a["server_state"] == "streaming")
                 .then_some(()))
         },
     )

@@ -15,7 +15,13 @@
 //! it is (halted, standbys fenced); `abort` puts it back as it was before
 //! the window (primary serving, standbys unfenced, started and streaming),
 //! `close` does the same and then runs the testdb that closes the window.
+//!
+//! A set with an HA manager (`[ha.<set>]`, Patroni) has it paused right
+//! after the triage and resumed as the very last step, by the controller
+//! itself ([`ha`]); abort ends with the resume once a pause was sent, and
+//! close pauses it first and resumes it last ([`plan::close_steps`]).
 
+pub mod ha;
 pub mod plan;
 mod recurring;
 
@@ -120,6 +126,10 @@ pub struct Window {
     pub downtime_seconds: Option<f64>,
     #[serde(default)]
     pub trace_id: String,
+    /// Whether the window asked the set's HA manager to pause (then
+    /// `resume_ha` ends abort and close too).
+    #[serde(default)]
+    pub ha_pause_sent: bool,
 }
 
 impl Window {
@@ -341,6 +351,29 @@ impl Maintenance {
                 ))
             })?;
         let data_bytes = triage.facts.as_ref().map_or(0, |f| f.data_dir_bytes);
+        let ha = match self.inventory.config().ha.get(set).cloned() {
+            None => None,
+            Some(cfg) => {
+                let seen = ha::look(&cfg).await;
+                Some(plan::Ha {
+                    manager: "patroni".into(),
+                    urls: cfg.patroni.clone(),
+                    paused_before: seen.as_ref().ok().map(|s| s.paused),
+                    seen: match seen {
+                        Ok(s) => format!(
+                            "leader {}, {}",
+                            s.leader.as_deref().unwrap_or("none"),
+                            if s.paused {
+                                "already paused (the window leaves it paused)"
+                            } else {
+                                "not paused"
+                            }
+                        ),
+                        Err(e) => format!("did not answer: {e}"),
+                    },
+                })
+            }
+        };
         let standby_names: Vec<String> = standbys.iter().map(|m| m.name.clone()).collect();
         let mut p = plan::build(plan::Input {
             set,
@@ -363,6 +396,7 @@ impl Maintenance {
             },
             data_bytes,
             exec_only,
+            ha,
         });
         let now = Timestamp::now();
         if let Some(t) = p.steps.first_mut() {
@@ -440,6 +474,7 @@ impl Maintenance {
             verdict: None,
             downtime_seconds: None,
             trace_id,
+            ha_pause_sent: false,
         };
         self.save(&w).await?;
         self.fleet.hold(set, w.hold_reason());
@@ -483,23 +518,10 @@ impl Maintenance {
         w.ending = Some(ending);
         w.state = WindowState::Resuming;
         w.failure = None;
-        w.resume = plan::resume_steps(&w.plan);
-        if ending == Ending::Close {
-            w.resume.extend(
-                w.plan
-                    .steps
-                    .iter()
-                    .filter(|s| s.action == Action::Testdb)
-                    .cloned()
-                    .map(|mut s| {
-                        s.state = StepState::Pending;
-                        s.message.clear();
-                        s.started_at = None;
-                        s.finished_at = None;
-                        s
-                    }),
-            );
-        }
+        w.resume = match ending {
+            Ending::Abort => plan::resume_steps(&w.plan, w.ha_pause_sent),
+            Ending::Close => plan::close_steps(&w.plan),
+        };
         self.save(&w).await?;
         self.event(
             set,
@@ -715,6 +737,7 @@ impl Maintenance {
         };
         match step.action {
             Action::WaitStreaming => self.wait_streaming(w, &member).await,
+            Action::PauseHa | Action::ResumeHa => self.ha_step(w, step.action).await,
             Action::Testdb => self.testdb(w, step).await,
             action => {
                 let name = action.agent_step().expect("agent steps have names");
@@ -749,6 +772,43 @@ impl Maintenance {
                 Ok(r.message)
             }
         }
+    }
+
+    /// Pause or resume the set's HA manager (the controller itself, over
+    /// its REST API).
+    async fn ha_step(&self, w: &mut Window, action: Action) -> Result<String, String> {
+        let pause = action == Action::PauseHa;
+        let Some(cfg) = self.inventory.config().ha.get(&w.set).cloned() else {
+            return Err(format!(
+                "controller.toml has no [ha.{}] any more (the plan had one); put it back, or {} Patroni by hand (`patronictl {}`) and abort the window",
+                w.set,
+                if pause { "pause" } else { "resume" },
+                if pause { "pause" } else { "resume" }
+            ));
+        };
+        if !pause && w.plan.ha.as_ref().and_then(|h| h.paused_before) == Some(true) {
+            return Ok(
+                "Patroni was already paused when the window was planned: left paused (`patronictl resume` when it should manage the set again)".into(),
+            );
+        }
+        let mut sent = w.ha_pause_sent;
+        let outcome = ha::set_pause(&cfg, pause, &mut sent).await;
+        if pause {
+            w.ha_pause_sent = sent;
+        }
+        outcome.map_err(|e| {
+            if pause {
+                format!(
+                    "cannot pause Patroni of set `{}`: {e}; nothing was stopped. Check that Patroni runs and that [ha.{}] in controller.toml lists its REST URLs, then `tandemctl maintenance abort {}` and open the window again",
+                    w.set, w.set, w.set
+                )
+            } else {
+                format!(
+                    "cannot resume Patroni of set `{}`: {e}; the set is back in service but Patroni is still paused: run `patronictl resume`, or `tandemctl maintenance abort {}` to try again",
+                    w.set, w.set
+                )
+            }
+        })
     }
 
     /// Members as the plan names them, with their agents from the inventory.

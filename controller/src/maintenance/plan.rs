@@ -53,6 +53,10 @@ pub enum Action {
     UnfenceStart,
     WaitStreaming,
     Testdb,
+    /// The set's HA manager paused (the controller, not an agent).
+    PauseHa,
+    /// The set's HA manager resumed: the very last step.
+    ResumeHa,
 }
 
 impl Action {
@@ -68,7 +72,9 @@ impl Action {
             Action::Serve => "serve",
             Action::Reseed => "reseed",
             Action::UnfenceStart => "unfence_start",
-            Action::WaitStreaming | Action::Testdb => return None,
+            Action::WaitStreaming | Action::Testdb | Action::PauseHa | Action::ResumeHa => {
+                return None;
+            }
         })
     }
 
@@ -76,6 +82,8 @@ impl Action {
         match self {
             Action::WaitStreaming => "wait_streaming",
             Action::Testdb => "testdb",
+            Action::PauseHa => "pause_ha",
+            Action::ResumeHa => "resume_ha",
             a => a.agent_step().unwrap_or("?"),
         }
     }
@@ -168,6 +176,20 @@ pub struct Triage {
     pub unresolved: Vec<String>,
 }
 
+/// The set's HA manager (`[ha.<set>]`), as seen when the plan was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ha {
+    /// `patroni`.
+    pub manager: String,
+    /// Its REST URLs, tried in order.
+    pub urls: Vec<String>,
+    /// Whether it was paused already (by someone else) when the plan was
+    /// made; then the window leaves it paused. None: it did not answer.
+    pub paused_before: Option<bool>,
+    /// The leader it named, or why it could not be asked.
+    pub seen: String,
+}
+
 /// What a plan is built from.
 pub struct Input<'a> {
     pub set: &'a str,
@@ -181,6 +203,8 @@ pub struct Input<'a> {
     /// Send every finding to the configured `exec` repair, indexes too
     /// (`tandemctl maintenance open --repair exec`).
     pub exec_only: bool,
+    /// The set's HA manager, when one is configured.
+    pub ha: Option<Ha>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,6 +222,9 @@ pub struct Plan {
     /// The verdict's findings.
     pub findings: Vec<Finding>,
     pub triage: Triage,
+    /// The set's HA manager, paused first and resumed last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<Ha>,
     pub steps: Vec<Step>,
     /// First member stopped to last member streaming, as estimated.
     pub expected_downtime_seconds: f64,
@@ -221,6 +248,7 @@ pub fn build(input: Input<'_>) -> Plan {
         triage,
         data_bytes,
         exec_only,
+        ha,
     } = input;
     let findings = verdict.findings.clone();
     let tested = verdict.member.clone();
@@ -245,6 +273,9 @@ pub fn build(input: Input<'_>) -> Plan {
         )
         .with_targets(findings.clone()),
     ];
+    if let Some(h) = &ha {
+        steps.push(pause_ha_step(h));
+    }
     let (repair, why, alternative);
     if replicated || standbys.iter().all(|s| *s != tested) {
         repair = Repair::Primary;
@@ -422,6 +453,9 @@ pub fn build(input: Input<'_>) -> Plan {
         test_secs,
         false,
     ));
+    if let Some(h) = &ha {
+        steps.push(resume_ha_step(h));
+    }
     let expected_downtime_seconds = steps
         .iter()
         .filter(|s| s.downtime)
@@ -437,14 +471,43 @@ pub fn build(input: Input<'_>) -> Plan {
         tested_member: tested,
         findings,
         triage,
+        ha,
         steps,
         expected_downtime_seconds,
     }
 }
 
+fn pause_ha_step(h: &Ha) -> Step {
+    Step::new(
+        Action::PauseHa,
+        "",
+        format!(
+            "pauses {} (PATCH /config pause=true, confirmed by GET /cluster) before anything stops: no failover, no restart of a stopped member",
+            h.manager
+        ),
+        1.0,
+        false,
+    )
+}
+
+fn resume_ha_step(h: &Ha) -> Step {
+    Step::new(
+        Action::ResumeHa,
+        "",
+        format!(
+            "resumes {} (PATCH /config pause=false, confirmed by GET /cluster), last: it manages the set again",
+            h.manager
+        ),
+        1.0,
+        false,
+    )
+}
+
 /// The steps that put the set back as it was before the window (abort, and
-/// the resume part of close), from the plan's path.
-pub fn resume_steps(plan: &Plan) -> Vec<Step> {
+/// the resume part of close), from the plan's path. They end with
+/// `resume_ha` when the window asked the HA manager to pause
+/// (`ha_pause_sent`); `close` puts its testdb before that.
+pub fn resume_steps(plan: &Plan, ha_pause_sent: bool) -> Vec<Step> {
     let mut steps = Vec::new();
     match plan.repair {
         Repair::Primary => {
@@ -491,6 +554,40 @@ pub fn resume_steps(plan: &Plan) -> Vec<Step> {
                 true,
             ));
         }
+    }
+    if let Some(h) = &plan.ha
+        && ha_pause_sent
+    {
+        steps.push(resume_ha_step(h));
+    }
+    steps
+}
+
+/// The steps of `close`: the HA manager paused first (the testdb needs it
+/// paused, and a window whose testdb was not clean has already resumed
+/// it), the set put back, the testdb that closes the window, the HA
+/// manager resumed last.
+pub fn close_steps(plan: &Plan) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if let Some(h) = &plan.ha {
+        steps.push(pause_ha_step(h));
+    }
+    steps.extend(resume_steps(plan, false));
+    steps.extend(
+        plan.steps
+            .iter()
+            .filter(|s| s.action == Action::Testdb)
+            .map(|s| {
+                let mut s = s.clone();
+                s.state = StepState::Pending;
+                s.message.clear();
+                s.started_at = None;
+                s.finished_at = None;
+                s
+            }),
+    );
+    if let Some(h) = &plan.ha {
+        steps.push(resume_ha_step(h));
     }
     steps
 }
@@ -554,6 +651,7 @@ mod tests {
             },
             data_bytes: 0,
             exec_only: false,
+            ha: None,
         });
         assert_eq!(p.repair, Repair::Primary);
         assert_eq!(
@@ -596,6 +694,7 @@ mod tests {
             triage: Triage::default(),
             data_bytes: 1_000_000_000,
             exec_only: false,
+            ha: None,
         });
         assert_eq!(p.repair, Repair::Reseed);
         assert_eq!(
@@ -629,6 +728,7 @@ mod tests {
             },
             data_bytes: 0,
             exec_only: false,
+            ha: None,
         });
         assert_eq!(p.repair, Repair::Primary);
         let exec = p
@@ -656,8 +756,9 @@ mod tests {
             },
             data_bytes: 0,
             exec_only: false,
+            ha: None,
         });
-        let r: Vec<Action> = resume_steps(&p).iter().map(|s| s.action).collect();
+        let r: Vec<Action> = resume_steps(&p, true).iter().map(|s| s.action).collect();
         assert_eq!(
             r,
             vec![Action::Serve, Action::UnfenceStart, Action::WaitStreaming]
@@ -669,5 +770,139 @@ mod tests {
         }
         // Downtime steps are 1..=7 (fence_stop .. wait_streaming): 10 s to 75 s.
         assert_eq!(measured_downtime(&p.steps), Some(65.0));
+    }
+
+    fn patroni() -> Option<Ha> {
+        Some(Ha {
+            manager: "patroni".into(),
+            urls: vec!["http://127.0.0.1:8008".into()],
+            paused_before: Some(false),
+            seen: "leader n1".into(),
+        })
+    }
+
+    #[test]
+    fn an_ha_manager_is_paused_before_anything_stops_and_resumed_after_the_testdb() {
+        let f = finding("index", "postgres", "public.t_idx");
+        let standbys = vec!["s1".to_owned()];
+        let v = verdict(vec![f.clone()]);
+        let p = build(Input {
+            set: "zeta",
+            primary: "p",
+            standbys: &standbys,
+            verdict: &v,
+            triage: Triage {
+                findings: vec![f],
+                ..Default::default()
+            },
+            data_bytes: 0,
+            exec_only: false,
+            ha: patroni(),
+        });
+        assert_eq!(
+            actions(&p),
+            vec![
+                (Action::Triage, "p"),
+                (Action::PauseHa, ""),
+                (Action::FenceStop, "s1"),
+                (Action::Isolate, "p"),
+                (Action::Reindex, "p"),
+                (Action::Check, "p"),
+                (Action::Serve, "p"),
+                (Action::UnfenceStart, "s1"),
+                (Action::WaitStreaming, "s1"),
+                (Action::Testdb, ""),
+                (Action::ResumeHa, ""),
+            ]
+        );
+        assert!(
+            p.steps[1].touches.contains("patroni"),
+            "{}",
+            p.steps[1].touches
+        );
+        // Pausing and resuming are not downtime; the estimate is unchanged.
+        assert!(!p.steps[1].downtime && !p.steps[10].downtime);
+        assert!(
+            (p.expected_downtime_seconds - 9.0).abs() < 1e-9,
+            "{}",
+            p.expected_downtime_seconds
+        );
+        assert_eq!(p.steps[1].action.agent_step(), None);
+
+        // Abort and close end with resume_ha once the pause was sent, and
+        // without it when it never was.
+        let r: Vec<Action> = resume_steps(&p, true).iter().map(|s| s.action).collect();
+        assert_eq!(
+            r,
+            vec![
+                Action::Serve,
+                Action::UnfenceStart,
+                Action::WaitStreaming,
+                Action::ResumeHa
+            ]
+        );
+        let r: Vec<Action> = resume_steps(&p, false).iter().map(|s| s.action).collect();
+        assert_eq!(
+            r,
+            vec![Action::Serve, Action::UnfenceStart, Action::WaitStreaming]
+        );
+        // Close pauses first whatever happened before (its testdb needs
+        // it), tests, and resumes last.
+        let c: Vec<(Action, StepState)> = close_steps(&p)
+            .iter()
+            .map(|s| (s.action, s.state))
+            .collect();
+        assert_eq!(
+            c,
+            vec![
+                (Action::PauseHa, StepState::Pending),
+                (Action::Serve, StepState::Pending),
+                (Action::UnfenceStart, StepState::Pending),
+                (Action::WaitStreaming, StepState::Pending),
+                (Action::Testdb, StepState::Pending),
+                (Action::ResumeHa, StepState::Pending),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reseed_pauses_the_ha_manager_too() {
+        let f = finding("checksum", "5", "base/5/16384");
+        let standbys = vec!["s1".to_owned()];
+        let v = verdict(vec![f]);
+        let p = build(Input {
+            set: "zeta",
+            primary: "p",
+            standbys: &standbys,
+            verdict: &v,
+            triage: Triage::default(),
+            data_bytes: 0,
+            exec_only: false,
+            ha: patroni(),
+        });
+        assert_eq!(
+            actions(&p),
+            vec![
+                (Action::Triage, "p"),
+                (Action::PauseHa, ""),
+                (Action::Reseed, "s1"),
+                (Action::UnfenceStart, "s1"),
+                (Action::WaitStreaming, "s1"),
+                (Action::Testdb, "s1"),
+                (Action::ResumeHa, ""),
+            ]
+        );
+        let r: Vec<Action> = resume_steps(&p, true).iter().map(|s| s.action).collect();
+        assert_eq!(
+            r,
+            vec![
+                Action::UnfenceStart,
+                Action::WaitStreaming,
+                Action::ResumeHa
+            ]
+        );
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["ha"]["manager"], "patroni");
+        assert_eq!(json["steps"][1]["action"], "pause_ha");
     }
 }

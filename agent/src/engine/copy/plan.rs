@@ -18,6 +18,12 @@ const EMPTY_DIRS: &[&str] = &[
 ];
 /// Top-level files PostgreSQL's base backup leaves out.
 const SKIP_FILES: &[&str] = &["postmaster.pid", "postmaster.opts"];
+/// Top-level files an HA manager keeps in the data directory and rewrites
+/// whenever it likes, by name prefix: Patroni's cache of its dynamic
+/// configuration (`patroni.dynamic.json`, written through a temporary
+/// `patroni.dynamic.json<random>` at the end of an HA loop, stopped server
+/// or not). PostgreSQL never reads them.
+const SKIP_PREFIXES: &[&str] = &["patroni.dynamic.json"];
 pub(super) const PG_CONTROL: &str = "global/pg_control";
 
 /// What [`copy`] will copy, in order.
@@ -46,8 +52,9 @@ pub struct PlanEntry {
 /// Leaves out what PostgreSQL's own base backup leaves out: `postmaster.pid`,
 /// `postmaster.opts`, the contents of `pg_stat_tmp`, `pg_replslot`,
 /// `pg_dynshmem`, `pg_notify`, `pg_serial`, `pg_snapshots`, `pg_subtrans`
-/// and `pg_wal/archive_status` (the directories themselves are kept), and any
-/// `*.tandem-tmp` file. Phase 1 is sorted by modification time (ties by
+/// and `pg_wal/archive_status` (the directories themselves are kept), any
+/// `*.tandem-tmp` file, and Patroni's `patroni.dynamic.json*` (Patroni
+/// rewrites it while the server is stopped). Phase 1 is sorted by modification time (ties by
 /// path), phase 2 (regular files directly in `pg_wal`) by name, which is log
 /// order; phase 3 is `global/pg_control`. A symlink anywhere below `src` (a
 /// tablespace) or any other special file is [`CopyError::Unsupported`].
@@ -104,7 +111,12 @@ pub fn plan(src: &Path) -> Result<CopyPlan, CopyError> {
                     what: "a special file (socket, fifo or device)".into(),
                 });
             }
-            if rel_dir.as_os_str().is_empty() && SKIP_FILES.iter().any(|f| rel == Path::new(f)) {
+            if rel_dir.as_os_str().is_empty()
+                && (SKIP_FILES.iter().any(|f| rel == Path::new(f))
+                    || SKIP_PREFIXES
+                        .iter()
+                        .any(|p| rel.to_str().is_some_and(|r| r.starts_with(p))))
+            {
                 continue;
             }
             let size = meta.len();

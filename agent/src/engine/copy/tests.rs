@@ -33,6 +33,8 @@ fn fake_datadir(root: &Path) {
     put(root, "postgresql.conf", 100, 500);
     put(root, "postmaster.pid", 50, 9_500);
     put(root, "postmaster.opts", 50, 9_500);
+    put(root, "patroni.dynamic.json", 212, 9_500);
+    put(root, "patroni.dynamic.jsonk2j4_x", 211, 9_600);
     put(root, "pg_stat_tmp/x", 10, 100);
     put(root, "pg_replslot/slot/state", 10, 100);
     put(root, "base/1/junk.tandem-tmp", 10, 100);
@@ -169,6 +171,8 @@ fn copy_reproduces_bytes_modes_and_mtimes_and_leaves_out_excluded() {
     for gone in [
         "postmaster.pid",
         "postmaster.opts",
+        "patroni.dynamic.json",
+        "patroni.dynamic.jsonk2j4_x",
         "pg_stat_tmp/x",
         "pg_replslot/slot",
         "base/1/junk.tandem-tmp",
