@@ -12,6 +12,7 @@
 //! `engine::simulated`). `events` runs the event hook and tells the controller.
 
 pub mod actions;
+pub mod backup;
 pub mod config;
 pub mod engine;
 pub mod events;
