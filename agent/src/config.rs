@@ -43,6 +43,66 @@ pub struct AgentConfig {
     pub postgres: PostgresConfig,
     #[serde(default)]
     pub testdb: TestdbConfig,
+    /// Backup files from verified copies (SPEC R1, T9); off when absent.
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
+}
+
+/// Where backup files go and how many are kept (SPEC R1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The member's backup directory (`<kind>-<time>-<lsn>-<lsn>.tar.zst`).
+    pub dir: PathBuf,
+    /// Backups kept of each kind (the newest ones).
+    #[serde(default = "default_daily")]
+    pub daily: usize,
+    #[serde(default = "default_weekly")]
+    pub weekly: usize,
+    #[serde(default = "default_monthly")]
+    pub monthly: usize,
+    /// zstd compression threads (default: the host's cores).
+    #[serde(default)]
+    pub zstd_threads: Option<u32>,
+    /// zstd level, 1-19 (default 3, as the `zstd` tool).
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// The WAL archive that `tandem-agent archive-push` fills (the primary's
+    /// `archive_command`) and a restore rolls forward from (SPEC R7).
+    #[serde(default)]
+    pub wal_archive: Option<PathBuf>,
+}
+
+fn default_daily() -> usize {
+    7
+}
+fn default_weekly() -> usize {
+    4
+}
+fn default_monthly() -> usize {
+    6
+}
+fn default_zstd_level() -> i32 {
+    3
+}
+
+impl BackupConfig {
+    pub fn retention(&self) -> crate::backup::rotation::Retention {
+        crate::backup::rotation::Retention {
+            daily: self.daily,
+            weekly: self.weekly,
+            monthly: self.monthly,
+        }
+    }
+
+    pub fn pack_options(&self) -> crate::backup::archive::PackOptions {
+        let mut o = crate::backup::archive::PackOptions::default();
+        if let Some(t) = self.zstd_threads {
+            o.threads = t;
+        }
+        o.level = self.zstd_level;
+        o
+    }
 }
 
 /// How testdb copies and checks (SPEC T2).
@@ -163,6 +223,14 @@ impl AgentConfig {
                 "postgres.data_dir",
                 "must be an absolute path".into(),
             ));
+        }
+        if let Some(b) = &cfg.backup {
+            if !b.dir.is_absolute() {
+                return Err(invalid("backup.dir", "must be an absolute path".into()));
+            }
+            if !(1..=19).contains(&b.zstd_level) {
+                return Err(invalid("backup.zstd_level", "must be 1 to 19".into()));
+            }
         }
         Ok(cfg)
     }

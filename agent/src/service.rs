@@ -44,9 +44,10 @@ type ProgressStream =
 fn start_status(e: StartError) -> Status {
     let msg = e.to_string();
     match e {
-        StartError::Busy { .. } | StartError::Stale { .. } | StartError::Refused(_) => {
-            Status::failed_precondition(msg)
-        }
+        StartError::Busy { .. }
+        | StartError::Stale { .. }
+        | StartError::Refused(_)
+        | StartError::NoBackupConfig => Status::failed_precondition(msg),
         StartError::ShuttingDown => Status::unavailable(msg),
         StartError::Journal(_) => Status::internal(msg),
     }
@@ -70,6 +71,7 @@ pub fn result_of(r: &OpRecord) -> pb::OperationResult {
         kind: match r.kind {
             OpKind::Copy => pb::OperationKind::Copy,
             OpKind::Testdb => pb::OperationKind::Testdb,
+            OpKind::Backup => pb::OperationKind::Backup,
         } as i32,
         state: op_state(r.state) as i32,
         started_at: Some(timestamp_to_wire(r.started_at)),
@@ -85,6 +87,11 @@ pub fn result_of(r: &OpRecord) -> pb::OperationResult {
         standby_downtime_seconds: r.standby_downtime_seconds.unwrap_or(0.0),
         warnings: r.warnings.clone(),
         request_id: r.request_id.clone(),
+        backup_path: r
+            .backup_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -129,6 +136,7 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
         let kind = match pb::OperationKind::try_from(r.kind) {
             Ok(pb::OperationKind::Testdb) => OpKind::Testdb,
             Ok(pb::OperationKind::Copy) => OpKind::Copy,
+            Ok(pb::OperationKind::Backup) => OpKind::Backup,
             Ok(k) => {
                 return Err(Status::unimplemented(format!(
                     "{k:?} is not available in this version of tandem-agent"

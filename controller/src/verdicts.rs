@@ -162,6 +162,7 @@ mod tests {
             standby_downtime_seconds: 4.5,
             warnings: vec!["data checksums are off".into()],
             request_id: String::new(),
+            backup_path: String::new(),
         }
     }
 

@@ -61,6 +61,10 @@ pub struct BackupMeta {
     /// Files and bytes once unpacked (SPEC R11 needs this before unpacking).
     pub files: u64,
     pub unpacked_bytes: u64,
+    /// The copy passed testdb before this file was kept (a backup whose
+    /// test found errors is never kept).
+    #[serde(default)]
+    pub verified: bool,
 }
 
 impl BackupMeta {

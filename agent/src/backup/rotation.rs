@@ -7,40 +7,24 @@
 //! count of 0 keeps none of that kind, so it is never chosen for a new one.
 //! Pure: the caller lists the directory and deletes.
 
+use super::name::{BackupKind, BackupName};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use serde::Deserialize;
 
-use super::name::{BackupKind, BackupName};
-
-/// How many backups of each kind to keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// How many backups of each kind to keep (`[backup]` in agent.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
-    #[serde(default = "default_daily")]
     pub daily: usize,
-    #[serde(default = "default_weekly")]
     pub weekly: usize,
-    #[serde(default = "default_monthly")]
     pub monthly: usize,
-}
-
-fn default_daily() -> usize {
-    7
-}
-fn default_weekly() -> usize {
-    4
-}
-fn default_monthly() -> usize {
-    6
 }
 
 impl Default for Retention {
     fn default() -> Self {
         Retention {
-            daily: default_daily(),
-            weekly: default_weekly(),
-            monthly: default_monthly(),
+            daily: 7,
+            weekly: 4,
+            monthly: 6,
         }
     }
 }

@@ -38,6 +38,8 @@ pub enum EngineError {
     Output { tool: &'static str, output: String },
     #[error(transparent)]
     Copy(#[from] copy::CopyError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     #[error("cannot {op} {path}")]
     Io {
         op: &'static str,
@@ -125,6 +127,13 @@ pub trait Engine: Send + Sync + 'static {
         dir: &Path,
         out: &Path,
     ) -> impl Future<Output = Result<CheckReport, EngineError>> + Send;
+
+    /// The log range of the stopped copy in `dir`: where replay must start
+    /// (its last checkpoint's redo position) and where it is consistent
+    /// (the minimum recovery point, or the checkpoint itself). A backup's
+    /// file name carries this range.
+    fn copy_lsns(&self, dir: &Path)
+    -> impl Future<Output = Result<(Lsn, Lsn), EngineError>> + Send;
 
     /// Kill a private instance on `dir` at once (SIGKILL), whatever state it
     /// is in. Used when the agent stops in the middle of a test (SPEC T3).

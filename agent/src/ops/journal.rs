@@ -37,6 +37,8 @@ pub enum JournalError {
 pub enum OpKind {
     Copy,
     Testdb,
+    /// Copy, pack into a backup file, test unless told not to (SPEC R1, T9).
+    Backup,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +89,9 @@ pub struct OpRecord {
     /// The controller's request id for this operation (empty when none).
     #[serde(default)]
     pub request_id: String,
+    /// The backup file this operation wrote and kept (backup operations).
+    #[serde(default)]
+    pub backup_path: Option<PathBuf>,
 }
 
 impl OpRecord {
@@ -109,6 +114,7 @@ impl OpRecord {
             bytes_copied: 0,
             warnings: vec![],
             request_id: String::new(),
+            backup_path: None,
         }
     }
 }

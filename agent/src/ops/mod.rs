@@ -52,6 +52,10 @@ pub enum StartError {
     Journal(#[from] JournalError),
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error(
+        "this agent has no [backup] section in its agent.toml: add one with `dir` (see deploy/agent.example.toml)"
+    )]
+    NoBackupConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,7 @@ fn new_id(kind: OpKind) -> String {
     let k = match kind {
         OpKind::Copy => "copy",
         OpKind::Testdb => "testdb",
+        OpKind::Backup => "backup",
     };
     format!(
         "{k}-{}-{:04x}",
@@ -184,6 +189,9 @@ impl<E: Engine> Operations<E> {
         if let Some(running) = self.running() {
             return Err(StartError::Busy { running });
         }
+        if kind == OpKind::Backup && self.cfg.backup.is_none() {
+            return Err(StartError::NoBackupConfig);
+        }
         let pre = Preconditions::check(&self.cfg, &*self.engine).await?;
         let id = new_id(kind);
         let cancel = self.shutdown.child_token();
@@ -222,6 +230,7 @@ impl<E: Engine> Operations<E> {
         let span = info_span!("operation", operation.id = %id, kind = ?kind, set = %self.cfg.set, member = %self.cfg.member());
         info!(operation = %id, ?kind, "operation started");
         let skip_logical = params.get("skip_logical_read").is_some_and(|v| v == "true");
+        let untested = params.get("test").is_some_and(|v| v == "false");
         self.tasks.spawn(
             async move {
                 let job = testdb::Job {
@@ -230,7 +239,8 @@ impl<E: Engine> Operations<E> {
                     journal: this.journal.clone(),
                     progress: tx,
                     cancel,
-                    only_copy: kind == OpKind::Copy,
+                    only_copy: kind == OpKind::Copy || (kind == OpKind::Backup && untested),
+                    pack: kind == OpKind::Backup,
                     logical_read: this.cfg.testdb.logical_read && !skip_logical,
                     shutting_down: this.shutdown.clone(),
                 };

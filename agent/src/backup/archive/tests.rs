@@ -14,6 +14,7 @@ fn meta() -> BackupMeta {
         member: "db2".into(),
         files: 0,
         unpacked_bytes: 0,
+        verified: true,
     }
 }
 
