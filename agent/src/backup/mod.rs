@@ -15,6 +15,7 @@
 pub mod archive;
 pub mod name;
 pub mod rotation;
+pub mod wal;
 
 pub use archive::{BackupError, BackupMeta, Packed, Unpacked, pack, read_meta, unpack};
 pub use name::{BackupKind, BackupName};
@@ -60,4 +61,75 @@ pub fn rotate(dir: &Path, keep: &rotation::Retention) -> Result<Vec<PathBuf>, Ba
         gone.push(path);
     }
     Ok(gone)
+}
+
+/// One backup file as listed (`tandem-agent backups`, `tandemctl backups`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BackupInfo {
+    pub file: PathBuf,
+    pub kind: BackupKind,
+    pub taken_at: jiff::Timestamp,
+    /// Size of the file.
+    pub bytes: u64,
+    /// Size once unpacked (0 when the file could not be read).
+    pub unpacked_bytes: u64,
+    pub start_lsn: tandem_proto::model::Lsn,
+    pub end_lsn: tandem_proto::model::Lsn,
+    /// Kept only after testdb found the copy clean.
+    pub verified: bool,
+    /// Why the file's own description could not be read, if it could not.
+    pub problem: Option<String>,
+}
+
+/// Every backup in `dir`, newest first, with what its first entry says.
+pub fn describe_all(dir: &Path) -> Result<Vec<BackupInfo>, BackupError> {
+    let mut out = Vec::new();
+    for (name, path) in list(dir)? {
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let (unpacked_bytes, verified, problem) = match read_meta(&path) {
+            Ok(m) => (m.unpacked_bytes, m.verified, None),
+            Err(e) => (0, false, Some(e.to_string())),
+        };
+        out.push(BackupInfo {
+            file: path,
+            kind: name.kind,
+            taken_at: name.taken_at,
+            bytes,
+            unpacked_bytes,
+            start_lsn: name.start_lsn,
+            end_lsn: name.end_lsn,
+            verified,
+            problem,
+        });
+    }
+    Ok(out)
+}
+
+/// A table of backups for people.
+pub fn describe_human(list: &[BackupInfo]) -> String {
+    if list.is_empty() {
+        return "no backups\n".into();
+    }
+    let mut s = format!(
+        "{:<8} {:<21} {:>10} {:>10} {:<25} {:<8} {}\n",
+        "KIND", "TAKEN", "SIZE", "UNPACKED", "LSN RANGE", "VERIFIED", "FILE"
+    );
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    for b in list {
+        s.push_str(&format!(
+            "{:<8} {:<21} {:>10} {:>10} {:<25} {:<8} {}{}\n",
+            b.kind.as_str(),
+            b.taken_at.strftime("%Y-%m-%d %H:%M:%SZ").to_string(),
+            mib(b.bytes),
+            mib(b.unpacked_bytes),
+            format!("{}..{}", b.start_lsn, b.end_lsn),
+            if b.verified { "yes" } else { "no" },
+            b.file.display(),
+            b.problem
+                .as_deref()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default(),
+        ));
+    }
+    s
 }
