@@ -132,7 +132,7 @@ fn bench(src: &Path, rounds: usize, opts: PackOptions) -> Res<()> {
         sh("sync")?;
         let t = Instant::now();
         sh(&format!(
-            "tar -cf - -C {s} . | zstd -q -T0 -o {o}/tool.tar.zst"
+            "tar -cf - -C {s} . | zstd -q -f -T0 -o {o}/tool.tar.zst"
         ))?;
         let plain = t.elapsed().as_secs_f64();
         sh(&format!("sync -f {o}/tool.tar.zst"))?;
@@ -188,7 +188,9 @@ fn bench(src: &Path, rounds: usize, opts: PackOptions) -> Res<()> {
         for d in ["untool", "unours"] {
             fs::remove_dir_all(out.join(d)).map_err(|e| e.to_string())?;
         }
-        fs::remove_file(&file).map_err(|e| e.to_string())?;
+        for f in [file, out.join("tool.tar.zst")] {
+            fs::remove_file(&f).map_err(|e| format!("cannot remove {}: {e}", f.display()))?;
+        }
     }
     let (t, ts, u) = (median(&mut tool), median(&mut tool_sync), median(&mut ours));
     let (ut, uu) = (median(&mut untool), median(&mut unours));

@@ -247,6 +247,45 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
             operations: ops.iter().map(result_of).collect(),
         }))
     }
+
+    async fn list_backups(
+        &self,
+        _req: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        let Some(b) = self.ops.config().backup.clone() else {
+            return Ok(Response::new(pb::ListBackupsResponse {
+                set: self.set.clone(),
+                backups: vec![],
+                problems: vec![format!(
+                    "agent `{}` has no [backup] section: it takes no backups",
+                    self.agent
+                )],
+            }));
+        };
+        let list = tokio::task::spawn_blocking(move || crate::backup::describe_all(&b.dir))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ListBackupsResponse {
+            set: self.set.clone(),
+            backups: list
+                .into_iter()
+                .map(|b| pb::BackupInfo {
+                    file: b.file.display().to_string(),
+                    kind: b.kind.as_str().to_owned(),
+                    taken_at: Some(timestamp_to_wire(b.taken_at)),
+                    bytes: b.bytes,
+                    unpacked_bytes: b.unpacked_bytes,
+                    start_lsn: b.start_lsn.to_string(),
+                    end_lsn: b.end_lsn.to_string(),
+                    verified: b.verified,
+                    problem: b.problem.unwrap_or_default(),
+                    member: self.member.clone(),
+                })
+                .collect(),
+            problems: vec![],
+        }))
+    }
 }
 
 /// A stream fed by a task through a channel (the task ends when the client goes away).

@@ -195,6 +195,39 @@ impl ControllerService {
     }
 }
 
+/// The sets are declared, and so is `member` in the one set it needs.
+fn check_sets(
+    cfg: &crate::config::ControllerConfig,
+    sets: &[String],
+    member: Option<&str>,
+) -> Result<(), ServiceError> {
+    if sets.is_empty() {
+        return Err(ServiceError::NoSets);
+    }
+    for name in sets {
+        if !cfg.sets.iter().any(|s| &s.name == name) {
+            return Err(ServiceError::UnknownSet { set: name.clone() });
+        }
+    }
+    if let Some(m) = member {
+        let [set] = sets else {
+            return Err(ServiceError::MemberNeedsOneSet);
+        };
+        let declared = cfg
+            .sets
+            .iter()
+            .find(|s| &s.name == set)
+            .is_some_and(|s| s.members.iter().any(|x| x.name == m));
+        if !declared {
+            return Err(ServiceError::UnknownMember {
+                set: set.clone(),
+                member: m.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn agent_info(v: AgentView) -> pb::AgentInfo {
     pb::AgentInfo {
         name: v.row.name,
@@ -438,31 +471,8 @@ impl pb::controller_server::Controller for ControllerService {
             } else {
                 r.sets.clone()
             };
-            if sets.is_empty() {
-                return Err(ServiceError::NoSets);
-            }
-            for name in &sets {
-                if !cfg.sets.iter().any(|s| &s.name == name) {
-                    return Err(ServiceError::UnknownSet { set: name.clone() });
-                }
-            }
             let member = (!r.member.is_empty()).then(|| r.member.clone());
-            if let Some(m) = &member {
-                let [set] = &sets[..] else {
-                    return Err(ServiceError::MemberNeedsOneSet);
-                };
-                let declared = cfg
-                    .sets
-                    .iter()
-                    .find(|s| &s.name == set)
-                    .is_some_and(|s| s.members.iter().any(|x| &x.name == m));
-                if !declared {
-                    return Err(ServiceError::UnknownMember {
-                        set: set.clone(),
-                        member: m.clone(),
-                    });
-                }
-            }
+            check_sets(cfg, &sets, member.as_deref())?;
             Ok(self
                 .fleet
                 .start_run(
@@ -679,5 +689,104 @@ impl pb::controller_server::Controller for ControllerService {
             })
             .collect();
         Ok(Response::new(pb::AuditResponse { entries }))
+    }
+
+    async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set, "member": r.member});
+        let result = async {
+            self.require(&who, UserRole::Operator, "Backup")?;
+            let sets = vec![r.set.clone()];
+            let member = (!r.member.is_empty()).then(|| r.member.clone());
+            check_sets(self.inventory.config(), &sets, member.as_deref())?;
+            Ok(self
+                .fleet
+                .start_run(
+                    sets,
+                    member,
+                    crate::fleet::BACKUP_ORIGIN,
+                    current_trace_id().unwrap_or_default(),
+                )
+                .await?)
+        }
+        .await;
+        self.audit(&who, "Backup", args, &result).await;
+        Ok(Response::new(pb::StartRunResponse { run_id: result? }))
+    }
+
+    async fn list_backups(
+        &self,
+        req: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        self.require(&caller(&req)?, UserRole::Viewer, "ListBackups")?;
+        let set_name = req.into_inner().set;
+        let cfg = self.inventory.config();
+        let Some(set) = cfg.sets.iter().find(|s| s.name == set_name) else {
+            return Err(ServiceError::UnknownSet { set: set_name }.into());
+        };
+        let timeout = cfg.status_timeout;
+        let mut tasks = JoinSet::new();
+        for m in &set.members {
+            let view = self.inventory.get(m.agent());
+            let client = view
+                .as_ref()
+                .filter(|v| !v.row.address.is_empty())
+                .map(|v| self.agents.client(&v.row.address));
+            let member = m.name.clone();
+            let agent = m.agent().to_owned();
+            tasks.spawn(async move {
+                let answer = match client {
+                    None => Err(format!("{member}: agent `{agent}` never registered")),
+                    Some(Err(e)) => Err(format!("{member}: {e}")),
+                    Some(Ok(mut c)) => {
+                        match tokio::time::timeout(
+                            timeout,
+                            c.list_backups(pb::ListBackupsRequest::default()),
+                        )
+                        .await
+                        {
+                            Ok(Ok(r)) => Ok(r.into_inner()),
+                            Ok(Err(e)) => {
+                                Err(format!("{member}: agent `{agent}`: {}", e.message()))
+                            }
+                            Err(_) => Err(format!(
+                                "{member}: agent `{agent}` did not answer within {timeout:?}"
+                            )),
+                        }
+                    }
+                };
+                (member, answer)
+            });
+        }
+        let mut out = pb::ListBackupsResponse {
+            set: set.name.clone(),
+            ..Default::default()
+        };
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((member, answer)) = joined else {
+                continue;
+            };
+            match answer {
+                Ok(r) => {
+                    out.backups.extend(r.backups.into_iter().map(|mut b| {
+                        b.member = member.clone();
+                        b
+                    }));
+                    out.problems
+                        .extend(r.problems.into_iter().map(|p| format!("{member}: {p}")));
+                }
+                Err(p) => out.problems.push(p),
+            }
+        }
+        out.backups.sort_by(|a, b| {
+            let t = |x: &pb::BackupInfo| x.taken_at.map(|t| (t.seconds, t.nanos));
+            t(b).cmp(&t(a))
+        });
+        out.problems.sort();
+        Ok(Response::new(out))
     }
 }

@@ -183,7 +183,8 @@ enum Msg {
         mode: u32,
         mtime: u64,
     },
-    Chunk(Vec<u8>),
+    /// A buffer and how many of its bytes are data.
+    Chunk(Vec<u8>, usize),
     Failed(BackupError),
 }
 
@@ -267,13 +268,22 @@ fn write_stream(
     }
 
     let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
+    // Buffers go back to the reader once written: no allocation per chunk.
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..QUEUE + 2 {
+        free_tx.send(vec![0u8; CHUNK]).expect("receiver alive");
+    }
     let manifest = std::thread::scope(|s| -> Result<String, BackupError> {
-        let reader = s.spawn(|| read_files(src, plan, tx, cancel));
+        let reader = s.spawn(|| read_files(src, plan, tx, free_rx, cancel));
         let mut done: u64 = 0;
         let mut reported: u64 = 0;
         let mut failed: Option<BackupError> = None;
+        // The tar header goes through the builder (long names, checksum);
+        // the data is written straight into the encoder in whole chunks
+        // (the builder would copy it 8 KiB at a time), then padded to 512.
+        let mut remaining: u64 = 0;
         while let Ok(msg) = rx.recv() {
-            match msg {
+            let written = match msg {
                 Msg::File {
                     rel,
                     size,
@@ -285,37 +295,36 @@ fn write_stream(
                     h.set_mode(mode & 0o7777);
                     h.set_size(size);
                     h.set_mtime(mtime);
-                    let mut r = ChanReader {
-                        rx: &rx,
-                        chunk: Vec::new(),
-                        at: 0,
-                        remaining: size,
-                        failed: None,
-                    };
-                    let res = tar.append_data(&mut h, Path::new(DATA_PREFIX).join(&rel), &mut r);
-                    if let Some(e) = r.failed.take() {
-                        failed = Some(e);
-                        break;
-                    }
-                    if let Err(e) = res {
-                        failed = Some(werr(e));
-                        break;
-                    }
-                    done += size;
+                    remaining = size;
+                    tar.append_data(&mut h, Path::new(DATA_PREFIX).join(&rel), io::empty())
+                }
+                Msg::Chunk(buf, len) => {
+                    let w = tar.get_mut().write_all(&buf[..len]);
+                    let _ = free_tx.send(buf);
+                    remaining -= len as u64;
+                    done += len as u64;
                     if done - reported >= PROGRESS_BYTES {
                         progress(done);
                         reported = done;
+                    }
+                    match w {
+                        Ok(()) if remaining == 0 => pad_entry(tar.get_mut(), len),
+                        other => other,
                     }
                 }
                 Msg::Failed(e) => {
                     failed = Some(e);
                     break;
                 }
-                Msg::Chunk(_) => unreachable!("chunks are read by ChanReader"),
+            };
+            if let Err(e) = written {
+                failed = Some(werr(e));
+                break;
             }
         }
         // Unblocks the reader if we stopped early.
         drop(rx);
+        drop(free_tx);
         let read = reader.join().expect("the reader thread does not panic");
         if let Some(e) = failed {
             return Err(e);
@@ -346,12 +355,24 @@ fn append_bytes<W: Write>(
     tar.append_data(&mut h, name, bytes)
 }
 
+/// Zeros after a file's data up to the next 512-byte block. Chunks are
+/// whole multiples of 512 except a file's last, so the last one's length
+/// says how much is missing.
+fn pad_entry<W: Write>(w: &mut W, last_len: usize) -> io::Result<()> {
+    let rest = last_len % 512;
+    if rest == 0 {
+        return Ok(());
+    }
+    w.write_all(&[0u8; 512][..512 - rest])
+}
+
 /// The reader thread: every planned file, read and hashed in chunks, sent in
 /// order. Returns the manifest.
 fn read_files(
     src: &Path,
     plan: &copy::CopyPlan,
     tx: mpsc::SyncSender<Msg>,
+    free: mpsc::Receiver<Vec<u8>>,
     cancel: &CancellationToken,
 ) -> Result<String, BackupError> {
     let mut manifest = String::new();
@@ -396,9 +417,11 @@ fn read_files(
                 fail(BackupError::Cancelled);
                 return Ok(manifest);
             }
+            let Ok(mut buf) = free.recv() else {
+                return Ok(manifest);
+            };
             let want = CHUNK.min((entry.size - read) as usize);
-            let mut buf = vec![0u8; want];
-            if let Err(e) = f.read_exact(&mut buf) {
+            if let Err(e) = f.read_exact(&mut buf[..want]) {
                 if e.kind() == ErrorKind::UnexpectedEof {
                     fail(BackupError::Changed {
                         path,
@@ -410,9 +433,9 @@ fn read_files(
                 }
                 return Ok(manifest);
             }
-            hasher.update(&buf);
+            hasher.update(&buf[..want]);
             read += want as u64;
-            if tx.send(Msg::Chunk(buf)).is_err() {
+            if tx.send(Msg::Chunk(buf, want)).is_err() {
                 return Ok(manifest);
             }
         }
@@ -424,43 +447,6 @@ fn read_files(
         ));
     }
     Ok(manifest)
-}
-
-/// Reads one file's bytes from the reader thread's chunks.
-struct ChanReader<'a> {
-    rx: &'a mpsc::Receiver<Msg>,
-    chunk: Vec<u8>,
-    at: usize,
-    remaining: u64,
-    failed: Option<BackupError>,
-}
-
-impl Read for ChanReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.remaining == 0 {
-            return Ok(0);
-        }
-        if self.at == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(Msg::Chunk(c)) => {
-                    self.chunk = c;
-                    self.at = 0;
-                }
-                Ok(Msg::Failed(e)) => {
-                    self.failed = Some(e);
-                    return Err(io::Error::other("the reader failed"));
-                }
-                Ok(Msg::File { .. }) | Err(_) => {
-                    return Err(io::Error::other("the reader stopped mid-file"));
-                }
-            }
-        }
-        let n = out.len().min(self.chunk.len() - self.at);
-        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        self.remaining -= n as u64;
-        Ok(n)
-    }
 }
 
 fn not_backup(path: &Path, what: impl Into<String>) -> BackupError {

@@ -149,6 +149,10 @@ impl<E: Engine> Operations<E> {
         &self.journal
     }
 
+    pub fn config(&self) -> &Arc<AgentConfig> {
+        &self.cfg
+    }
+
     /// The id of the running operation, if any.
     pub fn running(&self) -> Option<String> {
         self.current
