@@ -78,6 +78,24 @@ pub enum Command {
         #[arg(long)]
         member: Option<String>,
     },
+    /// Take a backup of a set now: copy its standby, pack the copy into one
+    /// backup file (tar, zstd, BLAKE3 manifest inside) on that member's host,
+    /// test the copy, and keep the file only when the test is clean (SPEC R1,
+    /// T9). Progress per step, then the verdict and the file. Exit 0 kept,
+    /// 1 errors found (nothing kept), 2 could not run.
+    Backup {
+        /// The set.
+        set: String,
+        /// Copy this member instead of the set's streaming standby.
+        #[arg(long)]
+        member: Option<String>,
+    },
+    /// List a set's backup files on every member: kind, time, size, LSN
+    /// range, verified. Exit 1 when a member could not be asked.
+    Backups {
+        /// The set.
+        set: String,
+    },
     /// A set's history, newest first: its verdicts, and what else happened
     /// to it (role changes seen, scheduled tests skipped).
     History {

@@ -44,6 +44,8 @@ fn command_name(c: &Command) -> &'static str {
         Command::Show { .. } => "show",
         Command::Audit { .. } => "audit",
         Command::Testdb { .. } => "testdb",
+        Command::Backup { .. } => "backup",
+        Command::Backups { .. } => "backups",
         Command::History { .. } => "history",
         Command::Limits { .. } => "limits",
         Command::Set(_) => "set",

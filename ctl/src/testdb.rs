@@ -1,5 +1,6 @@
-//! `tandemctl testdb`: start a run, show each set's progress, end with the
-//! verdicts and an exit code (0 clean, 1 errors found, 2 could not run).
+//! `tandemctl testdb` (and `tandemctl backup`, a run of the same shape):
+//! start a run, show each set's progress, end with the verdicts and an exit
+//! code (0 clean, 1 errors found, 2 could not run).
 //!
 //! On a terminal each set gets a progress bar (step, bytes, rate); otherwise
 //! each step change is one line on stderr, so logs of scripted runs stay
@@ -102,6 +103,35 @@ pub async fn run(
         .map_err(refused("StartTestdb"))?
         .into_inner()
         .run_id;
+    follow(&mut client, format, run_id).await
+}
+
+/// `tandemctl backup SET`: a backup run, followed like a test.
+pub async fn backup(
+    conn: &Connection,
+    format: OutputFormat,
+    set: String,
+    member: Option<String>,
+) -> Result<Outcome, CtlError> {
+    let mut client = conn.connect().await?;
+    let run_id = client
+        .backup(pb::BackupRequest {
+            set,
+            member: member.unwrap_or_default(),
+        })
+        .await
+        .map_err(refused("Backup"))?
+        .into_inner()
+        .run_id;
+    follow(&mut client, format, run_id).await
+}
+
+/// Follow a run to its end: progress on stderr, verdicts on stdout.
+async fn follow(
+    client: &mut crate::commands::Client,
+    format: OutputFormat,
+    run_id: String,
+) -> Result<Outcome, CtlError> {
     let mut stream = client
         .watch_run(pb::WatchRunRequest {
             run_id: run_id.clone(),

@@ -43,6 +43,10 @@ pub struct FleetSpec {
     /// The controller's `[limits]`: tests at once in the fleet, per host
     /// (every member of a test fleet is on 127.0.0.1).
     pub limits: (u32, u32),
+    /// Give every agent a `[backup]` table: its own backup directory
+    /// ([`Fleet::agent_backups`]) and the set's WAL archive
+    /// ([`Fleet::wal_archive`]), plus these extra lines.
+    pub backups: Option<String>,
 }
 
 impl FleetSpec {
@@ -56,6 +60,7 @@ impl FleetSpec {
             agent_testdb: String::new(),
             controller_top: String::new(),
             limits: (4, 4),
+            backups: None,
         }
     }
 
@@ -182,7 +187,7 @@ impl Fleet {
             let aport = free_port();
             write(
                 &config,
-                &format!(
+                &(format!(
                     "name = \"{member}\"\nset = \"{set}\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[postgres]\ndata_dir = \"{data}\"\nsocket_dir = \"{sock}\"\nport = {pgport}\narchive_dir = \"{archive}\"\n\n[testdb]\n{testdb}\n",
                     home = adir.join("home").display(),
                     hb = spec.heartbeat_interval.as_millis(),
@@ -193,7 +198,17 @@ impl Fleet {
                     archive = adir.join("archive").display(),
                     top = spec.agent_top,
                     testdb = spec.agent_testdb,
-                ),
+                ) + &spec
+                    .backups
+                    .as_ref()
+                    .map(|extra| {
+                        format!(
+                            "\n[backup]\ndir = \"{}\"\nwal_archive = \"{}\"\n{extra}\n",
+                            adir.join("backups").display(),
+                            dir.join("wal").join(set).display(),
+                        )
+                    })
+                    .unwrap_or_default()),
             )?;
             agents.insert(
                 member.clone(),
@@ -250,6 +265,16 @@ impl Fleet {
 
     pub fn agent_archive(&self, name: &str) -> PathBuf {
         self.dir.join("agents").join(name).join("archive")
+    }
+
+    /// An agent's backup directory (with `FleetSpec::backups`).
+    pub fn agent_backups(&self, name: &str) -> PathBuf {
+        self.dir.join("agents").join(name).join("backups")
+    }
+
+    /// A set's WAL archive (with `FleetSpec::backups`).
+    pub fn wal_archive(&self, set: &str) -> PathBuf {
+        self.dir.join("wal").join(set)
     }
 
     pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {
