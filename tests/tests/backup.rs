@@ -4,7 +4,6 @@
 
 use std::process::Command;
 
-use serde_json::Value;
 use tandem_tests::corrupt;
 use tandem_tests::fleet::{Fleet, FleetSpec};
 
