@@ -46,6 +46,54 @@ pub struct AgentConfig {
     /// Backup files from verified copies (SPEC R1, T9); off when absent.
     #[serde(default)]
     pub backup: Option<BackupConfig>,
+    #[serde(default)]
+    pub restore: RestoreConfig,
+}
+
+/// How a restore runs (SPEC R2-R11).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// The schema-upgrade hook run after the roll-forward, while the server
+    /// serves no clients (SPEC R6); PGHOST, PGPORT, PGDATA and PGUSER in its
+    /// environment, run as postgres.os_user. A non-zero exit fails the
+    /// restore and puts the old data directory back.
+    #[serde(default)]
+    pub upgrade_hook: Option<PathBuf>,
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub hook_timeout: Duration,
+    /// Free space (MiB) to keep on the data directory's filesystem beyond
+    /// the unpacked backup (SPEC R11).
+    #[serde(default = "default_reserve_mib")]
+    pub free_space_reserve_mib: u64,
+    /// How long replaying the WAL archive may take.
+    #[serde(default = "default_roll_forward_timeout", with = "humantime_serde")]
+    pub roll_forward_timeout: Duration,
+    /// Time between the two health checks after the start (SPEC R10).
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub health_interval: Duration,
+}
+
+impl Default for RestoreConfig {
+    fn default() -> Self {
+        RestoreConfig {
+            upgrade_hook: None,
+            hook_timeout: default_hook_timeout(),
+            free_space_reserve_mib: default_reserve_mib(),
+            roll_forward_timeout: default_roll_forward_timeout(),
+            health_interval: default_health_interval(),
+        }
+    }
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_roll_forward_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// Where backup files go and how many are kept (SPEC R1).

@@ -47,6 +47,7 @@ fn start_status(e: StartError) -> Status {
         StartError::Busy { .. }
         | StartError::Stale { .. }
         | StartError::Refused(_)
+        | StartError::RestoreRefused(_)
         | StartError::NoBackupConfig => Status::failed_precondition(msg),
         StartError::ShuttingDown => Status::unavailable(msg),
         StartError::Journal(_) => Status::internal(msg),
@@ -72,6 +73,7 @@ pub fn result_of(r: &OpRecord) -> pb::OperationResult {
             OpKind::Copy => pb::OperationKind::Copy,
             OpKind::Testdb => pb::OperationKind::Testdb,
             OpKind::Backup => pb::OperationKind::Backup,
+            OpKind::Restore => pb::OperationKind::Restore,
         } as i32,
         state: op_state(r.state) as i32,
         started_at: Some(timestamp_to_wire(r.started_at)),
@@ -87,6 +89,7 @@ pub fn result_of(r: &OpRecord) -> pb::OperationResult {
         standby_downtime_seconds: r.standby_downtime_seconds.unwrap_or(0.0),
         warnings: r.warnings.clone(),
         request_id: r.request_id.clone(),
+        notes: r.notes.clone(),
         backup_path: r
             .backup_path
             .as_ref()
@@ -137,6 +140,7 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
             Ok(pb::OperationKind::Testdb) => OpKind::Testdb,
             Ok(pb::OperationKind::Copy) => OpKind::Copy,
             Ok(pb::OperationKind::Backup) => OpKind::Backup,
+            Ok(pb::OperationKind::Restore) => OpKind::Restore,
             Ok(k) => {
                 return Err(Status::unimplemented(format!(
                     "{k:?} is not available in this version of tandem-agent"

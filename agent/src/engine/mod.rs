@@ -12,6 +12,7 @@ pub mod copy;
 pub mod findings;
 pub mod postgres;
 pub mod private;
+pub mod restore;
 pub mod simulated;
 
 use std::future::Future;
@@ -40,6 +41,8 @@ pub enum EngineError {
     Copy(#[from] copy::CopyError),
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),
+    #[error("this engine cannot {what}")]
+    Unsupported { what: &'static str },
     #[error("cannot {op} {path}")]
     Io {
         op: &'static str,
@@ -134,6 +137,62 @@ pub trait Engine: Send + Sync + 'static {
     /// file name carries this range.
     fn copy_lsns(&self, dir: &Path)
     -> impl Future<Output = Result<(Lsn, Lsn), EngineError>> + Send;
+
+    /// Restore (SPEC R2-R10), step by step; engines that cannot restore
+    /// keep these defaults, which refuse. Make the prepared data directory
+    /// `dir` recover from `wal_archive` to `target_time` (or the end), with
+    /// the config files of `saved` (the directory moved aside).
+    fn prepare_recovery(
+        &self,
+        _dir: &Path,
+        _saved: Option<&Path>,
+        _wal_archive: &Path,
+        _target_time: Option<&str>,
+    ) -> Result<Vec<String>, EngineError> {
+        Err(EngineError::Unsupported { what: "restore" })
+    }
+
+    /// Start the live data directory serving no clients (a private socket
+    /// only), wait until it has rolled forward and promoted (R7).
+    fn roll_forward(
+        &self,
+        _timeout: Duration,
+    ) -> impl Future<Output = Result<PrivateInstance, EngineError>> + Send {
+        async { Err(EngineError::Unsupported { what: "restore" }) }
+    }
+
+    /// Run the upgrade hook against the isolated server (R6).
+    fn run_hook(
+        &self,
+        _hook: &Path,
+        _inst: &PrivateInstance,
+        _timeout: Duration,
+    ) -> impl Future<Output = Result<String, EngineError>> + Send {
+        async { Err(EngineError::Unsupported { what: "restore" }) }
+    }
+
+    /// Fix counters the roll-forward left behind (R8); one line per change.
+    fn fix_sequences(
+        &self,
+        _inst: &PrivateInstance,
+    ) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send {
+        async { Err(EngineError::Unsupported { what: "restore" }) }
+    }
+
+    /// Stop the isolated server and remove the recovery settings.
+    fn close_isolated(&self) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async { Err(EngineError::Unsupported { what: "restore" }) }
+    }
+
+    /// Remove the recovery settings from `dir` (after a failed restore).
+    fn remove_recovery_settings(&self, _dir: &Path) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Error lines in the live server's log so far (R10).
+    fn log_errors(&self) -> u64 {
+        0
+    }
 
     /// Kill a private instance on `dir` at once (SIGKILL), whatever state it
     /// is in. Used when the agent stops in the middle of a test (SPEC T3).

@@ -30,7 +30,7 @@ pub struct PostgresEngine {
     bin_dir: PathBuf,
     pub(super) runner: Runner,
     /// The live server's log when the agent starts it.
-    server_log: PathBuf,
+    pub(super) server_log: PathBuf,
 }
 
 /// How long the live server may take to stop or start.
@@ -240,6 +240,45 @@ impl Engine for PostgresEngine {
 
     fn kill_private(&self, dir: &Path) {
         super::private::kill_postmaster(dir);
+    }
+
+    fn prepare_recovery(
+        &self,
+        dir: &Path,
+        saved: Option<&Path>,
+        wal_archive: &Path,
+        target_time: Option<&str>,
+    ) -> Result<Vec<String>, EngineError> {
+        PostgresEngine::prepare_recovery(self, dir, saved, wal_archive, target_time)
+    }
+
+    async fn roll_forward(&self, timeout: Duration) -> Result<PrivateInstance, EngineError> {
+        PostgresEngine::roll_forward(self, timeout).await
+    }
+
+    async fn run_hook(
+        &self,
+        hook: &Path,
+        inst: &PrivateInstance,
+        timeout: Duration,
+    ) -> Result<String, EngineError> {
+        PostgresEngine::run_hook(self, hook, inst, timeout).await
+    }
+
+    async fn fix_sequences(&self, inst: &PrivateInstance) -> Result<Vec<String>, EngineError> {
+        PostgresEngine::fix_sequences(self, inst).await
+    }
+
+    async fn close_isolated(&self) -> Result<(), EngineError> {
+        PostgresEngine::close_isolated(self).await
+    }
+
+    fn remove_recovery_settings(&self, dir: &Path) -> Result<(), EngineError> {
+        PostgresEngine::remove_recovery_settings(self, dir)
+    }
+
+    fn log_errors(&self) -> u64 {
+        PostgresEngine::log_errors(self)
     }
 
     async fn copy_lsns(&self, dir: &Path) -> Result<(Lsn, Lsn), EngineError> {

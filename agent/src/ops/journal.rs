@@ -37,6 +37,8 @@ pub enum JournalError {
 pub enum OpKind {
     Copy,
     Testdb,
+    /// Restore the server from a backup (SPEC R1-R11).
+    Restore,
     /// Copy, pack into a backup file, test unless told not to (SPEC R1, T9).
     Backup,
 }
@@ -92,6 +94,9 @@ pub struct OpRecord {
     /// The backup file this operation wrote and kept (backup operations).
     #[serde(default)]
     pub backup_path: Option<PathBuf>,
+    /// What a restore did, step by step, for the person who asked.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl OpRecord {
@@ -115,6 +120,7 @@ impl OpRecord {
             warnings: vec![],
             request_id: String::new(),
             backup_path: None,
+            notes: vec![],
         }
     }
 }
