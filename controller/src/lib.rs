@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod inventory;
+pub mod restore;
 pub mod schedule;
 pub mod scheduler;
 pub mod service;

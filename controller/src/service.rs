@@ -789,4 +789,52 @@ impl pb::controller_server::Controller for ControllerService {
         out.problems.sort();
         Ok(Response::new(out))
     }
+
+    async fn restore(
+        &self,
+        req: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::RestoreResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set, "member": r.member, "from": r.from,
+            "target_time": r.target_time, "replace": r.replace});
+        let result = async {
+            self.require(&who, UserRole::Admin, "Restore")?;
+            if self.fleet.set_active_since(&r.set).is_some() {
+                return Err(ServiceError::BadRequest(format!(
+                    "a test or backup runs or waits on set `{}`; restore when it is done",
+                    r.set
+                )));
+            }
+            crate::restore::start(&self.inventory, &self.store, &self.agents, &r).await
+        }
+        .await;
+        self.audit(&who, "Restore", args, &result).await;
+        Ok(Response::new(result?))
+    }
+
+    type WatchOperationStream = Stream<pb::Progress>;
+
+    async fn watch_operation(
+        &self,
+        req: Request<pb::WatchOperationRequest>,
+    ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        self.require(&caller(&req)?, UserRole::Viewer, "WatchOperation")?;
+        let r = req.into_inner();
+        let t = crate::restore::target(&self.inventory, &r.set, Some(&r.member))?;
+        let mut client =
+            self.agents
+                .client(&t.address)
+                .map_err(|e| ServiceError::AgentUnreachable {
+                    agent: t.agent.clone(),
+                    why: e.to_string(),
+                })?;
+        let stream = client
+            .watch(pb::WatchRequest {
+                operation_id: r.operation_id,
+            })
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
 }

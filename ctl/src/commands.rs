@@ -140,6 +140,29 @@ pub async fn run(
         Command::Testdb { sets, all, member } => {
             crate::testdb::run(conn, format, sets, all, member).await
         }
+        Command::Restore {
+            set,
+            from,
+            target_time,
+            latest: _,
+            replace,
+            yes,
+            member,
+        } => {
+            crate::restore::run(
+                conn,
+                format,
+                crate::restore::RestoreArgs {
+                    set,
+                    member,
+                    from,
+                    target_time,
+                    replace,
+                    yes,
+                },
+            )
+            .await
+        }
         Command::Backup { set, member } => crate::testdb::backup(conn, format, set, member).await,
         Command::Backups { set } => {
             let r = conn

@@ -10,4 +10,5 @@ pub mod certs;
 pub mod cli;
 pub mod commands;
 pub mod output;
+pub mod restore;
 pub mod testdb;

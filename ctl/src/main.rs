@@ -46,6 +46,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Testdb { .. } => "testdb",
         Command::Backup { .. } => "backup",
         Command::Backups { .. } => "backups",
+        Command::Restore { .. } => "restore",
         Command::History { .. } => "history",
         Command::Limits { .. } => "limits",
         Command::Set(_) => "set",
