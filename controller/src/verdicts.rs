@@ -169,6 +169,7 @@ mod tests {
             warnings: vec!["data checksums are off".into()],
             request_id: String::new(),
             backup_path: String::new(),
+            notes: vec![],
         }
     }
 

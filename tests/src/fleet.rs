@@ -177,6 +177,20 @@ impl Fleet {
                 names.join(", ")
             )?;
         }
+        if spec.backups.is_some() {
+            // The server's OS user runs archive_command and restore_command:
+            // it must reach and write the sets' WAL archives.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+            for (set, _) in &spec.sets {
+                let wal = dir.join("wal").join(set);
+                std::fs::create_dir_all(&wal)?;
+                std::fs::set_permissions(dir.join("wal"), std::fs::Permissions::from_mode(0o711))?;
+                if let Some(u) = crate::pg::OsUser::for_server() {
+                    u.chown(&wal)?;
+                }
+            }
+        }
         let controller_config = dir.join("controller.toml");
         write(&controller_config, &toml)?;
 

@@ -152,7 +152,7 @@ impl OsUser {
     }
 
     /// Make `path` owned by this user.
-    fn chown(&self, path: &Path) -> anyhow::Result<()> {
+    pub fn chown(&self, path: &Path) -> anyhow::Result<()> {
         std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
             .with_context(|| format!("chown {} to {}", path.display(), self.name))
     }

@@ -513,11 +513,11 @@ impl<E: Engine> Job<E> {
     async fn undo(&self, undo: &Undo, rec: &Mutex<OpRecord>) -> Vec<String> {
         let mut said = Vec::new();
         let data_dir = self.engine.data_dir().to_owned();
-        if undo.isolated {
-            if let Err(e) = self.engine.close_isolated().await {
-                warn!(error = %e, "cannot stop the isolated server; killing it");
-                crate::engine::private::kill_postmaster(&data_dir);
-            }
+        if undo.isolated
+            && let Err(e) = self.engine.close_isolated().await
+        {
+            warn!(error = %e, "cannot stop the isolated server; killing it");
+            crate::engine::private::kill_postmaster(&data_dir);
         }
         if undo.swapped {
             let failed = with_suffix(&data_dir, &format!(".failed-restore-{}", utc_stamp()));
