@@ -48,6 +48,23 @@ pub struct AgentConfig {
     pub backup: Option<BackupConfig>,
     #[serde(default)]
     pub restore: RestoreConfig,
+    /// A remote object store for backup files (SPEC R1); off when absent.
+    #[serde(default)]
+    pub remote: Option<RemoteConfig>,
+}
+
+/// Where backups are pushed to and fetched from (S3-compatible, or a
+/// directory for tests and shared filesystems: the same code path).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// `s3://bucket/prefix` or `file:///absolute/path`. S3 credentials and
+    /// region also come from the usual AWS_* environment variables.
+    pub url: String,
+    /// Store options, e.g. `aws_endpoint = "http://127.0.0.1:9000"`,
+    /// `aws_region`, `aws_allow_http = "true"`, `aws_access_key_id`.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 /// How a restore runs (SPEC R2-R11).
@@ -270,6 +287,14 @@ impl AgentConfig {
             return Err(invalid(
                 "postgres.data_dir",
                 "must be an absolute path".into(),
+            ));
+        }
+        if let Some(r) = &cfg.remote
+            && let Err(e) = url::Url::parse(&r.url)
+        {
+            return Err(invalid(
+                "remote.url",
+                format!("{:?} is not a URL: {e}", r.url),
             ));
         }
         if let Some(b) = &cfg.backup {

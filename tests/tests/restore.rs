@@ -335,3 +335,51 @@ async fn too_little_free_space_is_refused_before_anything_is_written() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("admin"), "{run:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_pushed_to_the_remote_store_is_restored_from_it() {
+    // A directory store: the same object_store code path as S3.
+    let remote = tempfile::Builder::new()
+        .prefix("tandem-remote-")
+        .tempdir()
+        .unwrap();
+    let mut spec = FleetSpec::new(&[("far", 1)]);
+    spec.backups = Some(format!(
+        "\n[restore]\nhealth_interval = \"300ms\"\n\n[remote]\nurl = \"file://{}\"\n",
+        remote.path().display()
+    ));
+    let fleet = Fleet::start(spec).await.unwrap();
+    enable_archiving(&fleet, "far");
+    let p = &fleet.set("far").primary;
+    p.psql("postgres", "CREATE TABLE t (note text)").unwrap();
+    let file = take_backup(&fleet, "far").await;
+    let name = file.file_name().unwrap().to_str().unwrap().to_owned();
+    let key = format!("far/backups/{name}");
+    let pushed = remote.path().join(&key);
+    assert!(pushed.is_file(), "{pushed:?} not in the remote store");
+    assert_eq!(
+        std::fs::read(&pushed).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+    // Only the remote copy is left.
+    std::fs::remove_file(&file).unwrap();
+    p.psql("postgres", "INSERT INTO t VALUES ('after the backup')")
+        .unwrap();
+    switch_and_archive(&fleet, "far").await;
+
+    let (code, json, raw) = restore(
+        &fleet,
+        "far",
+        &["--from", &format!("remote:{key}"), "--latest"],
+    );
+    assert_eq!(code, 0, "{raw}\n{}", fleet.logs());
+    assert_eq!(json["state"], "restored", "{json:#}");
+    // Fetched into the primary's own backup directory, then restored and
+    // rolled forward to the end of the archive.
+    assert!(fleet.agent_backups("far-p").join(&name).is_file());
+    assert_eq!(
+        p.psql("postgres", "SELECT note FROM t").unwrap(),
+        "after the backup"
+    );
+    assert!(!p.is_in_recovery().unwrap());
+}

@@ -72,17 +72,17 @@ pub enum RestoreError {
     },
     #[error("cannot read the free space of {dir}: {message}")]
     Statvfs { dir: PathBuf, message: String },
-    #[error(
-        "remote backups are not available in this version of tandem-agent; copy the file here and restore --from FILE"
-    )]
+    #[error("remote:KEY needs a [remote] store in agent.toml (see deploy/agent.example.toml)")]
     NoRemote,
 }
 
 /// What the order asks for, checked before anything is written.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The backup file.
+    /// The backup file (for a remote key: where it will be fetched to).
     pub file: PathBuf,
+    /// `remote:KEY`: fetch this key first (R1), then check space (R11).
+    pub remote_key: Option<String>,
     /// PostgreSQL's `recovery_target_time` (UTC), or `None`: to the end.
     pub target_time: Option<String>,
     pub replace: bool,
@@ -161,10 +161,27 @@ impl Plan {
         if !replace && std::fs::symlink_metadata(&prepare).is_ok() {
             return Err(RestoreError::PrepareExists { path: prepare });
         }
-        let file = if let Some(_key) = from.strip_prefix("remote:") {
-            // TODO(remote store, issue 6 item 2): fetch from the object store.
-            return Err(RestoreError::NoRemote);
-        } else if let Ok(kind) = from.parse::<BackupKind>() {
+        if let Some(key) = from.strip_prefix("remote:") {
+            if cfg.remote.is_none() {
+                return Err(RestoreError::NoRemote);
+            }
+            let name = key.rsplit('/').next().unwrap_or_default();
+            if backup::BackupName::parse(name).is_none() {
+                return Err(RestoreError::NoFile {
+                    path: PathBuf::from(from),
+                });
+            }
+            return Ok(Plan {
+                file: b.dir.join(name),
+                remote_key: Some(key.to_owned()),
+                target_time,
+                replace,
+                prepare,
+                wal_archive,
+                unpacked_bytes: 0,
+            });
+        }
+        let file = if let Ok(kind) = from.parse::<BackupKind>() {
             let newest = backup::list(&b.dir)?
                 .into_iter()
                 .find(|(n, _)| n.kind == kind)
@@ -190,6 +207,7 @@ impl Plan {
         )?;
         Ok(Plan {
             file,
+            remote_key: None,
             target_time,
             replace,
             prepare,
@@ -294,6 +312,38 @@ impl<E: Engine> Job<E> {
         let data_dir = self.engine.data_dir().to_owned();
         let plan = &self.plan;
         let file = plan.file.clone();
+        if let Some(key) = &plan.remote_key {
+            let (cfg, key, dir) = (
+                self.cfg.clone(),
+                key.clone(),
+                file.parent().unwrap_or(Path::new("/")).to_owned(),
+            );
+            self.step(rec, "R1 fetch", async move {
+                let remote = cfg.remote.as_ref().expect("checked at start");
+                backup::remote::Remote::open(remote)?
+                    .fetch(&key, &dir)
+                    .await
+            })
+            .await?;
+            let (cfg, dd, f) = (self.cfg.clone(), data_dir.clone(), file.clone());
+            self.step(
+                rec,
+                "R11 free_space",
+                Self::blocking(move || {
+                    let meta = backup::read_meta(&f).map_err(|e| e.to_string())?;
+                    let parent = dd.parent().unwrap_or(Path::new("/")).to_owned();
+                    let free = free_bytes(&parent).map_err(|e| e.to_string())?;
+                    space_ok(
+                        &parent,
+                        free,
+                        meta.unpacked_bytes,
+                        cfg.restore.free_space_reserve_mib,
+                    )
+                    .map_err(|e| e.to_string())
+                }),
+            )
+            .await?;
+        }
         self.note(rec, format!("backup: {}", file.display()));
 
         // R2: unpack beside the data directory, verified.

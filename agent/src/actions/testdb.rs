@@ -501,6 +501,34 @@ fn keep_or_drop_backup(
     Ok(Some(path))
 }
 
+/// Push a kept backup to the remote store; what happened, for the record.
+/// A failed push keeps the local file and says so (the backup still counts).
+async fn push_backup(
+    cfg: &AgentConfig,
+    remote: &crate::config::RemoteConfig,
+    path: &Path,
+) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let key = backup::remote::Remote::backup_key(&cfg.set, &name);
+    let pushed = match backup::remote::Remote::open(remote) {
+        Ok(r) => r.push(path, &key).await,
+        Err(e) => Err(e),
+    };
+    match pushed {
+        Ok(bytes) => {
+            info!(key = %key, bytes, "backup pushed to the remote store");
+            format!("pushed to the remote store as {key}")
+        }
+        Err(e) => {
+            warn!(error = %e, "backup not pushed to the remote store; kept locally");
+            format!("not pushed to the remote store ({e}); the backup is kept locally")
+        }
+    }
+}
+
 fn remove_previous_copy(copy: &Path) -> Result<(), EngineError> {
     let manifest = PathBuf::from(format!("{}.manifest", copy.display()));
     for p in [copy.to_owned(), manifest] {
@@ -592,7 +620,13 @@ pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
     };
     let packed = sh.packed.lock().unwrap_or_else(|p| p.into_inner()).take();
     match keep_or_drop_backup(&job.cfg, packed, state == OpState::Succeeded) {
-        Ok(kept) => sh.rec().backup_path = kept,
+        Ok(kept) => {
+            if let (Some(path), Some(remote)) = (&kept, &job.cfg.remote) {
+                let note = push_backup(&job.cfg, remote, path).await;
+                sh.rec().notes.push(note);
+            }
+            sh.rec().backup_path = kept;
+        }
         Err(why) => {
             state = OpState::Failed;
             reason = Some(why);

@@ -14,6 +14,7 @@
 
 pub mod archive;
 pub mod name;
+pub mod remote;
 pub mod rotation;
 pub mod wal;
 
