@@ -136,6 +136,10 @@ os_user = "$OS_USER"
 socket_dir = "$DEMO_DIR/sock/$name"
 port = $pgport
 archive_dir = "$home/archive"
+
+[backup]
+dir = "$home/backups"
+wal_archive = "$DEMO_DIR/wal/$set"
 EOF
 }
 

@@ -49,6 +49,131 @@ pub struct AgentConfig {
     pub testdb: TestdbConfig,
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    /// Backup files from verified copies (SPEC R1, T9); off when absent.
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
+    #[serde(default)]
+    pub restore: RestoreConfig,
+    /// A remote object store for backup files (SPEC R1); off when absent.
+    #[serde(default)]
+    pub remote: Option<RemoteConfig>,
+}
+
+/// Where backups are pushed to and fetched from (S3-compatible, or a
+/// directory for tests and shared filesystems: the same code path).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// `s3://bucket/prefix` or `file:///absolute/path`. S3 credentials and
+    /// region also come from the usual AWS_* environment variables.
+    pub url: String,
+    /// Store options, e.g. `aws_endpoint = "http://127.0.0.1:9000"`,
+    /// `aws_region`, `aws_allow_http = "true"`, `aws_access_key_id`.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+/// How a restore runs (SPEC R2-R11).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// The schema-upgrade hook run after the roll-forward, while the server
+    /// serves no clients (SPEC R6); PGHOST, PGPORT, PGDATA and PGUSER in its
+    /// environment, run as postgres.os_user. A non-zero exit fails the
+    /// restore and puts the old data directory back.
+    #[serde(default)]
+    pub upgrade_hook: Option<PathBuf>,
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub hook_timeout: Duration,
+    /// Free space (MiB) to keep on the data directory's filesystem beyond
+    /// the unpacked backup (SPEC R11).
+    #[serde(default = "default_reserve_mib")]
+    pub free_space_reserve_mib: u64,
+    /// How long replaying the WAL archive may take.
+    #[serde(default = "default_roll_forward_timeout", with = "humantime_serde")]
+    pub roll_forward_timeout: Duration,
+    /// Time between the two health checks after the start (SPEC R10).
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub health_interval: Duration,
+}
+
+impl Default for RestoreConfig {
+    fn default() -> Self {
+        RestoreConfig {
+            upgrade_hook: None,
+            hook_timeout: default_hook_timeout(),
+            free_space_reserve_mib: default_reserve_mib(),
+            roll_forward_timeout: default_roll_forward_timeout(),
+            health_interval: default_health_interval(),
+        }
+    }
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_roll_forward_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Where backup files go and how many are kept (SPEC R1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The member's backup directory (`<kind>-<time>-<lsn>-<lsn>.tar.zst`).
+    pub dir: PathBuf,
+    /// Backups kept of each kind (the newest ones).
+    #[serde(default = "default_daily")]
+    pub daily: usize,
+    #[serde(default = "default_weekly")]
+    pub weekly: usize,
+    #[serde(default = "default_monthly")]
+    pub monthly: usize,
+    /// zstd compression threads (default: the host's cores).
+    #[serde(default)]
+    pub zstd_threads: Option<u32>,
+    /// zstd level, 1-19 (default 3, as the `zstd` tool).
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// The WAL archive that `tandem-agent archive-push` fills (the primary's
+    /// `archive_command`) and a restore rolls forward from (SPEC R7).
+    #[serde(default)]
+    pub wal_archive: Option<PathBuf>,
+}
+
+fn default_daily() -> usize {
+    7
+}
+fn default_weekly() -> usize {
+    4
+}
+fn default_monthly() -> usize {
+    6
+}
+fn default_zstd_level() -> i32 {
+    3
+}
+
+impl BackupConfig {
+    pub fn retention(&self) -> crate::backup::rotation::Retention {
+        crate::backup::rotation::Retention {
+            daily: self.daily,
+            weekly: self.weekly,
+            monthly: self.monthly,
+        }
+    }
+
+    pub fn pack_options(&self) -> crate::backup::archive::PackOptions {
+        let mut o = crate::backup::archive::PackOptions::default();
+        if let Some(t) = self.zstd_threads {
+            o.threads = t;
+        }
+        o.level = self.zstd_level;
+        o
+    }
 }
 
 /// What a maintenance window may run on this server (SPEC T4).
@@ -197,6 +322,22 @@ impl AgentConfig {
                 "postgres.data_dir",
                 "must be an absolute path".into(),
             ));
+        }
+        if let Some(r) = &cfg.remote
+            && let Err(e) = url::Url::parse(&r.url)
+        {
+            return Err(invalid(
+                "remote.url",
+                format!("{:?} is not a URL: {e}", r.url),
+            ));
+        }
+        if let Some(b) = &cfg.backup {
+            if !b.dir.is_absolute() {
+                return Err(invalid("backup.dir", "must be an absolute path".into()));
+            }
+            if !(1..=19).contains(&b.zstd_level) {
+                return Err(invalid("backup.zstd_level", "must be 1 to 19".into()));
+            }
         }
         Ok(cfg)
     }

@@ -13,6 +13,7 @@
 //! `metrics` holds every Prometheus metric (served when `main` asks).
 
 pub mod actions;
+pub mod backup;
 pub mod config;
 pub mod engine;
 pub mod events;

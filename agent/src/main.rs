@@ -47,6 +47,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Archive one WAL file (the primary's archive_command):
+    /// `archive_command = 'tandem-agent archive-push --dir /var/lib/tandem/wal %p %f'`.
+    /// Runs as the server's OS user, so that user must be able to write the
+    /// directory. Exit 0 only when the file is durably archived (or already
+    /// there with the same bytes).
+    ArchivePush {
+        /// The WAL archive (default: `backup.wal_archive` from the config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The file to archive (%p).
+        path: PathBuf,
+        /// Its name in the archive (%f).
+        name: String,
+    },
+    /// Check the WAL archive's continuity: first and last segment per
+    /// timeline, and the gaps. Exit 1 when there are gaps, or when `--from`
+    /// is not covered.
+    ArchiveCheck {
+        /// The WAL archive (default: `backup.wal_archive` from the config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Also check that roll-forward can start at this LSN (e.g. a
+        /// backup's start LSN) on `--timeline`.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        timeline: u32,
+    },
+    /// List the local backup files (kind, time, size, LSN range, verified).
+    Backups {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,9 +97,89 @@ fn main() -> ExitCode {
     }
 }
 
+/// The WAL archive from `--dir` or the config.
+fn wal_dir(dir: Option<PathBuf>, config: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if let Some(d) = dir {
+        return Ok(d);
+    }
+    let cfg = AgentConfig::load(config)?;
+    cfg.backup.and_then(|b| b.wal_archive).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no WAL archive: pass --dir, or set backup.wal_archive in {}",
+            config.display()
+        )
+    })
+}
+
 async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let command = cli.command.unwrap_or(Command::Run);
+    match command {
+        Command::ArchivePush { dir, path, name } => {
+            let dir = wal_dir(dir, &cli.config)?;
+            let pushed = tandem_agent::backup::wal::push(&path, &name, &dir)?;
+            if pushed == tandem_agent::backup::wal::Pushed::AlreadyThere {
+                eprintln!("{name} was already archived with the same bytes");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::ArchiveCheck {
+            dir,
+            from,
+            timeline,
+        } => {
+            let dir = wal_dir(dir, &cli.config)?;
+            let c = tandem_agent::backup::wal::check(&dir)?;
+            let mut ok = !c.has_gaps();
+            for (tl, span) in &c.timelines {
+                println!(
+                    "timeline {tl}: {} segments, {} .. {}",
+                    span.segments, span.first, span.last
+                );
+                for (a, b) in &span.gaps {
+                    println!("  missing {a} .. {b}");
+                }
+            }
+            if c.timelines.is_empty() {
+                println!("the WAL archive {} holds no segment", dir.display());
+            }
+            if let Some(from) = from {
+                let lsn: tandem_proto::model::Lsn = from.parse().map_err(|()| {
+                    anyhow::anyhow!("--from {from:?} is not an LSN like 0/3000028")
+                })?;
+                match c.covers_from(timeline, lsn) {
+                    Ok(()) => println!("roll-forward from {lsn} on timeline {timeline}: covered"),
+                    Err(why) => {
+                        println!("roll-forward from {lsn} on timeline {timeline}: {why}");
+                        ok = false;
+                    }
+                }
+            }
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        _ => {}
+    }
     let cfg = AgentConfig::load(&cli.config)?;
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
+        Command::ArchivePush { .. } | Command::ArchiveCheck { .. } => unreachable!("handled above"),
+        Command::Backups { json } => {
+            let Some(b) = &cfg.backup else {
+                anyhow::bail!(
+                    "no [backup] section in {}: this agent takes no backups",
+                    cli.config.display()
+                );
+            };
+            let list = tandem_agent::backup::describe_all(&b.dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", tandem_agent::backup::describe_human(&list));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status => {
             let engine = tandem_agent::engine_for(&cfg)?;
             let facts = engine.facts().await;

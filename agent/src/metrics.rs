@@ -85,6 +85,8 @@ pub fn kind_label(kind: OpKind) -> &'static str {
     match kind {
         OpKind::Testdb => "testdb",
         OpKind::Copy => "copy",
+        OpKind::Backup => "backup",
+        OpKind::Restore => "restore",
     }
 }
 

@@ -49,7 +49,9 @@ fn start_status(e: StartError) -> Status {
         StartError::Busy { .. }
         | StartError::Stale { .. }
         | StartError::Refused(_)
-        | StartError::Fenced { .. } => Status::failed_precondition(msg),
+        | StartError::Fenced { .. }
+        | StartError::RestoreRefused(_)
+        | StartError::NoBackupConfig => Status::failed_precondition(msg),
         StartError::ShuttingDown => Status::unavailable(msg),
         StartError::Journal(_) => Status::internal(msg),
     }
@@ -73,6 +75,8 @@ pub fn result_of(r: &OpRecord) -> pb::OperationResult {
         kind: match r.kind {
             OpKind::Copy => pb::OperationKind::Copy,
             OpKind::Testdb => pb::OperationKind::Testdb,
+            OpKind::Backup => pb::OperationKind::Backup,
+            OpKind::Restore => pb::OperationKind::Restore,
         } as i32,
         state: op_state(r.state) as i32,
         started_at: Some(timestamp_to_wire(r.started_at)),
@@ -88,6 +92,12 @@ pub fn result_of(r: &OpRecord) -> pb::OperationResult {
         standby_downtime_seconds: r.standby_downtime_seconds.unwrap_or(0.0),
         warnings: r.warnings.clone(),
         request_id: r.request_id.clone(),
+        notes: r.notes.clone(),
+        backup_path: r
+            .backup_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -132,6 +142,8 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
         let kind = match pb::OperationKind::try_from(r.kind) {
             Ok(pb::OperationKind::Testdb) => OpKind::Testdb,
             Ok(pb::OperationKind::Copy) => OpKind::Copy,
+            Ok(pb::OperationKind::Backup) => OpKind::Backup,
+            Ok(pb::OperationKind::Restore) => OpKind::Restore,
             Ok(k) => {
                 return Err(Status::unimplemented(format!(
                     "{k:?} is not available in this version of tandem-agent"
@@ -261,6 +273,45 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
         }
         Ok(Response::new(pb::ListOperationsResponse {
             operations: ops.iter().map(result_of).collect(),
+        }))
+    }
+
+    async fn list_backups(
+        &self,
+        _req: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        let Some(b) = self.ops.config().backup.clone() else {
+            return Ok(Response::new(pb::ListBackupsResponse {
+                set: self.set.clone(),
+                backups: vec![],
+                problems: vec![format!(
+                    "agent `{}` has no [backup] section: it takes no backups",
+                    self.agent
+                )],
+            }));
+        };
+        let list = tokio::task::spawn_blocking(move || crate::backup::describe_all(&b.dir))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ListBackupsResponse {
+            set: self.set.clone(),
+            backups: list
+                .into_iter()
+                .map(|b| pb::BackupInfo {
+                    file: b.file.display().to_string(),
+                    kind: b.kind.as_str().to_owned(),
+                    taken_at: Some(timestamp_to_wire(b.taken_at)),
+                    bytes: b.bytes,
+                    unpacked_bytes: b.unpacked_bytes,
+                    start_lsn: b.start_lsn.to_string(),
+                    end_lsn: b.end_lsn.to_string(),
+                    verified: b.verified,
+                    problem: b.problem.unwrap_or_default(),
+                    member: self.member.clone(),
+                })
+                .collect(),
+            problems: vec![],
         }))
     }
 }

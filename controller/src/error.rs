@@ -86,6 +86,16 @@ pub enum ServiceError {
     NotYet { what: &'static str },
     #[error("{0}")]
     Maintenance(String),
+    #[error(
+        "no member of set `{set}` is known as its primary (is it down?); name the member to restore with --member"
+    )]
+    NoPrimary { set: String },
+    #[error("cannot reach agent `{agent}`: {why}")]
+    AgentUnreachable { agent: String, why: String },
+    #[error("agent `{agent}` refused: {message}")]
+    AgentRefused { agent: String, message: String },
+    #[error("{0}")]
+    BadRequest(String),
     #[error(transparent)]
     Invalid(#[from] ModelError),
     #[error("controller store failed: {0}")]
@@ -102,7 +112,11 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::NotDeclared { .. }
             | ServiceError::WrongMembership { .. }
             | ServiceError::NotSignalPolicy { .. }
-            | ServiceError::Maintenance(_) => tonic::Status::failed_precondition(msg),
+            | ServiceError::Maintenance(_)
+            | ServiceError::NoPrimary { .. }
+            | ServiceError::AgentRefused { .. } => tonic::Status::failed_precondition(msg),
+            ServiceError::AgentUnreachable { .. } => tonic::Status::unavailable(msg),
+            ServiceError::BadRequest(_) => tonic::Status::invalid_argument(msg),
             ServiceError::UnknownSet { .. }
             | ServiceError::UnknownMember { .. }
             | ServiceError::UnknownRun { .. } => tonic::Status::not_found(msg),

@@ -228,6 +228,38 @@ impl ControllerService {
     }
 }
 
+/// The sets are in the inventory, and so is `member` in the one set it needs.
+fn check_sets(
+    inventory: &Inventory,
+    sets: &[String],
+    member: Option<&str>,
+) -> Result<(), ServiceError> {
+    if sets.is_empty() {
+        return Err(ServiceError::NoSets);
+    }
+    for name in sets {
+        if inventory.set(name).is_none() {
+            return Err(ServiceError::UnknownSet { set: name.clone() });
+        }
+    }
+    if let Some(m) = member {
+        let [set] = sets else {
+            return Err(ServiceError::MemberNeedsOneSet);
+        };
+        if inventory
+            .set(set)
+            .and_then(|s| s.member(m).cloned())
+            .is_none()
+        {
+            return Err(ServiceError::UnknownMember {
+                set: set.clone(),
+                member: m.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn agent_info(v: AgentView) -> pb::AgentInfo {
     pb::AgentInfo {
         name: v.row.name,
@@ -989,5 +1021,154 @@ impl pb::controller_server::Controller for ControllerService {
         Ok(Response::new(pb::InventorySetResponse {
             set: Some(inventory_set(result?)),
         }))
+    }
+
+    async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set, "member": r.member});
+        let result = async {
+            self.require(&who, UserRole::Operator, "Backup")?;
+            let sets = vec![r.set.clone()];
+            let member = (!r.member.is_empty()).then(|| r.member.clone());
+            check_sets(&self.inventory, &sets, member.as_deref())?;
+            Ok(self
+                .fleet
+                .start_run(
+                    sets,
+                    member,
+                    crate::fleet::BACKUP_ORIGIN,
+                    current_trace_id().unwrap_or_default(),
+                )
+                .await?)
+        }
+        .await;
+        self.audit(&who, "Backup", args, &result).await;
+        Ok(Response::new(pb::StartRunResponse {
+            run_id: result?,
+            skipped: vec![],
+        }))
+    }
+
+    async fn list_backups(
+        &self,
+        req: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        self.require(&caller(&req)?, UserRole::Viewer, "ListBackups")?;
+        let set_name = req.into_inner().set;
+        let Some(set) = self.inventory.set(&set_name) else {
+            return Err(ServiceError::UnknownSet { set: set_name }.into());
+        };
+        let timeout = self.inventory.config().status_timeout;
+        let mut tasks = JoinSet::new();
+        for m in &set.members {
+            let view = self.inventory.get(&m.agent);
+            let client = view
+                .as_ref()
+                .filter(|v| !v.row.address.is_empty())
+                .map(|v| self.agents.client(&v.row.address));
+            let member = m.name.clone();
+            let agent = m.agent.clone();
+            tasks.spawn(async move {
+                let answer = match client {
+                    None => Err(format!("{member}: agent `{agent}` never registered")),
+                    Some(Err(e)) => Err(format!("{member}: {e}")),
+                    Some(Ok(mut c)) => {
+                        match tokio::time::timeout(
+                            timeout,
+                            c.list_backups(pb::ListBackupsRequest::default()),
+                        )
+                        .await
+                        {
+                            Ok(Ok(r)) => Ok(r.into_inner()),
+                            Ok(Err(e)) => {
+                                Err(format!("{member}: agent `{agent}`: {}", e.message()))
+                            }
+                            Err(_) => Err(format!(
+                                "{member}: agent `{agent}` did not answer within {timeout:?}"
+                            )),
+                        }
+                    }
+                };
+                (member, answer)
+            });
+        }
+        let mut out = pb::ListBackupsResponse {
+            set: set.name.clone(),
+            ..Default::default()
+        };
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((member, answer)) = joined else {
+                continue;
+            };
+            match answer {
+                Ok(r) => {
+                    out.backups.extend(r.backups.into_iter().map(|mut b| {
+                        b.member = member.clone();
+                        b
+                    }));
+                    out.problems
+                        .extend(r.problems.into_iter().map(|p| format!("{member}: {p}")));
+                }
+                Err(p) => out.problems.push(p),
+            }
+        }
+        out.backups.sort_by(|a, b| {
+            let t = |x: &pb::BackupInfo| x.taken_at.map(|t| (t.seconds, t.nanos));
+            t(b).cmp(&t(a))
+        });
+        out.problems.sort();
+        Ok(Response::new(out))
+    }
+
+    async fn restore(
+        &self,
+        req: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::RestoreResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set, "member": r.member, "from": r.from,
+            "target_time": r.target_time, "replace": r.replace});
+        let result = async {
+            self.require(&who, UserRole::Admin, "Restore")?;
+            if self.fleet.set_active_since(&r.set).is_some() {
+                return Err(ServiceError::BadRequest(format!(
+                    "a test or backup runs or waits on set `{}`; restore when it is done",
+                    r.set
+                )));
+            }
+            crate::restore::start(&self.inventory, &self.store, &self.agents, &r).await
+        }
+        .await;
+        self.audit(&who, "Restore", args, &result).await;
+        Ok(Response::new(result?))
+    }
+
+    type WatchOperationStream = Stream<pb::Progress>;
+
+    async fn watch_operation(
+        &self,
+        req: Request<pb::WatchOperationRequest>,
+    ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        self.require(&caller(&req)?, UserRole::Viewer, "WatchOperation")?;
+        let r = req.into_inner();
+        let t = crate::restore::target(&self.inventory, &r.set, Some(&r.member))?;
+        let mut client =
+            self.agents
+                .client(&t.address)
+                .map_err(|e| ServiceError::AgentUnreachable {
+                    agent: t.agent.clone(),
+                    why: e.to_string(),
+                })?;
+        let stream = client
+            .watch(pb::WatchRequest {
+                operation_id: r.operation_id,
+            })
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(stream)))
     }
 }

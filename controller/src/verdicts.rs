@@ -47,6 +47,9 @@ pub struct Verdict {
     /// When the agent's operation started (none when it never did).
     #[serde(default)]
     pub started_at: Option<Timestamp>,
+    /// A backup run: the backup file kept on the member's host.
+    #[serde(default)]
+    pub backup_path: Option<String>,
 }
 
 impl Verdict {
@@ -66,6 +69,7 @@ impl Verdict {
             standby_downtime_seconds: None,
             duration_seconds: None,
             started_at: None,
+            backup_path: None,
         }
     }
 
@@ -105,6 +109,7 @@ impl Verdict {
                 .then_some(r.standby_downtime_seconds),
             duration_seconds: started.map(|s| (at - s).total(jiff::Unit::Second).unwrap_or(0.0)),
             started_at: started,
+            backup_path: (!r.backup_path.is_empty()).then(|| r.backup_path.clone()),
         }
     }
 
@@ -127,6 +132,7 @@ impl Verdict {
             standby_downtime_seconds: self.standby_downtime_seconds.unwrap_or(0.0),
             duration_seconds: self.duration_seconds.unwrap_or(0.0),
             started_at: self.started_at.map(timestamp_to_wire),
+            backup_path: self.backup_path.clone().unwrap_or_default(),
         }
     }
 }
@@ -162,6 +168,8 @@ mod tests {
             standby_downtime_seconds: 4.5,
             warnings: vec!["data checksums are off".into()],
             request_id: String::new(),
+            backup_path: String::new(),
+            notes: vec![],
         }
     }
 

@@ -96,6 +96,55 @@ pub enum Command {
         /// The run id.
         run: String,
     },
+    /// Take a backup of a set now: copy its standby, pack the copy into one
+    /// backup file (tar, zstd, BLAKE3 manifest inside) on that member's host,
+    /// test the copy, and keep the file only when the test is clean (SPEC R1,
+    /// T9). Progress per step, then the verdict and the file. Exit 0 kept,
+    /// 1 errors found (nothing kept), 2 could not run.
+    Backup {
+        /// The set.
+        set: String,
+        /// Copy this member instead of the set's streaming standby.
+        #[arg(long)]
+        member: Option<String>,
+    },
+    /// List a set's backup files on every member: kind, time, size, LSN
+    /// range, verified. Exit 1 when a member could not be asked.
+    Backups {
+        /// The set.
+        set: String,
+    },
+    /// Restore a set's primary (or --member) from a backup, admin only, in
+    /// steps: R1 pick the backup, R11 check free space, R2 unpack and verify
+    /// beside the data directory, R3 stop, R4 move the current data
+    /// directory aside (dated, never deleted), R5 swap, R7 roll forward from
+    /// the WAL archive (socket only), R6 upgrade hook, R8 fix sequences, R9
+    /// start, R10 health twice. A failure before R9 puts the old data
+    /// directory back and starts it. Exit 0 restored, 1 failed (the report
+    /// names the step), 2 could not start.
+    Restore {
+        /// The set.
+        set: String,
+        /// daily, weekly or monthly (the newest of that kind on the member's
+        /// host), a backup file on the member's host, or remote:KEY.
+        #[arg(long)]
+        from: String,
+        /// Roll forward to this time (RFC 3339, e.g. 2026-11-21T12:30:00Z).
+        #[arg(long, conflicts_with = "latest")]
+        target_time: Option<String>,
+        /// Roll forward to the end of the WAL archive (the default).
+        #[arg(long)]
+        latest: bool,
+        /// Overwrite a prepare directory left by an earlier restore.
+        #[arg(long)]
+        replace: bool,
+        /// Confirm: the member's database is replaced (the old one is kept aside).
+        #[arg(long)]
+        yes: bool,
+        /// Restore this member instead of the set's primary.
+        #[arg(long)]
+        member: Option<String>,
+    },
     /// A set's history, newest first: its verdicts, and what else happened
     /// to it (role changes seen, scheduled tests skipped, inventory changes).
     History {

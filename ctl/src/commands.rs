@@ -60,7 +60,7 @@ impl Connection {
     }
 
     /// Connect to the controller (eagerly, so an unreachable one fails here).
-    pub async fn connect(&self) -> Result<ControllerClient<TracedChannel>, CtlError> {
+    pub async fn connect(&self) -> Result<Client, CtlError> {
         let url = self.controller.as_deref().ok_or(CtlError::Missing {
             what: "controller address",
             flag: "--controller",
@@ -91,6 +91,9 @@ pub fn print(format: OutputFormat, json: Value, human: String) {
         OutputFormat::Human => println!("{}", human.trim_end()),
     }
 }
+
+/// A connected controller client.
+pub type Client = ControllerClient<TracedChannel>;
 
 /// Run one command.
 pub async fn run(
@@ -179,6 +182,45 @@ pub async fn run(
         }
         Command::Set(SetCommand::Remove { set, yes }) => {
             crate::inventory::remove(conn, format, set, yes).await
+        }
+        Command::Restore {
+            set,
+            from,
+            target_time,
+            latest: _,
+            replace,
+            yes,
+            member,
+        } => {
+            crate::restore::run(
+                conn,
+                format,
+                crate::restore::RestoreArgs {
+                    set,
+                    member,
+                    from,
+                    target_time,
+                    replace,
+                    yes,
+                },
+            )
+            .await
+        }
+        Command::Backup { set, member } => crate::testdb::backup(conn, format, set, member).await,
+        Command::Backups { set } => {
+            let r = conn
+                .connect()
+                .await?
+                .list_backups(pb::ListBackupsRequest { set })
+                .await
+                .map_err(refused("ListBackups"))?
+                .into_inner();
+            print(format, output::backups_json(&r), output::backups_human(&r));
+            Ok(if r.problems.is_empty() {
+                Outcome::Ok
+            } else {
+                Outcome::Bad
+            })
         }
         Command::History { set, limit } => {
             let h = conn

@@ -14,4 +14,5 @@ pub mod commands;
 pub mod inventory;
 pub mod maintenance;
 pub mod output;
+pub mod restore;
 pub mod testdb;

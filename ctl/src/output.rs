@@ -154,7 +154,77 @@ pub fn verdict_json(v: &Option<pb::Verdict>) -> Value {
         "duration_seconds": (x.duration_seconds > 0.0).then_some(x.duration_seconds),
         "started_at": ts(x.started_at),
         "trace_id": non_empty(&x.trace_id),
+        "backup_path": non_empty(&x.backup_path),
     })
+}
+
+/// `tandemctl backups -o json`.
+pub fn backups_json(r: &pb::ListBackupsResponse) -> Value {
+    json!({
+        "set": r.set,
+        "backups": r.backups.iter().map(|b| json!({
+            "member": b.member,
+            "file": b.file,
+            "kind": b.kind,
+            "taken_at": ts(b.taken_at),
+            "bytes": b.bytes,
+            "unpacked_bytes": b.unpacked_bytes,
+            "start_lsn": non_empty(&b.start_lsn),
+            "end_lsn": non_empty(&b.end_lsn),
+            "verified": b.verified,
+            "problem": non_empty(&b.problem),
+        })).collect::<Vec<_>>(),
+        "problems": r.problems,
+    })
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// `tandemctl backups`: one row per file, newest first.
+pub fn backups_human(r: &pb::ListBackupsResponse) -> String {
+    let rows: Vec<Vec<String>> = r
+        .backups
+        .iter()
+        .map(|b| {
+            vec![
+                b.member.clone(),
+                b.kind.clone(),
+                ts(b.taken_at).unwrap_or_default(),
+                mib(b.bytes),
+                mib(b.unpacked_bytes),
+                format!("{}..{}", b.start_lsn, b.end_lsn),
+                if b.verified { "yes" } else { "no" }.into(),
+                if b.problem.is_empty() {
+                    b.file.clone()
+                } else {
+                    format!("{} ({})", b.file, b.problem)
+                },
+            ]
+        })
+        .collect();
+    let mut out = if rows.is_empty() {
+        format!("set {}: no backups", r.set)
+    } else {
+        table(
+            &[
+                "MEMBER",
+                "KIND",
+                "TAKEN",
+                "SIZE",
+                "UNPACKED",
+                "LSN RANGE",
+                "VERIFIED",
+                "FILE",
+            ],
+            &rows,
+        )
+    };
+    for p in &r.problems {
+        out.push_str(&format!("\nproblem: {p}"));
+    }
+    out
 }
 
 pub fn verdict_failed(v: &Option<pb::Verdict>) -> bool {
@@ -224,6 +294,12 @@ pub fn verdicts_human(results: &[(String, pb::Verdict)]) -> String {
             out.push_str(&format!(
                 "\n  full output: {} on member {}",
                 v.output_path, v.member
+            ));
+        }
+        if !v.backup_path.is_empty() {
+            out.push_str(&format!(
+                "\n  backup kept: {} on member {}",
+                v.backup_path, v.member
             ));
         }
         if !v.trace_id.is_empty() {

@@ -1,5 +1,6 @@
-//! `tandemctl testdb`: start a run, show each set's progress, end with the
-//! verdicts and an exit code (0 clean, 1 errors found, 2 could not run).
+//! `tandemctl testdb` (and `tandemctl backup`, a run of the same shape):
+//! start a run, show each set's progress, end with the verdicts and an exit
+//! code (0 clean, 1 errors found, 2 could not run).
 //! `tandemctl watch` follows a run already started; `tandemctl cancel`
 //! cancels one. The run belongs to the controller: Ctrl-C (or a lost
 //! connection) stops the watching, never the run.
@@ -131,6 +132,27 @@ fn skipped_json(skipped: &[pb::SkippedSet]) -> Vec<serde_json::Value> {
         .iter()
         .map(|s| serde_json::json!({"name": s.set, "reason": s.reason}))
         .collect()
+}
+
+/// `tandemctl backup SET`: a backup run, followed like a test.
+pub async fn backup(
+    conn: &Connection,
+    format: OutputFormat,
+    set: String,
+    member: Option<String>,
+) -> Result<Outcome, CtlError> {
+    let mut client = conn.connect().await?;
+    let run_id = client
+        .backup(pb::BackupRequest {
+            set,
+            member: member.unwrap_or_default(),
+        })
+        .await
+        .map_err(refused("Backup"))?
+        .into_inner()
+        .run_id;
+    eprintln!("run {run_id} started; Ctrl-C stops watching, not the run");
+    follow(&mut client, format, run_id, &[]).await
 }
 
 /// `tandemctl watch RUN`.

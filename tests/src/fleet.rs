@@ -56,6 +56,10 @@ pub struct FleetSpec {
     /// Turn on every process's Prometheus endpoint (`metrics_listen` on a
     /// free port; [`Fleet::metrics`] has the addresses).
     pub metrics: bool,
+    /// Give every agent a `[backup]` table: its own backup directory
+    /// ([`Fleet::agent_backups`]) and the set's WAL archive
+    /// ([`Fleet::wal_archive`]), plus these extra lines.
+    pub backups: Option<String>,
     /// Sets over servers that already exist and that the caller owns (e.g.
     /// run by Patroni): set name, and each member's name (its agent's too)
     /// with its server. They are not in [`Fleet::sets`].
@@ -77,6 +81,7 @@ impl FleetSpec {
             controller_top: String::new(),
             limits: (4, 4),
             metrics: false,
+            backups: None,
             existing: vec![],
             controller_tables: String::new(),
         }
@@ -231,6 +236,20 @@ impl Fleet {
             )?;
         }
         toml.push_str(&spec.controller_tables);
+        if spec.backups.is_some() {
+            // The server's OS user runs archive_command and restore_command:
+            // it must reach and write the sets' WAL archives.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+            for (set, _) in &spec.sets {
+                let wal = dir.join("wal").join(set);
+                std::fs::create_dir_all(&wal)?;
+                std::fs::set_permissions(dir.join("wal"), std::fs::Permissions::from_mode(0o711))?;
+                if let Some(u) = crate::pg::OsUser::for_server() {
+                    u.chown(&wal)?;
+                }
+            }
+        }
         let controller_config = dir.join("controller.toml");
         write(&controller_config, &toml)?;
 
@@ -242,7 +261,7 @@ impl Fleet {
             let agent_metrics = metrics_line(member);
             write(
                 &config,
-                &format!(
+                &(format!(
                     "name = \"{member}\"\nset = \"{set}\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{agent_metrics}{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[postgres]\ndata_dir = \"{data}\"\nsocket_dir = \"{sock}\"\nport = {pgport}\narchive_dir = \"{archive}\"\n\n[testdb]\n{testdb}\n",
                     home = adir.join("home").display(),
                     hb = spec.heartbeat_interval.as_millis(),
@@ -253,7 +272,17 @@ impl Fleet {
                     archive = adir.join("archive").display(),
                     top = spec.agent_top,
                     testdb = spec.agent_testdb,
-                ),
+                ) + &spec
+                    .backups
+                    .as_ref()
+                    .map(|extra| {
+                        format!(
+                            "\n[backup]\ndir = \"{}\"\nwal_archive = \"{}\"\n{extra}\n",
+                            adir.join("backups").display(),
+                            dir.join("wal").join(set).display(),
+                        )
+                    })
+                    .unwrap_or_default()),
             )?;
             agents.insert(
                 member.clone(),
@@ -335,6 +364,16 @@ impl Fleet {
 
     pub fn agent_archive(&self, name: &str) -> PathBuf {
         self.dir.join("agents").join(name).join("archive")
+    }
+
+    /// An agent's backup directory (with `FleetSpec::backups`).
+    pub fn agent_backups(&self, name: &str) -> PathBuf {
+        self.dir.join("agents").join(name).join("backups")
+    }
+
+    /// A set's WAL archive (with `FleetSpec::backups`).
+    pub fn wal_archive(&self, set: &str) -> PathBuf {
+        self.dir.join("wal").join(set)
     }
 
     pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {

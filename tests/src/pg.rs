@@ -251,6 +251,16 @@ impl PgServer {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// `pgbench -i -q -s SCALE` on the `postgres` database.
+    pub fn pgbench_init(&self, scale: u32) -> anyhow::Result<()> {
+        let mut cmd = self.command("pgbench");
+        cmd.args(["-i", "-q", "-s", &scale.to_string(), "-h"])
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "postgres"]);
+        run(&mut cmd).with_context(|| format!("pgbench -i on {}", self.name))?;
+        Ok(())
+    }
+
     /// `pg_ctl start -w -l log_file`; on failure the error has the log's tail.
     pub fn start(&self) -> anyhow::Result<()> {
         let mut cmd = self.pg_ctl("start");

@@ -11,18 +11,7 @@ use tandem_tests::pg::PgServer;
 use tandem_tests::wait::wait_for;
 
 fn pgbench_init(server: &PgServer, scale: u32) {
-    let out = server
-        .command("pgbench")
-        .args(["-i", "-q", "-s", &scale.to_string(), "-h"])
-        .arg(&server.socket_dir)
-        .args(["-p", &server.port.to_string(), "-U", "postgres", "postgres"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pgbench -i: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.pgbench_init(scale).unwrap();
 }
 
 fn verdict(run: &CtlRun) -> Value {

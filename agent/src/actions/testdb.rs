@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::backup;
 use crate::config::AgentConfig;
 use crate::engine::{Engine, EngineError, copy::default_workers};
 use crate::ops::Progress;
@@ -243,6 +244,10 @@ pub struct Job<E> {
     pub cancel: CancellationToken,
     /// The copy only (SPEC T9), no test.
     pub only_copy: bool,
+    /// Pack the copy into a backup file before the test (SPEC T9: the test
+    /// starts after the archive file is written); kept only when the test
+    /// is clean, or at once when there is no test.
+    pub pack: bool,
     pub logical_read: bool,
     /// Cancelled when the agent stops: tells an interruption from a Cancel.
     pub shutting_down: CancellationToken,
@@ -253,6 +258,7 @@ struct Shared {
     rec: Mutex<OpRecord>,
     standby_stopped: AtomicBool,
     stopped_at: Mutex<Option<Instant>>,
+    packed: Mutex<Option<crate::backup::Packed>>,
 }
 
 impl Shared {
@@ -395,6 +401,9 @@ impl<E: Engine> Job<E> {
         sh.rec().bytes_copied = bytes;
         restarted?;
         let _ = std::fs::remove_file(unusable_marker(&self.cfg));
+        if self.pack {
+            self.step(sh, "pack", self.pack_copy(sh, &copy)).await?;
+        }
         if self.only_copy {
             return Ok(());
         }
@@ -445,6 +454,120 @@ impl<E: Engine> Job<E> {
     }
 }
 
+impl<E: Engine> Job<E> {
+    /// Pack the copy into `<backup.dir>/.<name>.partial` (the kind from
+    /// rotation, the LSN range from the copy); [`run`] keeps or drops it.
+    async fn pack_copy(&self, sh: &Shared, copy: &Path) -> Result<(), EngineError> {
+        let Some(bcfg) = self.cfg.backup.clone() else {
+            return Err(EngineError::Io {
+                op: "find the backup directory (no [backup] in agent.toml) for",
+                path: copy.to_owned(),
+                source: std::io::Error::other("no [backup] section"),
+            });
+        };
+        let (start_lsn, end_lsn) = self.engine.copy_lsns(copy).await?;
+        std::fs::create_dir_all(&bcfg.dir).map_err(|source| EngineError::Io {
+            op: "create the backup directory",
+            path: bcfg.dir.clone(),
+            source,
+        })?;
+        let existing: Vec<_> = backup::list(&bcfg.dir)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let now = Timestamp::from_second(Timestamp::now().as_second()).expect("now is valid");
+        let meta = backup::BackupMeta {
+            format: 1,
+            kind: backup::rotation::kind_for(now, &existing, &bcfg.retention()),
+            taken_at: now,
+            start_lsn,
+            end_lsn,
+            set: self.cfg.set.clone(),
+            member: self.cfg.member().to_owned(),
+            files: 0,
+            unpacked_bytes: 0,
+            verified: !self.only_copy,
+        };
+        let tx = self.progress.clone();
+        let cancel = self.cancel.clone();
+        let src = copy.to_owned();
+        let opts = bcfg.pack_options();
+        let packed = tokio::task::spawn_blocking(move || {
+            let progress = move |n: u64| tx.send_modify(|p| p.bytes_done = n);
+            backup::pack(&src, &bcfg.dir, meta, opts, &progress, &cancel)
+        })
+        .await
+        .map_err(|e| EngineError::Io {
+            op: "run the packing of",
+            path: copy.to_owned(),
+            source: std::io::Error::other(e),
+        })??;
+        info!(file = %packed.path.display(), bytes = packed.packed_bytes, seconds = packed.elapsed.as_secs_f64(), "backup packed");
+        *sh.packed.lock().unwrap_or_else(|p| p.into_inner()) = Some(packed);
+        Ok(())
+    }
+}
+
+/// Keep the packed backup when the operation ended well, drop it otherwise;
+/// then rotate. Returns the kept file, or why it could not be kept.
+fn keep_or_drop_backup(
+    cfg: &AgentConfig,
+    packed: Option<backup::Packed>,
+    ok: bool,
+) -> Result<Option<PathBuf>, String> {
+    let Some(p) = packed else {
+        return Ok(None);
+    };
+    if !ok {
+        p.discard();
+        warn!(file = %p.path.display(), "backup not kept: the copy was not verified clean");
+        return Ok(None);
+    }
+    let path = p
+        .commit()
+        .map_err(|e| format!("the backup could not be kept: {e}"))?;
+    info!(file = %path.display(), kind = %p.meta.kind, "backup kept");
+    if let Some(b) = &cfg.backup {
+        match backup::rotate(&b.dir, &b.retention()) {
+            Ok(gone) => {
+                for g in gone {
+                    info!(file = %g.display(), "rotated backup deleted");
+                }
+            }
+            Err(e) => warn!(error = %e, "rotation failed; old backups are kept"),
+        }
+    }
+    Ok(Some(path))
+}
+
+/// Push a kept backup to the remote store; what happened, for the record.
+/// A failed push keeps the local file and says so (the backup still counts).
+async fn push_backup(
+    cfg: &AgentConfig,
+    remote: &crate::config::RemoteConfig,
+    path: &Path,
+) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let key = backup::remote::Remote::backup_key(&cfg.set, &name);
+    let pushed = match backup::remote::Remote::open(remote) {
+        Ok(r) => r.push(path, &key).await,
+        Err(e) => Err(e),
+    };
+    match pushed {
+        Ok(bytes) => {
+            info!(key = %key, bytes, "backup pushed to the remote store");
+            format!("pushed to the remote store as {key}")
+        }
+        Err(e) => {
+            warn!(error = %e, "backup not pushed to the remote store; kept locally");
+            format!("not pushed to the remote store ({e}); the backup is kept locally")
+        }
+    }
+}
+
 fn remove_previous_copy(copy: &Path) -> Result<(), EngineError> {
     let manifest = PathBuf::from(format!("{}.manifest", copy.display()));
     for p in [copy.to_owned(), manifest] {
@@ -475,6 +598,7 @@ pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
         rec: Mutex::new(rec),
         standby_stopped: AtomicBool::new(false),
         stopped_at: Mutex::new(None),
+        packed: Mutex::new(None),
     };
     if !job.only_copy {
         let _ = std::fs::write(output_path(&job.cfg), b"");
@@ -486,7 +610,7 @@ pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
         _ = job.cancel.cancelled() => None,
         r = job.steps(&sh) => Some(r),
     };
-    let (state, reason) = match result {
+    let (mut state, mut reason) = match result {
         Some(Ok(())) => {
             let failed = sh.rec().findings.iter().any(|f| f.kind == "check_failed");
             if failed {
@@ -533,6 +657,20 @@ pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
             )
         }
     };
+    let packed = sh.packed.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match keep_or_drop_backup(&job.cfg, packed, state == OpState::Succeeded) {
+        Ok(kept) => {
+            if let (Some(path), Some(remote)) = (&kept, &job.cfg.remote) {
+                let note = push_backup(&job.cfg, remote, path).await;
+                sh.rec().notes.push(note);
+            }
+            sh.rec().backup_path = kept;
+        }
+        Err(why) => {
+            state = OpState::Failed;
+            reason = Some(why);
+        }
+    }
     let rec = {
         let mut r = sh.rec();
         r.state = state;

@@ -13,6 +13,7 @@ pub mod findings;
 mod live;
 pub mod postgres;
 pub mod private;
+pub mod restore;
 pub mod simulated;
 
 use std::future::Future;
@@ -43,6 +44,8 @@ pub enum EngineError {
     Unsupported(&'static str),
     #[error("{0}")]
     Refused(String),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     #[error("cannot {op} {path}")]
     Io {
         op: &'static str,
@@ -152,6 +155,69 @@ pub trait Engine: Send + Sync + 'static {
         dir: &Path,
         out: &Path,
     ) -> impl Future<Output = Result<CheckReport, EngineError>> + Send;
+
+    /// The log range of the stopped copy in `dir`: where replay must start
+    /// (its last checkpoint's redo position) and where it is consistent
+    /// (the minimum recovery point, or the checkpoint itself). A backup's
+    /// file name carries this range.
+    fn copy_lsns(&self, dir: &Path)
+    -> impl Future<Output = Result<(Lsn, Lsn), EngineError>> + Send;
+
+    /// Restore (SPEC R2-R10), step by step; engines that cannot restore
+    /// keep these defaults, which refuse. Make the prepared data directory
+    /// `dir` recover from `wal_archive` to `target_time` (or the end), with
+    /// the config files of `saved` (the directory moved aside).
+    fn prepare_recovery(
+        &self,
+        _dir: &Path,
+        _saved: Option<&Path>,
+        _wal_archive: &Path,
+        _target_time: Option<&str>,
+    ) -> Result<Vec<String>, EngineError> {
+        Err(EngineError::Unsupported("restore"))
+    }
+
+    /// Start the live data directory serving no clients (a private socket
+    /// only), wait until it has rolled forward and promoted (R7).
+    fn roll_forward(
+        &self,
+        _timeout: Duration,
+    ) -> impl Future<Output = Result<PrivateInstance, EngineError>> + Send {
+        async { Err(EngineError::Unsupported("restore")) }
+    }
+
+    /// Run the upgrade hook against the isolated server (R6).
+    fn run_hook(
+        &self,
+        _hook: &Path,
+        _inst: &PrivateInstance,
+        _timeout: Duration,
+    ) -> impl Future<Output = Result<String, EngineError>> + Send {
+        async { Err(EngineError::Unsupported("restore")) }
+    }
+
+    /// Fix counters the roll-forward left behind (R8); one line per change.
+    fn fix_sequences(
+        &self,
+        _inst: &PrivateInstance,
+    ) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send {
+        async { Err(EngineError::Unsupported("restore")) }
+    }
+
+    /// Stop the isolated server and remove the recovery settings.
+    fn close_isolated(&self) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async { Err(EngineError::Unsupported("restore")) }
+    }
+
+    /// Remove the recovery settings from `dir` (after a failed restore).
+    fn remove_recovery_settings(&self, _dir: &Path) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Error lines in the live server's log so far (R10).
+    fn log_errors(&self) -> u64 {
+        0
+    }
 
     /// Kill a private instance on `dir` at once (SIGKILL), whatever state it
     /// is in. Used when the agent stops in the middle of a test (SPEC T3).

@@ -299,6 +299,53 @@ impl Engine for PostgresEngine {
         self.reseed_standby(aside).await
     }
 
+    fn prepare_recovery(
+        &self,
+        dir: &Path,
+        saved: Option<&Path>,
+        wal_archive: &Path,
+        target_time: Option<&str>,
+    ) -> Result<Vec<String>, EngineError> {
+        PostgresEngine::prepare_recovery(self, dir, saved, wal_archive, target_time)
+    }
+
+    async fn roll_forward(&self, timeout: Duration) -> Result<PrivateInstance, EngineError> {
+        PostgresEngine::roll_forward(self, timeout).await
+    }
+
+    async fn run_hook(
+        &self,
+        hook: &Path,
+        inst: &PrivateInstance,
+        timeout: Duration,
+    ) -> Result<String, EngineError> {
+        PostgresEngine::run_hook(self, hook, inst, timeout).await
+    }
+
+    async fn fix_sequences(&self, inst: &PrivateInstance) -> Result<Vec<String>, EngineError> {
+        PostgresEngine::fix_sequences(self, inst).await
+    }
+
+    async fn close_isolated(&self) -> Result<(), EngineError> {
+        PostgresEngine::close_isolated(self).await
+    }
+
+    fn remove_recovery_settings(&self, dir: &Path) -> Result<(), EngineError> {
+        PostgresEngine::remove_recovery_settings(self, dir)
+    }
+
+    fn log_errors(&self) -> u64 {
+        PostgresEngine::log_errors(self)
+    }
+
+    async fn copy_lsns(&self, dir: &Path) -> Result<(Lsn, Lsn), EngineError> {
+        let mut cmd = self.runner.command(self.tool("pg_controldata"));
+        cmd.arg("-D").arg(dir).env("LC_ALL", "C");
+        let out = self.runner.output(cmd, STATUS_TIMEOUT).await?;
+        check_tool("pg_controldata", &out)?;
+        parse_control_lsns(&String::from_utf8_lossy(&out.stdout))
+    }
+
     async fn facts(&self) -> Facts {
         let data_dir = self.cfg.data_dir.clone();
         if !data_dir.join("PG_VERSION").exists() {
@@ -347,6 +394,23 @@ impl Engine for PostgresEngine {
         facts.data_dir_bytes = bytes;
         facts
     }
+}
+
+/// The redo start and the consistent end from `pg_controldata` output.
+fn parse_control_lsns(text: &str) -> Result<(Lsn, Lsn), EngineError> {
+    let field = |name: &str| -> Option<Lsn> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim_start_matches(':').trim().parse().ok())
+    };
+    let bad = || EngineError::Output {
+        tool: "pg_controldata",
+        output: text.chars().take(400).collect(),
+    };
+    let redo = field("Latest checkpoint's REDO location").ok_or_else(bad)?;
+    let checkpoint = field("Latest checkpoint location").ok_or_else(bad)?;
+    let min_recovery = field("Minimum recovery ending location").unwrap_or(Lsn(0));
+    Ok((redo, checkpoint.max(min_recovery)))
 }
 
 /// A tool's non-zero exit as an error with its stderr.
@@ -476,6 +540,19 @@ mod tests {
         let f = parse_facts_row("15.18|t||0/3000148|0/3000000|catchup|328").unwrap();
         assert!(!f.fully_received);
         assert_eq!(f.replay_lag_bytes, 328);
+    }
+
+    #[test]
+    fn control_lsns_are_read() {
+        let text = "Latest checkpoint location:           0/5000060\n\
+                    Latest checkpoint's REDO location:    0/5000028\n\
+                    Minimum recovery ending location:     0/6000110\n";
+        let (a, b) = parse_control_lsns(text).unwrap();
+        assert_eq!(
+            (a.to_string(), b.to_string()),
+            ("0/5000028".into(), "0/6000110".into())
+        );
+        assert!(parse_control_lsns("nothing").is_err());
     }
 
     #[test]

@@ -357,6 +357,11 @@ impl Engine for SimulatedEngine {
 
     /// Nothing to kill: no process was started.
     fn kill_private(&self, _dir: &Path) {}
+
+    async fn copy_lsns(&self, _dir: &Path) -> Result<(Lsn, Lsn), EngineError> {
+        let now = self.lsn_now();
+        Ok((now, now))
+    }
 }
 
 #[cfg(test)]

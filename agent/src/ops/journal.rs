@@ -37,6 +37,10 @@ pub enum JournalError {
 pub enum OpKind {
     Copy,
     Testdb,
+    /// Restore the server from a backup (SPEC R1-R11).
+    Restore,
+    /// Copy, pack into a backup file, test unless told not to (SPEC R1, T9).
+    Backup,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +91,12 @@ pub struct OpRecord {
     /// The controller's request id for this operation (empty when none).
     #[serde(default)]
     pub request_id: String,
+    /// The backup file this operation wrote and kept (backup operations).
+    #[serde(default)]
+    pub backup_path: Option<PathBuf>,
+    /// What a restore did, step by step, for the person who asked.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl OpRecord {
@@ -109,6 +119,8 @@ impl OpRecord {
             bytes_copied: 0,
             warnings: vec![],
             request_id: String::new(),
+            backup_path: None,
+            notes: vec![],
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::actions::restore::{self, RestoreError};
 use crate::actions::testdb::{self, Preconditions, TestdbError};
 use crate::config::AgentConfig;
 use crate::engine::Engine;
@@ -49,6 +50,8 @@ pub enum StartError {
     #[error(transparent)]
     Refused(#[from] TestdbError),
     #[error(transparent)]
+    RestoreRefused(#[from] RestoreError),
+    #[error(transparent)]
     Journal(#[from] JournalError),
     #[error("the agent is shutting down")]
     ShuttingDown,
@@ -56,6 +59,10 @@ pub enum StartError {
         "this server is fenced by maintenance window {window} since {since}: no operation starts until the window releases it"
     )]
     Fenced { window: String, since: String },
+    #[error(
+        "this agent has no [backup] section in its agent.toml: add one with `dir` (see deploy/agent.example.toml)"
+    )]
+    NoBackupConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +104,8 @@ fn new_id(kind: OpKind) -> String {
     let k = match kind {
         OpKind::Copy => "copy",
         OpKind::Testdb => "testdb",
+        OpKind::Backup => "backup",
+        OpKind::Restore => "restore",
     };
     format!(
         "{k}-{}-{:04x}",
@@ -128,6 +137,10 @@ impl<E: Engine> Operations<E> {
         let journal = Journal::open(&cfg.home)?;
         for rec in journal.recover()? {
             warn!(operation = %rec.id, step = %rec.step, "operation was interrupted by an agent stop; recorded as interrupted");
+            if rec.kind == OpKind::Restore {
+                warn!(operation = %rec.id, notes = ?rec.notes, "an interrupted restore: check the data directory; its notes say where the old one went");
+                continue;
+            }
             testdb::mark_copy_unusable(&cfg, &format!("operation {} was interrupted", rec.id));
             testdb::write_state_file(&cfg, &rec);
         }
@@ -146,6 +159,10 @@ impl<E: Engine> Operations<E> {
 
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    pub fn config(&self) -> &Arc<AgentConfig> {
+        &self.cfg
     }
 
     /// The id of the running operation, if any.
@@ -194,7 +211,22 @@ impl<E: Engine> Operations<E> {
         if let Some(running) = self.running() {
             return Err(StartError::Busy { running });
         }
-        let pre = Preconditions::check(&self.cfg, &*self.engine).await?;
+        if kind == OpKind::Backup && self.cfg.backup.is_none() {
+            return Err(StartError::NoBackupConfig);
+        }
+        // A restore is checked by its own rules (R1, R2, R11); everything
+        // else copies a streaming standby (T8, R11).
+        let (data_bytes, restore_plan) = if kind == OpKind::Restore {
+            let plan = restore::Plan::check(&self.cfg, self.engine.data_dir(), &params)?;
+            (plan.unpacked_bytes, Some(plan))
+        } else {
+            (
+                Preconditions::check(&self.cfg, &*self.engine)
+                    .await?
+                    .data_bytes,
+                None,
+            )
+        };
         let id = new_id(kind);
         let cancel = self.shutdown.child_token();
         {
@@ -221,7 +253,7 @@ impl<E: Engine> Operations<E> {
         let (tx, rx) = watch::channel(Progress {
             record: record.clone(),
             bytes_done: 0,
-            bytes_total: pre.data_bytes,
+            bytes_total: data_bytes,
             message: String::new(),
         });
         self.progress
@@ -246,6 +278,26 @@ impl<E: Engine> Operations<E> {
         info!(operation = %id, ?kind, "operation started");
         crate::metrics::operation_started();
         let skip_logical = params.get("skip_logical_read").is_some_and(|v| v == "true");
+        let untested = params.get("test").is_some_and(|v| v == "false");
+        if let Some(plan) = restore_plan {
+            self.tasks.spawn(
+                async move {
+                    let job = restore::Job {
+                        cfg: this.cfg.clone(),
+                        engine: this.engine.clone(),
+                        journal: this.journal.clone(),
+                        progress: tx,
+                        cancel,
+                        plan,
+                    };
+                    let rec = restore::run(job, record).await;
+                    this.events.operation_finished(&rec).await;
+                    *this.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                .instrument(span),
+            );
+            return Ok(id);
+        }
         self.tasks.spawn(
             async move {
                 let job = testdb::Job {
@@ -254,7 +306,8 @@ impl<E: Engine> Operations<E> {
                     journal: this.journal.clone(),
                     progress: tx,
                     cancel,
-                    only_copy: kind == OpKind::Copy,
+                    only_copy: kind == OpKind::Copy || (kind == OpKind::Backup && untested),
+                    pack: kind == OpKind::Backup,
                     logical_read: this.cfg.testdb.logical_read && !skip_logical,
                     shutting_down: this.shutdown.clone(),
                 };

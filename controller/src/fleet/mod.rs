@@ -99,8 +99,42 @@ impl Run {
     }
 }
 
+/// What a run orders on each set's standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// testdb (SPEC T2).
+    Testdb,
+    /// A backup: the testdb steps plus a pack step; the file is kept only
+    /// when the test is clean (SPEC R1, T9).
+    Backup,
+}
+
+/// The origin of backup runs started by `tandemctl backup`.
+pub const BACKUP_ORIGIN: &str = "backup";
+
+impl RunKind {
+    /// The kind of a stored run. It is carried by the run's origin (no
+    /// store migration needed): runs whose origin starts with `backup` are
+    /// backups.
+    pub fn of_origin(origin: &str) -> RunKind {
+        if origin.starts_with(BACKUP_ORIGIN) {
+            RunKind::Backup
+        } else {
+            RunKind::Testdb
+        }
+    }
+
+    fn operation(self) -> pb::OperationKind {
+        match self {
+            RunKind::Testdb => pb::OperationKind::Testdb,
+            RunKind::Backup => pb::OperationKind::Backup,
+        }
+    }
+}
+
 /// One set of a run, queued or running.
 struct Job {
+    kind: RunKind,
     run_id: String,
     run: Arc<Run>,
     set: String,
@@ -320,6 +354,7 @@ impl Fleet {
         trace_id: String,
     ) -> Result<String, StoreError> {
         let id = new_run_id();
+        let kind = RunKind::of_origin(origin);
         self.store
             .create_run(
                 id.clone(),
@@ -341,6 +376,7 @@ impl Fleet {
             let mut q = self.lock_queue();
             for set in sets {
                 q.waiting.push_back(Job {
+                    kind,
                     run_id: id.clone(),
                     run: run.clone(),
                     set,
@@ -368,6 +404,7 @@ impl Fleet {
             info!(run = %row.id, sets = row.sets.len(), "carrying on a run left unfinished by a restart");
             for s in row.sets {
                 let job = Job {
+                    kind: RunKind::of_origin(&row.origin),
                     run_id: row.id.clone(),
                     run: run.clone(),
                     set: s.set.clone(),
@@ -655,7 +692,7 @@ impl Fleet {
         };
         let started = client
             .start_operation(pb::StartOperationRequest {
-                kind: pb::OperationKind::Testdb as i32,
+                kind: job.kind.operation() as i32,
                 set_generation: generation,
                 params: HashMap::from([("request_id".to_owned(), request_id(job))]),
             })

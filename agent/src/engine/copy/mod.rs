@@ -777,4 +777,4 @@ pub fn verify(dst: &Path) -> Result<(), CopyError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

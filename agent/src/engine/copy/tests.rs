@@ -18,8 +18,8 @@ fn put(root: &Path, rel: &str, len: usize, mtime: u64) {
         .unwrap();
 }
 
-/// A fake stopped data directory.
-fn fake_datadir(root: &Path) {
+/// A fake stopped data directory (also used by the backup tests).
+pub(crate) fn fake_datadir(root: &Path) {
     fs::create_dir(root).unwrap();
     fs::set_permissions(root, fs::Permissions::from_mode(0o700)).unwrap();
     put(root, "PG_VERSION", 3, 1_000);

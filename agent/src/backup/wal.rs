@@ -1,0 +1,320 @@
+//! The WAL archive for roll-forward (SPEC R7): the primary's
+//! `archive_command` puts every finished log segment here with
+//! `tandem-agent archive-push %p %f`, and a restore reads it back with a
+//! plain copy (`restore_command = 'cp <dir>/%f %p'`).
+//!
+//! [`push`] writes `<dir>/.<name>.tmp`, fsyncs, renames and fsyncs the
+//! directory, so PostgreSQL never recycles a segment that is not durably
+//! archived. Pushing a name that is already there succeeds only when the
+//! bytes are the same (PostgreSQL may retry after a crash); different bytes
+//! are an error, and the archive keeps the first. [`check`] reads the names
+//! and reports the gaps between the first and last segment of each
+//! timeline, and whether a backup's start is covered ([`Continuity`]).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use tandem_proto::model::Lsn;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("cannot {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{name:?} is not a WAL file name (a segment, .history, .backup or .partial file); archive_command must pass %f"
+    )]
+    BadName { name: String },
+    #[error(
+        "{path} is already archived with different contents; the archive keeps the first. Is another server archiving into the same directory?"
+    )]
+    Conflict { path: PathBuf },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WalError + 'a {
+    move |source| WalError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn is_hex(s: &str) -> bool {
+    s.chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
+}
+
+/// A WAL segment name: (timeline, log, segment within the log).
+pub fn parse_segment(name: &str) -> Option<(u32, u32, u32)> {
+    if name.len() != 24 || !is_hex(name) {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| u32::from_str_radix(&name[r], 16).ok();
+    Some((n(0..8)?, n(8..16)?, n(16..24)?))
+}
+
+/// Whether `name` may be archived: a segment, a timeline history file, a
+/// backup label or a partial segment.
+pub fn valid_name(name: &str) -> bool {
+    if parse_segment(name).is_some() {
+        return true;
+    }
+    if let Some(tl) = name.strip_suffix(".history") {
+        return tl.len() == 8 && is_hex(tl);
+    }
+    if let Some(seg) = name.strip_suffix(".partial") {
+        return parse_segment(seg).is_some();
+    }
+    if let Some((seg, rest)) = name.split_once('.') {
+        return parse_segment(seg).is_some()
+            && rest.ends_with(".backup")
+            && is_hex(rest.trim_end_matches(".backup"));
+    }
+    false
+}
+
+/// What [`push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Archived,
+    AlreadyThere,
+}
+
+/// Archive the file `src` as `<dir>/<name>`; see the module documentation.
+pub fn push(src: &Path, name: &str, dir: &Path) -> Result<Pushed, WalError> {
+    if !valid_name(name) {
+        return Err(WalError::BadName {
+            name: name.to_owned(),
+        });
+    }
+    let dst = dir.join(name);
+    if dst.exists() {
+        return if same_bytes(src, &dst)? {
+            Ok(Pushed::AlreadyThere)
+        } else {
+            Err(WalError::Conflict { path: dst })
+        };
+    }
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    let mut input = File::open(src).map_err(io_err("open", src))?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    io::copy(&mut input, &mut out).map_err(io_err("copy into", &tmp))?;
+    out.sync_all().map_err(io_err("fsync", &tmp))?;
+    fs::rename(&tmp, &dst).map_err(io_err("rename into place", &dst))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync the directory", dir))?;
+    Ok(Pushed::Archived)
+}
+
+fn same_bytes(a: &Path, b: &Path) -> Result<bool, WalError> {
+    let hash = |p: &Path| -> Result<(u64, blake3::Hash), WalError> {
+        let mut f = File::open(p).map_err(io_err("open", p))?;
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            let k = f.read(&mut buf).map_err(io_err("read", p))?;
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+            n += k as u64;
+        }
+        Ok((n, h.finalize()))
+    };
+    Ok(hash(a)? == hash(b)?)
+}
+
+/// What the archive holds, per timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Continuity {
+    pub segment_bytes: u64,
+    /// Per timeline: first and last segment name, and the missing ones in
+    /// between (ranges `first..=last` of names).
+    pub timelines: BTreeMap<u32, TimelineSpan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineSpan {
+    pub first: String,
+    pub last: String,
+    pub segments: u64,
+    pub gaps: Vec<(String, String)>,
+}
+
+fn segment_name(tl: u32, segno: u64, per_log: u64) -> String {
+    format!("{tl:08X}{:08X}{:08X}", segno / per_log, segno % per_log)
+}
+
+impl Continuity {
+    pub fn has_gaps(&self) -> bool {
+        self.timelines.values().any(|t| !t.gaps.is_empty())
+    }
+
+    /// Whether roll-forward from `start` on timeline `tl` finds every
+    /// segment from the one holding `start` to the archive's last one.
+    pub fn covers_from(&self, tl: u32, start: Lsn) -> Result<(), String> {
+        let Some(span) = self.timelines.get(&tl) else {
+            return Err(format!("the WAL archive has no segment of timeline {tl}"));
+        };
+        let per_log = 0x1_0000_0000 / self.segment_bytes;
+        let need = segment_name(tl, start.0 / self.segment_bytes, per_log);
+        if need < span.first {
+            return Err(format!(
+                "the WAL archive starts at {}, after {need} (which holds the backup's start {start}); archiving began after the backup",
+                span.first
+            ));
+        }
+        if let Some((a, b)) = span.gaps.iter().find(|(_, b)| *b >= need) {
+            return Err(format!(
+                "the WAL archive misses {a} to {b}: roll-forward cannot pass them"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Read the archive `dir` (segment size from the first segment's size).
+pub fn check(dir: &Path) -> Result<Continuity, WalError> {
+    let mut by_tl: BTreeMap<u32, Vec<(u32, u32)>> = BTreeMap::new();
+    let mut segment_bytes = 0u64;
+    for item in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let item = item.map_err(io_err("list", dir))?;
+        let name = item.file_name();
+        let Some((tl, log, seg)) = name.to_str().and_then(parse_segment) else {
+            continue;
+        };
+        if segment_bytes == 0 {
+            segment_bytes = item.metadata().map_err(io_err("stat", &item.path()))?.len();
+        }
+        by_tl.entry(tl).or_default().push((log, seg));
+    }
+    if !(1 << 20..=1 << 30).contains(&segment_bytes) || !segment_bytes.is_power_of_two() {
+        segment_bytes = 16 << 20;
+    }
+    let per_log = 0x1_0000_0000 / segment_bytes;
+    let mut timelines = BTreeMap::new();
+    for (tl, mut segs) in by_tl {
+        segs.sort();
+        let nos: Vec<u64> = segs
+            .iter()
+            .map(|&(log, seg)| log as u64 * per_log + seg as u64)
+            .collect();
+        let mut gaps = Vec::new();
+        for w in nos.windows(2) {
+            if w[1] > w[0] + 1 {
+                gaps.push((
+                    segment_name(tl, w[0] + 1, per_log),
+                    segment_name(tl, w[1] - 1, per_log),
+                ));
+            }
+        }
+        timelines.insert(
+            tl,
+            TimelineSpan {
+                first: segment_name(tl, nos[0], per_log),
+                last: segment_name(tl, *nos.last().expect("not empty"), per_log),
+                segments: nos.len() as u64,
+                gaps,
+            },
+        );
+    }
+    Ok(Continuity {
+        segment_bytes,
+        timelines,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("000000010000000000000003"));
+        assert!(valid_name("00000002.history"));
+        assert!(valid_name("000000010000000000000003.partial"));
+        assert!(valid_name("000000010000000000000003.00000028.backup"));
+        for bad in [
+            "",
+            "../x",
+            "00000001000000000000000g",
+            "000000010000000000000003.gz",
+            "0000000100000000000000031",
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn push_is_durable_idempotent_and_refuses_a_different_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let arch = tmp.path().join("wal");
+        fs::create_dir(&arch).unwrap();
+        let src = tmp.path().join("seg");
+        fs::write(&src, b"abc").unwrap();
+        let name = "000000010000000000000001";
+        assert_eq!(push(&src, name, &arch).unwrap(), Pushed::Archived);
+        assert_eq!(fs::read(arch.join(name)).unwrap(), b"abc");
+        assert_eq!(push(&src, name, &arch).unwrap(), Pushed::AlreadyThere);
+        fs::write(&src, b"abd").unwrap();
+        let e = push(&src, name, &arch).unwrap_err();
+        assert!(matches!(e, WalError::Conflict { .. }), "{e}");
+        assert_eq!(fs::read(arch.join(name)).unwrap(), b"abc");
+        let e = push(&src, "../../etc/passwd", &arch).unwrap_err();
+        assert!(matches!(e, WalError::BadName { .. }), "{e}");
+    }
+
+    #[test]
+    fn gaps_are_found_and_coverage_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let seg = 16u64 << 20;
+        for n in [
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000007",
+            "000000010000000100000000",
+            "00000002.history",
+        ] {
+            let f = File::create(tmp.path().join(n)).unwrap();
+            f.set_len(seg).unwrap();
+        }
+        let c = check(tmp.path()).unwrap();
+        let t = &c.timelines[&1];
+        assert_eq!(t.first, "000000010000000000000003");
+        assert_eq!(t.last, "000000010000000100000000");
+        assert_eq!(
+            t.gaps,
+            vec![
+                (
+                    "000000010000000000000005".into(),
+                    "000000010000000000000006".into()
+                ),
+                (
+                    "000000010000000000000008".into(),
+                    "0000000100000000000000FF".into()
+                ),
+            ]
+        );
+        assert!(c.has_gaps());
+        let e = c.covers_from(1, Lsn(2 * seg + 40)).unwrap_err();
+        assert!(e.contains("archiving began after the backup"), "{e}");
+        let e = c.covers_from(1, Lsn(3 * seg + 40)).unwrap_err();
+        assert!(e.contains("misses 000000010000000000000005"), "{e}");
+        assert!(c.covers_from(2, Lsn(0)).is_err());
+    }
+}
