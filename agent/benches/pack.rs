@@ -6,6 +6,9 @@
 //! cargo bench -p tandem-agent --bench pack -- DATADIR [--rounds N] [--threads N]
 //! ```
 //!
+//! Both pack the same files: the data directory without the WAL segments a
+//! restore cannot need (recycled ones), which Tandem leaves out as
+//! PostgreSQL's base backup does; tar gets that list (`-T`).
 //! Make DATADIR with the copy benchmark: `cargo bench -p tandem-agent
 //! --bench copy -- --make DIR --scale 50` (pgbench data). The source is read
 //! once before timing (warm page cache); rounds alternate between the tools
@@ -102,6 +105,10 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn bench(src: &Path, rounds: usize, opts: PackOptions) -> Res<()> {
     let plan = copy::plan(src).map_err(|e| e.to_string())?;
+    // The same files for both: Tandem leaves out WAL segments a restore
+    // cannot need (recycled ones), so tar gets the same list.
+    let packed = tandem_agent::backup::archive::packed_plan(src, tandem_proto::model::Lsn(0))
+        .map_err(|e| e.to_string())?;
     let out = src
         .parent()
         .ok_or("DATADIR has no parent")?
@@ -122,6 +129,26 @@ fn bench(src: &Path, rounds: usize, opts: PackOptions) -> Res<()> {
         opts.threads,
         opts.level
     );
+    let list = out.join("files.txt");
+    let mut names: Vec<String> = packed
+        .dirs
+        .iter()
+        .map(|d| format!("./{}", d.display()))
+        .collect();
+    names.extend(
+        packed
+            .entries
+            .iter()
+            .map(|e| format!("./{}", e.rel.display())),
+    );
+    fs::write(&list, names.join("\n") + "\n").map_err(|e| e.to_string())?;
+    println!(
+        "packed by both: {} files, {:.1} MB ({} WAL segments left out as not needed)",
+        packed.entries.len(),
+        mb(packed.total_bytes),
+        plan.entries.len() - packed.entries.len()
+    );
+    let plan = packed;
     let s = src.display();
     let o = out.display();
     let (mut tool, mut tool_sync, mut ours) = (vec![], vec![], vec![]);
@@ -132,7 +159,7 @@ fn bench(src: &Path, rounds: usize, opts: PackOptions) -> Res<()> {
         sh("sync")?;
         let t = Instant::now();
         sh(&format!(
-            "tar -cf - -C {s} . | zstd -q -f -T0 -o {o}/tool.tar.zst"
+            "tar -cf - -C {s} --no-recursion -T {o}/files.txt | zstd -q -f -T0 -o {o}/tool.tar.zst"
         ))?;
         let plain = t.elapsed().as_secs_f64();
         sh(&format!("sync -f {o}/tool.tar.zst"))?;

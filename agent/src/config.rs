@@ -132,7 +132,7 @@ pub struct BackupConfig {
     pub weekly: usize,
     #[serde(default = "default_monthly")]
     pub monthly: usize,
-    /// zstd compression threads (default: the host's cores).
+    /// zstd compression threads (default: twice the host's cores, at least 4).
     #[serde(default)]
     pub zstd_threads: Option<u32>,
     /// zstd level, 1-19 (default 3, as the `zstd` tool).

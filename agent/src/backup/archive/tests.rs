@@ -209,3 +209,90 @@ fn a_cancelled_pack_leaves_no_file() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn many_files_and_empty_ones_round_trip() {
+    // More files than buffers in flight: every buffer must come back.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("copy");
+    fake_datadir(&src);
+    for i in 0..100 {
+        let len = [0, 1, 511, 512, 513, CHUNK, CHUNK + 1][i % 7];
+        fs::write(
+            src.join(format!("base/1/{}", 20000 + i)),
+            vec![i as u8; len],
+        )
+        .unwrap();
+    }
+    let out = tmp.path().join("b");
+    fs::create_dir(&out).unwrap();
+    let p = pack(
+        &src,
+        &out,
+        meta(),
+        PackOptions::default(),
+        &|_| {},
+        &CancellationToken::new(),
+    )
+    .unwrap();
+    let file = p.commit().unwrap();
+    let dest = tmp.path().join("p");
+    let u = unpack(&file, &dest, None, &|_| {}, &CancellationToken::new()).unwrap();
+    assert_eq!(u.files, copy::plan(&src).unwrap().entries.len() as u64);
+    for i in 0..100 {
+        let rel = format!("base/1/{}", 20000 + i);
+        assert_eq!(
+            fs::read(src.join(&rel)).unwrap(),
+            fs::read(dest.join(&rel)).unwrap(),
+            "{rel}"
+        );
+    }
+}
+
+#[test]
+fn recycled_and_old_wal_segments_are_left_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("copy");
+    fake_datadir(&src);
+    let seg = 1u64 << 20; // the fake directory's segments are 1 MiB
+    // A segment is kept when its first page says it is for its own position.
+    let write_seg = |name: &str, pageaddr: u64| {
+        let mut data = vec![0u8; seg as usize];
+        data[8..16].copy_from_slice(&pageaddr.to_ne_bytes());
+        fs::write(src.join("pg_wal").join(name), data).unwrap();
+    };
+    // 1 MiB segments: 4096 per log. Segment 3 and 4 are real, 5 is recycled
+    // (an old page address), 2 is before the redo point.
+    write_seg("000000010000000000000002", 2 * seg);
+    write_seg("000000010000000000000003", 3 * seg);
+    write_seg("000000010000000000000004", 4 * seg);
+    write_seg("000000010000000000000005", seg);
+    fs::remove_file(src.join("pg_wal/000000010000000000000001")).unwrap();
+    let out = tmp.path().join("b");
+    fs::create_dir(&out).unwrap();
+    let mut m = meta();
+    m.start_lsn = Lsn(3 * seg + 40);
+    let p = pack(
+        &src,
+        &out,
+        m,
+        PackOptions::default(),
+        &|_| {},
+        &CancellationToken::new(),
+    )
+    .unwrap();
+    let file = p.commit().unwrap();
+    let dest = tmp.path().join("p");
+    unpack(&file, &dest, None, &|_| {}, &CancellationToken::new()).unwrap();
+    let mut wal: Vec<String> = fs::read_dir(dest.join("pg_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.len() == 24)
+        .collect();
+    wal.sort();
+    assert_eq!(
+        wal,
+        ["000000010000000000000003", "000000010000000000000004"]
+    );
+    assert!(dest.join("pg_wal/archive_status").is_dir());
+}
