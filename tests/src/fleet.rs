@@ -457,6 +457,28 @@ impl Fleet {
         .await
     }
 
+    /// Wait until `agent`'s heartbeat reports its server streaming: the
+    /// controller picks the member a test copies from the heartbeats, not
+    /// from the live status `show` reads.
+    pub async fn wait_heartbeat_streaming(&self, agent: &str) -> anyhow::Result<()> {
+        wait_for(
+            &format!("agent {agent}'s heartbeat to report its server streaming"),
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || async {
+                let agents = self.ctl(&["agents", "--output", "json"])?.json();
+                Ok(agents["agents"]
+                    .as_array()
+                    .is_some_and(|all| {
+                        all.iter()
+                            .any(|a| a["name"] == agent && a["server_state"] == "streaming")
+                    })
+                    .then_some(()))
+            },
+        )
+        .await
+    }
+
     /// Keep the directory after drop.
     pub fn keep(&mut self) {
         self.keep = true;

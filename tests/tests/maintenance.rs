@@ -11,18 +11,11 @@ use tandem_tests::fleet::{Fleet, FleetSpec};
 use tandem_tests::pg::PgServer;
 use tandem_tests::wait::wait_for;
 
-async fn replicated(fleet: &Fleet, set: &str) {
-    let pair = fleet.set(set);
-    for s in &pair.standbys {
-        corrupt::wait_replayed(&pair.primary, s).await.unwrap();
-    }
-}
-
 /// Replicated index corruption in `set`, and a testdb that finds it.
 async fn corrupt_and_test(fleet: &Fleet, set: &str) {
     let pair = fleet.set(set);
     corrupt::replicated_index_corruption(&pair.primary, "postgres").unwrap();
-    replicated(fleet, set).await;
+    fleet.replicated(set).await.unwrap();
     let run = fleet.ctl(&["testdb", set, "--output", "json"]).unwrap();
     assert_eq!(run.code, 1, "{run:?}\n{}", fleet.logs());
 }
@@ -219,23 +212,7 @@ async fn standby_local_damage_is_repaired_by_a_reseed_without_stopping_the_prima
     corrupt::standby_local_page_damage(&pair.primary, standby, "postgres", "t").unwrap();
     standby.start().unwrap();
     pair.wait_streaming(standby).await.unwrap();
-    // The controller picks the member to test from the agents' heartbeats.
-    wait_for(
-        "the agent's heartbeat to say the standby streams",
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || async {
-            let agents = fleet.ctl(&["agents", "--output", "json"])?.json();
-            Ok(agents["agents"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a["name"] == "mloc-s1" && a["server_state"] == "streaming")
-                .then_some(()))
-        },
-    )
-    .await
-    .unwrap();
+    fleet.wait_heartbeat_streaming("mloc-s1").await.unwrap();
     let run = fleet.ctl(&["testdb", "mloc", "--output", "json"]).unwrap();
     assert_eq!(run.code, 1, "{run:?}\n{}", fleet.logs());
 
@@ -296,7 +273,7 @@ async fn a_failed_repair_keeps_the_set_halted_is_skipped_by_testdb_all_and_abort
     let mut spec = FleetSpec::new(&[("mexe", 1), ("mok", 1)]);
     spec.agent_top = r#"maintenance = { repair_command = ["/bin/sh", "-c", "echo cannot repair this >&2; exit 3"] }"#.into();
     let fleet = Fleet::start(spec).await.unwrap();
-    replicated(&fleet, "mok").await;
+    fleet.replicated("mok").await.unwrap();
     corrupt_and_test(&fleet, "mexe").await;
 
     let open = fleet

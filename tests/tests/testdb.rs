@@ -174,27 +174,22 @@ async fn standby_local_page_damage_is_found_by_the_checksum_step() {
     // The dispatcher picks the member from the agents' last heartbeats, so
     // wait for the heartbeat (`agents`) to say streaming, not only `show`.
     wait_for(
-        "the agent's heartbeat to report the standby streaming",
+        "show to report the standby streaming",
         Duration::from_secs(20),
         Duration::from_millis(100),
         || async {
             let show = fleet.ctl(&["show", "local", "--output", "json"])?.json();
-            let live = show["sets"][0]["members"]
+            Ok(show["sets"][0]["members"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|m| m["state"] == "streaming");
-            let agents = fleet.ctl(&["agents", "--output", "json"])?.json();
-            let heartbeat = agents["agents"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a["name"] == "local-s1" && a["server_state"] == "streaming");
-            Ok((live && heartbeat).then_some(()))
+                .any(|m| m["state"] == "streaming")
+                .then_some(()))
         },
     )
     .await
     .unwrap();
+    fleet.wait_heartbeat_streaming("local-s1").await.unwrap();
 
     let run = fleet.ctl(&["testdb", "local", "--output", "json"]).unwrap();
     assert_eq!(run.code, 1, "{run:?}\n{}", fleet.logs());
