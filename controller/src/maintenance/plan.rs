@@ -390,24 +390,8 @@ pub fn build(input: Input<'_>) -> Plan {
             STOP_SECS + START_SECS,
             true,
         ));
-        for s in standbys {
-            steps.push(Step::new(
-                Action::UnfenceStart,
-                s,
-                format!("releases {s}'s fence and starts it"),
-                START_SECS,
-                true,
-            ));
-        }
-        for s in standbys {
-            steps.push(Step::new(
-                Action::WaitStreaming,
-                s,
-                format!("waits until {s} streams and has replayed past the repair"),
-                STREAM_SECS,
-                true,
-            ));
-        }
+        steps.extend(standbys.iter().map(|s| unfence_start_step(s)));
+        steps.extend(standbys.iter().map(|s| wait_streaming_step(s, true)));
     } else {
         repair = Repair::Reseed;
         why = format!(
@@ -425,20 +409,8 @@ pub fn build(input: Input<'_>) -> Plan {
             STOP_SECS + 5.0 + data_bytes as f64 / BASEBACKUP_RATE,
             true,
         ));
-        steps.push(Step::new(
-            Action::UnfenceStart,
-            &tested,
-            format!("releases {tested}'s fence and starts it"),
-            START_SECS,
-            true,
-        ));
-        steps.push(Step::new(
-            Action::WaitStreaming,
-            &tested,
-            format!("waits until {tested} streams"),
-            STREAM_SECS,
-            true,
-        ));
+        steps.push(unfence_start_step(&tested));
+        steps.push(wait_streaming_step(&tested, false));
     }
     let test_secs = verdict.duration_seconds.unwrap_or(TESTDB_SECS);
     let member = if repair == Repair::Reseed {
@@ -475,6 +447,32 @@ pub fn build(input: Input<'_>) -> Plan {
         steps,
         expected_downtime_seconds,
     }
+}
+
+fn unfence_start_step(member: &str) -> Step {
+    Step::new(
+        Action::UnfenceStart,
+        member,
+        format!("releases {member}'s fence and starts it"),
+        START_SECS,
+        true,
+    )
+}
+
+/// Waits for `member` to stream (and, after a repair on the primary, to
+/// have replayed past it).
+fn wait_streaming_step(member: &str, past_repair: bool) -> Step {
+    Step::new(
+        Action::WaitStreaming,
+        member,
+        if past_repair {
+            format!("waits until {member} streams and has replayed past the repair")
+        } else {
+            format!("waits until {member} streams")
+        },
+        STREAM_SECS,
+        true,
+    )
 }
 
 fn pause_ha_step(h: &Ha) -> Step {
@@ -518,41 +516,12 @@ pub fn resume_steps(plan: &Plan, ha_pause_sent: bool) -> Vec<Step> {
                 STOP_SECS + START_SECS,
                 true,
             ));
-            for s in &plan.standbys {
-                steps.push(Step::new(
-                    Action::UnfenceStart,
-                    s,
-                    format!("releases {s}'s fence and starts it"),
-                    START_SECS,
-                    true,
-                ));
-            }
-            for s in &plan.standbys {
-                steps.push(Step::new(
-                    Action::WaitStreaming,
-                    s,
-                    format!("waits until {s} streams"),
-                    STREAM_SECS,
-                    true,
-                ));
-            }
+            steps.extend(plan.standbys.iter().map(|s| unfence_start_step(s)));
+            steps.extend(plan.standbys.iter().map(|s| wait_streaming_step(s, false)));
         }
         Repair::Reseed => {
-            let s = &plan.tested_member;
-            steps.push(Step::new(
-                Action::UnfenceStart,
-                s,
-                format!("releases {s}'s fence and starts it"),
-                START_SECS,
-                true,
-            ));
-            steps.push(Step::new(
-                Action::WaitStreaming,
-                s,
-                format!("waits until {s} streams"),
-                STREAM_SECS,
-                true,
-            ));
+            steps.push(unfence_start_step(&plan.tested_member));
+            steps.push(wait_streaming_step(&plan.tested_member, false));
         }
     }
     if let Some(h) = &plan.ha
@@ -601,308 +570,4 @@ pub fn measured_downtime(steps: &[Step]) -> Option<f64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::verdicts::VerdictKind;
-
-    fn finding(kind: &str, db: &str, rel: &str) -> Finding {
-        Finding {
-            database: db.into(),
-            relation: rel.into(),
-            kind: kind.into(),
-            message: "m".into(),
-        }
-    }
-
-    fn verdict(findings: Vec<Finding>) -> Verdict {
-        let mut v = Verdict::failed_to_run("s1", String::new(), String::new());
-        v.kind = VerdictKind::Errors;
-        v.findings = findings;
-        v.duration_seconds = Some(10.0);
-        v
-    }
-
-    fn actions(p: &Plan) -> Vec<(Action, &str)> {
-        p.steps
-            .iter()
-            .map(|s| (s.action, s.member.as_str()))
-            .collect()
-    }
-
-    #[test]
-    fn a_confirmed_index_finding_halts_the_whole_set_standbys_first() {
-        let f = finding("index", "postgres", "public.t_idx");
-        let standbys = vec!["s1".to_owned(), "s2".to_owned()];
-        let v = verdict(vec![f.clone()]);
-        let p = build(Input {
-            set: "zeta",
-            primary: "p",
-            standbys: &standbys,
-            verdict: &v,
-            triage: Triage {
-                findings: vec![f.clone()],
-                relations: vec![Relation {
-                    database: "postgres".into(),
-                    relation: "public.t_idx".into(),
-                    is_index: true,
-                    bytes: 100_000_000,
-                }],
-                unresolved: vec![],
-            },
-            data_bytes: 0,
-            exec_only: false,
-            ha: None,
-        });
-        assert_eq!(p.repair, Repair::Primary);
-        assert_eq!(
-            actions(&p),
-            vec![
-                (Action::Triage, "p"),
-                (Action::FenceStop, "s1"),
-                (Action::FenceStop, "s2"),
-                (Action::Isolate, "p"),
-                (Action::Reindex, "p"),
-                (Action::Check, "p"),
-                (Action::Serve, "p"),
-                (Action::UnfenceStart, "s1"),
-                (Action::UnfenceStart, "s2"),
-                (Action::WaitStreaming, "s1"),
-                (Action::WaitStreaming, "s2"),
-                (Action::Testdb, ""),
-            ]
-        );
-        assert_eq!(p.steps[4].targets, vec![f]);
-        // 2 stops + isolate 2 + reindex 1+2 + check 1+1 + serve 2 + 2 starts + 2 waits
-        assert!(
-            (p.expected_downtime_seconds - (2.0 + 2.0 + 3.0 + 2.0 + 2.0 + 2.0 + 2.0)).abs() < 1e-9,
-            "{}",
-            p.expected_downtime_seconds
-        );
-        assert!(p.why.contains("replicated"), "{}", p.why);
-    }
-
-    #[test]
-    fn a_clean_primary_means_standby_local_damage_and_a_reseed() {
-        let f = finding("checksum", "5", "base/5/16384");
-        let standbys = vec!["s1".to_owned()];
-        let v = verdict(vec![f]);
-        let p = build(Input {
-            set: "zeta",
-            primary: "p",
-            standbys: &standbys,
-            verdict: &v,
-            triage: Triage::default(),
-            data_bytes: 1_000_000_000,
-            exec_only: false,
-            ha: None,
-        });
-        assert_eq!(p.repair, Repair::Reseed);
-        assert_eq!(
-            actions(&p),
-            vec![
-                (Action::Triage, "p"),
-                (Action::Reseed, "s1"),
-                (Action::UnfenceStart, "s1"),
-                (Action::WaitStreaming, "s1"),
-                (Action::Testdb, "s1"),
-            ]
-        );
-        assert!(p.alternative.contains("whole set halted"));
-        assert!(!p.steps.iter().any(|s| s.member == "p" && s.downtime));
-    }
-
-    #[test]
-    fn heap_findings_and_unresolved_ones_go_to_the_exec_repair() {
-        let heap = finding("heap", "postgres", "public.t");
-        let standbys = vec!["s1".to_owned()];
-        let v = verdict(vec![heap.clone()]);
-        let p = build(Input {
-            set: "zeta",
-            primary: "p",
-            standbys: &standbys,
-            verdict: &v,
-            triage: Triage {
-                findings: vec![heap.clone()],
-                relations: vec![],
-                unresolved: vec!["a check_failed finding names no relation".into()],
-            },
-            data_bytes: 0,
-            exec_only: false,
-            ha: None,
-        });
-        assert_eq!(p.repair, Repair::Primary);
-        let exec = p
-            .steps
-            .iter()
-            .find(|s| s.action == Action::ExecRepair)
-            .unwrap();
-        assert_eq!(exec.targets.len(), 2);
-        assert!(!p.steps.iter().any(|s| s.action == Action::Reindex));
-    }
-
-    #[test]
-    fn resume_undoes_the_path_and_downtime_is_measured_over_downtime_steps() {
-        let standbys = vec!["s1".to_owned()];
-        let f = finding("index", "postgres", "public.t_idx");
-        let v = verdict(vec![f.clone()]);
-        let mut p = build(Input {
-            set: "zeta",
-            primary: "p",
-            standbys: &standbys,
-            verdict: &v,
-            triage: Triage {
-                findings: vec![f],
-                ..Default::default()
-            },
-            data_bytes: 0,
-            exec_only: false,
-            ha: None,
-        });
-        let r: Vec<Action> = resume_steps(&p, true).iter().map(|s| s.action).collect();
-        assert_eq!(
-            r,
-            vec![Action::Serve, Action::UnfenceStart, Action::WaitStreaming]
-        );
-        let t0: Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
-        for (i, s) in p.steps.iter_mut().enumerate() {
-            s.started_at = Some(t0 + jiff::SignedDuration::from_secs(i as i64 * 10));
-            s.finished_at = Some(t0 + jiff::SignedDuration::from_secs(i as i64 * 10 + 5));
-        }
-        // Downtime steps are 1..=7 (fence_stop .. wait_streaming): 10 s to 75 s.
-        assert_eq!(measured_downtime(&p.steps), Some(65.0));
-    }
-
-    fn patroni() -> Option<Ha> {
-        Some(Ha {
-            manager: "patroni".into(),
-            urls: vec!["http://127.0.0.1:8008".into()],
-            paused_before: Some(false),
-            seen: "leader n1".into(),
-        })
-    }
-
-    #[test]
-    fn an_ha_manager_is_paused_before_anything_stops_and_resumed_after_the_testdb() {
-        let f = finding("index", "postgres", "public.t_idx");
-        let standbys = vec!["s1".to_owned()];
-        let v = verdict(vec![f.clone()]);
-        let p = build(Input {
-            set: "zeta",
-            primary: "p",
-            standbys: &standbys,
-            verdict: &v,
-            triage: Triage {
-                findings: vec![f],
-                ..Default::default()
-            },
-            data_bytes: 0,
-            exec_only: false,
-            ha: patroni(),
-        });
-        assert_eq!(
-            actions(&p),
-            vec![
-                (Action::Triage, "p"),
-                (Action::PauseHa, ""),
-                (Action::FenceStop, "s1"),
-                (Action::Isolate, "p"),
-                (Action::Reindex, "p"),
-                (Action::Check, "p"),
-                (Action::Serve, "p"),
-                (Action::UnfenceStart, "s1"),
-                (Action::WaitStreaming, "s1"),
-                (Action::Testdb, ""),
-                (Action::ResumeHa, ""),
-            ]
-        );
-        assert!(
-            p.steps[1].touches.contains("patroni"),
-            "{}",
-            p.steps[1].touches
-        );
-        // Pausing and resuming are not downtime; the estimate is unchanged.
-        assert!(!p.steps[1].downtime && !p.steps[10].downtime);
-        assert!(
-            (p.expected_downtime_seconds - 9.0).abs() < 1e-9,
-            "{}",
-            p.expected_downtime_seconds
-        );
-        assert_eq!(p.steps[1].action.agent_step(), None);
-
-        // Abort and close end with resume_ha once the pause was sent, and
-        // without it when it never was.
-        let r: Vec<Action> = resume_steps(&p, true).iter().map(|s| s.action).collect();
-        assert_eq!(
-            r,
-            vec![
-                Action::Serve,
-                Action::UnfenceStart,
-                Action::WaitStreaming,
-                Action::ResumeHa
-            ]
-        );
-        let r: Vec<Action> = resume_steps(&p, false).iter().map(|s| s.action).collect();
-        assert_eq!(
-            r,
-            vec![Action::Serve, Action::UnfenceStart, Action::WaitStreaming]
-        );
-        // Close pauses first whatever happened before (its testdb needs
-        // it), tests, and resumes last.
-        let c: Vec<(Action, StepState)> = close_steps(&p)
-            .iter()
-            .map(|s| (s.action, s.state))
-            .collect();
-        assert_eq!(
-            c,
-            vec![
-                (Action::PauseHa, StepState::Pending),
-                (Action::Serve, StepState::Pending),
-                (Action::UnfenceStart, StepState::Pending),
-                (Action::WaitStreaming, StepState::Pending),
-                (Action::Testdb, StepState::Pending),
-                (Action::ResumeHa, StepState::Pending),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_reseed_pauses_the_ha_manager_too() {
-        let f = finding("checksum", "5", "base/5/16384");
-        let standbys = vec!["s1".to_owned()];
-        let v = verdict(vec![f]);
-        let p = build(Input {
-            set: "zeta",
-            primary: "p",
-            standbys: &standbys,
-            verdict: &v,
-            triage: Triage::default(),
-            data_bytes: 0,
-            exec_only: false,
-            ha: patroni(),
-        });
-        assert_eq!(
-            actions(&p),
-            vec![
-                (Action::Triage, "p"),
-                (Action::PauseHa, ""),
-                (Action::Reseed, "s1"),
-                (Action::UnfenceStart, "s1"),
-                (Action::WaitStreaming, "s1"),
-                (Action::Testdb, "s1"),
-                (Action::ResumeHa, ""),
-            ]
-        );
-        let r: Vec<Action> = resume_steps(&p, true).iter().map(|s| s.action).collect();
-        assert_eq!(
-            r,
-            vec![
-                Action::UnfenceStart,
-                Action::WaitStreaming,
-                Action::ResumeHa
-            ]
-        );
-        let json = serde_json::to_value(&p).unwrap();
-        assert_eq!(json["ha"]["manager"], "patroni");
-        assert_eq!(json["steps"][1]["action"], "pause_ha");
-    }
-}
+mod tests;
