@@ -1,0 +1,282 @@
+//! Running one step of a window: agent steps through `Maintain` (asked
+//! again, bounded, while an agent does not answer), the HA manager's pause
+//! and resume, the wait for a standby to stream, and the window's testdb.
+
+use std::time::Duration;
+
+use tandem_proto::model::{Facts, Lsn, Role};
+use tandem_proto::pb;
+
+use super::plan::{Action, Plan, Step};
+use super::{Maintenance, Member, Window, ha};
+use crate::fleet::MAINTENANCE_ORIGIN;
+
+/// How long a restarted standby may take to stream again.
+const STREAMING_TIMEOUT: Duration = Duration::from_secs(180);
+const POLL_EVERY: Duration = Duration::from_millis(300);
+/// An agent that does not answer (restarting) is asked again this often.
+const AGENT_RETRIES: u32 = 20;
+const AGENT_RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How long one agent step may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+impl Maintenance {
+    /// One `Maintain` step on a member's agent; an agent that does not
+    /// answer is asked again (bounded).
+    pub(super) async fn agent_step(
+        &self,
+        set: &str,
+        window: &str,
+        member: &Member,
+        step: &str,
+        targets: &[tandem_proto::model::Finding],
+    ) -> Result<pb::MaintainResponse, String> {
+        let generation = self
+            .store
+            .generation(set.to_owned())
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or(0);
+        let mut last = String::new();
+        for _ in 0..AGENT_RETRIES {
+            let Some(view) = self.inventory.get(&member.agent) else {
+                return Err(format!("agent `{}` was never seen", member.agent));
+            };
+            let mut client = self
+                .agents
+                .client(&view.row.address)
+                .map_err(|e| e.to_string())?;
+            let mut req = tonic::Request::new(pb::MaintainRequest {
+                window_id: window.to_owned(),
+                step: step.to_owned(),
+                set_generation: generation,
+                targets: targets.iter().cloned().map(Into::into).collect(),
+            });
+            req.set_timeout(STEP_TIMEOUT);
+            match client.maintain(req).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                    ) =>
+                {
+                    last = format!("agent `{}` does not answer: {}", member.agent, s.message());
+                    tokio::time::sleep(AGENT_RETRY_EVERY).await;
+                }
+                Err(s) => return Err(s.message().to_owned()),
+            }
+        }
+        Err(last)
+    }
+
+    /// Run one step; Ok is the message for the report.
+    pub(super) async fn execute(&self, w: &mut Window, step: &Step) -> Result<String, String> {
+        let (primary, standbys) = self.members_by_name(&w.plan);
+        let member = if step.member == primary.name {
+            primary.clone()
+        } else {
+            standbys
+                .iter()
+                .find(|m| m.name == step.member)
+                .cloned()
+                .unwrap_or(Member {
+                    name: step.member.clone(),
+                    agent: step.member.clone(),
+                })
+        };
+        match step.action {
+            Action::WaitStreaming => self.wait_streaming(w, &member).await,
+            Action::PauseHa | Action::ResumeHa => self.ha_step(w, step.action).await,
+            Action::Testdb => self.testdb(w, step).await,
+            action => {
+                let name = action.agent_step().expect("agent steps have names");
+                let r = self
+                    .agent_step(&w.set, &w.id, &member, name, &step.targets)
+                    .await?;
+                let facts: Option<Facts> = r.facts.clone().and_then(|f| Facts::try_from(f).ok());
+                match action {
+                    Action::Check if !r.findings.is_empty() => {
+                        let first = r.findings[0]
+                            .message
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                            .to_owned();
+                        return Err(format!(
+                            "the primary's check still finds {} finding(s) after the repair: {first}",
+                            r.findings.len()
+                        ));
+                    }
+                    Action::Serve => {
+                        w.repair_lsn = facts
+                            .as_ref()
+                            .and_then(|f| f.current_lsn)
+                            .map(|l| l.to_string());
+                    }
+                    Action::FenceStop | Action::Reseed if !r.fenced => {
+                        return Err(format!("agent `{}` did not keep its fence", member.agent));
+                    }
+                    _ => {}
+                }
+                Ok(r.message)
+            }
+        }
+    }
+
+    /// Pause or resume the set's HA manager (the controller itself, over
+    /// its REST API).
+    pub(super) async fn ha_step(&self, w: &mut Window, action: Action) -> Result<String, String> {
+        let pause = action == Action::PauseHa;
+        let Some(cfg) = self.inventory.config().ha.get(&w.set).cloned() else {
+            return Err(format!(
+                "controller.toml has no [ha.{}] any more (the plan had one); put it back, or {} Patroni by hand (`patronictl {}`) and abort the window",
+                w.set,
+                if pause { "pause" } else { "resume" },
+                if pause { "pause" } else { "resume" }
+            ));
+        };
+        if !pause && w.plan.ha.as_ref().and_then(|h| h.paused_before) == Some(true) {
+            return Ok(
+                "Patroni was already paused when the window was planned: left paused (`patronictl resume` when it should manage the set again)".into(),
+            );
+        }
+        let mut sent = w.ha_pause_sent;
+        let outcome = ha::set_pause(&cfg, pause, &mut sent).await;
+        if pause {
+            w.ha_pause_sent = sent;
+        }
+        outcome.map_err(|e| {
+            if pause {
+                format!(
+                    "cannot pause Patroni of set `{}`: {e}; nothing was stopped. Check that Patroni runs and that [ha.{}] in controller.toml lists its REST URLs, then `tandemctl maintenance abort {}` and open the window again",
+                    w.set, w.set, w.set
+                )
+            } else {
+                format!(
+                    "cannot resume Patroni of set `{}`: {e}; the set is back in service but Patroni is still paused: run `patronictl resume`, or `tandemctl maintenance abort {}` to try again",
+                    w.set, w.set
+                )
+            }
+        })
+    }
+
+    /// Members as the plan names them, with their agents from the inventory.
+    pub(super) fn members_by_name(&self, p: &Plan) -> (Member, Vec<Member>) {
+        let decl = self.inventory.set(&p.set);
+        let agent_of = |name: &str| {
+            decl.as_ref()
+                .and_then(|s| s.member(name))
+                .map_or(name.to_owned(), |m| m.agent.clone())
+        };
+        let m = |name: &String| Member {
+            name: name.clone(),
+            agent: agent_of(name),
+        };
+        (m(&p.primary), p.standbys.iter().map(m).collect())
+    }
+
+    /// Wait until `member` runs as a standby, streams, and has replayed
+    /// past the repair's log position. A standby seen as primary fails the
+    /// step at once: nothing in a window may promote one.
+    pub(super) async fn wait_streaming(
+        &self,
+        w: &Window,
+        member: &Member,
+    ) -> Result<String, String> {
+        let want: Option<Lsn> = w.repair_lsn.as_deref().and_then(|l| l.parse().ok());
+        let deadline = tokio::time::Instant::now() + STREAMING_TIMEOUT;
+        let mut last = String::from("no answer yet");
+        while tokio::time::Instant::now() < deadline {
+            if let Some(view) = self.inventory.get(&member.agent)
+                && let Ok(mut client) = self.agents.client(&view.row.address)
+                && let Ok(r) = client.status(pb::StatusRequest {}).await
+                && let Some(f) = r.into_inner().facts.and_then(|f| Facts::try_from(f).ok())
+            {
+                if f.role == Role::Primary {
+                    return Err(format!(
+                        "member `{}` runs as a primary: it was promoted during the window",
+                        member.name
+                    ));
+                }
+                let replayed_enough = match (want, f.replayed_lsn) {
+                    (Some(w), Some(r)) => r >= w,
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                };
+                if f.role == Role::Standby && f.fully_received && replayed_enough {
+                    // What the fleet picks the testdb's member from: make
+                    // it as fresh as what was just seen.
+                    let _ = self.inventory.heartbeat(&member.agent, f.clone()).await;
+                    return Ok(format!(
+                        "{} streams, replayed to {}",
+                        member.name,
+                        f.replayed_lsn.map(|l| l.to_string()).unwrap_or_default()
+                    ));
+                }
+                last = format!(
+                    "{} {}, replayed {}{}",
+                    f.role,
+                    f.state_word(),
+                    f.replayed_lsn.map(|l| l.to_string()).unwrap_or_default(),
+                    want.map(|w| format!(", waiting for {w}"))
+                        .unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+        Err(format!(
+            "member `{}` did not stream within {:?}: {last}",
+            member.name, STREAMING_TIMEOUT
+        ))
+    }
+
+    /// The window's own testdb, through the fleet (under its limits).
+    pub(super) async fn testdb(&self, w: &mut Window, step: &Step) -> Result<String, String> {
+        let member = (!step.member.is_empty()).then(|| step.member.clone());
+        let run_id = self
+            .fleet
+            .start_run(
+                vec![w.set.clone()],
+                member,
+                MAINTENANCE_ORIGIN,
+                w.trace_id.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let run = self
+            .fleet
+            .get(&run_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("run {run_id} vanished"))?;
+        let mut rx = run.subscribe();
+        loop {
+            if run.events_from(0).1 {
+                break;
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        let v = self
+            .store
+            .verdicts(w.set.clone(), 1)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("run {run_id} left no verdict"))?;
+        let msg = format!(
+            "testdb of {} ({run_id}): {}{}",
+            v.member,
+            v.kind.as_str(),
+            v.lsn
+                .as_deref()
+                .map(|l| format!(" up to {l}"))
+                .unwrap_or_default()
+        );
+        w.verdict = Some(v);
+        Ok(msg)
+    }
+}
