@@ -247,13 +247,6 @@ struct StepFailed {
     message: String,
 }
 
-fn utc_stamp() -> String {
-    Timestamp::now()
-        .to_zoned(TimeZone::UTC)
-        .strftime("%Y%m%dT%H%M%SZ")
-        .to_string()
-}
-
 impl<E: Engine> Job<E> {
     fn publish(&self, rec: &Mutex<OpRecord>, message: &str) {
         let r = rec.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -397,7 +390,7 @@ impl<E: Engine> Job<E> {
         }
 
         // R4: move the current data directory aside, never delete it.
-        let saved = with_suffix(&data_dir, &format!(".before-restore-{}", utc_stamp()));
+        let saved = crate::engine::dated_beside(&data_dir, "before-restore");
         let bad = data_dir
             .parent()
             .map(|p| p.join("bad"))
@@ -570,7 +563,7 @@ impl<E: Engine> Job<E> {
             crate::engine::private::kill_postmaster(&data_dir);
         }
         if undo.swapped {
-            let failed = with_suffix(&data_dir, &format!(".failed-restore-{}", utc_stamp()));
+            let failed = crate::engine::dated_beside(&data_dir, "failed-restore");
             match std::fs::rename(&data_dir, &failed) {
                 Ok(()) => said.push(format!(
                     "the restored data directory was moved to {}",

@@ -24,7 +24,7 @@
 //!   old directory back.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use tandem_proto::model::Finding;
@@ -298,7 +298,7 @@ impl PostgresEngine {
         // the old directory aside: carry on from there.
         let old = if aside.join("PG_VERSION").exists() {
             if data.exists() {
-                let failed = sibling(&data, "tandem-failed-reseed");
+                let failed = super::dated_beside(&data, "tandem-failed-reseed");
                 std::fs::rename(&data, &failed).map_err(io("move aside", &data))?;
             }
             aside.to_owned()
@@ -337,7 +337,7 @@ impl PostgresEngine {
         };
         if let Err(e) = result {
             // Put the old directory back; keep the failed attempt aside too.
-            let failed = sibling(&data, "tandem-failed-reseed");
+            let failed = super::dated_beside(&data, "tandem-failed-reseed");
             let _ = std::fs::rename(&data, &failed);
             std::fs::rename(aside, &data).map_err(io("put back", aside))?;
             return Err(e);
@@ -361,16 +361,6 @@ impl PostgresEngine {
         Ok(self.server_state_of(&self.cfg.data_dir).await?
             == tandem_proto::model::ServerState::Running)
     }
-}
-
-/// `<dir>.<what>-<time>` beside `dir`.
-pub(crate) fn sibling(dir: &Path, what: &str) -> PathBuf {
-    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S");
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.with_file_name(format!("{name}.{what}-{stamp}"))
 }
 
 #[cfg(test)]

@@ -95,6 +95,17 @@ pub struct LiveCheck {
     pub unresolved: Vec<String>,
 }
 
+/// `<dir>.<what>-<UTC time>` beside `dir`: where a data directory is moved
+/// aside (never deleted) by a restore or a re-seed.
+pub fn dated_beside(dir: &Path, what: &str) -> PathBuf {
+    let stamp = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y%m%dT%H%M%SZ");
+    let mut s = dir.as_os_str().to_owned();
+    s.push(format!(".{what}-{stamp}"));
+    PathBuf::from(s)
+}
+
 /// Called from the copy's worker threads with the bytes copied so far.
 pub type ProgressFn = Arc<dyn Fn(u64) + Send + Sync>;
 
