@@ -251,10 +251,7 @@ impl PostgresEngine {
         )
         .map_err(io("write", &self.isolated_marker))?;
         self.stop().await?;
-        let opts = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}'",
-            sock.display()
-        );
+        let opts = super::postgres::no_clients_options(&sock, self.cfg.port);
         self.start_with(Some(&opts)).await
     }
 

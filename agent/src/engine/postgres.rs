@@ -413,6 +413,16 @@ fn parse_control_lsns(text: &str) -> Result<(Lsn, Lsn), EngineError> {
     Ok((redo, checkpoint.max(min_recovery)))
 }
 
+/// `pg_ctl -o` options that keep every client out: no TCP, and the socket in
+/// a directory only the agent knows (a maintenance window's isolated
+/// primary, a restore's roll-forward).
+pub(super) fn no_clients_options(socket_dir: &Path, port: u16) -> String {
+    format!(
+        "-c listen_addresses='' -c unix_socket_directories='{}' -c port={port}",
+        socket_dir.display()
+    )
+}
+
 /// A tool's non-zero exit as an error with its stderr.
 pub(super) fn check_tool(tool: &'static str, out: &Output) -> Result<(), EngineError> {
     if out.status.success() {

@@ -181,11 +181,7 @@ impl PostgresEngine {
         self.runner
             .prepare_file(&log)
             .map_err(io("prepare", &log))?;
-        let opts = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -c port={}",
-            sock.display(),
-            self.cfg.port
-        );
+        let opts = super::postgres::no_clients_options(&sock, self.cfg.port);
         let t = timeout.as_secs().max(1).to_string();
         let log_s = log.to_string_lossy().into_owned();
         self.pg_ctl(
