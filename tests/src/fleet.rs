@@ -315,7 +315,11 @@ impl Fleet {
         let declared: Vec<String> = fleet
             .agents
             .values()
-            .filter(|a| fleet.spec.sets.iter().any(|(s, _)| s == &a.set))
+            .filter(|a| {
+                // Every set in controller.toml: made here, or over existing servers.
+                fleet.spec.sets.iter().any(|(s, _)| s == &a.set)
+                    || fleet.spec.existing.iter().any(|(s, _)| s == &a.set)
+            })
             .map(|a| a.name.clone())
             .collect();
         fleet.wait_agents_state(&declared, "online").await?;
