@@ -1,27 +1,25 @@
-//! Restores, the controller's side (SPEC R1-R12): pick the member (the
-//! set's primary unless named), order the agent's restore operation
-//! (`OPERATION_KIND_RESTORE`, which runs R1-R11 itself and puts the old data
-//! directory back on any failure before R9), follow it to its end and record
-//! the outcome in the set's history (event kind `restore`).
+//! Restores, the controller's side (SPEC R1-R12): the member to restore
+//! (the set's primary unless named), the agent's restore orders
+//! (`OPERATION_KIND_RESTORE` with `stage=prepare`, then `stage=swap`; the
+//! agent runs R1-R11 and puts the old data directory back on any failure
+//! before R9), and following one to its end.
 //!
-//! R12 (halt the set standbys-first before, re-seed every standby from the
-//! restored primary, resume and run testdb after) belongs to maintenance
-//! windows (issue 5). The two hooks [`r12_halt_set`] and
-//! [`r12_reseed_and_resume`] are where that code plugs in; today they only
-//! say in the log and the set's history that it was not done.
+//! The restore itself runs as a maintenance window (R12,
+//! [`crate::maintenance::Maintenance::open_restore`]): prepared while the
+//! set serves, standbys fenced and stopped first, the member restored, each
+//! standby re-seeded from it, the set resumed and tested.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 use tandem_proto::model::Role;
 use tandem_proto::pb;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::info;
 
 use crate::agents::AgentClients;
 use crate::error::ServiceError;
 use crate::inventory::Inventory;
-use crate::store::Store;
+use crate::maintenance::plan::RestoreOrder;
 
 /// The member to restore and how to reach its agent.
 pub struct Target {
@@ -71,74 +69,46 @@ pub fn target(inv: &Inventory, set: &str, member: Option<&str>) -> Result<Target
     })
 }
 
-/// R12, before: halt the set, standbys fenced first.
-///
-/// TODO(issue 5, the lead): wire to the maintenance code (halt standbys
-/// first, fence them, then the primary; no schedule starts anything on a
-/// halted set). Until then the set is NOT halted: standbys keep running
-/// and, after the restore, no longer follow the restored primary.
-pub async fn r12_halt_set(store: &Store, set: &str) -> Result<(), ServiceError> {
-    warn!(
-        set,
-        "R12 not wired yet: the set is not halted before the restore"
-    );
-    let _ = store
-        .set_event(
-            set.to_owned(),
-            "restore",
-            "R12: the set was not halted (maintenance windows are not wired to restores yet)"
-                .into(),
-        )
-        .await;
-    Ok(())
+/// What became of a restore window's agent orders, for the report and
+/// `tandemctl restore`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub member: String,
+    pub agent: String,
+    /// The agent's operation of the order running or last run.
+    pub operation_id: String,
+    /// `running`, `prepared`, `restored` or `failed`.
+    pub state: String,
+    /// The agent's step (R1 .. R10) that failed.
+    #[serde(default)]
+    pub failed_step: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// What each order did (where the old directory went, sequences fixed).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
-/// R12, after a successful restore: re-seed each standby from the restored
-/// primary, resume the set, run testdb.
-///
-/// TODO(issue 5, the lead): wire to OPERATION_KIND_RESEED on each standby,
-/// the resume of the set, and a fleet testdb run.
-pub async fn r12_reseed_and_resume(store: &Store, set: &str) {
-    warn!(
-        set,
-        "R12 not wired yet: standbys are not re-seeded after the restore"
-    );
-    let _ = store
-        .set_event(
-            set.to_owned(),
-            "restore",
-            "R12: standbys were not re-seeded; re-seed them from the restored primary".into(),
-        )
-        .await;
-}
-
-/// Order the restore from the target's agent; a task follows it to its end.
-pub async fn start(
-    inventory: &Arc<Inventory>,
-    store: &Store,
-    agents: &Arc<AgentClients>,
-    r: &pb::RestoreRequest,
-) -> Result<pb::RestoreResponse, ServiceError> {
-    let member = (!r.member.is_empty()).then_some(r.member.as_str());
-    let t = target(inventory, &r.set, member)?;
-    if r.from.is_empty() {
-        return Err(ServiceError::BadRequest(
-            "--from is needed: daily, weekly, monthly, a backup file on the member's host, or remote:KEY".into(),
-        ));
-    }
-    r12_halt_set(store, &r.set).await?;
-    let generation = store.generation(r.set.clone()).await?.unwrap_or(1);
+/// Order one stage (`prepare` or `swap`) of a restore from the member's
+/// agent. `request_id` makes the order idempotent: asked again (a
+/// controller restarted), the agent returns the operation it started.
+pub async fn order(
+    agents: &AgentClients,
+    t: &Target,
+    generation: u64,
+    o: &RestoreOrder,
+    stage: &str,
+    request_id: String,
+) -> Result<String, ServiceError> {
     let mut params = HashMap::from([
-        ("from".to_owned(), r.from.clone()),
-        (
-            "request_id".to_owned(),
-            format!("restore/{}/{}", r.set, Timestamp::now().as_millisecond()),
-        ),
+        ("from".to_owned(), o.from.clone()),
+        ("request_id".to_owned(), request_id),
+        ("stage".to_owned(), stage.to_owned()),
     ]);
-    if !r.target_time.is_empty() {
-        params.insert("target_time".into(), r.target_time.clone());
+    if let Some(t) = &o.target_time {
+        params.insert("target_time".into(), t.clone());
     }
-    if r.replace {
+    if o.replace {
         params.insert("replace".into(), "true".into());
     }
     let mut client = agents
@@ -160,47 +130,18 @@ pub async fn start(
         })?
         .into_inner()
         .operation_id;
-    info!(set = %r.set, member = %t.member, operation = %op, "restore ordered");
-    let (store2, set, op2, addr) = (store.clone(), r.set.clone(), op.clone(), t.address.clone());
-    let agents2 = agents.clone();
-    let member_name = t.member.clone();
-    tokio::spawn(
-        async move {
-            let result = follow(&agents2, &addr, &op2).await;
-            let message = match &result {
-                Ok(r) if r.state == pb::OperationState::Succeeded as i32 => {
-                    format!(
-                        "member {member_name} restored ({op2}): {}",
-                        r.notes.join("; ")
-                    )
-                }
-                Ok(r) => format!(
-                    "restore of member {member_name} failed ({op2}): {}",
-                    r.reason
-                ),
-                Err(e) => format!("restore of member {member_name} ({op2}): {e}"),
-            };
-            let _ = store2.set_event(set.clone(), "restore", message).await;
-            if result.is_ok_and(|r| r.state == pb::OperationState::Succeeded as i32) {
-                r12_reseed_and_resume(&store2, &set).await;
-            }
-        }
-        .instrument(info_span!("restore.follow", set = %r.set, operation = %op)),
-    );
-    Ok(pb::RestoreResponse {
-        set: r.set.clone(),
-        member: t.member,
-        agent: t.agent,
-        operation_id: op,
-    })
+    info!(member = %t.member, operation = %op, stage, "restore ordered");
+    Ok(op)
 }
 
-/// Follow an operation to its result (bounded retries of a broken stream).
-async fn follow(
+/// Follow an operation to its result and the step it was in (bounded
+/// retries of a broken stream).
+pub async fn follow(
     agents: &AgentClients,
     address: &str,
     op: &str,
-) -> Result<pb::OperationResult, String> {
+) -> Result<(pb::OperationResult, String), String> {
+    let mut step = String::new();
     for _ in 0..60 {
         let stream = match agents.client(address) {
             Ok(mut c) => {
@@ -214,8 +155,11 @@ async fn follow(
         if let Ok(s) = stream {
             let mut s = s.into_inner();
             while let Ok(Some(p)) = s.message().await {
+                if !p.step.is_empty() {
+                    step = p.step.clone();
+                }
                 if let Some(r) = p.result {
-                    return Ok(r);
+                    return Ok((r, step));
                 }
             }
         }

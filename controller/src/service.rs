@@ -1134,13 +1134,28 @@ impl pb::controller_server::Controller for ControllerService {
             "target_time": r.target_time, "replace": r.replace});
         let result = async {
             self.require(&who, UserRole::Admin, "Restore")?;
-            if self.fleet.set_active_since(&r.set).is_some() {
-                return Err(ServiceError::BadRequest(format!(
-                    "a test or backup runs or waits on set `{}`; restore when it is done",
-                    r.set
-                )));
-            }
-            crate::restore::start(&self.inventory, &self.store, &self.agents, &r).await
+            let w = self
+                .maintenance
+                .open_restore(
+                    &r.set,
+                    (!r.member.is_empty()).then_some(r.member.as_str()),
+                    crate::maintenance::plan::RestoreOrder {
+                        from: r.from.clone(),
+                        target_time: (!r.target_time.is_empty()).then(|| r.target_time.clone()),
+                        replace: r.replace,
+                    },
+                    &who.uri(),
+                    current_trace_id().unwrap_or_default(),
+                )
+                .await?;
+            let o = w.restore.clone().unwrap_or_default();
+            Ok::<_, ServiceError>(pb::RestoreResponse {
+                set: w.set.clone(),
+                member: o.member,
+                agent: o.agent,
+                operation_id: o.operation_id,
+                window: serde_json::to_string(&w).expect("windows serialize"),
+            })
         }
         .await;
         self.audit(&who, "Restore", args, &result).await;

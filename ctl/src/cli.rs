@@ -114,14 +114,18 @@ pub enum Command {
         /// The set.
         set: String,
     },
-    /// Restore a set's primary (or --member) from a backup, admin only, in
-    /// steps: R1 pick the backup, R11 check free space, R2 unpack and verify
-    /// beside the data directory, R3 stop, R4 move the current data
-    /// directory aside (dated, never deleted), R5 swap, R7 roll forward from
-    /// the WAL archive (socket only), R6 upgrade hook, R8 fix sequences, R9
-    /// start, R10 health twice. A failure before R9 puts the old data
-    /// directory back and starts it. Exit 0 restored, 1 failed (the report
-    /// names the step), 2 could not start.
+    /// Restore a set's primary (or --member) from a backup, admin only, as
+    /// a maintenance window (R12). While the set still serves: R1 pick the
+    /// backup, R11 check free space, R2 unpack and verify beside the data
+    /// directory. Then the set halted, standbys fenced and stopped first;
+    /// on the member: R3 stop, R4 move the current data directory aside
+    /// (dated, never deleted), R5 swap, R7 roll forward from the WAL archive
+    /// (socket only), R6 upgrade hook, R8 fix sequences, R9 start, R10
+    /// health twice. Then each standby re-seeded from it, streaming, and a
+    /// testdb. A failure before R9 puts the old data directory back, starts
+    /// it and resumes the standbys. Exit 0 restored and tested clean, 1 a
+    /// step failed (the report names it), 2 could not start (nothing was
+    /// written).
     Restore {
         /// The set.
         set: String,

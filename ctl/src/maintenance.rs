@@ -20,7 +20,7 @@ use crate::output::{self, OutputFormat};
 
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
-fn parse(json: &str) -> Result<Value, CtlError> {
+pub fn parse(json: &str) -> Result<Value, CtlError> {
     serde_json::from_str(json).map_err(|e| {
         CtlError::Usage(format!(
             "the controller sent a window this tandemctl cannot read: {e}"
@@ -28,7 +28,7 @@ fn parse(json: &str) -> Result<Value, CtlError> {
     })
 }
 
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+pub fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or("")
 }
 
@@ -142,9 +142,12 @@ pub fn window_human(w: &Value) -> String {
     out
 }
 
-fn outcome(w: &Value) -> Outcome {
+/// Bad when the window stopped on a failed step, or was aborted because
+/// of one (a restore that put the old data directory back).
+pub fn outcome(w: &Value) -> Outcome {
     match s(w, "state") {
         "failed" => Outcome::Bad,
+        "aborted" if w["failure"].is_string() => Outcome::Bad,
         _ => Outcome::Ok,
     }
 }
@@ -174,14 +177,19 @@ fn ended_steps(w: &Value) -> Vec<String> {
     lines
 }
 
-async fn follow(
+/// Follow a window until it stops, printing each step as it ends (human
+/// output); the window as it ended. With `watch_restore`, the agent's
+/// restore orders are followed too, step by step (R1 .. R10).
+pub async fn follow_window(
     conn: &Connection,
     format: OutputFormat,
     set: &str,
     mut w: Value,
-) -> Result<Outcome, CtlError> {
+    watch_restore: bool,
+) -> Result<Value, CtlError> {
     let mut client = conn.connect().await?;
     let mut shown = 0;
+    let mut watched: Vec<String> = Vec::new();
     loop {
         let lines = ended_steps(&w);
         if format == OutputFormat::Human {
@@ -193,7 +201,21 @@ async fn follow(
         if !matches!(s(&w, "state"), "running" | "resuming") {
             break;
         }
-        tokio::time::sleep(FOLLOW_EVERY).await;
+        let restore = &w["restore"];
+        let op = s(restore, "operation_id").to_owned();
+        if watch_restore && s(restore, "state") == "running" && !watched.contains(&op) {
+            watched.push(op.clone());
+            crate::restore::watch_order(
+                &mut client,
+                set,
+                s(restore, "member"),
+                &op,
+                format == OutputFormat::Human,
+            )
+            .await;
+        } else {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
         let json = client
             .maintenance_show(pb::MaintenanceRequest {
                 set: set.to_owned(),
@@ -206,6 +228,16 @@ async fn follow(
             .json;
         w = parse(&json)?;
     }
+    Ok(w)
+}
+
+async fn follow(
+    conn: &Connection,
+    format: OutputFormat,
+    set: &str,
+    w: Value,
+) -> Result<Outcome, CtlError> {
+    let w = follow_window(conn, format, set, w, false).await?;
     let human = window_human(&w);
     let out = outcome(&w);
     print(format, w, human);

@@ -1,13 +1,18 @@
-//! `tandemctl restore`: order a restore (admin), follow its steps on
-//! stderr, and end with what was done (exit 0), or the step that failed and
-//! what was put back (exit 1), or why it could not start (exit 2).
+//! `tandemctl restore`: order a restore (admin) and follow it on stderr.
+//! The restore runs as a maintenance window (SPEC R12): the backup is
+//! prepared while the set serves, the standbys are fenced and stopped, the
+//! member restored (its agent's R3 .. R10, streamed step by step), each
+//! standby re-seeded from it, the set resumed and tested. Exit 0 when the
+//! window closed clean, 1 when a step failed (the report names it and says
+//! what was put back), 2 when it could not start (nothing was written).
 
 use serde_json::json;
 use tandem_proto::pb;
 
 use crate::cli::Connection;
 use crate::commands::{CtlError, Outcome, print, refused};
-use crate::output::{self, OutputFormat};
+use crate::maintenance;
+use crate::output::OutputFormat;
 
 pub struct RestoreArgs {
     pub set: String,
@@ -44,85 +49,98 @@ pub async fn run(
         .await
         .map_err(refused("Restore"))?
         .into_inner();
-    eprintln!(
-        "restoring member {} of set {} (agent {}, operation {})",
-        started.member, started.set, started.agent, started.operation_id
-    );
-    let mut stream = client
-        .watch_operation(pb::WatchOperationRequest {
-            set: started.set.clone(),
-            member: started.member.clone(),
-            operation_id: started.operation_id.clone(),
-        })
-        .await
-        .map_err(refused("WatchOperation"))?
-        .into_inner();
-    let (mut last_step, mut last_message) = (String::new(), String::new());
-    let mut result: Option<(pb::OperationResult, String)> = None;
-    // Bounded by the agent: the stream ends with the result.
-    loop {
-        match stream.message().await {
-            Ok(Some(p)) => {
-                if p.step != last_step {
-                    eprintln!("{}: step {}", started.member, p.step);
-                    last_step = p.step.clone();
-                }
-                if p.message != last_message
-                    && !p.message.starts_with("step ")
-                    && p.result.is_none()
-                {
-                    eprintln!("  {}", p.message);
-                    last_message = p.message.clone();
-                }
-                if let Some(r) = p.result {
-                    result = Some((r, p.step));
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(s) => {
-                return Err(CtlError::Refused {
-                    call: "WatchOperation",
-                    message: format!(
-                        "the progress stream broke ({}); `tandemctl history {}` will show the outcome",
-                        s.message(),
-                        started.set
-                    ),
-                });
-            }
-        }
+    let w = maintenance::parse(&started.window)?;
+    if format == OutputFormat::Human {
+        eprintln!(
+            "restoring member {} of set {} (agent {}) in window {}: prepared while the set serves, then the set halted standbys first, the member restored, each standby re-seeded from it, a testdb (Ctrl-C stops only this display; `tandemctl maintenance show {}`)",
+            started.member,
+            started.set,
+            started.agent,
+            maintenance::s(&w, "id"),
+            started.set
+        );
     }
-    let Some((r, step)) = result else {
-        return Err(CtlError::Refused {
-            call: "WatchOperation",
-            message: "the stream ended without a result".into(),
-        });
-    };
-    let ok = r.state == pb::OperationState::Succeeded as i32;
-    let state = if ok { "restored" } else { "failed" };
+    let w = maintenance::follow_window(conn, format, &started.set, w, true).await?;
+    let r = &w["restore"];
+    let restored = maintenance::s(r, "state") == "restored";
+    let outcome = maintenance::outcome(&w);
     let json = json!({
         "set": started.set,
         "member": started.member,
         "agent": started.agent,
-        "operation_id": started.operation_id,
-        "state": state,
-        "failed_step": (!ok).then_some(step.clone()),
-        "reason": (!r.reason.is_empty()).then_some(r.reason.clone()),
-        "notes": r.notes,
-        "started_at": output::ts(r.started_at),
-        "finished_at": output::ts(r.finished_at),
+        "window_id": w["id"],
+        "window_state": w["state"],
+        "state": if restored { "restored" } else { "failed" },
+        "failed_step": r["failed_step"],
+        "reason": r["reason"],
+        "notes": r["notes"],
+        "failure": w["failure"],
+        "verdict": w["verdict"],
+        "window": w,
     });
-    let mut human = if ok {
-        format!("set {} member {}: restored", started.set, started.member)
+    let mut human = if restored {
+        format!(
+            "set {} member {}: restored; window {} {}",
+            started.set,
+            started.member,
+            maintenance::s(&w, "id"),
+            maintenance::s(&w, "state")
+        )
     } else {
         format!(
-            "set {} member {}: restore FAILED at {step}\n  {}",
-            started.set, started.member, r.reason
+            "set {} member {}: restore FAILED at {}\n  {}",
+            started.set,
+            started.member,
+            maintenance::s(r, "failed_step"),
+            maintenance::s(r, "reason")
         )
     };
-    for n in &r.notes {
-        human.push_str(&format!("\n  - {n}"));
+    for n in r["notes"].as_array().into_iter().flatten() {
+        human.push_str(&format!("\n  - {}", n.as_str().unwrap_or("")));
     }
+    human.push_str("\n\n");
+    human.push_str(&maintenance::window_human(&w));
     print(format, json, human);
-    Ok(if ok { Outcome::Ok } else { Outcome::Bad })
+    Ok(outcome)
+}
+
+/// Stream one agent restore order's steps (R1 .. R10) to stderr until it
+/// ends; a broken stream only ends the display.
+pub async fn watch_order(
+    client: &mut crate::commands::Client,
+    set: &str,
+    member: &str,
+    operation_id: &str,
+    show: bool,
+) {
+    let Ok(stream) = client
+        .watch_operation(pb::WatchOperationRequest {
+            set: set.to_owned(),
+            member: member.to_owned(),
+            operation_id: operation_id.to_owned(),
+        })
+        .await
+    else {
+        return;
+    };
+    let mut stream = stream.into_inner();
+    let (mut last_step, mut last_message) = (String::new(), String::new());
+    // Bounded by the agent: the stream ends with the result.
+    while let Ok(Some(p)) = stream.message().await {
+        if show && p.step != last_step && !p.step.is_empty() {
+            eprintln!("    {member}: {}", p.step);
+            last_step = p.step.clone();
+        }
+        if show
+            && p.message != last_message
+            && !p.message.starts_with("step ")
+            && p.result.is_none()
+        {
+            eprintln!("      {}", p.message);
+            last_message = p.message.clone();
+        }
+        if p.result.is_some() {
+            break;
+        }
+    }
 }

@@ -1,6 +1,8 @@
-//! Restore end to end (SPEC R1-R11; R12 is not wired yet): a real primary
-//! archiving its WAL with `tandem-agent archive-push`, a backup taken with
-//! `tandemctl backup`, then `tandemctl restore` on the primary.
+//! Restore end to end (SPEC R1-R12): a real primary archiving its WAL with
+//! `tandem-agent archive-push`, a backup taken with `tandemctl backup`, then
+//! `tandemctl restore` on the primary, which runs as a maintenance window:
+//! the standby fenced and stopped first, re-seeded from the restored
+//! primary after, and a testdb at the end.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -222,8 +224,54 @@ async fn a_damaged_primary_is_restored_to_a_point_in_time() {
     )
     .await
     .unwrap();
-    // R12 (re-seed the standby, resume, testdb) is not wired yet: the
-    // standby is not asserted here.
+    // R12: the window closed with a clean testdb; the standby was
+    // re-seeded from the restored primary (its old directory kept aside)
+    // and streams the restored data.
+    assert_eq!(json["window_state"], "closed", "{json:#}");
+    assert_eq!(json["verdict"]["kind"], "clean", "{json:#}");
+    let standby = &pair.standbys[0];
+    pair.wait_streaming(standby).await.unwrap();
+    assert!(standby.is_in_recovery().unwrap());
+    corrupt::wait_replayed(p, standby).await.unwrap();
+    assert_eq!(
+        standby
+            .psql(
+                "postgres",
+                "SELECT string_agg(note, ',' ORDER BY at) FROM events"
+            )
+            .unwrap(),
+        "kept"
+    );
+    let window = json["window_id"].as_str().unwrap();
+    let kept = siblings(&standby.data_dir, &format!(".tandem-reseed-{window}"));
+    assert_eq!(kept.len(), 1, "the standby's old directory kept aside");
+    // The steps ran in R12's order: standby stopped before the primary was
+    // touched, re-seeded after it was restored.
+    let steps: Vec<String> = json["window"]["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["action"].as_str().unwrap(),
+                s["member"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "restore_prepare pitr-p",
+            "fence_stop pitr-s1",
+            "restore pitr-p",
+            "reseed pitr-s1",
+            "unfence_start pitr-s1",
+            "wait_streaming pitr-s1",
+            "testdb ",
+        ],
+        "{json:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,6 +329,19 @@ async fn a_failing_upgrade_hook_puts_the_original_back_and_names_r6() {
     assert!(!p.is_in_recovery().unwrap());
     assert!(siblings(&p.data_dir, ".before-restore-").is_empty());
     assert_eq!(siblings(&p.data_dir, ".failed-restore-").len(), 1);
+    // The window put the set back as it was: the standby, stopped before
+    // the restore, streams from the original primary again.
+    assert_eq!(json["window_state"], "aborted", "{json:#}");
+    assert!(
+        json["failure"]
+            .as_str()
+            .unwrap()
+            .contains("restore on hook-p"),
+        "{json:#}"
+    );
+    let pair = fleet.set("hook");
+    pair.wait_streaming(&pair.standbys[0]).await.unwrap();
+    assert!(pair.standbys[0].is_in_recovery().unwrap());
     let _ = std::fs::remove_file(&hook);
 }
 
@@ -322,6 +383,15 @@ async fn too_little_free_space_is_refused_before_anything_is_written() {
         .collect();
     assert_eq!(before, after, "nothing new beside the data directory");
     assert!(p.is_running());
+    // Nothing was stopped either: the standby still streams, and no window
+    // holds the set.
+    let pair = fleet.set("space");
+    pair.wait_streaming(&pair.standbys[0]).await.unwrap();
+    let show = fleet
+        .ctl(&["maintenance", "show", "space", "--output", "json"])
+        .unwrap();
+    assert_eq!(show.code, 0, "{show:?}");
+    assert!(show.json().is_null(), "{show:?}");
 
     // And without --yes nothing is even asked; an operator may not restore.
     let run = fleet
@@ -374,6 +444,7 @@ async fn a_backup_pushed_to_the_remote_store_is_restored_from_it() {
     );
     assert_eq!(code, 0, "{raw}\n{}", fleet.logs());
     assert_eq!(json["state"], "restored", "{json:#}");
+    assert_eq!(json["window_state"], "closed", "{json:#}");
     // Fetched into the primary's own backup directory, then restored and
     // rolled forward to the end of the archive.
     assert!(fleet.agent_backups("far-p").join(&name).is_file());

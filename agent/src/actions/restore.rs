@@ -16,6 +16,11 @@
 //! `R6 upgrade_hook` (clients still out) → `R8 sequences` → `R9 start`
 //! (for clients) → `R10 health` (twice in a row).
 //!
+//! The controller runs a restore in two orders inside a window that halts
+//! the set (R12): `stage=prepare` (R1, R11, R2, the server untouched) while
+//! the set still serves, then, with the standbys fenced, `stage=swap` (R3
+//! to R10 on the prepared directory). Without `stage` one order does both.
+//!
 //! Any failure (or cancel) before R9 puts the saved data directory back and
 //! starts it: the restored directory goes to
 //! `<data_dir>.failed-restore-<UTC time>`, the saved one back into place,
@@ -74,6 +79,34 @@ pub enum RestoreError {
     Statvfs { dir: PathBuf, message: String },
     #[error("remote:KEY needs a [remote] store in agent.toml (see deploy/agent.example.toml)")]
     NoRemote,
+    #[error(
+        "nothing is prepared at {path}: the swap stage needs the directory the prepare stage unpacked; restore again from the start"
+    )]
+    NotPrepared { path: PathBuf },
+    #[error("unknown restore stage {0:?}: prepare, swap, or none for both")]
+    BadStage(String),
+}
+
+/// Which part of the restore one order runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// R1, R11, R2: the backup unpacked and verified; the server untouched.
+    Prepare,
+    /// R3 to R10 on the directory a prepare stage left.
+    Swap,
+    /// Both, in one order.
+    All,
+}
+
+impl Stage {
+    fn parse(v: Option<&String>) -> Result<Stage, RestoreError> {
+        match v.map(String::as_str) {
+            None | Some("") => Ok(Stage::All),
+            Some("prepare") => Ok(Stage::Prepare),
+            Some("swap") => Ok(Stage::Swap),
+            Some(o) => Err(RestoreError::BadStage(o.to_owned())),
+        }
+    }
 }
 
 /// What the order asks for, checked before anything is written.
@@ -89,6 +122,7 @@ pub struct Plan {
     pub prepare: PathBuf,
     pub wal_archive: PathBuf,
     pub unpacked_bytes: u64,
+    pub stage: Stage,
 }
 
 /// `<data_dir>.prepare`, beside the data directory (R2).
@@ -158,6 +192,22 @@ impl Plan {
         };
         let replace = params.get("replace").is_some_and(|v| v == "true");
         let prepare = prepare_dir(data_dir);
+        let stage = Stage::parse(params.get("stage"))?;
+        if stage == Stage::Swap {
+            if !prepare.join("PG_VERSION").is_file() {
+                return Err(RestoreError::NotPrepared { path: prepare });
+            }
+            return Ok(Plan {
+                file: PathBuf::from(from),
+                remote_key: None,
+                target_time,
+                replace,
+                prepare,
+                wal_archive,
+                unpacked_bytes: 0,
+                stage,
+            });
+        }
         if !replace && std::fs::symlink_metadata(&prepare).is_ok() {
             return Err(RestoreError::PrepareExists { path: prepare });
         }
@@ -179,6 +229,7 @@ impl Plan {
                 prepare,
                 wal_archive,
                 unpacked_bytes: 0,
+                stage,
             });
         }
         let file = if let Ok(kind) = from.parse::<BackupKind>() {
@@ -213,6 +264,7 @@ impl Plan {
             prepare,
             wal_archive,
             unpacked_bytes,
+            stage,
         })
     }
 }
@@ -304,6 +356,26 @@ impl<E: Engine> Job<E> {
     async fn steps(&self, rec: &Mutex<OpRecord>, undo: &Mutex<Undo>) -> Result<(), StepFailed> {
         let data_dir = self.engine.data_dir().to_owned();
         let plan = &self.plan;
+        if plan.stage != Stage::Swap {
+            self.prepare(rec, &data_dir).await?;
+        }
+        if plan.stage == Stage::Prepare {
+            self.note(
+                rec,
+                format!(
+                    "prepared in {}; the server was not touched",
+                    plan.prepare.display()
+                ),
+            );
+            return Ok(());
+        }
+        self.swap(rec, undo, &data_dir).await
+    }
+
+    /// R1 (remote), R11, R2: the backup unpacked and verified beside the
+    /// data directory.
+    async fn prepare(&self, rec: &Mutex<OpRecord>, data_dir: &Path) -> Result<(), StepFailed> {
+        let plan = &self.plan;
         let file = plan.file.clone();
         if let Some(key) = &plan.remote_key {
             let (cfg, key, dir) = (
@@ -318,7 +390,7 @@ impl<E: Engine> Job<E> {
                     .await
             })
             .await?;
-            let (cfg, dd, f) = (self.cfg.clone(), data_dir.clone(), file.clone());
+            let (cfg, dd, f) = (self.cfg.clone(), data_dir.to_owned(), file.clone());
             self.step(
                 rec,
                 "R11 free_space",
@@ -372,7 +444,18 @@ impl<E: Engine> Job<E> {
             }),
         )
         .await?;
+        Ok(())
+    }
 
+    /// R3 to R10 on the prepared directory.
+    async fn swap(
+        &self,
+        rec: &Mutex<OpRecord>,
+        undo: &Mutex<Undo>,
+        data_dir: &Path,
+    ) -> Result<(), StepFailed> {
+        let plan = &self.plan;
+        let data_dir = data_dir.to_owned();
         // R3: stop; a server that is already down (or a directory too damaged
         // for pg_ctl) is fine once no postmaster runs on it.
         let stopped = self.step(rec, "R3 stop", self.engine.stop()).await;
@@ -672,6 +755,17 @@ pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stage_is_prepare_swap_or_both() {
+        assert_eq!(Stage::parse(None).unwrap(), Stage::All);
+        assert_eq!(
+            Stage::parse(Some(&"prepare".into())).unwrap(),
+            Stage::Prepare
+        );
+        assert_eq!(Stage::parse(Some(&"swap".into())).unwrap(), Stage::Swap);
+        assert!(Stage::parse(Some(&"both".into())).is_err());
+    }
 
     #[test]
     fn target_times_are_read_as_utc_for_postgresql() {

@@ -120,9 +120,55 @@ pub struct Window {
     /// `resume_ha` ends abort and close too).
     #[serde(default)]
     pub ha_pause_sent: bool,
+    /// A restore window's agent orders and what became of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<crate::restore::Outcome>,
+}
+
+/// Whether a failed step of a restore window left the set as it was
+/// before: the prepare order changes nothing, and the agent's restore puts
+/// the old data directory back on a failure before R9 (its undo).
+fn restore_undone(w: &Window, step: &Step) -> bool {
+    match step.action {
+        Action::RestorePrepare => true,
+        Action::Restore => w.restore.as_ref().is_some_and(|o| {
+            o.failed_step
+                .as_deref()
+                .is_some_and(|s| !s.starts_with("R9") && !s.starts_with("R10"))
+        }),
+        _ => false,
+    }
+}
+
+/// The request id of a restore window's agent order: asked again after a
+/// controller restart, the agent returns the operation it started.
+fn restore_request(window: &str, action: Action) -> String {
+    format!("{window}/{}", action.name())
 }
 
 impl Window {
+    fn new(id: String, set: &str, reason: &str, who: &str, trace_id: String, plan: Plan) -> Window {
+        Window {
+            id,
+            set: set.to_owned(),
+            reason: reason.to_owned(),
+            opened_by: who.to_owned(),
+            opened_at: Timestamp::now(),
+            closed_at: None,
+            state: WindowState::Running,
+            plan,
+            ending: None,
+            resume: vec![],
+            failure: None,
+            repair_lsn: None,
+            verdict: None,
+            downtime_seconds: None,
+            trace_id,
+            ha_pause_sent: false,
+            restore: None,
+        }
+    }
+
     fn phase_steps(&mut self) -> &mut Vec<Step> {
         if self.state == WindowState::Resuming {
             &mut self.resume
@@ -262,6 +308,33 @@ impl Maintenance {
         }
     }
 
+    /// The set's HA manager (`[ha.<set>]`) as it answers now, for a plan.
+    async fn ha_of(&self, set: &str) -> Option<plan::Ha> {
+        match self.inventory.config().ha.get(set).cloned() {
+            None => None,
+            Some(cfg) => {
+                let seen = ha::look(&cfg).await;
+                Some(plan::Ha {
+                    manager: "patroni".into(),
+                    urls: cfg.patroni.clone(),
+                    paused_before: seen.as_ref().ok().map(|s| s.paused),
+                    seen: match seen {
+                        Ok(s) => format!(
+                            "leader {}, {}",
+                            s.leader.as_deref().unwrap_or("none"),
+                            if s.paused {
+                                "already paused (the window leaves it paused)"
+                            } else {
+                                "not paused"
+                            }
+                        ),
+                        Err(e) => format!("did not answer: {e}"),
+                    },
+                })
+            }
+        }
+    }
+
     /// The plan for a repair of `set`, built now (runs the read-only triage
     /// on the primary).
     pub async fn plan(&self, set: &str, exec_only: bool) -> Result<Plan, ServiceError> {
@@ -292,29 +365,7 @@ impl Maintenance {
                 ))
             })?;
         let data_bytes = triage.facts.as_ref().map_or(0, |f| f.data_dir_bytes);
-        let ha = match self.inventory.config().ha.get(set).cloned() {
-            None => None,
-            Some(cfg) => {
-                let seen = ha::look(&cfg).await;
-                Some(plan::Ha {
-                    manager: "patroni".into(),
-                    urls: cfg.patroni.clone(),
-                    paused_before: seen.as_ref().ok().map(|s| s.paused),
-                    seen: match seen {
-                        Ok(s) => format!(
-                            "leader {}, {}",
-                            s.leader.as_deref().unwrap_or("none"),
-                            if s.paused {
-                                "already paused (the window leaves it paused)"
-                            } else {
-                                "not paused"
-                            }
-                        ),
-                        Err(e) => format!("did not answer: {e}"),
-                    },
-                })
-            }
-        };
+        let ha = self.ha_of(set).await;
         let standby_names: Vec<String> = standbys.iter().map(|m| m.name.clone()).collect();
         let mut p = plan::build(plan::Input {
             set,
@@ -378,18 +429,7 @@ impl Maintenance {
                 "say why the window opens: --reason TEXT (it goes into the set's history and the audit log)",
             ));
         }
-        if let Some(w) = self.open_window(set).await? {
-            return Err(err(format!(
-                "set `{set}` is already in window {} ({}); `tandemctl maintenance show {set}`, then close or abort it",
-                w.id,
-                w.state.as_str()
-            )));
-        }
-        if let Some(since) = self.fleet.set_active_since(set) {
-            return Err(err(format!(
-                "a test of set `{set}` is queued or running (since {since}); wait for it to end, then open the window"
-            )));
-        }
+        self.quiet(set).await?;
         let plan = self.plan(set, exec_only).await?;
         if let Some(left) = seconds_left
             && plan.expected_downtime_seconds > left
@@ -399,34 +439,50 @@ impl Maintenance {
                 plan.expected_downtime_seconds
             )));
         }
-        let w = Window {
-            id: new_window_id(),
-            set: set.to_owned(),
-            reason: reason.to_owned(),
-            opened_by: who.to_owned(),
-            opened_at: Timestamp::now(),
-            closed_at: None,
-            state: WindowState::Running,
-            plan,
-            ending: None,
-            resume: vec![],
-            failure: None,
-            repair_lsn: None,
-            verdict: None,
-            downtime_seconds: None,
-            trace_id,
-            ha_pause_sent: false,
-        };
-        self.save(&w).await?;
-        self.fleet.hold(set, w.hold_reason());
-        self.event(
+        self.start(Window::new(
+            new_window_id(),
             set,
-            format!(
-                "window {} opened by {who}: {reason}; {} repair, {} steps, expected downtime {:.0} s",
+            reason,
+            who,
+            trace_id,
+            plan,
+        ))
+        .await
+    }
+
+    /// Refuse when the set has a window not over or a test queued or
+    /// running: a window starts on a quiet set.
+    async fn quiet(&self, set: &str) -> Result<(), ServiceError> {
+        if let Some(w) = self.open_window(set).await? {
+            return Err(err(format!(
+                "set `{set}` is already in window {} ({}); `tandemctl maintenance show {set}`, then close or abort it",
                 w.id,
+                w.state.as_str()
+            )));
+        }
+        if let Some(since) = self.fleet.set_active_since(set) {
+            return Err(err(format!(
+                "a test or backup of set `{set}` is queued or running (since {since}); wait for it to end, then try again"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Record a new window, hold its set and run its plan in the background.
+    async fn start(self: &Arc<Self>, w: Window) -> Result<Window, ServiceError> {
+        self.save(&w).await?;
+        self.fleet.hold(&w.set, w.hold_reason());
+        self.event(
+            &w.set,
+            format!(
+                "window {} opened by {}: {}; {} repair, {} steps, expected downtime {:.0} s",
+                w.id,
+                w.opened_by,
+                w.reason,
                 match w.plan.repair {
                     Repair::Primary => "primary (whole set halted)",
                     Repair::Reseed => "re-seed",
+                    Repair::Restore => "restore (whole set halted, standbys re-seeded)",
                 },
                 w.plan.steps.len(),
                 w.plan.expected_downtime_seconds
@@ -435,6 +491,87 @@ impl Maintenance {
         .await;
         self.spawn_drive(w.clone());
         Ok(w)
+    }
+
+    /// Restore a member of `set` from a backup as a window (SPEC R1-R12).
+    /// The prepare order (R1, R11, R2) is given before the window is
+    /// recorded: what the agent refuses (no such backup, too little free
+    /// space, a prepare directory left over) comes back as the refusal,
+    /// with nothing written and nothing stopped.
+    pub async fn open_restore(
+        self: &Arc<Self>,
+        set: &str,
+        member: Option<&str>,
+        order: plan::RestoreOrder,
+        who: &str,
+        trace_id: String,
+    ) -> Result<Window, ServiceError> {
+        if order.from.is_empty() {
+            return Err(ServiceError::BadRequest(
+                "--from is needed: daily, weekly, monthly, a backup file on the member's host, or remote:KEY".into(),
+            ));
+        }
+        self.quiet(set).await?;
+        let t = crate::restore::target(&self.inventory, set, member)?;
+        let set_cfg = self
+            .inventory
+            .set(set)
+            .ok_or_else(|| ServiceError::UnknownSet {
+                set: set.to_owned(),
+            })?;
+        let mut standbys = Vec::new();
+        for m in set_cfg.members.iter() {
+            let online = self
+                .inventory
+                .get(&m.agent)
+                .is_some_and(|v| v.row.state == tandem_proto::model::AgentState::Online);
+            if !online {
+                return Err(err(format!(
+                    "the agent `{}` of member `{}` is offline or was never seen; every member's agent must answer before a restore halts the set",
+                    m.agent, m.name
+                )));
+            }
+            if m.name != t.member {
+                standbys.push(m.name.clone());
+            }
+        }
+        let data_bytes = self
+            .inventory
+            .get(&t.agent)
+            .and_then(|v| v.facts)
+            .map_or(0, |f| f.data_dir_bytes);
+        let ha = self.ha_of(set).await;
+        let id = new_window_id();
+        let generation = self.store.generation(set.to_owned()).await?.unwrap_or(1);
+        let op = crate::restore::order(
+            &self.agents,
+            &t,
+            generation,
+            &order,
+            "prepare",
+            restore_request(&id, Action::RestorePrepare),
+        )
+        .await?;
+        let reason = format!(
+            "restore of {} from {}{}",
+            t.member,
+            order.from,
+            order
+                .target_time
+                .as_deref()
+                .map(|t| format!(" to {t}"))
+                .unwrap_or_default()
+        );
+        let plan = plan::build_restore(set, &t.member, &standbys, order, data_bytes, ha);
+        let mut w = Window::new(id, set, &reason, who, trace_id, plan);
+        w.restore = Some(crate::restore::Outcome {
+            member: t.member.clone(),
+            agent: t.agent.clone(),
+            operation_id: op,
+            state: "running".into(),
+            ..Default::default()
+        });
+        self.start(w).await
     }
 
     /// Put the set back as it was before the window (`Abort`), or back and
@@ -573,6 +710,25 @@ impl Maintenance {
                 Err(e) => {
                     s.state = StepState::Failed;
                     s.message = e.clone();
+                    if w.state == WindowState::Running && restore_undone(&w, &step) {
+                        // The agent put the member's old data directory back
+                        // and started it: resume the rest of the set as it was.
+                        w.failure = Some(format!("{label} failed: {e}"));
+                        w.ending = Some(Ending::Abort);
+                        w.state = WindowState::Resuming;
+                        w.resume = plan::resume_steps(&w.plan, w.ha_pause_sent);
+                        self.save(&w).await?;
+                        self.event(
+                            &w.set,
+                            format!(
+                                "window {}: {}; the member has its old data directory back, resuming the set as it was",
+                                w.id,
+                                w.failure.as_deref().unwrap_or("")
+                            ),
+                        )
+                        .await;
+                        continue;
+                    }
                     let phase = if w.state == WindowState::Resuming {
                         "resuming: "
                     } else {
@@ -650,8 +806,12 @@ impl Maintenance {
                         .unwrap_or_default()
                 ),
                 WindowState::Aborted => format!(
-                    "window {} aborted: the set is back as it was before the window",
-                    w.id
+                    "window {} aborted: the set is back as it was before the window{}",
+                    w.id,
+                    w.failure
+                        .as_deref()
+                        .map(|f| format!(" ({f})"))
+                        .unwrap_or_default()
                 ),
                 _ => format!("window {}: {}", w.id, w.failure.as_deref().unwrap_or("")),
             },

@@ -29,6 +29,9 @@ const TESTDB_SECS: f64 = 60.0;
 const REINDEX_RATE: f64 = 50e6;
 const CHECK_RATE: f64 = 100e6;
 const BASEBACKUP_RATE: f64 = 100e6;
+/// A restore's unpack rate, and a floor for its roll-forward.
+const UNPACK_RATE: f64 = 200e6;
+const ROLL_FORWARD_SECS: f64 = 5.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -37,6 +40,9 @@ pub enum Repair {
     Primary,
     /// Standby-local damage: the standby is re-seeded from the primary.
     Reseed,
+    /// A restore from a backup (SPEC R12): the set halted standbys first,
+    /// the member restored, every standby re-seeded from it.
+    Restore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +63,10 @@ pub enum Action {
     PauseHa,
     /// The set's HA manager resumed: the very last step.
     ResumeHa,
+    /// A restore's first order (R1, R11, R2), the set still serving.
+    RestorePrepare,
+    /// A restore's second order (R3 to R10), standbys halted.
+    Restore,
 }
 
 impl Action {
@@ -72,7 +82,12 @@ impl Action {
             Action::Serve => "serve",
             Action::Reseed => "reseed",
             Action::UnfenceStart => "unfence_start",
-            Action::WaitStreaming | Action::Testdb | Action::PauseHa | Action::ResumeHa => {
+            Action::WaitStreaming
+            | Action::Testdb
+            | Action::PauseHa
+            | Action::ResumeHa
+            | Action::RestorePrepare
+            | Action::Restore => {
                 return None;
             }
         })
@@ -84,6 +99,8 @@ impl Action {
             Action::Testdb => "testdb",
             Action::PauseHa => "pause_ha",
             Action::ResumeHa => "resume_ha",
+            Action::RestorePrepare => "restore_prepare",
+            Action::Restore => "restore",
             a => a.agent_step().unwrap_or("?"),
         }
     }
@@ -228,6 +245,21 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// First member stopped to last member streaming, as estimated.
     pub expected_downtime_seconds: f64,
+    /// What a restore window restores (`Repair::Restore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreOrder>,
+}
+
+/// `tandemctl restore`'s order, as the agent's restore operation takes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestoreOrder {
+    /// daily, weekly, monthly, a file on the member's host, remote:KEY.
+    pub from: String,
+    /// RFC 3339; None: to the end of the WAL archive.
+    #[serde(default)]
+    pub target_time: Option<String>,
+    #[serde(default)]
+    pub replace: bool,
 }
 
 fn same_relation(a: &Finding, b: &Finding) -> bool {
@@ -446,6 +478,102 @@ pub fn build(input: Input<'_>) -> Plan {
         ha,
         steps,
         expected_downtime_seconds,
+        restore: None,
+    }
+}
+
+/// The plan of a restore window (SPEC R1-R12): the backup prepared while
+/// the set still serves, the set halted standbys first, the member
+/// restored, each standby re-seeded from it and streaming past it, a
+/// testdb. `data_bytes` is the member's data size, for the estimates.
+pub fn build_restore(
+    set: &str,
+    member: &str,
+    standbys: &[String],
+    order: RestoreOrder,
+    data_bytes: u64,
+    ha: Option<Ha>,
+) -> Plan {
+    let to = order
+        .target_time
+        .as_deref()
+        .map_or("the end of the WAL archive".to_owned(), |t| t.to_owned());
+    let mut steps = vec![Step::new(
+        Action::RestorePrepare,
+        member,
+        format!(
+            "R1 R11 R2 on {member}: picks the backup {}, checks free space, unpacks and verifies it beside the data directory; the set still serves",
+            order.from
+        ),
+        1.0 + data_bytes as f64 / UNPACK_RATE,
+        false,
+    )];
+    if let Some(h) = &ha {
+        steps.push(pause_ha_step(h));
+    }
+    for s in standbys {
+        steps.push(Step::new(
+            Action::FenceStop,
+            s,
+            format!("stops standby {s}; its agent holds a fence (no start, no promotion)"),
+            STOP_SECS,
+            true,
+        ));
+    }
+    steps.push(Step::new(
+        Action::Restore,
+        member,
+        format!(
+            "R3-R10 on {member}: stop, data directory moved aside (kept), the prepared one in place, roll forward to {to} on a private socket, upgrade hook, sequences, start, health twice; a failure before R9 puts the old directory back"
+        ),
+        STOP_SECS + 2.0 * START_SECS + ROLL_FORWARD_SECS,
+        true,
+    ));
+    for s in standbys {
+        steps.push(Step::new(
+            Action::Reseed,
+            s,
+            format!(
+                "moves {s}'s data directory aside (kept), pg_basebackup from the restored {member}"
+            ),
+            5.0 + data_bytes as f64 / BASEBACKUP_RATE,
+            true,
+        ));
+    }
+    steps.extend(standbys.iter().map(|s| unfence_start_step(s)));
+    steps.extend(standbys.iter().map(|s| wait_streaming_step(s, true)));
+    steps.push(Step::new(
+        Action::Testdb,
+        "",
+        "a testdb of a standby's copy of the restored set".into(),
+        TESTDB_SECS,
+        false,
+    ));
+    if let Some(h) = &ha {
+        steps.push(resume_ha_step(h));
+    }
+    let expected_downtime_seconds = steps
+        .iter()
+        .filter(|s| s.downtime)
+        .map(|s| s.estimate_seconds)
+        .sum();
+    Plan {
+        set: set.to_owned(),
+        repair: Repair::Restore,
+        why: format!(
+            "restore of {member} from {} to {to}: the set is halted standbys first (a standby must not take over), and every standby is re-seeded from the restored member",
+            order.from
+        ),
+        alternative: "a failure before the restored server starts for clients (R9) puts the old data directory back; the window then resumes the set as it was".into(),
+        primary: member.to_owned(),
+        standbys: standbys.to_vec(),
+        tested_member: String::new(),
+        findings: vec![],
+        triage: Triage::default(),
+        ha,
+        steps,
+        expected_downtime_seconds,
+        restore: Some(order),
     }
 }
 
@@ -522,6 +650,12 @@ pub fn resume_steps(plan: &Plan, ha_pause_sent: bool) -> Vec<Step> {
         Repair::Reseed => {
             steps.push(unfence_start_step(&plan.tested_member));
             steps.push(wait_streaming_step(&plan.tested_member, false));
+        }
+        // The restored member is never fenced: its agent's restore puts the
+        // old directory back itself on a failure before R9.
+        Repair::Restore => {
+            steps.extend(plan.standbys.iter().map(|s| unfence_start_step(s)));
+            steps.extend(plan.standbys.iter().map(|s| wait_streaming_step(s, false)));
         }
     }
     if let Some(h) = &plan.ha

@@ -89,6 +89,7 @@ impl Maintenance {
             Action::WaitStreaming => self.wait_streaming(w, &member).await,
             Action::PauseHa | Action::ResumeHa => self.ha_step(w, step.action).await,
             Action::Testdb => self.testdb(w, step).await,
+            Action::RestorePrepare | Action::Restore => self.restore_step(w, step.action).await,
             action => {
                 let name = action.agent_step().expect("agent steps have names");
                 let r = self
@@ -278,5 +279,87 @@ impl Maintenance {
         );
         w.verdict = Some(v);
         Ok(msg)
+    }
+
+    /// One of a restore window's agent orders, followed to its end. Asked
+    /// again (a controller restarted), the agent returns the same
+    /// operation, so it is followed, not started twice.
+    pub(super) async fn restore_step(
+        &self,
+        w: &mut Window,
+        action: Action,
+    ) -> Result<String, String> {
+        let order = w
+            .plan
+            .restore
+            .clone()
+            .ok_or("a restore step in a window that restores nothing")?;
+        let t = crate::restore::target(&self.inventory, &w.set, Some(&w.plan.primary))
+            .map_err(|e| e.to_string())?;
+        let generation = self
+            .store
+            .generation(w.set.clone())
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or(1);
+        let stage = if action == Action::Restore {
+            "swap"
+        } else {
+            "prepare"
+        };
+        let op = crate::restore::order(
+            &self.agents,
+            &t,
+            generation,
+            &order,
+            stage,
+            super::restore_request(&w.id, action),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let outcome = w.restore.get_or_insert_with(Default::default);
+        outcome.member = t.member.clone();
+        outcome.agent = t.agent.clone();
+        outcome.operation_id = op.clone();
+        outcome.state = "running".into();
+        let (r, step) = crate::restore::follow(&self.agents, &t.address, &op).await?;
+        let outcome = w.restore.get_or_insert_with(Default::default);
+        outcome.notes.extend(r.notes.iter().cloned());
+        if r.state != pb::OperationState::Succeeded as i32 {
+            outcome.state = "failed".into();
+            outcome.failed_step = Some(step);
+            outcome.reason = Some(r.reason.clone());
+            let _ = self
+                .store
+                .set_event(
+                    w.set.clone(),
+                    "restore",
+                    format!("restore of member {} failed ({op}): {}", t.member, r.reason),
+                )
+                .await;
+            return Err(r.reason);
+        }
+        if action == Action::RestorePrepare {
+            outcome.state = "prepared".into();
+            return Ok(format!("prepared ({op}): {}", r.notes.join("; ")));
+        }
+        outcome.state = "restored".into();
+        // Standbys re-seeded from it must replay past where it stands now.
+        if let Ok(mut c) = self.agents.client(&t.address)
+            && let Ok(s) = c.status(pb::StatusRequest {}).await
+            && let Some(f) = s.into_inner().facts.and_then(|f| Facts::try_from(f).ok())
+        {
+            w.repair_lsn = f.current_lsn.map(|l| l.to_string());
+        }
+        let message = format!(
+            "member {} restored ({op}): {}",
+            t.member,
+            r.notes.join("; ")
+        );
+        let _ = self
+            .store
+            .set_event(w.set.clone(), "restore", message.clone())
+            .await;
+        Ok(message)
     }
 }

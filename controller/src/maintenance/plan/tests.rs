@@ -303,3 +303,63 @@ fn a_reseed_pauses_the_ha_manager_too() {
     assert_eq!(json["ha"]["manager"], "patroni");
     assert_eq!(json["steps"][1]["action"], "pause_ha");
 }
+
+#[test]
+fn a_restore_prepares_first_halts_standbys_before_the_member_and_reseeds_them_after() {
+    let standbys = vec!["s1".to_owned(), "s2".to_owned()];
+    let order = RestoreOrder {
+        from: "daily".into(),
+        target_time: Some("2026-11-21T12:00:00Z".into()),
+        replace: false,
+    };
+    let p = build_restore(
+        "zeta",
+        "p",
+        &standbys,
+        order.clone(),
+        1_000_000_000,
+        patroni(),
+    );
+    assert_eq!(p.repair, Repair::Restore);
+    assert_eq!(p.restore, Some(order));
+    assert_eq!(
+        actions(&p),
+        vec![
+            (Action::RestorePrepare, "p"),
+            (Action::PauseHa, ""),
+            (Action::FenceStop, "s1"),
+            (Action::FenceStop, "s2"),
+            (Action::Restore, "p"),
+            (Action::Reseed, "s1"),
+            (Action::Reseed, "s2"),
+            (Action::UnfenceStart, "s1"),
+            (Action::UnfenceStart, "s2"),
+            (Action::WaitStreaming, "s1"),
+            (Action::WaitStreaming, "s2"),
+            (Action::Testdb, ""),
+            (Action::ResumeHa, ""),
+        ]
+    );
+    // The prepare runs while the set serves; the restore and re-seeds are
+    // downtime, and the estimate grows with the data (two 10 s re-seeds).
+    assert!(!p.steps[0].downtime);
+    assert!(p.steps[4].downtime);
+    assert!(p.expected_downtime_seconds > 2.0 * 10.0, "{p:?}");
+    assert!(p.why.contains("2026-11-21T12:00:00Z"), "{}", p.why);
+    // Abort (a failure before R9 put the member back) restarts the
+    // standbys as they were; the restored member was never fenced.
+    let back: Vec<(Action, String)> = resume_steps(&p, true)
+        .into_iter()
+        .map(|s| (s.action, s.member))
+        .collect();
+    assert_eq!(
+        back,
+        vec![
+            (Action::UnfenceStart, "s1".to_owned()),
+            (Action::UnfenceStart, "s2".to_owned()),
+            (Action::WaitStreaming, "s1".to_owned()),
+            (Action::WaitStreaming, "s2".to_owned()),
+            (Action::ResumeHa, String::new()),
+        ]
+    );
+}
