@@ -11,8 +11,13 @@
 //! catch-up run starts. It sleeps until the next due time, a test's end, a
 //! policy change or shutdown.
 //!
-//! Archive-copy policies (SPEC T9) are parsed, stored and shown; their runs
-//! come with the backup work, which adds the copy-and-pack operation.
+//! Archive-copy policies (SPEC T9) run the same way, each purpose with its
+//! own schedule state (kind `archive` in the store; its last end is the
+//! set's last archive outcome): a due archive copy becomes a fleet run of
+//! origin `archive`, or `archive+file` with the archive-file option (the
+//! copy packed into one backup file). The two purposes do not block each
+//! other here: when one comes due while the other's copy runs, the fleet
+//! has the new job ride on that copy (one copy serves both).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -77,6 +82,38 @@ async fn store_policies(store: &Store, set: &str, p: Option<&Policies>) -> Resul
         .await
 }
 
+/// What a schedule starts: tests, or archive copies (SPEC T9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Test,
+    Archive { file: bool },
+}
+
+impl Purpose {
+    /// Its schedule state's key in the store.
+    fn key(self) -> &'static str {
+        match self {
+            Purpose::Test => "test",
+            Purpose::Archive { .. } => "archive",
+        }
+    }
+
+    fn origin(self) -> &'static str {
+        match self {
+            Purpose::Test => "schedule",
+            Purpose::Archive { file: false } => crate::fleet::ARCHIVE_ORIGIN,
+            Purpose::Archive { file: true } => crate::fleet::ARCHIVE_FILE_ORIGIN,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Purpose::Test => "test",
+            Purpose::Archive { .. } => "archive copy",
+        }
+    }
+}
+
 pub struct Scheduler {
     inventory: Arc<Inventory>,
     store: Store,
@@ -135,15 +172,16 @@ impl Scheduler {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The schedule state of `set`'s tests under `policy`, now.
+    /// The schedule state of `set`'s `purpose` under `policy`, now.
     async fn state(
         &self,
         set: &str,
+        purpose: Purpose,
         policy: &Policy,
         now: Timestamp,
     ) -> Result<ScheduleState, StoreError> {
         let canonical = policy.to_string();
-        let row = match self.store.schedule(set.to_owned(), "test").await? {
+        let row = match self.store.schedule(set.to_owned(), purpose.key()).await? {
             Some(row) if row.policy == canonical => row,
             // New, or changed: it takes effect now.
             _ => {
@@ -153,23 +191,31 @@ impl Scheduler {
                     last_due: None,
                 };
                 self.store
-                    .put_schedule(set.to_owned(), "test", row.clone())
+                    .put_schedule(set.to_owned(), purpose.key(), row.clone())
                     .await?;
                 row
             }
         };
-        let last = self.store.verdicts(set.to_owned(), 1).await?;
+        let last_finished = match purpose {
+            Purpose::Test => self.store.verdicts(set.to_owned(), 1).await?,
+            Purpose::Archive { .. } => self.store.archive_outcomes(set.to_owned(), 1).await?,
+        }
+        .first()
+        .map(|v| v.at);
+        let tests = purpose == Purpose::Test;
         Ok(ScheduleState {
             since: row.since,
             last_due: row.last_due,
-            last_finished: last.first().map(|v| v.at),
-            running: self.fleet.set_active_since(set).map(Running::test),
+            last_finished,
+            running: self
+                .fleet
+                .purpose_active_since(set, tests)
+                .map(|t| Running::new(t, purpose.what())),
         })
     }
 
     /// Look at every set once; act on what is due. Returns when to look again.
     pub async fn tick(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
-        let tz = self.inventory.config().tz();
         let mut next: Option<Timestamp> = None;
         let sets: Vec<String> = self
             .inventory
@@ -179,80 +225,105 @@ impl Scheduler {
             .map(|s| s.name.clone())
             .collect();
         for set in sets {
-            let policy = self.policies(&set).await?.test;
-            if matches!(policy, Policy::Off | Policy::Signal(_)) {
-                continue;
-            }
-            let state = self.state(&set, &policy, now).await?;
-            match decide(&policy, &tz, now, &state) {
-                Decision::Idle | Decision::WaitForRun => {}
-                Decision::WaitUntil(t) => next = Some(next.map_or(t, |n| n.min(t))),
-                Decision::Start {
-                    due,
-                    catch_up,
-                    missed,
-                } => {
-                    // A maintenance window holds the set: the occurrence is
-                    // skipped, with the reason in the set's history.
-                    if let Some(why) = self.fleet.held(&set) {
-                        let reason = format!(
-                            "scheduled test of the {} occurrence skipped: {why}",
-                            describe_instant(due, &tz)
-                        );
-                        info!(set, due = %due, "{reason}");
-                        self.store
-                            .set_event(set.clone(), "schedule", reason)
-                            .await?;
-                        self.handled(&set, &policy, &state, due).await?;
-                        next = Some(now);
-                        continue;
-                    }
-                    // A scheduled test is a trace of its own, stored with its verdict.
-                    let span = info_span!(parent: None, "tandem-controller schedule", set = %set, policy = %policy);
-                    let trace_id = span.in_scope(current_trace_id).unwrap_or_default();
-                    let run = self
-                        .fleet
-                        .start_run(vec![set.clone()], None, "schedule", trace_id)
-                        .instrument(span)
-                        .await?;
-                    info!(set, run, policy = %policy, due = %due, catch_up, missed, "scheduled test started");
-                    if catch_up {
-                        self.store
-                            .set_event(
-                                set.clone(),
-                                "schedule",
-                                format!(
-                                    "catch-up test (run {run}) for the {} occurrence{}",
-                                    describe_instant(due, &tz),
-                                    if missed > 0 {
-                                        format!("; {missed} older occurrence(s) missed while the controller was down are not run")
-                                    } else {
-                                        String::new()
-                                    }
-                                ),
-                            )
-                            .await?;
-                    }
-                    self.handled(&set, &policy, &state, due).await?;
-                    // Look again at once: the next occurrence.
-                    next = Some(now);
+            let p = self.policies(&set).await?;
+            for (purpose, policy) in [
+                (Purpose::Test, p.test),
+                (
+                    Purpose::Archive {
+                        file: p.archive_file,
+                    },
+                    p.archive_copy,
+                ),
+            ] {
+                if matches!(policy, Policy::Off | Policy::Signal(_)) {
+                    continue;
                 }
-                Decision::Skip { due, reason } => {
-                    info!(set, due = %due, "{reason}");
-                    self.store
-                        .set_event(set.clone(), "schedule", reason)
-                        .await?;
-                    self.handled(&set, &policy, &state, due).await?;
-                    next = Some(now);
+                if let Some(t) = self.tick_purpose(&set, purpose, &policy, now).await? {
+                    next = Some(next.map_or(t, |n| n.min(t)));
                 }
             }
         }
         Ok(next)
     }
 
+    /// One set's one purpose: start, skip or wait. When to look again.
+    async fn tick_purpose(
+        &self,
+        set: &str,
+        purpose: Purpose,
+        policy: &Policy,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let tz = self.inventory.config().tz();
+        let state = self.state(set, purpose, policy, now).await?;
+        let what = purpose.what();
+        match decide(policy, &tz, now, &state) {
+            Decision::Idle | Decision::WaitForRun => Ok(None),
+            Decision::WaitUntil(t) => Ok(Some(t)),
+            Decision::Start {
+                due,
+                catch_up,
+                missed,
+            } => {
+                // A maintenance window holds the set: the occurrence is
+                // skipped, with the reason in the set's history.
+                if let Some(why) = self.fleet.held(set) {
+                    let reason = format!(
+                        "scheduled {what} of the {} occurrence skipped: {why}",
+                        describe_instant(due, &tz)
+                    );
+                    info!(set, due = %due, "{reason}");
+                    self.store
+                        .set_event(set.to_owned(), "schedule", reason)
+                        .await?;
+                    self.handled(set, purpose, policy, &state, due).await?;
+                    return Ok(Some(now));
+                }
+                // A scheduled run is a trace of its own, stored with its outcome.
+                let span = info_span!(parent: None, "tandem-controller schedule", set = %set, policy = %policy, purpose = what);
+                let trace_id = span.in_scope(current_trace_id).unwrap_or_default();
+                let run = self
+                    .fleet
+                    .start_run(vec![set.to_owned()], None, purpose.origin(), trace_id)
+                    .instrument(span)
+                    .await?;
+                info!(set, run, policy = %policy, due = %due, catch_up, missed, "scheduled {what} started");
+                if catch_up {
+                    self.store
+                        .set_event(
+                            set.to_owned(),
+                            "schedule",
+                            format!(
+                                "catch-up {what} (run {run}) for the {} occurrence{}",
+                                describe_instant(due, &tz),
+                                if missed > 0 {
+                                    format!("; {missed} older occurrence(s) missed while the controller was down are not run")
+                                } else {
+                                    String::new()
+                                }
+                            ),
+                        )
+                        .await?;
+                }
+                self.handled(set, purpose, policy, &state, due).await?;
+                // Look again at once: the next occurrence.
+                Ok(Some(now))
+            }
+            Decision::Skip { due, reason } => {
+                info!(set, due = %due, "{reason}");
+                self.store
+                    .set_event(set.to_owned(), "schedule", reason)
+                    .await?;
+                self.handled(set, purpose, policy, &state, due).await?;
+                Ok(Some(now))
+            }
+        }
+    }
+
     async fn handled(
         &self,
         set: &str,
+        purpose: Purpose,
         policy: &Policy,
         state: &ScheduleState,
         due: Timestamp,
@@ -260,7 +331,7 @@ impl Scheduler {
         self.store
             .put_schedule(
                 set.to_owned(),
-                "test",
+                purpose.key(),
                 ScheduleRow {
                     policy: policy.to_string(),
                     since: state.since,

@@ -1029,20 +1029,24 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::StartRunResponse>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
-        let args = serde_json::json!({"set": r.set, "member": r.member});
+        let args = serde_json::json!({"set": r.set, "member": r.member,
+            "archive_copy": r.archive_copy, "archive_file": r.archive_file});
         let result = async {
             self.require(&who, UserRole::Operator, "Backup")?;
             let sets = vec![r.set.clone()];
             let member = (!r.member.is_empty()).then(|| r.member.clone());
             check_sets(&self.inventory, &sets, member.as_deref())?;
+            if let Some(why) = self.fleet.held(&r.set) {
+                return Err(ServiceError::BadRequest(why));
+            }
+            let origin = match (r.archive_copy, r.archive_file) {
+                (false, _) => crate::fleet::BACKUP_ORIGIN,
+                (true, false) => crate::fleet::ARCHIVE_ORIGIN,
+                (true, true) => crate::fleet::ARCHIVE_FILE_ORIGIN,
+            };
             Ok(self
                 .fleet
-                .start_run(
-                    sets,
-                    member,
-                    crate::fleet::BACKUP_ORIGIN,
-                    current_trace_id().unwrap_or_default(),
-                )
+                .start_run(sets, member, origin, current_trace_id().unwrap_or_default())
                 .await?)
         }
         .await;

@@ -108,6 +108,22 @@ pub enum Command {
         #[arg(long)]
         member: Option<String>,
     },
+    /// Make an archive copy of a set's standby (SPEC T9): the copy only, no
+    /// test, kept in the agent's archive_dir; with --archive-file also packed
+    /// into one backup file. When a test of the set is copying right now, the
+    /// archive copy rides on it (one copy serves both; the file is written
+    /// before the test opens the copy). Exit 0 made, 1 the copy that served
+    /// it had errors, 2 could not be made.
+    Copy {
+        /// The set.
+        set: String,
+        /// Copy this member instead of the set's streaming standby.
+        #[arg(long)]
+        member: Option<String>,
+        /// Pack the copy into one archive file in the member's backup dir.
+        #[arg(long)]
+        archive_file: bool,
+    },
     /// List a set's backup files on every member: kind, time, size, LSN
     /// range, verified. Exit 1 when a member could not be asked.
     Backups {

@@ -206,7 +206,14 @@ pub async fn run(
             )
             .await
         }
-        Command::Backup { set, member } => crate::testdb::backup(conn, format, set, member).await,
+        Command::Backup { set, member } => {
+            crate::testdb::backup(conn, format, set, member, None).await
+        }
+        Command::Copy {
+            set,
+            member,
+            archive_file,
+        } => crate::testdb::backup(conn, format, set, member, Some(archive_file)).await,
         Command::Backups { set } => {
             let r = conn
                 .connect()

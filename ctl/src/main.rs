@@ -45,6 +45,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Audit { .. } => "audit",
         Command::Testdb { .. } => "testdb",
         Command::Backup { .. } => "backup",
+        Command::Copy { .. } => "copy",
         Command::Backups { .. } => "backups",
         Command::Restore { .. } => "restore",
         Command::History { .. } => "history",

@@ -231,6 +231,38 @@ pub fn verdict_failed(v: &Option<pb::Verdict>) -> bool {
     verdict_kind(v) == "failed_to_run"
 }
 
+/// What `tandemctl copy` ends with: each archive copy made or not, its
+/// file, and the test that shared its copy, if one did (SPEC T9).
+pub fn archive_human(results: &[(String, pb::Verdict)]) -> String {
+    let mut out = String::new();
+    for (set, v) in results {
+        let vv = Some(v.clone());
+        let line = if verdict_failed(&vv) {
+            format!("{set}: archive copy NOT made: {}", v.reason)
+        } else {
+            let mut l = format!(
+                "{set}: archive copy made on {} (operation {})",
+                v.member, v.operation_id
+            );
+            if !v.backup_path.is_empty() {
+                l.push_str(&format!(", archive file {}", v.backup_path));
+            }
+            if !v.lsn.is_empty() {
+                l.push_str(&format!(
+                    "; a test shared the copy: {}",
+                    verdict_summary(&vv)
+                ));
+            }
+            l
+        };
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&line);
+    }
+    out
+}
+
 /// The verdict table `testdb` ends with, and the details of bad verdicts.
 pub fn verdicts_human(results: &[(String, pb::Verdict)]) -> String {
     let rows: Vec<Vec<String>> = results

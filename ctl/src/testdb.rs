@@ -123,7 +123,7 @@ pub async fn run(
     eprintln!(
         "run {run_id} started; Ctrl-C stops watching, not the run (`tandemctl cancel {run_id}` cancels it)"
     );
-    follow(&mut client, format, run_id, &skipped).await
+    follow(&mut client, format, run_id, &skipped, false).await
 }
 
 /// Sets a run left out, for the JSON output.
@@ -134,25 +134,30 @@ fn skipped_json(skipped: &[pb::SkippedSet]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// `tandemctl backup SET`: a backup run, followed like a test.
+/// `tandemctl backup SET` (`archive: None`) or `tandemctl copy SET`
+/// (`Some(archive_file)`): a backup or archive-copy run, followed like a
+/// test.
 pub async fn backup(
     conn: &Connection,
     format: OutputFormat,
     set: String,
     member: Option<String>,
+    archive: Option<bool>,
 ) -> Result<Outcome, CtlError> {
     let mut client = conn.connect().await?;
     let run_id = client
         .backup(pb::BackupRequest {
             set,
             member: member.unwrap_or_default(),
+            archive_copy: archive.is_some(),
+            archive_file: archive.unwrap_or(false),
         })
         .await
         .map_err(refused("Backup"))?
         .into_inner()
         .run_id;
     eprintln!("run {run_id} started; Ctrl-C stops watching, not the run");
-    follow(&mut client, format, run_id, &[]).await
+    follow(&mut client, format, run_id, &[], archive.is_some()).await
 }
 
 /// `tandemctl watch RUN`.
@@ -162,7 +167,7 @@ pub async fn watch(
     run_id: String,
 ) -> Result<Outcome, CtlError> {
     let mut client = conn.connect().await?;
-    follow(&mut client, format, run_id, &[]).await
+    follow(&mut client, format, run_id, &[], false).await
 }
 
 /// `tandemctl cancel RUN`.
@@ -207,6 +212,7 @@ async fn follow(
     format: OutputFormat,
     run_id: String,
     skipped: &[pb::SkippedSet],
+    archive: bool,
 ) -> Result<Outcome, CtlError> {
     let mut stream = client
         .watch_run(pb::WatchRunRequest {
@@ -272,7 +278,12 @@ async fn follow(
         })).collect::<Vec<_>>(),
         "skipped": skipped_json(skipped),
     });
-    print(format, json, output::verdicts_human(&results));
+    let human = if archive {
+        output::archive_human(&results)
+    } else {
+        output::verdicts_human(&results)
+    };
+    print(format, json, human);
     let errors = results
         .iter()
         .any(|(_, v)| output::verdict_bad(&Some(v.clone())));

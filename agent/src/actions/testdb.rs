@@ -251,6 +251,8 @@ pub struct Job<E> {
     pub logical_read: bool,
     /// Cancelled when the agent stops: tells an interruption from a Cancel.
     pub shutting_down: CancellationToken,
+    /// Orders that joined this one (SPEC T9), closed once the copy is made.
+    pub join: Arc<Mutex<crate::ops::Join>>,
 }
 
 /// State the steps share with the clean-up that may follow them.
@@ -259,6 +261,9 @@ struct Shared {
     standby_stopped: AtomicBool,
     stopped_at: Mutex<Option<Instant>>,
     packed: Mutex<Option<crate::backup::Packed>>,
+    /// Whether the copy is tested: known once the copy is made (a test may
+    /// join an archive copy until then).
+    tested: AtomicBool,
 }
 
 impl Shared {
@@ -401,10 +406,18 @@ impl<E: Engine> Job<E> {
         sh.rec().bytes_copied = bytes;
         restarted?;
         let _ = std::fs::remove_file(unusable_marker(&self.cfg));
-        if self.pack {
+        // From here on the copy is what it is: nothing joins any more.
+        let (pack, tested) = {
+            let mut j = self.join.lock().unwrap_or_else(|p| p.into_inner());
+            j.open = false;
+            sh.rec().notes.append(&mut j.notes);
+            (self.pack || j.pack, !self.only_copy || j.test)
+        };
+        sh.tested.store(tested, Ordering::SeqCst);
+        if pack {
             self.step(sh, "pack", self.pack_copy(sh, &copy)).await?;
         }
-        if self.only_copy {
+        if !tested {
             return Ok(());
         }
 
@@ -599,6 +612,7 @@ pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
         standby_stopped: AtomicBool::new(false),
         stopped_at: Mutex::new(None),
         packed: Mutex::new(None),
+        tested: AtomicBool::new(!job.only_copy),
     };
     if !job.only_copy {
         let _ = std::fs::write(output_path(&job.cfg), b"");
@@ -698,7 +712,7 @@ pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
     if let Err(e) = job.journal.write(&rec) {
         error!(error = %e, "cannot write the journal");
     }
-    if !job.only_copy {
+    if sh.tested.load(Ordering::SeqCst) {
         write_state_file(&job.cfg, &rec);
     }
     job.progress.send_modify(|p| {

@@ -82,6 +82,26 @@ pub enum OpenError {
 struct Current {
     id: String,
     cancel: CancellationToken,
+    /// What a copy-making operation may still take on (SPEC T9).
+    join: Arc<Mutex<Join>>,
+}
+
+/// One copy serving both purposes (SPEC T9): until a copy-making
+/// operation reaches the point where its copy is packed or opened for the
+/// test (`open` false from then on), an order with `join=true` for the
+/// other purpose joins it instead of making a second copy: a test joins an
+/// archive copy (the test runs on that copy, after its archive file is
+/// written), an archive copy or file joins a test (its copy is packed
+/// before the test opens it).
+#[derive(Debug, Default)]
+pub struct Join {
+    pub open: bool,
+    /// A test joined a copy-only operation.
+    pub test: bool,
+    /// An archive file was asked for by a joined order.
+    pub pack: bool,
+    /// What joined, for the operation's notes.
+    pub notes: Vec<String>,
 }
 
 pub struct Operations<E> {
@@ -208,11 +228,17 @@ impl<E: Engine> Operations<E> {
             info!(operation = %known.id, request = %request_id, "repeated request: returning the operation it started");
             return Ok(known.id);
         }
-        if let Some(running) = self.running() {
-            return Err(StartError::Busy { running });
-        }
         if kind == OpKind::Backup && self.cfg.backup.is_none() {
             return Err(StartError::NoBackupConfig);
+        }
+        let untested = params.get("test").is_some_and(|v| v == "false");
+        if params.get("join").is_some_and(|v| v == "true")
+            && let Some(id) = self.join(kind, untested, &request_id)
+        {
+            return Ok(id);
+        }
+        if let Some(running) = self.running() {
+            return Err(StartError::Busy { running });
         }
         // A restore is checked by its own rules (R1, R2, R11); everything
         // else copies a streaming standby (T8, R11).
@@ -229,6 +255,10 @@ impl<E: Engine> Operations<E> {
         };
         let id = new_id(kind);
         let cancel = self.shutdown.child_token();
+        let join = Arc::new(Mutex::new(Join {
+            open: kind != OpKind::Restore,
+            ..Join::default()
+        }));
         {
             let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(c) = cur.as_ref() {
@@ -239,6 +269,7 @@ impl<E: Engine> Operations<E> {
             *cur = Some(Current {
                 id: id.clone(),
                 cancel: cancel.clone(),
+                join: join.clone(),
             });
         }
         if set_generation > seen {
@@ -278,7 +309,6 @@ impl<E: Engine> Operations<E> {
         info!(operation = %id, ?kind, "operation started");
         crate::metrics::operation_started();
         let skip_logical = params.get("skip_logical_read").is_some_and(|v| v == "true");
-        let untested = params.get("test").is_some_and(|v| v == "false");
         if let Some(plan) = restore_plan {
             self.tasks.spawn(
                 async move {
@@ -310,6 +340,7 @@ impl<E: Engine> Operations<E> {
                     pack: kind == OpKind::Backup,
                     logical_read: this.cfg.testdb.logical_read && !skip_logical,
                     shutting_down: this.shutdown.clone(),
+                    join,
                 };
                 let rec = testdb::run(job, record).await;
                 crate::metrics::operation_finished(&rec);
@@ -319,6 +350,31 @@ impl<E: Engine> Operations<E> {
             .instrument(span),
         );
         Ok(id)
+    }
+
+    /// Join the running copy-making operation, when it can still serve this
+    /// order too (SPEC T9); its id.
+    fn join(&self, kind: OpKind, untested: bool, request: &str) -> Option<String> {
+        if !matches!(kind, OpKind::Copy | OpKind::Testdb | OpKind::Backup) {
+            return None;
+        }
+        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let c = cur.as_ref()?;
+        let mut j = c.join.lock().unwrap_or_else(|p| p.into_inner());
+        if !j.open {
+            return None;
+        }
+        let test = kind == OpKind::Testdb || (kind == OpKind::Backup && !untested);
+        let pack = kind == OpKind::Backup;
+        j.test |= test;
+        j.pack |= pack;
+        j.notes.push(format!(
+            "order {request} ({}{}) joined this operation: one copy serves both (SPEC T9)",
+            if test { "a test" } else { "an archive copy" },
+            if pack { " with its archive file" } else { "" }
+        ));
+        info!(operation = %c.id, request, ?kind, "order joined the running operation");
+        Some(c.id.clone())
     }
 
     /// A receiver of the operation's progress, or its journal record when it

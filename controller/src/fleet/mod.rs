@@ -59,6 +59,15 @@ struct Running {
     busy: Busy,
     since: Timestamp,
     run_id: String,
+    kind: RunKind,
+    /// The member its operation runs on (a job of the other purpose may
+    /// join it there, SPEC T9).
+    target: Option<Target>,
+    /// A job already joined it, or tried to: not offered again.
+    joined: bool,
+    /// A job that joined another's operation: it takes no place under the
+    /// limits.
+    rides: bool,
 }
 
 /// One run's events, for `WatchRun`.
@@ -107,28 +116,56 @@ pub enum RunKind {
     /// A backup: the testdb steps plus a pack step; the file is kept only
     /// when the test is clean (SPEC R1, T9).
     Backup,
+    /// An archive copy (SPEC T9): the copy only, packed into an archive
+    /// file with `file`. Its outcome is stored apart from the set's
+    /// verdicts (it tests nothing).
+    Archive { file: bool },
 }
 
 /// The origin of backup runs started by `tandemctl backup`.
 pub const BACKUP_ORIGIN: &str = "backup";
+/// The origins of archive-copy runs (SPEC T9): a copy, no test; packed into
+/// an archive file with the archive-file option.
+pub const ARCHIVE_ORIGIN: &str = "archive";
+pub const ARCHIVE_FILE_ORIGIN: &str = "archive+file";
 
 impl RunKind {
     /// The kind of a stored run. It is carried by the run's origin (no
     /// store migration needed): runs whose origin starts with `backup` are
-    /// backups.
+    /// backups, `archive` and `archive+file` archive copies.
     pub fn of_origin(origin: &str) -> RunKind {
         if origin.starts_with(BACKUP_ORIGIN) {
             RunKind::Backup
+        } else if origin == ARCHIVE_FILE_ORIGIN {
+            RunKind::Archive { file: true }
+        } else if origin == ARCHIVE_ORIGIN {
+            RunKind::Archive { file: false }
         } else {
             RunKind::Testdb
         }
     }
 
-    fn operation(self) -> pb::OperationKind {
+    /// The agent's operation, and its parameters besides the request id.
+    fn operation(self) -> (pb::OperationKind, Vec<(&'static str, &'static str)>) {
         match self {
-            RunKind::Testdb => pb::OperationKind::Testdb,
-            RunKind::Backup => pb::OperationKind::Backup,
+            RunKind::Testdb => (pb::OperationKind::Testdb, vec![]),
+            RunKind::Backup => (pb::OperationKind::Backup, vec![]),
+            RunKind::Archive { file: false } => (pb::OperationKind::Copy, vec![]),
+            RunKind::Archive { file: true } => {
+                (pb::OperationKind::Backup, vec![("test", "false")])
+            }
         }
+    }
+
+    /// Whether its copy is tested (and its outcome a verdict).
+    pub fn tests(self) -> bool {
+        !matches!(self, RunKind::Archive { .. })
+    }
+
+    /// Whether one copy can serve a job of this kind and one of `other`
+    /// (SPEC T9): a test and an archive copy.
+    fn serves_with(self, other: RunKind) -> bool {
+        self.tests() != other.tests()
     }
 }
 
@@ -169,8 +206,30 @@ struct Queue {
 
 impl Queue {
     fn busy(&self) -> Vec<Busy> {
-        self.running.iter().map(|r| r.busy.clone()).collect()
+        self.running
+            .iter()
+            .filter(|r| !r.rides)
+            .map(|r| r.busy.clone())
+            .collect()
     }
+
+}
+
+/// The running job that a waiting `job` can join (SPEC T9): on its set,
+/// of the other purpose, on the member the job asked for (if any), not
+/// joined yet. Marks it joined; returns where it runs.
+fn join_target(running: &mut [Running], job: &Job) -> Option<Target> {
+    let r = running.iter_mut().find(|r| {
+        r.busy.set == job.set
+            && !r.rides
+            && !r.joined
+            && r.kind.serves_with(job.kind)
+            && r.target
+                .as_ref()
+                .is_some_and(|t| job.member.as_deref().is_none_or(|m| m == t.member))
+    })?;
+    r.joined = true;
+    r.target.clone()
 }
 
 pub struct Fleet {
@@ -310,6 +369,24 @@ impl Fleet {
             .min()
     }
 
+    /// Since when a job of `set` that tests (`tests`) or makes an archive
+    /// copy (`!tests`) waits or runs, if one does (the scheduler keeps the
+    /// two purposes apart: one rides on the other, SPEC T9).
+    pub fn purpose_active_since(&self, set: &str, tests: bool) -> Option<Timestamp> {
+        let q = self.lock_queue();
+        q.running
+            .iter()
+            .filter(|r| r.busy.set == set && r.kind.tests() == tests)
+            .map(|r| r.since)
+            .chain(
+                q.waiting
+                    .iter()
+                    .filter(|j| j.set == set && j.kind.tests() == tests)
+                    .map(|j| j.since),
+            )
+            .min()
+    }
+
     /// The run with a test of `set` waiting or running, if any.
     pub fn active_run(&self, set: &str) -> Option<String> {
         let q = self.lock_queue();
@@ -445,6 +522,11 @@ impl Fleet {
                             },
                             since: row.created_at,
                             run_id: row.id.clone(),
+                            kind: job.kind,
+                            target: Some(target.clone()),
+                            // Carried on after a restart: not offered to joins.
+                            joined: true,
+                            rides: false,
                         });
                         let this = self.clone();
                         let span = job_span(&job, true);
@@ -484,6 +566,7 @@ impl Fleet {
             let held = self
                 .held(&job.set)
                 .filter(|_| job.origin != MAINTENANCE_ORIGIN);
+            let is_held = held.is_some();
             let target = match held {
                 Some(why) => Err(why),
                 None => self.target(&job.set, job.member.as_deref()),
@@ -502,6 +585,34 @@ impl Fleet {
                     &host,
                 ),
             };
+            // One copy serves both (SPEC T9): a job waiting for its set
+            // rides on the running operation of the other purpose.
+            let ride = match &admitted {
+                Err(Wait::Set { .. }) if !is_held => {
+                    let q = &mut *q;
+                    join_target(&mut q.running, &q.waiting[i])
+                }
+                _ => None,
+            };
+            if let Some(t) = ride {
+                let job = q.waiting.remove(i).expect("index checked");
+                q.running.push(Running {
+                    busy: Busy {
+                        set: job.set.clone(),
+                        host: t.host.clone(),
+                    },
+                    since: Timestamp::now(),
+                    run_id: job.run_id.clone(),
+                    kind: job.kind,
+                    target: Some(t.clone()),
+                    joined: true,
+                    rides: true,
+                });
+                let this = self.clone();
+                let span = job_span(&job, false);
+                tokio::spawn(async move { this.ride(job, t).await }.instrument(span));
+                continue;
+            }
             match admitted {
                 Ok(()) => {
                     let job = q.waiting.remove(i).expect("index checked");
@@ -515,6 +626,10 @@ impl Fleet {
                         busy: b,
                         since: Timestamp::now(),
                         run_id: job.run_id.clone(),
+                        kind: job.kind,
+                        target: target.as_ref().ok().cloned(),
+                        joined: false,
+                        rides: false,
                     });
                     let this = self.clone();
                     let span = job_span(&job, false);
@@ -691,11 +806,7 @@ impl Fleet {
             Err(e) => return failed(e.to_string()),
         };
         let started = client
-            .start_operation(pb::StartOperationRequest {
-                kind: job.kind.operation() as i32,
-                set_generation: generation,
-                params: HashMap::from([("request_id".to_owned(), request_id(job))]),
-            })
+            .start_operation(start_request(job, generation, false))
             .await;
         let op_id = match started {
             Ok(r) => r.into_inner().operation_id,
@@ -709,6 +820,57 @@ impl Fleet {
             warn!(set = %job.set, error = %e, "cannot ask the agent to cancel");
         }
         self.follow_to_verdict(job, t, op_id).await
+    }
+
+    /// A job that joins the running operation of the other purpose on
+    /// `t` (SPEC T9). The agent says whether it still can; when it cannot
+    /// (the copy is already packed or opened for its test), the job waits
+    /// for the set like any other and makes its own copy after.
+    async fn ride(self: Arc<Self>, job: Job, t: Target) {
+        if self.cancelled_by(&job.run_id).is_some() {
+            return self.run_job(job, Ok(t)).await;
+        }
+        let generation = self
+            .store
+            .generation(job.set.clone())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(1);
+        let joined = match self.agents.client(&t.address) {
+            Ok(mut c) => c
+                .start_operation(start_request(&job, generation, true))
+                .await
+                .map(|r| r.into_inner().operation_id)
+                .map_err(|s| s.message().to_owned()),
+            Err(e) => Err(e.to_string()),
+        };
+        match joined {
+            Ok(op_id) => {
+                info!(set = %job.set, member = %t.member, operation = %op_id, "joined the running operation: one copy serves both");
+                let _ = self
+                    .store
+                    .run_set_state(
+                        job.run_id.clone(),
+                        job.set.clone(),
+                        RunSetState::Starting,
+                        t.agent.clone(),
+                        String::new(),
+                    )
+                    .await;
+                let v = self.follow_to_verdict(&job, &t, op_id).await;
+                self.finish(job, v).await;
+            }
+            Err(why) => {
+                info!(set = %job.set, "could not join the running operation ({why}); waiting for the set");
+                let mut q = self.lock_queue();
+                q.running
+                    .retain(|r| !(r.rides && r.busy.set == job.set && r.run_id == job.run_id));
+                q.waiting.push_front(job);
+                drop(q);
+                self.wake.notify_one();
+            }
+        }
     }
 
     async fn follow_to_verdict(&self, job: &Job, t: &Target, op_id: String) -> Verdict {
@@ -817,7 +979,6 @@ impl Fleet {
     /// last, that the run is done).
     async fn record(&self, job: Job, verdict: Verdict) {
         info!(set = %job.set, verdict = verdict.kind.as_str(), lsn = ?verdict.lsn, "verdict");
-        crate::metrics::verdict(&job.set, &verdict);
         let span = tracing::Span::current();
         span.record("verdict", verdict.kind.as_str());
         span.record("findings", verdict.findings.len() as u64);
@@ -828,9 +989,40 @@ impl Fleet {
         // the run's last: whoever's write lands last pushes `done`, after
         // every set's verdict was pushed.
         job.run.push(verdict_event(&job.run_id, &job.set, &verdict));
+        let tested = job.kind.tests();
+        if tested {
+            crate::metrics::verdict(&job.set, &verdict);
+        } else {
+            let what = match verdict.kind {
+                crate::verdicts::VerdictKind::FailedToRun => format!(
+                    "archive copy (run {}) could not be made: {}",
+                    job.run_id,
+                    verdict.reason.as_deref().unwrap_or("")
+                ),
+                _ => format!(
+                    "archive copy (run {}) made on {} by operation {}{}",
+                    job.run_id,
+                    verdict.member,
+                    verdict.operation_id,
+                    verdict
+                        .backup_path
+                        .as_deref()
+                        .map(|p| format!(", archive file {p}"))
+                        .unwrap_or_default()
+                ),
+            };
+            if let Err(e) = self.store.set_event(job.set.clone(), "archive", what).await {
+                warn!(error = %e, "cannot record the set event");
+            }
+        }
         let run_done = match self
             .store
-            .finish_run_set(job.run_id.clone(), job.set.clone(), verdict.clone())
+            .finish_run_set(
+                job.run_id.clone(),
+                job.set.clone(),
+                verdict.clone(),
+                tested,
+            )
             .await
         {
             Ok(done) => done,
@@ -951,6 +1143,22 @@ fn seconds_since(t: Timestamp) -> f64 {
 
 fn request_id(job: &Job) -> String {
     format!("{}/{}", job.run_id, job.set)
+}
+
+/// The order for a job's operation; `join`: join the running operation of
+/// the other purpose if the agent still can (SPEC T9).
+fn start_request(job: &Job, generation: u64, join: bool) -> pb::StartOperationRequest {
+    let (kind, extra) = job.kind.operation();
+    let mut params = HashMap::from([("request_id".to_owned(), request_id(job))]);
+    params.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+    if join {
+        params.insert("join".into(), "true".into());
+    }
+    pb::StartOperationRequest {
+        kind: kind as i32,
+        set_generation: generation,
+        params,
+    }
 }
 
 fn verdict_event(run_id: &str, set: &str, v: &Verdict) -> pb::RunProgress {

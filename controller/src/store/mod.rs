@@ -276,6 +276,10 @@ impl Store {
     }
 }
 
+/// The `kind` under which an archive copy's outcome is stored in
+/// `verdicts` (SPEC T9): kept with its run, left out of the set's history.
+pub const ARCHIVE_OUTCOME: &str = "archive";
+
 impl Store {
     /// Append a verdict to the set's history.
     pub async fn record_verdict(&self, set: String, v: Verdict) -> Result<(), StoreError> {
@@ -290,14 +294,33 @@ impl Store {
         .await
     }
 
+    /// A set's archive-copy outcomes (SPEC T9), newest first (all when
+    /// `limit` is 0).
+    pub async fn archive_outcomes(
+        &self,
+        set: String,
+        limit: u32,
+    ) -> Result<Vec<Verdict>, StoreError> {
+        self.verdict_rows(set, limit, "kind = 'archive'").await
+    }
+
     /// A set's verdicts, newest first (all when `limit` is 0).
     pub async fn verdicts(&self, set: String, limit: u32) -> Result<Vec<Verdict>, StoreError> {
+        self.verdict_rows(set, limit, "kind != 'archive'").await
+    }
+
+    async fn verdict_rows(
+        &self,
+        set: String,
+        limit: u32,
+        which: &'static str,
+    ) -> Result<Vec<Verdict>, StoreError> {
         let limit = if limit == 0 { -1 } else { i64::from(limit) };
         self.call(move |c| {
             let rows: Vec<String> = c
-                .prepare(
-                    "SELECT verdict FROM verdicts WHERE set_name = ?1 ORDER BY id DESC LIMIT ?2",
-                )?
+                .prepare(&format!(
+                    "SELECT verdict FROM verdicts WHERE set_name = ?1 AND {which} ORDER BY id DESC LIMIT ?2"
+                ))?
                 .query_map(params![set, limit], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             Ok(rows

@@ -115,18 +115,28 @@ impl Store {
 
     /// Store a set's verdict in its history and mark the run's set done, in
     /// one transaction; the run is finished when its last set is.
+    ///
+    /// `tested` false: an archive copy's outcome (SPEC T9), stored with the
+    /// run under the kind `archive`, which the set's verdict history leaves
+    /// out (it tested nothing).
     pub async fn finish_run_set(
         &self,
         run_id: String,
         set: String,
         v: Verdict,
+        tested: bool,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(&v).expect("verdicts serialize");
+        let kind = if tested {
+            v.kind.as_str()
+        } else {
+            super::ARCHIVE_OUTCOME
+        };
         self.call(move |c| {
             let tx = c.transaction()?;
             tx.execute(
                 "INSERT INTO verdicts(set_name, kind, verdict, at) VALUES (?1, ?2, ?3, ?4)",
-                params![set, v.kind.as_str(), json, v.at.to_string()],
+                params![set, kind, json, v.at.to_string()],
             )?;
             let vid = tx.last_insert_rowid();
             tx.execute(
@@ -299,7 +309,7 @@ mod tests {
         .unwrap();
         let v = Verdict::failed_to_run("db2", "x".into(), String::new());
         assert!(
-            !s.finish_run_set("r1".into(), "a".into(), v.clone())
+            !s.finish_run_set("r1".into(), "a".into(), v.clone(), true)
                 .await
                 .unwrap()
         );
@@ -309,7 +319,7 @@ mod tests {
         assert_eq!(open[0].sets[0].verdict.as_ref(), Some(&v));
         assert_eq!(open[0].sets[1].state, RunSetState::Queued);
         assert_eq!(open[0].sets[1].member, "db2");
-        assert!(s.finish_run_set("r1".into(), "b".into(), v).await.unwrap());
+        assert!(s.finish_run_set("r1".into(), "b".into(), v, true).await.unwrap());
         assert!(s.unfinished_runs().await.unwrap().is_empty());
         assert_eq!(s.run("r1".into()).await.unwrap().unwrap().sets.len(), 2);
         assert_eq!(s.verdicts("a".into(), 0).await.unwrap().len(), 1);
