@@ -2,8 +2,11 @@
 //! packs the copy, tests it and keeps the file only when clean; `tandemctl
 //! backups` lists the files of every member. Real PostgreSQL, real binaries.
 
+use std::time::Duration;
+
 use tandem_tests::corrupt;
 use tandem_tests::fleet::{Fleet, FleetSpec};
+use tandem_tests::wait::wait_for;
 
 fn spec(set: &str) -> FleetSpec {
     let mut spec = FleetSpec::new(&[(set, 1)]);
@@ -142,4 +145,112 @@ async fn a_copy_with_errors_is_not_kept() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The journal records of an agent's operations.
+fn journal(fleet: &Fleet, agent: &str) -> Vec<serde_json::Value> {
+    std::fs::read_dir(fleet.agent_home(agent).join("journal"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .filter_map(|t| serde_json::from_str(&t).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_and_an_archive_copy_due_together_share_one_copy() {
+    let fleet = Fleet::start(spec("t9")).await.unwrap();
+    let pair = fleet.set("t9");
+    pair.primary.pgbench_init(1).unwrap();
+    corrupt::wait_replayed(&pair.primary, &pair.standbys[0])
+        .await
+        .unwrap();
+
+    // Both policies take effect at once, so both fall due together.
+    let set = fleet
+        .ctl_as(
+            "admin",
+            &[
+                "set",
+                "policy",
+                "t9",
+                "--test",
+                "interval=3600",
+                "--archive-copy",
+                "interval=3600",
+                "--archive-file",
+                "on",
+            ],
+        )
+        .unwrap();
+    assert_eq!(set.code, 0, "{set:?}");
+
+    // The test's verdict and the archive copy's outcome both arrive.
+    let history = wait_for(
+        "a verdict and an archive copy in t9's history",
+        Duration::from_secs(120),
+        Duration::from_millis(300),
+        || async {
+            let h = fleet.ctl(&["history", "t9", "--output", "json"])?.json();
+            let archived = h["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "archive");
+            let tested = !h["verdicts"].as_array().unwrap().is_empty();
+            Ok((archived && tested).then_some(h))
+        },
+    )
+    .await
+    .unwrap();
+    let verdicts = history["verdicts"].as_array().unwrap();
+    assert_eq!(
+        verdicts.len(),
+        1,
+        "the archive copy is not a verdict: {history:#}"
+    );
+    let v = &verdicts[0];
+    assert_eq!(v["kind"], "clean", "{v:#}");
+    let op = v["operation_id"].as_str().unwrap();
+    let event = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "archive")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        event.contains(op),
+        "the archive copy names the same operation: {event}"
+    );
+
+    // One copy was made: one operation on the standby, which packed the
+    // archive file before the test opened the copy, and says who joined.
+    let ops = journal(&fleet, "t9-s1");
+    assert_eq!(ops.len(), 1, "{ops:#?}");
+    let steps: Vec<&str> = ops[0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    let at = |name: &str| steps.iter().position(|s| *s == name);
+    assert_eq!(
+        steps.iter().filter(|s| **s == "copy").count(),
+        1,
+        "{steps:?}"
+    );
+    assert!(
+        at("pack").unwrap() < at("open_private").unwrap(),
+        "{steps:?}"
+    );
+    let notes = ops[0]["notes"].to_string();
+    assert!(notes.contains("joined this operation"), "{notes}");
+    // The archive file is kept (the test was clean) and listed.
+    let file = std::path::PathBuf::from(v["backup_path"].as_str().unwrap());
+    assert!(file.is_file(), "{file:?}");
+    assert!(event.contains(file.to_str().unwrap()), "{event}");
 }

@@ -65,6 +65,9 @@ struct Running {
     target: Option<Target>,
     /// A job already joined it, or tried to: not offered again.
     joined: bool,
+    /// Its operation, once the agent accepted the order: a job joins only
+    /// then (before, the agent would start the rider's order on its own).
+    op: Option<String>,
     /// A job that joined another's operation: it takes no place under the
     /// limits.
     rides: bool,
@@ -151,9 +154,7 @@ impl RunKind {
             RunKind::Testdb => (pb::OperationKind::Testdb, vec![]),
             RunKind::Backup => (pb::OperationKind::Backup, vec![]),
             RunKind::Archive { file: false } => (pb::OperationKind::Copy, vec![]),
-            RunKind::Archive { file: true } => {
-                (pb::OperationKind::Backup, vec![("test", "false")])
-            }
+            RunKind::Archive { file: true } => (pb::OperationKind::Backup, vec![("test", "false")]),
         }
     }
 
@@ -212,7 +213,6 @@ impl Queue {
             .map(|r| r.busy.clone())
             .collect()
     }
-
 }
 
 /// The running job that a waiting `job` can join (SPEC T9): on its set,
@@ -223,6 +223,7 @@ fn join_target(running: &mut [Running], job: &Job) -> Option<Target> {
         r.busy.set == job.set
             && !r.rides
             && !r.joined
+            && r.op.is_some()
             && r.kind.serves_with(job.kind)
             && r.target
                 .as_ref()
@@ -527,6 +528,7 @@ impl Fleet {
                             // Carried on after a restart: not offered to joins.
                             joined: true,
                             rides: false,
+                            op: None,
                         });
                         let this = self.clone();
                         let span = job_span(&job, true);
@@ -607,6 +609,7 @@ impl Fleet {
                     target: Some(t.clone()),
                     joined: true,
                     rides: true,
+                    op: None,
                 });
                 let this = self.clone();
                 let span = job_span(&job, false);
@@ -630,6 +633,7 @@ impl Fleet {
                         target: target.as_ref().ok().cloned(),
                         joined: false,
                         rides: false,
+                        op: None,
                     });
                     let this = self.clone();
                     let span = job_span(&job, false);
@@ -814,6 +818,16 @@ impl Fleet {
                 return failed(format!("agent `{}` refused: {}", t.agent, s.message()));
             }
         };
+        // A job of the other purpose waiting for the set may join it now.
+        if let Some(r) = self
+            .lock_queue()
+            .running
+            .iter_mut()
+            .find(|r| r.busy.set == job.set && r.run_id == job.run_id)
+        {
+            r.op = Some(op_id.clone());
+        }
+        self.wake.notify_one();
         if self.cancelled_by(&job.run_id).is_some()
             && let Err(e) = self.cancel_on_agent(&t.agent, &op_id).await
         {
@@ -1017,12 +1031,7 @@ impl Fleet {
         }
         let run_done = match self
             .store
-            .finish_run_set(
-                job.run_id.clone(),
-                job.set.clone(),
-                verdict.clone(),
-                tested,
-            )
+            .finish_run_set(job.run_id.clone(), job.set.clone(), verdict.clone(), tested)
             .await
         {
             Ok(done) => done,
@@ -1176,5 +1185,39 @@ fn done_event(run_id: &str) -> pb::RunProgress {
         run_id: run_id.to_owned(),
         done: true,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_kind_comes_from_its_origin_and_a_test_and_an_archive_copy_share_a_copy() {
+        assert_eq!(RunKind::of_origin("manual"), RunKind::Testdb);
+        assert_eq!(RunKind::of_origin("schedule"), RunKind::Testdb);
+        assert_eq!(RunKind::of_origin(BACKUP_ORIGIN), RunKind::Backup);
+        assert_eq!(
+            RunKind::of_origin(ARCHIVE_ORIGIN),
+            RunKind::Archive { file: false }
+        );
+        assert_eq!(
+            RunKind::of_origin(ARCHIVE_FILE_ORIGIN),
+            RunKind::Archive { file: true }
+        );
+        let archive = RunKind::Archive { file: true };
+        assert!(archive.serves_with(RunKind::Testdb));
+        assert!(RunKind::Backup.serves_with(RunKind::Archive { file: false }));
+        assert!(!RunKind::Testdb.serves_with(RunKind::Backup));
+        assert!(!archive.serves_with(RunKind::Archive { file: false }));
+        // An archive file is an untested backup; a plain archive copy a copy.
+        assert_eq!(
+            archive.operation(),
+            (pb::OperationKind::Backup, vec![("test", "false")])
+        );
+        assert_eq!(
+            RunKind::Archive { file: false }.operation().0,
+            pb::OperationKind::Copy
+        );
     }
 }

@@ -319,7 +319,11 @@ mod tests {
         assert_eq!(open[0].sets[0].verdict.as_ref(), Some(&v));
         assert_eq!(open[0].sets[1].state, RunSetState::Queued);
         assert_eq!(open[0].sets[1].member, "db2");
-        assert!(s.finish_run_set("r1".into(), "b".into(), v, true).await.unwrap());
+        assert!(
+            s.finish_run_set("r1".into(), "b".into(), v, true)
+                .await
+                .unwrap()
+        );
         assert!(s.unfinished_runs().await.unwrap().is_empty());
         assert_eq!(s.run("r1".into()).await.unwrap().unwrap().sets.len(), 2);
         assert_eq!(s.verdicts("a".into(), 0).await.unwrap().len(), 1);
