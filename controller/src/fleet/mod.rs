@@ -73,6 +73,26 @@ struct Running {
     rides: bool,
 }
 
+impl Running {
+    /// `job`'s place, on `host`, running on `target` when known; neither
+    /// joined nor riding.
+    fn of(job: &Job, host: String, target: Option<Target>, since: Timestamp) -> Running {
+        Running {
+            busy: Busy {
+                set: job.set.clone(),
+                host,
+            },
+            since,
+            run_id: job.run_id.clone(),
+            kind: job.kind,
+            target,
+            joined: false,
+            rides: false,
+            op: None,
+        }
+    }
+}
+
 /// One run's events, for `WatchRun`.
 pub struct Run {
     events: Mutex<Vec<pb::RunProgress>>,
@@ -517,18 +537,14 @@ impl Fleet {
                             address,
                         };
                         self.lock_queue().running.push(Running {
-                            busy: Busy {
-                                set: s.set.clone(),
-                                host: target.host.clone(),
-                            },
-                            since: row.created_at,
-                            run_id: row.id.clone(),
-                            kind: job.kind,
-                            target: Some(target.clone()),
                             // Carried on after a restart: not offered to joins.
                             joined: true,
-                            rides: false,
-                            op: None,
+                            ..Running::of(
+                                &job,
+                                target.host.clone(),
+                                Some(target.clone()),
+                                row.created_at,
+                            )
                         });
                         let this = self.clone();
                         let span = job_span(&job, true);
@@ -599,17 +615,8 @@ impl Fleet {
             if let Some(t) = ride {
                 let job = q.waiting.remove(i).expect("index checked");
                 q.running.push(Running {
-                    busy: Busy {
-                        set: job.set.clone(),
-                        host: t.host.clone(),
-                    },
-                    since: Timestamp::now(),
-                    run_id: job.run_id.clone(),
-                    kind: job.kind,
-                    target: Some(t.clone()),
-                    joined: true,
                     rides: true,
-                    op: None,
+                    ..Running::of(&job, t.host.clone(), Some(t.clone()), Timestamp::now())
                 });
                 let this = self.clone();
                 let span = job_span(&job, false);
@@ -620,21 +627,10 @@ impl Fleet {
                 Ok(()) => {
                     let job = q.waiting.remove(i).expect("index checked");
                     crate::metrics::admitted(seconds_since(job.since));
-                    let b = Busy {
-                        set: job.set.clone(),
-                        host,
-                    };
-                    busy.push(b.clone());
-                    q.running.push(Running {
-                        busy: b,
-                        since: Timestamp::now(),
-                        run_id: job.run_id.clone(),
-                        kind: job.kind,
-                        target: target.as_ref().ok().cloned(),
-                        joined: false,
-                        rides: false,
-                        op: None,
-                    });
+                    let place =
+                        Running::of(&job, host, target.as_ref().ok().cloned(), Timestamp::now());
+                    busy.push(place.busy.clone());
+                    q.running.push(place);
                     let this = self.clone();
                     let span = job_span(&job, false);
                     tokio::spawn(async move { this.run_job(job, target).await }.instrument(span));

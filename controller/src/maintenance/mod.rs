@@ -261,33 +261,49 @@ impl Maintenance {
         Ok(self.latest(set).await?.filter(|w| !w.state.is_over()))
     }
 
-    /// Every member's agent, and which member is the primary now (from
-    /// the agents' facts, SPEC C1).
-    fn members(&self, set: &str) -> Result<(Member, Vec<Member>), ServiceError> {
+    /// Every member of `set` with its agent's view; refused when an agent
+    /// is offline or was never seen (`what` halts the set: "a window").
+    fn online_members(
+        &self,
+        set: &str,
+        what: &str,
+    ) -> Result<Vec<(Member, crate::inventory::AgentView)>, ServiceError> {
         let set_cfg = self
             .inventory
             .set(set)
             .ok_or_else(|| ServiceError::UnknownSet {
                 set: set.to_owned(),
             })?;
+        set_cfg
+            .members
+            .iter()
+            .map(|m| {
+                let view = self
+                    .inventory
+                    .get(&m.agent)
+                    .filter(|v| v.row.state == tandem_proto::model::AgentState::Online)
+                    .ok_or_else(|| {
+                        err(format!(
+                            "the agent `{}` of member `{}` is offline or was never seen; every member's agent must answer before {what} halts the set",
+                            m.agent, m.name
+                        ))
+                    })?;
+                let member = Member {
+                    name: m.name.clone(),
+                    agent: m.agent.clone(),
+                };
+                Ok((member, view))
+            })
+            .collect()
+    }
+
+    /// Every member's agent, and which member is the primary now (from
+    /// the agents' facts, SPEC C1).
+    fn members(&self, set: &str) -> Result<(Member, Vec<Member>), ServiceError> {
         let mut primaries = Vec::new();
         let mut standbys = Vec::new();
-        for m in &set_cfg.members {
-            let member = Member {
-                name: m.name.clone(),
-                agent: m.agent.clone(),
-            };
-            let view = self.inventory.get(&member.agent);
-            let online = view
-                .as_ref()
-                .is_some_and(|v| v.row.state == tandem_proto::model::AgentState::Online);
-            if !online {
-                return Err(err(format!(
-                    "the agent `{}` of member `{}` is offline or was never seen; every member's agent must answer before a window halts the set",
-                    member.agent, member.name
-                )));
-            }
-            match view.and_then(|v| v.facts).map(|f| f.role) {
+        for (member, view) in self.online_members(set, "a window")? {
+            match view.facts.map(|f| f.role) {
                 Some(Role::Primary) => primaries.push(member),
                 _ => standbys.push(member),
             }
@@ -513,32 +529,16 @@ impl Maintenance {
         }
         self.quiet(set).await?;
         let t = crate::restore::target(&self.inventory, set, member)?;
-        let set_cfg = self
-            .inventory
-            .set(set)
-            .ok_or_else(|| ServiceError::UnknownSet {
-                set: set.to_owned(),
-            })?;
-        let mut standbys = Vec::new();
-        for m in set_cfg.members.iter() {
-            let online = self
-                .inventory
-                .get(&m.agent)
-                .is_some_and(|v| v.row.state == tandem_proto::model::AgentState::Online);
-            if !online {
-                return Err(err(format!(
-                    "the agent `{}` of member `{}` is offline or was never seen; every member's agent must answer before a restore halts the set",
-                    m.agent, m.name
-                )));
-            }
-            if m.name != t.member {
-                standbys.push(m.name.clone());
-            }
-        }
-        let data_bytes = self
-            .inventory
-            .get(&t.agent)
-            .and_then(|v| v.facts)
+        let members = self.online_members(set, "a restore")?;
+        let standbys: Vec<String> = members
+            .iter()
+            .filter(|(m, _)| m.name != t.member)
+            .map(|(m, _)| m.name.clone())
+            .collect();
+        let data_bytes = members
+            .iter()
+            .find(|(m, _)| m.name == t.member)
+            .and_then(|(_, v)| v.facts.as_ref())
             .map_or(0, |f| f.data_dir_bytes);
         let ha = self.ha_of(set).await;
         let id = new_window_id();
