@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is
 # missing (PostgreSQL, systemd-analyze, docker-compose, Patroni and etcd from
-# the distribution's packages), then runs
+# the distribution's packages, moto's S3 server from PyPI), then runs
 # `cargo fmt --check`, clippy with warnings as errors, and every test: unit
 # tests and end-to-end tests against real PostgreSQL and the real binaries.
 set -euo pipefail
@@ -22,6 +22,11 @@ command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 # etcd; it starts its own on free ports (the packages' services stay unused).
 command -v patroni >/dev/null 2>&1 || missing+=(patroni)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+# The remote-store test (tests/tests/restore.rs) runs a local S3 server, moto
+# from PyPI, installed into a virtualenv (Debian's python3 refuses pip
+# installs outside one).
+moto_venv="${TANDEM_MOTO_VENV:-$HOME/.cache/tandem/moto-venv}"
+[ -x "$moto_venv/bin/moto_server" ] || { command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' 2>/dev/null; } || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   sudo=""
@@ -33,6 +38,13 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   echo "tests/run.sh: running as root needs the 'postgres' OS user (PostgreSQL refuses to run as root); install the postgresql package" >&2
   exit 2
 fi
+
+if [ ! -x "$moto_venv/bin/moto_server" ]; then
+  say "installing moto[server] (a local S3 server) into $moto_venv"
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q 'moto[server]>=5,<6'
+fi
+export TANDEM_MOTO_SERVER="$moto_venv/bin/moto_server"
 
 say "cargo fmt --check"
 cargo fmt --all --check

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tandem_agent::backup::remote::Remote;
+use tandem_agent::backup::wal;
 use tandem_agent::config::AgentConfig;
 use tandem_agent::engine::Engine;
 use tandem_proto::telemetry::{self, LogFormat};
@@ -50,16 +52,38 @@ enum Command {
     /// Archive one WAL file (the primary's archive_command):
     /// `archive_command = 'tandem-agent archive-push --dir /var/lib/tandem/wal %p %f'`.
     /// Runs as the server's OS user, so that user must be able to write the
-    /// directory. Exit 0 only when the file is durably archived (or already
-    /// there with the same bytes).
+    /// directory (and, with --remote, read the config). Exit 0 only when the
+    /// file is durably archived (or already there with the same bytes), in
+    /// the directory and, with --remote, in the remote store too.
     ArchivePush {
         /// The WAL archive (default: `backup.wal_archive` from the config).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also push it to the config's [remote] store, as
+        /// `<set>/wal/<name>`, before answering PostgreSQL.
+        #[arg(long)]
+        remote: bool,
         /// The file to archive (%p).
         path: PathBuf,
         /// Its name in the archive (%f).
         name: String,
+    },
+    /// Fetch one WAL file for a server's restore_command:
+    /// `restore_command = 'tandem-agent archive-get --remote %f %p'`.
+    /// Reads the WAL archive directory first and, with --remote, the
+    /// config's [remote] store when the directory lacks it. Exit 1 when no
+    /// place has the file (PostgreSQL then stops asking), 2 on errors.
+    ArchiveGet {
+        /// The WAL archive (default: `backup.wal_archive` from the config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Fall back to the config's [remote] store.
+        #[arg(long)]
+        remote: bool,
+        /// The file wanted (%f).
+        name: String,
+        /// Where to put it (%p).
+        path: PathBuf,
     },
     /// Check the WAL archive's continuity: first and last segment per
     /// timeline, and the gaps. Exit 1 when there are gaps, or when `--from`
@@ -97,38 +121,97 @@ fn main() -> ExitCode {
     }
 }
 
-/// The WAL archive from `--dir` or the config.
-fn wal_dir(dir: Option<PathBuf>, config: &std::path::Path) -> anyhow::Result<PathBuf> {
-    if let Some(d) = dir {
-        return Ok(d);
-    }
-    let cfg = AgentConfig::load(config)?;
-    cfg.backup.and_then(|b| b.wal_archive).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no WAL archive: pass --dir, or set backup.wal_archive in {}",
-            config.display()
-        )
-    })
+/// The WAL archive from `--dir` or the config, and the config's remote
+/// store with the set's name when `remote` is asked for.
+fn wal_places(
+    dir: Option<PathBuf>,
+    remote: bool,
+    config: &std::path::Path,
+) -> anyhow::Result<(PathBuf, Option<(Remote, String)>)> {
+    let cfg = if dir.is_none() || remote {
+        Some(AgentConfig::load(config)?)
+    } else {
+        None
+    };
+    let dir = match dir {
+        Some(d) => d,
+        None => cfg
+            .as_ref()
+            .and_then(|c| c.backup.as_ref())
+            .and_then(|b| b.wal_archive.clone())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no WAL archive: pass --dir, or set backup.wal_archive in {}",
+                    config.display()
+                )
+            })?,
+    };
+    let remote = match cfg.filter(|_| remote) {
+        None => None,
+        Some(c) => {
+            let r = c.remote.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--remote needs a [remote] store in {} (see deploy/agent.example.toml)",
+                    config.display()
+                )
+            })?;
+            Some((Remote::open(r)?, c.set.clone()))
+        }
+    };
+    Ok((dir, remote))
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = cli.command.unwrap_or(Command::Run);
     match command {
-        Command::ArchivePush { dir, path, name } => {
-            let dir = wal_dir(dir, &cli.config)?;
-            let pushed = tandem_agent::backup::wal::push(&path, &name, &dir)?;
-            if pushed == tandem_agent::backup::wal::Pushed::AlreadyThere {
+        Command::ArchivePush {
+            dir,
+            remote,
+            path,
+            name,
+        } => {
+            let (dir, remote) = wal_places(dir, remote, &cli.config)?;
+            if wal::push(&path, &name, &dir)? == wal::Pushed::AlreadyThere {
                 eprintln!("{name} was already archived with the same bytes");
             }
+            if let Some((r, set)) = remote
+                && r.push_wal(&path, &set, &name).await? == wal::Pushed::AlreadyThere
+            {
+                eprintln!("{name} was already in the remote store with the same bytes");
+            }
             return Ok(ExitCode::SUCCESS);
+        }
+        Command::ArchiveGet {
+            dir,
+            remote,
+            name,
+            path,
+        } => {
+            if !wal::valid_name(&name) {
+                return Err(wal::WalError::BadName { name }.into());
+            }
+            let (dir, remote) = wal_places(dir, remote, &cli.config)?;
+            let local = dir.join(&name);
+            if local.is_file() {
+                std::fs::copy(&local, &path).map_err(|e| {
+                    anyhow::anyhow!("cannot copy {} to {}: {e}", local.display(), path.display())
+                })?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let Some((r, set)) = remote
+                && r.fetch_wal(&set, &name, &path).await?
+            {
+                return Ok(ExitCode::SUCCESS);
+            }
+            return Ok(ExitCode::from(1));
         }
         Command::ArchiveCheck {
             dir,
             from,
             timeline,
         } => {
-            let dir = wal_dir(dir, &cli.config)?;
-            let c = tandem_agent::backup::wal::check(&dir)?;
+            let (dir, _) = wal_places(dir, false, &cli.config)?;
+            let c = wal::check(&dir)?;
             let mut ok = !c.has_gaps();
             for (tl, span) in &c.timelines {
                 println!(
@@ -164,7 +247,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let cfg = AgentConfig::load(&cli.config)?;
     match command {
-        Command::ArchivePush { .. } | Command::ArchiveCheck { .. } => unreachable!("handled above"),
+        Command::ArchivePush { .. } | Command::ArchiveGet { .. } | Command::ArchiveCheck { .. } => {
+            unreachable!("handled above")
+        }
         Command::Backups { json } => {
             let Some(b) = &cfg.backup else {
                 anyhow::bail!(

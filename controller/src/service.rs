@@ -1110,10 +1110,18 @@ impl pb::controller_server::Controller for ControllerService {
             };
             match answer {
                 Ok(r) => {
-                    out.backups.extend(r.backups.into_iter().map(|mut b| {
-                        b.member = member.clone();
-                        b
-                    }));
+                    for mut b in r.backups {
+                        // A remote backup is listed by every member that
+                        // shares the store: keep one, named by its key.
+                        if b.file.starts_with("remote:") {
+                            if out.backups.iter().any(|o| o.file == b.file) {
+                                continue;
+                            }
+                        } else {
+                            b.member = member.clone();
+                        }
+                        out.backups.push(b);
+                    }
                     out.problems
                         .extend(r.problems.into_iter().map(|p| format!("{member}: {p}")));
                 }
@@ -1122,7 +1130,7 @@ impl pb::controller_server::Controller for ControllerService {
         }
         out.backups.sort_by(|a, b| {
             let t = |x: &pb::BackupInfo| x.taken_at.map(|t| (t.seconds, t.nanos));
-            t(b).cmp(&t(a))
+            t(b).cmp(&t(a)).then_with(|| a.file.cmp(&b.file))
         });
         out.problems.sort();
         Ok(Response::new(out))

@@ -124,8 +124,10 @@ pub enum Command {
         #[arg(long)]
         archive_file: bool,
     },
-    /// List a set's backup files on every member: kind, time, size, LSN
-    /// range, verified. Exit 1 when a member could not be asked.
+    /// List a set's backup files on every member, and in the remote store
+    /// (member "(remote)", file "remote:KEY" as `restore --from` takes it):
+    /// kind, time, size, LSN range, verified. Exit 1 when a member or the
+    /// remote store could not be asked.
     Backups {
         /// The set.
         set: String,

@@ -375,6 +375,11 @@ impl Fleet {
         self.dir.join("agents").join(name).join("backups")
     }
 
+    /// An agent's config file.
+    pub fn agent_config(&self, name: &str) -> PathBuf {
+        self.dir.join("agents").join(name).join("agent.toml")
+    }
+
     /// A set's WAL archive (with `FleetSpec::backups`).
     pub fn wal_archive(&self, set: &str) -> PathBuf {
         self.dir.join("wal").join(set)

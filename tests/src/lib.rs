@@ -6,5 +6,6 @@ pub mod patroni;
 pub mod pg;
 pub mod procs;
 pub mod prom;
+pub mod s3;
 pub mod scale;
 pub mod wait;

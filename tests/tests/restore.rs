@@ -11,6 +11,7 @@ use serde_json::Value;
 use tandem_tests::corrupt;
 use tandem_tests::fleet::{Fleet, FleetSpec};
 use tandem_tests::procs::bin_path;
+use tandem_tests::s3::S3Server;
 use tandem_tests::wait::wait_for;
 
 fn spec(set: &str, restore: &str) -> FleetSpec {
@@ -23,13 +24,17 @@ fn spec(set: &str, restore: &str) -> FleetSpec {
 
 /// Archive the primary's WAL into the set's archive with archive-push.
 fn enable_archiving(fleet: &Fleet, set: &str) {
-    let p = &fleet.set(set).primary;
     let agent = bin_path("tandem-agent").unwrap();
     let cmd = format!(
         "{} archive-push --dir {} %p %f",
         agent.display(),
         fleet.wal_archive(set).display()
     );
+    set_archive_command(fleet, set, &cmd);
+}
+
+fn set_archive_command(fleet: &Fleet, set: &str, cmd: &str) {
+    let p = &fleet.set(set).primary;
     p.psql("postgres", "ALTER SYSTEM SET archive_mode = on")
         .unwrap();
     p.psql(
@@ -41,24 +46,33 @@ fn enable_archiving(fleet: &Fleet, set: &str) {
     p.start().unwrap();
 }
 
-/// Switch to a new WAL segment and wait until the finished one is archived.
+/// Switch to a new WAL segment and wait until the finished one is archived:
+/// archive_command answered 0 for it (so it is in every place it pushes to).
 async fn switch_and_archive(fleet: &Fleet, set: &str) {
     let p = &fleet.set(set).primary;
     let seg = p
         .psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
         .unwrap();
-    let path = fleet.wal_archive(set).join(&seg);
     wait_for(
-        &format!("{seg} in the WAL archive"),
+        &format!("{seg} archived"),
         Duration::from_secs(30),
         Duration::from_millis(100),
         || {
-            let path = path.clone();
-            async move { Ok(path.exists().then_some(())) }
+            let done = p.psql(
+                "postgres",
+                &format!(
+                    "SELECT coalesce(last_archived_wal >= '{seg}', false) FROM pg_stat_archiver"
+                ),
+            );
+            async move { Ok((done? == "t").then_some(())) }
         },
     )
     .await
     .unwrap();
+    assert!(
+        fleet.wal_archive(set).join(&seg).is_file(),
+        "{seg} not in the WAL archive"
+    );
 }
 
 /// Take a backup of the set's standby; its file.
@@ -407,35 +421,90 @@ async fn too_little_free_space_is_refused_before_anything_is_written() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backup_pushed_to_the_remote_store_is_restored_from_it() {
-    // A directory store: the same object_store code path as S3.
-    let remote = tempfile::Builder::new()
-        .prefix("tandem-remote-")
-        .tempdir()
-        .unwrap();
+async fn a_backup_and_wal_in_an_s3_store_restore_a_primary_whose_archives_are_gone() {
+    // A real S3-compatible server (moto) on 127.0.0.1.
+    let s3 = S3Server::start("tandem-backups").await.unwrap();
     let mut spec = FleetSpec::new(&[("far", 1)]);
     spec.backups = Some(format!(
-        "\n[restore]\nhealth_interval = \"300ms\"\n\n[remote]\nurl = \"file://{}\"\n",
-        remote.path().display()
+        "\n[restore]\nhealth_interval = \"300ms\"\n{}",
+        s3.remote_toml("fleet-a")
     ));
     let fleet = Fleet::start(spec).await.unwrap();
-    enable_archiving(&fleet, "far");
+    // The primary archives each WAL file locally and to the store.
+    let agent = bin_path("tandem-agent").unwrap();
+    let config = fleet.agent_config("far-p");
+    set_archive_command(
+        &fleet,
+        "far",
+        &format!(
+            "{} --config {} archive-push --remote %p %f",
+            agent.display(),
+            config.display()
+        ),
+    );
     let p = &fleet.set("far").primary;
     p.psql("postgres", "CREATE TABLE t (note text)").unwrap();
     let file = take_backup(&fleet, "far").await;
     let name = file.file_name().unwrap().to_str().unwrap().to_owned();
     let key = format!("far/backups/{name}");
-    let pushed = remote.path().join(&key);
-    assert!(pushed.is_file(), "{pushed:?} not in the remote store");
-    assert_eq!(
-        std::fs::read(&pushed).unwrap(),
-        std::fs::read(&file).unwrap()
+
+    // `tandemctl backups` lists it in the store, described and verified.
+    let run = fleet.ctl(&["backups", "far", "--output", "json"]).unwrap();
+    assert_eq!(run.code, 0, "{run:?}");
+    let listed = run.json();
+    let remote: Vec<&Value> = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["member"] == "(remote)")
+        .collect();
+    assert_eq!(remote.len(), 1, "{listed:#}");
+    assert_eq!(remote[0]["file"], format!("remote:{key}"), "{listed:#}");
+    assert_eq!(remote[0]["verified"], true, "{listed:#}");
+    assert!(
+        remote[0]["unpacked_bytes"].as_u64().unwrap() > 0,
+        "{listed:#}"
     );
-    // Only the remote copy is left.
-    std::fs::remove_file(&file).unwrap();
+
     p.psql("postgres", "INSERT INTO t VALUES ('after the backup')")
         .unwrap();
     switch_and_archive(&fleet, "far").await;
+    // The host lost its backups and its WAL archive: only the store has them.
+    std::fs::remove_file(&file).unwrap();
+    let wal = fleet.wal_archive("far");
+    let mut lost: Vec<String> = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().to_owned())
+        .collect();
+    lost.sort();
+    for n in &lost {
+        std::fs::remove_file(wal.join(n)).unwrap();
+    }
+    let segment = lost
+        .iter()
+        .rfind(|n| n.len() == 24)
+        .expect("a segment was archived")
+        .clone();
+
+    // archive-get (a restore_command) finds a segment in the store only,
+    // and answers 1 for one that no place has.
+    let got = tempfile::tempdir().unwrap();
+    let get = |name: &str| {
+        std::process::Command::new(&agent)
+            .arg("--config")
+            .arg(&config)
+            .args(["archive-get", "--remote", name])
+            .arg(got.path().join("seg"))
+            .status()
+            .unwrap()
+            .code()
+    };
+    assert_eq!(get(&segment), Some(0));
+    assert_eq!(
+        std::fs::metadata(got.path().join("seg")).unwrap().len(),
+        16 << 20
+    );
+    assert_eq!(get("0000000100000000000000FF"), Some(1));
 
     let (code, json, raw) = restore(
         &fleet,
@@ -445,9 +514,12 @@ async fn a_backup_pushed_to_the_remote_store_is_restored_from_it() {
     assert_eq!(code, 0, "{raw}\n{}", fleet.logs());
     assert_eq!(json["state"], "restored", "{json:#}");
     assert_eq!(json["window_state"], "closed", "{json:#}");
+    let notes = json["notes"].to_string();
+    assert!(notes.contains("fetched from the remote store"), "{json:#}");
     // Fetched into the primary's own backup directory, then restored and
-    // rolled forward to the end of the archive.
+    // rolled forward with the WAL fetched back from the store.
     assert!(fleet.agent_backups("far-p").join(&name).is_file());
+    assert!(wal.join(&segment).is_file(), "{segment} not fetched back");
     assert_eq!(
         p.psql("postgres", "SELECT note FROM t").unwrap(),
         "after the backup"

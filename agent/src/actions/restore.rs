@@ -9,9 +9,10 @@
 //!
 //! Steps, each a journal update and a progress message:
 //! `R1 fetch` (remote only) → `R2 unpack` (verified against the manifest) →
-//! `R3 stop` (already stopped is fine) → `R4 move_aside`
+//! `R2 fetch_wal` (with a [remote] store: the WAL files from the backup's
+//! start that the WAL archive lacks) → `R3 stop` (already stopped is fine) → `R4 move_aside`
 //! (`<data_dir>.before-restore-<UTC time>`, never deleted) → `R5 swap` →
-//! `R7 roll_forward` (recovery settings, server on a private socket only,
+//! `R7 fetch_wal` (what was archived since) → `R7 roll_forward` (recovery settings, server on a private socket only,
 //! replay the WAL archive to the target time or its end, promote) →
 //! `R6 upgrade_hook` (clients still out) → `R8 sequences` → `R9 start`
 //! (for clients) → `R10 health` (twice in a row).
@@ -444,6 +445,42 @@ impl<E: Engine> Job<E> {
             }),
         )
         .await?;
+        self.fetch_wal(rec, "R2 fetch_wal").await
+    }
+
+    /// With a [remote] store: fetch into the WAL archive the WAL files a
+    /// roll-forward from the backup's start needs and the archive lacks.
+    /// Run while the set serves (after R2) and again just before R7 for
+    /// what was archived since; each run fetches only what is missing.
+    async fn fetch_wal(&self, rec: &Mutex<OpRecord>, step: &'static str) -> Result<(), StepFailed> {
+        let Some(remote) = self.cfg.remote.clone() else {
+            return Ok(());
+        };
+        let name = self.plan.file.file_name().and_then(|n| n.to_str());
+        let Some(start) = name
+            .and_then(backup::BackupName::parse)
+            .map(|n| n.start_lsn)
+        else {
+            return Ok(());
+        };
+        let (set, dir) = (self.cfg.set.clone(), self.plan.wal_archive.clone());
+        let fetched = self
+            .step(rec, step, async move {
+                backup::remote::Remote::open(&remote)?
+                    .fetch_wal_since(&set, start, &dir)
+                    .await
+            })
+            .await?;
+        if let (Some(first), Some(last)) = (fetched.first(), fetched.last()) {
+            self.note(
+                rec,
+                format!(
+                    "{} WAL files fetched from the remote store into {} ({first} .. {last})",
+                    fetched.len(),
+                    self.plan.wal_archive.display()
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -532,7 +569,9 @@ impl<E: Engine> Job<E> {
         .await?;
         undo.lock().unwrap_or_else(|p| p.into_inner()).swapped = true;
 
-        // R7: roll forward with the server on a private socket only.
+        // R7: roll forward with the server on a private socket only, from
+        // the WAL archive completed from the remote store.
+        self.fetch_wal(rec, "R7 fetch_wal").await?;
         let notes = self
             .step(rec, "R7 roll_forward", async {
                 self.engine.prepare_recovery(

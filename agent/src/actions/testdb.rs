@@ -565,8 +565,20 @@ async fn push_backup(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let key = backup::remote::Remote::backup_key(&cfg.set, &name);
+    let p = path.to_owned();
+    let meta =
+        tokio::task::spawn_blocking(move || backup::read_meta(&p).map_err(|e| e.to_string()))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+    let meta = match meta {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "backup not pushed to the remote store; kept locally");
+            return format!("not pushed to the remote store ({e}); the backup is kept locally");
+        }
+    };
     let pushed = match backup::remote::Remote::open(remote) {
-        Ok(r) => r.push(path, &key).await,
+        Ok(r) => r.push_backup(path, &key, &meta).await,
         Err(e) => Err(e),
     };
     match pushed {

@@ -1,13 +1,21 @@
-//! The remote store (SPEC R1): backup files pushed to an S3-compatible
+//! The remote store (SPEC R1, R7): backup files pushed to an S3-compatible
 //! object store after they are kept, and fetched back for a restore
-//! (`--from remote:KEY`). Built on `object_store` from `[remote] url`:
-//! `s3://bucket/prefix` (options and AWS_* environment variables) or
-//! `file:///path` (a directory: tests and shared filesystems use the same
-//! code path).
+//! (`--from remote:KEY`); WAL files pushed by `archive-push --remote` and
+//! fetched back before a roll-forward. Built on `object_store` from
+//! `[remote] url`: `s3://bucket/prefix` (options and AWS_* environment
+//! variables) or `file:///path` (a directory: the same code path).
 //!
-//! Keys: `<prefix>/<set>/backups/<file name>`. Uploads stream the file in
-//! multipart chunks; downloads stream into `<dir>/.<name>.partial`, fsync
-//! and rename, so a half-fetched file never has a backup's name.
+//! Keys under the url's prefix:
+//! - `<set>/backups/<file name>`: a backup, uploaded in multipart chunks;
+//! - `<set>/backups/<file name>.meta.json`: its description (the
+//!   [`BackupMeta`] stored first in the file), written after the upload
+//!   completed, so `tandemctl backups` lists remote backups without
+//!   downloading them;
+//! - `<set>/wal/<WAL file name>`: one WAL file. Pushing a name that is
+//!   there succeeds only when the bytes are the same (as the local archive).
+//!
+//! Downloads stream into `.<name>.partial` beside the destination, fsync and
+//! rename, so a half-fetched file never has a backup's or a segment's name.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +25,10 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, WriteMultipart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::backup::BackupMeta;
+use crate::backup::wal::{self, Pushed};
 use crate::config::RemoteConfig;
+use tandem_proto::model::Lsn;
 
 const CHUNK: usize = 8 << 20;
 
@@ -43,6 +54,24 @@ pub enum RemoteError {
         "{key:?} is not a backup key (expected <set>/backups/<kind>-<time>-<lsn>-<lsn>.tar.zst)"
     )]
     BadKey { key: String },
+    #[error(
+        "{key} is already in the remote store with different contents; the store keeps the first. Is another server archiving into the same set's prefix?"
+    )]
+    WalConflict { key: String },
+    #[error("{0}")]
+    Wal(#[from] wal::WalError),
+}
+
+/// A backup in the remote store, as listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteBackup {
+    /// The key (`--from remote:<key>`).
+    pub key: String,
+    pub name: crate::backup::BackupName,
+    pub bytes: u64,
+    /// Its description; `None` with `problem` when it could not be read.
+    pub meta: Option<BackupMeta>,
+    pub problem: Option<String>,
 }
 
 pub struct Remote {
@@ -102,6 +131,43 @@ impl Remote {
         format!("{set}/backups/{file_name}")
     }
 
+    /// The key of a WAL file of `set`.
+    pub fn wal_key(set: &str, name: &str) -> String {
+        format!("{set}/wal/{name}")
+    }
+
+    fn meta_key(backup_key: &str) -> String {
+        format!("{backup_key}.meta.json")
+    }
+
+    fn store_err<'a>(
+        op: &'static str,
+        key: &'a str,
+    ) -> impl FnOnce(object_store::Error) -> RemoteError + 'a {
+        move |source| RemoteError::Store {
+            op,
+            key: key.to_owned(),
+            source,
+        }
+    }
+
+    /// Upload a kept backup and then its description; returns the bytes.
+    pub async fn push_backup(
+        &self,
+        local: &Path,
+        key: &str,
+        meta: &BackupMeta,
+    ) -> Result<u64, RemoteError> {
+        let n = self.push(local, key).await?;
+        let mk = Self::meta_key(key);
+        let body = serde_json::to_vec_pretty(meta).expect("a backup description serializes");
+        self.store
+            .put(&self.path(&mk)?, body.into())
+            .await
+            .map_err(Self::store_err("upload", &mk))?;
+        Ok(n)
+    }
+
     fn path(&self, key: &str) -> Result<ObjectPath, RemoteError> {
         let full = if self.prefix.as_ref().is_empty() {
             key.to_owned()
@@ -149,7 +215,8 @@ impl Remote {
         Ok(total)
     }
 
-    /// Download `key` into `dir` under its own name; returns the file.
+    /// Download the backup `key` into `dir` under its own name; returns the
+    /// file.
     pub async fn fetch(&self, key: &str, dir: &Path) -> Result<PathBuf, RemoteError> {
         let name = key
             .rsplit('/')
@@ -158,51 +225,51 @@ impl Remote {
             .ok_or_else(|| RemoteError::BadKey {
                 key: key.to_owned(),
             })?;
-        let path = self.path(key)?;
-        let store_err = |op| {
-            move |source| RemoteError::Store {
-                op,
-                key: key.to_owned(),
-                source,
-            }
-        };
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(io("create", dir))?;
         let dst = dir.join(name);
-        let partial = dir.join(format!(".{name}.partial"));
-        let mut out = tokio::fs::File::create(&partial)
-            .await
-            .map_err(io("create", &partial))?;
+        self.fetch_to(key, &dst).await?;
+        Ok(dst)
+    }
+
+    /// Download `key` to the file `dst` (through `.<name>.partial`, fsynced
+    /// and renamed).
+    async fn fetch_to(&self, key: &str, dst: &Path) -> Result<(), RemoteError> {
+        let path = self.path(key)?;
+        let name = dst
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let partial = dst.with_file_name(format!(".{name}.partial"));
         let mut stream = self
             .store
             .get(&path)
             .await
-            .map_err(store_err("fetch"))?
+            .map_err(Self::store_err("fetch", key))?
             .into_stream();
+        let mut out = tokio::fs::File::create(&partial)
+            .await
+            .map_err(io("create", &partial))?;
         // Bounded by the object's size: the stream ends with it.
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(store_err("fetch"))?;
+            let chunk = chunk.map_err(Self::store_err("fetch", key))?;
             out.write_all(&chunk).await.map_err(io("write", &partial))?;
         }
         out.sync_all().await.map_err(io("fsync", &partial))?;
-        tokio::fs::rename(&partial, &dst)
+        tokio::fs::rename(&partial, dst)
             .await
-            .map_err(io("rename", &dst))?;
-        Ok(dst)
+            .map_err(io("rename", dst))?;
+        Ok(())
     }
 
-    /// The keys under `<set>/backups/`, with their sizes.
-    pub async fn list(&self, set: &str) -> Result<Vec<(String, u64)>, RemoteError> {
-        let dir = self.path(&format!("{set}/backups"))?;
+    /// The keys under `dir` (relative to the url's prefix), with sizes.
+    async fn list_under(&self, dir: &str) -> Result<Vec<(String, u64)>, RemoteError> {
+        let at = self.path(dir)?;
         let mut out = Vec::new();
-        let mut s = self.store.list(Some(&dir));
+        let mut s = self.store.list(Some(&at));
         while let Some(m) = s.next().await {
-            let m = m.map_err(|source| RemoteError::Store {
-                op: "list",
-                key: format!("{set}/backups"),
-                source,
-            })?;
+            let m = m.map_err(Self::store_err("list", dir))?;
             let full = m.location.to_string();
             let key = match self.prefix.as_ref() {
                 "" => full,
@@ -216,30 +283,194 @@ impl Remote {
         out.sort();
         Ok(out)
     }
+
+    /// The backups of `set`, newest first, with their descriptions.
+    pub async fn describe(&self, set: &str) -> Result<Vec<RemoteBackup>, RemoteError> {
+        let mut out = Vec::new();
+        for (key, bytes) in self.list(set).await? {
+            let name = key
+                .rsplit('/')
+                .next()
+                .and_then(crate::backup::BackupName::parse)
+                .expect("list keeps backup names");
+            let mk = Self::meta_key(&key);
+            let (meta, problem) = match self.get_bytes(&mk).await {
+                Ok(b) => match serde_json::from_slice::<BackupMeta>(&b) {
+                    Ok(m) => (Some(m), None),
+                    Err(e) => (None, Some(format!("{mk} is not a backup description: {e}"))),
+                },
+                Err(e) => (None, Some(format!("no description: {e}"))),
+            };
+            out.push(RemoteBackup {
+                key,
+                name,
+                bytes,
+                meta,
+                problem,
+            });
+        }
+        out.sort_by_key(|b| std::cmp::Reverse(b.name.taken_at));
+        Ok(out)
+    }
+
+    async fn get_bytes(&self, key: &str) -> Result<bytes::Bytes, RemoteError> {
+        let path = self.path(key)?;
+        let got = self
+            .store
+            .get(&path)
+            .await
+            .map_err(Self::store_err("fetch", key))?;
+        got.bytes().await.map_err(Self::store_err("fetch", key))
+    }
+
+    /// Archive the WAL file `src` as `<set>/wal/<name>`. A name already
+    /// there is fine only with the same bytes (a retried archive_command).
+    pub async fn push_wal(&self, src: &Path, set: &str, name: &str) -> Result<Pushed, RemoteError> {
+        if !wal::valid_name(name) {
+            return Err(wal::WalError::BadName {
+                name: name.to_owned(),
+            }
+            .into());
+        }
+        let key = Self::wal_key(set, name);
+        let path = self.path(&key)?;
+        let data = tokio::fs::read(src).await.map_err(io("read", src))?;
+        match self.store.head(&path).await {
+            Ok(_) => {
+                let there = self.get_bytes(&key).await?;
+                return if there.as_ref() == data.as_slice() {
+                    Ok(Pushed::AlreadyThere)
+                } else {
+                    Err(RemoteError::WalConflict { key })
+                };
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Self::store_err("look up", &key)(e)),
+        }
+        self.store
+            .put(&path, data.into())
+            .await
+            .map_err(Self::store_err("upload", &key))?;
+        Ok(Pushed::Archived)
+    }
+
+    /// Fetch the WAL file `name` of `set` to `dst`; `false` when the store
+    /// does not have it.
+    pub async fn fetch_wal(&self, set: &str, name: &str, dst: &Path) -> Result<bool, RemoteError> {
+        if !wal::valid_name(name) {
+            return Err(wal::WalError::BadName {
+                name: name.to_owned(),
+            }
+            .into());
+        }
+        match self.fetch_to(&Self::wal_key(set, name), dst).await {
+            Ok(()) => Ok(true),
+            Err(RemoteError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetch into the WAL archive `dir` every WAL file of `set` that a
+    /// roll-forward from `start` may read and `dir` lacks: the segments from
+    /// the one holding `start` on (any timeline), and the timeline history
+    /// files. Returns the names fetched, in order.
+    pub async fn fetch_wal_since(
+        &self,
+        set: &str,
+        start: Lsn,
+        dir: &Path,
+    ) -> Result<Vec<String>, RemoteError> {
+        let listed = self.list_under(&format!("{set}/wal")).await?;
+        // The segment size is the size of a segment (as `wal::check`).
+        let seg_bytes = listed
+            .iter()
+            .find(|(k, _)| wal::parse_segment(k.rsplit('/').next().unwrap_or("")).is_some())
+            .map(|(_, n)| *n)
+            .filter(|n| (1 << 20..=1 << 30).contains(n) && n.is_power_of_two())
+            .unwrap_or(16 << 20);
+        let per_log = 0x1_0000_0000 / seg_bytes;
+        let first = start.0 / seg_bytes;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(io("create", dir))?;
+        let mut fetched = Vec::new();
+        for (key, _) in listed {
+            let name = key.rsplit('/').next().unwrap_or("").to_owned();
+            let wanted = match wal::parse_segment(&name) {
+                Some((_, log, seg)) => log as u64 * per_log + seg as u64 >= first,
+                None => name.ends_with(".history"),
+            };
+            if !wanted || dir.join(&name).exists() {
+                continue;
+            }
+            self.fetch_to(&key, &dir.join(&name)).await?;
+            fetched.push(name);
+        }
+        Ok(fetched)
+    }
+
+    /// The backup keys under `<set>/backups/`, with their sizes.
+    pub async fn list(&self, set: &str) -> Result<Vec<(String, u64)>, RemoteError> {
+        let mut keys = self.list_under(&format!("{set}/backups")).await?;
+        keys.retain(|(k, _)| {
+            k.rsplit('/')
+                .next()
+                .and_then(crate::backup::BackupName::parse)
+                .is_some()
+        });
+        Ok(keys)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn meta(unpacked_bytes: u64) -> BackupMeta {
+        BackupMeta {
+            format: 1,
+            kind: crate::backup::BackupKind::Daily,
+            taken_at: "2026-11-21T04:30:07Z".parse().unwrap(),
+            start_lsn: Lsn(0x100_0028),
+            end_lsn: Lsn(0x200_0000),
+            set: "billing".into(),
+            member: "b1".into(),
+            files: 3,
+            unpacked_bytes,
+            verified: true,
+        }
+    }
+
     #[tokio::test]
-    async fn a_backup_file_goes_there_and_back() {
+    async fn a_backup_file_goes_there_and_back_and_is_listed_with_its_description() {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = RemoteConfig {
             url: format!("file://{}/store", tmp.path().display()),
             options: Default::default(),
         };
         let r = Remote::open(&cfg).unwrap();
-        let name = "daily-20261121T043007Z-0_1-0_2.tar.zst";
+        let name = "daily-20261121T043007Z-0_1000028-0_2000000.tar.zst";
         let src = tmp.path().join(name);
         let data: Vec<u8> = (0..(CHUNK * 2 + 17)).map(|i| i as u8).collect();
         std::fs::write(&src, &data).unwrap();
         let key = Remote::backup_key("billing", name);
-        assert_eq!(r.push(&src, &key).await.unwrap(), data.len() as u64);
+        assert_eq!(
+            r.push_backup(&src, &key, &meta(999)).await.unwrap(),
+            data.len() as u64
+        );
+        // The description is beside it but not listed as a backup.
         assert_eq!(
             r.list("billing").await.unwrap(),
             vec![(key.clone(), data.len() as u64)]
         );
+        let listed = r.describe("billing").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].key, key);
+        assert_eq!(listed[0].meta, Some(meta(999)));
+        assert_eq!(listed[0].problem, None);
         let got = r.fetch(&key, &tmp.path().join("back")).await.unwrap();
         assert_eq!(got, tmp.path().join("back").join(name));
         assert_eq!(std::fs::read(got).unwrap(), data);
@@ -255,5 +486,82 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.to_string().contains("not supported"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn wal_is_pushed_once_and_the_files_a_roll_forward_needs_come_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Remote::open(&RemoteConfig {
+            url: format!("file://{}/store", tmp.path().display()),
+            options: Default::default(),
+        })
+        .unwrap();
+        let seg = 1u64 << 20; // 1 MiB segments (initdb --wal-segsize=1)
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let names = [
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "00000002.history",
+            "000000020000000000000003",
+        ];
+        for (i, n) in names.iter().enumerate() {
+            let len = if n.ends_with(".history") { 40 } else { seg };
+            std::fs::write(src.join(n), vec![i as u8; len as usize]).unwrap();
+            assert_eq!(
+                r.push_wal(&src.join(n), "billing", n).await.unwrap(),
+                Pushed::Archived
+            );
+        }
+        // A retried archive_command: the same bytes are fine, others refused.
+        let again = src.join(names[0]);
+        assert_eq!(
+            r.push_wal(&again, "billing", names[0]).await.unwrap(),
+            Pushed::AlreadyThere
+        );
+        std::fs::write(&again, vec![9u8; seg as usize]).unwrap();
+        let e = r.push_wal(&again, "billing", names[0]).await.unwrap_err();
+        assert!(matches!(e, RemoteError::WalConflict { .. }), "{e}");
+        let e = r.push_wal(&again, "billing", "../x").await.unwrap_err();
+        assert!(matches!(e, RemoteError::Wal(_)), "{e}");
+
+        // A backup that starts in segment 2: segment 1 is not needed, and
+        // what the archive already has is not fetched again.
+        let arch = tmp.path().join("arch");
+        std::fs::create_dir(&arch).unwrap();
+        std::fs::write(arch.join(names[1]), vec![1u8; seg as usize]).unwrap();
+        let got = r
+            .fetch_wal_since("billing", Lsn(2 * seg + 40), &arch)
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                "000000010000000000000003".to_owned(),
+                "00000002.history".to_owned(),
+                "000000020000000000000003".to_owned(),
+            ]
+        );
+        assert_eq!(
+            std::fs::read(arch.join(names[2])).unwrap(),
+            vec![2u8; seg as usize]
+        );
+        assert!(!arch.join(names[0]).exists());
+        assert!(
+            wal::check(&arch)
+                .unwrap()
+                .covers_from(1, Lsn(2 * seg + 40))
+                .is_ok()
+        );
+
+        let one = tmp.path().join("one");
+        assert!(r.fetch_wal("billing", names[3], &one).await.unwrap());
+        assert_eq!(std::fs::read(&one).unwrap(), vec![3u8; 40]);
+        let none = r
+            .fetch_wal("billing", "000000010000000000000009", &one)
+            .await
+            .unwrap();
+        assert!(!none, "a missing segment is reported as missing");
     }
 }
