@@ -92,6 +92,9 @@ enum Command {
         /// The WAL archive (default: `backup.wal_archive` from the config).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Check the set's WAL in the config's [remote] store instead.
+        #[arg(long)]
+        remote: bool,
         /// Also check that roll-forward can start at this LSN (e.g. a
         /// backup's start LSN) on `--timeline`.
         #[arg(long)]
@@ -121,44 +124,30 @@ fn main() -> ExitCode {
     }
 }
 
-/// The WAL archive from `--dir` or the config, and the config's remote
-/// store with the set's name when `remote` is asked for.
-fn wal_places(
-    dir: Option<PathBuf>,
-    remote: bool,
-    config: &std::path::Path,
-) -> anyhow::Result<(PathBuf, Option<(Remote, String)>)> {
-    let cfg = if dir.is_none() || remote {
-        Some(AgentConfig::load(config)?)
-    } else {
-        None
-    };
-    let dir = match dir {
-        Some(d) => d,
-        None => cfg
-            .as_ref()
-            .and_then(|c| c.backup.as_ref())
-            .and_then(|b| b.wal_archive.clone())
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no WAL archive: pass --dir, or set backup.wal_archive in {}",
-                    config.display()
-                )
-            })?,
-    };
-    let remote = match cfg.filter(|_| remote) {
-        None => None,
-        Some(c) => {
-            let r = c.remote.as_ref().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--remote needs a [remote] store in {} (see deploy/agent.example.toml)",
-                    config.display()
-                )
-            })?;
-            Some((Remote::open(r)?, c.set.clone()))
-        }
-    };
-    Ok((dir, remote))
+/// The WAL archive from `--dir` or the config.
+fn wal_dir(dir: Option<PathBuf>, config: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if let Some(d) = dir {
+        return Ok(d);
+    }
+    let cfg = AgentConfig::load(config)?;
+    cfg.backup.and_then(|b| b.wal_archive).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no WAL archive: pass --dir, or set backup.wal_archive in {}",
+            config.display()
+        )
+    })
+}
+
+/// The config's remote store and the set's name (for `--remote`).
+fn remote_store(config: &std::path::Path) -> anyhow::Result<(Remote, String)> {
+    let cfg = AgentConfig::load(config)?;
+    let r = cfg.remote.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "--remote needs a [remote] store in {} (see deploy/agent.example.toml)",
+            config.display()
+        )
+    })?;
+    Ok((Remote::open(r)?, cfg.set.clone()))
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -170,7 +159,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             path,
             name,
         } => {
-            let (dir, remote) = wal_places(dir, remote, &cli.config)?;
+            let dir = wal_dir(dir, &cli.config)?;
+            let remote = remote.then(|| remote_store(&cli.config)).transpose()?;
             if wal::push(&path, &name, &dir)? == wal::Pushed::AlreadyThere {
                 eprintln!("{name} was already archived with the same bytes");
             }
@@ -190,7 +180,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             if !wal::valid_name(&name) {
                 return Err(wal::WalError::BadName { name }.into());
             }
-            let (dir, remote) = wal_places(dir, remote, &cli.config)?;
+            let dir = wal_dir(dir, &cli.config)?;
+            let remote = remote.then(|| remote_store(&cli.config)).transpose()?;
             let local = dir.join(&name);
             if local.is_file() {
                 std::fs::copy(&local, &path).map_err(|e| {
@@ -207,11 +198,19 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::ArchiveCheck {
             dir,
+            remote,
             from,
             timeline,
         } => {
-            let (dir, _) = wal_places(dir, false, &cli.config)?;
-            let c = wal::check(&dir)?;
+            let (c, place) = if remote {
+                let (r, set) = remote_store(&cli.config)?;
+                let c = r.wal_continuity(&set).await?;
+                (c, format!("the remote store's WAL of set {set}"))
+            } else {
+                let dir = wal_dir(dir, &cli.config)?;
+                let c = wal::check(&dir)?;
+                (c, format!("the WAL archive {}", dir.display()))
+            };
             let mut ok = !c.has_gaps();
             for (tl, span) in &c.timelines {
                 println!(
@@ -223,7 +222,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             if c.timelines.is_empty() {
-                println!("the WAL archive {} holds no segment", dir.display());
+                println!("{place} holds no segment");
             }
             if let Some(from) = from {
                 let lsn: tandem_proto::model::Lsn = from.parse().map_err(|()| {

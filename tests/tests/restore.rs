@@ -465,6 +465,7 @@ async fn a_backup_and_wal_in_an_s3_store_restore_a_primary_whose_archives_are_go
         remote[0]["unpacked_bytes"].as_u64().unwrap() > 0,
         "{listed:#}"
     );
+    let start_lsn = remote[0]["start_lsn"].as_str().unwrap().to_owned();
 
     p.psql("postgres", "INSERT INTO t VALUES ('after the backup')")
         .unwrap();
@@ -505,6 +506,16 @@ async fn a_backup_and_wal_in_an_s3_store_restore_a_primary_whose_archives_are_go
         16 << 20
     );
     assert_eq!(get("0000000100000000000000FF"), Some(1));
+    // The store's WAL covers a roll-forward from the backup's start.
+    let check = std::process::Command::new(&agent)
+        .arg("--config")
+        .arg(&config)
+        .args(["archive-check", "--remote", "--from", &start_lsn])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "{said}");
+    assert!(said.contains("covered"), "{said}");
 
     let (code, json, raw) = restore(
         &fleet,

@@ -553,8 +553,9 @@ fn keep_or_drop_backup(
     Ok(Some(path))
 }
 
-/// Push a kept backup to the remote store; what happened, for the record.
-/// A failed push keeps the local file and says so (the backup still counts).
+/// Push a kept backup to the remote store, then rotate the store by the
+/// same rule as the directory; what happened, for the record. A failed push
+/// keeps the local file and says so (the backup still counts).
 async fn push_backup(
     cfg: &AgentConfig,
     remote: &crate::config::RemoteConfig,
@@ -566,31 +567,48 @@ async fn push_backup(
         .unwrap_or_default();
     let key = backup::remote::Remote::backup_key(&cfg.set, &name);
     let p = path.to_owned();
-    let meta =
-        tokio::task::spawn_blocking(move || backup::read_meta(&p).map_err(|e| e.to_string()))
+    let pushed = async {
+        let meta = tokio::task::spawn_blocking(move || backup::read_meta(&p))
             .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-    let meta = match meta {
-        Ok(m) => m,
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let store = backup::remote::Remote::open(remote).map_err(|e| e.to_string())?;
+        let bytes = store
+            .push_backup(path, &key, &meta)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((store, bytes))
+    };
+    let (store, bytes) = match pushed.await {
+        Ok(x) => x,
         Err(e) => {
             warn!(error = %e, "backup not pushed to the remote store; kept locally");
             return format!("not pushed to the remote store ({e}); the backup is kept locally");
         }
     };
-    let pushed = match backup::remote::Remote::open(remote) {
-        Ok(r) => r.push_backup(path, &key, &meta).await,
-        Err(e) => Err(e),
-    };
-    match pushed {
-        Ok(bytes) => {
-            info!(key = %key, bytes, "backup pushed to the remote store");
-            format!("pushed to the remote store as {key}")
+    info!(key = %key, bytes, "backup pushed to the remote store");
+    let mut note = format!("pushed to the remote store as {key}");
+    let keep = cfg
+        .backup
+        .as_ref()
+        .map(|b| b.retention())
+        .unwrap_or_default();
+    match store.rotate(&cfg.set, &keep).await {
+        Ok(gone) if gone.is_empty() => {}
+        Ok(gone) => {
+            for g in &gone {
+                info!(key = %g, "rotated backup deleted from the remote store");
+            }
+            note.push_str(&format!("; rotated out of it: {}", gone.join(", ")));
         }
         Err(e) => {
-            warn!(error = %e, "backup not pushed to the remote store; kept locally");
-            format!("not pushed to the remote store ({e}); the backup is kept locally")
+            warn!(error = %e, "remote rotation failed; old remote backups are kept");
+            note.push_str(&format!(
+                "; its rotation failed ({e}), old backups there are kept"
+            ));
         }
     }
+    note
 }
 
 fn remove_previous_copy(copy: &Path) -> Result<(), EngineError> {

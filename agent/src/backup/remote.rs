@@ -373,6 +373,18 @@ impl Remote {
         }
     }
 
+    fn wal_names(listed: &[(String, u64)]) -> impl Iterator<Item = (String, u64)> + '_ {
+        listed
+            .iter()
+            .map(|(k, n)| (k.rsplit('/').next().unwrap_or("").to_owned(), *n))
+    }
+
+    /// What the store's WAL of `set` holds (`archive-check --remote`).
+    pub async fn wal_continuity(&self, set: &str) -> Result<wal::Continuity, RemoteError> {
+        let listed = self.list_under(&format!("{set}/wal")).await?;
+        Ok(wal::continuity(Self::wal_names(&listed)))
+    }
+
     /// Fetch into the WAL archive `dir` every WAL file of `set` that a
     /// roll-forward from `start` may read and `dir` lacks: the segments from
     /// the one holding `start` on (any timeline), and the timeline history
@@ -384,13 +396,7 @@ impl Remote {
         dir: &Path,
     ) -> Result<Vec<String>, RemoteError> {
         let listed = self.list_under(&format!("{set}/wal")).await?;
-        // The segment size is the size of a segment (as `wal::check`).
-        let seg_bytes = listed
-            .iter()
-            .find(|(k, _)| wal::parse_segment(k.rsplit('/').next().unwrap_or("")).is_some())
-            .map(|(_, n)| *n)
-            .filter(|n| (1 << 20..=1 << 30).contains(n) && n.is_power_of_two())
-            .unwrap_or(16 << 20);
+        let seg_bytes = wal::continuity(Self::wal_names(&listed)).segment_bytes;
         let per_log = 0x1_0000_0000 / seg_bytes;
         let first = start.0 / seg_bytes;
         tokio::fs::create_dir_all(dir)
@@ -410,6 +416,40 @@ impl Remote {
             fetched.push(name);
         }
         Ok(fetched)
+    }
+
+    /// Delete the backups of `set` (and their descriptions) that rotation
+    /// no longer keeps, by the same rule as the local directory; returns
+    /// their keys.
+    pub async fn rotate(
+        &self,
+        set: &str,
+        keep: &crate::backup::rotation::Retention,
+    ) -> Result<Vec<String>, RemoteError> {
+        let names: Vec<crate::backup::BackupName> = self
+            .list(set)
+            .await?
+            .iter()
+            .filter_map(|(k, _)| {
+                k.rsplit('/')
+                    .next()
+                    .and_then(crate::backup::BackupName::parse)
+            })
+            .collect();
+        let mut gone = Vec::new();
+        for n in crate::backup::rotation::to_delete(&names, keep) {
+            let key = Self::backup_key(set, &n.file_name());
+            let mk = Self::meta_key(&key);
+            // The file first: a description left alone is never listed.
+            for k in [&key, &mk] {
+                match self.store.delete(&self.path(k)?).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(Self::store_err("delete", k)(e)),
+                }
+            }
+            gone.push(key);
+        }
+        Ok(gone)
     }
 
     /// The backup keys under `<set>/backups/`, with their sizes.
@@ -471,6 +511,34 @@ mod tests {
         assert_eq!(listed[0].key, key);
         assert_eq!(listed[0].meta, Some(meta(999)));
         assert_eq!(listed[0].problem, None);
+        // Rotation by the local rule: with one daily kept, an older daily
+        // goes, with its description; the newest stays.
+        let older = "daily-20261120T043007Z-0_1000028-0_2000000.tar.zst";
+        let old_key = Remote::backup_key("billing", older);
+        std::fs::write(tmp.path().join(older), b"old").unwrap();
+        r.push_backup(&tmp.path().join(older), &old_key, &meta(1))
+            .await
+            .unwrap();
+        assert_eq!(r.list("billing").await.unwrap().len(), 2);
+        let keep = crate::backup::rotation::Retention {
+            daily: 1,
+            weekly: 1,
+            monthly: 1,
+        };
+        assert_eq!(
+            r.rotate("billing", &keep).await.unwrap(),
+            vec![old_key.clone()]
+        );
+        assert_eq!(
+            r.list("billing").await.unwrap(),
+            vec![(key.clone(), data.len() as u64)]
+        );
+        assert!(
+            !tmp.path()
+                .join("store")
+                .join(format!("{old_key}.meta.json"))
+                .exists()
+        );
         let got = r.fetch(&key, &tmp.path().join("back")).await.unwrap();
         assert_eq!(got, tmp.path().join("back").join(name));
         assert_eq!(std::fs::read(got).unwrap(), data);
@@ -554,6 +622,10 @@ mod tests {
                 .covers_from(1, Lsn(2 * seg + 40))
                 .is_ok()
         );
+        let c = r.wal_continuity("billing").await.unwrap();
+        assert_eq!(c.segment_bytes, seg);
+        assert_eq!(c.timelines[&1].segments, 3);
+        assert!(!c.has_gaps());
 
         let one = tmp.path().join("one");
         assert!(r.fetch_wal("billing", names[3], &one).await.unwrap());

@@ -190,16 +190,33 @@ impl Continuity {
 
 /// Read the archive `dir` (segment size from the first segment's size).
 pub fn check(dir: &Path) -> Result<Continuity, WalError> {
-    let mut by_tl: BTreeMap<u32, Vec<(u32, u32)>> = BTreeMap::new();
-    let mut segment_bytes = 0u64;
+    let mut files = Vec::new();
     for item in fs::read_dir(dir).map_err(io_err("list", dir))? {
         let item = item.map_err(io_err("list", dir))?;
-        let name = item.file_name();
-        let Some((tl, log, seg)) = name.to_str().and_then(parse_segment) else {
+        let Some(name) = item.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if parse_segment(&name).is_some() {
+            let len = item.metadata().map_err(io_err("stat", &item.path()))?.len();
+            files.push((name, len));
+        }
+    }
+    Ok(continuity(files))
+}
+
+/// What a list of archived files (name, size) holds: segments per timeline,
+/// the gaps, and the segment size (the size of a segment; 16 MiB when that
+/// is not a valid one). Other names are ignored. Shared by the directory
+/// and the remote store.
+pub fn continuity(files: impl IntoIterator<Item = (String, u64)>) -> Continuity {
+    let mut by_tl: BTreeMap<u32, Vec<(u32, u32)>> = BTreeMap::new();
+    let mut segment_bytes = 0u64;
+    for (name, len) in files {
+        let Some((tl, log, seg)) = parse_segment(&name) else {
             continue;
         };
         if segment_bytes == 0 {
-            segment_bytes = item.metadata().map_err(io_err("stat", &item.path()))?.len();
+            segment_bytes = len;
         }
         by_tl.entry(tl).or_default().push((log, seg));
     }
@@ -233,10 +250,10 @@ pub fn check(dir: &Path) -> Result<Continuity, WalError> {
             },
         );
     }
-    Ok(Continuity {
+    Continuity {
         segment_bytes,
         timelines,
-    })
+    }
 }
 
 #[cfg(test)]
