@@ -312,10 +312,16 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
         let mut problems = vec![];
         // The set's backups in the remote store, named as `--from` takes them.
         if let Some(r) = &self.ops.config().remote {
-            let listed = match crate::backup::remote::Remote::open(r) {
-                Ok(store) => store.describe(&self.set).await,
-                Err(e) => Err(e),
-            };
+            let listed = tokio::time::timeout(REMOTE_LIST_BUDGET, async {
+                let store = crate::backup::remote::Remote::open(r).map_err(|e| e.to_string())?;
+                store.describe(&self.set).await.map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "it did not answer within {REMOTE_LIST_BUDGET:?}; its backups are not listed"
+                ))
+            });
             match listed {
                 Ok(list) => backups.extend(list.into_iter().map(|b| {
                     let meta = b.meta.as_ref();
@@ -342,6 +348,10 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
         }))
     }
 }
+
+/// How long `ListBackups` waits for the remote store, so that the
+/// controller (3 s `status_timeout` by default) still gets the local files.
+const REMOTE_LIST_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The `member` of a backup listed from the remote store (any member with
 /// the same [remote] store can restore it).

@@ -286,30 +286,40 @@ impl Remote {
 
     /// The backups of `set`, newest first, with their descriptions.
     pub async fn describe(&self, set: &str) -> Result<Vec<RemoteBackup>, RemoteError> {
-        let mut out = Vec::new();
-        for (key, bytes) in self.list(set).await? {
-            let name = key
-                .rsplit('/')
-                .next()
-                .and_then(crate::backup::BackupName::parse)
-                .expect("list keeps backup names");
-            let mk = Self::meta_key(&key);
-            let (meta, problem) = match self.get_bytes(&mk).await {
-                Ok(b) => match serde_json::from_slice::<BackupMeta>(&b) {
-                    Ok(m) => (Some(m), None),
-                    Err(e) => (None, Some(format!("{mk} is not a backup description: {e}"))),
-                },
-                Err(e) => (None, Some(format!("no description: {e}"))),
-            };
-            out.push(RemoteBackup {
-                key,
-                name,
-                bytes,
-                meta,
-                problem,
-            });
-        }
-        out.sort_by_key(|b| std::cmp::Reverse(b.name.taken_at));
+        let listed = self.list(set).await?;
+        // The descriptions are small: read up to 8 at once.
+        let mut out: Vec<RemoteBackup> = futures::stream::iter(listed)
+            .map(|(key, bytes)| async move {
+                let name = key
+                    .rsplit('/')
+                    .next()
+                    .and_then(crate::backup::BackupName::parse)
+                    .expect("list keeps backup names");
+                let mk = Self::meta_key(&key);
+                let (meta, problem) = match self.get_bytes(&mk).await {
+                    Ok(b) => match serde_json::from_slice::<BackupMeta>(&b) {
+                        Ok(m) => (Some(m), None),
+                        Err(e) => (None, Some(format!("{mk} is not a backup description: {e}"))),
+                    },
+                    Err(e) => (None, Some(format!("no description: {e}"))),
+                };
+                RemoteBackup {
+                    key,
+                    name,
+                    bytes,
+                    meta,
+                    problem,
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        out.sort_by(|a, b| {
+            b.name
+                .taken_at
+                .cmp(&a.name.taken_at)
+                .then_with(|| a.key.cmp(&b.key))
+        });
         Ok(out)
     }
 
