@@ -25,7 +25,7 @@ command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 # The remote-store test (tests/tests/restore.rs) runs a local S3 server, moto
 # from PyPI, installed into a virtualenv (Debian's python3 refuses pip
 # installs outside one).
-moto_venv="${TANDEM_MOTO_VENV:-$HOME/.cache/tandem/moto-venv}"
+moto_venv="${TANDEM_MOTO_VENV:-${HOME:-/root}/.cache/tandem/moto-venv}"
 [ -x "$moto_venv/bin/moto_server" ] || { command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' 2>/dev/null; } || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
