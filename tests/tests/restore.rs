@@ -536,4 +536,26 @@ async fn a_backup_and_wal_in_an_s3_store_restore_a_primary_whose_archives_are_go
         "after the backup"
     );
     assert!(!p.is_in_recovery().unwrap());
+
+    // The store gone: the listing still has the members' files, says what
+    // is missing, and exits 1.
+    drop(s3);
+    let run = fleet.ctl(&["backups", "far", "--output", "json"]).unwrap();
+    assert_eq!(run.code, 1, "{run:?}");
+    let listed = run.json();
+    assert!(
+        listed["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("the remote store could not be listed"),
+        "{listed:#}"
+    );
+    assert!(
+        listed["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["member"] == "far-p" && b["file"].as_str().unwrap().ends_with(&name)),
+        "{listed:#}"
+    );
 }
