@@ -124,34 +124,67 @@ fn main() -> ExitCode {
     }
 }
 
-/// The WAL archive from `--dir` or the config.
-fn wal_dir(dir: Option<PathBuf>, config: &std::path::Path) -> anyhow::Result<PathBuf> {
-    if let Some(d) = dir {
-        return Ok(d);
-    }
-    let cfg = AgentConfig::load(config)?;
-    cfg.backup.and_then(|b| b.wal_archive).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no WAL archive: pass --dir, or set backup.wal_archive in {}",
-            config.display()
-        )
-    })
+/// The config file for the WAL commands: read at most once (they run once
+/// per WAL file, from PostgreSQL), and only when a flag does not say it all.
+struct ConfigFile<'a> {
+    path: &'a std::path::Path,
+    loaded: std::cell::OnceCell<AgentConfig>,
 }
 
-/// The config's remote store and the set's name (for `--remote`).
-fn remote_store(config: &std::path::Path) -> anyhow::Result<(Remote, String)> {
-    let cfg = AgentConfig::load(config)?;
-    let r = cfg.remote.as_ref().ok_or_else(|| {
-        anyhow::anyhow!(
-            "--remote needs a [remote] store in {} (see deploy/agent.example.toml)",
-            config.display()
-        )
-    })?;
-    Ok((Remote::open(r)?, cfg.set.clone()))
+impl<'a> ConfigFile<'a> {
+    fn new(path: &'a std::path::Path) -> Self {
+        ConfigFile {
+            path,
+            loaded: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> anyhow::Result<&AgentConfig> {
+        if self.loaded.get().is_none() {
+            let cfg = AgentConfig::load(self.path)?;
+            let _ = self.loaded.set(cfg);
+        }
+        Ok(self.loaded.get().expect("loaded above"))
+    }
+
+    /// The WAL archive from `--dir` or the config.
+    fn wal_dir(&self, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+        if let Some(d) = dir {
+            return Ok(d);
+        }
+        let archive = self
+            .get()?
+            .backup
+            .as_ref()
+            .and_then(|b| b.wal_archive.clone());
+        archive.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no WAL archive: pass --dir, or set backup.wal_archive in {}",
+                self.path.display()
+            )
+        })
+    }
+
+    /// The config's remote store and the set's name, when `wanted`
+    /// (`--remote`).
+    fn remote_store(&self, wanted: bool) -> anyhow::Result<Option<(Remote, String)>> {
+        if !wanted {
+            return Ok(None);
+        }
+        let cfg = self.get()?;
+        let r = cfg.remote.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--remote needs a [remote] store in {} (see deploy/agent.example.toml)",
+                self.path.display()
+            )
+        })?;
+        Ok(Some((Remote::open(r)?, cfg.set.clone())))
+    }
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = cli.command.unwrap_or(Command::Run);
+    let config = ConfigFile::new(&cli.config);
     match command {
         Command::ArchivePush {
             dir,
@@ -159,8 +192,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             path,
             name,
         } => {
-            let dir = wal_dir(dir, &cli.config)?;
-            let remote = remote.then(|| remote_store(&cli.config)).transpose()?;
+            let dir = config.wal_dir(dir)?;
+            let remote = config.remote_store(remote)?;
             if wal::push(&path, &name, &dir)? == wal::Pushed::AlreadyThere {
                 eprintln!("{name} was already archived with the same bytes");
             }
@@ -177,11 +210,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             path,
         } => {
-            if !wal::valid_name(&name) {
-                return Err(wal::WalError::BadName { name }.into());
-            }
-            let dir = wal_dir(dir, &cli.config)?;
-            let remote = remote.then(|| remote_store(&cli.config)).transpose()?;
+            wal::checked_name(&name)?;
+            let dir = config.wal_dir(dir)?;
+            let remote = config.remote_store(remote)?;
             let local = dir.join(&name);
             if local.is_file() {
                 std::fs::copy(&local, &path).map_err(|e| {
@@ -202,12 +233,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             from,
             timeline,
         } => {
-            let (c, place) = if remote {
-                let (r, set) = remote_store(&cli.config)?;
+            let (c, place) = if let Some((r, set)) = config.remote_store(remote)? {
                 let c = r.wal_continuity(&set).await?;
                 (c, format!("the remote store's WAL of set {set}"))
             } else {
-                let dir = wal_dir(dir, &cli.config)?;
+                let dir = config.wal_dir(dir)?;
                 let c = wal::check(&dir)?;
                 (c, format!("the WAL archive {}", dir.display()))
             };

@@ -294,21 +294,20 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
-        let mut backups: Vec<pb::BackupInfo> = list
-            .into_iter()
-            .map(|b| pb::BackupInfo {
-                file: b.file.display().to_string(),
-                kind: b.kind.as_str().to_owned(),
-                taken_at: Some(timestamp_to_wire(b.taken_at)),
-                bytes: b.bytes,
-                unpacked_bytes: b.unpacked_bytes,
-                start_lsn: b.start_lsn.to_string(),
-                end_lsn: b.end_lsn.to_string(),
-                verified: b.verified,
-                problem: b.problem.unwrap_or_default(),
-                member: self.member.clone(),
-            })
-            .collect();
+        let wire = |b: crate::backup::BackupInfo, member: &str| pb::BackupInfo {
+            file: b.file.display().to_string(),
+            kind: b.kind.as_str().to_owned(),
+            taken_at: Some(timestamp_to_wire(b.taken_at)),
+            bytes: b.bytes,
+            unpacked_bytes: b.unpacked_bytes,
+            start_lsn: b.start_lsn.to_string(),
+            end_lsn: b.end_lsn.to_string(),
+            verified: b.verified,
+            problem: b.problem.unwrap_or_default(),
+            member: member.to_owned(),
+        };
+        let mut backups: Vec<pb::BackupInfo> =
+            list.into_iter().map(|b| wire(b, &self.member)).collect();
         let mut problems = vec![];
         // The set's backups in the remote store, named as `--from` takes them.
         if let Some(r) = &self.ops.config().remote {
@@ -323,21 +322,7 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
                 ))
             });
             match listed {
-                Ok(list) => backups.extend(list.into_iter().map(|b| {
-                    let meta = b.meta.as_ref();
-                    pb::BackupInfo {
-                        file: format!("remote:{}", b.key),
-                        kind: b.name.kind.as_str().to_owned(),
-                        taken_at: Some(timestamp_to_wire(b.name.taken_at)),
-                        bytes: b.bytes,
-                        unpacked_bytes: meta.map_or(0, |m| m.unpacked_bytes),
-                        start_lsn: b.name.start_lsn.to_string(),
-                        end_lsn: b.name.end_lsn.to_string(),
-                        verified: meta.is_some_and(|m| m.verified),
-                        problem: b.problem.unwrap_or_default(),
-                        member: REMOTE_MEMBER.to_owned(),
-                    }
-                })),
+                Ok(list) => backups.extend(list.into_iter().map(|b| wire(b.info(), REMOTE_MEMBER))),
                 Err(e) => problems.push(format!("the remote store could not be listed: {e}")),
             }
         }

@@ -521,96 +521,6 @@ impl<E: Engine> Job<E> {
     }
 }
 
-/// Keep the packed backup when the operation ended well, drop it otherwise;
-/// then rotate. Returns the kept file, or why it could not be kept.
-fn keep_or_drop_backup(
-    cfg: &AgentConfig,
-    packed: Option<backup::Packed>,
-    ok: bool,
-) -> Result<Option<PathBuf>, String> {
-    let Some(p) = packed else {
-        return Ok(None);
-    };
-    if !ok {
-        p.discard();
-        warn!(file = %p.path.display(), "backup not kept: the copy was not verified clean");
-        return Ok(None);
-    }
-    let path = p
-        .commit()
-        .map_err(|e| format!("the backup could not be kept: {e}"))?;
-    info!(file = %path.display(), kind = %p.meta.kind, "backup kept");
-    if let Some(b) = &cfg.backup {
-        match backup::rotate(&b.dir, &b.retention()) {
-            Ok(gone) => {
-                for g in gone {
-                    info!(file = %g.display(), "rotated backup deleted");
-                }
-            }
-            Err(e) => warn!(error = %e, "rotation failed; old backups are kept"),
-        }
-    }
-    Ok(Some(path))
-}
-
-/// Push a kept backup to the remote store, then rotate the store by the
-/// same rule as the directory; what happened, for the record. A failed push
-/// keeps the local file and says so (the backup still counts).
-async fn push_backup(
-    cfg: &AgentConfig,
-    remote: &crate::config::RemoteConfig,
-    path: &Path,
-) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let key = backup::remote::Remote::backup_key(&cfg.set, &name);
-    let p = path.to_owned();
-    let pushed = async {
-        let meta = tokio::task::spawn_blocking(move || backup::read_meta(&p))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let store = backup::remote::Remote::open(remote).map_err(|e| e.to_string())?;
-        let bytes = store
-            .push_backup(path, &key, &meta)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((store, bytes))
-    };
-    let (store, bytes) = match pushed.await {
-        Ok(x) => x,
-        Err(e) => {
-            warn!(error = %e, "backup not pushed to the remote store; kept locally");
-            return format!("not pushed to the remote store ({e}); the backup is kept locally");
-        }
-    };
-    info!(key = %key, bytes, "backup pushed to the remote store");
-    let mut note = format!("pushed to the remote store as {key}");
-    let keep = cfg
-        .backup
-        .as_ref()
-        .map(|b| b.retention())
-        .unwrap_or_default();
-    match store.rotate(&cfg.set, &keep).await {
-        Ok(gone) if gone.is_empty() => {}
-        Ok(gone) => {
-            for g in &gone {
-                info!(key = %g, "rotated backup deleted from the remote store");
-            }
-            note.push_str(&format!("; rotated out of it: {}", gone.join(", ")));
-        }
-        Err(e) => {
-            warn!(error = %e, "remote rotation failed; old remote backups are kept");
-            note.push_str(&format!(
-                "; its rotation failed ({e}), old backups there are kept"
-            ));
-        }
-    }
-    note
-}
-
 fn remove_previous_copy(copy: &Path) -> Result<(), EngineError> {
     let manifest = PathBuf::from(format!("{}.manifest", copy.display()));
     for p in [copy.to_owned(), manifest] {
@@ -702,13 +612,13 @@ pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
         }
     };
     let packed = sh.packed.lock().unwrap_or_else(|p| p.into_inner()).take();
-    match keep_or_drop_backup(&job.cfg, packed, state == OpState::Succeeded) {
+    match backup::keep::keep_or_drop(&job.cfg, packed, state == OpState::Succeeded) {
         Ok(kept) => {
-            if let (Some(path), Some(remote)) = (&kept, &job.cfg.remote) {
-                let note = push_backup(&job.cfg, remote, path).await;
+            if let (Some(k), Some(remote)) = (&kept, &job.cfg.remote) {
+                let note = backup::keep::push(&job.cfg, remote, &k.path, &k.meta).await;
                 sh.rec().notes.push(note);
             }
-            sh.rec().backup_path = kept;
+            sh.rec().backup_path = kept.map(|k| k.path);
         }
         Err(why) => {
             state = OpState::Failed;

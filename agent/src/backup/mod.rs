@@ -7,12 +7,16 @@
 //! - `name`: the file name, which carries the kind, the time and the LSN
 //!   range, so a listing needs no other index.
 //! - `rotation`: which kind a new backup is and which old ones go (pure).
+//! - `keep`: at the end of an operation, keep or drop the packed file,
+//!   rotate, push to the remote store and rotate it.
+//! - `wal`, `remote`: the WAL archive, and the object store.
 //!
 //! A backup file is written under a temporary name, fsynced, and renamed
 //! into place only when complete ([`archive::Packed::commit`]); a reader
 //! never sees a half-written backup under a backup name.
 
 pub mod archive;
+pub mod keep;
 pub mod name;
 pub mod remote;
 pub mod rotation;

@@ -62,6 +62,19 @@ pub enum RemoteError {
     Wal(#[from] wal::WalError),
 }
 
+impl RemoteError {
+    /// The store has no such key.
+    fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }
+        )
+    }
+}
+
 /// A backup in the remote store, as listed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteBackup {
@@ -72,6 +85,25 @@ pub struct RemoteBackup {
     /// Its description; `None` with `problem` when it could not be read.
     pub meta: Option<BackupMeta>,
     pub problem: Option<String>,
+}
+
+impl RemoteBackup {
+    /// As the listing shows a file, named as `--from` takes it
+    /// (`remote:<key>`).
+    pub fn info(self) -> crate::backup::BackupInfo {
+        let meta = self.meta.as_ref();
+        crate::backup::BackupInfo {
+            file: PathBuf::from(format!("remote:{}", self.key)),
+            kind: self.name.kind,
+            taken_at: self.name.taken_at,
+            bytes: self.bytes,
+            unpacked_bytes: meta.map_or(0, |m| m.unpacked_bytes),
+            start_lsn: self.name.start_lsn,
+            end_lsn: self.name.end_lsn,
+            verified: meta.is_some_and(|m| m.verified),
+            problem: self.problem,
+        }
+    }
 }
 
 pub struct Remote {
@@ -136,6 +168,16 @@ impl Remote {
         format!("{set}/wal/{name}")
     }
 
+    /// The last part of a key: a file name.
+    fn file_name(key: &str) -> &str {
+        key.rsplit('/').next().unwrap_or("")
+    }
+
+    /// The backup a key names, if it names one.
+    fn backup_name(key: &str) -> Option<crate::backup::BackupName> {
+        crate::backup::BackupName::parse(Self::file_name(key))
+    }
+
     fn meta_key(backup_key: &str) -> String {
         format!("{backup_key}.meta.json")
     }
@@ -182,18 +224,11 @@ impl Remote {
     /// Upload the file `local` as `key`, in multipart chunks.
     pub async fn push(&self, local: &Path, key: &str) -> Result<u64, RemoteError> {
         let path = self.path(key)?;
-        let store_err = |op| {
-            move |source| RemoteError::Store {
-                op,
-                key: key.to_owned(),
-                source,
-            }
-        };
         let upload = self
             .store
             .put_multipart(&path)
             .await
-            .map_err(store_err("start the upload of"))?;
+            .map_err(Self::store_err("start the upload of", key))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, CHUNK);
         let mut f = tokio::fs::File::open(local)
             .await
@@ -205,26 +240,27 @@ impl Remote {
             if n == 0 {
                 break;
             }
-            w.wait_for_capacity(4).await.map_err(store_err("upload"))?;
+            w.wait_for_capacity(4)
+                .await
+                .map_err(Self::store_err("upload", key))?;
             w.write(&buf[..n]);
             total += n as u64;
         }
         w.finish()
             .await
-            .map_err(store_err("finish the upload of"))?;
+            .map_err(Self::store_err("finish the upload of", key))?;
         Ok(total)
     }
 
     /// Download the backup `key` into `dir` under its own name; returns the
     /// file.
     pub async fn fetch(&self, key: &str, dir: &Path) -> Result<PathBuf, RemoteError> {
-        let name = key
-            .rsplit('/')
-            .next()
-            .filter(|n| crate::backup::BackupName::parse(n).is_some())
-            .ok_or_else(|| RemoteError::BadKey {
+        if Self::backup_name(key).is_none() {
+            return Err(RemoteError::BadKey {
                 key: key.to_owned(),
-            })?;
+            });
+        }
+        let name = Self::file_name(key);
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(io("create", dir))?;
@@ -290,11 +326,7 @@ impl Remote {
         // The descriptions are small: read up to 8 at once.
         let mut out: Vec<RemoteBackup> = futures::stream::iter(listed)
             .map(|(key, bytes)| async move {
-                let name = key
-                    .rsplit('/')
-                    .next()
-                    .and_then(crate::backup::BackupName::parse)
-                    .expect("list keeps backup names");
+                let name = Self::backup_name(&key).expect("list keeps backup names");
                 let mk = Self::meta_key(&key);
                 let (meta, problem) = match self.get_bytes(&mk).await {
                     Ok(b) => match serde_json::from_slice::<BackupMeta>(&b) {
@@ -336,29 +368,16 @@ impl Remote {
     /// Archive the WAL file `src` as `<set>/wal/<name>`. A name already
     /// there is fine only with the same bytes (a retried archive_command).
     pub async fn push_wal(&self, src: &Path, set: &str, name: &str) -> Result<Pushed, RemoteError> {
-        if !wal::valid_name(name) {
-            return Err(wal::WalError::BadName {
-                name: name.to_owned(),
-            }
-            .into());
-        }
-        let key = Self::wal_key(set, name);
-        let path = self.path(&key)?;
+        let key = Self::wal_key(set, wal::checked_name(name)?);
         let data = tokio::fs::read(src).await.map_err(io("read", src))?;
-        match self.store.head(&path).await {
-            Ok(_) => {
-                let there = self.get_bytes(&key).await?;
-                return if there.as_ref() == data.as_slice() {
-                    Ok(Pushed::AlreadyThere)
-                } else {
-                    Err(RemoteError::WalConflict { key })
-                };
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(Self::store_err("look up", &key)(e)),
+        match self.get_bytes(&key).await {
+            Ok(there) if there.as_ref() == data.as_slice() => return Ok(Pushed::AlreadyThere),
+            Ok(_) => return Err(RemoteError::WalConflict { key }),
+            Err(e) if !e.is_not_found() => return Err(e),
+            Err(_) => {}
         }
         self.store
-            .put(&path, data.into())
+            .put(&self.path(&key)?, data.into())
             .await
             .map_err(Self::store_err("upload", &key))?;
         Ok(Pushed::Archived)
@@ -367,18 +386,12 @@ impl Remote {
     /// Fetch the WAL file `name` of `set` to `dst`; `false` when the store
     /// does not have it.
     pub async fn fetch_wal(&self, set: &str, name: &str, dst: &Path) -> Result<bool, RemoteError> {
-        if !wal::valid_name(name) {
-            return Err(wal::WalError::BadName {
-                name: name.to_owned(),
-            }
-            .into());
-        }
-        match self.fetch_to(&Self::wal_key(set, name), dst).await {
+        match self
+            .fetch_to(&Self::wal_key(set, wal::checked_name(name)?), dst)
+            .await
+        {
             Ok(()) => Ok(true),
-            Err(RemoteError::Store {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(false),
+            Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -386,7 +399,7 @@ impl Remote {
     fn wal_names(listed: &[(String, u64)]) -> impl Iterator<Item = (String, u64)> + '_ {
         listed
             .iter()
-            .map(|(k, n)| (k.rsplit('/').next().unwrap_or("").to_owned(), *n))
+            .map(|(k, n)| (Self::file_name(k).to_owned(), *n))
     }
 
     /// What the store's WAL of `set` holds (`archive-check --remote`).
@@ -414,7 +427,7 @@ impl Remote {
             .map_err(io("create", dir))?;
         let mut fetched = Vec::new();
         for (key, _) in listed {
-            let name = key.rsplit('/').next().unwrap_or("").to_owned();
+            let name = Self::file_name(&key).to_owned();
             let wanted = match wal::parse_segment(&name) {
                 Some((_, log, seg)) => log as u64 * per_log + seg as u64 >= first,
                 None => name.ends_with(".history"),
@@ -440,11 +453,7 @@ impl Remote {
             .list(set)
             .await?
             .iter()
-            .filter_map(|(k, _)| {
-                k.rsplit('/')
-                    .next()
-                    .and_then(crate::backup::BackupName::parse)
-            })
+            .filter_map(|(k, _)| Self::backup_name(k))
             .collect();
         let mut gone = Vec::new();
         for n in crate::backup::rotation::to_delete(&names, keep) {
@@ -465,12 +474,7 @@ impl Remote {
     /// The backup keys under `<set>/backups/`, with their sizes.
     pub async fn list(&self, set: &str) -> Result<Vec<(String, u64)>, RemoteError> {
         let mut keys = self.list_under(&format!("{set}/backups")).await?;
-        keys.retain(|(k, _)| {
-            k.rsplit('/')
-                .next()
-                .and_then(crate::backup::BackupName::parse)
-                .is_some()
-        });
+        keys.retain(|(k, _)| Self::backup_name(k).is_some());
         Ok(keys)
     }
 }

@@ -80,6 +80,17 @@ pub fn valid_name(name: &str) -> bool {
     false
 }
 
+/// `name` when it may be archived ([`valid_name`]), else [`WalError::BadName`].
+pub fn checked_name(name: &str) -> Result<&str, WalError> {
+    if valid_name(name) {
+        Ok(name)
+    } else {
+        Err(WalError::BadName {
+            name: name.to_owned(),
+        })
+    }
+}
+
 /// What [`push`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -89,12 +100,7 @@ pub enum Pushed {
 
 /// Archive the file `src` as `<dir>/<name>`; see the module documentation.
 pub fn push(src: &Path, name: &str, dir: &Path) -> Result<Pushed, WalError> {
-    if !valid_name(name) {
-        return Err(WalError::BadName {
-            name: name.to_owned(),
-        });
-    }
-    let dst = dir.join(name);
+    let dst = dir.join(checked_name(name)?);
     if dst.exists() {
         return if same_bytes(src, &dst)? {
             Ok(Pushed::AlreadyThere)
