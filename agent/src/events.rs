@@ -18,7 +18,7 @@ use tandem_proto::propagation::{TracedChannel, traced};
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
-use crate::ops::journal::{OpRecord, OpState};
+use crate::journal::{OpRecord, OpState};
 
 const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -49,7 +49,7 @@ impl Events {
     /// Raise the events an operation's end calls for.
     pub async fn operation_finished(&self, rec: &OpRecord) {
         match rec.state {
-            OpState::Interrupted => {
+            OpState::Interrupted if rec.kind.copies() => {
                 let code = interrupted_code(&rec.step);
                 let msg = rec.reason.clone().unwrap_or_default();
                 self.emit("E_TESTDB", code, &rec.step, &rec.id, &msg).await;

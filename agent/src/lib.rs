@@ -2,7 +2,10 @@
 //!
 //! Tasks: the gRPC server (`service`, only the controller may call it), the
 //! registration loop (`registration`, register then heartbeat), and at most
-//! one running operation (`ops`, running an `actions` step list). All stop
+//! one running operation: `orders` turns a typed order into an action
+//! (`actions`: testdb, restore, a maintenance step), run by the one slot
+//! (`ops`) on the one step runner (`steps`: journal, progress, spans, undos;
+//! `journal`, `files`, `fence` are what survives on disk). All stop
 //! when the `shutdown` token is cancelled by `main` on SIGTERM/SIGINT; `run`
 //! then waits for the operation's clean-up (standby back, journal written,
 //! event hook run) before returning. The engine (`engine`) is the only code
@@ -17,13 +20,17 @@ pub mod backup;
 pub mod config;
 pub mod engine;
 pub mod events;
-pub mod maintain;
+pub mod fence;
+pub mod files;
+pub mod journal;
 pub mod metrics;
 pub mod ops;
+pub mod orders;
 pub mod registration;
 pub mod runner;
 pub mod service;
 pub mod signals;
+pub mod steps;
 
 use std::sync::Arc;
 
@@ -91,7 +98,6 @@ pub async fn run_with_engine<E: Engine>(
         member: cfg.member().to_owned(),
         engine: engine.clone(),
         ops: ops.clone(),
-        maintainer: maintain::Maintainer::new(cfg.clone(), engine.clone(), ops.clone()),
     };
     let signals = tokio::spawn(signals::run(
         cfg.clone(),

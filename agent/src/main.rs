@@ -305,7 +305,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Show { json } => {
-            let path = tandem_agent::actions::testdb::state_file_path(&cfg);
+            let path = tandem_agent::files::state_file_path(&cfg);
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -318,7 +318,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{text}");
             } else {
-                print!("{}", tandem_agent::actions::testdb::state_human(&v));
+                print!("{}", tandem_agent::files::state_human(&v));
             }
             Ok(if v["result"] == "clean" {
                 ExitCode::SUCCESS

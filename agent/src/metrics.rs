@@ -21,7 +21,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use tandem_proto::metrics::MetricsError;
 
 use crate::config::AgentConfig;
-use crate::ops::journal::{OpKind, OpRecord, OpState};
+use crate::journal::{OpRecord, OpState};
 
 /// Serve the metrics on `addr`; `setting` names where the address came
 /// from, for the error.
@@ -81,15 +81,6 @@ fn describe() {
     describe_gauge!("tandem_agent_build_info", "The agent's version");
 }
 
-pub fn kind_label(kind: OpKind) -> &'static str {
-    match kind {
-        OpKind::Testdb => "testdb",
-        OpKind::Copy => "copy",
-        OpKind::Backup => "backup",
-        OpKind::Restore => "restore",
-    }
-}
-
 pub fn result_label(state: OpState) -> &'static str {
     match state {
         OpState::Running => "running",
@@ -107,14 +98,14 @@ pub fn operation_started() {
 }
 
 /// One step took `seconds`.
-pub fn step(kind: OpKind, step: &'static str, seconds: f64) {
-    histogram!("tandem_agent_step_duration_seconds", "kind" => kind_label(kind), "step" => step)
+pub fn step(kind: &'static str, step: &'static str, seconds: f64) {
+    histogram!("tandem_agent_step_duration_seconds", "kind" => kind, "step" => step)
         .record(seconds);
 }
 
 /// An operation ended with `rec`.
 pub fn operation_finished(rec: &OpRecord) {
-    let kind = kind_label(rec.kind);
+    let kind = rec.kind.as_str();
     gauge!("tandem_agent_operations_running").set(0.0);
     counter!("tandem_agent_operations_total", "kind" => kind, "result" => result_label(rec.state))
         .increment(1);

@@ -13,10 +13,13 @@ use tandem_proto::model::timestamp_to_wire;
 use tandem_proto::pb;
 use tonic::{Request, Response, Status};
 
+use tandem_proto::order::StartOrder;
+
 use crate::engine::Engine;
-use crate::maintain::{MaintainError, Maintainer};
-use crate::ops::journal::{OpKind, OpRecord, OpState};
-use crate::ops::{Operations, Progress, StartError, Watched};
+use crate::journal::{OpKind, OpRecord, OpState, StepOutcome};
+use crate::ops::{AdmitError, Operations, Watched};
+use crate::orders::StartError;
+use crate::steps::Progress;
 
 /// What the service needs to answer.
 pub struct AgentService<E> {
@@ -25,7 +28,6 @@ pub struct AgentService<E> {
     pub member: String,
     pub engine: Arc<E>,
     pub ops: Arc<Operations<E>>,
-    pub maintainer: Arc<Maintainer<E>>,
 }
 
 /// Interceptor: the caller must present the controller's certificate.
@@ -46,14 +48,12 @@ type ProgressStream =
 fn start_status(e: StartError) -> Status {
     let msg = e.to_string();
     match e {
-        StartError::Busy { .. }
-        | StartError::Stale { .. }
+        StartError::Admit(AdmitError::ShuttingDown) => Status::unavailable(msg),
+        StartError::Admit(AdmitError::Journal(_)) => Status::internal(msg),
+        StartError::Admit(_)
         | StartError::Refused(_)
-        | StartError::Fenced { .. }
         | StartError::RestoreRefused(_)
         | StartError::NoBackupConfig => Status::failed_precondition(msg),
-        StartError::ShuttingDown => Status::unavailable(msg),
-        StartError::Journal(_) => Status::internal(msg),
     }
 }
 
@@ -77,6 +77,7 @@ pub fn result_of(r: &OpRecord) -> pb::OperationResult {
             OpKind::Testdb => pb::OperationKind::Testdb,
             OpKind::Backup => pb::OperationKind::Backup,
             OpKind::Restore => pb::OperationKind::Restore,
+            OpKind::Maintenance => pb::OperationKind::Maintenance,
         } as i32,
         state: op_state(r.state) as i32,
         started_at: Some(timestamp_to_wire(r.started_at)),
@@ -98,6 +99,27 @@ pub fn result_of(r: &OpRecord) -> pb::OperationResult {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
+        maintenance: r.outcome.as_ref().map(outcome_of),
+    }
+}
+
+fn outcome_of(o: &StepOutcome) -> pb::MaintenanceOutcome {
+    pb::MaintenanceOutcome {
+        message: o.message.clone(),
+        findings: o.findings.iter().cloned().map(Into::into).collect(),
+        relations: o
+            .relations
+            .iter()
+            .map(|r| pb::RelationSize {
+                database: r.database.clone(),
+                relation: r.relation.clone(),
+                is_index: r.is_index,
+                bytes: r.bytes,
+            })
+            .collect(),
+        unresolved: o.unresolved.clone(),
+        facts: o.facts.clone().map(Into::into),
+        fenced: o.fenced,
     }
 }
 
@@ -138,27 +160,8 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
         &self,
         req: Request<pb::StartOperationRequest>,
     ) -> Result<Response<pb::StartOperationResponse>, Status> {
-        let r = req.into_inner();
-        let kind = match pb::OperationKind::try_from(r.kind) {
-            Ok(pb::OperationKind::Testdb) => OpKind::Testdb,
-            Ok(pb::OperationKind::Copy) => OpKind::Copy,
-            Ok(pb::OperationKind::Backup) => OpKind::Backup,
-            Ok(pb::OperationKind::Restore) => OpKind::Restore,
-            Ok(k) => {
-                return Err(Status::unimplemented(format!(
-                    "{k:?} is not available in this version of tandem-agent"
-                )));
-            }
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown operation kind {}",
-                    r.kind
-                )));
-            }
-        };
-        let id = self
-            .ops
-            .start(kind, r.set_generation, r.params)
+        let order = StartOrder::try_from(req.into_inner())?;
+        let id = crate::orders::start(&self.ops, order)
             .await
             .map_err(start_status)?;
         Ok(Response::new(pb::StartOperationResponse {
@@ -234,27 +237,6 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
             None => Err(Status::not_found(format!(
                 "no operation `{id}` on this agent"
             ))),
-        }
-    }
-
-    #[tracing::instrument(skip_all, fields(agent = %self.agent))]
-    async fn maintain(
-        &self,
-        req: Request<pb::MaintainRequest>,
-    ) -> Result<Response<pb::MaintainResponse>, Status> {
-        match self.maintainer.step(req.into_inner()).await {
-            Ok(r) => Ok(Response::new(r)),
-            Err(e) => {
-                let msg = e.to_string();
-                Err(match e {
-                    MaintainError::UnknownStep(_) => Status::invalid_argument(msg),
-                    MaintainError::Stale { .. }
-                    | MaintainError::Busy(_)
-                    | MaintainError::FencedByOther { .. } => Status::failed_precondition(msg),
-                    // The step ran and failed: the window stops there.
-                    _ => Status::aborted(msg),
-                })
-            }
         }
     }
 

@@ -10,7 +10,6 @@
 //! answers again; a marker file `<home>/reported/<operation>` records that
 //! it did, so a restarted agent reports what it had not.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +24,7 @@ use tracing::{info, warn};
 use crate::config::AgentConfig;
 use crate::engine::Engine;
 use crate::ops::Operations;
-use crate::ops::journal::OpKind;
+use tandem_proto::order::{Order, StartOrder};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often results of local tests not yet reported are offered again.
@@ -105,15 +104,15 @@ impl<E: Engine> Signals<E> {
         };
         let generation = self.ops.journal().generation().unwrap_or(0);
         let request = format!("{LOCAL_PREFIX}{}", jiff::Timestamp::now());
-        match self
-            .ops
-            .start(
-                OpKind::Testdb,
-                generation,
-                HashMap::from([("request_id".to_owned(), request)]),
-            )
-            .await
-        {
+        let order = StartOrder {
+            set_generation: generation,
+            request_id: request,
+            join: false,
+            order: Order::Testdb {
+                skip_logical_read: false,
+            },
+        };
+        match crate::orders::start(&self.ops, order).await {
             Ok(id) => {
                 warn!(signal = name, operation = %id, reason = %unreachable, "the controller is unreachable: testing locally; the result is reported when it answers")
             }

@@ -20,6 +20,7 @@ pub mod fleet;
 pub mod inventory;
 pub mod maintenance;
 pub mod metrics;
+pub mod orders;
 pub mod restore;
 pub mod schedule;
 pub mod scheduler;

@@ -1,6 +1,6 @@
 //! Restores, the controller's side (SPEC R1-R12): the member to restore
 //! (the set's primary unless named), the agent's restore orders
-//! (`OPERATION_KIND_RESTORE` with `stage=prepare`, then `stage=swap`; the
+//! (a restore order with stage prepare, then swap; the
 //! agent runs R1-R11 and puts the old data directory back on any failure
 //! before R9), and following one to its end.
 //!
@@ -9,17 +9,16 @@
 //! set serves, standbys fenced and stopped first, the member restored, each
 //! standby re-seeded from it, the set resumed and tested.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 use tandem_proto::model::Role;
+use tandem_proto::order::{Order, RestoreStage};
 use tandem_proto::pb;
 use tracing::info;
 
-use crate::agents::AgentClients;
 use crate::error::ServiceError;
 use crate::inventory::Inventory;
 use crate::maintenance::plan::RestoreOrder;
+use crate::orders::{AgentRef, OrderError, Orders};
 
 /// The member to restore and how to reach its agent.
 pub struct Target {
@@ -89,81 +88,61 @@ pub struct Outcome {
     pub notes: Vec<String>,
 }
 
-/// Order one stage (`prepare` or `swap`) of a restore from the member's
+impl Target {
+    pub fn agent_ref(&self) -> AgentRef {
+        AgentRef {
+            agent: self.agent.clone(),
+            address: self.address.clone(),
+        }
+    }
+}
+
+/// Order one stage (prepare or swap) of a restore from the member's
 /// agent. `request_id` makes the order idempotent: asked again (a
 /// controller restarted), the agent returns the operation it started.
 pub async fn order(
-    agents: &AgentClients,
+    orders: &Orders<'_>,
     t: &Target,
-    generation: u64,
+    set: &str,
     o: &RestoreOrder,
-    stage: &str,
+    stage: RestoreStage,
     request_id: String,
 ) -> Result<String, ServiceError> {
-    let mut params = HashMap::from([
-        ("from".to_owned(), o.from.clone()),
-        ("request_id".to_owned(), request_id),
-        ("stage".to_owned(), stage.to_owned()),
-    ]);
-    if let Some(t) = &o.target_time {
-        params.insert("target_time".into(), t.clone());
-    }
-    if o.replace {
-        params.insert("replace".into(), "true".into());
-    }
-    let mut client = agents
-        .client(&t.address)
-        .map_err(|e| ServiceError::AgentUnreachable {
-            agent: t.agent.clone(),
-            why: e.to_string(),
-        })?;
-    let op = client
-        .start_operation(pb::StartOperationRequest {
-            kind: pb::OperationKind::Restore as i32,
-            set_generation: generation,
-            params,
-        })
+    let order = Order::Restore(tandem_proto::order::RestoreOrder {
+        from: o.from.clone(),
+        target_time: o.target_time.clone(),
+        replace: o.replace,
+        stage,
+    });
+    let op = orders
+        .send(&t.agent_ref(), set, request_id, false, order)
         .await
-        .map_err(|s| ServiceError::AgentRefused {
-            agent: t.agent.clone(),
-            message: s.message().to_owned(),
-        })?
-        .into_inner()
-        .operation_id;
-    info!(member = %t.member, operation = %op, stage, "restore ordered");
+        .map_err(|e| match e {
+            OrderError::Refused { agent, message, .. } => {
+                ServiceError::AgentRefused { agent, message }
+            }
+            e => ServiceError::AgentUnreachable {
+                agent: t.agent.clone(),
+                why: e.to_string(),
+            },
+        })?;
+    info!(member = %t.member, operation = %op, ?stage, "restore ordered");
     Ok(op)
 }
 
-/// Follow an operation to its result and the step it was in (bounded
-/// retries of a broken stream).
+/// Follow an operation to its result and the last step it was in.
 pub async fn follow(
-    agents: &AgentClients,
-    address: &str,
+    orders: &Orders<'_>,
+    t: &Target,
     op: &str,
-) -> Result<(pb::OperationResult, String), String> {
+) -> Result<(pb::OperationResult, String), OrderError> {
     let mut step = String::new();
-    for _ in 0..60 {
-        let stream = match agents.client(address) {
-            Ok(mut c) => {
-                c.watch(pb::WatchRequest {
-                    operation_id: op.to_owned(),
-                })
-                .await
+    let r = orders
+        .follow(&t.agent_ref(), op, |p| {
+            if !p.step.is_empty() {
+                step = p.step.clone();
             }
-            Err(e) => return Err(e.to_string()),
-        };
-        if let Ok(s) = stream {
-            let mut s = s.into_inner();
-            while let Ok(Some(p)) = s.message().await {
-                if !p.step.is_empty() {
-                    step = p.step.clone();
-                }
-                if let Some(r) = p.result {
-                    return Ok((r, step));
-                }
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    }
-    Err("lost the agent's progress stream".into())
+        })
+        .await?;
+    Ok((r, step))
 }

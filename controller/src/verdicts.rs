@@ -170,6 +170,7 @@ mod tests {
             request_id: String::new(),
             backup_path: String::new(),
             notes: vec![],
+            maintenance: None,
         }
     }
 

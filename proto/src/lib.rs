@@ -3,6 +3,7 @@
 //! - [`config`]: loading the daemons' TOML config files with precise errors.
 //! - [`pb`]: code generated from `proto/tandem/v1/*.proto` (build.rs, protox; no `protoc`).
 //! - [`model`]: domain types and their `TryFrom` conversions; prost types stop at the gRPC layer.
+//! - [`order`]: the typed orders the controller sends to agents (one `oneof` per kind of work).
 //! - [`tls`], [`identity`]: mutual TLS from PEM files, and who is calling (SAN URIs).
 //! - [`telemetry`], [`propagation`]: tracing set-up shared by all three binaries, and
 //!   W3C trace context carried in gRPC metadata.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod identity;
 pub mod metrics;
 pub mod model;
+pub mod order;
 pub mod process;
 pub mod propagation;
 pub mod telemetry;

@@ -28,20 +28,17 @@
 //! and the record's reason names the step that failed.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tandem_proto::order::{RestoreOrder, RestoreStage};
+use tracing::{error, info};
 
 use crate::backup::{self, BackupKind};
 use crate::config::AgentConfig;
 use crate::engine::Engine;
-use crate::ops::Progress;
-use crate::ops::journal::{Journal, OpRecord, OpState, StepTime};
+use crate::journal::{OpRecord, OpState, Undo};
+use crate::steps::{Ending, Run, StepFailed};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -58,6 +55,10 @@ pub enum RestoreError {
     NoBackupOfKind { kind: BackupKind, dir: PathBuf },
     #[error("{path}: no such backup file")]
     NoFile { path: PathBuf },
+    #[error(
+        "{path} is a relative path; a backup file is named by its absolute path on the member's host (`tandemctl backups SET` lists them)"
+    )]
+    RelativeFile { path: PathBuf },
     #[error("{0}")]
     Backup(#[from] backup::BackupError),
     #[error("target time {value:?} is not a time like 2026-11-21T12:30:00Z: {why}")]
@@ -84,30 +85,14 @@ pub enum RestoreError {
         "nothing is prepared at {path}: the swap stage needs the directory the prepare stage unpacked; restore again from the start"
     )]
     NotPrepared { path: PathBuf },
-    #[error("unknown restore stage {0:?}: prepare, swap, or none for both")]
-    BadStage(String),
-}
-
-/// Which part of the restore one order runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// R1, R11, R2: the backup unpacked and verified; the server untouched.
-    Prepare,
-    /// R3 to R10 on the directory a prepare stage left.
-    Swap,
-    /// Both, in one order.
-    All,
-}
-
-impl Stage {
-    fn parse(v: Option<&String>) -> Result<Stage, RestoreError> {
-        match v.map(String::as_str) {
-            None | Some("") => Ok(Stage::All),
-            Some("prepare") => Ok(Stage::Prepare),
-            Some("swap") => Ok(Stage::Swap),
-            Some(o) => Err(RestoreError::BadStage(o.to_owned())),
-        }
-    }
+    #[error(
+        "the target time {target} is before the backup {file} was taken ({taken}): a roll-forward cannot go back in time; choose an older backup (`tandemctl backups SET` lists them) or a later target time"
+    )]
+    TargetBeforeBackup {
+        target: String,
+        taken: Timestamp,
+        file: PathBuf,
+    },
 }
 
 /// What the order asks for, checked before anything is written.
@@ -123,7 +108,7 @@ pub struct Plan {
     pub prepare: PathBuf,
     pub wal_archive: PathBuf,
     pub unpacked_bytes: u64,
-    pub stage: Stage,
+    pub stage: RestoreStage,
 }
 
 /// `<data_dir>.prepare`, beside the data directory (R2).
@@ -140,15 +125,34 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 /// `2026-11-21T12:30:00.5+01:00` → `2026-11-21 11:30:00.5+00` (UTC, as
 /// PostgreSQL reads it whatever its TimeZone).
 pub fn parse_target(value: &str) -> Result<String, RestoreError> {
-    let t: Timestamp = value
+    Ok(for_postgres(target_timestamp(value)?))
+}
+
+fn target_timestamp(value: &str) -> Result<Timestamp, RestoreError> {
+    value
         .parse()
         .map_err(|e: jiff::Error| RestoreError::BadTarget {
             value: value.to_owned(),
             why: e.to_string(),
-        })?;
-    Ok(t.to_zoned(TimeZone::UTC)
+        })
+}
+
+fn for_postgres(t: Timestamp) -> String {
+    t.to_zoned(TimeZone::UTC)
         .strftime("%Y-%m-%d %H:%M:%S%.f+00")
-        .to_string())
+        .to_string()
+}
+
+/// A target time before the backup was taken cannot be reached (pure).
+fn reachable(target: Option<Timestamp>, taken: Timestamp, file: &Path) -> Result<(), RestoreError> {
+    match target {
+        Some(t) if t < taken => Err(RestoreError::TargetBeforeBackup {
+            target: t.to_string(),
+            taken,
+            file: file.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn free_bytes(dir: &Path) -> Result<u64, RestoreError> {
@@ -175,65 +179,56 @@ fn space_ok(dir: &Path, free: u64, unpacked: u64, reserve_mib: u64) -> Result<()
 }
 
 impl Plan {
-    /// R1 (local), R2 (prepare exists), R11 (free space), before anything is written.
+    /// R1 (local), R2 (prepare exists), R11 (free space), and the target
+    /// time against the backup, before anything is written.
     pub fn check(
         cfg: &AgentConfig,
         data_dir: &Path,
-        params: &std::collections::HashMap<String, String>,
+        o: &RestoreOrder,
     ) -> Result<Plan, RestoreError> {
         let b = cfg.backup.as_ref().ok_or(RestoreError::NoBackupConfig)?;
         let wal_archive = b.wal_archive.clone().ok_or(RestoreError::NoBackupConfig)?;
-        let from = params
-            .get("from")
-            .filter(|s| !s.is_empty())
-            .ok_or(RestoreError::NoSource)?;
-        let target_time = match params.get("target_time").filter(|s| !s.is_empty()) {
-            Some(t) => Some(parse_target(t)?),
-            None => None,
-        };
-        let replace = params.get("replace").is_some_and(|v| v == "true");
-        let prepare = prepare_dir(data_dir);
-        let stage = Stage::parse(params.get("stage"))?;
-        if stage == Stage::Swap {
-            if !prepare.join("PG_VERSION").is_file() {
-                return Err(RestoreError::NotPrepared { path: prepare });
-            }
-            return Ok(Plan {
-                file: PathBuf::from(from),
-                remote_key: None,
-                target_time,
-                replace,
-                prepare,
-                wal_archive,
-                unpacked_bytes: 0,
-                stage,
-            });
+        let from = o.from.as_str();
+        if from.is_empty() {
+            return Err(RestoreError::NoSource);
         }
-        if !replace && std::fs::symlink_metadata(&prepare).is_ok() {
-            return Err(RestoreError::PrepareExists { path: prepare });
+        let target = o.target_time.as_deref().map(target_timestamp).transpose()?;
+        let prepare = prepare_dir(data_dir);
+        let mut plan = Plan {
+            file: PathBuf::from(from),
+            remote_key: None,
+            target_time: target.map(for_postgres),
+            replace: o.replace,
+            prepare,
+            wal_archive,
+            unpacked_bytes: 0,
+            stage: o.stage,
+        };
+        if o.stage == RestoreStage::Swap {
+            if !plan.prepare.join("PG_VERSION").is_file() {
+                return Err(RestoreError::NotPrepared { path: plan.prepare });
+            }
+            return Ok(plan);
+        }
+        if !o.replace && std::fs::symlink_metadata(&plan.prepare).is_ok() {
+            return Err(RestoreError::PrepareExists { path: plan.prepare });
         }
         if let Some(key) = from.strip_prefix("remote:") {
             if cfg.remote.is_none() {
                 return Err(RestoreError::NoRemote);
             }
             let name = key.rsplit('/').next().unwrap_or_default();
-            if backup::BackupName::parse(name).is_none() {
+            let Some(parsed) = backup::BackupName::parse(name) else {
                 return Err(RestoreError::NoFile {
                     path: PathBuf::from(from),
                 });
-            }
-            return Ok(Plan {
-                file: b.dir.join(name),
-                remote_key: Some(key.to_owned()),
-                target_time,
-                replace,
-                prepare,
-                wal_archive,
-                unpacked_bytes: 0,
-                stage,
-            });
+            };
+            reachable(target, parsed.taken_at, Path::new(from))?;
+            plan.file = b.dir.join(name);
+            plan.remote_key = Some(key.to_owned());
+            return Ok(plan);
         }
-        let file = if let Ok(kind) = from.parse::<BackupKind>() {
+        plan.file = if let Ok(kind) = from.parse::<BackupKind>() {
             let newest = backup::list(&b.dir)?
                 .into_iter()
                 .find(|(n, _)| n.kind == kind)
@@ -244,193 +239,133 @@ impl Plan {
             newest.1
         } else {
             let p = PathBuf::from(from);
+            if !p.is_absolute() {
+                return Err(RestoreError::RelativeFile { path: p });
+            }
             if !p.is_file() {
                 return Err(RestoreError::NoFile { path: p });
             }
             p
         };
-        let unpacked_bytes = backup::read_meta(&file)?.unpacked_bytes;
+        let meta = backup::read_meta(&plan.file)?;
+        reachable(target, meta.taken_at, &plan.file)?;
+        plan.unpacked_bytes = meta.unpacked_bytes;
         let parent = data_dir.parent().unwrap_or(Path::new("/"));
         space_ok(
             parent,
             free_bytes(parent)?,
-            unpacked_bytes,
+            plan.unpacked_bytes,
             cfg.restore.free_space_reserve_mib,
         )?;
-        Ok(Plan {
-            file,
-            remote_key: None,
-            target_time,
-            replace,
-            prepare,
-            wal_archive,
-            unpacked_bytes,
-            stage,
-        })
+        Ok(plan)
     }
 }
 
-/// Everything one restore needs.
-pub struct Job<E> {
-    pub cfg: Arc<AgentConfig>,
-    pub engine: Arc<E>,
-    pub journal: Arc<Journal>,
-    pub progress: watch::Sender<Progress>,
-    pub cancel: CancellationToken,
+/// A restore from a backup, checked by [`Plan::check`].
+pub struct Restore {
     pub plan: Plan,
 }
 
-/// What the steps changed, for the way back.
-#[derive(Default)]
-struct Undo {
-    /// Where the live data directory was moved (R4).
-    saved: Option<PathBuf>,
-    /// The prepared directory is in place (R5).
-    swapped: bool,
-    /// The server runs on the restored directory, isolated (R7).
-    isolated: bool,
-    /// R9 was reached: no way back.
-    started: bool,
-}
-
+/// A failure of blocking work inside a restore step.
 #[derive(Debug, thiserror::Error)]
-#[error("step `{step}` failed: {message}")]
-struct StepFailed {
-    step: &'static str,
-    message: String,
+pub enum RestoreStepError {
+    #[error("cannot {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Backup(#[from] backup::BackupError),
+    #[error(transparent)]
+    Refused(#[from] RestoreError),
+    #[error("the blocking task did not finish")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("health check {round}: {problem}")]
+    Unhealthy { round: u32, problem: String },
+    #[error("health check {round}: errors in the server log grew from {before} to {after}")]
+    LogErrors { round: u32, before: u64, after: u64 },
 }
 
-impl<E: Engine> Job<E> {
-    fn publish(&self, rec: &Mutex<OpRecord>, message: &str) {
-        let r = rec.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Err(e) = self.journal.write(&r) {
-            error!(error = %e, "cannot write the journal");
-        }
-        self.progress.send_modify(|p| {
-            p.record = r;
-            p.message = message.to_owned();
-        });
-    }
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RestoreStepError> + Send + 'static,
+) -> Result<T, RestoreStepError> {
+    tokio::task::spawn_blocking(f).await?
+}
 
-    fn note(&self, rec: &Mutex<OpRecord>, line: String) {
-        info!(note = %line, "restore");
-        rec.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .notes
-            .push(line.clone());
-        self.publish(rec, &line);
-    }
-
-    async fn step<T, Er: std::fmt::Display>(
-        &self,
-        rec: &Mutex<OpRecord>,
-        name: &'static str,
-        fut: impl std::future::Future<Output = Result<T, Er>>,
-    ) -> Result<T, StepFailed> {
-        rec.lock().unwrap_or_else(|p| p.into_inner()).step = name.to_owned();
-        self.publish(rec, &format!("step {name}"));
-        let t0 = Instant::now();
-        let span = info_span!("restore.step", step = name, set = %self.cfg.set, member = %self.cfg.member());
-        let r = fut.instrument(span).await;
-        let seconds = t0.elapsed().as_secs_f64();
-        rec.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .steps
-            .push(StepTime {
-                step: name.to_owned(),
-                seconds,
-            });
-        r.map_err(|e| StepFailed {
-            step: name,
-            message: e.to_string(),
-        })
-    }
-
-    async fn blocking<T: Send + 'static>(
-        f: impl FnOnce() -> Result<T, String> + Send + 'static,
-    ) -> Result<T, String> {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| e.to_string())?
-    }
-
-    async fn steps(&self, rec: &Mutex<OpRecord>, undo: &Mutex<Undo>) -> Result<(), StepFailed> {
-        let data_dir = self.engine.data_dir().to_owned();
+impl Restore {
+    async fn steps<E: Engine>(&self, run: &Run<E>) -> Result<(), StepFailed> {
+        let data_dir = run.engine.data_dir().to_owned();
         let plan = &self.plan;
-        if plan.stage != Stage::Swap {
-            self.prepare(rec, &data_dir).await?;
+        if plan.stage != RestoreStage::Swap {
+            self.prepare(run, &data_dir).await?;
         }
-        if plan.stage == Stage::Prepare {
-            self.note(
-                rec,
-                format!(
-                    "prepared in {}; the server was not touched",
-                    plan.prepare.display()
-                ),
-            );
+        if plan.stage == RestoreStage::Prepare {
+            run.note(format!(
+                "prepared in {}; the server was not touched",
+                plan.prepare.display()
+            ));
             return Ok(());
         }
-        self.swap(rec, undo, &data_dir).await
+        self.swap(run, &data_dir).await
     }
 
     /// R1 (remote), R11, R2: the backup unpacked and verified beside the
     /// data directory.
-    async fn prepare(&self, rec: &Mutex<OpRecord>, data_dir: &Path) -> Result<(), StepFailed> {
+    async fn prepare<E: Engine>(&self, run: &Run<E>, data_dir: &Path) -> Result<(), StepFailed> {
         let plan = &self.plan;
         let file = plan.file.clone();
         if let Some(key) = &plan.remote_key {
             let (cfg, key, dir) = (
-                self.cfg.clone(),
+                run.cfg.clone(),
                 key.clone(),
                 file.parent().unwrap_or(Path::new("/")).to_owned(),
             );
-            self.step(rec, "R1 fetch", async move {
+            run.step("R1 fetch", async move {
                 let remote = cfg.remote.as_ref().expect("checked at start");
                 backup::remote::Remote::open(remote)?
                     .fetch(&key, &dir)
                     .await
             })
             .await?;
-            let (cfg, dd, f) = (self.cfg.clone(), data_dir.to_owned(), file.clone());
-            self.step(
-                rec,
+            let (cfg, dd, f) = (run.cfg.clone(), data_dir.to_owned(), file.clone());
+            run.step(
                 "R11 free_space",
-                Self::blocking(move || {
-                    let meta = backup::read_meta(&f).map_err(|e| e.to_string())?;
+                blocking(move || {
+                    let meta = backup::read_meta(&f)?;
                     let parent = dd.parent().unwrap_or(Path::new("/")).to_owned();
-                    let free = free_bytes(&parent).map_err(|e| e.to_string())?;
+                    let free = free_bytes(&parent)?;
                     space_ok(
                         &parent,
                         free,
                         meta.unpacked_bytes,
                         cfg.restore.free_space_reserve_mib,
-                    )
-                    .map_err(|e| e.to_string())
+                    )?;
+                    Ok(())
                 }),
             )
             .await?;
         }
-        self.note(rec, format!("backup: {}", file.display()));
+        run.note(format!("backup: {}", file.display()));
 
         // R2: unpack beside the data directory, verified.
         let prepare = plan.prepare.clone();
-        let (replace, tx, cancel, owner) = (
+        let (replace, progress, cancel, owner) = (
             plan.replace,
-            self.progress.clone(),
-            self.cancel.clone(),
-            self.cfg.postgres.os_user.clone(),
+            run.bytes_progress(),
+            run.cancel.clone(),
+            run.cfg.postgres.os_user.clone(),
         );
         let f = file.clone();
-        self.step(
-            rec,
+        run.step(
             "R2 unpack",
-            Self::blocking(move || {
+            blocking(move || {
                 if replace && std::fs::symlink_metadata(&prepare).is_ok() {
-                    std::fs::remove_dir_all(&prepare).map_err(|e| {
-                        format!(
-                            "cannot remove the old prepare directory {}: {e}",
-                            prepare.display()
-                        )
+                    std::fs::remove_dir_all(&prepare).map_err(|source| RestoreStepError::Io {
+                        op: "remove the old prepare directory",
+                        path: prepare.clone(),
+                        source,
                     })?;
                 }
                 let owner = nix::unistd::User::from_name(&owner)
@@ -438,22 +373,24 @@ impl<E: Engine> Job<E> {
                     .flatten()
                     .filter(|_| nix::unistd::geteuid().is_root())
                     .map(|u| (u.uid.as_raw(), u.gid.as_raw()));
-                let progress = move |n: u64| tx.send_modify(|p| p.bytes_done = n);
-                backup::unpack(&f, &prepare, owner, &progress, &cancel)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                backup::unpack(&f, &prepare, owner, &progress, &cancel)?;
+                Ok(())
             }),
         )
         .await?;
-        self.fetch_wal(rec, "R2 fetch_wal").await
+        self.fetch_wal(run, "R2 fetch_wal").await
     }
 
     /// With a [remote] store: fetch into the WAL archive the WAL files a
     /// roll-forward from the backup's start needs and the archive lacks.
     /// Run while the set serves (after R2) and again just before R7 for
     /// what was archived since; each run fetches only what is missing.
-    async fn fetch_wal(&self, rec: &Mutex<OpRecord>, step: &'static str) -> Result<(), StepFailed> {
-        let Some(remote) = self.cfg.remote.clone() else {
+    async fn fetch_wal<E: Engine>(
+        &self,
+        run: &Run<E>,
+        step: &'static str,
+    ) -> Result<(), StepFailed> {
+        let Some(remote) = run.cfg.remote.clone() else {
             return Ok(());
         };
         let name = self.plan.file.file_name().and_then(|n| n.to_str());
@@ -463,50 +400,43 @@ impl<E: Engine> Job<E> {
         else {
             return Ok(());
         };
-        let (set, dir) = (self.cfg.set.clone(), self.plan.wal_archive.clone());
-        let fetched = self
-            .step(rec, step, async move {
+        let (set, dir) = (run.cfg.set.clone(), self.plan.wal_archive.clone());
+        let fetched = run
+            .step(step, async move {
                 backup::remote::Remote::open(&remote)?
                     .fetch_wal_since(&set, start, &dir)
                     .await
             })
             .await?;
         if let (Some(first), Some(last)) = (fetched.first(), fetched.last()) {
-            self.note(
-                rec,
-                format!(
-                    "{} WAL files fetched from the remote store into {} ({first} .. {last})",
-                    fetched.len(),
-                    self.plan.wal_archive.display()
-                ),
-            );
+            run.note(format!(
+                "{} WAL files fetched from the remote store into {} ({first} .. {last})",
+                fetched.len(),
+                self.plan.wal_archive.display()
+            ));
         }
         Ok(())
     }
 
     /// R3 to R10 on the prepared directory.
-    async fn swap(
-        &self,
-        rec: &Mutex<OpRecord>,
-        undo: &Mutex<Undo>,
-        data_dir: &Path,
-    ) -> Result<(), StepFailed> {
+    async fn swap<E: Engine>(&self, run: &Run<E>, data_dir: &Path) -> Result<(), StepFailed> {
         let plan = &self.plan;
         let data_dir = data_dir.to_owned();
         // R3: stop; a server that is already down (or a directory too damaged
-        // for pg_ctl) is fine once no postmaster runs on it.
-        let stopped = self.step(rec, "R3 stop", self.engine.stop()).await;
+        // for pg_ctl) is fine once no postmaster runs on it. Recorded first:
+        // a failure before the swap starts it again.
+        run.did(Undo::StartServer {
+            since: Timestamp::now(),
+        });
+        let stopped = run.step("R3 stop", run.engine.stop()).await;
         if let Err(e) = stopped {
             if postmaster_alive(&data_dir) {
                 return Err(e);
             }
-            self.note(
-                rec,
-                format!(
-                    "the server was not running normally ({}); carrying on",
-                    e.message
-                ),
-            );
+            run.note(format!(
+                "the server was not running normally ({}); carrying on",
+                e.cause
+            ));
         }
 
         // R4: move the current data directory aside, never delete it.
@@ -516,65 +446,73 @@ impl<E: Engine> Job<E> {
             .map(|p| p.join("bad"))
             .filter(|b| b.exists());
         if let Some(bad) = bad {
-            self.note(
-                rec,
-                format!("a crash left data in {}; it stays there", bad.display()),
-            );
+            run.note(format!(
+                "a crash left data in {}; it stays there",
+                bad.display()
+            ));
         }
+        run.did(Undo::PutBack {
+            saved: saved.clone(),
+        });
         let (dd, sv) = (data_dir.clone(), saved.clone());
-        let moved = self
+        let moved = run
             .step(
-                rec,
                 "R4 move_aside",
-                Self::blocking(move || match std::fs::rename(&dd, &sv) {
+                blocking(move || match std::fs::rename(&dd, &sv) {
                     Ok(()) => Ok(true),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-                    Err(e) => Err(format!(
-                        "cannot move {} to {}: {e}",
-                        dd.display(),
-                        sv.display()
-                    )),
+                    Err(source) => Err(RestoreStepError::Io {
+                        op: "move the data directory aside to",
+                        path: sv,
+                        source,
+                    }),
                 }),
             )
-            .await?;
+            .await;
+        let moved = match moved {
+            Ok(m) => m,
+            Err(e) => {
+                // Nothing was moved: nothing to put back.
+                run.undone(&Undo::PutBack { saved });
+                return Err(e);
+            }
+        };
         if moved {
-            undo.lock().unwrap_or_else(|p| p.into_inner()).saved = Some(saved.clone());
-            self.note(
-                rec,
-                format!(
-                    "the current data directory was moved to {}",
-                    saved.display()
-                ),
-            );
+            run.note(format!(
+                "the current data directory was moved to {}",
+                saved.display()
+            ));
         } else {
-            self.note(
-                rec,
-                format!(
-                    "there was no data directory at {}; carrying on",
-                    data_dir.display()
-                ),
-            );
+            run.undone(&Undo::PutBack {
+                saved: saved.clone(),
+            });
+            run.note(format!(
+                "there was no data directory at {}; carrying on",
+                data_dir.display()
+            ));
         }
 
         // R5: the prepared directory into place, with the server's own config.
         let (pp, dd) = (plan.prepare.clone(), data_dir.clone());
-        self.step(
-            rec,
+        run.did(Undo::MoveRestoredAside);
+        run.step(
             "R5 swap",
-            Self::blocking(move || {
-                std::fs::rename(&pp, &dd)
-                    .map_err(|e| format!("cannot move {} to {}: {e}", pp.display(), dd.display()))
+            blocking(move || {
+                std::fs::rename(&pp, &dd).map_err(|source| RestoreStepError::Io {
+                    op: "move the prepared directory into place at",
+                    path: dd,
+                    source,
+                })
             }),
         )
         .await?;
-        undo.lock().unwrap_or_else(|p| p.into_inner()).swapped = true;
 
         // R7: roll forward with the server on a private socket only, from
         // the WAL archive completed from the remote store.
-        self.fetch_wal(rec, "R7 fetch_wal").await?;
-        let notes = self
-            .step(rec, "R7 roll_forward", async {
-                self.engine.prepare_recovery(
+        self.fetch_wal(run, "R7 fetch_wal").await?;
+        let notes = run
+            .step("R7 roll_forward", async {
+                run.engine.prepare_recovery(
                     &data_dir,
                     moved.then_some(saved.as_path()),
                     &plan.wal_archive,
@@ -583,145 +521,91 @@ impl<E: Engine> Job<E> {
             })
             .await?;
         for n in notes {
-            self.note(rec, n);
+            run.note(n);
         }
-        undo.lock().unwrap_or_else(|p| p.into_inner()).isolated = true;
-        let inst = self
+        run.did(Undo::CloseIsolated);
+        let inst = run
             .step(
-                rec,
                 "R7 roll_forward",
-                self.engine
-                    .roll_forward(self.cfg.restore.roll_forward_timeout),
+                run.engine
+                    .roll_forward(run.cfg.restore.roll_forward_timeout),
             )
             .await?;
-        self.note(
-            rec,
-            format!(
-                "rolled forward and promoted at LSN {}",
-                inst.lsn
-                    .map(|l| l.to_string())
-                    .unwrap_or_else(|| "?".into())
-            ),
-        );
+        run.note(format!(
+            "rolled forward and promoted at LSN {}",
+            inst.lsn
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "?".into())
+        ));
 
         // R6: the upgrade hook, clients still out.
-        if let Some(hook) = &self.cfg.restore.upgrade_hook {
-            let out = self
+        if let Some(hook) = &run.cfg.restore.upgrade_hook {
+            let out = run
                 .step(
-                    rec,
                     "R6 upgrade_hook",
-                    self.engine
-                        .run_hook(hook, &inst, self.cfg.restore.hook_timeout),
+                    run.engine
+                        .run_hook(hook, &inst, run.cfg.restore.hook_timeout),
                 )
                 .await?;
-            self.note(
-                rec,
-                format!(
-                    "upgrade hook {} ran{}",
-                    hook.display(),
-                    if out.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {out}")
-                    }
-                ),
-            );
+            run.note(format!(
+                "upgrade hook {} ran{}",
+                hook.display(),
+                if out.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {out}")
+                }
+            ));
         }
 
         // R8: sequences behind their column.
-        let changes = self
-            .step(rec, "R8 sequences", self.engine.fix_sequences(&inst))
+        let changes = run
+            .step("R8 sequences", run.engine.fix_sequences(&inst))
             .await?;
         if changes.is_empty() {
-            self.note(rec, "no sequence was behind its column".into());
+            run.note("no sequence was behind its column".into());
         }
         for c in changes {
-            self.note(rec, c);
+            run.note(c);
         }
-        self.step(rec, "R8 sequences", self.engine.close_isolated())
+        run.step("R8 sequences", run.engine.close_isolated())
             .await?;
+        run.undone(&Undo::CloseIsolated);
 
         // R9: start for clients. From here on there is no way back.
-        undo.lock().unwrap_or_else(|p| p.into_inner()).started = true;
-        self.step(rec, "R9 start", self.engine.start()).await?;
+        run.no_way_back();
+        run.step("R9 start", run.engine.start()).await?;
 
         // R10: healthy twice in a row, errors in the log not growing.
-        self.step(rec, "R10 health", self.health()).await?;
-        self.note(rec, "healthy twice in a row".into());
+        run.step("R10 health", health(run)).await?;
+        run.note("healthy twice in a row".into());
         Ok(())
     }
+}
 
-    async fn health(&self) -> Result<(), String> {
-        let mut errors_before = None;
-        for round in 1..=2 {
-            let f = self.engine.facts().await;
-            if let Some(p) = f.problem {
-                return Err(format!("health check {round}: {p}"));
-            }
-            let errors = self.engine.log_errors();
-            if let Some(before) = errors_before
-                && errors > before
-            {
-                return Err(format!(
-                    "health check {round}: errors in the server log grew from {before} to {errors}"
-                ));
-            }
-            errors_before = Some(errors);
-            if round == 1 {
-                tokio::time::sleep(self.cfg.restore.health_interval).await;
-            }
+async fn health<E: Engine>(run: &Run<E>) -> Result<(), RestoreStepError> {
+    let mut errors_before = None;
+    for round in 1..=2 {
+        let f = run.engine.facts().await;
+        if let Some(problem) = f.problem {
+            return Err(RestoreStepError::Unhealthy { round, problem });
         }
-        Ok(())
-    }
-
-    /// Put the saved data directory back and start it (failure before R9).
-    async fn undo(&self, undo: &Undo, rec: &Mutex<OpRecord>) -> Vec<String> {
-        let mut said = Vec::new();
-        let data_dir = self.engine.data_dir().to_owned();
-        if undo.isolated
-            && let Err(e) = self.engine.close_isolated().await
+        let errors = run.engine.log_errors();
+        if let Some(before) = errors_before
+            && errors > before
         {
-            warn!(error = %e, "cannot stop the isolated server; killing it");
-            crate::engine::private::kill_postmaster(&data_dir);
+            return Err(RestoreStepError::LogErrors {
+                round,
+                before,
+                after: errors,
+            });
         }
-        if undo.swapped {
-            let failed = crate::engine::dated_beside(&data_dir, "failed-restore");
-            match std::fs::rename(&data_dir, &failed) {
-                Ok(()) => said.push(format!(
-                    "the restored data directory was moved to {}",
-                    failed.display()
-                )),
-                Err(e) => said.push(format!(
-                    "cannot move the restored data directory aside: {e}"
-                )),
-            }
+        errors_before = Some(errors);
+        if round == 1 {
+            tokio::time::sleep(run.cfg.restore.health_interval).await;
         }
-        if let Some(saved) = &undo.saved {
-            match std::fs::rename(saved, &data_dir) {
-                Ok(()) => said.push(format!(
-                    "the saved data directory {} was put back",
-                    saved.display()
-                )),
-                Err(e) => said.push(format!(
-                    "cannot put the saved data directory {} back: {e}; move it to {} by hand",
-                    saved.display(),
-                    data_dir.display()
-                )),
-            }
-            let _ = self.engine.remove_recovery_settings(&data_dir);
-            match self.engine.start().await {
-                Ok(()) => said.push("and started".into()),
-                Err(e) => said.push(format!("but it does not start: {e}")),
-            }
-        }
-        for s in &said {
-            rec.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .notes
-                .push(s.clone());
-        }
-        said
     }
+    Ok(())
 }
 
 fn postmaster_alive(dir: &Path) -> bool {
@@ -736,59 +620,42 @@ fn postmaster_alive(dir: &Path) -> bool {
         })
 }
 
-/// Run a restore to its end, whatever happens; the final journal record.
-pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
-    let rec = Mutex::new(rec);
-    let undo = Mutex::new(Undo::default());
-    // Cancel-safe: dropping the steps kills the running tool; the way back
-    // below puts the saved data directory in place.
-    let result = tokio::select! {
-        biased;
-        _ = job.cancel.cancelled() => Err(StepFailed { step: "cancelled", message: "the restore was cancelled".into() }),
-        r = job.steps(&rec, &undo) => r,
-    };
-    let (state, reason) = match result {
-        Ok(()) => (OpState::Succeeded, None),
-        Err(e) => {
-            let u = std::mem::take(&mut *undo.lock().unwrap_or_else(|p| p.into_inner()));
-            let step = rec.lock().unwrap_or_else(|p| p.into_inner()).step.clone();
-            let back = if u.started {
-                "the restored server was started; no way back after R9".to_owned()
-            } else if u.saved.is_some() || u.swapped {
-                job.undo(&u, &rec).await.join("; ")
-            } else {
-                "nothing was changed in the data directory".to_owned()
-            };
-            let cancelled = e.step == "cancelled";
-            (
-                if cancelled {
-                    OpState::Cancelled
+impl<E: Engine> crate::steps::Action<E> for Restore {
+    /// Run a restore to its end, whatever happens; the final journal record.
+    async fn run(self, run: Run<E>) -> OpRecord {
+        let (ending, put_back) = run.steps(self.steps(&run)).await;
+        let (state, reason) = match ending {
+            Ending::Done => (OpState::Succeeded, None),
+            ending => {
+                let step = run.rec().step.clone();
+                let back = if run.passed_no_way_back() {
+                    "the restored server was started; no way back after R9".to_owned()
+                } else if put_back.is_empty() {
+                    "nothing was changed in the data directory".to_owned()
                 } else {
-                    OpState::Failed
-                },
-                Some(format!("restore failed at {step}: {}; {back}", e.message)),
-            )
+                    put_back.join("; ")
+                };
+                run.rec().notes.extend(put_back);
+                let (state, message) = match ending {
+                    Ending::Failed(e) => (OpState::Failed, e.cause.to_string()),
+                    Ending::Interrupted => {
+                        (OpState::Interrupted, "the agent was stopped".to_owned())
+                    }
+                    _ => (OpState::Cancelled, "the restore was cancelled".to_owned()),
+                };
+                (
+                    state,
+                    Some(format!("restore failed at {step}: {message}; {back}")),
+                )
+            }
+        };
+        let rec = run.finish(state, reason);
+        match &rec.reason {
+            None => info!(notes = ?rec.notes, "restore finished"),
+            Some(r) => error!(reason = %r, "restore failed"),
         }
-    };
-    let final_rec = {
-        let mut r = rec.lock().unwrap_or_else(|p| p.into_inner());
-        r.state = state;
-        r.reason = reason;
-        r.finished_at = Some(Timestamp::now());
-        r.clone()
-    };
-    match &final_rec.reason {
-        None => info!(notes = ?final_rec.notes, "restore finished"),
-        Some(r) => error!(reason = %r, "restore failed"),
+        rec
     }
-    if let Err(e) = job.journal.write(&final_rec) {
-        error!(error = %e, "cannot write the journal");
-    }
-    job.progress.send_modify(|p| {
-        p.record = final_rec.clone();
-        p.message = "finished".into();
-    });
-    final_rec
 }
 
 #[cfg(test)]
@@ -796,14 +663,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stage_is_prepare_swap_or_both() {
-        assert_eq!(Stage::parse(None).unwrap(), Stage::All);
-        assert_eq!(
-            Stage::parse(Some(&"prepare".into())).unwrap(),
-            Stage::Prepare
-        );
-        assert_eq!(Stage::parse(Some(&"swap".into())).unwrap(), Stage::Swap);
-        assert!(Stage::parse(Some(&"both".into())).is_err());
+    fn a_target_time_before_the_backup_is_refused() {
+        let taken: Timestamp = "2026-11-21T12:00:00Z".parse().unwrap();
+        let file = Path::new("/b/daily.tar.zst");
+        let before = Some("2020-01-01T00:00:00Z".parse().unwrap());
+        let e = reachable(before, taken, file).unwrap_err().to_string();
+        assert!(e.contains("before the backup"), "{e}");
+        assert!(e.contains("choose an older backup"), "{e}");
+        assert!(reachable(Some(taken), taken, file).is_ok());
+        assert!(reachable(None, taken, file).is_ok());
     }
 
     #[test]

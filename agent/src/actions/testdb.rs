@@ -5,30 +5,28 @@
 //! failed, so the standby is never left down; waits until it streams) →
 //! `open_private` → `checks` → `stop_private` → `checksums`.
 //!
-//! The whole step list runs inside one `select!` against the operation's
-//! cancellation token. When the token fires (agent shutdown or Cancel), the
-//! step future is dropped, which SIGKILLs the running tool (`kill_on_drop`),
-//! the private instance is SIGKILLed through its pid file, the copy is marked
-//! unusable, the standby is started again if it was stopped, and the journal
-//! says interrupted (shutdown) or cancelled.
+//! The steps run on the operation's [`Run`]: each records its undo before
+//! it changes anything (`start_standby` before the stop, the copy's unusable
+//! mark while it is made or opened, the private instance's kill while it may
+//! run, the `.partial` backup file's removal). When the steps fail, are
+//! cancelled or the agent stops, the running tool is SIGKILLed
+//! (`kill_on_drop`) and the undos run last first; after a crash the
+//! restarted agent runs the same undos from the journal. The journal says
+//! failed, cancelled or interrupted.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use jiff::Timestamp;
-use serde_json::json;
 use tandem_proto::model::{Facts, Role};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{error, info};
 
 use crate::backup;
 use crate::config::AgentConfig;
 use crate::engine::{Engine, EngineError, copy::default_workers};
-use crate::ops::Progress;
-use crate::ops::journal::{Journal, OpKind, OpRecord, OpState, StepTime, write_atomic};
+use crate::files::{copy_dir, mark_copy_unusable, output_path, unusable_marker, write_state_file};
+use crate::journal::{OpRecord, OpState, Undo};
+use crate::steps::{Ending, Run, StepFailed};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -126,122 +124,8 @@ fn dir_size(dir: &Path) -> u64 {
     crate::engine::postgres::dir_size(dir)
 }
 
-/// Where the copy goes: `<archive_dir>/copy` (manifest: `copy.manifest`).
-pub fn copy_dir(cfg: &AgentConfig) -> PathBuf {
-    cfg.postgres.archive_dir.join("copy")
-}
-
-fn unusable_marker(cfg: &AgentConfig) -> PathBuf {
-    cfg.postgres.archive_dir.join("copy.UNUSABLE")
-}
-
-/// Mark the copy unusable (SPEC T3), saying why.
-pub fn mark_copy_unusable(cfg: &AgentConfig, why: &str) {
-    if let Err(e) = std::fs::write(unusable_marker(cfg), format!("{why}\n")) {
-        warn!(error = %e, "cannot mark the copy unusable");
-    }
-}
-
-pub fn state_file_path(cfg: &AgentConfig) -> PathBuf {
-    cfg.home.join("testdb.state.json")
-}
-
-pub fn output_path(cfg: &AgentConfig) -> PathBuf {
-    cfg.home.join("testdb.out")
-}
-
-/// The state file (SPEC T5): the last result, kept across restarts.
-pub fn state_json(rec: &OpRecord) -> serde_json::Value {
-    let mut counts = serde_json::Map::new();
-    for f in &rec.findings {
-        let n = counts.get(&f.kind).and_then(|v| v.as_u64()).unwrap_or(0);
-        counts.insert(f.kind.clone(), json!(n + 1));
-    }
-    let result = match rec.state {
-        OpState::Succeeded => "clean",
-        OpState::ErrorsFound => "errors_found",
-        OpState::Failed => "failed",
-        OpState::Cancelled => "cancelled",
-        OpState::Interrupted => "interrupted",
-        OpState::Running => "running",
-    };
-    json!({
-        "operation_id": rec.id,
-        "kind": rec.kind,
-        "result": result,
-        "errors": rec.state == OpState::ErrorsFound,
-        "started_at": rec.started_at,
-        "finished_at": rec.finished_at,
-        "tested_lsn": rec.tested_lsn,
-        "finding_counts": counts,
-        "findings": rec.findings,
-        "reason": rec.reason,
-        "warnings": rec.warnings,
-        "steps": rec.steps,
-        "standby_downtime_seconds": rec.standby_downtime_seconds,
-        "bytes_copied": rec.bytes_copied,
-        "output": rec.output_path,
-    })
-}
-
-/// The state file for people (`tandem-agent show`).
-pub fn state_human(v: &serde_json::Value) -> String {
-    let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
-    let mut out = match v["result"].as_str() {
-        Some("clean") => format!(
-            "clean: primary, standby and copy verified clean up to LSN {} (finished {})\n",
-            s("tested_lsn"),
-            s("finished_at")
-        ),
-        Some("errors_found") => format!(
-            "errors found on the standby's copy (finished {}): repair on the primary with the whole set halted (SPEC T4)\n",
-            s("finished_at")
-        ),
-        Some(other) => format!("{other}: {}\n", s("reason")),
-        None => "unknown state file\n".to_owned(),
-    };
-    if let Some(f) = v["findings"].as_array() {
-        for f in f.iter().take(10) {
-            out.push_str(&format!(
-                "  {} {} {}: {}\n",
-                f["kind"].as_str().unwrap_or(""),
-                f["database"].as_str().unwrap_or(""),
-                f["relation"].as_str().unwrap_or(""),
-                f["message"].as_str().unwrap_or("")
-            ));
-        }
-    }
-    if let Some(w) = v["warnings"].as_array() {
-        for w in w {
-            out.push_str(&format!("  warning: {}\n", w.as_str().unwrap_or("")));
-        }
-    }
-    out.push_str(&format!(
-        "operation {}, started {}, standby down {} s, output {}\n",
-        s("operation_id"),
-        s("started_at"),
-        v["standby_downtime_seconds"]
-            .as_f64()
-            .map_or("-".into(), |d| format!("{d:.1}")),
-        s("output")
-    ));
-    out
-}
-
-pub fn write_state_file(cfg: &AgentConfig, rec: &OpRecord) {
-    let bytes = serde_json::to_vec_pretty(&state_json(rec)).expect("json serializes");
-    if let Err(e) = write_atomic(&state_file_path(cfg), &bytes) {
-        error!(error = %e, "cannot write the state file");
-    }
-}
-
-/// Everything one run needs.
-pub struct Job<E> {
-    pub cfg: Arc<AgentConfig>,
-    pub engine: Arc<E>,
-    pub journal: Arc<Journal>,
-    pub progress: watch::Sender<Progress>,
-    pub cancel: CancellationToken,
+/// A testdb, a copy, or a backup (a copy packed before its test).
+pub struct Testdb {
     /// The copy only (SPEC T9), no test.
     pub only_copy: bool,
     /// Pack the copy into a backup file before the test (SPEC T9: the test
@@ -249,147 +133,55 @@ pub struct Job<E> {
     /// is clean, or at once when there is no test.
     pub pack: bool,
     pub logical_read: bool,
-    /// Cancelled when the agent stops: tells an interruption from a Cancel.
-    pub shutting_down: CancellationToken,
-    /// Orders that joined this one (SPEC T9), closed once the copy is made.
-    pub join: Arc<Mutex<crate::ops::Join>>,
 }
 
-/// State the steps share with the clean-up that may follow them.
-struct Shared {
-    rec: Mutex<OpRecord>,
-    standby_stopped: AtomicBool,
-    stopped_at: Mutex<Option<Instant>>,
-    packed: Mutex<Option<crate::backup::Packed>>,
+/// What the steps hand on to the end of the operation.
+#[derive(Default)]
+struct Made {
+    packed: Option<backup::Packed>,
     /// Whether the copy is tested: known once the copy is made (a test may
     /// join an archive copy until then).
-    tested: AtomicBool,
+    tested: bool,
 }
 
-impl Shared {
-    fn rec(&self) -> std::sync::MutexGuard<'_, OpRecord> {
-        self.rec.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum StepError {
-    #[error("step `{step}` failed: {source}")]
-    Engine {
-        step: &'static str,
-        #[source]
-        source: EngineError,
-    },
-    #[error(
-        "the standby was started again but is not streaming after {0:?}; check its log and the primary"
-    )]
-    NotStreamingAgain(Duration),
-}
-
-impl<E: Engine> Job<E> {
-    fn publish(&self, sh: &Shared, message: &str) {
-        let rec = sh.rec().clone();
-        if let Err(e) = self.journal.write(&rec) {
-            error!(error = %e, "cannot write the journal");
-        }
-        self.progress.send_modify(|p| {
-            p.record = rec;
-            p.message = message.to_owned();
-        });
-    }
-
-    /// Run one named step: journal, progress, span, timing.
-    async fn step<T>(
-        &self,
-        sh: &Shared,
-        name: &'static str,
-        fut: impl std::future::Future<Output = Result<T, EngineError>>,
-    ) -> Result<T, StepError> {
-        sh.rec().step = name.to_owned();
-        self.publish(sh, &format!("step {name}"));
-        let t0 = Instant::now();
-        let kind = if self.only_copy {
-            OpKind::Copy
-        } else {
-            OpKind::Testdb
-        };
-        // Step-specific fields are recorded by the step itself
-        // (`Span::current().record(...)`).
-        let span = info_span!(
-            "testdb.step",
-            otel.name = %format_args!("{} {name}", crate::metrics::kind_label(kind)),
-            step = name,
-            set = %self.cfg.set,
-            member = %self.cfg.member(),
-            operation.id = %sh.rec().id,
-            bytes = tracing::field::Empty,
-            bytes_per_second = tracing::field::Empty,
-            lsn = tracing::field::Empty,
-            findings = tracing::field::Empty,
-        );
-        let r = fut.instrument(span).await;
-        let seconds = t0.elapsed().as_secs_f64();
-        crate::metrics::step(kind, name, seconds);
-        sh.rec().steps.push(StepTime {
-            step: name.to_owned(),
-            seconds,
-        });
-        match &r {
-            Ok(_) => info!(step = name, seconds, "step done"),
-            Err(e) => warn!(step = name, seconds, error = %e, "step failed"),
-        }
-        r.map_err(|source| StepError::Engine { step: name, source })
-    }
-
-    async fn wait_streaming(&self) -> Result<(), StepError> {
-        let limit = self.cfg.testdb.streaming_timeout;
-        let t0 = Instant::now();
-        loop {
-            let f = self.engine.facts().await;
-            if f.role == Role::Standby && f.fully_received {
-                return Ok(());
-            }
-            if t0.elapsed() > limit {
-                return Err(StepError::NotStreamingAgain(limit));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
+impl Testdb {
     /// Start the standby and wait until it streams; records the downtime.
-    async fn restart_standby(&self, sh: &Shared) -> Result<(), StepError> {
-        let r = self.step(sh, "start_standby", self.engine.start()).await;
-        if r.is_ok() {
-            sh.standby_stopped.store(false, Ordering::SeqCst);
-        }
-        let down = sh
-            .stopped_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed().as_secs_f64());
-        sh.rec().standby_downtime_seconds = down;
-        info!(downtime_seconds = down, "standby running again");
+    async fn start_standby<E: Engine>(
+        &self,
+        run: &Run<E>,
+        since: Timestamp,
+    ) -> Result<(), StepFailed> {
+        let r = run.step("start_standby", run.engine.start()).await;
+        let down = (Timestamp::now() - since).total(jiff::Unit::Second).ok();
+        run.rec().standby_downtime_seconds = down;
         r?;
-        self.wait_streaming().await
+        run.undone(&Undo::StartStandby { since });
+        info!(downtime_seconds = down, "standby running again");
+        run.wait_streaming().await.map_err(|e| StepFailed {
+            step: "start_standby",
+            cause: e.into(),
+        })
     }
 
-    async fn steps(&self, sh: &Shared) -> Result<(), StepError> {
-        let copy = copy_dir(&self.cfg);
-        self.step(sh, "stop_standby", self.engine.stop()).await?;
-        sh.standby_stopped.store(true, Ordering::SeqCst);
-        *sh.stopped_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    async fn steps<E: Engine>(&self, run: &Run<E>, made: &mut Made) -> Result<(), StepFailed> {
+        let cfg = run.cfg.clone();
+        let copy = copy_dir(&cfg);
+        let since = Timestamp::now();
+        // Recorded before the stop: a crash while it stops still starts it again.
+        run.did(Undo::StartStandby { since });
+        run.step("stop_standby", run.engine.stop()).await?;
 
-        let copied = self
-            .step(sh, "copy", async {
-                mark_copy_unusable(&self.cfg, "a copy is being made");
+        run.did(Undo::MarkCopyUnusable);
+        let copied = run
+            .step("copy", async {
+                mark_copy_unusable(&cfg, "a copy is being made");
                 remove_previous_copy(&copy)?;
-                let tx = self.progress.clone();
-                let progress = Arc::new(move |n: u64| tx.send_modify(|p| p.bytes_done = n));
-                let workers = self.cfg.testdb.copy_workers.unwrap_or_else(default_workers);
+                let progress = std::sync::Arc::new(run.bytes_progress());
+                let workers = cfg.testdb.copy_workers.unwrap_or_else(default_workers);
                 let t0 = Instant::now();
-                let n = self
+                let n = run
                     .engine
-                    .copy_to(&copy, workers, progress, self.cancel.clone())
+                    .copy_to(&copy, workers, progress, run.cancel.clone())
                     .await?;
                 let span = tracing::Span::current();
                 span.record("bytes", n);
@@ -397,88 +189,98 @@ impl<E: Engine> Job<E> {
                     "bytes_per_second",
                     (n as f64 / t0.elapsed().as_secs_f64().max(1e-3)).round() as u64,
                 );
-                Ok(n)
+                Ok::<_, EngineError>(n)
             })
             .await;
         // The standby comes back whatever happened to the copy.
-        let restarted = self.restart_standby(sh).await;
+        let restarted = self.start_standby(run, since).await;
         let bytes = copied?;
-        sh.rec().bytes_copied = bytes;
+        run.rec().bytes_copied = bytes;
         restarted?;
-        let _ = std::fs::remove_file(unusable_marker(&self.cfg));
+        let _ = std::fs::remove_file(unusable_marker(&cfg));
+        run.undone(&Undo::MarkCopyUnusable);
         // From here on the copy is what it is: nothing joins any more.
         let (pack, tested) = {
-            let mut j = self.join.lock().unwrap_or_else(|p| p.into_inner());
+            let mut j = run.join.lock().unwrap_or_else(|p| p.into_inner());
             j.open = false;
-            sh.rec().notes.append(&mut j.notes);
+            run.rec().notes.append(&mut j.notes);
             (self.pack || j.pack, !self.only_copy || j.test)
         };
-        sh.tested.store(tested, Ordering::SeqCst);
+        made.tested = tested;
         if pack {
-            self.step(sh, "pack", self.pack_copy(sh, &copy)).await?;
+            run.step("pack", self.pack_copy(run, &copy, made)).await?;
         }
         if !tested {
             return Ok(());
         }
+        // A copy opened for the test is changed by it: unusable until the end.
+        run.did(Undo::MarkCopyUnusable);
 
-        let out = output_path(&self.cfg);
-        sh.rec().output_path = Some(out.clone());
-        let inst = self
-            .step(sh, "open_private", async {
-                let inst = self
+        let out = output_path(&cfg);
+        run.rec().output_path = Some(out.clone());
+        run.did(Undo::KillPrivate { copy: copy.clone() });
+        let inst = run
+            .step("open_private", async {
+                let inst = run
                     .engine
-                    .open_private(&copy, self.cfg.testdb.private_start_timeout)
+                    .open_private(&copy, cfg.testdb.private_start_timeout)
                     .await?;
                 if let Some(lsn) = &inst.lsn {
                     tracing::Span::current().record("lsn", lsn.to_string());
                 }
-                Ok(inst)
+                Ok::<_, EngineError>(inst)
             })
             .await?;
-        sh.rec().tested_lsn = inst.lsn.map(|l| l.to_string());
-        let checked = self
-            .step(sh, "checks", async {
-                let r = self
+        run.rec().tested_lsn = inst.lsn.map(|l| l.to_string());
+        let checked = run
+            .step("checks", async {
+                let r = run
                     .engine
                     .check_private(&inst, self.logical_read, &out)
                     .await?;
                 tracing::Span::current().record("findings", r.findings.len() as u64);
-                Ok(r)
+                Ok::<_, EngineError>(r)
             })
             .await;
-        self.step(sh, "stop_private", self.engine.close_private(&inst))
+        run.step("stop_private", run.engine.close_private(&inst))
             .await?;
-        sh.rec().findings.extend(checked?.findings);
+        run.undone(&Undo::KillPrivate { copy: copy.clone() });
+        run.rec().findings.extend(checked?.findings);
         if inst.data_checksums {
-            let offline = self
-                .step(sh, "checksums", async {
-                    let r = self.engine.check_offline(&copy, &out).await?;
+            let offline = run
+                .step("checksums", async {
+                    let r = run.engine.check_offline(&copy, &out).await?;
                     tracing::Span::current().record("findings", r.findings.len() as u64);
-                    Ok(r)
+                    Ok::<_, EngineError>(r)
                 })
                 .await?;
-            sh.rec().findings.extend(offline.findings);
+            run.rec().findings.extend(offline.findings);
         } else {
-            sh.rec().warnings.push(
+            run.rec().warnings.push(
                 "data checksums are off: damaged pages cannot be detected offline; enable them (pg_checksums --enable on a stopped server, or initdb --data-checksums)".into(),
             );
         }
+        run.undone(&Undo::MarkCopyUnusable);
         Ok(())
     }
-}
 
-impl<E: Engine> Job<E> {
     /// Pack the copy into `<backup.dir>/.<name>.partial` (the kind from
-    /// rotation, the LSN range from the copy); [`run`] keeps or drops it.
-    async fn pack_copy(&self, sh: &Shared, copy: &Path) -> Result<(), EngineError> {
-        let Some(bcfg) = self.cfg.backup.clone() else {
+    /// rotation, the LSN range from the copy); the operation's end keeps or
+    /// drops it.
+    async fn pack_copy<E: Engine>(
+        &self,
+        run: &Run<E>,
+        copy: &Path,
+        made: &mut Made,
+    ) -> Result<(), EngineError> {
+        let Some(bcfg) = run.cfg.backup.clone() else {
             return Err(EngineError::Io {
                 op: "find the backup directory (no [backup] in agent.toml) for",
                 path: copy.to_owned(),
                 source: std::io::Error::other("no [backup] section"),
             });
         };
-        let (start_lsn, end_lsn) = self.engine.copy_lsns(copy).await?;
+        let (start_lsn, end_lsn) = run.engine.copy_lsns(copy).await?;
         std::fs::create_dir_all(&bcfg.dir).map_err(|source| EngineError::Io {
             op: "create the backup directory",
             path: bcfg.dir.clone(),
@@ -495,18 +297,22 @@ impl<E: Engine> Job<E> {
             taken_at: now,
             start_lsn,
             end_lsn,
-            set: self.cfg.set.clone(),
-            member: self.cfg.member().to_owned(),
+            set: run.cfg.set.clone(),
+            member: run.cfg.member().to_owned(),
             files: 0,
             unpacked_bytes: 0,
             verified: !self.only_copy,
         };
-        let tx = self.progress.clone();
-        let cancel = self.cancel.clone();
+        run.did(Undo::RemoveFile {
+            path: bcfg
+                .dir
+                .join(format!(".{}.partial", meta.name().file_name())),
+        });
+        let progress = run.bytes_progress();
+        let cancel = run.cancel.clone();
         let src = copy.to_owned();
         let opts = bcfg.pack_options();
         let packed = tokio::task::spawn_blocking(move || {
-            let progress = move |n: u64| tx.send_modify(|p| p.bytes_done = n);
             backup::pack(&src, &bcfg.dir, meta, opts, &progress, &cancel)
         })
         .await
@@ -516,7 +322,7 @@ impl<E: Engine> Job<E> {
             source: std::io::Error::other(e),
         })??;
         info!(file = %packed.path.display(), bytes = packed.packed_bytes, seconds = packed.elapsed.as_secs_f64(), "backup packed");
-        *sh.packed.lock().unwrap_or_else(|p| p.into_inner()) = Some(packed);
+        made.packed = Some(packed);
         Ok(())
     }
 }
@@ -544,124 +350,77 @@ fn remove_previous_copy(copy: &Path) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Run a testdb (or copy) to its end, whatever happens, and return the
-/// final journal record.
-pub async fn run<E: Engine>(job: Job<E>, rec: OpRecord) -> OpRecord {
-    let sh = Shared {
-        rec: Mutex::new(rec),
-        standby_stopped: AtomicBool::new(false),
-        stopped_at: Mutex::new(None),
-        packed: Mutex::new(None),
-        tested: AtomicBool::new(!job.only_copy),
-    };
-    if !job.only_copy {
-        let _ = std::fs::write(output_path(&job.cfg), b"");
-    }
-    // Cancel-safe by design: dropping `steps` kills the running tool
-    // (kill_on_drop); the clean-up below puts back what it changed.
-    let result = tokio::select! {
-        biased;
-        _ = job.cancel.cancelled() => None,
-        r = job.steps(&sh) => Some(r),
-    };
-    let (mut state, mut reason) = match result {
-        Some(Ok(())) => {
-            let failed = sh.rec().findings.iter().any(|f| f.kind == "check_failed");
-            if failed {
-                (
-                    OpState::Failed,
-                    Some("a check tool failed; see testdb.out".to_owned()),
-                )
-            } else if sh.rec().findings.is_empty() {
-                (OpState::Succeeded, None)
-            } else {
-                (OpState::ErrorsFound, None)
-            }
+impl<E: Engine> crate::steps::Action<E> for Testdb {
+    /// Run a testdb (or copy, or backup) to its end, whatever happens.
+    async fn run(self, run: Run<E>) -> OpRecord {
+        if self.only_copy {
+            run.set_label("copy");
+        } else {
+            let _ = std::fs::write(output_path(&run.cfg), b"");
         }
-        Some(Err(e)) => {
-            job.engine.kill_private(&copy_dir(&job.cfg));
-            (OpState::Failed, Some(e.to_string()))
-        }
-        None => {
-            let step = sh.rec().step.clone();
-            job.engine.kill_private(&copy_dir(&job.cfg));
-            let shutdown = job.shutting_down.is_cancelled();
-            let why = if shutdown {
-                "the agent was stopped"
-            } else {
-                "the operation was cancelled"
-            };
-            mark_copy_unusable(&job.cfg, &format!("{why} during step `{step}`"));
-            if sh.standby_stopped.load(Ordering::SeqCst) {
-                warn!("bringing the standby back after the interruption");
-                if let Err(e) = job.restart_standby(&sh).await {
-                    error!(error = %e, "the standby could not be brought back; start it by hand");
+        let mut made = Made {
+            tested: !self.only_copy,
+            ..Made::default()
+        };
+        let (ending, _put_back) = run.steps(self.steps(&run, &mut made)).await;
+        let (mut state, mut reason) = match ending {
+            Ending::Done => {
+                let findings = &run.rec().findings;
+                if findings.iter().any(|f| f.kind == "check_failed") {
+                    (
+                        OpState::Failed,
+                        Some("a check tool failed; see testdb.out".to_owned()),
+                    )
+                } else if findings.is_empty() {
+                    (OpState::Succeeded, None)
+                } else {
+                    (OpState::ErrorsFound, None)
                 }
             }
-            // The record names the step that was interrupted, not the clean-up.
-            sh.rec().step = step.clone();
-            let state = if shutdown {
-                OpState::Interrupted
-            } else {
-                OpState::Cancelled
-            };
-            (
-                state,
-                Some(format!("{why} during step `{step}`; the copy is unusable")),
-            )
-        }
-    };
-    let packed = sh.packed.lock().unwrap_or_else(|p| p.into_inner()).take();
-    match backup::keep::keep_or_drop(&job.cfg, packed, state == OpState::Succeeded) {
-        Ok(kept) => {
-            if let (Some(k), Some(remote)) = (&kept, &job.cfg.remote) {
-                let note = backup::keep::push(&job.cfg, remote, &k.path, &k.meta).await;
-                sh.rec().notes.push(note);
+            Ending::Failed(e) => (OpState::Failed, Some(e.to_string())),
+            Ending::Cancelled | Ending::Interrupted => {
+                let step = run.rec().step.clone();
+                let (state, why) = if matches!(ending, Ending::Interrupted) {
+                    (OpState::Interrupted, "the agent was stopped")
+                } else {
+                    (OpState::Cancelled, "the operation was cancelled")
+                };
+                (
+                    state,
+                    Some(format!("{why} during step `{step}`; the copy is unusable")),
+                )
             }
-            sh.rec().backup_path = kept.map(|k| k.path);
-        }
-        Err(why) => {
-            state = OpState::Failed;
-            reason = Some(why);
-        }
-    }
-    let rec = {
-        let mut r = sh.rec();
-        r.state = state;
-        r.reason = reason;
-        r.finished_at = Some(Timestamp::now());
-        r.clone()
-    };
-    // The operation's span (see `ops::Operations::start`).
-    let span = tracing::Span::current();
-    span.record("result", crate::metrics::result_label(rec.state));
-    span.record("findings", rec.findings.len() as u64);
-    span.record("bytes", rec.bytes_copied);
-    if let Some(lsn) = &rec.tested_lsn {
-        span.record("lsn", lsn.as_str());
-    }
-    match rec.state {
-        OpState::ErrorsFound => {
-            for f in &rec.findings {
-                error!(kind = %f.kind, database = %f.database, relation = %f.relation, message = %f.message, "testdb finding");
+        };
+        match backup::keep::keep_or_drop(&run.cfg, made.packed.take(), state == OpState::Succeeded)
+        {
+            Ok(kept) => {
+                if let (Some(k), Some(remote)) = (&kept, &run.cfg.remote) {
+                    let note = backup::keep::push(&run.cfg, remote, &k.path, &k.meta).await;
+                    run.rec().notes.push(note);
+                }
+                run.rec().backup_path = kept.map(|k| k.path);
+            }
+            Err(why) => {
+                state = OpState::Failed;
+                reason = Some(why.to_string());
             }
         }
-        OpState::Succeeded => info!(lsn = ?rec.tested_lsn, "testdb clean"),
-        _ => warn!(state = ?rec.state, reason = ?rec.reason, "operation ended"),
+        let rec = run.finish(state, reason);
+        match rec.state {
+            OpState::ErrorsFound => {
+                for f in &rec.findings {
+                    error!(kind = %f.kind, database = %f.database, relation = %f.relation, message = %f.message, "testdb finding");
+                }
+            }
+            OpState::Succeeded => info!(lsn = ?rec.tested_lsn, "testdb clean"),
+            _ => tracing::warn!(state = ?rec.state, reason = ?rec.reason, "operation ended"),
+        }
+        if made.tested {
+            write_state_file(&run.cfg, &rec);
+        }
+        rec
     }
-    if let Err(e) = job.journal.write(&rec) {
-        error!(error = %e, "cannot write the journal");
-    }
-    if sh.tested.load(Ordering::SeqCst) {
-        write_state_file(&job.cfg, &rec);
-    }
-    job.progress.send_modify(|p| {
-        p.record = rec.clone();
-        p.message = "finished".into();
-    });
-    rec
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,44 +1,39 @@
-//! Long operations on the agent: start, watch, cancel, and what survives.
+//! The one slot an instance has for a running operation (DESIGN rule 3).
 //!
-//! [`Operations`] owns the one slot an instance has for a running operation
-//! (DESIGN rule 3), the on-disk [`journal::Journal`], and a `watch` channel
-//! per operation through which progress reaches `Watch` streams. `start`
-//! checks the order (set generation, preconditions), writes the journal
-//! record, spawns the action on a [`TaskTracker`] with its own cancellation
-//! token and returns the id at once (STYLE 6). Agent shutdown cancels the
-//! token and [`Operations::shutdown`] waits until the action has cleaned up
-//! (standby restarted, journal written, event hook run).
-
-pub mod journal;
+//! [`Operations`] knows orders, not actions. [`Operations::admit`] checks
+//! what holds for every order (the agent is not stopping, the fence, the
+//! set generation, a repeated request id, a join, the slot being free);
+//! the caller then checks the action's own preconditions and hands the
+//! action to [`Operations::launch`], which writes the journal record, takes
+//! the slot, and runs the action on a [`steps::Run`] in a task of its own
+//! (STYLE 6: long work never runs inside a gRPC handler). Shutdown cancels
+//! the operation's token and [`Operations::shutdown`] waits until its undos
+//! ran. At start, [`Operations::open`] marks what a crashed agent left
+//! running as interrupted and runs its recorded undos before the slot
+//! takes any order.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
+use tandem_proto::order::{Order, StartOrder};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::actions::restore::{self, RestoreError};
-use crate::actions::testdb::{self, Preconditions, TestdbError};
 use crate::config::AgentConfig;
 use crate::engine::Engine;
 use crate::events::Events;
-use journal::{Journal, JournalError, OpKind, OpRecord};
+use crate::fence;
+use crate::files;
+use crate::journal::{Journal, JournalError, OpKind, OpRecord, OpState};
+use crate::steps::{Action, Join, Progress, Run};
 
-/// Progress of one operation, as `Watch` streams it.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    pub record: OpRecord,
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-    pub message: String,
-}
-
+/// Why the slot takes no order now (checked before anything is written).
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum AdmitError {
     #[error(
         "operation {running} is running on this instance; one operation at a time (wait for it, or cancel it)"
     )]
@@ -48,10 +43,6 @@ pub enum StartError {
     )]
     Stale { got: u64, seen: u64 },
     #[error(transparent)]
-    Refused(#[from] TestdbError),
-    #[error(transparent)]
-    RestoreRefused(#[from] RestoreError),
-    #[error(transparent)]
     Journal(#[from] JournalError),
     #[error("the agent is shutting down")]
     ShuttingDown,
@@ -60,9 +51,13 @@ pub enum StartError {
     )]
     Fenced { window: String, since: String },
     #[error(
-        "this agent has no [backup] section in its agent.toml: add one with `dir` (see deploy/agent.example.toml)"
+        "this agent is fenced by window {held} since {since}; window {asked} may not act on it (close or abort {held} first)"
     )]
-    NoBackupConfig,
+    FencedByOther {
+        held: String,
+        since: String,
+        asked: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,24 +81,6 @@ struct Current {
     join: Arc<Mutex<Join>>,
 }
 
-/// One copy serving both purposes (SPEC T9): until a copy-making
-/// operation reaches the point where its copy is packed or opened for the
-/// test (`open` false from then on), an order with `join=true` for the
-/// other purpose joins it instead of making a second copy: a test joins an
-/// archive copy (the test runs on that copy, after its archive file is
-/// written), an archive copy or file joins a test (its copy is packed
-/// before the test opens it).
-#[derive(Debug, Default)]
-pub struct Join {
-    pub open: bool,
-    /// A test joined a copy-only operation.
-    pub test: bool,
-    /// An archive file was asked for by a joined order.
-    pub pack: bool,
-    /// What joined, for the operation's notes.
-    pub notes: Vec<String>,
-}
-
 pub struct Operations<E> {
     /// An exclusive lock on `<home>/agent.lock` for the agent's lifetime: a
     /// second agent on the same home (so the same instance) cannot start; the
@@ -121,21 +98,39 @@ pub struct Operations<E> {
 
 fn new_id(kind: OpKind) -> String {
     let now = Timestamp::now();
-    let k = match kind {
-        OpKind::Copy => "copy",
-        OpKind::Testdb => "testdb",
-        OpKind::Backup => "backup",
-        OpKind::Restore => "restore",
-    };
     format!(
-        "{k}-{}-{:04x}",
+        "{}-{}-{:04x}",
+        kind.as_str(),
         now.strftime("%Y%m%dT%H%M%S"),
         now.subsec_nanosecond() as u32 & 0xffff
     )
 }
 
+/// The journal's kind of an order.
+pub fn kind_of(order: &Order) -> OpKind {
+    match order {
+        Order::Testdb { .. } => OpKind::Testdb,
+        Order::Copy => OpKind::Copy,
+        Order::Backup { .. } => OpKind::Backup,
+        Order::Restore(_) => OpKind::Restore,
+        Order::Maintenance(_) => OpKind::Maintenance,
+    }
+}
+
+/// Whether a journal record answers a repeated order: a maintenance step
+/// that did not succeed is run again (every step is idempotent, and a
+/// window asks again after a failure or a crash); anything else answers
+/// with the operation it started.
+fn answers(rec: &OpRecord) -> bool {
+    rec.kind != OpKind::Maintenance || matches!(rec.state, OpState::Running | OpState::Succeeded)
+}
+
+const RECOVERY: &str = "recovery";
+
 impl<E: Engine> Operations<E> {
-    /// Open the journal and mark what a previous run left running as interrupted.
+    /// Open the journal, mark what a previous run left running as
+    /// interrupted, and put back what it changed (its recorded undos) in a
+    /// task that holds the slot until it is done.
     pub fn open(
         cfg: Arc<AgentConfig>,
         engine: Arc<E>,
@@ -155,16 +150,8 @@ impl<E: Engine> Operations<E> {
         let home_lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|_| OpenError::Locked { path: lock_path })?;
         let journal = Journal::open(&cfg.home)?;
-        for rec in journal.recover()? {
-            warn!(operation = %rec.id, step = %rec.step, "operation was interrupted by an agent stop; recorded as interrupted");
-            if rec.kind == OpKind::Restore {
-                warn!(operation = %rec.id, notes = ?rec.notes, "an interrupted restore: check the data directory; its notes say where the old one went");
-                continue;
-            }
-            testdb::mark_copy_unusable(&cfg, &format!("operation {} was interrupted", rec.id));
-            testdb::write_state_file(&cfg, &rec);
-        }
-        Ok(Arc::new(Operations {
+        let interrupted = journal.recover()?;
+        let ops = Arc::new(Operations {
             _home_lock: home_lock,
             cfg,
             engine,
@@ -174,7 +161,52 @@ impl<E: Engine> Operations<E> {
             progress: Mutex::new(HashMap::new()),
             shutdown,
             tasks: TaskTracker::new(),
-        }))
+        });
+        if !interrupted.is_empty() {
+            *ops.lock_current() = Some(Current {
+                id: RECOVERY.into(),
+                cancel: CancellationToken::new(),
+                join: Arc::default(),
+            });
+            let this = ops.clone();
+            ops.tasks.spawn(async move {
+                for rec in interrupted {
+                    this.recover(rec).await;
+                }
+                *this.lock_current() = None;
+            });
+        }
+        Ok(ops)
+    }
+
+    /// Put back what an interrupted operation left changed, from its
+    /// journal record, and raise its event.
+    async fn recover(&self, mut rec: OpRecord) {
+        warn!(operation = %rec.id, step = %rec.step, undos = rec.undo.len(), "operation was interrupted by an agent stop; putting back what it changed");
+        let notes = crate::steps::undo_recorded(&self.cfg, &*self.engine, &mut rec).await;
+        if rec.kind.copies() {
+            if !files::unusable_marker(&self.cfg).exists() {
+                files::mark_copy_unusable(
+                    &self.cfg,
+                    &format!("operation {} was interrupted", rec.id),
+                );
+            }
+            files::write_state_file(&self.cfg, &rec);
+        }
+        if !notes.is_empty() {
+            let reason = rec.reason.take().unwrap_or_default();
+            rec.reason = Some(format!("{reason}; {}", notes.join("; ")));
+            rec.notes.extend(notes);
+        }
+        if let Err(e) = self.journal.write(&rec) {
+            warn!(error = %e, "cannot write the journal");
+        }
+        info!(operation = %rec.id, reason = ?rec.reason, "interrupted operation recovered");
+        self.events.operation_finished(&rec).await;
+    }
+
+    fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn journal(&self) -> &Journal {
@@ -185,84 +217,88 @@ impl<E: Engine> Operations<E> {
         &self.cfg
     }
 
-    /// The id of the running operation, if any.
-    pub fn running(&self) -> Option<String> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|c| c.id.clone())
+    pub fn engine(&self) -> &Arc<E> {
+        &self.engine
     }
 
-    /// Validate, record and spawn an operation; returns its id.
-    pub async fn start(
-        self: &Arc<Self>,
-        kind: OpKind,
-        set_generation: u64,
-        params: HashMap<String, String>,
-    ) -> Result<String, StartError> {
+    /// The id of the running operation, if any.
+    pub fn running(&self) -> Option<String> {
+        self.lock_current().as_ref().map(|c| c.id.clone())
+    }
+
+    /// What holds for every order. `Ok(Some(id))`: the order is answered by
+    /// an operation already started (a repeated request id, or a join);
+    /// `Ok(None)`: the action may check its own preconditions and launch.
+    pub fn admit(&self, o: &StartOrder) -> Result<Option<String>, AdmitError> {
         if self.shutdown.is_cancelled() {
-            return Err(StartError::ShuttingDown);
+            return Err(AdmitError::ShuttingDown);
         }
-        if let Some(f) = crate::maintain::fence(&self.cfg.home) {
-            return Err(StartError::Fenced {
-                window: f.window,
-                since: f.since,
-            });
+        if let Some(f) = fence::fence(&self.cfg.home) {
+            match &o.order {
+                Order::Maintenance(m) if m.window_id == f.window => {}
+                Order::Maintenance(m) => {
+                    return Err(AdmitError::FencedByOther {
+                        held: f.window,
+                        since: f.since,
+                        asked: m.window_id.clone(),
+                    });
+                }
+                _ => {
+                    return Err(AdmitError::Fenced {
+                        window: f.window,
+                        since: f.since,
+                    });
+                }
+            }
         }
         let seen = self.journal.generation()?;
-        if set_generation < seen {
-            return Err(StartError::Stale {
-                got: set_generation,
+        if o.set_generation < seen {
+            return Err(AdmitError::Stale {
+                got: o.set_generation,
                 seen,
             });
         }
-        let request_id = params.get("request_id").cloned().unwrap_or_default();
-        if !request_id.is_empty()
+        if !o.request_id.is_empty()
             && let Some(known) = self
                 .journal
                 .list()?
                 .into_iter()
-                .find(|r| r.request_id == request_id)
+                .find(|r| r.request_id == o.request_id)
+            && answers(&known)
         {
-            info!(operation = %known.id, request = %request_id, "repeated request: returning the operation it started");
-            return Ok(known.id);
+            info!(operation = %known.id, request = %o.request_id, "repeated request: returning the operation it started");
+            return Ok(Some(known.id));
         }
-        if kind == OpKind::Backup && self.cfg.backup.is_none() {
-            return Err(StartError::NoBackupConfig);
-        }
-        let untested = params.get("test").is_some_and(|v| v == "false");
-        if params.get("join").is_some_and(|v| v == "true")
-            && let Some(id) = self.join(kind, untested, &request_id)
+        if o.join
+            && let Some(id) = self.join(o)
         {
-            return Ok(id);
+            return Ok(Some(id));
         }
         if let Some(running) = self.running() {
-            return Err(StartError::Busy { running });
+            return Err(AdmitError::Busy { running });
         }
-        // A restore is checked by its own rules (R1, R2, R11); everything
-        // else copies a streaming standby (T8, R11).
-        let (data_bytes, restore_plan) = if kind == OpKind::Restore {
-            let plan = restore::Plan::check(&self.cfg, self.engine.data_dir(), &params)?;
-            (plan.unpacked_bytes, Some(plan))
-        } else {
-            (
-                Preconditions::check(&self.cfg, &*self.engine)
-                    .await?
-                    .data_bytes,
-                None,
-            )
-        };
+        Ok(None)
+    }
+
+    /// Record the order in the journal, take the slot and run `action` in
+    /// its own task; the operation's id.
+    pub fn launch<A: Action<E>>(
+        self: &Arc<Self>,
+        o: &StartOrder,
+        bytes_total: u64,
+        action: A,
+    ) -> Result<String, AdmitError> {
+        let kind = kind_of(&o.order);
         let id = new_id(kind);
         let cancel = self.shutdown.child_token();
         let join = Arc::new(Mutex::new(Join {
-            open: kind != OpKind::Restore,
+            open: o.order.makes_copy(),
             ..Join::default()
         }));
         {
-            let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cur = self.lock_current();
             if let Some(c) = cur.as_ref() {
-                return Err(StartError::Busy {
+                return Err(AdmitError::Busy {
                     running: c.id.clone(),
                 });
             }
@@ -272,34 +308,40 @@ impl<E: Engine> Operations<E> {
                 join: join.clone(),
             });
         }
-        if set_generation > seen {
-            self.journal.set_generation(set_generation)?;
-        }
-        let mut record = OpRecord::new(id.clone(), kind, set_generation);
-        record.request_id = request_id;
-        if let Err(e) = self.journal.write(&record) {
-            *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            return Err(e.into());
-        }
+        let seen = self.journal.generation();
+        let recorded = seen.and_then(|seen| {
+            if o.set_generation > seen {
+                self.journal.set_generation(o.set_generation)?;
+            }
+            let mut record = OpRecord::new(id.clone(), kind, o.set_generation);
+            record.request_id = o.request_id.clone();
+            self.journal.write(&record)?;
+            Ok(record)
+        });
+        let record = match recorded {
+            Ok(r) => r,
+            Err(e) => {
+                *self.lock_current() = None;
+                return Err(e.into());
+            }
+        };
         let (tx, rx) = watch::channel(Progress {
             record: record.clone(),
             bytes_done: 0,
-            bytes_total: data_bytes,
+            bytes_total,
             message: String::new(),
         });
         self.progress
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), rx);
-        let this = self.clone();
         let span = info_span!(
             "operation",
-            otel.name = %format_args!("operation {}", crate::metrics::kind_label(kind)),
+            otel.name = %format_args!("operation {}", kind.as_str()),
             operation.id = %id,
-            kind = crate::metrics::kind_label(kind),
+            kind = kind.as_str(),
             set = %self.cfg.set,
             member = %self.cfg.member(),
-            role = "standby",
             db.system = "postgresql",
             result = tracing::field::Empty,
             lsn = tracing::field::Empty,
@@ -308,44 +350,23 @@ impl<E: Engine> Operations<E> {
         );
         info!(operation = %id, ?kind, "operation started");
         crate::metrics::operation_started();
-        let skip_logical = params.get("skip_logical_read").is_some_and(|v| v == "true");
-        if let Some(plan) = restore_plan {
-            self.tasks.spawn(
-                async move {
-                    let job = restore::Job {
-                        cfg: this.cfg.clone(),
-                        engine: this.engine.clone(),
-                        journal: this.journal.clone(),
-                        progress: tx,
-                        cancel,
-                        plan,
-                    };
-                    let rec = restore::run(job, record).await;
-                    this.events.operation_finished(&rec).await;
-                    *this.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                }
-                .instrument(span),
-            );
-            return Ok(id);
-        }
+        let run = Run::new(
+            self.cfg.clone(),
+            self.engine.clone(),
+            self.journal.clone(),
+            tx,
+            cancel,
+            self.shutdown.clone(),
+            record,
+            join,
+        );
+        let this = self.clone();
         self.tasks.spawn(
             async move {
-                let job = testdb::Job {
-                    cfg: this.cfg.clone(),
-                    engine: this.engine.clone(),
-                    journal: this.journal.clone(),
-                    progress: tx,
-                    cancel,
-                    only_copy: kind == OpKind::Copy || (kind == OpKind::Backup && untested),
-                    pack: kind == OpKind::Backup,
-                    logical_read: this.cfg.testdb.logical_read && !skip_logical,
-                    shutting_down: this.shutdown.clone(),
-                    join,
-                };
-                let rec = testdb::run(job, record).await;
+                let rec = action.run(run).await;
                 crate::metrics::operation_finished(&rec);
                 this.events.operation_finished(&rec).await;
-                *this.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *this.lock_current() = None;
             }
             .instrument(span),
         );
@@ -354,26 +375,28 @@ impl<E: Engine> Operations<E> {
 
     /// Join the running copy-making operation, when it can still serve this
     /// order too (SPEC T9); its id.
-    fn join(&self, kind: OpKind, untested: bool, request: &str) -> Option<String> {
-        if !matches!(kind, OpKind::Copy | OpKind::Testdb | OpKind::Backup) {
-            return None;
-        }
-        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+    fn join(&self, o: &StartOrder) -> Option<String> {
+        let (test, pack) = match o.order {
+            Order::Copy => (false, false),
+            Order::Testdb { .. } => (true, false),
+            Order::Backup { untested } => (!untested, true),
+            _ => return None,
+        };
+        let cur = self.lock_current();
         let c = cur.as_ref()?;
         let mut j = c.join.lock().unwrap_or_else(|p| p.into_inner());
         if !j.open {
             return None;
         }
-        let test = kind == OpKind::Testdb || (kind == OpKind::Backup && !untested);
-        let pack = kind == OpKind::Backup;
         j.test |= test;
         j.pack |= pack;
         j.notes.push(format!(
-            "order {request} ({}{}) joined this operation: one copy serves both (SPEC T9)",
+            "order {} ({}{}) joined this operation: one copy serves both",
+            o.request_id,
             if test { "a test" } else { "an archive copy" },
             if pack { " with its archive file" } else { "" }
         ));
-        info!(operation = %c.id, request, ?kind, "order joined the running operation");
+        info!(operation = %c.id, request = %o.request_id, "order joined the running operation");
         Some(c.id.clone())
     }
 
@@ -396,12 +419,7 @@ impl<E: Engine> Operations<E> {
 
     /// Ask the running operation `id` to stop. Returns false when it is not running.
     pub fn cancel(&self, id: &str) -> bool {
-        match self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
+        match self.lock_current().as_ref() {
             Some(c) if c.id == id => {
                 c.cancel.cancel();
                 true
@@ -418,11 +436,34 @@ impl<E: Engine> Operations<E> {
     }
 
     pub fn state_file(&self) -> PathBuf {
-        testdb::state_file_path(&self.cfg)
+        files::state_file_path(&self.cfg)
     }
 }
 
 pub enum Watched {
     Live(watch::Receiver<Progress>),
     Finished(Box<OpRecord>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_maintenance_step_runs_again_unless_it_runs_or_succeeded() {
+        let mut rec = OpRecord::new("m".into(), OpKind::Maintenance, 1);
+        for (state, answered) in [
+            (OpState::Running, true),
+            (OpState::Succeeded, true),
+            (OpState::Failed, false),
+            (OpState::Interrupted, false),
+            (OpState::Cancelled, false),
+        ] {
+            rec.state = state;
+            assert_eq!(answers(&rec), answered, "{state:?}");
+        }
+        let mut test = OpRecord::new("t".into(), OpKind::Testdb, 1);
+        test.state = OpState::Failed;
+        assert!(answers(&test), "a test asked again is the test it was");
+    }
 }

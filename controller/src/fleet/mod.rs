@@ -26,7 +26,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use jiff::Timestamp;
 use tandem_proto::model::{AgentState, Role};
@@ -39,8 +38,10 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::agents::AgentClients;
 use crate::config::Limits;
 use crate::inventory::Inventory;
+use crate::orders::{AgentRef, Orders};
 use crate::store::{RunSetState, Store, StoreError};
 use crate::verdicts::Verdict;
+use tandem_proto::order::Order;
 
 mod cancel;
 mod limits;
@@ -49,10 +50,6 @@ pub use cancel::Cancelled;
 
 use limits::host_of;
 pub use limits::{Busy, Wait, admit};
-
-/// How often and how long to retry a broken Watch stream to an agent.
-const WATCH_RETRIES: u32 = 30;
-const WATCH_RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// A busy place, with when its job started and the run it belongs to.
 struct Running {
@@ -168,13 +165,15 @@ impl RunKind {
         }
     }
 
-    /// The agent's operation, and its parameters besides the request id.
-    fn operation(self) -> (pb::OperationKind, Vec<(&'static str, &'static str)>) {
+    /// The agent's order for a job of this kind.
+    fn order(self) -> Order {
         match self {
-            RunKind::Testdb => (pb::OperationKind::Testdb, vec![]),
-            RunKind::Backup => (pb::OperationKind::Backup, vec![]),
-            RunKind::Archive { file: false } => (pb::OperationKind::Copy, vec![]),
-            RunKind::Archive { file: true } => (pb::OperationKind::Backup, vec![("test", "false")]),
+            RunKind::Testdb => Order::Testdb {
+                skip_logical_read: false,
+            },
+            RunKind::Backup => Order::Backup { untested: false },
+            RunKind::Archive { file: false } => Order::Copy,
+            RunKind::Archive { file: true } => Order::Backup { untested: true },
         }
     }
 
@@ -217,6 +216,15 @@ struct Target {
     agent: String,
     address: String,
     host: String,
+}
+
+impl Target {
+    fn agent_ref(&self) -> AgentRef {
+        AgentRef {
+            agent: self.agent.clone(),
+            address: self.address.clone(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -781,38 +789,9 @@ impl Fleet {
         span.record("agent", t.agent.as_str());
         let failed =
             |reason: String| Verdict::failed_to_run(&t.member, reason, job.trace_id.clone());
-        if let Err(e) = self
-            .store
-            .run_set_state(
-                job.run_id.clone(),
-                job.set.clone(),
-                RunSetState::Starting,
-                t.agent.clone(),
-                String::new(),
-            )
-            .await
-        {
-            return failed(format!("cannot record the order in the store: {e}"));
-        }
-        let generation = self
-            .store
-            .generation(job.set.clone())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(1);
-        let mut client = match self.agents.client(&t.address) {
-            Ok(c) => c,
-            Err(e) => return failed(e.to_string()),
-        };
-        let started = client
-            .start_operation(start_request(job, generation, false))
-            .await;
-        let op_id = match started {
-            Ok(r) => r.into_inner().operation_id,
-            Err(s) => {
-                return failed(format!("agent `{}` refused: {}", t.agent, s.message()));
-            }
+        let op_id = match self.send(job, t, false).await {
+            Ok(id) => id,
+            Err(e) => return failed(e),
         };
         // A job of the other purpose waiting for the set may join it now.
         if let Some(r) = self
@@ -840,39 +819,27 @@ impl Fleet {
         if self.cancelled_by(&job.run_id).is_some() {
             return self.run_job(job, Ok(t)).await;
         }
-        let generation = self
-            .store
-            .generation(job.set.clone())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(1);
-        let joined = match self.agents.client(&t.address) {
-            Ok(mut c) => c
-                .start_operation(start_request(&job, generation, true))
-                .await
-                .map(|r| r.into_inner().operation_id)
-                .map_err(|s| s.message().to_owned()),
-            Err(e) => Err(e.to_string()),
-        };
-        match joined {
+        match self.send(&job, &t, true).await {
             Ok(op_id) => {
                 info!(set = %job.set, member = %t.member, operation = %op_id, "joined the running operation: one copy serves both");
-                let _ = self
-                    .store
-                    .run_set_state(
-                        job.run_id.clone(),
-                        job.set.clone(),
-                        RunSetState::Starting,
-                        t.agent.clone(),
-                        String::new(),
-                    )
-                    .await;
                 let v = self.follow_to_verdict(&job, &t, op_id).await;
                 self.finish(job, v).await;
             }
             Err(why) => {
                 info!(set = %job.set, "could not join the running operation ({why}); waiting for the set");
+                if let Err(e) = self
+                    .store
+                    .run_set_state(
+                        job.run_id.clone(),
+                        job.set.clone(),
+                        RunSetState::Queued,
+                        String::new(),
+                        String::new(),
+                    )
+                    .await
+                {
+                    warn!(set = %job.set, error = %e, "cannot record the job queued again");
+                }
                 let mut q = self.lock_queue();
                 q.running
                     .retain(|r| !(r.rides && r.busy.set == job.set && r.run_id == job.run_id));
@@ -880,6 +847,39 @@ impl Fleet {
                 drop(q);
                 self.wake.notify_one();
             }
+        }
+    }
+
+    /// Record the job `starting`, then send its order (`join`: join the
+    /// running operation of the other purpose); the operation's id, or why
+    /// it could not be ordered.
+    async fn send(&self, job: &Job, t: &Target, join: bool) -> Result<String, String> {
+        self.store
+            .run_set_state(
+                job.run_id.clone(),
+                job.set.clone(),
+                RunSetState::Starting,
+                t.agent.clone(),
+                String::new(),
+            )
+            .await
+            .map_err(|e| format!("cannot record the order in the store: {e}"))?;
+        self.orders()
+            .send(
+                &t.agent_ref(),
+                &job.set,
+                request_id(job),
+                join,
+                job.kind.order(),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn orders(&self) -> Orders<'_> {
+        Orders {
+            agents: &self.agents,
+            store: &self.store,
         }
     }
 
@@ -945,33 +945,10 @@ impl Fleet {
 
     /// The operation the agent started for `request`, if any.
     async fn find_request(&self, t: &Target, request: &str) -> Result<Option<String>, String> {
-        for _ in 0..WATCH_RETRIES {
-            let listed = match self.agents.client(&t.address) {
-                Ok(mut c) => {
-                    c.list_operations(pb::ListOperationsRequest { limit: 0 })
-                        .await
-                }
-                Err(e) => return Err(e.to_string()),
-            };
-            match listed {
-                Ok(r) => {
-                    return Ok(r
-                        .into_inner()
-                        .operations
-                        .into_iter()
-                        .find(|o| o.request_id == request)
-                        .map(|o| o.operation_id));
-                }
-                Err(e) => {
-                    warn!(agent = %t.agent, error = %e.message(), "cannot list the agent's operations")
-                }
-            }
-            tokio::time::sleep(WATCH_RETRY_EVERY).await;
-        }
-        Err(format!(
-            "cannot reach the agent `{}` at {} to learn what became of the test ordered before the controller restarted",
-            t.agent, t.address
-        ))
+        self.orders()
+            .find(&t.agent_ref(), request)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Store the verdict, tell the run, free the job's place.
@@ -1059,60 +1036,18 @@ impl Fleet {
         t: &Target,
         op_id: &str,
     ) -> Result<pb::OperationResult, String> {
-        let mut failures = 0;
-        loop {
-            let stream = match self.agents.client(&t.address) {
-                Ok(mut c) => {
-                    c.watch(pb::WatchRequest {
-                        operation_id: op_id.to_owned(),
-                    })
-                    .await
-                }
-                Err(e) => return Err(e.to_string()),
-            };
-            match stream {
-                Ok(s) => {
-                    let mut s = s.into_inner();
-                    loop {
-                        match s.message().await {
-                            Ok(Some(p)) => {
-                                failures = 0;
-                                let result = p.result.clone();
-                                job.run.push(pb::RunProgress {
-                                    run_id: job.run_id.clone(),
-                                    set: job.set.clone(),
-                                    member: t.member.clone(),
-                                    progress: Some(p),
-                                    ..Default::default()
-                                });
-                                if let Some(r) = result {
-                                    return Ok(r);
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                warn!(operation = op_id, error = %e.message(), "watch stream broke");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) if e.code() == tonic::Code::NotFound => {
-                    return Err(format!("agent lost operation {op_id}: {}", e.message()));
-                }
-                Err(e) => {
-                    warn!(operation = op_id, error = %e.message(), "cannot watch the operation")
-                }
-            }
-            failures += 1;
-            if failures > WATCH_RETRIES {
-                return Err(format!(
-                    "lost contact with the agent at {} during operation {op_id}; its journal says what became of it",
-                    t.address
-                ));
-            }
-            tokio::time::sleep(WATCH_RETRY_EVERY).await;
-        }
+        self.orders()
+            .follow(&t.agent_ref(), op_id, |p| {
+                job.run.push(pb::RunProgress {
+                    run_id: job.run_id.clone(),
+                    set: job.set.clone(),
+                    member: t.member.clone(),
+                    progress: Some(p.clone()),
+                    ..Default::default()
+                })
+            })
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -1148,22 +1083,6 @@ fn seconds_since(t: Timestamp) -> f64 {
 
 fn request_id(job: &Job) -> String {
     format!("{}/{}", job.run_id, job.set)
-}
-
-/// The order for a job's operation; `join`: join the running operation of
-/// the other purpose if the agent still can (SPEC T9).
-fn start_request(job: &Job, generation: u64, join: bool) -> pb::StartOperationRequest {
-    let (kind, extra) = job.kind.operation();
-    let mut params = HashMap::from([("request_id".to_owned(), request_id(job))]);
-    params.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
-    if join {
-        params.insert("join".into(), "true".into());
-    }
-    pb::StartOperationRequest {
-        kind: kind as i32,
-        set_generation: generation,
-        params,
-    }
 }
 
 fn verdict_event(run_id: &str, set: &str, v: &Verdict) -> pb::RunProgress {
@@ -1207,13 +1126,7 @@ mod tests {
         assert!(!RunKind::Testdb.serves_with(RunKind::Backup));
         assert!(!archive.serves_with(RunKind::Archive { file: false }));
         // An archive file is an untested backup; a plain archive copy a copy.
-        assert_eq!(
-            archive.operation(),
-            (pb::OperationKind::Backup, vec![("test", "false")])
-        );
-        assert_eq!(
-            RunKind::Archive { file: false }.operation().0,
-            pb::OperationKind::Copy
-        );
+        assert_eq!(archive.order(), Order::Backup { untested: true });
+        assert_eq!(RunKind::Archive { file: false }.order(), Order::Copy);
     }
 }

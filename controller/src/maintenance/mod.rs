@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tandem_proto::model::Role;
+use tandem_proto::order::MaintenanceStep;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -123,6 +124,11 @@ pub struct Window {
     /// A restore window's agent orders and what became of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<crate::restore::Outcome>,
+    /// How many times the resume steps were built (abort, close, a failed
+    /// restore): part of each agent step's request id, so a step of a new
+    /// resume list is ordered anew.
+    #[serde(default)]
+    pub phase: u32,
 }
 
 /// Whether a failed step of a restore window left the set as it was
@@ -166,6 +172,7 @@ impl Window {
             trace_id,
             ha_pause_sent: false,
             restore: None,
+            phase: 0,
         }
     }
 
@@ -371,8 +378,16 @@ impl Maintenance {
                 )));
             }
         };
+        let request = format!("plan/{}/triage", new_window_id());
         let triage = self
-            .agent_step(set, "plan", &primary, "triage", &verdict.findings)
+            .agent_step(
+                set,
+                "plan",
+                &primary,
+                MaintenanceStep::Triage,
+                &verdict.findings,
+                request,
+            )
             .await
             .map_err(|e| {
                 err(format!(
@@ -542,13 +557,16 @@ impl Maintenance {
             .map_or(0, |f| f.data_dir_bytes);
         let ha = self.ha_of(set).await;
         let id = new_window_id();
-        let generation = self.store.generation(set.to_owned()).await?.unwrap_or(1);
+        let orders = crate::orders::Orders {
+            agents: &self.agents,
+            store: &self.store,
+        };
         let op = crate::restore::order(
-            &self.agents,
+            &orders,
             &t,
-            generation,
+            set,
             &order,
-            "prepare",
+            tandem_proto::order::RestoreStage::Prepare,
             restore_request(&id, Action::RestorePrepare),
         )
         .await?;
@@ -596,6 +614,7 @@ impl Maintenance {
         w.ending = Some(ending);
         w.state = WindowState::Resuming;
         w.failure = None;
+        w.phase += 1;
         w.resume = match ending {
             Ending::Abort => plan::resume_steps(&w.plan, w.ha_pause_sent),
             Ending::Close => plan::close_steps(&w.plan),
@@ -716,6 +735,7 @@ impl Maintenance {
                         w.failure = Some(format!("{label} failed: {e}"));
                         w.ending = Some(Ending::Abort);
                         w.state = WindowState::Resuming;
+                        w.phase += 1;
                         w.resume = plan::resume_steps(&w.plan, w.ha_pause_sent);
                         self.save(&w).await?;
                         self.event(

@@ -13,6 +13,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tandem_proto::model::Finding;
+use tandem_proto::order::MaintenanceStep;
 
 use crate::verdicts::Verdict;
 
@@ -70,18 +71,18 @@ pub enum Action {
 }
 
 impl Action {
-    /// The agent's name for the step (`Maintain`), when an agent runs it.
-    pub fn agent_step(self) -> Option<&'static str> {
+    /// The agent's step, when an agent runs it.
+    pub fn agent_step(self) -> Option<MaintenanceStep> {
         Some(match self {
-            Action::Triage => "triage",
-            Action::FenceStop => "fence_stop",
-            Action::Isolate => "isolate",
-            Action::Reindex => "reindex",
-            Action::ExecRepair => "exec_repair",
-            Action::Check => "check",
-            Action::Serve => "serve",
-            Action::Reseed => "reseed",
-            Action::UnfenceStart => "unfence_start",
+            Action::Triage => MaintenanceStep::Triage,
+            Action::FenceStop => MaintenanceStep::FenceStop,
+            Action::Isolate => MaintenanceStep::Isolate,
+            Action::Reindex => MaintenanceStep::Reindex,
+            Action::ExecRepair => MaintenanceStep::ExecRepair,
+            Action::Check => MaintenanceStep::Check,
+            Action::Serve => MaintenanceStep::Serve,
+            Action::Reseed => MaintenanceStep::Reseed,
+            Action::UnfenceStart => MaintenanceStep::UnfenceStart,
             Action::WaitStreaming
             | Action::Testdb
             | Action::PauseHa
@@ -101,7 +102,7 @@ impl Action {
             Action::ResumeHa => "resume_ha",
             Action::RestorePrepare => "restore_prepare",
             Action::Restore => "restore",
-            a => a.agent_step().unwrap_or("?"),
+            a => a.agent_step().map_or("?", MaintenanceStep::as_str),
         }
     }
 }

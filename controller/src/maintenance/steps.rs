@@ -1,5 +1,5 @@
-//! Running one step of a window: agent steps through `Maintain` (asked
-//! again, bounded, while an agent does not answer), the HA manager's pause
+//! Running one step of a window: agent steps as maintenance orders
+//! (followed like any agent operation, under the one retry policy), the HA manager's pause
 //! and resume, the wait for a standby to stream, and the window's testdb.
 
 use std::time::Duration;
@@ -7,67 +7,62 @@ use std::time::Duration;
 use tandem_proto::model::{Facts, Lsn, Role};
 use tandem_proto::pb;
 
+use tandem_proto::order::{MaintenanceOrder, MaintenanceStep, Order, RestoreStage};
+
 use super::plan::{Action, Plan, Step};
 use super::{Maintenance, Member, Window, ha};
 use crate::fleet::MAINTENANCE_ORIGIN;
+use crate::orders::{AgentRef, OrderError, Orders};
 
 /// How long a restarted standby may take to stream again.
 const STREAMING_TIMEOUT: Duration = Duration::from_secs(180);
 const POLL_EVERY: Duration = Duration::from_millis(300);
-/// An agent that does not answer (restarting) is asked again this often.
-const AGENT_RETRIES: u32 = 20;
-const AGENT_RETRY_EVERY: Duration = Duration::from_secs(1);
-/// How long one agent step may take.
-const STEP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 impl Maintenance {
-    /// One `Maintain` step on a member's agent; an agent that does not
-    /// answer is asked again (bounded).
+    /// One maintenance step on a member's agent, ordered like any agent
+    /// work and followed to its end. `request` makes it idempotent: asked
+    /// again (the controller restarted), the agent answers with the step
+    /// running or done; one that failed or was interrupted runs again.
     pub(super) async fn agent_step(
         &self,
         set: &str,
         window: &str,
         member: &Member,
-        step: &str,
+        step: MaintenanceStep,
         targets: &[tandem_proto::model::Finding],
-    ) -> Result<pb::MaintainResponse, String> {
-        let generation = self
-            .store
-            .generation(set.to_owned())
+        request: String,
+    ) -> Result<pb::MaintenanceOutcome, String> {
+        let Some(view) = self.inventory.get(&member.agent) else {
+            return Err(format!("agent `{}` was never seen", member.agent));
+        };
+        let to = AgentRef {
+            agent: member.agent.clone(),
+            address: view.row.address,
+        };
+        let orders = Orders {
+            agents: &self.agents,
+            store: &self.store,
+        };
+        let order = Order::Maintenance(MaintenanceOrder {
+            window_id: window.to_owned(),
+            step,
+            targets: targets.to_vec(),
+        });
+        let op = orders
+            .send(&to, set, request, false, order)
             .await
-            .map_err(|e| e.to_string())?
-            .unwrap_or(0);
-        let mut last = String::new();
-        for _ in 0..AGENT_RETRIES {
-            let Some(view) = self.inventory.get(&member.agent) else {
-                return Err(format!("agent `{}` was never seen", member.agent));
-            };
-            let mut client = self
-                .agents
-                .client(&view.row.address)
-                .map_err(|e| e.to_string())?;
-            let mut req = tonic::Request::new(pb::MaintainRequest {
-                window_id: window.to_owned(),
-                step: step.to_owned(),
-                set_generation: generation,
-                targets: targets.iter().cloned().map(Into::into).collect(),
-            });
-            req.set_timeout(STEP_TIMEOUT);
-            match client.maintain(req).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s)
-                    if matches!(
-                        s.code(),
-                        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
-                    ) =>
-                {
-                    last = format!("agent `{}` does not answer: {}", member.agent, s.message());
-                    tokio::time::sleep(AGENT_RETRY_EVERY).await;
-                }
-                Err(s) => return Err(s.message().to_owned()),
-            }
+            .map_err(|e| match e {
+                OrderError::Refused { message, .. } => message,
+                e => e.to_string(),
+            })?;
+        let r = orders
+            .follow(&to, &op, |_| {})
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.state != pb::OperationState::Succeeded as i32 {
+            return Err(r.reason);
         }
-        Err(last)
+        Ok(r.maintenance.unwrap_or_default())
     }
 
     /// Run one step; Ok is the message for the report.
@@ -92,8 +87,19 @@ impl Maintenance {
             Action::RestorePrepare | Action::Restore => self.restore_step(w, step.action).await,
             action => {
                 let name = action.agent_step().expect("agent steps have names");
+                let index = w
+                    .phase_steps()
+                    .iter()
+                    .position(|s| s == step)
+                    .unwrap_or_default();
+                let phase = if w.state == super::WindowState::Resuming {
+                    format!("resume{}", w.phase)
+                } else {
+                    "plan".to_owned()
+                };
+                let request = format!("{}/{phase}/{index}/{name}/{}", w.id, member.name);
                 let r = self
-                    .agent_step(&w.set, &w.id, &member, name, &step.targets)
+                    .agent_step(&w.set, &w.id, &member, name, &step.targets, request)
                     .await?;
                 let facts: Option<Facts> = r.facts.clone().and_then(|f| Facts::try_from(f).ok());
                 match action {
@@ -296,21 +302,19 @@ impl Maintenance {
             .ok_or("a restore step in a window that restores nothing")?;
         let t = crate::restore::target(&self.inventory, &w.set, Some(&w.plan.primary))
             .map_err(|e| e.to_string())?;
-        let generation = self
-            .store
-            .generation(w.set.clone())
-            .await
-            .map_err(|e| e.to_string())?
-            .unwrap_or(1);
         let stage = if action == Action::Restore {
-            "swap"
+            RestoreStage::Swap
         } else {
-            "prepare"
+            RestoreStage::Prepare
+        };
+        let orders = Orders {
+            agents: &self.agents,
+            store: &self.store,
         };
         let op = crate::restore::order(
-            &self.agents,
+            &orders,
             &t,
-            generation,
+            &w.set,
             &order,
             stage,
             super::restore_request(&w.id, action),
@@ -322,7 +326,9 @@ impl Maintenance {
         outcome.agent = t.agent.clone();
         outcome.operation_id = op.clone();
         outcome.state = "running".into();
-        let (r, step) = crate::restore::follow(&self.agents, &t.address, &op).await?;
+        let (r, step) = crate::restore::follow(&orders, &t, &op)
+            .await
+            .map_err(|e| e.to_string())?;
         let outcome = w.restore.get_or_insert_with(Default::default);
         outcome.notes.extend(r.notes.iter().cloned());
         if r.state != pb::OperationState::Succeeded as i32 {

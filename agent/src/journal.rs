@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use tandem_proto::model::Finding;
+use tandem_proto::model::{Facts, Finding};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -41,6 +41,75 @@ pub enum OpKind {
     Restore,
     /// Copy, pack into a backup file, test unless told not to (SPEC R1, T9).
     Backup,
+    /// One step of a maintenance window (fence, isolate, triage, ...).
+    Maintenance,
+}
+
+impl OpKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Copy => "copy",
+            OpKind::Testdb => "testdb",
+            OpKind::Backup => "backup",
+            OpKind::Restore => "restore",
+            OpKind::Maintenance => "maintenance",
+        }
+    }
+
+    /// Whether the operation copies the standby (and leaves a copy).
+    pub fn copies(self) -> bool {
+        matches!(self, OpKind::Copy | OpKind::Testdb | OpKind::Backup)
+    }
+}
+
+/// What a finished step changed that a failure, a cancel or a crash must
+/// put back. Recorded in the journal as soon as the change is made, so an
+/// agent restarted after a SIGKILL runs the same undos as a cancel would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "undo")]
+pub enum Undo {
+    /// The standby is being stopped: start it again (when it is down) and
+    /// wait until it streams; `since` gives its downtime.
+    StartStandby { since: Timestamp },
+    /// The server is being stopped: start it again when it is down.
+    StartServer { since: Timestamp },
+    /// The copy is incomplete or untested: mark it unusable.
+    MarkCopyUnusable,
+    /// A private instance may run on the copy: kill it.
+    KillPrivate { copy: PathBuf },
+    /// A file being written (a backup's `.partial`): remove it.
+    RemoveFile { path: PathBuf },
+    /// The server may run isolated on a restored directory: stop it.
+    CloseIsolated,
+    /// The restored directory is in the data directory's place: move it
+    /// aside as `failed-restore`.
+    MoveRestoredAside,
+    /// The live data directory was moved to `saved`: put it back and start it.
+    PutBack { saved: PathBuf },
+}
+
+/// What a maintenance step did and found.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StepOutcome {
+    pub message: String,
+    #[serde(default)]
+    pub findings: Vec<Finding>,
+    #[serde(default)]
+    pub relations: Vec<RelationSize>,
+    #[serde(default)]
+    pub unresolved: Vec<String>,
+    #[serde(default)]
+    pub facts: Option<Facts>,
+    #[serde(default)]
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelationSize {
+    pub database: String,
+    pub relation: String,
+    pub is_index: bool,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +166,13 @@ pub struct OpRecord {
     /// What a restore did, step by step, for the person who asked.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// What the finished steps changed and a failure must put back, in the
+    /// order they were made (undone last first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub undo: Vec<Undo>,
+    /// Maintenance steps: what the step did and found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<StepOutcome>,
 }
 
 impl OpRecord {
@@ -121,6 +197,8 @@ impl OpRecord {
             request_id: String::new(),
             backup_path: None,
             notes: vec![],
+            undo: vec![],
+            outcome: None,
         }
     }
 }
@@ -207,7 +285,7 @@ impl Journal {
                 rec.state = OpState::Interrupted;
                 rec.finished_at = Some(Timestamp::now());
                 rec.reason = Some(format!(
-                    "the agent stopped (crash or kill) during step `{}`; the copy is unusable",
+                    "the agent stopped (crash or kill) during step `{}`",
                     rec.step
                 ));
                 self.write(&rec)?;

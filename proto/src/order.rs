@@ -1,0 +1,386 @@
+//! Orders: what the controller asks an agent to do, as typed values.
+//!
+//! Every piece of agent work is one [`Order`] inside a [`StartOrder`] (the
+//! request id, the join flag, the set generation). The agent converts the
+//! wire form with `TryFrom` on receipt, so a missing or malformed field is
+//! `invalid_argument` naming the field before anything is journaled; the
+//! controller builds orders as these values and converts them with `From`.
+//! [`MaintenanceStep`] is the one vocabulary of a window's agent steps, used
+//! by the controller's plans and the agent's steps alike.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Finding, ModelError};
+use crate::pb;
+
+/// One order and what makes it idempotent and current.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartOrder {
+    /// The controller's generation for the set; older than one the agent
+    /// already accepted is refused.
+    pub set_generation: u64,
+    /// The caller's id for the order: asked again, the agent answers with
+    /// the operation it started (empty: none).
+    pub request_id: String,
+    /// Join the running copy-making operation of the other purpose if it
+    /// can still serve this order (one copy serves a test and an archive copy).
+    pub join: bool,
+    pub order: Order,
+}
+
+/// The work itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Order {
+    /// Copy the standby, open a private instance on the copy, check it.
+    Testdb {
+        skip_logical_read: bool,
+    },
+    /// Copy the standby's database aside, no test.
+    Copy,
+    /// Copy, pack into a backup file, keep it when the test is clean (or
+    /// at once, untested).
+    Backup {
+        untested: bool,
+    },
+    Restore(RestoreOrder),
+    Maintenance(MaintenanceOrder),
+}
+
+impl Order {
+    /// The order's kind, as journals, metrics and spans name it.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Order::Testdb { .. } => "testdb",
+            Order::Copy => "copy",
+            Order::Backup { .. } => "backup",
+            Order::Restore(_) => "restore",
+            Order::Maintenance(_) => "maintenance",
+        }
+    }
+
+    /// Whether the order makes a copy of the standby (and may be joined).
+    pub fn makes_copy(&self) -> bool {
+        matches!(
+            self,
+            Order::Testdb { .. } | Order::Copy | Order::Backup { .. }
+        )
+    }
+}
+
+/// Which part of a restore one order runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreStage {
+    /// Fetch, free space, unpack and verify; the server untouched.
+    Prepare,
+    /// Stop to health check, on the directory a prepare stage left.
+    Swap,
+    /// Both, in one order.
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreOrder {
+    /// `daily`, `weekly`, `monthly`, a backup file on the agent's host, or
+    /// `remote:KEY`.
+    pub from: String,
+    /// RFC 3339; `None`: to the end of the WAL archive.
+    pub target_time: Option<String>,
+    pub replace: bool,
+    pub stage: RestoreStage,
+}
+
+/// The agent steps of a maintenance window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaintenanceStep {
+    FenceStop,
+    Isolate,
+    Triage,
+    Reindex,
+    ExecRepair,
+    Check,
+    Serve,
+    Reseed,
+    UnfenceStart,
+    Unfence,
+}
+
+impl MaintenanceStep {
+    pub const ALL: [MaintenanceStep; 10] = [
+        MaintenanceStep::FenceStop,
+        MaintenanceStep::Isolate,
+        MaintenanceStep::Triage,
+        MaintenanceStep::Reindex,
+        MaintenanceStep::ExecRepair,
+        MaintenanceStep::Check,
+        MaintenanceStep::Serve,
+        MaintenanceStep::Reseed,
+        MaintenanceStep::UnfenceStart,
+        MaintenanceStep::Unfence,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaintenanceStep::FenceStop => "fence_stop",
+            MaintenanceStep::Isolate => "isolate",
+            MaintenanceStep::Triage => "triage",
+            MaintenanceStep::Reindex => "reindex",
+            MaintenanceStep::ExecRepair => "exec_repair",
+            MaintenanceStep::Check => "check",
+            MaintenanceStep::Serve => "serve",
+            MaintenanceStep::Reseed => "reseed",
+            MaintenanceStep::UnfenceStart => "unfence_start",
+            MaintenanceStep::Unfence => "unfence",
+        }
+    }
+
+    /// Whether the step holds the fence when it is done.
+    pub fn holds_fence(self) -> bool {
+        matches!(self, MaintenanceStep::FenceStop | MaintenanceStep::Reseed)
+    }
+}
+
+impl fmt::Display for MaintenanceStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaintenanceOrder {
+    /// The window the step belongs to; the fence names it.
+    pub window_id: String,
+    pub step: MaintenanceStep,
+    /// The findings the step is about (triage, check, reindex, exec_repair).
+    pub targets: Vec<Finding>,
+}
+
+impl TryFrom<i32> for MaintenanceStep {
+    type Error = ModelError;
+    fn try_from(v: i32) -> Result<Self, ModelError> {
+        use pb::MaintenanceStep as P;
+        let field = "maintenance.step";
+        Ok(match P::try_from(v) {
+            Ok(P::FenceStop) => MaintenanceStep::FenceStop,
+            Ok(P::Isolate) => MaintenanceStep::Isolate,
+            Ok(P::Triage) => MaintenanceStep::Triage,
+            Ok(P::Reindex) => MaintenanceStep::Reindex,
+            Ok(P::ExecRepair) => MaintenanceStep::ExecRepair,
+            Ok(P::Check) => MaintenanceStep::Check,
+            Ok(P::Serve) => MaintenanceStep::Serve,
+            Ok(P::Reseed) => MaintenanceStep::Reseed,
+            Ok(P::UnfenceStart) => MaintenanceStep::UnfenceStart,
+            Ok(P::Unfence) => MaintenanceStep::Unfence,
+            Ok(P::Unspecified) => return Err(ModelError::Missing { field }),
+            Err(_) => return Err(ModelError::Enum { field, value: v }),
+        })
+    }
+}
+
+impl From<MaintenanceStep> for pb::MaintenanceStep {
+    fn from(s: MaintenanceStep) -> Self {
+        use pb::MaintenanceStep as P;
+        match s {
+            MaintenanceStep::FenceStop => P::FenceStop,
+            MaintenanceStep::Isolate => P::Isolate,
+            MaintenanceStep::Triage => P::Triage,
+            MaintenanceStep::Reindex => P::Reindex,
+            MaintenanceStep::ExecRepair => P::ExecRepair,
+            MaintenanceStep::Check => P::Check,
+            MaintenanceStep::Serve => P::Serve,
+            MaintenanceStep::Reseed => P::Reseed,
+            MaintenanceStep::UnfenceStart => P::UnfenceStart,
+            MaintenanceStep::Unfence => P::Unfence,
+        }
+    }
+}
+
+impl TryFrom<pb::StartOperationRequest> for StartOrder {
+    type Error = ModelError;
+    fn try_from(r: pb::StartOperationRequest) -> Result<Self, ModelError> {
+        use pb::start_operation_request::Order as P;
+        let order = match r.order.ok_or(ModelError::Missing { field: "order" })? {
+            P::Testdb(t) => Order::Testdb {
+                skip_logical_read: t.skip_logical_read,
+            },
+            P::Copy(_) => Order::Copy,
+            P::Backup(b) => Order::Backup {
+                untested: b.untested,
+            },
+            P::Restore(o) => {
+                if o.from.is_empty() {
+                    return Err(ModelError::Missing {
+                        field: "restore.from",
+                    });
+                }
+                let stage = match pb::RestoreStage::try_from(o.stage) {
+                    Ok(pb::RestoreStage::All) => RestoreStage::All,
+                    Ok(pb::RestoreStage::Prepare) => RestoreStage::Prepare,
+                    Ok(pb::RestoreStage::Swap) => RestoreStage::Swap,
+                    Err(_) => {
+                        return Err(ModelError::Enum {
+                            field: "restore.stage",
+                            value: o.stage,
+                        });
+                    }
+                };
+                Order::Restore(RestoreOrder {
+                    from: o.from,
+                    target_time: Some(o.target_time).filter(|t| !t.is_empty()),
+                    replace: o.replace,
+                    stage,
+                })
+            }
+            P::Maintenance(m) => {
+                if m.window_id.is_empty() {
+                    return Err(ModelError::Missing {
+                        field: "maintenance.window_id",
+                    });
+                }
+                Order::Maintenance(MaintenanceOrder {
+                    step: MaintenanceStep::try_from(m.step)?,
+                    window_id: m.window_id,
+                    targets: m.targets.into_iter().map(Into::into).collect(),
+                })
+            }
+        };
+        Ok(StartOrder {
+            set_generation: r.set_generation,
+            request_id: r.request_id,
+            join: r.join,
+            order,
+        })
+    }
+}
+
+impl From<StartOrder> for pb::StartOperationRequest {
+    fn from(o: StartOrder) -> Self {
+        use pb::start_operation_request::Order as P;
+        let order = match o.order {
+            Order::Testdb { skip_logical_read } => P::Testdb(pb::TestdbOrder { skip_logical_read }),
+            Order::Copy => P::Copy(pb::CopyOrder {}),
+            Order::Backup { untested } => P::Backup(pb::BackupOrder { untested }),
+            Order::Restore(r) => P::Restore(pb::RestoreOrder {
+                from: r.from,
+                target_time: r.target_time.unwrap_or_default(),
+                replace: r.replace,
+                stage: match r.stage {
+                    RestoreStage::All => pb::RestoreStage::All,
+                    RestoreStage::Prepare => pb::RestoreStage::Prepare,
+                    RestoreStage::Swap => pb::RestoreStage::Swap,
+                } as i32,
+            }),
+            Order::Maintenance(m) => P::Maintenance(pb::MaintenanceOrder {
+                window_id: m.window_id,
+                step: pb::MaintenanceStep::from(m.step) as i32,
+                targets: m.targets.into_iter().map(Into::into).collect(),
+            }),
+        };
+        pb::StartOperationRequest {
+            set_generation: o.set_generation,
+            request_id: o.request_id,
+            join: o.join,
+            order: Some(order),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(order: Order) {
+        let o = StartOrder {
+            set_generation: 7,
+            request_id: "run-1/billing".into(),
+            join: true,
+            order,
+        };
+        let wire = pb::StartOperationRequest::from(o.clone());
+        assert_eq!(StartOrder::try_from(wire).unwrap(), o);
+    }
+
+    #[test]
+    fn every_order_survives_the_wire() {
+        round_trip(Order::Testdb {
+            skip_logical_read: true,
+        });
+        round_trip(Order::Copy);
+        round_trip(Order::Backup { untested: true });
+        round_trip(Order::Restore(RestoreOrder {
+            from: "daily".into(),
+            target_time: Some("2026-11-21T12:30:00Z".into()),
+            replace: true,
+            stage: RestoreStage::Swap,
+        }));
+        for step in MaintenanceStep::ALL {
+            round_trip(Order::Maintenance(MaintenanceOrder {
+                window_id: "w-1".into(),
+                step,
+                targets: vec![Finding {
+                    database: "db".into(),
+                    relation: "i".into(),
+                    kind: "index".into(),
+                    message: "m".into(),
+                }],
+            }));
+        }
+    }
+
+    fn refused(r: pb::StartOperationRequest) -> String {
+        StartOrder::try_from(r).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_missing_or_malformed_field_is_refused_with_its_name() {
+        use pb::start_operation_request::Order as P;
+        assert_eq!(
+            refused(pb::StartOperationRequest::default()),
+            "field `order` is required"
+        );
+        let restore = |from: &str, stage: i32| pb::StartOperationRequest {
+            order: Some(P::Restore(pb::RestoreOrder {
+                from: from.into(),
+                stage,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert_eq!(refused(restore("", 0)), "field `restore.from` is required");
+        assert_eq!(
+            refused(restore("daily", 9)),
+            "field `restore.stage`: unknown enum value 9"
+        );
+        let step = |window: &str, step: i32| pb::StartOperationRequest {
+            order: Some(P::Maintenance(pb::MaintenanceOrder {
+                window_id: window.into(),
+                step,
+                targets: vec![],
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            refused(step("", 1)),
+            "field `maintenance.window_id` is required"
+        );
+        assert_eq!(
+            refused(step("w", 0)),
+            "field `maintenance.step` is required"
+        );
+        assert_eq!(
+            refused(step("w", 42)),
+            "field `maintenance.step`: unknown enum value 42"
+        );
+    }
+
+    #[test]
+    fn step_names_are_the_plan_documents_names() {
+        for s in MaintenanceStep::ALL {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+        }
+    }
+}
