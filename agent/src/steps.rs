@@ -218,6 +218,7 @@ impl<E: Engine> Run<E> {
             findings = tracing::field::Empty,
         );
         let r = fut.instrument(span).await;
+        self.pause_point(name).await;
         let seconds = t0.elapsed().as_secs_f64();
         crate::metrics::step(label, name, seconds);
         self.rec().steps.push(StepTime {
@@ -232,6 +233,24 @@ impl<E: Engine> Run<E> {
             step: name,
             cause: e.into(),
         })
+    }
+
+    /// A crash test's pause point: with `TANDEM_TEST_PAUSE_AFTER_STEP=<step>`
+    /// in the agent's environment, the operation stops after that step's
+    /// work, before its result is recorded, writes `<home>/paused-after-<step>`
+    /// and waits to be killed (or cancelled). Only the end-to-end tests set
+    /// it, to SIGKILL an agent at a chosen step; nothing else reads it.
+    async fn pause_point(&self, name: &str) {
+        if std::env::var("TANDEM_TEST_PAUSE_AFTER_STEP").is_ok_and(|s| s == name) {
+            let marker = self.cfg.home.join(format!("paused-after-{name}"));
+            if std::fs::write(&marker, b"").is_ok() {
+                warn!(
+                    step = name,
+                    "paused for a crash test (TANDEM_TEST_PAUSE_AFTER_STEP)"
+                );
+                self.cancel.cancelled().await;
+            }
+        }
     }
 
     /// Run an action's steps against the cancellation token; on failure or

@@ -64,7 +64,7 @@ pub enum Command {
         sets: Vec<String>,
     },
     /// Test a set's standby: copy its database aside, bring the copy up so it
-    /// replays its log, and run the integrity checks on it (SPEC T2). Shows a
+    /// replays its log, and run the integrity checks on it. Shows a
     /// progress bar per set and ends with the verdicts. Exit 0 clean, 1 errors
     /// found, 2 a test could not run.
     ///
@@ -98,8 +98,8 @@ pub enum Command {
     },
     /// Take a backup of a set now: copy its standby, pack the copy into one
     /// backup file (tar, zstd, BLAKE3 manifest inside) on that member's host,
-    /// test the copy, and keep the file only when the test is clean (SPEC R1,
-    /// T9). Progress per step, then the verdict and the file. Exit 0 kept,
+    /// test the copy, and keep the file only when the test is clean.
+    /// Progress per step, then the verdict and the file. Exit 0 kept,
     /// 1 errors found (nothing kept), 2 could not run.
     Backup {
         /// The set.
@@ -108,7 +108,7 @@ pub enum Command {
         #[arg(long)]
         member: Option<String>,
     },
-    /// Make an archive copy of a set's standby (SPEC T9): the copy only, no
+    /// Make an archive copy of a set's standby: the copy only, no
     /// test, kept in the agent's archive_dir; with --archive-file also packed
     /// into one backup file. When a test of the set is copying right now, the
     /// archive copy rides on it (one copy serves both; the file is written

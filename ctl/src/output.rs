@@ -120,7 +120,7 @@ fn verdict_summary(v: &Option<pb::Verdict>) -> String {
     };
     match verdict_kind(&Some(v.clone())) {
         "clean" => format!("primary, standby and copy verified clean up to LSN {} at {}", v.lsn, ts(v.at).unwrap_or_default()),
-        "errors" => "errors found on the standby's copy: repair on the primary with the whole set halted (SPEC T4)".into(),
+        "errors" => "errors found on the standby's copy: they are the primary's errors too; repair on the primary with the whole set halted".into(),
         "failed_to_run" => format!("test failed to run: {}", v.reason),
         _ => "never tested".into(),
     }

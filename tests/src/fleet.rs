@@ -386,7 +386,16 @@ impl Fleet {
     }
 
     pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        self.start_agent_with(name, &[])
+    }
+
+    /// Start an agent with extra environment variables (e.g. a crash
+    /// test's `TANDEM_TEST_PAUSE_AFTER_STEP`).
+    pub fn start_agent_with(&mut self, name: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let mut cmd = self.command("tandem-agent")?;
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let log = self.dir.join(format!("logs/agent-{name}.log"));
         let a = self
             .agents

@@ -64,11 +64,11 @@ pub enum RestoreError {
     #[error("target time {value:?} is not a time like 2026-11-21T12:30:00Z: {why}")]
     BadTarget { value: String, why: String },
     #[error(
-        "the prepare directory {path} exists (a previous restore?); remove it, or restore with --replace to overwrite it (SPEC R2)"
+        "the prepare directory {path} exists (a previous restore?); remove it, or restore with --replace to overwrite it"
     )]
     PrepareExists { path: PathBuf },
     #[error(
-        "safe mode: the filesystem of {dir} has {avail} MiB free; the backup unpacks to {data} MiB, plus the reserve of {reserve} MiB: {need} MiB needed. Nothing was written (SPEC R11); free space, or lower restore.free_space_reserve_mib"
+        "safe mode: the filesystem of {dir} has {avail} MiB free; the backup unpacks to {data} MiB, plus the reserve of {reserve} MiB: {need} MiB needed. Nothing was written; free space, or lower restore.free_space_reserve_mib"
     )]
     NoSpace {
         dir: PathBuf,

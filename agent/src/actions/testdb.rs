@@ -34,15 +34,15 @@ const MIB: u64 = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum TestdbError {
     #[error(
-        "member `{member}` is not a standby (role: {role}); testdb copies a standby's database (SPEC T2); run it on the set's standby"
+        "member `{member}` is not a standby (role: {role}); testdb copies a standby's database, never the primary's; run it on the set's standby"
     )]
     NotStandby { member: String, role: Role },
     #[error(
-        "standby `{member}` is not streaming (state: {state}); a test needs the whole database from the primary (SPEC T8); wait until it streams"
+        "standby `{member}` is not streaming (state: {state}); a test needs the whole database from the primary; wait until it streams"
     )]
     NotStreaming { member: String, state: String },
     #[error(
-        "safe mode: the archive filesystem of {dir} has {avail} MiB free (+{reclaim} MiB from the previous copy); a copy of {data} MiB plus the reserve of {reserve} MiB needs {need} MiB. Nothing was written (SPEC R11); free space, or move postgres.archive_dir, or lower testdb.free_space_reserve_mib"
+        "safe mode: the archive filesystem of {dir} has {avail} MiB free (+{reclaim} MiB from the previous copy); a copy of {data} MiB plus the reserve of {reserve} MiB needs {need} MiB. Nothing was written; free space, or move postgres.archive_dir, or lower testdb.free_space_reserve_mib"
     )]
     NoSpace {
         dir: PathBuf,

@@ -750,7 +750,7 @@ impl Fleet {
                     })
                     .collect();
                 Err(format!(
-                    "no standby to test in set `{set}` ({}); a test copies a streaming standby (SPEC T2, T8)",
+                    "no standby to test in set `{set}` ({}); a test copies a streaming standby",
                     seen.join(", ")
                 ))
             }

@@ -1,0 +1,200 @@
+//! An agent SIGKILLed in any step of a testdb or a backup (a crash, the OOM
+//! killer, a power cut: nothing it can catch) puts back, once restarted,
+//! exactly what the interrupted operation left changed, from its journal:
+//! the standby streams again, no private instance runs on the copy, the
+//! copy is marked unusable, no half-written backup file is left, the
+//! journal says interrupted, the event hook runs, and the next test is
+//! clean.
+//!
+//! The agent is stopped at the chosen step by the test-only pause point
+//! `TANDEM_TEST_PAUSE_AFTER_STEP` (after that step's work, before its
+//! result is recorded), then SIGKILLed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use tandem_tests::corrupt;
+use tandem_tests::fleet::{Fleet, FleetSpec};
+use tandem_tests::wait::wait_for;
+
+/// Every step of a backup: the testdb steps with `pack` after the copy.
+const STEPS: [&str; 8] = [
+    "stop_standby",
+    "copy",
+    "start_standby",
+    "pack",
+    "open_private",
+    "checks",
+    "stop_private",
+    "checksums",
+];
+
+fn hook(dir: &Path) -> (PathBuf, PathBuf) {
+    let hook = dir.join("hook.sh");
+    let events = dir.join("events");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$TANDEM_EVENT $TANDEM_EVENT_CODE $TANDEM_SET $TANDEM_MEMBER $TANDEM_OPERATION_ID\" >> {}\n",
+            events.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (hook, events)
+}
+
+fn pid_alive(pid_file: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return false;
+    };
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+        .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+}
+
+fn journal_record(home: &Path, op: &str) -> Value {
+    let text = std::fs::read_to_string(home.join("journal").join(format!("{op}.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_in_any_step_of_a_backup_puts_back_what_it_changed() {
+    let hook_dir = tempfile::Builder::new()
+        .prefix("tandem-hook-")
+        .tempdir()
+        .unwrap();
+    let (hook, events) = hook(hook_dir.path());
+    let mut spec = FleetSpec::new(&[("crash", 1)]);
+    spec.agent_top = format!("event_hook = \"{}\"", hook.display());
+    spec.backups = Some("daily = 2\nweekly = 1\nmonthly = 1".into());
+    let mut fleet = Fleet::start(spec).await.unwrap();
+    let (primary, standby) = (
+        fleet.set("crash").primary.clone(),
+        fleet.set("crash").standbys[0].clone(),
+    );
+    primary.pgbench_init(1).unwrap();
+    corrupt::wait_replayed(&primary, &standby).await.unwrap();
+    let agent = "crash-s1";
+    let home = fleet.agent_home(agent);
+    let archive = fleet.agent_archive(agent);
+    let backups = fleet.agent_backups(agent);
+
+    for step in STEPS {
+        // The agent, paused after `step` of the next operation.
+        fleet.kill_agent(agent);
+        fleet
+            .start_agent_with(agent, &[("TANDEM_TEST_PAUSE_AFTER_STEP", step)])
+            .unwrap();
+        fleet
+            .wait_agents_state(&[agent.into()], "online")
+            .await
+            .unwrap();
+        fleet.wait_heartbeat_streaming(agent).await.unwrap();
+        let ctl = {
+            let mut cmd =
+                std::process::Command::new(tandem_tests::procs::bin_path("tandemctl").unwrap());
+            cmd.args(["backup", "crash", "--output", "json"]);
+            for (k, v) in fleet.ctl_env("operator") {
+                cmd.env(k, v);
+            }
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        };
+        let marker = home.join(format!("paused-after-{step}"));
+        wait_for(
+            &format!("the agent to pause after step {step}"),
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+            || async { Ok(marker.exists().then_some(())) },
+        )
+        .await
+        .unwrap();
+        // The operation the pause stopped in.
+        let op = std::fs::read_dir(home.join("journal"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .map(|t| serde_json::from_str::<Value>(&t).unwrap())
+            .find(|r| r["state"] == "running")
+            .expect("a running operation in the journal");
+        let op = op["id"].as_str().unwrap().to_owned();
+
+        fleet.kill_agent(agent);
+        std::fs::remove_file(&marker).unwrap();
+        fleet.start_agent(agent).unwrap();
+
+        // The hook ran for the interrupted operation once the undos ran.
+        wait_for(
+            &format!("the E_TESTDB event of {op} (killed after {step})"),
+            Duration::from_secs(120),
+            Duration::from_millis(50),
+            || async {
+                let ev = std::fs::read_to_string(&events).unwrap_or_default();
+                Ok(ev
+                    .lines()
+                    .any(|l| {
+                        l.starts_with("E_TESTDB ") && l.ends_with(&format!("crash {agent} {op}"))
+                    })
+                    .then_some(()))
+            },
+        )
+        .await
+        .unwrap();
+        let rec = journal_record(&home, &op);
+        assert_eq!(rec["state"], "interrupted", "after {step}: {rec:#}");
+        assert!(
+            rec.get("undo")
+                .is_none_or(|u| u.as_array().is_some_and(|a| a.is_empty())),
+            "after {step}: every undo ran: {rec:#}"
+        );
+        // The standby streams; no private instance runs on the copy; the
+        // copy is unusable; no partial backup file is left.
+        fleet.set("crash").wait_streaming(&standby).await.unwrap();
+        assert!(
+            !pid_alive(&archive.join("copy").join("postmaster.pid")),
+            "after {step}: a private instance still runs on the copy"
+        );
+        assert!(
+            archive.join("copy.UNUSABLE").exists(),
+            "after {step}: the copy is not marked unusable"
+        );
+        let partial: Vec<_> = std::fs::read_dir(&backups)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .collect();
+        assert!(partial.is_empty(), "after {step}: {partial:?} left behind");
+        // The state file says interrupted.
+        let state: Value =
+            serde_json::from_str(&std::fs::read_to_string(home.join("testdb.state.json")).unwrap())
+                .unwrap();
+        assert_eq!(state["result"], "interrupted", "after {step}: {state:#}");
+        assert_eq!(state["operation_id"], op.as_str());
+        // The run did not end clean.
+        let out = ctl.wait_with_output().unwrap();
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "after {step}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    // The next operation is clean, and its copy usable.
+    fleet
+        .wait_agents_state(&[agent.into()], "online")
+        .await
+        .unwrap();
+    fleet.wait_heartbeat_streaming(agent).await.unwrap();
+    let run = fleet.ctl(&["backup", "crash", "--output", "json"]).unwrap();
+    assert_eq!(run.code, 0, "{run:?}\n{}", fleet.logs());
+    assert_eq!(run.json()["sets"][0]["verdict"]["kind"], "clean");
+    assert!(!archive.join("copy.UNUSABLE").exists());
+}
