@@ -392,7 +392,20 @@ async fn run_undo<E: Engine>(
         }
         Undo::KillPrivate { copy } => {
             engine.kill_private(copy);
-            "no private instance runs on the copy".to_owned()
+            // The next private instance needs the lock file free: wait
+            // (bounded) until the killed postmaster is gone.
+            let t0 = Instant::now();
+            while postmaster_runs(copy) && t0.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if postmaster_runs(copy) {
+                format!(
+                    "the private instance on {} does not go away; kill it by hand",
+                    copy.display()
+                )
+            } else {
+                "no private instance runs on the copy".to_owned()
+            }
         }
         Undo::RemoveFile { path } => match std::fs::remove_file(path) {
             Ok(()) => format!("{} was removed", path.display()),
@@ -438,6 +451,28 @@ async fn run_undo<E: Engine>(
         }
     };
     (note, None)
+}
+
+/// Whether the postmaster named by `dir/postmaster.pid` still runs (a
+/// zombie waiting to be reaped does not).
+fn postmaster_runs(dir: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("postmaster.pid")) else {
+        return false;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
 }
 
 /// Run `undos` last first; the notes say what was put back, with the

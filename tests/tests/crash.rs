@@ -52,7 +52,12 @@ fn pid_alive(pid_file: &Path) -> bool {
     text.lines()
         .next()
         .and_then(|l| l.trim().parse::<i32>().ok())
-        .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        // A zombie left for init to reap does not run.
+        .is_some_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+        })
 }
 
 fn journal_record(home: &Path, op: &str) -> Value {
@@ -156,9 +161,15 @@ async fn an_agent_killed_in_any_step_of_a_backup_puts_back_what_it_changed() {
         // The standby streams; no private instance runs on the copy; the
         // copy is unusable; no partial backup file is left.
         fleet.set("crash").wait_streaming(&standby).await.unwrap();
+        let pid_file = archive.join("copy").join("postmaster.pid");
         assert!(
-            !pid_alive(&archive.join("copy").join("postmaster.pid")),
-            "after {step}: a private instance still runs on the copy"
+            !pid_alive(&pid_file),
+            "after {step}: a private instance still runs on the copy: {:?} {:?}",
+            std::fs::read_to_string(&pid_file),
+            std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.lines().next().map(str::to_owned))
+                .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
         );
         assert!(
             archive.join("copy.UNUSABLE").exists(),
