@@ -23,6 +23,9 @@ use tandem_proto::model::{Finding, Lsn};
 use super::postgres::PostgresEngine;
 use super::{CheckReport, EngineError, PrivateInstance, findings};
 
+/// Kept here too: callers outside the engine reach it by this path.
+pub use super::postmaster::kill_postmaster;
+
 /// The private instance's port (it listens on a private socket directory
 /// only, so the number only names the socket file).
 const PRIVATE_PORT: u16 = 5432;
@@ -61,26 +64,6 @@ pub(super) fn append_output(out: &Path, title: &str, o: &Output) -> Result<Strin
     )
     .map_err(io("write", out))?;
     Ok(format!("{stdout}{stderr}"))
-}
-
-/// SIGKILL the postmaster whose `postmaster.pid` is in `dir`, if any. Its
-/// backends notice their postmaster's death and exit.
-pub fn kill_postmaster(dir: &Path) {
-    let Ok(text) = std::fs::read_to_string(dir.join("postmaster.pid")) else {
-        return;
-    };
-    if let Some(pid) = text
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse::<i32>().ok())
-        && pid > 1
-    {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        tracing::warn!(pid, dir = %dir.display(), "killed the private instance (SIGKILL)");
-    }
 }
 
 impl PostgresEngine {
