@@ -1,15 +1,36 @@
 //! The member spec `NAME[=AGENT][@HOST]` that `set add` and `set change`
 //! take, parsed as clap reads the flags.
 
-use tandem_proto::identity::validate_name;
+use tandem_proto::identity::{IdentityError, validate_name};
 use tandem_proto::pb;
+
+/// A member spec that does not parse.
+///
+/// Messages are whole sentences that embed their cause (as
+/// [`IdentityError`]'s do) and end with the shape expected: clap prints
+/// them alone, without walking `source()`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberSpecError {
+    #[error("member `{spec}`: {what}: {error}; {SHAPE}")]
+    BadName {
+        spec: String,
+        /// `member name` or `agent name`.
+        what: &'static str,
+        error: IdentityError,
+    },
+    #[error(
+        "member `{spec}`: bad host `{host}` (a host name or address, without spaces, '@' or '='); {SHAPE}"
+    )]
+    BadHost { spec: String, host: String },
+}
+
+const SHAPE: &str = "expected NAME[=AGENT][@HOST], e.g. db2=agent-db2@db2.example.net";
 
 /// Parse a member spec: `NAME`, `NAME=AGENT`, `NAME@HOST` or
 /// `NAME=AGENT@HOST`. What is left out is sent empty: for a new member the
 /// controller takes the member's name as the agent and the host of the
 /// agent's address as the host; for `--change-member` it keeps the value.
-pub fn parse_member(spec: &str) -> Result<pb::MemberDecl, String> {
-    let shape = "expected NAME[=AGENT][@HOST], e.g. db2=agent-db2@db2.example.net";
+pub fn parse_member(spec: &str) -> Result<pb::MemberDecl, MemberSpecError> {
     let (left, host) = match spec.split_once('@') {
         Some((l, h)) => (l, Some(h)),
         None => (spec, None),
@@ -18,8 +39,12 @@ pub fn parse_member(spec: &str) -> Result<pb::MemberDecl, String> {
         Some((n, a)) => (n, Some(a)),
         None => (left, None),
     };
-    let name_ok = |what: &str, v: &str| {
-        validate_name(v).map_err(|e| format!("member `{spec}`: {what}: {e}; {shape}"))
+    let name_ok = |what: &'static str, v: &str| {
+        validate_name(v).map_err(|error| MemberSpecError::BadName {
+            spec: spec.to_owned(),
+            what,
+            error,
+        })
     };
     name_ok("member name", name)?;
     if let Some(a) = agent {
@@ -28,9 +53,10 @@ pub fn parse_member(spec: &str) -> Result<pb::MemberDecl, String> {
     if let Some(h) = host
         && (h.is_empty() || h.contains(['@', '=']) || h.chars().any(char::is_whitespace))
     {
-        return Err(format!(
-            "member `{spec}`: bad host `{h}` (a host name or address, without spaces, '@' or '='); {shape}"
-        ));
+        return Err(MemberSpecError::BadHost {
+            spec: spec.to_owned(),
+            host: h.to_owned(),
+        });
     }
     Ok(pb::MemberDecl {
         name: name.to_owned(),
@@ -74,7 +100,7 @@ mod tests {
             ("db1@h@i", "bad host"),
             ("db1@h=x", "bad host"),
         ] {
-            let e = parse_member(spec).unwrap_err();
+            let e = parse_member(spec).unwrap_err().to_string();
             assert!(e.contains(says), "{spec:?}: {e}");
             assert!(e.contains("NAME[=AGENT][@HOST]"), "{spec:?}: {e}");
         }
