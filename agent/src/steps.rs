@@ -395,10 +395,10 @@ async fn run_undo<E: Engine>(
             // The next private instance needs the lock file free: wait
             // (bounded) until the killed postmaster is gone.
             let t0 = Instant::now();
-            while postmaster_runs(copy) && t0.elapsed() < Duration::from_secs(30) {
+            while crate::engine::postmaster::runs(copy) && t0.elapsed() < Duration::from_secs(30) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if postmaster_runs(copy) {
+            if crate::engine::postmaster::runs(copy) {
                 format!(
                     "the private instance on {} does not go away; kill it by hand",
                     copy.display()
@@ -415,7 +415,7 @@ async fn run_undo<E: Engine>(
         Undo::CloseIsolated => {
             if let Err(e) = engine.close_isolated().await {
                 warn!(error = %e, "cannot stop the isolated server; killing it");
-                crate::engine::private::kill_postmaster(&data_dir);
+                crate::engine::postmaster::kill_postmaster(&data_dir);
             }
             String::new()
         }
@@ -451,28 +451,6 @@ async fn run_undo<E: Engine>(
         }
     };
     (note, None)
-}
-
-/// Whether the postmaster named by `dir/postmaster.pid` still runs (a
-/// zombie waiting to be reaped does not).
-fn postmaster_runs(dir: &std::path::Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join("postmaster.pid")) else {
-        return false;
-    };
-    let Some(pid) = text
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse::<i32>().ok())
-    else {
-        return false;
-    };
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name in parentheses.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
-        Err(_) => false,
-    }
 }
 
 /// Run `undos` last first; the notes say what was put back, with the

@@ -219,27 +219,52 @@ impl MemberConfig {
     }
 }
 
+/// Why a Patroni REST URL will not do.
+///
+/// Messages are whole sentences that embed their cause (as
+/// `tandem_proto::identity::IdentityError`'s do): they are printed alone,
+/// in a config check and in a maintenance step's message, without walking
+/// `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum PatroniUrlError {
+    #[error("not a URL ({error}); write it as \"http://host:8008\"")]
+    NotAUrl { error: http::uri::InvalidUri },
+    #[error(
+        "https is not supported yet: give Patroni's plain HTTP REST address (restapi.listen), e.g. \"http://db1:8008\""
+    )]
+    Https,
+    #[error("needs the http:// scheme, e.g. \"http://db1:8008\"")]
+    NotHttp,
+    #[error("has no host, e.g. \"http://db1:8008\"")]
+    NoHost,
+    #[error("must not have a query string")]
+    Query,
+}
+
+/// For the HA client (`maintenance/ha.rs`), whose errors are still text.
+impl From<PatroniUrlError> for String {
+    fn from(e: PatroniUrlError) -> String {
+        e.to_string()
+    }
+}
+
 /// A Patroni REST URL the controller can reach: `http://host:port` with
 /// an optional path prefix (plain HTTP; the controller speaks no TLS to
 /// Patroni).
-pub fn check_patroni_url(url: &str) -> Result<http::Uri, String> {
+pub fn check_patroni_url(url: &str) -> Result<http::Uri, PatroniUrlError> {
     let uri: http::Uri = url
         .parse()
-        .map_err(|e| format!("not a URL ({e}); write it as \"http://host:8008\""))?;
+        .map_err(|error| PatroniUrlError::NotAUrl { error })?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => {
-            return Err(
-                "https is not supported yet: give Patroni's plain HTTP REST address (restapi.listen), e.g. \"http://db1:8008\"".into(),
-            );
-        }
-        _ => return Err("needs the http:// scheme, e.g. \"http://db1:8008\"".into()),
+        Some("https") => return Err(PatroniUrlError::Https),
+        _ => return Err(PatroniUrlError::NotHttp),
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err("has no host, e.g. \"http://db1:8008\"".into());
+        return Err(PatroniUrlError::NoHost);
     }
     if uri.query().is_some() {
-        return Err("must not have a query string".into());
+        return Err(PatroniUrlError::Query);
     }
     Ok(uri)
 }

@@ -586,7 +586,7 @@ pub async fn liveness_loop(inv: Arc<Inventory>, shutdown: tokio_util::sync::Canc
         if let Err(e) = inv.sweep(Instant::now()).await {
             warn!(error = %e, "liveness sweep failed");
         }
-        crate::metrics::agents(&inv.list());
+        crate::metrics::agents(inv.list().iter().map(|v| v.row.state));
     }
 }
 

@@ -30,8 +30,6 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use tandem_proto::metrics::MetricsError;
 use tandem_proto::model::AgentState;
 
-use crate::fleet::Wait;
-use crate::inventory::AgentView;
 use crate::store::{Store, StoreError};
 use crate::verdicts::{Verdict, VerdictKind};
 
@@ -174,23 +172,16 @@ fn unix_seconds(t: jiff::Timestamp) -> f64 {
     t.as_millisecond() as f64 / 1000.0
 }
 
-/// The label of a wait reason.
-fn reason(w: &Wait) -> &'static str {
-    match w {
-        Wait::Set { .. } => "set",
-        Wait::Fleet { .. } => "fleet",
-        Wait::Host { .. } => "host",
-    }
-}
-
-/// The fleet's queue after a dispatch: running, and waiting by reason.
-pub fn queue<'a>(running: usize, waiting: impl Iterator<Item = Option<&'a Wait>>) {
+/// The fleet's queue after a dispatch: running, and one item per waiting
+/// test: its wait reason's label (`set`, `fleet`, `host`), or `None` while
+/// it has not been told to wait.
+pub fn queue(running: usize, waiting: impl Iterator<Item = Option<&'static str>>) {
     let mut by_reason: HashMap<&'static str, usize> = HashMap::new();
     let mut total = 0;
-    for w in waiting {
+    for reason in waiting {
         total += 1;
-        if let Some(w) = w {
-            *by_reason.entry(reason(w)).or_default() += 1;
+        if let Some(reason) = reason {
+            *by_reason.entry(reason).or_default() += 1;
         }
     }
     gauge!("tandem_fleet_queue_length").set(total as f64);
@@ -201,9 +192,10 @@ pub fn queue<'a>(running: usize, waiting: impl Iterator<Item = Option<&'a Wait>>
     }
 }
 
-/// A queued test was told to wait (once per change of reason).
-pub fn wait(w: &Wait) {
-    counter!("tandem_fleet_waits_total", "reason" => reason(w)).increment(1);
+/// A queued test was told to wait (once per change of reason), with the
+/// reason's label (`set`, `fleet`, `host`).
+pub fn wait(reason: &'static str) {
+    counter!("tandem_fleet_waits_total", "reason" => reason).increment(1);
 }
 
 /// A queued test started after waiting `seconds`.
@@ -225,10 +217,11 @@ pub fn window_downtime(seconds: f64) {
     histogram!("tandem_maintenance_downtime_seconds").record(seconds.max(0.0));
 }
 
-/// The declared agents' states.
-pub fn agents(views: &[AgentView]) {
+/// The declared agents' states, one item per agent.
+pub fn agents(states: impl IntoIterator<Item = AgentState>) {
+    let states: Vec<AgentState> = states.into_iter().collect();
     for state in AGENT_STATES {
-        let n = views.iter().filter(|v| v.row.state == state).count();
+        let n = states.iter().filter(|s| **s == state).count();
         gauge!("tandem_agents", "state" => state.to_string()).set(n as f64);
     }
 }
@@ -262,20 +255,11 @@ mod tests {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, || {
-            let fleet = Wait::Fleet {
-                running: 1,
-                limit: 1,
-            };
-            let host = Wait::Host {
-                host: "db1".into(),
-                running: 1,
-                limit: 1,
-            };
             queue(
                 1,
-                [Some(&fleet), Some(&fleet), Some(&host), None].into_iter(),
+                [Some("fleet"), Some("fleet"), Some("host"), None].into_iter(),
             );
-            wait(&fleet);
+            wait("fleet");
             let mut v = Verdict::failed_to_run("db2", "x".into(), String::new());
             v.kind = VerdictKind::Errors;
             v.duration_seconds = Some(12.5);

@@ -52,6 +52,7 @@ mod calendar;
 mod clock;
 mod cron;
 mod decide;
+mod grammar;
 mod policy;
 
 pub use clock::{Clock, next_decision};
@@ -59,4 +60,5 @@ pub use cron::Cron;
 pub use decide::{
     Decision, MISSED_COUNT_CAP, ON_TIME, Running, ScheduleState, decide, describe_instant,
 };
-pub use policy::{Day, Found, Policy, PolicyError, TestSignal, Weekly, WeeklyAt};
+pub use grammar::{Found, PolicyError};
+pub use policy::{Day, Policy, TestSignal, Weekly, WeeklyAt};

@@ -248,7 +248,7 @@ pub enum SetCommand {
         /// A member: NAME[=AGENT][@HOST] (repeat for each). The agent
         /// defaults to NAME; the host (for the per-host limit) to the host of
         /// the agent's address.
-        #[arg(long = "member", value_name = "NAME[=AGENT][@HOST]", value_parser = crate::inventory::parse_member, required_unless_present = "from_config")]
+        #[arg(long = "member", value_name = "NAME[=AGENT][@HOST]", value_parser = crate::member::parse_member, required_unless_present = "from_config")]
         members: Vec<tandem_proto::pb::MemberDecl>,
         /// Take the members from controller.toml, as the controller loaded
         /// it when it started (to apply the file's version of a set).
@@ -264,12 +264,12 @@ pub enum SetCommand {
         /// The set.
         set: String,
         /// Add a member: NAME[=AGENT][@HOST] (repeatable).
-        #[arg(long, value_name = "NAME[=AGENT][@HOST]", value_parser = crate::inventory::parse_member)]
+        #[arg(long, value_name = "NAME[=AGENT][@HOST]", value_parser = crate::member::parse_member)]
         add_member: Vec<tandem_proto::pb::MemberDecl>,
         /// Give a member (by NAME) a new agent and/or host:
         /// NAME=AGENT, NAME@HOST or NAME=AGENT@HOST; what is left out stays
         /// (repeatable).
-        #[arg(long, value_name = "NAME[=AGENT][@HOST]", value_parser = crate::inventory::parse_member)]
+        #[arg(long, value_name = "NAME[=AGENT][@HOST]", value_parser = crate::member::parse_member)]
         change_member: Vec<tandem_proto::pb::MemberDecl>,
         /// Remove a member by name (repeatable).
         #[arg(long, value_name = "NAME")]

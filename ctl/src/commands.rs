@@ -2,98 +2,14 @@
 
 use serde_json::Value;
 use tandem_proto::pb;
-use tandem_proto::pb::controller_client::ControllerClient;
-use tandem_proto::propagation::{TracedChannel, traced};
-use tandem_proto::tls::TlsFiles;
 
 use crate::cli::{CertsCommand, Command, Connection, SetCommand};
 use crate::output::{self, OutputFormat};
 
-/// How a command ended when it ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Everything is fine: exit 0.
-    Ok,
-    /// A verdict or a state is bad: exit 1.
-    Bad,
-    /// The command ran, but what it asked for could not be done (a test
-    /// could not run): exit 2.
-    CouldNotRun,
-}
-
-/// The command could not run: exit 2 with this message.
-#[derive(Debug, thiserror::Error)]
-pub enum CtlError {
-    #[error("no {what}: pass {flag} or set {env} (for the demo: `. $TANDEM_DEMO_DIR/env`)")]
-    Missing {
-        what: &'static str,
-        flag: &'static str,
-        env: &'static str,
-    },
-    #[error(transparent)]
-    Tls(#[from] tandem_proto::tls::TlsError),
-    #[error("the controller refused {call}: {message}")]
-    Refused { call: &'static str, message: String },
-    #[error(transparent)]
-    Certs(#[from] crate::certs::CertsError),
-    #[error("{0}")]
-    Usage(String),
-}
-
-impl Connection {
-    fn tls(&self) -> Result<TlsFiles, CtlError> {
-        let missing = |what, flag, env| CtlError::Missing { what, flag, env };
-        Ok(TlsFiles {
-            ca: self
-                .ca
-                .clone()
-                .ok_or_else(|| missing("CA certificate", "--ca", "TANDEM_CA"))?,
-            cert: self
-                .cert
-                .clone()
-                .ok_or_else(|| missing("operator certificate", "--cert", "TANDEM_CERT"))?,
-            key: self
-                .key
-                .clone()
-                .ok_or_else(|| missing("operator key", "--key", "TANDEM_KEY"))?,
-        })
-    }
-
-    /// Connect to the controller (eagerly, so an unreachable one fails here).
-    pub async fn connect(&self) -> Result<Client, CtlError> {
-        let url = self.controller.as_deref().ok_or(CtlError::Missing {
-            what: "controller address",
-            flag: "--controller",
-            env: "TANDEM_CONTROLLER",
-        })?;
-        let channel = tandem_proto::tls::connect(url, &self.tls()?).await?;
-        Ok(ControllerClient::new(traced(channel)))
-    }
-}
-
-pub fn refused(call: &'static str) -> impl Fn(tonic::Status) -> CtlError {
-    move |s| CtlError::Refused {
-        call,
-        message: if s.message().is_empty() {
-            format!("{:?}", s.code())
-        } else {
-            s.message().to_owned()
-        },
-    }
-}
-
-pub fn print(format: OutputFormat, json: Value, human: String) {
-    match format {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&json).expect("json values serialize")
-        ),
-        OutputFormat::Human => println!("{}", human.trim_end()),
-    }
-}
-
-/// A connected controller client.
-pub type Client = ControllerClient<TracedChannel>;
+// The pieces every command shares live in `outcome` and `client`; they are
+// re-exported here under their old paths.
+pub use crate::client::Client;
+pub use crate::outcome::{CtlError, Outcome, print, refused};
 
 /// Run one command.
 pub async fn run(

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tandem_ctl::cli::{Cli, Command, SetCommand};
-use tandem_ctl::commands::{self, Outcome};
+use tandem_ctl::commands;
+use tandem_ctl::outcome::Outcome;
 use tandem_proto::telemetry;
 use tracing::Instrument;
 

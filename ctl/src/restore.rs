@@ -10,9 +10,9 @@ use serde_json::json;
 use tandem_proto::pb;
 
 use crate::cli::Connection;
-use crate::commands::{CtlError, Outcome, print, refused};
-use crate::maintenance;
+use crate::outcome::{CtlError, Outcome, print, refused};
 use crate::output::OutputFormat;
+use crate::window;
 
 pub struct RestoreArgs {
     pub set: String,
@@ -49,21 +49,21 @@ pub async fn run(
         .await
         .map_err(refused("Restore"))?
         .into_inner();
-    let w = maintenance::parse(&started.window)?;
+    let w = window::parse(&started.window)?;
     if format == OutputFormat::Human {
         eprintln!(
             "restoring member {} of set {} (agent {}) in window {}: prepared while the set serves, then the set halted standbys first, the member restored, each standby re-seeded from it, a testdb (Ctrl-C stops only this display; `tandemctl maintenance show {}`)",
             started.member,
             started.set,
             started.agent,
-            maintenance::s(&w, "id"),
+            window::s(&w, "id"),
             started.set
         );
     }
-    let w = maintenance::follow_window(conn, format, &started.set, w, true).await?;
+    let w = window::follow_window(conn, format, &started.set, w, true).await?;
     let r = &w["restore"];
-    let restored = maintenance::s(r, "state") == "restored";
-    let outcome = maintenance::outcome(&w);
+    let restored = window::s(r, "state") == "restored";
+    let outcome = window::outcome(&w);
     let json = json!({
         "set": started.set,
         "member": started.member,
@@ -83,64 +83,23 @@ pub async fn run(
             "set {} member {}: restored; window {} {}",
             started.set,
             started.member,
-            maintenance::s(&w, "id"),
-            maintenance::s(&w, "state")
+            window::s(&w, "id"),
+            window::s(&w, "state")
         )
     } else {
         format!(
             "set {} member {}: restore FAILED at {}\n  {}",
             started.set,
             started.member,
-            maintenance::s(r, "failed_step"),
-            maintenance::s(r, "reason")
+            window::s(r, "failed_step"),
+            window::s(r, "reason")
         )
     };
     for n in r["notes"].as_array().into_iter().flatten() {
         human.push_str(&format!("\n  - {}", n.as_str().unwrap_or("")));
     }
     human.push_str("\n\n");
-    human.push_str(&maintenance::window_human(&w));
+    human.push_str(&window::window_human(&w));
     print(format, json, human);
     Ok(outcome)
-}
-
-/// Stream one agent restore order's steps (R1 .. R10) to stderr until it
-/// ends; a broken stream only ends the display.
-pub async fn watch_order(
-    client: &mut crate::commands::Client,
-    set: &str,
-    member: &str,
-    operation_id: &str,
-    show: bool,
-) {
-    let Ok(stream) = client
-        .watch_operation(pb::WatchOperationRequest {
-            set: set.to_owned(),
-            member: member.to_owned(),
-            operation_id: operation_id.to_owned(),
-        })
-        .await
-    else {
-        return;
-    };
-    let mut stream = stream.into_inner();
-    let (mut last_step, mut last_message) = (String::new(), String::new());
-    // Bounded by the agent: the stream ends with the result.
-    while let Ok(Some(p)) = stream.message().await {
-        if show && p.step != last_step && !p.step.is_empty() {
-            eprintln!("    {member}: {}", p.step);
-            last_step = p.step.clone();
-        }
-        if show
-            && p.message != last_message
-            && !p.message.starts_with("step ")
-            && p.result.is_none()
-        {
-            eprintln!("      {}", p.message);
-            last_message = p.message.clone();
-        }
-        if p.result.is_some() {
-            break;
-        }
-    }
 }

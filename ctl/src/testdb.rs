@@ -16,7 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tandem_proto::pb;
 
 use crate::cli::Connection;
-use crate::commands::{CtlError, Outcome, print, refused};
+use crate::outcome::{CtlError, Outcome, print, refused};
 use crate::output::{self, OutputFormat};
 
 struct Display {

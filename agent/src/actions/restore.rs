@@ -430,7 +430,7 @@ impl Restore {
         });
         let stopped = run.step("R3 stop", run.engine.stop()).await;
         if let Err(e) = stopped {
-            if postmaster_alive(&data_dir) {
+            if crate::engine::postmaster::runs(&data_dir) {
                 return Err(e);
             }
             run.note(format!(
@@ -606,18 +606,6 @@ async fn health<E: Engine>(run: &Run<E>) -> Result<(), RestoreStepError> {
         }
     }
     Ok(())
-}
-
-fn postmaster_alive(dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join("postmaster.pid")) else {
-        return false;
-    };
-    text.lines()
-        .next()
-        .and_then(|l| l.trim().parse::<i32>().ok())
-        .is_some_and(|pid| {
-            pid > 1 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-        })
 }
 
 impl<E: Engine> crate::steps::Action<E> for Restore {

@@ -39,16 +39,23 @@ impl fmt::Display for BackupKind {
     }
 }
 
+/// A word that names no backup kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backup kind {kind:?}; expected daily, weekly or monthly")]
+pub struct UnknownBackupKind {
+    pub kind: String,
+}
+
 impl FromStr for BackupKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownBackupKind;
+    fn from_str(s: &str) -> Result<Self, UnknownBackupKind> {
         match s {
             "daily" => Ok(BackupKind::Daily),
             "weekly" => Ok(BackupKind::Weekly),
             "monthly" => Ok(BackupKind::Monthly),
-            other => Err(format!(
-                "unknown backup kind {other:?}; expected daily, weekly or monthly"
-            )),
+            other => Err(UnknownBackupKind {
+                kind: other.to_owned(),
+            }),
         }
     }
 }

@@ -36,6 +36,22 @@ pub enum WalError {
         "{path} is already archived with different contents; the archive keeps the first. Is another server archiving into the same directory?"
     )]
     Conflict { path: PathBuf },
+    /// Roll-forward cannot start: the archive has nothing of the timeline.
+    #[error("the WAL archive has no segment of timeline {timeline}")]
+    NoTimeline { timeline: u32 },
+    /// Roll-forward cannot start: the archive begins after the segment
+    /// `need` that holds the backup's start.
+    #[error(
+        "the WAL archive starts at {first}, after {need} (which holds the backup's start {start}); archiving began after the backup"
+    )]
+    StartsAfter {
+        first: String,
+        need: String,
+        start: Lsn,
+    },
+    /// Roll-forward would stop at a hole in the archive.
+    #[error("the WAL archive misses {from} to {to}: roll-forward cannot pass them")]
+    Gap { from: String, to: String },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WalError + 'a {
@@ -173,22 +189,24 @@ impl Continuity {
 
     /// Whether roll-forward from `start` on timeline `tl` finds every
     /// segment from the one holding `start` to the archive's last one.
-    pub fn covers_from(&self, tl: u32, start: Lsn) -> Result<(), String> {
+    pub fn covers_from(&self, tl: u32, start: Lsn) -> Result<(), WalError> {
         let Some(span) = self.timelines.get(&tl) else {
-            return Err(format!("the WAL archive has no segment of timeline {tl}"));
+            return Err(WalError::NoTimeline { timeline: tl });
         };
         let per_log = 0x1_0000_0000 / self.segment_bytes;
         let need = segment_name(tl, start.0 / self.segment_bytes, per_log);
         if need < span.first {
-            return Err(format!(
-                "the WAL archive starts at {}, after {need} (which holds the backup's start {start}); archiving began after the backup",
-                span.first
-            ));
+            return Err(WalError::StartsAfter {
+                first: span.first.clone(),
+                need,
+                start,
+            });
         }
         if let Some((a, b)) = span.gaps.iter().find(|(_, b)| *b >= need) {
-            return Err(format!(
-                "the WAL archive misses {a} to {b}: roll-forward cannot pass them"
-            ));
+            return Err(WalError::Gap {
+                from: a.clone(),
+                to: b.clone(),
+            });
         }
         Ok(())
     }
@@ -334,9 +352,9 @@ mod tests {
             ]
         );
         assert!(c.has_gaps());
-        let e = c.covers_from(1, Lsn(2 * seg + 40)).unwrap_err();
+        let e = c.covers_from(1, Lsn(2 * seg + 40)).unwrap_err().to_string();
         assert!(e.contains("archiving began after the backup"), "{e}");
-        let e = c.covers_from(1, Lsn(3 * seg + 40)).unwrap_err();
+        let e = c.covers_from(1, Lsn(3 * seg + 40)).unwrap_err().to_string();
         assert!(e.contains("misses 000000010000000000000005"), "{e}");
         assert!(c.covers_from(2, Lsn(0)).is_err());
     }

@@ -87,9 +87,25 @@ pub(crate) fn primary_conninfo(auto_conf: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Why a finding names no relation the live server can check again; the
+/// reason goes into the check's `unresolved` list.
+#[derive(Debug, thiserror::Error)]
+enum Unresolved {
+    #[error("file {file:?} is not a relation file")]
+    NotARelationFile { file: String },
+    #[error(transparent)]
+    Query(#[from] EngineError),
+    #[error("no database with oid {db_oid} for file {file}")]
+    NoDatabase { db_oid: u32, file: String },
+    #[error("no relation has file {file} now")]
+    NoRelation { file: String },
+    #[error("a {kind} finding names no relation to re-check: {first_line}")]
+    NamesNoRelation { kind: String, first_line: String },
+}
+
 impl PostgresEngine {
     /// The relation a finding names on the live server, or why none.
-    async fn resolve(&self, f: &Finding) -> Result<(String, String, bool), String> {
+    async fn resolve(&self, f: &Finding) -> Result<(String, String, bool), Unresolved> {
         match f.kind.as_str() {
             KIND_INDEX | KIND_HEAP | KIND_LOGICAL_READ
                 if !f.database.is_empty() && !f.relation.is_empty() =>
@@ -97,8 +113,11 @@ impl PostgresEngine {
                 Ok((f.database.clone(), f.relation.clone(), f.kind == KIND_INDEX))
             }
             KIND_CHECKSUM => {
-                let (db_oid, node) = parse_relation_file(&f.relation)
-                    .ok_or_else(|| format!("file {:?} is not a relation file", f.relation))?;
+                let (db_oid, node) = parse_relation_file(&f.relation).ok_or_else(|| {
+                    Unresolved::NotARelationFile {
+                        file: f.relation.clone(),
+                    }
+                })?;
                 let q = |db: String, sql: String| async move {
                     self.query_in(
                         &self.live_socket_dir(),
@@ -108,7 +127,6 @@ impl PostgresEngine {
                         STATUS_TIMEOUT,
                     )
                     .await
-                    .map_err(|e| e.to_string())
                 };
                 let db = q(
                     self.cfg.dbname.clone(),
@@ -116,10 +134,10 @@ impl PostgresEngine {
                 )
                 .await?;
                 if db.is_empty() {
-                    return Err(format!(
-                        "no database with oid {db_oid} for file {}",
-                        f.relation
-                    ));
+                    return Err(Unresolved::NoDatabase {
+                        db_oid,
+                        file: f.relation.clone(),
+                    });
                 }
                 let row = q(
                     db.clone(),
@@ -130,16 +148,15 @@ impl PostgresEngine {
                     ),
                 )
                 .await?;
-                let (rel, kind) = row
-                    .split_once('|')
-                    .ok_or_else(|| format!("no relation has file {} now", f.relation))?;
+                let (rel, kind) = row.split_once('|').ok_or_else(|| Unresolved::NoRelation {
+                    file: f.relation.clone(),
+                })?;
                 Ok((db, rel.to_owned(), kind == "i"))
             }
-            _ => Err(format!(
-                "a {} finding names no relation to re-check: {}",
-                f.kind,
-                f.message.lines().next().unwrap_or("")
-            )),
+            _ => Err(Unresolved::NamesNoRelation {
+                kind: f.kind.clone(),
+                first_line: f.message.lines().next().unwrap_or("").to_owned(),
+            }),
         }
     }
 
@@ -156,7 +173,7 @@ impl PostgresEngine {
                 Ok((db, rel, is_index)) => {
                     by_db.entry(db).or_default().insert(rel, is_index);
                 }
-                Err(why) => check.unresolved.push(why),
+                Err(why) => check.unresolved.push(why.to_string()),
             }
         }
         for (db, rels) in by_db {

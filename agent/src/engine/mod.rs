@@ -12,6 +12,7 @@ pub mod copy;
 pub mod findings;
 mod live;
 pub mod postgres;
+pub mod postmaster;
 pub mod private;
 pub mod restore;
 pub mod simulated;

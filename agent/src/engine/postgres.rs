@@ -272,7 +272,7 @@ impl Engine for PostgresEngine {
     }
 
     fn kill_private(&self, dir: &Path) {
-        super::private::kill_postmaster(dir);
+        super::postmaster::kill_postmaster(dir);
     }
 
     async fn check_live(

@@ -63,26 +63,6 @@ pub(super) fn append_output(out: &Path, title: &str, o: &Output) -> Result<Strin
     Ok(format!("{stdout}{stderr}"))
 }
 
-/// SIGKILL the postmaster whose `postmaster.pid` is in `dir`, if any. Its
-/// backends notice their postmaster's death and exit.
-pub fn kill_postmaster(dir: &Path) {
-    let Ok(text) = std::fs::read_to_string(dir.join("postmaster.pid")) else {
-        return;
-    };
-    if let Some(pid) = text
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse::<i32>().ok())
-        && pid > 1
-    {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        tracing::warn!(pid, dir = %dir.display(), "killed the private instance (SIGKILL)");
-    }
-}
-
 impl PostgresEngine {
     pub(super) async fn open_private_instance(
         &self,

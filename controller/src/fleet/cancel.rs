@@ -8,11 +8,24 @@
 use std::collections::VecDeque;
 
 use tandem_proto::pb;
+use tandem_proto::tls::TlsError;
 use tracing::{info, warn};
 
 use super::{Fleet, Job};
 use crate::store::RunSetState;
 use crate::verdicts::Verdict;
+
+/// Why an agent could not be asked to cancel its operation.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CancelError {
+    #[error("agent `{agent}` has no known address")]
+    NoAddress { agent: String },
+    #[error(transparent)]
+    Channel(#[from] TlsError),
+    /// The agent refused, in its own words.
+    #[error("{message}")]
+    Refused { message: String },
+}
 
 /// What cancelling a run did.
 #[derive(Debug, Clone, Default)]
@@ -103,19 +116,27 @@ impl Fleet {
     }
 
     /// Ask `agent` to cancel its operation `op_id`.
-    pub(super) async fn cancel_on_agent(&self, agent: &str, op_id: &str) -> Result<(), String> {
+    pub(super) async fn cancel_on_agent(
+        &self,
+        agent: &str,
+        op_id: &str,
+    ) -> Result<(), CancelError> {
         let address = self
             .inventory
             .get(agent)
             .map(|v| v.row.address)
             .filter(|a| !a.is_empty())
-            .ok_or_else(|| format!("agent `{agent}` has no known address"))?;
-        let mut c = self.agents.client(&address).map_err(|e| e.to_string())?;
+            .ok_or_else(|| CancelError::NoAddress {
+                agent: agent.to_owned(),
+            })?;
+        let mut c = self.agents.client(&address)?;
         c.cancel(pb::CancelRequest {
             operation_id: op_id.to_owned(),
         })
         .await
-        .map_err(|s| s.message().to_owned())?;
+        .map_err(|s| CancelError::Refused {
+            message: s.message().to_owned(),
+        })?;
         info!(
             agent,
             operation = op_id,

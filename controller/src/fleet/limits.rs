@@ -21,6 +21,18 @@ pub enum Wait {
     },
 }
 
+impl Wait {
+    /// The reason's label in the fleet's wait metrics: `set`, `fleet` or
+    /// `host` (the labels `metrics.rs` starts at zero).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Wait::Set { .. } => "set",
+            Wait::Fleet { .. } => "fleet",
+            Wait::Host { .. } => "host",
+        }
+    }
+}
+
 impl std::fmt::Display for Wait {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -128,5 +140,16 @@ mod tests {
         assert_eq!(host_of("10.0.0.7:7701"), "10.0.0.7");
         assert_eq!(host_of("[::1]:7701"), "::1");
         assert_eq!(host_of("db7.example:7701"), "db7.example");
+    }
+
+    #[test]
+    fn each_wait_has_its_metric_label() {
+        let set = admit(&LIMITS, &[busy("a", "h1")], "a", "h2").unwrap_err();
+        let fleet = admit(&LIMITS, &[busy("a", "h1"), busy("b", "h2")], "c", "h3").unwrap_err();
+        let host = admit(&LIMITS, &[busy("a", "h1")], "b", "h1").unwrap_err();
+        assert_eq!(
+            [set.reason(), fleet.reason(), host.reason()],
+            ["set", "fleet", "host"]
+        );
     }
 }

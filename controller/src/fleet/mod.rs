@@ -647,7 +647,7 @@ impl Fleet {
                     let job = &mut q.waiting[i];
                     if job.waiting.as_ref() != Some(&wait) {
                         info!(run = %job.run_id, set = %job.set, "{wait}");
-                        crate::metrics::wait(&wait);
+                        crate::metrics::wait(wait.reason());
                         job.run.push(pb::RunProgress {
                             run_id: job.run_id.clone(),
                             set: job.set.clone(),
@@ -662,7 +662,9 @@ impl Fleet {
         }
         crate::metrics::queue(
             q.running.len(),
-            q.waiting.iter().map(|j| j.waiting.as_ref()),
+            q.waiting
+                .iter()
+                .map(|j| j.waiting.as_ref().map(Wait::reason)),
         );
     }
 

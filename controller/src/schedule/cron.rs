@@ -5,7 +5,7 @@ use std::fmt;
 use jiff::civil::{Date, DateTime};
 
 use super::calendar::CivilSchedule;
-use super::policy::{Found, Parser, PolicyError};
+use super::grammar::{Found, Parser, PolicyError};
 
 /// A five-field cron line as the sets of values each field allows.
 ///

@@ -1,7 +1,15 @@
 //! Pack and unpack round trips, and damaged or foreign files refused.
 
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use tokio_util::sync::CancellationToken;
+
+use super::unpack::open_archive;
 use super::*;
-use crate::engine::copy::tests::fake_datadir;
+use crate::engine::copy::{self, tests::fake_datadir};
 
 fn meta() -> BackupMeta {
     BackupMeta {
