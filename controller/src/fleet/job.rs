@@ -15,11 +15,22 @@ use crate::store::RunSetState;
 use crate::verdicts::Verdict;
 
 use super::run::{done_event, verdict_event};
-use super::{Fleet, Job, Target};
+use super::{Fleet, Job, NoTarget, Target};
+use crate::orders::OrderError;
+use crate::store::StoreError;
+
+/// Why a job's order could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum JobError {
+    #[error("cannot record the order in the store: {0}")]
+    Record(StoreError),
+    #[error(transparent)]
+    Order(OrderError),
+}
 
 impl Fleet {
     /// Run one admitted job to its verdict.
-    pub(super) async fn run_job(self: Arc<Self>, job: Job, target: Result<Target, String>) {
+    pub(super) async fn run_job(self: Arc<Self>, job: Job, target: Result<Target, NoTarget>) {
         if let Some(who) = self.cancelled_by(&job.run_id) {
             let v = Verdict::failed_to_run(
                 job.member.as_deref().unwrap_or(""),
@@ -33,7 +44,7 @@ impl Fleet {
             Err(reason) => {
                 let v = Verdict::failed_to_run(
                     job.member.as_deref().unwrap_or(""),
-                    reason,
+                    reason.to_string(),
                     job.trace_id.clone(),
                 );
                 return self.finish(job, v).await;
@@ -52,7 +63,7 @@ impl Fleet {
             |reason: String| Verdict::failed_to_run(&t.member, reason, job.trace_id.clone());
         let op_id = match self.send(job, t, false).await {
             Ok(id) => id,
-            Err(e) => return failed(e),
+            Err(e) => return failed(e.to_string()),
         };
         // A job of the other purpose waiting for the set may join it now.
         if let Some(r) = self
@@ -114,7 +125,7 @@ impl Fleet {
     /// Record the job `starting`, then send its order (`join`: join the
     /// running operation of the other purpose); the operation's id, or why
     /// it could not be ordered.
-    pub(super) async fn send(&self, job: &Job, t: &Target, join: bool) -> Result<String, String> {
+    pub(super) async fn send(&self, job: &Job, t: &Target, join: bool) -> Result<String, JobError> {
         self.store
             .run_set_state(
                 job.run_id.clone(),
@@ -124,7 +135,7 @@ impl Fleet {
                 String::new(),
             )
             .await
-            .map_err(|e| format!("cannot record the order in the store: {e}"))?;
+            .map_err(JobError::Record)?;
         self.orders()
             .send(
                 &t.agent_ref(),
@@ -134,7 +145,7 @@ impl Fleet {
                 job.kind.order(),
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(JobError::Order)
     }
 
     pub(super) fn orders(&self) -> Orders<'_> {
@@ -162,7 +173,9 @@ impl Fleet {
         }
         let mut v = match self.follow(job, t, &op_id).await {
             Ok(r) => Verdict::from_result(&t.member, &r, job.trace_id.clone()),
-            Err(reason) => Verdict::failed_to_run(&t.member, reason, job.trace_id.clone()),
+            Err(reason) => {
+                Verdict::failed_to_run(&t.member, reason.to_string(), job.trace_id.clone())
+            }
         };
         if let Some(who) = self.cancelled_by(&job.run_id)
             && v.kind == crate::verdicts::VerdictKind::FailedToRun
@@ -193,7 +206,8 @@ impl Fleet {
                     return;
                 }
                 Err(reason) => {
-                    let v = Verdict::failed_to_run(&t.member, reason, job.trace_id.clone());
+                    let v =
+                        Verdict::failed_to_run(&t.member, reason.to_string(), job.trace_id.clone());
                     return self.finish(job, v).await;
                 }
             }
@@ -209,11 +223,8 @@ impl Fleet {
         &self,
         t: &Target,
         request: &str,
-    ) -> Result<Option<String>, String> {
-        self.orders()
-            .find(&t.agent_ref(), request)
-            .await
-            .map_err(|e| e.to_string())
+    ) -> Result<Option<String>, OrderError> {
+        self.orders().find(&t.agent_ref(), request).await
     }
 
     /// Store the verdict, tell the run, free the job's place.
@@ -300,7 +311,7 @@ impl Fleet {
         job: &Job,
         t: &Target,
         op_id: &str,
-    ) -> Result<pb::OperationResult, String> {
+    ) -> Result<pb::OperationResult, OrderError> {
         self.orders()
             .follow(&t.agent_ref(), op_id, |p| {
                 job.run.push(pb::RunProgress {
@@ -312,7 +323,6 @@ impl Fleet {
                 })
             })
             .await
-            .map_err(|e| e.to_string())
     }
 }
 

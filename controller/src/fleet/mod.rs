@@ -55,6 +55,26 @@ use run::{done_event, verdict_event};
 use limits::host_of;
 pub use limits::{Busy, Wait, admit};
 
+/// Why a job has no member to run on.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NoTarget {
+    #[error("set `{set}` is no longer in the inventory (removed with `tandemctl set remove`)")]
+    Removed { set: String },
+    #[error(
+        "the agent `{agent}` of member `{member}` is {state}; start it, or test another member"
+    )]
+    AgentDown {
+        agent: String,
+        member: String,
+        state: &'static str,
+    },
+    #[error("no standby to test in set `{set}` ({seen}); a test copies a streaming standby")]
+    NoStandby { set: String, seen: String },
+    /// The set is held by a maintenance window (the window's words).
+    #[error("{0}")]
+    Held(String),
+}
+
 /// A busy place, with when its job started and the run it belongs to.
 struct Running {
     busy: Busy,
@@ -430,7 +450,7 @@ impl Fleet {
                 .filter(|_| job.origin != MAINTENANCE_ORIGIN);
             let is_held = held.is_some();
             let target = match held {
-                Some(why) => Err(why),
+                Some(why) => Err(NoTarget::Held(why)),
                 None => self.target(&job.set, job.member.as_deref()),
             };
             let host = target.as_ref().map(|t| t.host.clone()).unwrap_or_default();
@@ -516,12 +536,12 @@ impl Fleet {
     /// The member to test: the named one, or the set's streaming standby as
     /// the agents' last heartbeats say. The agent checks again before it
     /// starts (SPEC T8). `Err` says why nothing can be tested.
-    fn target(&self, set: &str, member: Option<&str>) -> Result<Target, String> {
+    fn target(&self, set: &str, member: Option<&str>) -> Result<Target, NoTarget> {
         let declared = self.inventory.declared();
         let Some(set_decl) = declared.set(set) else {
-            return Err(format!(
-                "set `{set}` is no longer in the inventory (removed with `tandemctl set remove`)"
-            ));
+            return Err(NoTarget::Removed {
+                set: set.to_owned(),
+            });
         };
         let views: Vec<_> = set_decl
             .members
@@ -560,17 +580,17 @@ impl Fleet {
                     address,
                 })
             }
-            Some((m, v)) => Err(format!(
-                "the agent `{}` of member `{}` is {}; start it, or test another member",
-                m.agent,
-                m.name,
-                v.as_ref()
-                    .map_or("never seen", |v| if v.row.state == AgentState::Offline {
+            Some((m, v)) => Err(NoTarget::AgentDown {
+                agent: m.agent.clone(),
+                member: m.name.clone(),
+                state: v.as_ref().map_or("never seen", |v| {
+                    if v.row.state == AgentState::Offline {
                         "offline"
                     } else {
                         "never seen"
-                    })
-            )),
+                    }
+                }),
+            }),
             None => {
                 let seen: Vec<String> = views
                     .iter()
@@ -587,10 +607,10 @@ impl Fleet {
                         format!("{}: {what}", m.name)
                     })
                     .collect();
-                Err(format!(
-                    "no standby to test in set `{set}` ({}); a test copies a streaming standby",
-                    seen.join(", ")
-                ))
+                Err(NoTarget::NoStandby {
+                    set: set.to_owned(),
+                    seen: seen.join(", "),
+                })
             }
         }
     }

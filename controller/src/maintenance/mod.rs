@@ -578,6 +578,7 @@ impl Maintenance {
                     s.message = message;
                 }
                 Err(e) => {
+                    let e = e.to_string();
                     s.state = StepState::Failed;
                     s.message = e.clone();
                     if w.state == WindowState::Running && restore_undone(&w, &step) {

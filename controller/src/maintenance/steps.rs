@@ -11,12 +11,63 @@ use tandem_proto::order::{MaintenanceOrder, MaintenanceStep, Order, RestoreStage
 
 use super::plan::{Action, Plan, Step};
 use super::{Maintenance, Member, Window, ha};
+use crate::error::ServiceError;
 use crate::fleet::MAINTENANCE_ORIGIN;
 use crate::orders::{AgentRef, OrderError, Orders};
+use crate::store::StoreError;
 
 /// How long a restarted standby may take to stream again.
 const STREAMING_TIMEOUT: Duration = Duration::from_secs(180);
 const POLL_EVERY: Duration = Duration::from_millis(300);
+
+/// Why a step of a window failed (its text goes into the window's report).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("agent `{0}` was never seen")]
+    NeverSeen(String),
+    /// The agent refused the order (its own words).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    /// The agent's operation ended without success (its reason).
+    #[error("{0}")]
+    Failed(String),
+    #[error("the primary's check still finds {count} finding(s) after the repair: {first}")]
+    StillFinds { count: usize, first: String },
+    #[error("agent `{0}` did not keep its fence")]
+    NoFence(String),
+    #[error(
+        "controller.toml has no [ha.{set}] any more (the plan had one); put it back, or {verb} Patroni by hand (`patronictl {verb}`) and abort the window"
+    )]
+    NoHaConfig { set: String, verb: &'static str },
+    #[error(
+        "cannot pause Patroni of set `{set}`: {why}; nothing was stopped. Check that Patroni runs and that [ha.{set}] in controller.toml lists its REST URLs, then `tandemctl maintenance abort {set}` and open the window again"
+    )]
+    HaPause { set: String, why: String },
+    #[error(
+        "cannot resume Patroni of set `{set}`: {why}; the set is back in service but Patroni is still paused: run `patronictl resume`, or `tandemctl maintenance abort {set}` to try again"
+    )]
+    HaResume { set: String, why: String },
+    #[error("member `{0}` runs as a primary: it was promoted during the window")]
+    Promoted(String),
+    #[error("member `{member}` did not stream within {within:?}: {last}")]
+    NotStreaming {
+        member: String,
+        within: Duration,
+        last: String,
+    },
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("run {0} vanished")]
+    RunVanished(String),
+    #[error("run {0} left no verdict")]
+    NoVerdict(String),
+    #[error("a restore step in a window that restores nothing")]
+    NothingToRestore,
+}
 
 impl Maintenance {
     /// One maintenance step on a member's agent, ordered like any agent
@@ -31,9 +82,9 @@ impl Maintenance {
         step: MaintenanceStep,
         targets: &[tandem_proto::model::Finding],
         request: String,
-    ) -> Result<pb::MaintenanceOutcome, String> {
+    ) -> Result<pb::MaintenanceOutcome, StepError> {
         let Some(view) = self.inventory.get(&member.agent) else {
-            return Err(format!("agent `{}` was never seen", member.agent));
+            return Err(StepError::NeverSeen(member.agent.clone()));
         };
         let to = AgentRef {
             agent: member.agent.clone(),
@@ -52,21 +103,18 @@ impl Maintenance {
             .send(&to, set, request, false, order)
             .await
             .map_err(|e| match e {
-                OrderError::Refused { message, .. } => message,
-                e => e.to_string(),
+                OrderError::Refused { message, .. } => StepError::Refused(message),
+                e => StepError::Order(e),
             })?;
-        let r = orders
-            .follow(&to, &op, |_| {})
-            .await
-            .map_err(|e| e.to_string())?;
+        let r = orders.follow(&to, &op, |_| {}).await?;
         if r.state != pb::OperationState::Succeeded as i32 {
-            return Err(r.reason);
+            return Err(StepError::Failed(r.reason));
         }
         Ok(r.maintenance.unwrap_or_default())
     }
 
     /// Run one step; Ok is the message for the report.
-    pub(super) async fn execute(&self, w: &mut Window, step: &Step) -> Result<String, String> {
+    pub(super) async fn execute(&self, w: &mut Window, step: &Step) -> Result<String, StepError> {
         let (primary, standbys) = self.members_by_name(&w.plan);
         let member = if step.member == primary.name {
             primary.clone()
@@ -110,10 +158,10 @@ impl Maintenance {
                             .next()
                             .unwrap_or("")
                             .to_owned();
-                        return Err(format!(
-                            "the primary's check still finds {} finding(s) after the repair: {first}",
-                            r.findings.len()
-                        ));
+                        return Err(StepError::StillFinds {
+                            count: r.findings.len(),
+                            first,
+                        });
                     }
                     Action::Serve => {
                         w.repair_lsn = facts
@@ -122,7 +170,7 @@ impl Maintenance {
                             .map(|l| l.to_string());
                     }
                     Action::FenceStop | Action::Reseed if !r.fenced => {
-                        return Err(format!("agent `{}` did not keep its fence", member.agent));
+                        return Err(StepError::NoFence(member.agent.clone()));
                     }
                     _ => {}
                 }
@@ -133,15 +181,17 @@ impl Maintenance {
 
     /// Pause or resume the set's HA manager (the controller itself, over
     /// its REST API).
-    pub(super) async fn ha_step(&self, w: &mut Window, action: Action) -> Result<String, String> {
+    pub(super) async fn ha_step(
+        &self,
+        w: &mut Window,
+        action: Action,
+    ) -> Result<String, StepError> {
         let pause = action == Action::PauseHa;
         let Some(cfg) = self.inventory.config().ha.get(&w.set).cloned() else {
-            return Err(format!(
-                "controller.toml has no [ha.{}] any more (the plan had one); put it back, or {} Patroni by hand (`patronictl {}`) and abort the window",
-                w.set,
-                if pause { "pause" } else { "resume" },
-                if pause { "pause" } else { "resume" }
-            ));
+            return Err(StepError::NoHaConfig {
+                set: w.set.clone(),
+                verb: if pause { "pause" } else { "resume" },
+            });
         };
         if !pause && w.plan.ha.as_ref().and_then(|h| h.paused_before) == Some(true) {
             return Ok(
@@ -153,17 +203,12 @@ impl Maintenance {
         if pause {
             w.ha_pause_sent = sent;
         }
-        outcome.map_err(|e| {
+        outcome.map_err(|why| {
+            let set = w.set.clone();
             if pause {
-                format!(
-                    "cannot pause Patroni of set `{}`: {e}; nothing was stopped. Check that Patroni runs and that [ha.{}] in controller.toml lists its REST URLs, then `tandemctl maintenance abort {}` and open the window again",
-                    w.set, w.set, w.set
-                )
+                StepError::HaPause { set, why }
             } else {
-                format!(
-                    "cannot resume Patroni of set `{}`: {e}; the set is back in service but Patroni is still paused: run `patronictl resume`, or `tandemctl maintenance abort {}` to try again",
-                    w.set, w.set
-                )
+                StepError::HaResume { set, why }
             }
         })
     }
@@ -190,7 +235,7 @@ impl Maintenance {
         &self,
         w: &Window,
         member: &Member,
-    ) -> Result<String, String> {
+    ) -> Result<String, StepError> {
         let want: Option<Lsn> = w.repair_lsn.as_deref().and_then(|l| l.parse().ok());
         let deadline = tokio::time::Instant::now() + STREAMING_TIMEOUT;
         let mut last = String::from("no answer yet");
@@ -201,10 +246,7 @@ impl Maintenance {
                 && let Some(f) = r.into_inner().facts.and_then(|f| Facts::try_from(f).ok())
             {
                 if f.role == Role::Primary {
-                    return Err(format!(
-                        "member `{}` runs as a primary: it was promoted during the window",
-                        member.name
-                    ));
+                    return Err(StepError::Promoted(member.name.clone()));
                 }
                 let replayed_enough = match (want, f.replayed_lsn) {
                     (Some(w), Some(r)) => r >= w,
@@ -232,14 +274,15 @@ impl Maintenance {
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
-        Err(format!(
-            "member `{}` did not stream within {:?}: {last}",
-            member.name, STREAMING_TIMEOUT
-        ))
+        Err(StepError::NotStreaming {
+            member: member.name.clone(),
+            within: STREAMING_TIMEOUT,
+            last,
+        })
     }
 
     /// The window's own testdb, through the fleet (under its limits).
-    pub(super) async fn testdb(&self, w: &mut Window, step: &Step) -> Result<String, String> {
+    pub(super) async fn testdb(&self, w: &mut Window, step: &Step) -> Result<String, StepError> {
         let member = (!step.member.is_empty()).then(|| step.member.clone());
         let run_id = self
             .fleet
@@ -249,14 +292,12 @@ impl Maintenance {
                 MAINTENANCE_ORIGIN,
                 w.trace_id.clone(),
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let run = self
             .fleet
             .get(&run_id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("run {run_id} vanished"))?;
+            .await?
+            .ok_or_else(|| StepError::RunVanished(run_id.clone()))?;
         let mut rx = run.subscribe();
         loop {
             if run.events_from(0).1 {
@@ -269,11 +310,10 @@ impl Maintenance {
         let v = self
             .store
             .verdicts(w.set.clone(), 1)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .into_iter()
             .next()
-            .ok_or_else(|| format!("run {run_id} left no verdict"))?;
+            .ok_or_else(|| StepError::NoVerdict(run_id.clone()))?;
         let msg = format!(
             "testdb of {} ({run_id}): {}{}",
             v.member,
@@ -294,14 +334,9 @@ impl Maintenance {
         &self,
         w: &mut Window,
         action: Action,
-    ) -> Result<String, String> {
-        let order = w
-            .plan
-            .restore
-            .clone()
-            .ok_or("a restore step in a window that restores nothing")?;
-        let t = crate::restore::target(&self.inventory, &w.set, Some(&w.plan.primary))
-            .map_err(|e| e.to_string())?;
+    ) -> Result<String, StepError> {
+        let order = w.plan.restore.clone().ok_or(StepError::NothingToRestore)?;
+        let t = crate::restore::target(&self.inventory, &w.set, Some(&w.plan.primary))?;
         let stage = if action == Action::Restore {
             RestoreStage::Swap
         } else {
@@ -319,16 +354,13 @@ impl Maintenance {
             stage,
             super::restore_request(&w.id, action),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let outcome = w.restore.get_or_insert_with(Default::default);
         outcome.member = t.member.clone();
         outcome.agent = t.agent.clone();
         outcome.operation_id = op.clone();
         outcome.state = "running".into();
-        let (r, step) = crate::restore::follow(&orders, &t, &op)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (r, step) = crate::restore::follow(&orders, &t, &op).await?;
         let outcome = w.restore.get_or_insert_with(Default::default);
         outcome.notes.extend(r.notes.iter().cloned());
         if r.state != pb::OperationState::Succeeded as i32 {
@@ -343,7 +375,7 @@ impl Maintenance {
                     format!("restore of member {} failed ({op}): {}", t.member, r.reason),
                 )
                 .await;
-            return Err(r.reason);
+            return Err(StepError::Failed(r.reason));
         }
         if action == Action::RestorePrepare {
             outcome.state = "prepared".into();
