@@ -559,3 +559,108 @@ async fn a_backup_and_wal_in_an_s3_store_restore_a_primary_whose_archives_are_go
         "{listed:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_time_before_the_backup_is_refused_before_anything_stops() {
+    let fleet = Fleet::start(spec("early", "")).await.unwrap();
+    enable_archiving(&fleet, "early");
+    // The standby streams again after the primary's restart for archiving.
+    let pair = fleet.set("early");
+    pair.wait_streaming(&pair.standbys[0]).await.unwrap();
+    let file = take_backup(&fleet, "early").await;
+    let (code, _, raw) = restore(
+        &fleet,
+        "early",
+        &[
+            "--from",
+            file.to_str().unwrap(),
+            "--target-time",
+            "2020-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(code, 2, "{raw}\n{}", fleet.logs());
+    assert!(raw.contains("before the backup"), "{raw}");
+    assert!(raw.contains("choose an older backup"), "{raw}");
+    // Nothing was stopped or fenced: both servers serve as before.
+    assert!(pair.primary.is_running());
+    assert!(!pair.primary.is_in_recovery().unwrap());
+    pair.wait_streaming(&pair.standbys[0]).await.unwrap();
+    assert!(!fleet.agent_home("early-s1").join("fence").exists());
+    assert!(siblings(&pair.primary.data_dir, ".before-restore-").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_after_the_swap_puts_the_old_data_directory_back_when_it_starts() {
+    let mut fleet = Fleet::start(spec("rkill", "")).await.unwrap();
+    enable_archiving(&fleet, "rkill");
+    let p = fleet.set("rkill").primary.clone();
+    p.psql("postgres", "CREATE TABLE t (note text)").unwrap();
+    let file = take_backup(&fleet, "rkill").await;
+    p.psql("postgres", "INSERT INTO t VALUES ('after the backup')")
+        .unwrap();
+    switch_and_archive(&fleet, "rkill").await;
+
+    // The primary's agent stops after R5 (the restored directory is in
+    // place, the old one moved aside) and is SIGKILLed there.
+    let agent = "rkill-p";
+    fleet.kill_agent(agent);
+    fleet
+        .start_agent_with(agent, &[("TANDEM_TEST_PAUSE_AFTER_STEP", "R5 swap")])
+        .unwrap();
+    fleet
+        .wait_agents_state(&[agent.into()], "online")
+        .await
+        .unwrap();
+    let ctl = {
+        let mut cmd = std::process::Command::new(bin_path("tandemctl").unwrap());
+        cmd.args([
+            "restore",
+            "rkill",
+            "--member",
+            agent,
+            "--yes",
+            "--output",
+            "json",
+            "--from",
+            file.to_str().unwrap(),
+        ]);
+        for (k, v) in fleet.ctl_env("admin") {
+            cmd.env(k, v);
+        }
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let marker = fleet.agent_home(agent).join("paused-after-R5 swap");
+    wait_for(
+        "the agent to pause after R5",
+        Duration::from_secs(120),
+        Duration::from_millis(20),
+        || async { Ok(marker.exists().then_some(())) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(siblings(&p.data_dir, ".before-restore-").len(), 1);
+    fleet.kill_agent(agent);
+    std::fs::remove_file(&marker).unwrap();
+    fleet.start_agent(agent).unwrap();
+
+    // The window fails the restore and resumes the set as it was.
+    let out = ctl.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", fleet.logs());
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["state"], "failed", "{json:#}");
+    assert_eq!(json["window_state"], "aborted", "{json:#}");
+    // The restarted agent put the old data directory back and started it.
+    assert!(p.is_running());
+    assert!(!p.is_in_recovery().unwrap());
+    assert_eq!(
+        p.psql("postgres", "SELECT note FROM t").unwrap(),
+        "after the backup"
+    );
+    assert!(siblings(&p.data_dir, ".before-restore-").is_empty());
+    assert_eq!(siblings(&p.data_dir, ".failed-restore-").len(), 1);
+    let pair = fleet.set("rkill");
+    pair.wait_streaming(&pair.standbys[0]).await.unwrap();
+}
