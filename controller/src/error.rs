@@ -100,6 +100,8 @@ pub enum ServiceError {
     Invalid(#[from] ModelError),
     #[error("controller store failed: {0}")]
     Store(#[from] StoreError),
+    #[error("local result refused: {0}")]
+    LocalResult(#[from] crate::verdicts::LocalRefusal),
 }
 
 impl From<ServiceError> for tonic::Status {
@@ -112,6 +114,7 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::NotDeclared { .. }
             | ServiceError::WrongMembership { .. }
             | ServiceError::NotSignalPolicy { .. }
+            | ServiceError::LocalResult(_)
             | ServiceError::Maintenance(_)
             | ServiceError::NoPrimary { .. }
             | ServiceError::AgentRefused { .. } => tonic::Status::failed_precondition(msg),

@@ -109,6 +109,37 @@ fn require_agent(who: &Identity, claimed: &str, action: &'static str) -> Result<
 }
 
 impl ControllerService {
+    /// What a local result is checked against: the set's test policy, the
+    /// member's last known role, the newest verdict, the set's log position.
+    async fn local_context(
+        &self,
+        set: &str,
+        agent: &str,
+    ) -> Result<crate::verdicts::LocalContext, ServiceError> {
+        let policy = self.scheduler.policies(set).await?.test;
+        let newest = self.store.verdicts(set.to_owned(), 1).await?;
+        let declared = self.inventory.declared();
+        let set_lsn = declared
+            .set(set)
+            .into_iter()
+            .flat_map(|s| s.members.iter())
+            .filter_map(|m| self.inventory.get(&m.agent).and_then(|v| v.facts))
+            .flat_map(|f| [f.current_lsn, f.received_lsn, f.replayed_lsn])
+            .flatten()
+            .max();
+        Ok(crate::verdicts::LocalContext {
+            policy_forbids: policy.signal().is_none().then(|| policy.to_string()),
+            role: self
+                .inventory
+                .get(agent)
+                .and_then(|v| v.facts)
+                .map(|f| f.role),
+            newest: newest.first().map(|v| v.at),
+            set_lsn,
+            now: jiff::Timestamp::now(),
+        })
+    }
+
     async fn end_window(
         &self,
         req: Request<pb::MaintenanceRequest>,
@@ -444,6 +475,8 @@ impl pb::controller_server::Controller for ControllerService {
                 .result
                 .as_ref()
                 .ok_or(tandem_proto::model::ModelError::Missing { field: "result" })?;
+            let cx = self.local_context(&set.name, &member.agent).await?;
+            crate::verdicts::check_local_result(&set.name, &member.name, result, &cx)?;
             let v = crate::verdicts::Verdict::from_result(&member.name, result, String::new());
             let message = format!(
                 "agent {} tested member {} by itself while the controller was unreachable (operation {}): {}",

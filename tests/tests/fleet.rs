@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use serde_json::Value;
+use tandem_proto::pb;
 use tandem_tests::corrupt;
 use tandem_tests::fleet::{Fleet, FleetSpec};
 use tandem_tests::procs::bin_path;
@@ -463,4 +464,129 @@ async fn a_signal_asks_for_a_test_and_an_agent_alone_tests_by_itself() {
             .any(|e| e["kind"] == "signal" && e["message"].as_str().unwrap().contains("by itself")),
         "{events:#?}"
     );
+}
+
+/// A `ReportLocalResult` made up by an agent: a clean result, far ahead,
+/// back-dated, from the primary's agent, for an operation the controller
+/// ordered, or while the policy lets no agent test by itself.
+fn forged(op: &str, request: &str, at: jiff::Timestamp, lsn: &str) -> pb::OperationResult {
+    pb::OperationResult {
+        operation_id: op.into(),
+        kind: pb::OperationKind::Testdb as i32,
+        state: pb::OperationState::Succeeded as i32,
+        started_at: Some(tandem_proto::model::timestamp_to_wire(at)),
+        finished_at: Some(tandem_proto::model::timestamp_to_wire(at)),
+        tested_lsn: lsn.into(),
+        request_id: request.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_certificate_cannot_forge_a_sets_verdict() {
+    let fleet = Fleet::start(FleetSpec::new(&[("forge", 1)])).await.unwrap();
+    replicated(&fleet, "forge").await;
+    let real = fleet.ctl(&["testdb", "forge", "--output", "json"]).unwrap();
+    assert_eq!(real.code, 0, "{real:?}\n{}", fleet.logs());
+    let show = |fleet: &Fleet| {
+        fleet
+            .ctl(&["show", "forge", "--output", "json"])
+            .unwrap()
+            .json()["sets"][0]["verdict"]
+            .clone()
+    };
+    let before = show(&fleet);
+    assert_eq!(before["kind"], "clean");
+
+    let certs = fleet.certs.display().to_string();
+    let client = |agent: &str| {
+        let files = tandem_proto::tls::TlsFiles {
+            ca: format!("{certs}/ca.pem").into(),
+            cert: format!("{certs}/agent-{agent}.pem").into(),
+            key: format!("{certs}/agent-{agent}-key.pem").into(),
+        };
+        let url = fleet.controller_url.clone();
+        async move {
+            let ch = tandem_proto::tls::connect(&url, &files).await.unwrap();
+            pb::controller_client::ControllerClient::new(ch)
+        }
+    };
+    let now = jiff::Timestamp::now();
+    let back_dated = now - jiff::SignedDuration::from_hours(48);
+    let report = |agent: &str, result: pb::OperationResult| pb::ReportLocalResultRequest {
+        agent: agent.into(),
+        result: Some(result),
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let refused = |agent: &'static str, result: pb::OperationResult, why: &'static str| {
+        let c = client(agent);
+        async move {
+            let e = c
+                .await
+                .report_local_result(report(agent, result))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+            assert!(e.message().contains(why), "{}", e.message());
+        }
+    };
+    // The primary's agent, with a made-up clean result, back-dated, while
+    // the policy is off (the defect as it was found).
+    refused(
+        "forge-p",
+        forged("testdb-x", "local/x", back_dated, "0/FFFFFF"),
+        "test policy",
+    )
+    .await;
+    // With a policy that lets agents test by themselves, each other rule holds.
+    let set = fleet
+        .ctl_as("admin", &["set", "policy", "forge", "--test", "signal"])
+        .unwrap();
+    assert_eq!(set.code, 0, "{set:?}");
+    refused(
+        "forge-p",
+        forged("testdb-x", "local/x", now, "0/100"),
+        "not its standby",
+    )
+    .await;
+    refused(
+        "forge-s1",
+        forged("testdb-y", "local/y", back_dated, "0/100"),
+        "before the set's newest verdict",
+    )
+    .await;
+    refused(
+        "forge-s1",
+        forged(
+            "testdb-z",
+            "local/z",
+            now + jiff::SignedDuration::from_hours(1),
+            "0/100",
+        ),
+        "in the future",
+    )
+    .await;
+    refused(
+        "forge-s1",
+        forged("testdb-w", "local/w", now, "FF/FFFFFF"),
+        "not a log position the set has reached",
+    )
+    .await;
+    refused(
+        "forge-s1",
+        forged("testdb-v", "run-1/forge", now, "0/100"),
+        "not a test the agent started by itself",
+    )
+    .await;
+    // The set's verdict is the real one, and the audit log says refused.
+    assert_eq!(show(&fleet), before);
+    let audit = fleet.ctl(&["audit", "--output", "json"]).unwrap().json();
+    let reports: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "ReportLocalResult")
+        .collect();
+    assert_eq!(reports.len(), 6, "{audit:#}");
+    assert!(reports.iter().all(|e| e["outcome"] != "ok"), "{reports:#?}");
 }
