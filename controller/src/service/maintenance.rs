@@ -1,0 +1,78 @@
+//! Maintenance windows: plan, open, close, abort, show.
+
+use super::*;
+
+impl ControllerService {
+    pub(super) async fn maintenance_plan(
+        &self,
+        req: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        self.require(&who, UserRole::Operator, "MaintenancePlan")?;
+        let plan = self.maintenance.plan(&r.set, exec_only(&r)?).await?;
+        Ok(Response::new(pb::MaintenanceResponse {
+            json: serde_json::to_string(&plan).expect("plans serialize"),
+        }))
+    }
+
+    pub(super) async fn maintenance_open(
+        &self,
+        req: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set, "reason": r.reason, "repair": r.repair});
+        let result = self
+            .audited(&who, "MaintenanceOpen", args, async {
+                self.require(&who, UserRole::Admin, "MaintenanceOpen")?;
+                self.maintenance
+                    .open(
+                        &r.set,
+                        &r.reason,
+                        exec_only(&r)?,
+                        &who.uri(),
+                        current_trace_id().unwrap_or_default(),
+                    )
+                    .await
+            })
+            .await;
+        Ok(Response::new(pb::MaintenanceResponse {
+            json: serde_json::to_string(&result?).expect("windows serialize"),
+        }))
+    }
+
+    pub(super) async fn maintenance_close(
+        &self,
+        req: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        self.end_window(req, crate::maintenance::Ending::Close, "MaintenanceClose")
+            .await
+    }
+
+    pub(super) async fn maintenance_abort(
+        &self,
+        req: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        self.end_window(req, crate::maintenance::Ending::Abort, "MaintenanceAbort")
+            .await
+    }
+
+    pub(super) async fn maintenance_show(
+        &self,
+        req: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        self.require(&who, UserRole::Viewer, "MaintenanceShow")?;
+        if self.inventory.set(&r.set).is_none() {
+            return Err(ServiceError::UnknownSet { set: r.set }.into());
+        }
+        let w = self.maintenance.latest(&r.set).await?;
+        Ok(Response::new(pb::MaintenanceResponse {
+            json: w
+                .map(|w| serde_json::to_string(&w).expect("windows serialize"))
+                .unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,66 @@
+//! Restores, and following an agent's operation for tandemctl.
+
+use super::*;
+
+impl ControllerService {
+    pub(super) async fn restore(
+        &self,
+        req: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::RestoreResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set, "member": r.member, "from": r.from,
+            "target_time": r.target_time, "replace": r.replace});
+        let result = self
+            .audited(&who, "Restore", args, async {
+                self.require(&who, UserRole::Admin, "Restore")?;
+                let w = self
+                    .maintenance
+                    .open_restore(
+                        &r.set,
+                        (!r.member.is_empty()).then_some(r.member.as_str()),
+                        crate::maintenance::plan::RestoreOrder {
+                            from: r.from.clone(),
+                            target_time: (!r.target_time.is_empty()).then(|| r.target_time.clone()),
+                            replace: r.replace,
+                        },
+                        &who.uri(),
+                        current_trace_id().unwrap_or_default(),
+                    )
+                    .await?;
+                let o = w.restore.clone().unwrap_or_default();
+                Ok::<_, ServiceError>(pb::RestoreResponse {
+                    set: w.set.clone(),
+                    member: o.member,
+                    agent: o.agent,
+                    operation_id: o.operation_id,
+                    window: serde_json::to_string(&w).expect("windows serialize"),
+                })
+            })
+            .await;
+        Ok(Response::new(result?))
+    }
+
+    pub(super) async fn watch_operation(
+        &self,
+        req: Request<pb::WatchOperationRequest>,
+    ) -> Result<Response<Stream<pb::Progress>>, Status> {
+        self.require(&caller(&req)?, UserRole::Viewer, "WatchOperation")?;
+        let r = req.into_inner();
+        let t = crate::restore::target(&self.inventory, &r.set, Some(&r.member))?;
+        let mut client =
+            self.agents
+                .client(&t.address)
+                .map_err(|e| ServiceError::AgentUnreachable {
+                    agent: t.agent.clone(),
+                    why: e.to_string(),
+                })?;
+        let stream = client
+            .watch(pb::WatchRequest {
+                operation_id: r.operation_id,
+            })
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

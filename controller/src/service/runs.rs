@@ -1,0 +1,355 @@
+//! Fleet runs: testdb, backup and copy runs, watching and cancelling them, policies, limits, backups listed.
+
+use super::*;
+
+impl ControllerService {
+    pub(super) async fn start_testdb(
+        &self,
+        req: Request<pb::StartTestdbRequest>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"sets": r.sets, "all": r.all, "member": r.member});
+        let result = self
+            .audited(&who, "StartTestdb", args, async {
+                self.require(&who, UserRole::Operator, "StartTestdb")?;
+                let declared = self.inventory.declared();
+                let sets: Vec<String> = if r.all {
+                    declared.sets.iter().map(|s| s.name.clone()).collect()
+                } else {
+                    r.sets.clone()
+                };
+                if sets.is_empty() {
+                    return Err(ServiceError::NoSets);
+                }
+                for name in &sets {
+                    if declared.set(name).is_none() {
+                        return Err(ServiceError::UnknownSet { set: name.clone() });
+                    }
+                }
+                // A set held by a maintenance window: refused when named, left
+                // out of --all with the reason.
+                let mut skipped = Vec::new();
+                let mut runnable = Vec::new();
+                for name in sets {
+                    match self.fleet.held(&name) {
+                        Some(why) if !r.all => return Err(ServiceError::Maintenance(why)),
+                        Some(why) => skipped.push(pb::SkippedSet {
+                            set: name,
+                            reason: why,
+                        }),
+                        None => runnable.push(name),
+                    }
+                }
+                let sets = runnable;
+                if sets.is_empty() {
+                    return Ok((String::new(), skipped));
+                }
+                let member = (!r.member.is_empty()).then(|| r.member.clone());
+                if let Some(m) = &member {
+                    let [set] = &sets[..] else {
+                        return Err(ServiceError::MemberNeedsOneSet);
+                    };
+                    if declared.set(set).and_then(|s| s.member(m)).is_none() {
+                        return Err(ServiceError::UnknownMember {
+                            set: set.clone(),
+                            member: m.clone(),
+                        });
+                    }
+                }
+                let run_id = self
+                    .fleet
+                    .start_run(
+                        sets,
+                        member,
+                        "manual",
+                        current_trace_id().unwrap_or_default(),
+                    )
+                    .await?;
+                Ok((run_id, skipped))
+            })
+            .await;
+        let (run_id, skipped) = result?;
+        Ok(Response::new(pb::StartRunResponse { run_id, skipped }))
+    }
+
+    pub(super) async fn watch_run(
+        &self,
+        req: Request<pb::WatchRunRequest>,
+    ) -> Result<Response<Stream<pb::RunProgress>>, Status> {
+        self.require(&caller(&req)?, UserRole::Viewer, "WatchRun")?;
+        let id = req.into_inner().run_id;
+        let run = self
+            .fleet
+            .get(&id)
+            .await
+            .map_err(ServiceError::from)?
+            .ok_or(ServiceError::UnknownRun { run: id })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut seen = 0;
+            let mut changes = run.subscribe();
+            loop {
+                let (events, done) = run.events_from(seen);
+                seen += events.len();
+                for ev in events {
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                if done {
+                    return;
+                }
+                // Cancel-safe: changed() only waits for the next event count.
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    pub(super) async fn cancel_run(
+        &self,
+        req: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"run_id": r.run_id});
+        let result = self
+            .audited(&who, "CancelRun", args, async {
+                self.require(&who, UserRole::Operator, "CancelRun")?;
+                let by = match &who {
+                    tandem_proto::identity::Identity::User(name) => name.clone(),
+                    other => other.uri(),
+                };
+                match self.fleet.cancel_run(&r.run_id, &by).await {
+                    Some(c) => Ok(c),
+                    None => match self.store.run(r.run_id.clone()).await? {
+                        Some(_) => Err(ServiceError::RunFinished {
+                            run: r.run_id.clone(),
+                        }),
+                        None => Err(ServiceError::UnknownRun {
+                            run: r.run_id.clone(),
+                        }),
+                    },
+                }
+            })
+            .await;
+        let c = result?;
+        Ok(Response::new(pb::CancelRunResponse {
+            queued: c.queued,
+            stopping: c.stopping,
+        }))
+    }
+
+    pub(super) async fn set_policy(
+        &self,
+        req: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::SetPolicyResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set, "test": r.test, "archive_copy": r.archive_copy, "archive_file": r.archive_file, "reset": r.reset});
+        let result = self
+            .audited(&who, "SetPolicy", args, async {
+            self.require(&who, UserRole::Admin, "SetPolicy")?;
+            let cfg = self.inventory.config();
+            if self.inventory.set(&r.set).is_none() {
+                return Err(ServiceError::UnknownSet { set: r.set.clone() });
+            }
+            let parse = |what: &str, text: &Option<String>| -> Result<Option<crate::schedule::Policy>, ServiceError> {
+                let Some(text) = text else { return Ok(None) };
+                let p: crate::schedule::Policy = text
+                    .parse()
+                    .map_err(|e: crate::schedule::PolicyError| ServiceError::BadPolicy(format!("{what}: {e}")))?;
+                if p.is_calendar() && cfg.time_zone.is_none() {
+                    return Err(ServiceError::BadPolicy(format!(
+                        "{what}: `{p}` is a calendar policy and controller.toml has no `time_zone`; set one (e.g. \"UTC\") and restart the controller, or use interval=SECONDS"
+                    )));
+                }
+                Ok(Some(p))
+            };
+            let test = parse("test policy", &r.test)?;
+            let archive_copy = parse("archive-copy policy", &r.archive_copy)?;
+            if r.reset {
+                return Ok(self.scheduler.set_policies(&r.set, None).await?);
+            }
+            let mut p = self.scheduler.policies(&r.set).await?;
+            if let Some(t) = test {
+                p.test = t;
+            }
+            if let Some(a) = archive_copy {
+                p.archive_copy = a;
+            }
+            if let Some(f) = r.archive_file {
+                p.archive_file = f;
+            }
+            Ok(self.scheduler.set_policies(&r.set, Some(&p)).await?)
+            })
+            .await;
+        Ok(Response::new(pb::SetPolicyResponse {
+            policies: Some(policies_pb(&result?)),
+        }))
+    }
+
+    pub(super) async fn limits(
+        &self,
+        req: Request<pb::LimitsRequest>,
+    ) -> Result<Response<pb::LimitsResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let changing = r.reset || r.fleet.is_some() || r.per_host.is_some();
+        if changing {
+            let args =
+                serde_json::json!({"fleet": r.fleet, "per_host": r.per_host, "reset": r.reset});
+            self.audited(&who, "Limits", args, async {
+                self.require(&who, UserRole::Admin, "Limits")?;
+                let new = if r.reset {
+                    None
+                } else {
+                    let cur = self.fleet.limits();
+                    let l = crate::config::Limits {
+                        fleet: r.fleet.unwrap_or(cur.fleet),
+                        per_host: r.per_host.unwrap_or(cur.per_host),
+                    };
+                    if l.fleet == 0 || l.per_host == 0 {
+                        return Err(ServiceError::BadLimits);
+                    }
+                    Some(l)
+                };
+                Ok(self.fleet.set_limits(new).await?)
+            })
+            .await?;
+        } else {
+            self.require(&who, UserRole::Viewer, "Limits")?;
+        }
+        let l = self.fleet.limits();
+        let (waiting, running) = self.fleet.queue_lengths();
+        Ok(Response::new(pb::LimitsResponse {
+            fleet: l.fleet,
+            per_host: l.per_host,
+            overridden: self
+                .fleet
+                .limits_overridden()
+                .await
+                .map_err(ServiceError::from)?,
+            running: running as u32,
+            waiting: waiting as u32,
+        }))
+    }
+
+    pub(super) async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let args = serde_json::json!({"set": r.set, "member": r.member,
+            "archive_copy": r.archive_copy, "archive_file": r.archive_file});
+        let result = self
+            .audited(&who, "Backup", args, async {
+                self.require(&who, UserRole::Operator, "Backup")?;
+                let sets = vec![r.set.clone()];
+                let member = (!r.member.is_empty()).then(|| r.member.clone());
+                check_sets(&self.inventory, &sets, member.as_deref())?;
+                if let Some(why) = self.fleet.held(&r.set) {
+                    return Err(ServiceError::BadRequest(why));
+                }
+                let origin = match (r.archive_copy, r.archive_file) {
+                    (false, _) => crate::fleet::BACKUP_ORIGIN,
+                    (true, false) => crate::fleet::ARCHIVE_ORIGIN,
+                    (true, true) => crate::fleet::ARCHIVE_FILE_ORIGIN,
+                };
+                Ok(self
+                    .fleet
+                    .start_run(sets, member, origin, current_trace_id().unwrap_or_default())
+                    .await?)
+            })
+            .await;
+        Ok(Response::new(pb::StartRunResponse {
+            run_id: result?,
+            skipped: vec![],
+        }))
+    }
+
+    pub(super) async fn list_backups(
+        &self,
+        req: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        self.require(&caller(&req)?, UserRole::Viewer, "ListBackups")?;
+        let set_name = req.into_inner().set;
+        let Some(set) = self.inventory.set(&set_name) else {
+            return Err(ServiceError::UnknownSet { set: set_name }.into());
+        };
+        let timeout = self.inventory.config().status_timeout;
+        let mut tasks = JoinSet::new();
+        for m in &set.members {
+            let view = self.inventory.get(&m.agent);
+            let client = view
+                .as_ref()
+                .filter(|v| !v.row.address.is_empty())
+                .map(|v| self.agents.client(&v.row.address));
+            let member = m.name.clone();
+            let agent = m.agent.clone();
+            tasks.spawn(async move {
+                let answer = match client {
+                    None => Err(format!("{member}: agent `{agent}` never registered")),
+                    Some(Err(e)) => Err(format!("{member}: {e}")),
+                    Some(Ok(mut c)) => {
+                        match tokio::time::timeout(
+                            timeout,
+                            c.list_backups(pb::ListBackupsRequest::default()),
+                        )
+                        .await
+                        {
+                            Ok(Ok(r)) => Ok(r.into_inner()),
+                            Ok(Err(e)) => {
+                                Err(format!("{member}: agent `{agent}`: {}", e.message()))
+                            }
+                            Err(_) => Err(format!(
+                                "{member}: agent `{agent}` did not answer within {timeout:?}"
+                            )),
+                        }
+                    }
+                };
+                (member, answer)
+            });
+        }
+        let mut out = pb::ListBackupsResponse {
+            set: set.name.clone(),
+            ..Default::default()
+        };
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((member, answer)) = joined else {
+                continue;
+            };
+            match answer {
+                Ok(r) => {
+                    for mut b in r.backups {
+                        // A remote backup is listed by every member that
+                        // shares the store: keep one, named by its key.
+                        if b.file.starts_with("remote:") {
+                            if out.backups.iter().any(|o| o.file == b.file) {
+                                continue;
+                            }
+                        } else {
+                            b.member = member.clone();
+                        }
+                        out.backups.push(b);
+                    }
+                    out.problems
+                        .extend(r.problems.into_iter().map(|p| format!("{member}: {p}")));
+                }
+                Err(p) => out.problems.push(p),
+            }
+        }
+        out.backups.sort_by(|a, b| {
+            let t = |x: &pb::BackupInfo| x.taken_at.map(|t| (t.seconds, t.nanos));
+            t(b).cmp(&t(a)).then_with(|| a.file.cmp(&b.file))
+        });
+        out.problems.sort();
+        Ok(Response::new(out))
+    }
+}
