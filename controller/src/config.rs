@@ -241,13 +241,6 @@ pub enum PatroniUrlError {
     Query,
 }
 
-/// For the HA client (`maintenance/ha.rs`), whose errors are still text.
-impl From<PatroniUrlError> for String {
-    fn from(e: PatroniUrlError) -> String {
-        e.to_string()
-    }
-}
-
 /// A Patroni REST URL the controller can reach: `http://host:port` with
 /// an optional path prefix (plain HTTP; the controller speaks no TLS to
 /// Patroni).

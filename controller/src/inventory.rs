@@ -347,16 +347,17 @@ impl Inventory {
     }
 
     /// Whether this outcome of `agent`'s registration is worth an audit
-    /// record: every success, and a refusal only when it differs from the
-    /// agent's last one (a refused agent retries every heartbeat).
-    pub fn registration_news(&self, agent: &str, outcome: Result<(), String>) -> bool {
+    /// record: every success (`refusal` none), and a refusal only when it
+    /// differs from the agent's last one (a refused agent retries every
+    /// heartbeat).
+    pub fn registration_news(&self, agent: &str, refusal: Option<String>) -> bool {
         let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-        match outcome {
-            Ok(()) => {
+        match refusal {
+            None => {
                 refused.remove(agent);
                 true
             }
-            Err(why) => refused.insert(agent.to_owned(), why.clone()).as_ref() != Some(&why),
+            Some(why) => refused.insert(agent.to_owned(), why.clone()).as_ref() != Some(&why),
         }
     }
 

@@ -31,6 +31,14 @@ pub enum CtlError {
     Tls(#[from] tandem_proto::tls::TlsError),
     #[error("the controller refused {call}: {message}")]
     Refused { call: &'static str, message: String },
+    #[error(
+        "the controller did not answer {call} ({message}); is it running, and is TANDEM_CONTROLLER its address? `tandemctl watch RUN` follows a run again once it is back"
+    )]
+    Unanswered { call: &'static str, message: String },
+    #[error(
+        "the address in TANDEM_CONTROLLER (or --controller) does not serve {call}: it is not a Tandem controller (an agent's address?) or one of another version"
+    )]
+    NotAController { call: &'static str },
     #[error(transparent)]
     Certs(#[from] crate::certs::CertsError),
     #[error("{0}")]
@@ -40,13 +48,19 @@ pub enum CtlError {
 /// The error for a call the controller refused, with its message (or its
 /// code when it sent none).
 pub fn refused(call: &'static str) -> impl Fn(tonic::Status) -> CtlError {
-    move |s| CtlError::Refused {
-        call,
-        message: if s.message().is_empty() {
+    move |s| {
+        let message = if s.message().is_empty() {
             format!("{:?}", s.code())
         } else {
             s.message().to_owned()
-        },
+        };
+        match s.code() {
+            tonic::Code::Unimplemented => CtlError::NotAController { call },
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                CtlError::Unanswered { call, message }
+            }
+            _ => CtlError::Refused { call, message },
+        }
     }
 }
 
@@ -58,5 +72,28 @@ pub fn print(format: OutputFormat, json: Value, human: String) {
             serde_json::to_string_pretty(&json).expect("json values serialize")
         ),
         OutputFormat::Human => println!("{}", human.trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_says_whether_the_controller_refused_went_away_or_is_not_one() {
+        let said = |s: tonic::Status| refused("WatchRun")(s).to_string();
+        assert_eq!(
+            said(tonic::Status::permission_denied("needs the operator role")),
+            "the controller refused WatchRun: needs the operator role"
+        );
+        let gone = said(tonic::Status::unknown("transport error: connection reset"));
+        assert!(
+            gone.starts_with("the controller did not answer WatchRun"),
+            "{gone}"
+        );
+        assert!(gone.contains("connection reset"), "{gone}");
+        let agent = said(tonic::Status::unimplemented(""));
+        assert!(agent.contains("not a Tandem controller"), "{agent}");
+        assert!(!agent.contains("Unimplemented"), "{agent}");
     }
 }

@@ -243,12 +243,9 @@ async fn follow(
             Ok(Some(ev)) => ev,
             Ok(None) => break,
             Err(s) => {
-                return Err(CtlError::Refused {
+                return Err(CtlError::Unanswered {
                     call: "WatchRun",
-                    message: format!(
-                        "the progress stream of run {run_id} broke ({}); `tandemctl history SET` will show the verdicts",
-                        s.message()
-                    ),
+                    message: format!("the progress stream of run {run_id} broke: {}", s.message()),
                 });
             }
         };

@@ -79,6 +79,45 @@ pub struct Seen {
     pub leader: Option<String>,
 }
 
+/// What went wrong talking to Patroni's REST API.
+#[derive(Debug, thiserror::Error)]
+pub enum HaError {
+    #[error(transparent)]
+    Url(#[from] crate::config::PatroniUrlError),
+    #[error("{method} {target}: {what}: {detail}")]
+    Http {
+        method: http::Method,
+        target: String,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("{method} {target}: no answer within {within}")]
+    Timeout {
+        method: http::Method,
+        target: String,
+        within: String,
+    },
+    #[error("{what}: HTTP {status}: {body}")]
+    Status {
+        what: &'static str,
+        status: http::StatusCode,
+        body: String,
+    },
+    #[error("GET /cluster: not Patroni's cluster document ({error}): {body}")]
+    NotCluster { error: String, body: String },
+    #[error(
+        "PATCH /config accepted but GET /cluster did not show pause={pause} within {within}: {last}"
+    )]
+    NotShown {
+        pause: bool,
+        within: String,
+        last: String,
+    },
+    /// Every node tried, each with what went wrong there.
+    #[error("{}", .0.iter().map(|(url, e)| format!("{url}: {e}")).collect::<Vec<_>>().join("; "))]
+    Nodes(Vec<(String, HaError)>),
+}
+
 /// One HTTP/1.1 request to `base` + `path`; the status and the body.
 async fn request(
     base: &str,
@@ -86,7 +125,7 @@ async fn request(
     path: &str,
     body: Option<String>,
     timeout: Duration,
-) -> Result<(http::StatusCode, String), String> {
+) -> Result<(http::StatusCode, String), HaError> {
     let uri = check_patroni_url(base)?;
     let host = uri.host().unwrap_or_default().to_owned();
     let port = uri.port_u16().unwrap_or(80);
@@ -99,14 +138,23 @@ async fn request(
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_else(|| host.clone());
+    let http = |what: &'static str| {
+        let (method, target) = (method.clone(), target.clone());
+        move |e: &dyn std::fmt::Display| HaError::Http {
+            method,
+            target,
+            what,
+            detail: e.to_string(),
+        }
+    };
     let send = async {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let stream = tokio::net::TcpStream::connect((host, port))
             .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+            .map_err(|e| http("cannot connect")(&e))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+            .map_err(|e| http("HTTP handshake failed")(&e))?;
         let conn = tokio::spawn(conn);
         let mut req = http::Request::builder()
             .method(method.clone())
@@ -118,41 +166,44 @@ async fn request(
         }
         let req = req
             .body(Full::new(Bytes::from(body.clone().unwrap_or_default())))
-            .map_err(|e| format!("bad request: {e}"))?;
+            .map_err(|e| http("bad request")(&e))?;
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| format!("no answer: {e}"))?;
+            .map_err(|e| http("no answer")(&e))?;
         let status = resp.status();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| format!("the answer was cut: {e}"))?
+            .map_err(|e| http("the answer was cut")(&e))?
             .to_bytes();
         drop(sender);
         conn.abort();
-        Ok::<_, String>((status, String::from_utf8_lossy(&bytes).into_owned()))
+        Ok::<_, HaError>((status, String::from_utf8_lossy(&bytes).into_owned()))
     };
     match tokio::time::timeout(timeout, send).await {
-        Ok(r) => r.map_err(|e| format!("{method} {target}: {e}")),
-        Err(_) => Err(format!(
-            "{method} {target}: no answer within {}",
-            humantime::format_duration(timeout)
-        )),
+        Ok(r) => r,
+        Err(_) => Err(HaError::Timeout {
+            method,
+            target,
+            within: humantime::format_duration(timeout).to_string(),
+        }),
     }
 }
 
-async fn cluster(base: &str, timeout: Duration) -> Result<Cluster, String> {
+async fn cluster(base: &str, timeout: Duration) -> Result<Cluster, HaError> {
     let (status, body) = request(base, http::Method::GET, "/cluster", None, timeout).await?;
     if !status.is_success() {
-        return Err(format!("GET /cluster: HTTP {status}: {}", body.trim()));
+        return Err(HaError::Status {
+            what: "GET /cluster",
+            status,
+            body: body.trim().to_owned(),
+        });
     }
-    serde_json::from_str(&body).map_err(|e| {
-        format!(
-            "GET /cluster: not Patroni's cluster document ({e}): {}",
-            body.trim()
-        )
+    serde_json::from_str(&body).map_err(|e| HaError::NotCluster {
+        error: e.to_string(),
+        body: body.trim().to_owned(),
     })
 }
 
@@ -187,7 +238,7 @@ async fn members_took_it(
                     last = format!("its pause is still {seen}");
                 }
                 Ok((status, _)) => last = format!("HTTP {status}"),
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
             if tokio::time::Instant::now() >= deadline {
                 not.push(format!("{} ({api}: {last})", m.name));
@@ -204,7 +255,7 @@ async fn members_took_it(
 }
 
 /// The cluster as the first node that answers sees it (for the plan).
-pub async fn look(cfg: &HaConfig) -> Result<Seen, String> {
+pub async fn look(cfg: &HaConfig) -> Result<Seen, HaError> {
     let mut errors = Vec::new();
     for url in &cfg.patroni {
         match cluster(url, cfg.timeout).await {
@@ -214,16 +265,16 @@ pub async fn look(cfg: &HaConfig) -> Result<Seen, String> {
                     leader: c.leader().map(str::to_owned),
                 });
             }
-            Err(e) => errors.push(format!("{url}: {e}")),
+            Err(e) => errors.push((url.clone(), e)),
         }
     }
-    Err(errors.join("; "))
+    Err(HaError::Nodes(errors))
 }
 
 /// Pause (or resume) Patroni and confirm it with `GET /cluster`. `sent`
 /// becomes true once a node accepted the `PATCH`. Ok is the message for
 /// the window's report: which node, and what `/cluster` said.
-pub async fn set_pause(cfg: &HaConfig, pause: bool, sent: &mut bool) -> Result<String, String> {
+pub async fn set_pause(cfg: &HaConfig, pause: bool, sent: &mut bool) -> Result<String, HaError> {
     let mut errors = Vec::new();
     let body = serde_json::json!({ "pause": pause }).to_string();
     for url in &cfg.patroni {
@@ -238,14 +289,18 @@ pub async fn set_pause(cfg: &HaConfig, pause: bool, sent: &mut bool) -> Result<S
         {
             Ok((status, _)) if status.is_success() => {}
             Ok((status, text)) => {
-                errors.push(format!(
-                    "{url}: PATCH /config: HTTP {status}: {}",
-                    text.trim()
+                errors.push((
+                    url.clone(),
+                    HaError::Status {
+                        what: "PATCH /config",
+                        status,
+                        body: text.trim().to_owned(),
+                    },
                 ));
                 continue;
             }
             Err(e) => {
-                errors.push(format!("{url}: {e}"));
+                errors.push((url.clone(), e));
                 continue;
             }
         }
@@ -265,19 +320,23 @@ pub async fn set_pause(cfg: &HaConfig, pause: bool, sent: &mut bool) -> Result<S
                     ));
                 }
                 Ok(c) => last = c.describe(),
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
             if tokio::time::Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(CONFIRM_EVERY).await;
         }
-        errors.push(format!(
-            "{url}: PATCH /config accepted but GET /cluster did not show pause={pause} within {}: {last}",
-            humantime::format_duration(cfg.timeout)
+        errors.push((
+            url.clone(),
+            HaError::NotShown {
+                pause,
+                within: humantime::format_duration(cfg.timeout).to_string(),
+                last,
+            },
         ));
     }
-    Err(errors.join("; "))
+    Err(HaError::Nodes(errors))
 }
 
 #[cfg(test)]
@@ -404,7 +463,8 @@ mod tests {
         let mut sent = false;
         let err = set_pause(&cfg(vec![dead.clone()]), true, &mut sent)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(!sent);
         assert!(err.contains(&dead), "{err}");
         assert!(err.contains("cannot connect"), "{err}");

@@ -44,11 +44,17 @@ pub enum StepError {
     #[error(
         "cannot pause Patroni of set `{set}`: {why}; nothing was stopped. Check that Patroni runs and that [ha.{set}] in controller.toml lists its REST URLs, then `tandemctl maintenance abort {set}` and open the window again"
     )]
-    HaPause { set: String, why: String },
+    HaPause {
+        set: String,
+        why: super::ha::HaError,
+    },
     #[error(
         "cannot resume Patroni of set `{set}`: {why}; the set is back in service but Patroni is still paused: run `patronictl resume`, or `tandemctl maintenance abort {set}` to try again"
     )]
-    HaResume { set: String, why: String },
+    HaResume {
+        set: String,
+        why: super::ha::HaError,
+    },
     #[error("member `{0}` runs as a primary: it was promoted during the window")]
     Promoted(String),
     #[error("member `{member}` did not stream within {within:?}: {last}")]

@@ -17,8 +17,8 @@ impl ControllerService {
             self.inventory.register(reg).await
         }
         .await;
-        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
-        if self.inventory.registration_news(&agent, outcome) {
+        let refusal = result.as_ref().err().map(|e| e.to_string());
+        if self.inventory.registration_news(&agent, refusal) {
             self.record_audit(&who, "Register", args, &result).await;
         }
         let generation = result?;
