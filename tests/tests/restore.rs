@@ -589,8 +589,19 @@ async fn a_target_time_before_the_backup_is_refused_before_anything_stops() {
     assert!(siblings(&pair.primary.data_dir, ".before-restore-").is_empty());
 }
 
+/// The restore's steps that change the member before the point of no
+/// return (R9), each where an agent may be killed. The second half of R7 and
+/// R8 are named like the first: the pause comes after the first.
+const RESTORE_STEPS: [&str; 5] = [
+    "R3 stop",
+    "R4 move_aside",
+    "R5 swap",
+    "R7 roll_forward",
+    "R8 sequences",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_killed_after_the_swap_puts_the_old_data_directory_back_when_it_starts() {
+async fn an_agent_killed_in_any_step_of_a_restore_puts_the_old_data_directory_back() {
     let mut fleet = Fleet::start(spec("rkill", "")).await.unwrap();
     enable_archiving(&fleet, "rkill");
     let p = fleet.set("rkill").primary.clone();
@@ -599,68 +610,85 @@ async fn an_agent_killed_after_the_swap_puts_the_old_data_directory_back_when_it
     p.psql("postgres", "INSERT INTO t VALUES ('after the backup')")
         .unwrap();
     switch_and_archive(&fleet, "rkill").await;
-
-    // The primary's agent stops after R5 (the restored directory is in
-    // place, the old one moved aside) and is SIGKILLed there.
     let agent = "rkill-p";
-    fleet.kill_agent(agent);
-    fleet
-        .start_agent_with(agent, &[("TANDEM_TEST_PAUSE_AFTER_STEP", "R5 swap")])
-        .unwrap();
-    fleet
-        .wait_agents_state(&[agent.into()], "online")
-        .await
-        .unwrap();
-    let ctl = {
-        let mut cmd = std::process::Command::new(bin_path("tandemctl").unwrap());
-        cmd.args([
-            "restore",
-            "rkill",
-            "--member",
-            agent,
-            "--yes",
-            "--output",
-            "json",
-            "--from",
-            file.to_str().unwrap(),
-        ]);
-        for (k, v) in fleet.ctl_env("admin") {
-            cmd.env(k, v);
-        }
-        cmd.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        cmd.spawn().unwrap()
-    };
-    let marker = fleet.agent_home(agent).join("paused-after-R5 swap");
-    wait_for(
-        "the agent to pause after R5",
-        Duration::from_secs(120),
-        Duration::from_millis(20),
-        || async { Ok(marker.exists().then_some(())) },
-    )
-    .await
-    .unwrap();
-    assert_eq!(siblings(&p.data_dir, ".before-restore-").len(), 1);
-    fleet.kill_agent(agent);
-    std::fs::remove_file(&marker).unwrap();
-    fleet.start_agent(agent).unwrap();
 
-    // The window fails the restore and resumes the set as it was.
-    let out = ctl.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", fleet.logs());
-    let json: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(json["state"], "failed", "{json:#}");
-    assert_eq!(json["window_state"], "aborted", "{json:#}");
-    // The restarted agent put the old data directory back and started it.
-    assert!(p.is_running());
-    assert!(!p.is_in_recovery().unwrap());
-    assert_eq!(
-        p.psql("postgres", "SELECT note FROM t").unwrap(),
-        "after the backup"
-    );
-    assert!(siblings(&p.data_dir, ".before-restore-").is_empty());
-    assert_eq!(siblings(&p.data_dir, ".failed-restore-").len(), 1);
-    let pair = fleet.set("rkill");
-    pair.wait_streaming(&pair.standbys[0]).await.unwrap();
+    for step in RESTORE_STEPS {
+        // The primary's agent stops after `step` and is SIGKILLed there.
+        fleet.kill_agent(agent);
+        fleet
+            .start_agent_with(agent, &[("TANDEM_TEST_PAUSE_AFTER_STEP", step)])
+            .unwrap();
+        fleet
+            .wait_agents_state(&[agent.into()], "online")
+            .await
+            .unwrap();
+        {
+            let pair = fleet.set("rkill");
+            pair.wait_streaming(&pair.standbys[0]).await.unwrap();
+        }
+        fleet.wait_heartbeat_streaming("rkill-s1").await.unwrap();
+        let ctl = {
+            let mut cmd = std::process::Command::new(bin_path("tandemctl").unwrap());
+            cmd.args([
+                "restore",
+                "rkill",
+                "--member",
+                agent,
+                "--yes",
+                "--replace",
+                "--output",
+                "json",
+                "--from",
+                file.to_str().unwrap(),
+            ]);
+            for (k, v) in fleet.ctl_env("admin") {
+                cmd.env(k, v);
+            }
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        };
+        let marker = fleet.agent_home(agent).join(format!("paused-after-{step}"));
+        wait_for(
+            &format!("the agent to pause after {step}"),
+            Duration::from_secs(120),
+            Duration::from_millis(20),
+            || async { Ok(marker.exists().then_some(())) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+        fleet.kill_agent(agent);
+        std::fs::remove_file(&marker).unwrap();
+        fleet.start_agent(agent).unwrap();
+
+        // The window fails the restore and resumes the set as it was.
+        let out = ctl.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "after {step}: {stdout}\n{}",
+            fleet.logs()
+        );
+        let json: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(json["state"], "failed", "after {step}: {json:#}");
+        assert_eq!(json["window_state"], "aborted", "after {step}: {json:#}");
+        // The restarted agent put the old data directory back and started it.
+        assert!(p.is_running(), "after {step}");
+        assert!(!p.is_in_recovery().unwrap(), "after {step}");
+        assert_eq!(
+            p.psql("postgres", "SELECT note FROM t").unwrap(),
+            "after the backup",
+            "after {step}"
+        );
+        assert!(
+            siblings(&p.data_dir, ".before-restore-").is_empty(),
+            "after {step}"
+        );
+        assert!(!p.data_dir.join("recovery.signal").exists(), "after {step}");
+        let pair = fleet.set("rkill");
+        pair.wait_streaming(&pair.standbys[0]).await.unwrap();
+    }
+    // Each restore that swapped left its restored directory aside.
+    assert_eq!(siblings(&p.data_dir, ".failed-restore-").len(), 3);
 }
