@@ -36,6 +36,10 @@ pub enum CtlError {
     )]
     Unanswered { call: &'static str, message: String },
     #[error(
+        "the controller did not accept this connection for {call} ({message}): its certificate (TANDEM_CERT) must be signed by the fleet's CA and not expired, and TANDEM_CA must be that CA (`tandemctl certs init` makes a development set)"
+    )]
+    CertRefused { call: &'static str, message: String },
+    #[error(
         "the address in TANDEM_CONTROLLER (or --controller) does not serve {call}: it is not a Tandem controller (an agent's address?) or one of another version"
     )]
     NotAController { call: &'static str },
@@ -49,19 +53,41 @@ pub enum CtlError {
 /// code when it sent none).
 pub fn refused(call: &'static str) -> impl Fn(tonic::Status) -> CtlError {
     move |s| {
-        let message = if s.message().is_empty() {
-            format!("{:?}", s.code())
-        } else {
-            s.message().to_owned()
-        };
+        let message = status_text(&s);
+        let tls = ["certificate", "alert", "handshake"]
+            .iter()
+            .any(|w| message.to_lowercase().contains(w));
         match s.code() {
             tonic::Code::Unimplemented => CtlError::NotAController { call },
+            tonic::Code::Unavailable | tonic::Code::Unknown if tls => {
+                CtlError::CertRefused { call, message }
+            }
             tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
                 CtlError::Unanswered { call, message }
             }
             _ => CtlError::Refused { call, message },
         }
     }
+}
+
+/// A status's message with the causes under it (a transport error's TLS
+/// alert, say), each said once.
+fn status_text(s: &tonic::Status) -> String {
+    let mut text = if s.message().is_empty() {
+        format!("{:?}", s.code())
+    } else {
+        s.message().to_owned()
+    };
+    let mut cause = std::error::Error::source(s);
+    while let Some(e) = cause {
+        let t = e.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = e.source();
+    }
+    text
 }
 
 /// Print a command's answer: `json` for scripts, `human` for people.

@@ -180,6 +180,13 @@ async fn peers_without_the_right_certificate_are_refused() {
         "a foreign certificate must be refused: {run:?}"
     );
     assert!(run.stdout.is_empty());
+    // Said plainly: the certificate, not a bare "transport error".
+    assert!(
+        run.stderr.contains("did not accept this connection")
+            && run.stderr.contains("signed by the fleet's CA"),
+        "{}",
+        run.stderr
+    );
 
     // An agent's certificate may not act as an operator.
     let as_agent = vec![
