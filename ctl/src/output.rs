@@ -232,7 +232,7 @@ pub fn verdict_failed(v: &Option<pb::Verdict>) -> bool {
 }
 
 /// What `tandemctl copy` ends with: each archive copy made or not, its
-/// file, and the test that shared its copy, if one did (SPEC T9).
+/// file, and the test that shared its copy, if one did.
 pub fn archive_human(results: &[(String, pb::Verdict)]) -> String {
     let mut out = String::new();
     for (set, v) in results {

@@ -76,11 +76,19 @@ impl Display {
         }
     }
 
-    fn verdict(&mut self, set: &str, v: &pb::Verdict) {
-        let summary = output::verdict_json(&Some(v.clone()))["summary"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
+    /// The set's verdict line; an archive copy says what became of the copy.
+    fn verdict(&mut self, set: &str, v: &pb::Verdict, archive: bool) {
+        let summary = if archive {
+            let line = output::archive_human(&[(set.to_owned(), v.clone())]);
+            line.strip_prefix(&format!("{set}: "))
+                .unwrap_or(&line)
+                .to_owned()
+        } else {
+            output::verdict_json(&Some(v.clone()))["summary"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        };
         match self.bar(set) {
             Some(b) => b.finish_with_message(summary),
             None => eprintln!("{set}: {summary}"),
@@ -256,7 +264,7 @@ async fn follow(
             display.progress(&ev.set, &ev.member, p);
         }
         if let Some(v) = ev.verdict {
-            display.verdict(&ev.set, &v);
+            display.verdict(&ev.set, &v, archive);
             results.push((ev.set.clone(), v));
         }
         if ev.done {
