@@ -12,7 +12,7 @@ impl ControllerService {
         let args = serde_json::json!({"agent": raw.agent, "address": raw.address, "set": raw.set, "member": raw.member, "version": raw.agent_version});
         let agent = raw.agent.clone();
         let result = async {
-            require_agent(&who, &raw.agent, "Register")?;
+            self.require_agent(&who, &raw.agent, "Register")?;
             let reg = Registration::try_from(raw)?;
             self.inventory.register(reg).await
         }
@@ -34,7 +34,7 @@ impl ControllerService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let who = caller(&req)?;
         let hb = req.into_inner();
-        require_agent(&who, &hb.agent, "Heartbeat")?;
+        self.require_agent(&who, &hb.agent, "Heartbeat")?;
         let facts = Facts::try_from(
             hb.facts
                 .ok_or(tandem_proto::model::ModelError::Missing { field: "facts" })
@@ -55,7 +55,7 @@ impl ControllerService {
         let ev = req.into_inner();
         let args = serde_json::json!({"agent": ev.agent, "event": ev.event, "code": ev.code, "operation_id": ev.operation_id, "message": ev.message});
         self.audited(&who, "ReportEvent", args, async {
-            require_agent(&who, &ev.agent, "ReportEvent")?;
+            self.require_agent(&who, &ev.agent, "ReportEvent")?;
             info!(agent = %ev.agent, event = %ev.event, code = %ev.code, operation = %ev.operation_id, message = %ev.message, "agent event");
             Ok(())
         })
@@ -72,7 +72,7 @@ impl ControllerService {
         let args = serde_json::json!({"agent": r.agent, "signal": r.signal});
         let result = self
             .audited(&who, "RequestTest", args, async {
-                require_agent(&who, &r.agent, "RequestTest")?;
+                self.require_agent(&who, &r.agent, "RequestTest")?;
                 let set = self
                     .inventory
                     .declared()
@@ -120,7 +120,7 @@ impl ControllerService {
         let args = serde_json::json!({"agent": r.agent, "operation_id": op});
         let result = self
             .audited(&who, "ReportLocalResult", args, async {
-            require_agent(&who, &r.agent, "ReportLocalResult")?;
+            self.require_agent(&who, &r.agent, "ReportLocalResult")?;
             let declared = self.inventory.declared();
             let (set, member) =
                 declared

@@ -16,7 +16,6 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::agents::AgentClients;
-use crate::config::{Access, UserRole};
 use crate::error::ServiceError;
 use crate::fleet::Fleet;
 use crate::inventory::{AgentView, Inventory};
@@ -24,6 +23,7 @@ use crate::scheduler::{Policies, Scheduler};
 use crate::sets::{MemberDecl, SetDecl};
 use crate::store::{SetRow, Store};
 
+mod access;
 mod agents;
 mod inventory;
 mod maintenance;
@@ -61,34 +61,6 @@ fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
     peer_identity(req)
 }
 
-/// A person's call: refused unless their role (controller.toml `[access]`)
-/// is at least `needed` (SPEC O1).
-fn require_role(
-    access: &Access,
-    who: &Identity,
-    needed: UserRole,
-    action: &'static str,
-) -> Result<(), ServiceError> {
-    let Identity::User(name) = who else {
-        return Err(ServiceError::Forbidden {
-            identity: who.clone(),
-            action,
-            why: "only people (spiffe://tandem/user/...) may",
-        });
-    };
-    let has = access.role_of(name);
-    if has >= needed {
-        Ok(())
-    } else {
-        Err(ServiceError::NeedsRole {
-            identity: who.clone(),
-            action,
-            needed,
-            has,
-        })
-    }
-}
-
 /// `--repair`: "" or "auto" (REINDEX for index findings), or "exec".
 fn exec_only(r: &pb::MaintenanceRequest) -> Result<bool, ServiceError> {
     match r.repair.as_str() {
@@ -100,19 +72,14 @@ fn exec_only(r: &pb::MaintenanceRequest) -> Result<bool, ServiceError> {
     }
 }
 
-fn require_agent(who: &Identity, claimed: &str, action: &'static str) -> Result<(), ServiceError> {
-    match who {
-        Identity::Agent(name) if name == claimed => Ok(()),
-        Identity::Agent(_) => Err(ServiceError::NotYourName {
-            identity: who.clone(),
-            claimed: claimed.to_owned(),
-        }),
-        _ => Err(ServiceError::Forbidden {
-            identity: who.clone(),
-            action,
-            why: "only agents may",
-        }),
-    }
+/// An agent's call, for its own name only (the rule in `access::CALLS`).
+fn require_agent(
+    access: &crate::config::Access,
+    who: &Identity,
+    claimed: &str,
+    call: &'static str,
+) -> Result<(), ServiceError> {
+    access::allowed(access, who, call, Some(claimed))
 }
 
 impl ControllerService {
@@ -158,7 +125,7 @@ impl ControllerService {
         let args = serde_json::json!({"set": r.set});
         let result = self
             .audited(&who, action, args, async {
-                self.require(&who, UserRole::Admin, action)?;
+                self.require(&who, action)?;
                 self.maintenance.end(&r.set, ending, &who.uri()).await
             })
             .await;
@@ -167,13 +134,19 @@ impl ControllerService {
         }))
     }
 
-    fn require(
+    /// A person's call: refused unless `access::CALLS` lets their role
+    /// (controller.toml `[access]`) make it.
+    fn require(&self, who: &Identity, call: &'static str) -> Result<(), ServiceError> {
+        access::allowed(&self.inventory.config().access, who, call, None)
+    }
+
+    fn require_agent(
         &self,
         who: &Identity,
-        needed: UserRole,
-        action: &'static str,
+        claimed: &str,
+        call: &'static str,
     ) -> Result<(), ServiceError> {
-        require_role(&self.inventory.config().access, who, needed, action)
+        require_agent(&self.inventory.config().access, who, claimed, call)
     }
 
     /// Write an audit record for a mutating call; a failure to audit is logged

@@ -12,7 +12,7 @@ impl ControllerService {
         let args = serde_json::json!({"sets": r.sets, "all": r.all, "member": r.member});
         let result = self
             .audited(&who, "StartTestdb", args, async {
-                self.require(&who, UserRole::Operator, "StartTestdb")?;
+                self.require(&who, "StartTestdb")?;
                 let declared = self.inventory.declared();
                 let sets: Vec<String> = if r.all {
                     declared.sets.iter().map(|s| s.name.clone()).collect()
@@ -77,7 +77,7 @@ impl ControllerService {
         &self,
         req: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Stream<pb::RunProgress>>, Status> {
-        self.require(&caller(&req)?, UserRole::Viewer, "WatchRun")?;
+        self.require(&caller(&req)?, "WatchRun")?;
         let id = req.into_inner().run_id;
         let run = self
             .fleet
@@ -120,7 +120,7 @@ impl ControllerService {
         let args = serde_json::json!({"run_id": r.run_id});
         let result = self
             .audited(&who, "CancelRun", args, async {
-                self.require(&who, UserRole::Operator, "CancelRun")?;
+                self.require(&who, "CancelRun")?;
                 let by = match &who {
                     tandem_proto::identity::Identity::User(name) => name.clone(),
                     other => other.uri(),
@@ -154,7 +154,7 @@ impl ControllerService {
         let args = serde_json::json!({"set": r.set, "test": r.test, "archive_copy": r.archive_copy, "archive_file": r.archive_file, "reset": r.reset});
         let result = self
             .audited(&who, "SetPolicy", args, async {
-            self.require(&who, UserRole::Admin, "SetPolicy")?;
+            self.require(&who, "SetPolicy")?;
             let cfg = self.inventory.config();
             if self.inventory.set(&r.set).is_none() {
                 return Err(ServiceError::UnknownSet { set: r.set.clone() });
@@ -205,7 +205,7 @@ impl ControllerService {
             let args =
                 serde_json::json!({"fleet": r.fleet, "per_host": r.per_host, "reset": r.reset});
             self.audited(&who, "Limits", args, async {
-                self.require(&who, UserRole::Admin, "Limits")?;
+                self.require(&who, "Limits.change")?;
                 let new = if r.reset {
                     None
                 } else {
@@ -223,7 +223,7 @@ impl ControllerService {
             })
             .await?;
         } else {
-            self.require(&who, UserRole::Viewer, "Limits")?;
+            self.require(&who, "Limits")?;
         }
         let l = self.fleet.limits();
         let (waiting, running) = self.fleet.queue_lengths();
@@ -250,7 +250,7 @@ impl ControllerService {
             "archive_copy": r.archive_copy, "archive_file": r.archive_file});
         let result = self
             .audited(&who, "Backup", args, async {
-                self.require(&who, UserRole::Operator, "Backup")?;
+                self.require(&who, "Backup")?;
                 let sets = vec![r.set.clone()];
                 let member = (!r.member.is_empty()).then(|| r.member.clone());
                 check_sets(&self.inventory, &sets, member.as_deref())?;
@@ -278,7 +278,7 @@ impl ControllerService {
         &self,
         req: Request<pb::ListBackupsRequest>,
     ) -> Result<Response<pb::ListBackupsResponse>, Status> {
-        self.require(&caller(&req)?, UserRole::Viewer, "ListBackups")?;
+        self.require(&caller(&req)?, "ListBackups")?;
         let set_name = req.into_inner().set;
         let Some(set) = self.inventory.set(&set_name) else {
             return Err(ServiceError::UnknownSet { set: set_name }.into());

@@ -7,7 +7,7 @@ impl ControllerService {
         &self,
         req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        self.require(&caller(&req)?, UserRole::Viewer, "ListAgents")?;
+        self.require(&caller(&req)?, "ListAgents")?;
         let agents = self.inventory.list().into_iter().map(agent_info).collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
@@ -16,7 +16,7 @@ impl ControllerService {
         &self,
         req: Request<pb::ShowSetsRequest>,
     ) -> Result<Response<pb::ShowSetsResponse>, Status> {
-        self.require(&caller(&req)?, UserRole::Viewer, "ShowSets")?;
+        self.require(&caller(&req)?, "ShowSets")?;
         let wanted = req.into_inner().sets;
         let cfg = self.inventory.config();
         let declared = self.inventory.declared();
@@ -81,7 +81,7 @@ impl ControllerService {
         &self,
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        self.require(&caller(&req)?, UserRole::Viewer, "History")?;
+        self.require(&caller(&req)?, "History")?;
         let r = req.into_inner();
         let set = r.set.clone();
         if !self.inventory.ever_known(&set).await? {
@@ -114,7 +114,7 @@ impl ControllerService {
         &self,
         req: Request<pb::AuditRequest>,
     ) -> Result<Response<pb::AuditResponse>, Status> {
-        self.require(&caller(&req)?, UserRole::Viewer, "Audit")?;
+        self.require(&caller(&req)?, "Audit")?;
         let rows = self
             .store
             .audit_log(req.into_inner().limit)
