@@ -135,6 +135,34 @@ impl Orders<'_> {
         Ok(op)
     }
 
+    /// [`Orders::send`], asked again under [`RETRY`] while the agent does
+    /// not answer (it is restarting): for a window's steps, whose request
+    /// ids make a repeated order the same order.
+    pub async fn send_patiently(
+        &self,
+        to: &AgentRef,
+        set: &str,
+        request_id: String,
+        order: Order,
+    ) -> Result<String, OrderError> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .send(to, set, request_id.clone(), false, order.clone())
+                .await
+            {
+                Err(OrderError::Refused { code, .. })
+                    if attempt < RETRY.attempts
+                        && matches!(code, tonic::Code::Unavailable | tonic::Code::Unknown) =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(RETRY.every).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Follow an operation to its result, handing each progress message to
     /// `on_progress`; a broken stream is opened again under [`RETRY`].
     pub async fn follow(

@@ -106,7 +106,7 @@ impl Maintenance {
             targets: targets.to_vec(),
         });
         let op = orders
-            .send(&to, set, request, false, order)
+            .send_patiently(&to, set, request, order)
             .await
             .map_err(|e| match e {
                 OrderError::Refused { message, .. } => StepError::Refused(message),
