@@ -253,7 +253,10 @@ async fn follow(
             Err(s) => {
                 return Err(CtlError::Unanswered {
                     call: "WatchRun",
-                    message: format!("the progress stream of run {run_id} broke: {}", s.message()),
+                    message: format!(
+                        "the progress stream of run {run_id} broke: {}; `tandemctl history SET` shows the verdicts",
+                        s.message()
+                    ),
                 });
             }
         };
