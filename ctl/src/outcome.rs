@@ -36,7 +36,7 @@ pub enum CtlError {
     )]
     Unanswered { call: &'static str, message: String },
     #[error(
-        "the controller did not accept this connection for {call} ({message}): its certificate (TANDEM_CERT) must be signed by the fleet's CA and not expired, and TANDEM_CA must be that CA (`tandemctl certs init` makes a development set)"
+        "the controller closed the connection for {call} ({message}): it does not accept this certificate, or it stopped. TANDEM_CERT must be signed by the fleet's CA and not expired, and TANDEM_CA must be that CA (`tandemctl certs init` makes a development set)"
     )]
     CertRefused { call: &'static str, message: String },
     #[error(
@@ -54,7 +54,9 @@ pub enum CtlError {
 pub fn refused(call: &'static str) -> impl Fn(tonic::Status) -> CtlError {
     move |s| {
         let message = status_text(&s);
-        let tls = ["certificate", "alert", "handshake"]
+        // A server that refuses a client certificate (TLS 1.3) says so with
+        // an alert, or just closes the connection on the first call.
+        let tls = ["certificate", "alert", "handshake", "connection closed"]
             .iter()
             .any(|w| message.to_lowercase().contains(w));
         match s.code() {

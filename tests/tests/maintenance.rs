@@ -433,3 +433,87 @@ async fn a_recurring_window_repairs_a_set_that_needs_it_at_its_next_occurrence()
     );
     assert_eq!(w["verdict"]["kind"], "clean");
 }
+
+/// The primary's agent is SIGKILLed after each of its steps in one window
+/// (isolate, reindex, check, serve): each time the controller orders the
+/// interrupted step again once the agent is back, and the window closes
+/// clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_in_each_of_its_window_steps_is_ordered_again_and_the_window_closes() {
+    let mut fleet = Fleet::start(FleetSpec::new(&[("mkill", 1)])).await.unwrap();
+    corrupt_and_test(&fleet, "mkill").await;
+    let agent = "mkill-p";
+    let steps = ["isolate", "reindex", "check", "serve"];
+    fleet.kill_agent(agent);
+    fleet
+        .start_agent_with(agent, &[("TANDEM_TEST_PAUSE_AFTER_STEP", steps[0])])
+        .unwrap();
+    fleet
+        .wait_agents_state(&[agent.into()], "online")
+        .await
+        .unwrap();
+    let open = {
+        let mut cmd =
+            std::process::Command::new(tandem_tests::procs::bin_path("tandemctl").unwrap());
+        cmd.args([
+            "maintenance",
+            "open",
+            "mkill",
+            "--reason",
+            "crash test",
+            "--output",
+            "json",
+        ]);
+        for (k, v) in fleet.ctl_env("admin") {
+            cmd.env(k, v);
+        }
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let home = fleet.agent_home(agent);
+    for (i, step) in steps.iter().enumerate() {
+        let marker = home.join(format!("paused-after-{step}"));
+        wait_for(
+            &format!("the agent to pause after {step}"),
+            Duration::from_secs(120),
+            Duration::from_millis(20),
+            || async { Ok(marker.exists().then_some(())) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+        fleet.kill_agent(agent);
+        std::fs::remove_file(&marker).unwrap();
+        match steps.get(i + 1) {
+            Some(next) => fleet
+                .start_agent_with(agent, &[("TANDEM_TEST_PAUSE_AFTER_STEP", next)])
+                .unwrap(),
+            None => fleet.start_agent(agent).unwrap(),
+        }
+    }
+    let out = open.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", fleet.logs());
+    let w: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(w["state"], "closed", "{w:#}");
+    assert_eq!(w["verdict"]["kind"], "clean", "{w:#}");
+    // Each killed step is in the journal twice: interrupted, then done.
+    let records: Vec<Value> = std::fs::read_dir(home.join("journal"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap())
+        .filter(|r: &Value| r["kind"] == "maintenance")
+        .collect();
+    for step in steps {
+        let of_step: Vec<&Value> = records.iter().filter(|r| r["step"] == step).collect();
+        let states: Vec<&str> = of_step
+            .iter()
+            .map(|r| r["state"].as_str().unwrap())
+            .collect();
+        assert!(
+            states.contains(&"interrupted") && states.contains(&"succeeded"),
+            "{step}: {states:?}"
+        );
+    }
+}

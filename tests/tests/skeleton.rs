@@ -182,7 +182,7 @@ async fn peers_without_the_right_certificate_are_refused() {
     assert!(run.stdout.is_empty());
     // Said plainly: the certificate, not a bare "transport error".
     assert!(
-        run.stderr.contains("did not accept this connection")
+        run.stderr.contains("does not accept this certificate")
             && run.stderr.contains("signed by the fleet's CA"),
         "{}",
         run.stderr

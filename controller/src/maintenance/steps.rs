@@ -19,6 +19,8 @@ use crate::store::StoreError;
 /// How long a restarted standby may take to stream again.
 const STREAMING_TIMEOUT: Duration = Duration::from_secs(180);
 const POLL_EVERY: Duration = Duration::from_millis(300);
+/// How many times a step whose agent crashed under it is ordered again.
+const AGENT_CRASHES: u32 = 5;
 
 /// Why a step of a window failed (its text goes into the window's report).
 #[derive(Debug, thiserror::Error)]
@@ -105,18 +107,28 @@ impl Maintenance {
             step,
             targets: targets.to_vec(),
         });
-        let op = orders
-            .send_patiently(&to, set, request, order)
-            .await
-            .map_err(|e| match e {
-                OrderError::Refused { message, .. } => StepError::Refused(message),
-                e => StepError::Order(e),
-            })?;
-        let r = orders.follow(&to, &op, |_| {}).await?;
-        if r.state != pb::OperationState::Succeeded as i32 {
-            return Err(StepError::Failed(r.reason));
+        // A step its agent's crash interrupted is ordered again: the agent
+        // runs an interrupted step anew (every step is idempotent).
+        let mut crashes = 0;
+        loop {
+            let op = orders
+                .send_patiently(&to, set, request.clone(), order.clone())
+                .await
+                .map_err(|e| match e {
+                    OrderError::Refused { message, .. } => StepError::Refused(message),
+                    e => StepError::Order(e),
+                })?;
+            let r = orders.follow(&to, &op, |_| {}).await?;
+            if r.state == pb::OperationState::Interrupted as i32 && crashes < AGENT_CRASHES {
+                crashes += 1;
+                tracing::warn!(agent = %to.agent, operation = %op, %step, "the agent stopped during the step; ordering it again");
+                continue;
+            }
+            if r.state != pb::OperationState::Succeeded as i32 {
+                return Err(StepError::Failed(r.reason));
+            }
+            return Ok(r.maintenance.unwrap_or_default());
         }
-        Ok(r.maintenance.unwrap_or_default())
     }
 
     /// Run one step; Ok is the message for the report.
