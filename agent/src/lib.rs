@@ -22,6 +22,8 @@ pub mod engine;
 pub mod events;
 pub mod fence;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod journal;
 pub mod metrics;
 pub mod ops;

@@ -17,6 +17,8 @@ pub mod agents;
 pub mod config;
 pub mod error;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inventory;
 pub mod maintenance;
 pub mod metrics;

@@ -15,6 +15,8 @@ pub mod pb {
 }
 
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod metrics;
 pub mod model;
