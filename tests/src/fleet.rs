@@ -447,6 +447,50 @@ impl Fleet {
         run_ctl_raw(&env, args)
     }
 
+    /// Start `tandemctl` as `user` without waiting for it (stdout and
+    /// stderr piped): for a command something is done to while it runs.
+    pub fn spawn_ctl(&self, user: &str, args: &[&str]) -> anyhow::Result<std::process::Child> {
+        let mut cmd = Command::new(bin_path("tandemctl")?);
+        cmd.args(args)
+            .envs(self.ctl_env(user))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Ok(cmd.spawn()?)
+    }
+
+    /// A crash test's kill: start `agent` paused after `step` of its next
+    /// operation (`TANDEM_TEST_PAUSE_AFTER_STEP`), until it is online.
+    pub async fn start_agent_paused(&mut self, agent: &str, step: &str) -> anyhow::Result<()> {
+        self.kill_agent(agent);
+        self.start_agent_with(agent, &[("TANDEM_TEST_PAUSE_AFTER_STEP", step)])?;
+        self.wait_agents_state(&[agent.into()], "online").await?;
+        Ok(())
+    }
+
+    /// Wait until `agent` paused after `step`, SIGKILL it there, and start
+    /// it again (paused after `next`, when given).
+    pub async fn kill_when_paused(
+        &mut self,
+        agent: &str,
+        step: &str,
+        next: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let marker = self.agent_home(agent).join(format!("paused-after-{step}"));
+        wait_for(
+            &format!("{agent} to pause after {step}"),
+            Duration::from_secs(120),
+            Duration::from_millis(20),
+            || async { Ok(marker.exists().then_some(())) },
+        )
+        .await?;
+        self.kill_agent(agent);
+        std::fs::remove_file(&marker)?;
+        match next {
+            Some(n) => self.start_agent_with(agent, &[("TANDEM_TEST_PAUSE_AFTER_STEP", n)]),
+            None => self.start_agent(agent),
+        }
+    }
+
     /// Wait until every named agent has `state` in `tandemctl agents`.
     pub async fn wait_agents_state(&self, names: &[String], state: &str) -> anyhow::Result<Value> {
         wait_for(

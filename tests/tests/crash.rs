@@ -89,26 +89,11 @@ async fn an_agent_killed_in_any_step_of_a_backup_puts_back_what_it_changed() {
 
     for step in STEPS {
         // The agent, paused after `step` of the next operation.
-        fleet.kill_agent(agent);
-        fleet
-            .start_agent_with(agent, &[("TANDEM_TEST_PAUSE_AFTER_STEP", step)])
-            .unwrap();
-        fleet
-            .wait_agents_state(&[agent.into()], "online")
-            .await
-            .unwrap();
+        fleet.start_agent_paused(agent, step).await.unwrap();
         fleet.wait_heartbeat_streaming(agent).await.unwrap();
-        let ctl = {
-            let mut cmd =
-                std::process::Command::new(tandem_tests::procs::bin_path("tandemctl").unwrap());
-            cmd.args(["backup", "crash", "--output", "json"]);
-            for (k, v) in fleet.ctl_env("operator") {
-                cmd.env(k, v);
-            }
-            cmd.stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            cmd.spawn().unwrap()
-        };
+        let ctl = fleet
+            .spawn_ctl("operator", &["backup", "crash", "--output", "json"])
+            .unwrap();
         let marker = home.join(format!("paused-after-{step}"));
         wait_for(
             &format!("the agent to pause after step {step}"),
@@ -130,9 +115,7 @@ async fn an_agent_killed_in_any_step_of_a_backup_puts_back_what_it_changed() {
             .expect("a running operation in the journal");
         let op = op["id"].as_str().unwrap().to_owned();
 
-        fleet.kill_agent(agent);
-        std::fs::remove_file(&marker).unwrap();
-        fleet.start_agent(agent).unwrap();
+        fleet.kill_when_paused(agent, step, None).await.unwrap();
 
         // The hook ran for the interrupted operation once the undos ran.
         wait_for(

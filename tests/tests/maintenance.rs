@@ -444,52 +444,23 @@ async fn an_agent_killed_in_each_of_its_window_steps_is_ordered_again_and_the_wi
     corrupt_and_test(&fleet, "mkill").await;
     let agent = "mkill-p";
     let steps = ["isolate", "reindex", "check", "serve"];
-    fleet.kill_agent(agent);
-    fleet
-        .start_agent_with(agent, &[("TANDEM_TEST_PAUSE_AFTER_STEP", steps[0])])
-        .unwrap();
-    fleet
-        .wait_agents_state(&[agent.into()], "online")
-        .await
-        .unwrap();
-    let open = {
-        let mut cmd =
-            std::process::Command::new(tandem_tests::procs::bin_path("tandemctl").unwrap());
-        cmd.args([
-            "maintenance",
-            "open",
-            "mkill",
-            "--reason",
-            "crash test",
-            "--output",
-            "json",
-        ]);
-        for (k, v) in fleet.ctl_env("admin") {
-            cmd.env(k, v);
-        }
-        cmd.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        cmd.spawn().unwrap()
-    };
+    fleet.start_agent_paused(agent, steps[0]).await.unwrap();
+    let args = [
+        "maintenance",
+        "open",
+        "mkill",
+        "--reason",
+        "crash test",
+        "--output",
+        "json",
+    ];
+    let open = fleet.spawn_ctl("admin", &args).unwrap();
     let home = fleet.agent_home(agent);
     for (i, step) in steps.iter().enumerate() {
-        let marker = home.join(format!("paused-after-{step}"));
-        wait_for(
-            &format!("the agent to pause after {step}"),
-            Duration::from_secs(120),
-            Duration::from_millis(20),
-            || async { Ok(marker.exists().then_some(())) },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
-        fleet.kill_agent(agent);
-        std::fs::remove_file(&marker).unwrap();
-        match steps.get(i + 1) {
-            Some(next) => fleet
-                .start_agent_with(agent, &[("TANDEM_TEST_PAUSE_AFTER_STEP", next)])
-                .unwrap(),
-            None => fleet.start_agent(agent).unwrap(),
-        }
+        fleet
+            .kill_when_paused(agent, step, steps.get(i + 1).copied())
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
     }
     let out = open.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

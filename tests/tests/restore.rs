@@ -614,52 +614,29 @@ async fn an_agent_killed_in_any_step_of_a_restore_puts_the_old_data_directory_ba
 
     for step in RESTORE_STEPS {
         // The primary's agent stops after `step` and is SIGKILLed there.
-        fleet.kill_agent(agent);
-        fleet
-            .start_agent_with(agent, &[("TANDEM_TEST_PAUSE_AFTER_STEP", step)])
-            .unwrap();
-        fleet
-            .wait_agents_state(&[agent.into()], "online")
-            .await
-            .unwrap();
+        fleet.start_agent_paused(agent, step).await.unwrap();
         {
             let pair = fleet.set("rkill");
             pair.wait_streaming(&pair.standbys[0]).await.unwrap();
         }
         fleet.wait_heartbeat_streaming("rkill-s1").await.unwrap();
-        let ctl = {
-            let mut cmd = std::process::Command::new(bin_path("tandemctl").unwrap());
-            cmd.args([
-                "restore",
-                "rkill",
-                "--member",
-                agent,
-                "--yes",
-                "--replace",
-                "--output",
-                "json",
-                "--from",
-                file.to_str().unwrap(),
-            ]);
-            for (k, v) in fleet.ctl_env("admin") {
-                cmd.env(k, v);
-            }
-            cmd.stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            cmd.spawn().unwrap()
-        };
-        let marker = fleet.agent_home(agent).join(format!("paused-after-{step}"));
-        wait_for(
-            &format!("the agent to pause after {step}"),
-            Duration::from_secs(120),
-            Duration::from_millis(20),
-            || async { Ok(marker.exists().then_some(())) },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
-        fleet.kill_agent(agent);
-        std::fs::remove_file(&marker).unwrap();
-        fleet.start_agent(agent).unwrap();
+        let args = [
+            "restore",
+            "rkill",
+            "--member",
+            agent,
+            "--yes",
+            "--replace",
+            "--output",
+            "json",
+            "--from",
+            file.to_str().unwrap(),
+        ];
+        let ctl = fleet.spawn_ctl("admin", &args).unwrap();
+        fleet
+            .kill_when_paused(agent, step, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
 
         // The window fails the restore and resumes the set as it was.
         let out = ctl.wait_with_output().unwrap();

@@ -228,17 +228,9 @@ async fn sigterm_during_the_copy_interrupts_cleanly_and_the_next_test_succeeds()
     pgbench_init(&primary, 15);
     corrupt::wait_replayed(&primary, &standby).await.unwrap();
 
-    let ctl = {
-        let mut cmd =
-            std::process::Command::new(tandem_tests::procs::bin_path("tandemctl").unwrap());
-        cmd.args(["testdb", "term", "--output", "json"]);
-        for (k, v) in fleet.ctl_env("operator") {
-            cmd.env(k, v);
-        }
-        cmd.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        cmd.spawn().unwrap()
-    };
+    let ctl = fleet
+        .spawn_ctl("operator", &["testdb", "term", "--output", "json"])
+        .unwrap();
     // Wait until the journal says the copy runs, then stop the agent.
     let journal = fleet.agent_home("term-s1").join("journal");
     let op_file = wait_for(
