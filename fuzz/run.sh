@@ -14,7 +14,7 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(schedule agent_config controller_config tool_output wal_name start_order archive)
 command -v cargo-fuzz >/dev/null || { echo "fuzz/run.sh: cargo-fuzz is not installed: cargo install cargo-fuzz" >&2; exit 2; }
 export RUSTC_BOOTSTRAP=1
-cargo fuzz build -O "${targets[@]}" 2>&1 | tail -3
+for t in "${targets[@]}"; do cargo fuzz build -O "$t" 2>&1 | tail -1; done
 run() {
   local t=$1
   mkdir -p "corpus/$t" "artifacts/$t"
