@@ -10,7 +10,6 @@ use tandem_proto::telemetry;
 use tracing::Instrument;
 
 fn main() -> ExitCode {
-    tandem_proto::process::die_quietly_on_broken_pipe();
     let cli = Cli::parse();
     let rt = match tandem_proto::process::start("tandemctl") {
         Ok(rt) => rt,

@@ -54,18 +54,20 @@ pub enum CtlError {
 pub fn refused(call: &'static str) -> impl Fn(tonic::Status) -> CtlError {
     move |s| {
         let message = status_text(&s);
-        // A server that refuses a client certificate (TLS 1.3) says so with
-        // an alert, or just closes the connection on the first call.
-        let tls = ["certificate", "alert", "handshake", "connection closed"]
-            .iter()
-            .any(|w| message.to_lowercase().contains(w));
+        // A status the controller sent has no cause under it; one made on
+        // this side from a failed connection has.
+        let transport = std::error::Error::source(&s).is_some();
         match s.code() {
             tonic::Code::Unimplemented => CtlError::NotAController { call },
-            tonic::Code::Unavailable | tonic::Code::Unknown if tls => {
+            // tandemctl connects (TCP and TLS) before its first call, so a
+            // transport failure of the call itself is the controller closing
+            // the connection: it refused the client certificate (TLS 1.3
+            // says so with an alert, a close, a reset or a broken pipe,
+            // whichever arrives first), or it stopped just then.
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                if transport =>
+            {
                 CtlError::CertRefused { call, message }
-            }
-            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
-                CtlError::Unanswered { call, message }
             }
             _ => CtlError::Refused { call, message },
         }
@@ -92,15 +94,17 @@ fn status_text(s: &tonic::Status) -> String {
     text
 }
 
-/// Print a command's answer: `json` for scripts, `human` for people.
+/// Print a command's answer: `json` for scripts, `human` for people. A
+/// reader that went away (`tandemctl history | head`) is no error: the rest
+/// is dropped, without the panic `println!` would end in.
 pub fn print(format: OutputFormat, json: Value, human: String) {
-    match format {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&json).expect("json values serialize")
-        ),
-        OutputFormat::Human => println!("{}", human.trim_end()),
-    }
+    use std::io::Write;
+    let text = match format {
+        OutputFormat::Json => serde_json::to_string_pretty(&json).expect("json values serialize"),
+        OutputFormat::Human => human.trim_end().to_owned(),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
 #[cfg(test)]
@@ -108,18 +112,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_refusal_says_whether_the_controller_refused_went_away_or_is_not_one() {
-        let said = |s: tonic::Status| refused("WatchRun")(s).to_string();
+    fn a_refusal_says_whether_the_controller_refused_closed_the_connection_or_is_not_one() {
+        let said = |s: tonic::Status| refused("ShowSets")(s).to_string();
         assert_eq!(
             said(tonic::Status::permission_denied("needs the operator role")),
-            "the controller refused WatchRun: needs the operator role"
+            "the controller refused ShowSets: needs the operator role"
         );
-        let gone = said(tonic::Status::unknown("transport error: connection reset"));
+        // The controller's own "unavailable" (an agent it cannot reach) is its refusal.
+        assert_eq!(
+            said(tonic::Status::unavailable("cannot reach agent `db1`")),
+            "the controller refused ShowSets: cannot reach agent `db1`"
+        );
+        // A connection closed under the call (a refused certificate shows
+        // as that): said as such, with its cause.
+        let closed = said(tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "stream closed because of a broken pipe",
+        ))));
         assert!(
-            gone.starts_with("the controller did not answer WatchRun"),
-            "{gone}"
+            closed.contains("closed the connection for ShowSets"),
+            "{closed}"
         );
-        assert!(gone.contains("connection reset"), "{gone}");
+        assert!(closed.contains("broken pipe"), "{closed}");
+        assert!(
+            closed.contains("does not accept this certificate, or it stopped"),
+            "{closed}"
+        );
         let agent = said(tonic::Status::unimplemented(""));
         assert!(agent.contains("not a Tandem controller"), "{agent}");
         assert!(!agent.contains("Unimplemented"), "{agent}");

@@ -18,17 +18,6 @@ pub fn start(program: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
     })
 }
 
-/// For command-line tools: a closed standard output (`tandemctl history |
-/// head`) ends the process quietly, as it does `ls`, instead of a panic in
-/// `println!`. Rust ignores SIGPIPE by default; this puts the default back.
-/// Never for the daemons, which must outlive a client that goes away.
-pub fn die_quietly_on_broken_pipe() {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: called at the start of `main`, before any thread is spawned;
-    // SIG_DFL installs no handler code.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-}
-
 /// Raise the soft limit of open files to the hard limit. A controller holds
 /// a connection from every agent and, during a run, one to every agent it
 /// tests: 1,000 agents need about 1,500 descriptors, past the usual soft

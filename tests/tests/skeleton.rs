@@ -140,6 +140,15 @@ async fn a_killed_agent_goes_offline_and_comes_back() {
     let run = fleet.ctl(&["show", "--output", "json"]).unwrap();
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(member(&run.json(), "beta", "beta-s1")["state"], "streaming");
+
+    // A reader that goes away (`tandemctl show | head`) ends tandemctl
+    // with its own exit code, not a broken-pipe panic.
+    let mut child = fleet.spawn_ctl("operator", &["show"]).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
