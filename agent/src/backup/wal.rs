@@ -88,10 +88,12 @@ pub fn valid_name(name: &str) -> bool {
     if let Some(seg) = name.strip_suffix(".partial") {
         return parse_segment(seg).is_some();
     }
+    // A backup history file: `<segment>.<8 hex digits of the start offset>.backup`.
     if let Some((seg, rest)) = name.split_once('.') {
         return parse_segment(seg).is_some()
-            && rest.ends_with(".backup")
-            && is_hex(rest.trim_end_matches(".backup"));
+            && rest
+                .strip_suffix(".backup")
+                .is_some_and(|off| off.len() == 8 && is_hex(off));
     }
     false
 }
@@ -282,6 +284,17 @@ pub fn continuity(files: impl IntoIterator<Item = (String, u64)>) -> Continuity 
 
 #[cfg(test)]
 mod tests {
+    use super::valid_name as valid;
+
+    #[test]
+    fn a_backup_history_name_has_an_eight_digit_offset() {
+        assert!(valid("000000010000000000000002.00000028.backup"));
+        // Found by the wal_name fuzzer: an empty offset was taken.
+        assert!(!valid("000000010000000000000002..backup"));
+        assert!(!valid("000000010000000000000002.028.backup"));
+        assert!(!valid("000000010000000000000002.00000028.backup.backup"));
+    }
+
     use super::*;
 
     #[test]
