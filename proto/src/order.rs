@@ -136,11 +136,6 @@ impl MaintenanceStep {
             MaintenanceStep::Unfence => "unfence",
         }
     }
-
-    /// Whether the step holds the fence when it is done.
-    pub fn holds_fence(self) -> bool {
-        matches!(self, MaintenanceStep::FenceStop | MaintenanceStep::Reseed)
-    }
 }
 
 impl fmt::Display for MaintenanceStep {

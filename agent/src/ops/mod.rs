@@ -434,10 +434,6 @@ impl<E: Engine> Operations<E> {
         self.tasks.close();
         self.tasks.wait().await;
     }
-
-    pub fn state_file(&self) -> PathBuf {
-        files::state_file_path(&self.cfg)
-    }
 }
 
 pub enum Watched {

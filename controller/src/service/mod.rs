@@ -72,16 +72,6 @@ fn exec_only(r: &pb::MaintenanceRequest) -> Result<bool, ServiceError> {
     }
 }
 
-/// An agent's call, for its own name only (the rule in `access::CALLS`).
-fn require_agent(
-    access: &crate::config::Access,
-    who: &Identity,
-    claimed: &str,
-    call: &'static str,
-) -> Result<(), ServiceError> {
-    access::allowed(access, who, call, Some(claimed))
-}
-
 impl ControllerService {
     /// What a local result is checked against: the set's test policy, the
     /// member's last known role, the newest verdict, the set's log position.
@@ -140,13 +130,14 @@ impl ControllerService {
         access::allowed(&self.inventory.config().access, who, call, None)
     }
 
+    /// An agent's call, for its own name only (the rule in `access::CALLS`).
     fn require_agent(
         &self,
         who: &Identity,
         claimed: &str,
         call: &'static str,
     ) -> Result<(), ServiceError> {
-        require_agent(&self.inventory.config().access, who, claimed, call)
+        access::allowed(&self.inventory.config().access, who, call, Some(claimed))
     }
 
     /// Write an audit record for a mutating call; a failure to audit is logged
