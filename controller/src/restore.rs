@@ -9,7 +9,6 @@
 //! set serves, standbys fenced and stopped first, the member restored, each
 //! standby re-seeded from it, the set resumed and tested.
 
-use serde::{Deserialize, Serialize};
 use tandem_proto::model::Role;
 use tandem_proto::order::{Order, RestoreStage};
 use tandem_proto::pb;
@@ -19,6 +18,7 @@ use crate::error::ServiceError;
 use crate::inventory::Inventory;
 use crate::maintenance::plan::RestoreOrder;
 use crate::orders::{AgentRef, OrderError, Orders};
+pub use tandem_proto::window::{RestoreProgress as Outcome, RestoreState};
 
 /// The member to restore and how to reach its agent.
 pub struct Target {
@@ -66,26 +66,6 @@ pub fn target(inv: &Inventory, set: &str, member: Option<&str>) -> Result<Target
         agent: chosen.agent.clone(),
         address,
     })
-}
-
-/// What became of a restore window's agent orders, for the report and
-/// `tandemctl restore`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Outcome {
-    pub member: String,
-    pub agent: String,
-    /// The agent's operation of the order running or last run.
-    pub operation_id: String,
-    /// `running`, `prepared`, `restored` or `failed`.
-    pub state: String,
-    /// The agent's step (R1 .. R10) that failed.
-    #[serde(default)]
-    pub failed_step: Option<String>,
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// What each order did (where the old directory went, sequences fixed).
-    #[serde(default)]
-    pub notes: Vec<String>,
 }
 
 impl Target {

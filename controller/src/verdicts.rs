@@ -7,135 +7,9 @@
 //! whole set halted. A test that could not run says why.
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
-use tandem_proto::model::{Finding, Lsn, Role, timestamp_from_wire, timestamp_to_wire};
+use tandem_proto::model::{Lsn, Role, timestamp_from_wire};
 use tandem_proto::pb;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VerdictKind {
-    Clean,
-    Errors,
-    FailedToRun,
-}
-
-impl VerdictKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VerdictKind::Clean => "clean",
-            VerdictKind::Errors => "errors",
-            VerdictKind::FailedToRun => "failed_to_run",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
-    pub kind: VerdictKind,
-    pub lsn: Option<String>,
-    pub at: Timestamp,
-    /// The member whose copy was tested (empty when none could be chosen).
-    pub member: String,
-    pub findings: Vec<Finding>,
-    pub reason: Option<String>,
-    pub trace_id: String,
-    pub operation_id: String,
-    pub output_path: String,
-    pub warnings: Vec<String>,
-    pub standby_downtime_seconds: Option<f64>,
-    pub duration_seconds: Option<f64>,
-    /// When the agent's operation started (none when it never did).
-    #[serde(default)]
-    pub started_at: Option<Timestamp>,
-    /// A backup run: the backup file kept on the member's host.
-    #[serde(default)]
-    pub backup_path: Option<String>,
-}
-
-impl Verdict {
-    /// A test that could not run, with the reason.
-    pub fn failed_to_run(member: &str, reason: String, trace_id: String) -> Verdict {
-        Verdict {
-            kind: VerdictKind::FailedToRun,
-            lsn: None,
-            at: Timestamp::now(),
-            member: member.to_owned(),
-            findings: vec![],
-            reason: Some(reason),
-            trace_id,
-            operation_id: String::new(),
-            output_path: String::new(),
-            warnings: vec![],
-            standby_downtime_seconds: None,
-            duration_seconds: None,
-            started_at: None,
-            backup_path: None,
-        }
-    }
-
-    /// The verdict an agent's final operation result gives.
-    pub fn from_result(member: &str, r: &pb::OperationResult, trace_id: String) -> Verdict {
-        let at = timestamp_from_wire("finished_at", r.finished_at)
-            .ok()
-            .flatten()
-            .unwrap_or_else(Timestamp::now);
-        let started = timestamp_from_wire("started_at", r.started_at)
-            .ok()
-            .flatten();
-        let kind = match pb::OperationState::try_from(r.state) {
-            Ok(pb::OperationState::Succeeded) => VerdictKind::Clean,
-            Ok(pb::OperationState::ErrorsFound) => VerdictKind::Errors,
-            _ => VerdictKind::FailedToRun,
-        };
-        let reason = match kind {
-            VerdictKind::FailedToRun if r.reason.is_empty() => Some(format!(
-                "the test ended {:?} without a reason",
-                pb::OperationState::try_from(r.state).unwrap_or_default()
-            )),
-            _ => (!r.reason.is_empty()).then(|| r.reason.clone()),
-        };
-        Verdict {
-            kind,
-            lsn: (!r.tested_lsn.is_empty()).then(|| r.tested_lsn.clone()),
-            at,
-            member: member.to_owned(),
-            findings: r.findings.iter().cloned().map(Finding::from).collect(),
-            reason,
-            trace_id,
-            operation_id: r.operation_id.clone(),
-            output_path: r.output_path.clone(),
-            warnings: r.warnings.clone(),
-            standby_downtime_seconds: (r.standby_downtime_seconds > 0.0)
-                .then_some(r.standby_downtime_seconds),
-            duration_seconds: started.map(|s| (at - s).total(jiff::Unit::Second).unwrap_or(0.0)),
-            started_at: started,
-            backup_path: (!r.backup_path.is_empty()).then(|| r.backup_path.clone()),
-        }
-    }
-
-    pub fn to_pb(&self) -> pb::Verdict {
-        pb::Verdict {
-            kind: match self.kind {
-                VerdictKind::Clean => pb::VerdictKind::Clean,
-                VerdictKind::Errors => pb::VerdictKind::Errors,
-                VerdictKind::FailedToRun => pb::VerdictKind::FailedToRun,
-            } as i32,
-            lsn: self.lsn.clone().unwrap_or_default(),
-            at: Some(timestamp_to_wire(self.at)),
-            member: self.member.clone(),
-            findings: self.findings.iter().cloned().map(Into::into).collect(),
-            reason: self.reason.clone().unwrap_or_default(),
-            trace_id: self.trace_id.clone(),
-            operation_id: self.operation_id.clone(),
-            output_path: self.output_path.clone(),
-            warnings: self.warnings.clone(),
-            standby_downtime_seconds: self.standby_downtime_seconds.unwrap_or(0.0),
-            duration_seconds: self.duration_seconds.unwrap_or(0.0),
-            started_at: self.started_at.map(timestamp_to_wire),
-            backup_path: self.backup_path.clone().unwrap_or_default(),
-        }
-    }
-}
+pub use tandem_proto::verdict::{Verdict, VerdictKind};
 
 /// What the controller knows when an agent offers a result it got by
 /// itself (a test it ran while the controller was unreachable).
@@ -357,7 +231,7 @@ mod tests {
         );
         assert_eq!(v.kind, VerdictKind::Errors);
         assert_eq!(v.findings.len(), 2);
-        assert_eq!(v.to_pb().kind, pb::VerdictKind::Errors as i32);
+        assert_eq!(pb::Verdict::from(&v).kind, pb::VerdictKind::Errors as i32);
     }
 
     #[test]

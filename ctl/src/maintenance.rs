@@ -11,23 +11,22 @@
 
 use serde_json::Value;
 use tandem_proto::pb;
+use tandem_proto::window::{Plan, Window};
 
 use crate::cli::{Connection, MaintenanceCommand};
 use crate::outcome::{CtlError, Outcome, print, refused};
 use crate::output::OutputFormat;
-use crate::window::{follow_window, outcome, parse, plan_human, s, window_human};
+use crate::window::{follow_window, json, outcome, plan_human, read, window_human};
 
 async fn follow(
     conn: &Connection,
     format: OutputFormat,
     set: &str,
-    w: Value,
+    w: Window,
 ) -> Result<Outcome, CtlError> {
     let w = follow_window(conn, format, set, w, false).await?;
-    let human = window_human(&w);
-    let out = outcome(&w);
-    print(format, w, human);
-    Ok(out)
+    print(format, json(&w), window_human(&w));
+    Ok(outcome(&w))
 }
 
 pub async fn run(
@@ -44,18 +43,16 @@ pub async fn run(
     let cmd_is_close = matches!(cmd, MaintenanceCommand::Close { .. });
     match cmd {
         MaintenanceCommand::Plan { set, repair } => {
-            let json = client
+            let r = client
                 .maintenance_plan(pb::MaintenanceRequest {
                     repair,
                     ..req(&set, "")
                 })
                 .await
                 .map_err(refused("MaintenancePlan"))?
-                .into_inner()
-                .json;
-            let p = parse(&json)?;
-            let human = plan_human(&p);
-            print(format, p, human);
+                .into_inner();
+            let p: Plan = read("plan", r.plan)?;
+            print(format, json(&p), plan_human(&p));
             Ok(Outcome::Ok)
         }
         MaintenanceCommand::Open {
@@ -64,20 +61,19 @@ pub async fn run(
             repair,
             detach,
         } => {
-            let json = client
+            let r = client
                 .maintenance_open(pb::MaintenanceRequest {
                     repair,
                     ..req(&set, &reason)
                 })
                 .await
                 .map_err(refused("MaintenanceOpen"))?
-                .into_inner()
-                .json;
-            let w = parse(&json)?;
+                .into_inner();
+            let w: Window = read("window", r.window)?;
             if format == OutputFormat::Human {
                 eprintln!(
                     "window {} opened on set {set}; {}",
-                    s(&w, "id"),
+                    w.id,
                     if detach {
                         format!("follow it with `tandemctl maintenance show {set}`")
                     } else {
@@ -86,8 +82,7 @@ pub async fn run(
                 );
             }
             if detach {
-                let human = window_human(&w);
-                print(format, w, human);
+                print(format, json(&w), window_human(&w));
                 return Ok(Outcome::Ok);
             }
             follow(conn, format, &set, w).await
@@ -105,22 +100,20 @@ pub async fn run(
                     .await
                     .map_err(refused("MaintenanceAbort"))?
             };
-            let w = parse(&r.into_inner().json)?;
+            let w: Window = read("window", r.into_inner().window)?;
             if detach {
-                let human = window_human(&w);
-                print(format, w, human);
+                print(format, json(&w), window_human(&w));
                 return Ok(Outcome::Ok);
             }
             follow(conn, format, &set, w).await
         }
         MaintenanceCommand::Show { set } => {
-            let json = client
+            let r = client
                 .maintenance_show(req(&set, ""))
                 .await
                 .map_err(refused("MaintenanceShow"))?
-                .into_inner()
-                .json;
-            if json.is_empty() {
+                .into_inner();
+            if r.window.is_none() {
                 print(
                     format,
                     Value::Null,
@@ -128,11 +121,9 @@ pub async fn run(
                 );
                 return Ok(Outcome::Ok);
             }
-            let w = parse(&json)?;
-            let human = window_human(&w);
-            let out = outcome(&w);
-            print(format, w, human);
-            Ok(out)
+            let w: Window = read("window", r.window)?;
+            print(format, json(&w), window_human(&w));
+            Ok(outcome(&w))
         }
     }
 }

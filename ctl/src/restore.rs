@@ -8,6 +8,7 @@
 
 use serde_json::json;
 use tandem_proto::pb;
+use tandem_proto::window::{RestoreState, Window};
 
 use crate::cli::Connection;
 use crate::outcome::{CtlError, Outcome, print, refused};
@@ -49,57 +50,52 @@ pub async fn run(
         .await
         .map_err(refused("Restore"))?
         .into_inner();
-    let w = window::parse(&started.window)?;
+    let w: Window = window::read("window", started.window)?;
     if format == OutputFormat::Human {
         eprintln!(
             "restoring member {} of set {} (agent {}) in window {}: prepared while the set serves, then the set halted standbys first, the member restored, each standby re-seeded from it, a testdb (Ctrl-C stops only this display; `tandemctl maintenance show {}`)",
-            started.member,
-            started.set,
-            started.agent,
-            window::s(&w, "id"),
-            started.set
+            started.member, started.set, started.agent, w.id, started.set
         );
     }
     let w = window::follow_window(conn, format, &started.set, w, true).await?;
-    let r = &w["restore"];
-    let restored = window::s(r, "state") == "restored";
-    let outcome = window::outcome(&w);
+    let r = w.restore.clone().unwrap_or_default();
+    let restored = r.state == RestoreState::Restored;
     let json = json!({
         "set": started.set,
         "member": started.member,
         "agent": started.agent,
-        "window_id": w["id"],
-        "window_state": w["state"],
+        "window_id": w.id,
+        "window_state": w.state,
         "state": if restored { "restored" } else { "failed" },
-        "failed_step": r["failed_step"],
-        "reason": r["reason"],
-        "notes": r["notes"],
-        "failure": w["failure"],
-        "verdict": w["verdict"],
-        "window": w,
+        "failed_step": r.failed_step,
+        "reason": r.reason,
+        "notes": r.notes,
+        "failure": w.failure,
+        "verdict": w.verdict,
+        "window": window::json(&w),
     });
     let mut human = if restored {
         format!(
             "set {} member {}: restored; window {} {}",
             started.set,
             started.member,
-            window::s(&w, "id"),
-            window::s(&w, "state")
+            w.id,
+            w.state.as_str()
         )
     } else {
         format!(
             "set {} member {}: restore FAILED at {}\n  {}",
             started.set,
             started.member,
-            window::s(r, "failed_step"),
-            window::s(r, "reason")
+            r.failed_step.as_deref().unwrap_or("-"),
+            r.reason.as_deref().unwrap_or("")
         )
     };
-    for n in r["notes"].as_array().into_iter().flatten() {
-        human.push_str(&format!("\n  - {}", n.as_str().unwrap_or("")));
+    for n in &r.notes {
+        human.push_str(&format!("\n  - {n}"));
     }
     human.push_str("\n\n");
     human.push_str(&window::window_human(&w));
     print(format, json, human);
-    Ok(outcome)
+    Ok(window::outcome(&w))
 }

@@ -1,12 +1,14 @@
-//! A maintenance window as tandemctl reads it (the controller's JSON
-//! document), shows it to a person, and follows it until it stops: used by
+//! A maintenance window as tandemctl reads it (typed, from the
+//! controller), shows it to a person, and follows it until it stops: used by
 //! `tandemctl maintenance` and by `tandemctl restore`, whose restore is a
-//! window too.
+//! window too. `--output json` is the window's own serialized form, the
+//! same document the controller keeps.
 
 use std::time::Duration;
 
 use serde_json::Value;
 use tandem_proto::pb;
+use tandem_proto::window::{Plan, RestoreState, Step, StepState, Window, WindowState};
 
 use crate::cli::Connection;
 use crate::client::Client;
@@ -15,61 +17,81 @@ use crate::output::{self, OutputFormat};
 
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
-pub fn parse(json: &str) -> Result<Value, CtlError> {
-    serde_json::from_str(json).map_err(|e| {
+/// A window or plan the controller sent, or why this tandemctl cannot read it.
+pub fn read<W, T>(what: &str, wire: Option<W>) -> Result<T, CtlError>
+where
+    T: TryFrom<W, Error = tandem_proto::model::ModelError>,
+{
+    let wire = wire.ok_or_else(|| {
         CtlError::Usage(format!(
-            "the controller sent a window this tandemctl cannot read: {e}"
+            "the controller sent no {what}; is it this tandemctl's version?"
+        ))
+    })?;
+    T::try_from(wire).map_err(|e| {
+        CtlError::Usage(format!(
+            "the controller sent a {what} this tandemctl cannot read: {e}"
         ))
     })
 }
 
-pub fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v[k].as_str().unwrap_or("")
+/// The document `--output json` prints.
+pub fn json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("windows serialize")
 }
 
-fn secs(v: &Value) -> String {
-    v.as_f64().map_or("-".into(), |x| format!("{x:.1} s"))
+fn secs(x: f64) -> String {
+    format!("{x:.1} s")
+}
+
+fn state_word(s: StepState) -> &'static str {
+    match s {
+        StepState::Pending => "pending",
+        StepState::Running => "running",
+        StepState::Done => "done",
+        StepState::Failed => "failed",
+    }
+}
+
+fn repair_word(p: &Plan) -> &'static str {
+    match p.repair {
+        tandem_proto::window::Repair::Primary => "primary",
+        tandem_proto::window::Repair::Reseed => "reseed",
+        tandem_proto::window::Repair::Restore => "restore",
+    }
 }
 
 /// The plan as a person reads it.
-pub fn plan_human(p: &Value) -> String {
+pub fn plan_human(p: &Plan) -> String {
     let mut out = format!(
         "plan for set {}: {} repair\n  why: {}\n  otherwise: {}\n",
-        s(p, "set"),
-        s(p, "repair"),
-        s(p, "why"),
-        s(p, "alternative")
+        p.set,
+        repair_word(p),
+        p.why,
+        p.alternative
     );
-    if let Some(ha) = p.get("ha").filter(|h| h.is_object()) {
-        let urls: Vec<&str> = ha["urls"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+    if let Some(ha) = &p.ha {
         out.push_str(&format!(
             "  HA manager: {} ({}): {}\n",
-            s(ha, "manager"),
-            urls.join(", "),
-            s(ha, "seen")
+            ha.manager,
+            ha.urls.join(", "),
+            ha.seen
         ));
     }
-    let rows: Vec<Vec<String>> = p["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = p
+        .steps
+        .iter()
         .enumerate()
         .map(|(i, st)| {
             vec![
                 (i + 1).to_string(),
-                s(st, "action").to_owned(),
-                s(st, "member").to_owned(),
-                s(st, "state").to_owned(),
-                secs(&st["estimate_seconds"]),
-                if s(st, "message").is_empty() {
-                    s(st, "touches").to_owned()
+                st.action.name().to_owned(),
+                st.member.clone(),
+                state_word(st.state).to_owned(),
+                secs(st.estimate_seconds),
+                if st.message.is_empty() {
+                    st.touches.clone()
                 } else {
-                    s(st, "message").to_owned()
+                    st.message.clone()
                 },
             ]
         })
@@ -80,58 +102,61 @@ pub fn plan_human(p: &Value) -> String {
     ));
     out.push_str(&format!(
         "\nexpected downtime (first member stopped to last streaming): {}",
-        secs(&p["expected_downtime_seconds"])
+        secs(p.expected_downtime_seconds)
     ));
     out
 }
 
 /// A window as a person reads it.
-pub fn window_human(w: &Value) -> String {
+pub fn window_human(w: &Window) -> String {
     let mut out = format!(
         "window {} on set {}: {}\n  opened {} by {}: {}\n",
-        s(w, "id"),
-        s(w, "set"),
-        s(w, "state"),
-        s(w, "opened_at"),
-        s(w, "opened_by"),
-        s(w, "reason")
+        w.id,
+        w.set,
+        w.state.as_str(),
+        w.opened_at,
+        w.opened_by,
+        w.reason
     );
-    if let Some(f) = w["failure"].as_str() {
+    if let Some(f) = &w.failure {
         out.push_str(&format!("  FAILED: {f}\n"));
     }
-    out.push_str(&plan_human(&w["plan"]));
-    if let Some(resume) = w["resume"].as_array().filter(|r| !r.is_empty()) {
-        let rows: Vec<Vec<String>> = resume
+    out.push_str(&plan_human(&w.plan));
+    if !w.resume.is_empty() {
+        let rows: Vec<Vec<String>> = w
+            .resume
             .iter()
             .enumerate()
             .map(|(i, st)| {
                 vec![
                     (i + 1).to_string(),
-                    s(st, "action").to_owned(),
-                    s(st, "member").to_owned(),
-                    s(st, "state").to_owned(),
-                    s(st, "message").to_owned(),
+                    st.action.name().to_owned(),
+                    st.member.clone(),
+                    state_word(st.state).to_owned(),
+                    st.message.clone(),
                 ]
             })
             .collect();
-        out.push_str(&format!("\n{} steps:\n", s(w, "ending")));
+        let ending = match w.ending {
+            Some(tandem_proto::window::Ending::Close) => "close",
+            Some(tandem_proto::window::Ending::Abort) => "abort",
+            None => "resume",
+        };
+        out.push_str(&format!("\n{ending} steps:\n"));
         out.push_str(&output::table(
             &["#", "STEP", "MEMBER", "STATE", "WHAT"],
             &rows,
         ));
     }
-    if !w["downtime_seconds"].is_null() {
-        out.push_str(&format!(
-            "\nmeasured downtime: {}",
-            secs(&w["downtime_seconds"])
-        ));
+    if let Some(d) = w.downtime_seconds {
+        out.push_str(&format!("\nmeasured downtime: {}", secs(d)));
     }
-    if let Some(v) = w["verdict"].as_object() {
+    if let Some(v) = &w.verdict {
         out.push_str(&format!(
             "\nverdict: {} (member {}, lsn {})",
-            v.get("kind").and_then(Value::as_str).unwrap_or(""),
-            v.get("member").and_then(Value::as_str).unwrap_or(""),
-            v.get("lsn").and_then(Value::as_str).unwrap_or("-"),
+            v.kind.as_str(),
+            v.member,
+            v.lsn.as_deref().unwrap_or("-"),
         ));
     }
     out
@@ -139,32 +164,28 @@ pub fn window_human(w: &Value) -> String {
 
 /// Bad when the window stopped on a failed step, or was aborted because
 /// of one (a restore that put the old data directory back).
-pub fn outcome(w: &Value) -> Outcome {
-    match s(w, "state") {
-        "failed" => Outcome::Bad,
-        "aborted" if w["failure"].is_string() => Outcome::Bad,
+pub fn outcome(w: &Window) -> Outcome {
+    match w.state {
+        WindowState::Failed => Outcome::Bad,
+        WindowState::Aborted if w.failure.is_some() => Outcome::Bad,
         _ => Outcome::Ok,
     }
 }
 
 /// Steps that ended, as "step N ACTION on MEMBER: STATE: message" lines.
-fn ended_steps(w: &Value) -> Vec<String> {
+fn ended_steps(w: &Window) -> Vec<String> {
+    let phases: [(&str, &[Step]); 2] = [("", &w.plan.steps), ("resume ", &w.resume)];
     let mut lines = Vec::new();
-    for (phase, key) in [("", "plan"), ("resume ", "resume")] {
-        let steps = if key == "plan" {
-            &w["plan"]["steps"]
-        } else {
-            &w["resume"]
-        };
-        for (i, st) in steps.as_array().into_iter().flatten().enumerate() {
-            let state = s(st, "state");
-            if state == "done" || state == "failed" {
+    for (phase, steps) in phases {
+        for (i, st) in steps.iter().enumerate() {
+            if matches!(st.state, StepState::Done | StepState::Failed) {
                 lines.push(format!(
-                    "{phase}step {} {} {}: {state}: {}",
+                    "{phase}step {} {} {}: {}: {}",
                     i + 1,
-                    s(st, "action"),
-                    s(st, "member"),
-                    s(st, "message")
+                    st.action.name(),
+                    st.member,
+                    state_word(st.state),
+                    st.message
                 ));
             }
         }
@@ -179,9 +200,9 @@ pub async fn follow_window(
     conn: &Connection,
     format: OutputFormat,
     set: &str,
-    mut w: Value,
+    mut w: Window,
     watch_restore: bool,
-) -> Result<Value, CtlError> {
+) -> Result<Window, CtlError> {
     let mut client = conn.connect().await?;
     let mut shown = 0;
     let mut watched: Vec<String> = Vec::new();
@@ -193,25 +214,27 @@ pub async fn follow_window(
             }
         }
         shown = lines.len();
-        if !matches!(s(&w, "state"), "running" | "resuming") {
+        if !matches!(w.state, WindowState::Running | WindowState::Resuming) {
             break;
         }
-        let restore = &w["restore"];
-        let op = s(restore, "operation_id").to_owned();
-        if watch_restore && s(restore, "state") == "running" && !watched.contains(&op) {
-            watched.push(op.clone());
+        let running = w
+            .restore
+            .as_ref()
+            .filter(|r| r.state == RestoreState::Running && !watched.contains(&r.operation_id));
+        if let (true, Some(r)) = (watch_restore, running) {
+            watched.push(r.operation_id.clone());
             watch_order(
                 &mut client,
                 set,
-                s(restore, "member"),
-                &op,
+                &r.member,
+                &r.operation_id,
                 format == OutputFormat::Human,
             )
             .await;
         } else {
             tokio::time::sleep(FOLLOW_EVERY).await;
         }
-        let json = client
+        let shown_now = client
             .maintenance_show(pb::MaintenanceRequest {
                 set: set.to_owned(),
                 reason: String::new(),
@@ -219,9 +242,8 @@ pub async fn follow_window(
             })
             .await
             .map_err(refused("MaintenanceShow"))?
-            .into_inner()
-            .json;
-        w = parse(&json)?;
+            .into_inner();
+        w = read("window", shown_now.window)?;
     }
     Ok(w)
 }
@@ -270,23 +292,55 @@ pub async fn watch_order(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_proto::window::{Action, Ha, Repair, Triage};
+
+    fn plan(ha: Option<Ha>) -> Plan {
+        Plan {
+            set: "billing".into(),
+            repair: Repair::Primary,
+            why: "w".into(),
+            alternative: "a".into(),
+            primary: "db1".into(),
+            standbys: vec!["db2".into()],
+            tested_member: "db2".into(),
+            findings: vec![],
+            triage: Triage::default(),
+            ha,
+            steps: vec![Step::new(
+                Action::PauseHa,
+                "",
+                "pauses patroni".into(),
+                1.0,
+                false,
+            )],
+            expected_downtime_seconds: 0.0,
+            restore: None,
+        }
+    }
 
     #[test]
     fn a_plan_names_its_ha_manager() {
-        let p = serde_json::json!({
-            "set": "billing", "repair": "primary", "why": "w", "alternative": "a",
-            "ha": {"manager": "patroni", "urls": ["http://db1:8008"], "paused_before": false, "seen": "leader db1, not paused"},
-            "steps": [{"action": "pause_ha", "member": "", "state": "pending", "estimate_seconds": 1.0, "touches": "pauses patroni"}],
-            "expected_downtime_seconds": 0.0
-        });
+        let p = plan(Some(Ha {
+            manager: "patroni".into(),
+            urls: vec!["http://db1:8008".into()],
+            paused_before: Some(false),
+            seen: "leader db1, not paused".into(),
+        }));
         let text = plan_human(&p);
         assert!(
             text.contains("HA manager: patroni (http://db1:8008): leader db1, not paused"),
             "{text}"
         );
         assert!(text.contains("pause_ha"), "{text}");
-        let mut p = p;
-        p.as_object_mut().unwrap().remove("ha");
-        assert!(!plan_human(&p).contains("HA manager"));
+        assert!(!plan_human(&plan(None)).contains("HA manager"));
+    }
+
+    #[test]
+    fn the_json_of_a_plan_is_the_controllers_document() {
+        let j = json(&plan(None));
+        assert_eq!(j["repair"], "primary");
+        assert_eq!(j["steps"][0]["action"], "pause_ha");
+        assert_eq!(j["steps"][0]["state"], "pending");
+        assert!(j.get("ha").is_none(), "{j}");
     }
 }

@@ -4,6 +4,8 @@
 //! - [`pb`]: code generated from `proto/tandem/v1/*.proto` (build.rs, protox; no `protoc`).
 //! - [`model`]: domain types and their `TryFrom` conversions; prost types stop at the gRPC layer.
 //! - [`order`]: the typed orders the controller sends to agents (one `oneof` per kind of work).
+//! - [`verdict`], [`window`]: a set's verdict, and a maintenance window with its plan, as the
+//!   controller keeps them and tandemctl reads them.
 //! - [`tls`], [`identity`]: mutual TLS from PEM files, and who is calling (SAN URIs).
 //! - [`telemetry`], [`propagation`]: tracing set-up shared by all three binaries, and
 //!   W3C trace context carried in gRPC metadata.
@@ -25,3 +27,5 @@ pub mod process;
 pub mod propagation;
 pub mod telemetry;
 pub mod tls;
+pub mod verdict;
+pub mod window;

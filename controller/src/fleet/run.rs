@@ -113,7 +113,7 @@ pub(super) fn verdict_event(run_id: &str, set: &str, v: &Verdict) -> pb::RunProg
         run_id: run_id.to_owned(),
         set: set.to_owned(),
         member: v.member.clone(),
-        verdict: Some(v.to_pb()),
+        verdict: Some(pb::Verdict::from(v)),
         ..Default::default()
     }
 }

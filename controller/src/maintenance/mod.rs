@@ -437,7 +437,7 @@ impl Maintenance {
             member: t.member.clone(),
             agent: t.agent.clone(),
             operation_id: op,
-            state: "running".into(),
+            state: crate::restore::RestoreState::Running,
             ..Default::default()
         });
         self.start(w).await

@@ -10,10 +10,7 @@
 //! fresh testdb). What the primary does not have is *standby-local* damage:
 //! the tested standby is re-seeded from the primary, which never stops.
 
-use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
 use tandem_proto::model::Finding;
-use tandem_proto::order::MaintenanceStep;
 
 use crate::verdicts::Verdict;
 
@@ -34,179 +31,9 @@ const BASEBACKUP_RATE: f64 = 100e6;
 const UNPACK_RATE: f64 = 200e6;
 const ROLL_FORWARD_SECS: f64 = 5.0;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Repair {
-    /// A replicated error: repaired on the primary, whole set halted.
-    Primary,
-    /// Standby-local damage: the standby is re-seeded from the primary.
-    Reseed,
-    /// A restore from a backup (SPEC R12): the set halted standbys first,
-    /// the member restored, every standby re-seeded from it.
-    Restore,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Triage,
-    FenceStop,
-    Isolate,
-    Reindex,
-    ExecRepair,
-    Check,
-    Serve,
-    Reseed,
-    UnfenceStart,
-    WaitStreaming,
-    Testdb,
-    /// The set's HA manager paused (the controller, not an agent).
-    PauseHa,
-    /// The set's HA manager resumed: the very last step.
-    ResumeHa,
-    /// A restore's first order (R1, R11, R2), the set still serving.
-    RestorePrepare,
-    /// A restore's second order (R3 to R10), standbys halted.
-    Restore,
-}
-
-impl Action {
-    /// The agent's step, when an agent runs it.
-    pub fn agent_step(self) -> Option<MaintenanceStep> {
-        Some(match self {
-            Action::Triage => MaintenanceStep::Triage,
-            Action::FenceStop => MaintenanceStep::FenceStop,
-            Action::Isolate => MaintenanceStep::Isolate,
-            Action::Reindex => MaintenanceStep::Reindex,
-            Action::ExecRepair => MaintenanceStep::ExecRepair,
-            Action::Check => MaintenanceStep::Check,
-            Action::Serve => MaintenanceStep::Serve,
-            Action::Reseed => MaintenanceStep::Reseed,
-            Action::UnfenceStart => MaintenanceStep::UnfenceStart,
-            Action::WaitStreaming
-            | Action::Testdb
-            | Action::PauseHa
-            | Action::ResumeHa
-            | Action::RestorePrepare
-            | Action::Restore => {
-                return None;
-            }
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::WaitStreaming => "wait_streaming",
-            Action::Testdb => "testdb",
-            Action::PauseHa => "pause_ha",
-            Action::ResumeHa => "resume_ha",
-            Action::RestorePrepare => "restore_prepare",
-            Action::Restore => "restore",
-            a => a.agent_step().map_or("?", MaintenanceStep::as_str),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepState {
-    #[default]
-    Pending,
-    Running,
-    Done,
-    Failed,
-}
-
-/// One step of a plan, and what became of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Step {
-    pub action: Action,
-    /// The member it acts on (empty: the set, e.g. testdb).
-    pub member: String,
-    /// What it touches, for a person reading the plan.
-    pub touches: String,
-    /// The findings it is about (triage, reindex, exec_repair, check).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub targets: Vec<Finding>,
-    pub estimate_seconds: f64,
-    /// Whether the set is (partly) out of service during it.
-    pub downtime: bool,
-    #[serde(default)]
-    pub state: StepState,
-    #[serde(default)]
-    pub message: String,
-    #[serde(default)]
-    pub started_at: Option<Timestamp>,
-    #[serde(default)]
-    pub finished_at: Option<Timestamp>,
-}
-
-impl Step {
-    fn new(action: Action, member: &str, touches: String, estimate: f64, downtime: bool) -> Step {
-        Step {
-            action,
-            member: member.to_owned(),
-            touches,
-            targets: vec![],
-            estimate_seconds: estimate,
-            downtime,
-            state: StepState::Pending,
-            message: String::new(),
-            started_at: None,
-            finished_at: None,
-        }
-    }
-
-    fn with_targets(mut self, t: Vec<Finding>) -> Step {
-        self.targets = t;
-        self
-    }
-
-    /// "3 isolate on billing-db1", for reports.
-    pub fn label(&self, index: usize) -> String {
-        if self.member.is_empty() {
-            format!("step {} {}", index + 1, self.action.name())
-        } else {
-            format!(
-                "step {} {} on {}",
-                index + 1,
-                self.action.name(),
-                self.member
-            )
-        }
-    }
-}
-
-/// A relation the triage checked on the primary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Relation {
-    pub database: String,
-    pub relation: String,
-    pub is_index: bool,
-    pub bytes: u64,
-}
-
-/// What the re-check on the primary found.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Triage {
-    pub findings: Vec<Finding>,
-    pub relations: Vec<Relation>,
-    pub unresolved: Vec<String>,
-}
-
-/// The set's HA manager (`[ha.<set>]`), as seen when the plan was made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ha {
-    /// `patroni`.
-    pub manager: String,
-    /// Its REST URLs, tried in order.
-    pub urls: Vec<String>,
-    /// Whether it was paused already (by someone else) when the plan was
-    /// made; then the window leaves it paused. None: it did not answer.
-    pub paused_before: Option<bool>,
-    /// The leader it named, or why it could not be asked.
-    pub seen: String,
-}
+pub use tandem_proto::window::{
+    Action, Ha, Plan, Relation, Repair, RestoreOrder, Step, StepState, Triage,
+};
 
 /// What a plan is built from.
 pub struct Input<'a> {
@@ -223,44 +50,6 @@ pub struct Input<'a> {
     pub exec_only: bool,
     /// The set's HA manager, when one is configured.
     pub ha: Option<Ha>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Plan {
-    pub set: String,
-    pub repair: Repair,
-    /// Why this path, from the triage.
-    pub why: String,
-    /// The other path, and when it would have been taken.
-    pub alternative: String,
-    pub primary: String,
-    pub standbys: Vec<String>,
-    /// The member whose copy had the findings.
-    pub tested_member: String,
-    /// The verdict's findings.
-    pub findings: Vec<Finding>,
-    pub triage: Triage,
-    /// The set's HA manager, paused first and resumed last.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ha: Option<Ha>,
-    pub steps: Vec<Step>,
-    /// First member stopped to last member streaming, as estimated.
-    pub expected_downtime_seconds: f64,
-    /// What a restore window restores (`Repair::Restore`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restore: Option<RestoreOrder>,
-}
-
-/// `tandemctl restore`'s order, as the agent's restore operation takes it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RestoreOrder {
-    /// daily, weekly, monthly, a file on the member's host, remote:KEY.
-    pub from: String,
-    /// RFC 3339; None: to the end of the WAL archive.
-    #[serde(default)]
-    pub target_time: Option<String>,
-    #[serde(default)]
-    pub replace: bool,
 }
 
 fn same_relation(a: &Finding, b: &Finding) -> bool {

@@ -14,6 +14,7 @@ use super::{Maintenance, Member, Window, ha};
 use crate::error::ServiceError;
 use crate::fleet::MAINTENANCE_ORIGIN;
 use crate::orders::{AgentRef, OrderError, Orders};
+use crate::restore::RestoreState;
 use crate::store::StoreError;
 
 /// How long a restarted standby may take to stream again.
@@ -377,12 +378,12 @@ impl Maintenance {
         outcome.member = t.member.clone();
         outcome.agent = t.agent.clone();
         outcome.operation_id = op.clone();
-        outcome.state = "running".into();
+        outcome.state = RestoreState::Running;
         let (r, step) = crate::restore::follow(&orders, &t, &op).await?;
         let outcome = w.restore.get_or_insert_with(Default::default);
         outcome.notes.extend(r.notes.iter().cloned());
         if r.state != pb::OperationState::Succeeded as i32 {
-            outcome.state = "failed".into();
+            outcome.state = RestoreState::Failed;
             outcome.failed_step = Some(step);
             outcome.reason = Some(r.reason.clone());
             let _ = self
@@ -396,10 +397,10 @@ impl Maintenance {
             return Err(StepError::Failed(r.reason));
         }
         if action == Action::RestorePrepare {
-            outcome.state = "prepared".into();
+            outcome.state = RestoreState::Prepared;
             return Ok(format!("prepared ({op}): {}", r.notes.join("; ")));
         }
-        outcome.state = "restored".into();
+        outcome.state = RestoreState::Restored;
         // Standbys re-seeded from it must replay past where it stands now.
         if let Ok(mut c) = self.agents.client(&t.address)
             && let Ok(s) = c.status(pb::StatusRequest {}).await

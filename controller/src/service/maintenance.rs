@@ -12,7 +12,8 @@ impl ControllerService {
         self.require(&who, "MaintenancePlan")?;
         let plan = self.maintenance.plan(&r.set, exec_only(&r)?).await?;
         Ok(Response::new(pb::MaintenanceResponse {
-            json: serde_json::to_string(&plan).expect("plans serialize"),
+            plan: Some(plan.into()),
+            window: None,
         }))
     }
 
@@ -38,7 +39,8 @@ impl ControllerService {
             })
             .await;
         Ok(Response::new(pb::MaintenanceResponse {
-            json: serde_json::to_string(&result?).expect("windows serialize"),
+            plan: None,
+            window: Some(result?.into()),
         }))
     }
 
@@ -70,9 +72,8 @@ impl ControllerService {
         }
         let w = self.maintenance.latest(&r.set).await?;
         Ok(Response::new(pb::MaintenanceResponse {
-            json: w
-                .map(|w| serde_json::to_string(&w).expect("windows serialize"))
-                .unwrap_or_default(),
+            plan: None,
+            window: w.map(Into::into),
         }))
     }
 }

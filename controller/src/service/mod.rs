@@ -120,7 +120,8 @@ impl ControllerService {
             })
             .await;
         Ok(Response::new(pb::MaintenanceResponse {
-            json: serde_json::to_string(&result?).expect("windows serialize"),
+            plan: None,
+            window: Some(result?.into()),
         }))
     }
 

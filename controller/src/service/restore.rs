@@ -34,7 +34,7 @@ impl ControllerService {
                     member: o.member,
                     agent: o.agent,
                     operation_id: o.operation_id,
-                    window: serde_json::to_string(&w).expect("windows serialize"),
+                    window: Some(w.into()),
                 })
             })
             .await;

@@ -60,7 +60,7 @@ impl ControllerService {
                 name: set.name.clone(),
                 generation,
                 members: self.member_views(set).await,
-                verdict: Some(last.first().map(|v| v.to_pb()).unwrap_or(pb::Verdict {
+                verdict: Some(last.first().map(pb::Verdict::from).unwrap_or(pb::Verdict {
                     kind: pb::VerdictKind::NeverTested as i32,
                     ..Default::default()
                 })),
@@ -98,7 +98,7 @@ impl ControllerService {
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::HistoryResponse {
-            verdicts: verdicts.iter().map(|v| v.to_pb()).collect(),
+            verdicts: verdicts.iter().map(pb::Verdict::from).collect(),
             events: events
                 .into_iter()
                 .map(|e| pb::SetEvent {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::verdicts::VerdictKind;
+use jiff::Timestamp;
 
 fn finding(kind: &str, db: &str, rel: &str) -> Finding {
     Finding {
