@@ -40,10 +40,8 @@ pub enum ServiceError {
     },
     #[error("no set named `{set}`; `tandemctl show` lists the sets")]
     UnknownSet { set: String },
-    #[error("name the sets to test, or --all")]
-    NoSets,
-    #[error("limits must be at least 1 (a limit of 0 would never run a test)")]
-    BadLimits,
+    #[error("the inventory has no sets to test; add one with `tandemctl set add`")]
+    NoSetsDeclared,
     #[error("{0}")]
     BadPolicy(String),
     #[error(
@@ -54,8 +52,6 @@ pub enum ServiceError {
         policy: String,
         signal: String,
     },
-    #[error("--member needs exactly one set")]
-    MemberNeedsOneSet,
     #[error("set `{set}` has no member `{member}`; `tandemctl show {set}` lists them")]
     UnknownMember { set: String, member: String },
     #[error("no run `{run}` on this controller")]
@@ -123,10 +119,8 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::UnknownSet { .. }
             | ServiceError::UnknownMember { .. }
             | ServiceError::UnknownRun { .. } => tonic::Status::not_found(msg),
-            ServiceError::NoSets
-            | ServiceError::MemberNeedsOneSet
-            | ServiceError::BadLimits
-            | ServiceError::BadPolicy(_) => tonic::Status::invalid_argument(msg),
+            ServiceError::BadPolicy(_) => tonic::Status::invalid_argument(msg),
+            ServiceError::NoSetsDeclared => tonic::Status::failed_precondition(msg),
             ServiceError::SetExists { .. } => tonic::Status::already_exists(msg),
             ServiceError::SetBusy { .. }
             | ServiceError::NotInConfig { .. }

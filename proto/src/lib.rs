@@ -6,6 +6,7 @@
 //! - [`order`]: the typed orders the controller sends to agents (one `oneof` per kind of work).
 //! - [`verdict`], [`window`]: a set's verdict, and a maintenance window with its plan, as the
 //!   controller keeps them and tandemctl reads them.
+//! - [`request`]: the controller calls whose fields mean more than a name, typed.
 //! - [`tls`], [`identity`]: mutual TLS from PEM files, and who is calling (SAN URIs).
 //! - [`telemetry`], [`propagation`]: tracing set-up shared by all three binaries, and
 //!   W3C trace context carried in gRPC metadata.
@@ -25,6 +26,7 @@ pub mod model;
 pub mod order;
 pub mod process;
 pub mod propagation;
+pub mod request;
 pub mod telemetry;
 pub mod tls;
 pub mod verdict;

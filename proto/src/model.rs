@@ -25,6 +25,8 @@ pub enum ModelError {
     Missing { field: &'static str },
     #[error("field `{field}`: timestamp out of range")]
     Timestamp { field: &'static str },
+    #[error("field `{field}`: {why}")]
+    Invalid { field: &'static str, why: String },
 }
 
 impl From<ModelError> for tonic::Status {

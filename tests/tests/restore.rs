@@ -581,6 +581,18 @@ async fn a_target_time_before_the_backup_is_refused_before_anything_stops() {
     assert_eq!(code, 2, "{raw}\n{}", fleet.logs());
     assert!(raw.contains("before the backup"), "{raw}");
     assert!(raw.contains("choose an older backup"), "{raw}");
+    // A time that cannot be read is refused by the controller, naming the
+    // field, before it asks the agent anything.
+    let (code, _, raw) = restore(
+        &fleet,
+        "early",
+        &["--from", file.to_str().unwrap(), "--target-time", "yesterday"],
+    );
+    assert_eq!(code, 2, "{raw}");
+    assert!(
+        raw.contains("field `target_time`: \"yesterday\" is not an RFC 3339 time"),
+        "{raw}"
+    );
     // Nothing was stopped or fenced: both servers serve as before.
     assert!(pair.primary.is_running());
     assert!(!pair.primary.is_in_recovery().unwrap());

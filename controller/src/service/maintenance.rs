@@ -10,7 +10,8 @@ impl ControllerService {
         let who = caller(&req)?;
         let r = req.into_inner();
         self.require(&who, "MaintenancePlan")?;
-        let plan = self.maintenance.plan(&r.set, exec_only(&r)?).await?;
+        let c = WindowCall::try_from(r).map_err(ServiceError::from)?;
+        let plan = self.maintenance.plan(&c.set, exec_only(&c)).await?;
         Ok(Response::new(pb::MaintenanceResponse {
             plan: Some(plan.into()),
             window: None,
@@ -27,11 +28,12 @@ impl ControllerService {
         let result = self
             .audited(&who, "MaintenanceOpen", args, async {
                 self.require(&who, "MaintenanceOpen")?;
+                let c = WindowCall::try_from(r.clone())?;
                 self.maintenance
                     .open(
-                        &r.set,
-                        &r.reason,
-                        exec_only(&r)?,
+                        &c.set,
+                        &c.reason,
+                        exec_only(&c),
                         &who.uri(),
                         current_trace_id().unwrap_or_default(),
                     )

@@ -11,6 +11,10 @@ use tandem_proto::identity::{Identity, peer_identity};
 use tandem_proto::model::{AgentState, Facts, Registration, timestamp_to_wire};
 use tandem_proto::pb;
 use tandem_proto::propagation::current_trace_id;
+use tandem_proto::request::{
+    self, BackupCall, BackupKind, LimitsCall, RepairChoice, RestoreCall, Sets, TestdbCall,
+    WatchOperationCall, WindowCall,
+};
 use tokio::task::JoinSet;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
@@ -62,14 +66,9 @@ fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
 }
 
 /// `--repair`: "" or "auto" (REINDEX for index findings), or "exec".
-fn exec_only(r: &pb::MaintenanceRequest) -> Result<bool, ServiceError> {
-    match r.repair.as_str() {
-        "" | "auto" => Ok(false),
-        "exec" => Ok(true),
-        other => Err(ServiceError::Maintenance(format!(
-            "unknown repair `{other}`: use auto (REINDEX for index findings, the exec repair for the rest) or exec (the exec repair for everything)"
-        ))),
-    }
+/// A window call's repair, as the plan takes it.
+fn exec_only(c: &WindowCall) -> bool {
+    c.repair == RepairChoice::Exec
 }
 
 impl ControllerService {
@@ -245,34 +244,24 @@ impl ControllerService {
     }
 }
 
-/// The sets are in the inventory, and so is `member` in the one set it needs.
-fn check_sets(
+/// The set is in the inventory, and so is `member` in it.
+fn check_member(
     inventory: &Inventory,
-    sets: &[String],
+    set: &str,
     member: Option<&str>,
 ) -> Result<(), ServiceError> {
-    if sets.is_empty() {
-        return Err(ServiceError::NoSets);
+    if inventory.set(set).is_none() {
+        return Err(ServiceError::UnknownSet {
+            set: set.to_owned(),
+        });
     }
-    for name in sets {
-        if inventory.set(name).is_none() {
-            return Err(ServiceError::UnknownSet { set: name.clone() });
-        }
-    }
-    if let Some(m) = member {
-        let [set] = sets else {
-            return Err(ServiceError::MemberNeedsOneSet);
-        };
-        if inventory
-            .set(set)
-            .and_then(|s| s.member(m).cloned())
-            .is_none()
-        {
-            return Err(ServiceError::UnknownMember {
-                set: set.clone(),
-                member: m.to_owned(),
-            });
-        }
+    if let Some(m) = member
+        && inventory.set(set).and_then(|s| s.member(m).cloned()).is_none()
+    {
+        return Err(ServiceError::UnknownMember {
+            set: set.to_owned(),
+            member: m.to_owned(),
+        });
     }
     Ok(())
 }

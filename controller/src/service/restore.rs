@@ -14,15 +14,16 @@ impl ControllerService {
         let result = self
             .audited(&who, "Restore", args, async {
                 self.require(&who, "Restore")?;
+                let c = RestoreCall::try_from(r.clone())?;
                 let w = self
                     .maintenance
                     .open_restore(
-                        &r.set,
-                        (!r.member.is_empty()).then_some(r.member.as_str()),
+                        &c.set,
+                        c.member.as_deref(),
                         crate::maintenance::plan::RestoreOrder {
-                            from: r.from.clone(),
-                            target_time: (!r.target_time.is_empty()).then(|| r.target_time.clone()),
-                            replace: r.replace,
+                            from: c.from,
+                            target_time: c.target_time,
+                            replace: c.replace,
                         },
                         &who.uri(),
                         current_trace_id().unwrap_or_default(),
@@ -46,7 +47,7 @@ impl ControllerService {
         req: Request<pb::WatchOperationRequest>,
     ) -> Result<Response<Stream<pb::Progress>>, Status> {
         self.require(&caller(&req)?, "WatchOperation")?;
-        let r = req.into_inner();
+        let r = WatchOperationCall::try_from(req.into_inner()).map_err(ServiceError::from)?;
         let t = crate::restore::target(&self.inventory, &r.set, Some(&r.member))?;
         let mut client =
             self.agents

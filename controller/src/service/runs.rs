@@ -13,14 +13,15 @@ impl ControllerService {
         let result = self
             .audited(&who, "StartTestdb", args, async {
                 self.require(&who, "StartTestdb")?;
+                let call = TestdbCall::try_from(r.clone())?;
+                let all = call.sets == Sets::All;
                 let declared = self.inventory.declared();
-                let sets: Vec<String> = if r.all {
-                    declared.sets.iter().map(|s| s.name.clone()).collect()
-                } else {
-                    r.sets.clone()
+                let sets: Vec<String> = match call.sets {
+                    Sets::All => declared.sets.iter().map(|s| s.name.clone()).collect(),
+                    Sets::Named(sets) => sets,
                 };
                 if sets.is_empty() {
-                    return Err(ServiceError::NoSets);
+                    return Err(ServiceError::NoSetsDeclared);
                 }
                 for name in &sets {
                     if declared.set(name).is_none() {
@@ -33,7 +34,7 @@ impl ControllerService {
                 let mut runnable = Vec::new();
                 for name in sets {
                     match self.fleet.held(&name) {
-                        Some(why) if !r.all => return Err(ServiceError::Maintenance(why)),
+                        Some(why) if !all => return Err(ServiceError::Maintenance(why)),
                         Some(why) => skipped.push(pb::SkippedSet {
                             set: name,
                             reason: why,
@@ -45,17 +46,15 @@ impl ControllerService {
                 if sets.is_empty() {
                     return Ok((String::new(), skipped));
                 }
-                let member = (!r.member.is_empty()).then(|| r.member.clone());
-                if let Some(m) = &member {
-                    let [set] = &sets[..] else {
-                        return Err(ServiceError::MemberNeedsOneSet);
-                    };
-                    if declared.set(set).and_then(|s| s.member(m)).is_none() {
-                        return Err(ServiceError::UnknownMember {
-                            set: set.clone(),
-                            member: m.clone(),
-                        });
-                    }
+                let member = call.member;
+                if let Some(m) = &member
+                    && let [set] = &sets[..]
+                    && declared.set(set).and_then(|s| s.member(m)).is_none()
+                {
+                    return Err(ServiceError::UnknownMember {
+                        set: set.clone(),
+                        member: m.clone(),
+                    });
                 }
                 let run_id = self
                     .fleet
@@ -78,7 +77,7 @@ impl ControllerService {
         req: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Stream<pb::RunProgress>>, Status> {
         self.require(&caller(&req)?, "WatchRun")?;
-        let id = req.into_inner().run_id;
+        let id = request::run_id(req.into_inner().run_id)?;
         let run = self
             .fleet
             .get(&id)
@@ -121,6 +120,7 @@ impl ControllerService {
         let result = self
             .audited(&who, "CancelRun", args, async {
                 self.require(&who, "CancelRun")?;
+                request::run_id(r.run_id.clone())?;
                 let by = match &who {
                     tandem_proto::identity::Identity::User(name) => name.clone(),
                     other => other.uri(),
@@ -206,18 +206,16 @@ impl ControllerService {
                 serde_json::json!({"fleet": r.fleet, "per_host": r.per_host, "reset": r.reset});
             self.audited(&who, "Limits", args, async {
                 self.require(&who, "Limits.change")?;
-                let new = if r.reset {
-                    None
-                } else {
-                    let cur = self.fleet.limits();
-                    let l = crate::config::Limits {
-                        fleet: r.fleet.unwrap_or(cur.fleet),
-                        per_host: r.per_host.unwrap_or(cur.per_host),
-                    };
-                    if l.fleet == 0 || l.per_host == 0 {
-                        return Err(ServiceError::BadLimits);
+                let new = match LimitsCall::try_from(r)? {
+                    LimitsCall::Reset => None,
+                    LimitsCall::Change { fleet, per_host } => {
+                        let cur = self.fleet.limits();
+                        Some(crate::config::Limits {
+                            fleet: fleet.unwrap_or(cur.fleet),
+                            per_host: per_host.unwrap_or(cur.per_host),
+                        })
                     }
-                    Some(l)
+                    LimitsCall::Show => return Ok(self.fleet.limits()),
                 };
                 Ok(self.fleet.set_limits(new).await?)
             })
@@ -251,20 +249,24 @@ impl ControllerService {
         let result = self
             .audited(&who, "Backup", args, async {
                 self.require(&who, "Backup")?;
-                let sets = vec![r.set.clone()];
-                let member = (!r.member.is_empty()).then(|| r.member.clone());
-                check_sets(&self.inventory, &sets, member.as_deref())?;
-                if let Some(why) = self.fleet.held(&r.set) {
+                let call = BackupCall::try_from(r.clone())?;
+                check_member(&self.inventory, &call.set, call.member.as_deref())?;
+                if let Some(why) = self.fleet.held(&call.set) {
                     return Err(ServiceError::BadRequest(why));
                 }
-                let origin = match (r.archive_copy, r.archive_file) {
-                    (false, _) => crate::fleet::BACKUP_ORIGIN,
-                    (true, false) => crate::fleet::ARCHIVE_ORIGIN,
-                    (true, true) => crate::fleet::ARCHIVE_FILE_ORIGIN,
+                let origin = match call.kind {
+                    BackupKind::Tested => crate::fleet::BACKUP_ORIGIN,
+                    BackupKind::ArchiveCopy => crate::fleet::ARCHIVE_ORIGIN,
+                    BackupKind::ArchiveFile => crate::fleet::ARCHIVE_FILE_ORIGIN,
                 };
                 Ok(self
                     .fleet
-                    .start_run(sets, member, origin, current_trace_id().unwrap_or_default())
+                    .start_run(
+                        vec![call.set],
+                        call.member,
+                        origin,
+                        current_trace_id().unwrap_or_default(),
+                    )
                     .await?)
             })
             .await;
