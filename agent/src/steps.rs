@@ -219,6 +219,25 @@ impl<E: Engine> Run<E> {
         );
         let r = fut.instrument(span).await;
         self.pause_point(name).await;
+        let r = match r {
+            Ok(_) if fail_point(name) => {
+                warn!(
+                    step = name,
+                    "failing the step for a test (TANDEM_TEST_FAIL_AFTER_STEP)"
+                );
+                Err(StepFailed {
+                    step: name,
+                    cause: format!(
+                        "failed for a test after its work (TANDEM_TEST_FAIL_AFTER_STEP={name})"
+                    )
+                    .into(),
+                })
+            }
+            r => r.map_err(|e| StepFailed {
+                step: name,
+                cause: e.into(),
+            }),
+        };
         let seconds = t0.elapsed().as_secs_f64();
         crate::metrics::step(label, name, seconds);
         self.rec().steps.push(StepTime {
@@ -229,10 +248,7 @@ impl<E: Engine> Run<E> {
             Ok(_) => info!(step = name, seconds, "step done"),
             Err(_) => warn!(step = name, seconds, "step failed"),
         }
-        r.map_err(|e| StepFailed {
-            step: name,
-            cause: e.into(),
-        })
+        r
     }
 
     /// A crash test's pause point: with `TANDEM_TEST_PAUSE_AFTER_STEP=<step>`
@@ -490,4 +506,12 @@ pub async fn undo_recorded<E: Engine>(
         rec.standby_downtime_seconds = downtime;
     }
     notes
+}
+
+/// An undo test's failure point: with `TANDEM_TEST_FAIL_AFTER_STEP=<step>`
+/// in the agent's environment, that step fails after its work is done (as a
+/// tool that failed half-way), so the runner puts back what the operation
+/// recorded so far. Only the end-to-end tests set it; nothing else reads it.
+fn fail_point(name: &str) -> bool {
+    std::env::var("TANDEM_TEST_FAIL_AFTER_STEP").is_ok_and(|s| s == name)
 }

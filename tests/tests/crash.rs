@@ -192,3 +192,89 @@ async fn an_agent_killed_in_any_step_of_a_backup_puts_back_what_it_changed() {
     assert_eq!(run.json()["sets"][0]["verdict"]["kind"], "clean");
     assert!(!archive.join("copy.UNUSABLE").exists());
 }
+
+/// The steps of a testdb, each of which may fail.
+const TESTDB_STEPS: [&str; 7] = [
+    "stop_standby",
+    "copy",
+    "start_standby",
+    "open_private",
+    "checks",
+    "stop_private",
+    "checksums",
+];
+
+/// A step that fails (after its work, as a tool that failed half-way:
+/// `TANDEM_TEST_FAIL_AFTER_STEP`) at each position of a testdb runs the undos
+/// the operation recorded up to there, in the running agent: the standby
+/// streams, no private instance is left, a copy once made is marked
+/// unusable, the verdict names the step, and the next test is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_testdb_step_failing_at_any_position_puts_back_what_was_changed() {
+    let mut fleet = Fleet::start(FleetSpec::new(&[("undo", 1)])).await.unwrap();
+    let (primary, standby) = (
+        fleet.set("undo").primary.clone(),
+        fleet.set("undo").standbys[0].clone(),
+    );
+    primary.pgbench_init(1).unwrap();
+    corrupt::wait_replayed(&primary, &standby).await.unwrap();
+    let agent = "undo-s1";
+    let home = fleet.agent_home(agent);
+    let archive = fleet.agent_archive(agent);
+
+    for (i, step) in TESTDB_STEPS.into_iter().enumerate() {
+        fleet.kill_agent(agent);
+        fleet
+            .start_agent_with(agent, &[("TANDEM_TEST_FAIL_AFTER_STEP", step)])
+            .unwrap();
+        fleet
+            .wait_agents_state(&[agent.into()], "online")
+            .await
+            .unwrap();
+        fleet.wait_heartbeat_streaming(agent).await.unwrap();
+        let run = fleet.ctl(&["testdb", "undo", "--output", "json"]).unwrap();
+        // The test could not run: exit 2, and the verdict says which step.
+        assert_eq!(run.code, 2, "{step}: {run:?}\n{}", fleet.logs());
+        let v = &run.json()["sets"][0]["verdict"];
+        assert_eq!(v["kind"], "failed_to_run", "{step}: {v:#}");
+        let reason = v["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with(&format!("step `{step}` failed")),
+            "{step}: {reason}"
+        );
+        let op = v["operation_id"].as_str().unwrap().to_owned();
+        let rec = journal_record(&home, &op);
+        assert_eq!(rec["state"], "failed", "{step}: {rec:#}");
+        assert!(
+            rec.get("undo")
+                .is_none_or(|u| u.as_array().is_some_and(|a| a.is_empty())),
+            "{step}: every undo ran: {rec:#}"
+        );
+        fleet.set("undo").wait_streaming(&standby).await.unwrap();
+        assert!(
+            !pid_alive(&archive.join("copy").join("postmaster.pid")),
+            "{step}: a private instance still runs on the copy"
+        );
+        // From the copy on, the copy this test made is marked unusable
+        // (before it, no copy was touched: the first step leaves none).
+        let copy_touched = i >= 1;
+        assert_eq!(
+            archive.join("copy.UNUSABLE").exists(),
+            copy_touched,
+            "{step}: copy.UNUSABLE"
+        );
+    }
+
+    // The next test, with no failure asked for, is clean.
+    fleet.kill_agent(agent);
+    fleet.start_agent_with(agent, &[]).unwrap();
+    fleet
+        .wait_agents_state(&[agent.into()], "online")
+        .await
+        .unwrap();
+    fleet.wait_heartbeat_streaming(agent).await.unwrap();
+    let run = fleet.ctl(&["testdb", "undo", "--output", "json"]).unwrap();
+    assert_eq!(run.code, 0, "{run:?}\n{}", fleet.logs());
+    assert_eq!(run.json()["sets"][0]["verdict"]["kind"], "clean");
+    assert!(!archive.join("copy.UNUSABLE").exists());
+}

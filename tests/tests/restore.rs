@@ -586,13 +586,17 @@ async fn a_target_time_before_the_backup_is_refused_before_anything_stops() {
     let (code, _, raw) = restore(
         &fleet,
         "early",
-        &["--from", file.to_str().unwrap(), "--target-time", "yesterday"],
+        &[
+            "--from",
+            file.to_str().unwrap(),
+            "--target-time",
+            "yesterday",
+        ],
     );
     assert_eq!(code, 2, "{raw}");
-    assert!(
-        raw.contains("field `target_time`: \"yesterday\" is not an RFC 3339 time"),
-        "{raw}"
-    );
+    assert!(raw.contains("field `target_time`: "), "{raw}");
+    assert!(raw.contains("yesterday"), "{raw}");
+    assert!(raw.contains("is not an RFC 3339 time"), "{raw}");
     // Nothing was stopped or fenced: both servers serve as before.
     assert!(pair.primary.is_running());
     assert!(!pair.primary.is_in_recovery().unwrap());
@@ -680,4 +684,72 @@ async fn an_agent_killed_in_any_step_of_a_restore_puts_the_old_data_directory_ba
     }
     // Each restore that swapped left its restored directory aside.
     assert_eq!(siblings(&p.data_dir, ".failed-restore-").len(), 3);
+}
+
+/// A restore's steps that may fail with the set put back as it was: the
+/// prepare order's unpack (the set still serves) and every step before the
+/// point of no return (R9).
+const FAILING_STEPS: [&str; 6] = [
+    "R2 unpack",
+    "R3 stop",
+    "R4 move_aside",
+    "R5 swap",
+    "R7 roll_forward",
+    "R8 sequences",
+];
+
+/// A step that fails (after its work: `TANDEM_TEST_FAIL_AFTER_STEP`) at each
+/// position of a restore runs the undos recorded up to there in the running
+/// agent: the old data directory is back and serving, nothing is left in
+/// recovery, the standby streams, and the window says which step failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_step_failing_at_any_position_puts_the_old_data_directory_back() {
+    let mut fleet = Fleet::start(spec("rfail", "")).await.unwrap();
+    enable_archiving(&fleet, "rfail");
+    let p = fleet.set("rfail").primary.clone();
+    p.psql("postgres", "CREATE TABLE t (note text)").unwrap();
+    let file = take_backup(&fleet, "rfail").await;
+    p.psql("postgres", "INSERT INTO t VALUES ('after the backup')")
+        .unwrap();
+    switch_and_archive(&fleet, "rfail").await;
+    let agent = "rfail-p";
+
+    for step in FAILING_STEPS {
+        fleet.kill_agent(agent);
+        fleet
+            .start_agent_with(agent, &[("TANDEM_TEST_FAIL_AFTER_STEP", step)])
+            .unwrap();
+        fleet
+            .wait_agents_state(&[agent.into()], "online")
+            .await
+            .unwrap();
+        {
+            let pair = fleet.set("rfail");
+            pair.wait_streaming(&pair.standbys[0]).await.unwrap();
+        }
+        fleet.wait_heartbeat_streaming("rfail-s1").await.unwrap();
+        let (code, json, raw) = restore(
+            &fleet,
+            "rfail",
+            &["--replace", "--from", file.to_str().unwrap()],
+        );
+        assert_eq!(code, 1, "{step}: {raw}\n{}", fleet.logs());
+        assert_eq!(json["state"], "failed", "{step}: {json:#}");
+        assert_eq!(json["failed_step"], step, "{step}: {json:#}");
+        assert_eq!(json["window_state"], "aborted", "{step}: {json:#}");
+        assert!(p.is_running(), "{step}");
+        assert!(!p.is_in_recovery().unwrap(), "{step}");
+        assert_eq!(
+            p.psql("postgres", "SELECT note FROM t").unwrap(),
+            "after the backup",
+            "{step}"
+        );
+        assert!(
+            siblings(&p.data_dir, ".before-restore-").is_empty(),
+            "{step}"
+        );
+        assert!(!p.data_dir.join("recovery.signal").exists(), "{step}");
+        let pair = fleet.set("rfail");
+        pair.wait_streaming(&pair.standbys[0]).await.unwrap();
+    }
 }

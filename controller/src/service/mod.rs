@@ -256,7 +256,10 @@ fn check_member(
         });
     }
     if let Some(m) = member
-        && inventory.set(set).and_then(|s| s.member(m).cloned()).is_none()
+        && inventory
+            .set(set)
+            .and_then(|s| s.member(m).cloned())
+            .is_none()
     {
         return Err(ServiceError::UnknownMember {
             set: set.to_owned(),
