@@ -74,6 +74,7 @@ impl PostgresEngine {
         self.runner
             .prepare_dir(&socket_dir)
             .map_err(io("prepare", &socket_dir))?;
+        super::postmaster::clear_stale_socket_locks(&socket_dir);
         self.runner
             .prepare_file(&log)
             .map_err(io("prepare", &log))?;
