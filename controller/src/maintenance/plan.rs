@@ -99,9 +99,20 @@ pub fn build(input: Input<'_>) -> Plan {
         steps.push(pause_ha_step(h));
     }
     let (repair, why, alternative);
-    if replicated || standbys.iter().all(|s| *s != tested) {
+    let tested_is_standby = standbys.iter().any(|s| *s == tested);
+    if replicated || !tested_is_standby {
         repair = Repair::Primary;
-        why = if triage.unresolved.is_empty() {
+        why = if !tested_is_standby {
+            format!(
+                "the damaged copy was {}, not a standby's: there is no standby to re-seed, so it is repaired on the primary with the whole set halted ({} finding(s) confirmed there)",
+                if tested == primary {
+                    format!("the primary {primary}'s own")
+                } else {
+                    format!("of {tested}")
+                },
+                triage.findings.len()
+            )
+        } else if triage.unresolved.is_empty() {
             format!(
                 "the primary {primary} has the same damage ({} finding(s) confirmed): a replicated error, repaired on the primary with the whole set halted",
                 triage.findings.len()
@@ -113,9 +124,15 @@ pub fn build(input: Input<'_>) -> Plan {
                 triage.unresolved.join("; ")
             )
         };
-        alternative = format!(
-            "re-seed {tested} from {primary}, primary never stopped (taken when the primary's re-check is clean)"
-        );
+        alternative = if tested_is_standby {
+            format!(
+                "re-seed {tested} from {primary}, primary never stopped (taken when the primary's re-check is clean)"
+            )
+        } else {
+            format!(
+                "none: a re-seed replaces a standby's copy from the primary, and {tested} is not a standby of set {set}"
+            )
+        };
         // Findings on the primary's relations; index ones are REINDEXed,
         // the others go to the exec repair.
         // When the primary's findings name the relations differently (or

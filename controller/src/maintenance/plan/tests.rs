@@ -111,6 +111,33 @@ fn a_clean_primary_means_standby_local_damage_and_a_reseed() {
 }
 
 #[test]
+fn a_verdict_on_the_primarys_own_copy_is_never_a_reseed_of_the_primary_from_itself() {
+    let standbys = vec!["s1".to_owned()];
+    let mut v = verdict(vec![finding("checksum", "5", "base/5/16384")]);
+    v.member = "p".into();
+    let p = build(Input {
+        set: "zeta",
+        primary: "p",
+        standbys: &standbys,
+        verdict: &v,
+        triage: Triage::default(),
+        data_bytes: 1_000_000_000,
+        exec_only: false,
+        ha: None,
+    });
+    assert_eq!(p.repair, Repair::Primary);
+    assert!(!p.why.contains("same damage"), "{}", p.why);
+    assert!(p.why.contains("the primary p's own"), "{}", p.why);
+    assert!(
+        !p.alternative.contains("re-seed p from p"),
+        "{}",
+        p.alternative
+    );
+    assert!(p.alternative.starts_with("none: "), "{}", p.alternative);
+    assert!(!actions(&p).contains(&(Action::Reseed, "p")));
+}
+
+#[test]
 fn heap_findings_and_unresolved_ones_go_to_the_exec_repair() {
     let heap = finding("heap", "postgres", "public.t");
     let standbys = vec!["s1".to_owned()];
