@@ -449,6 +449,9 @@ async fn run_undo<E: Engine>(
                 }
             }
         }
+        // The move aside may not have happened (it failed, or there was no
+        // data directory): then there is nothing to put back.
+        Undo::PutBack { saved } if std::fs::symlink_metadata(saved).is_err() => String::new(),
         Undo::PutBack { saved } => {
             let mut said = match std::fs::rename(saved, &data_dir) {
                 Ok(()) => format!("the saved data directory {} was put back", saved.display()),

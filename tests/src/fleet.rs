@@ -354,7 +354,16 @@ impl Fleet {
     }
 
     pub fn start_controller(&mut self) -> anyhow::Result<()> {
+        self.start_controller_with(&[])
+    }
+
+    /// Start the controller with extra environment (e.g. a crash test's
+    /// `TANDEM_TEST_PAUSE_AFTER_WINDOW_STEP`).
+    pub fn start_controller_with(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let mut cmd = self.command("tandem-controller")?;
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.arg("--config").arg(&self.controller_config);
         let log = self.dir.join("logs/controller.log");
         self.controller = Some(Proc::spawn("tandem-controller", cmd, &log)?);
@@ -404,6 +413,29 @@ impl Fleet {
         cmd.arg("--config").arg(&a.config);
         a.proc = Some(Proc::spawn(&format!("tandem-agent {name}"), cmd, &log)?);
         Ok(())
+    }
+
+    /// Wait until the controller paused after window step `step`, SIGKILL
+    /// it there, and start it again (paused after `next`, when given).
+    pub async fn kill_controller_when_paused(
+        &mut self,
+        step: &str,
+        next: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let marker = self.dir.join(format!("paused-after-{step}"));
+        wait_for(
+            &format!("the controller to pause after window step {step}"),
+            Duration::from_secs(180),
+            Duration::from_millis(50),
+            || async { Ok(marker.exists().then_some(())) },
+        )
+        .await?;
+        self.kill_controller();
+        std::fs::remove_file(&marker)?;
+        match next {
+            Some(n) => self.start_controller_with(&[("TANDEM_TEST_PAUSE_AFTER_WINDOW_STEP", n)]),
+            None => self.start_controller(),
+        }
     }
 
     /// SIGKILL the controller (a crash).

@@ -400,6 +400,101 @@ async fn a_window_carries_on_after_the_controller_is_killed() {
     assert!(pair.standbys[0].is_in_recovery().unwrap());
 }
 
+/// The controller SIGKILLed after each step of a window (its work done, not
+/// yet recorded), one kill per step: each restart carries the window on
+/// from the step it was in (an agent's step ordered again is found by its
+/// request id, not run twice), and the window closes clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_after_each_window_step_carries_the_window_to_a_clean_close() {
+    let mut fleet = Fleet::start(FleetSpec::new(&[("mck", 1)])).await.unwrap();
+    corrupt_and_test(&fleet, "mck").await;
+    let plan = fleet
+        .ctl_as("admin", &["maintenance", "plan", "mck", "--output", "json"])
+        .unwrap();
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let actions: Vec<String> = plan.json()["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap().to_owned())
+        .collect();
+    // The replicated path: halted standbys first, the primary repaired.
+    assert_eq!(
+        actions,
+        [
+            "triage",
+            "fence_stop",
+            "isolate",
+            "reindex",
+            "check",
+            "serve",
+            "unfence_start",
+            "wait_streaming",
+            "testdb"
+        ],
+        "{plan:?}"
+    );
+    // Triage runs while the window opens (the plan is made from it); the
+    // controller drives the steps after it.
+    let driven = &actions[1..];
+    fleet.kill_controller();
+    fleet
+        .start_controller_with(&[("TANDEM_TEST_PAUSE_AFTER_WINDOW_STEP", &driven[0])])
+        .unwrap();
+    fleet
+        .wait_agents_state(&["mck-p".into(), "mck-s1".into()], "online")
+        .await
+        .unwrap();
+    let open = fleet
+        .ctl_as(
+            "admin",
+            &[
+                "maintenance",
+                "open",
+                "mck",
+                "--reason",
+                "crash test",
+                "--detach",
+                "--output",
+                "json",
+            ],
+        )
+        .unwrap();
+    assert_eq!(open.code, 0, "{open:?}");
+    let id = open.json()["id"].as_str().unwrap().to_owned();
+    for (i, step) in driven.iter().enumerate() {
+        let next = driven.get(i + 1).map(String::as_str);
+        fleet
+            .kill_controller_when_paused(step, next)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+    }
+    let w =
+        wait_for(
+            "the window to end after the last restart",
+            Duration::from_secs(180),
+            Duration::from_millis(300),
+            || {
+                let w = fleet
+                    .ctl(&["maintenance", "show", "mck", "--output", "json"])
+                    .ok()
+                    .and_then(|r| serde_json::from_str::<Value>(&r.stdout).ok());
+                async move {
+                    Ok(w.filter(|w| !matches!(w["state"].as_str(), Some("running" | "resuming"))))
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+    assert_eq!(w["id"], id.as_str());
+    assert_eq!(w["state"], "closed", "{w:#}\n{}", fleet.logs());
+    assert_eq!(w["verdict"]["kind"], "clean", "{w:#}");
+    let pair = fleet.set("mck");
+    pair.wait_streaming(&pair.standbys[0]).await.unwrap();
+    assert!(!pair.primary.is_in_recovery().unwrap());
+    assert!(!fleet.agent_home("mck-s1").join("fence").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recurring_window_repairs_a_set_that_needs_it_at_its_next_occurrence() {
     let mut spec = FleetSpec::new(&[("mrec", 1)]);

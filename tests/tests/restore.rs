@@ -689,9 +689,11 @@ async fn an_agent_killed_in_any_step_of_a_restore_puts_the_old_data_directory_ba
 /// A restore's steps that may fail with the set put back as it was: the
 /// prepare order's unpack (the set still serves) and every step before the
 /// point of no return (R9).
-const FAILING_STEPS: [&str; 6] = [
+/// Not "R3 stop": a stop that reports failure once no postmaster runs on the
+/// directory is tolerated by design (a server already down, or too damaged for
+/// `pg_ctl`), and the restore carries on with a note.
+const FAILING_STEPS: [&str; 5] = [
     "R2 unpack",
-    "R3 stop",
     "R4 move_aside",
     "R5 swap",
     "R7 roll_forward",

@@ -469,14 +469,9 @@ impl Restore {
                 }),
             )
             .await;
-        let moved = match moved {
-            Ok(m) => m,
-            Err(e) => {
-                // Nothing was moved: nothing to put back.
-                run.undone(&Undo::PutBack { saved });
-                return Err(e);
-            }
-        };
+        // A failed move may still have moved (a failure reported after the
+        // rename): the undo looks at the disk, not at the step's result.
+        let moved = moved?;
         if moved {
             run.note(format!(
                 "the current data directory was moved to {}",

@@ -546,6 +546,28 @@ impl Maintenance {
         }
     }
 
+    /// A crash test's pause point: with
+    /// `TANDEM_TEST_PAUSE_AFTER_WINDOW_STEP=<action>` in the controller's
+    /// environment, a window stops after that step's work, before it is
+    /// recorded done, writes `paused-after-<action>` beside the store and
+    /// waits to be killed. Only the end-to-end tests set it.
+    async fn pause_point(&self, action: Action) {
+        if std::env::var("TANDEM_TEST_PAUSE_AFTER_WINDOW_STEP").is_ok_and(|s| s == action.name()) {
+            let store = self.inventory.config().store.clone();
+            let marker = store
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(format!("paused-after-{}", action.name()));
+            if std::fs::write(&marker, b"").is_ok() {
+                warn!(
+                    step = action.name(),
+                    "paused for a crash test (TANDEM_TEST_PAUSE_AFTER_WINDOW_STEP)"
+                );
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Run the window's steps from the first one not done.
     async fn drive(self: &Arc<Self>, mut w: Window) -> Result<(), StoreError> {
         let (cancel, drive) = self.active_for(&w.id);
@@ -569,6 +591,9 @@ impl Maintenance {
             let span =
                 info_span!("maintenance.step", step = step.action.name(), member = %step.member);
             let outcome = self.execute(&mut w, &step).instrument(span).await;
+            if outcome.is_ok() {
+                self.pause_point(step.action).await;
+            }
             let label = step.label(i);
             let s = &mut w.phase_steps()[i];
             s.finished_at = Some(Timestamp::now());
