@@ -99,7 +99,7 @@ pub fn build(input: Input<'_>) -> Plan {
         steps.push(pause_ha_step(h));
     }
     let (repair, why, alternative);
-    let tested_is_standby = standbys.iter().any(|s| *s == tested);
+    let tested_is_standby = standbys.contains(&tested);
     if replicated || !tested_is_standby {
         repair = Repair::Primary;
         why = if !tested_is_standby {
