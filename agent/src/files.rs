@@ -63,6 +63,7 @@ pub fn state_json(rec: &OpRecord) -> serde_json::Value {
         "findings": rec.findings,
         "reason": rec.reason,
         "warnings": rec.warnings,
+        "coverage": rec.coverage,
         "steps": rec.steps,
         "standby_downtime_seconds": rec.standby_downtime_seconds,
         "bytes_copied": rec.bytes_copied,

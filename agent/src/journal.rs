@@ -157,6 +157,9 @@ pub struct OpRecord {
     /// Warnings worth a person's attention (e.g. data checksums are off).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// A test: what its checks covered (one line each).
+    #[serde(default)]
+    pub coverage: Vec<String>,
     /// The controller's request id for this operation (empty when none).
     #[serde(default)]
     pub request_id: String,
@@ -194,6 +197,7 @@ impl OpRecord {
             steps: vec![],
             bytes_copied: 0,
             warnings: vec![],
+            coverage: vec![],
             request_id: String::new(),
             backup_path: None,
             notes: vec![],

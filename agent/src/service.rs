@@ -92,6 +92,7 @@ pub fn result_of(r: &OpRecord) -> pb::OperationResult {
             .unwrap_or_default(),
         standby_downtime_seconds: r.standby_downtime_seconds.unwrap_or(0.0),
         warnings: r.warnings.clone(),
+        coverage: r.coverage.clone(),
         request_id: r.request_id.clone(),
         notes: r.notes.clone(),
         backup_path: r

@@ -209,6 +209,7 @@ mod tests {
             backup_path: String::new(),
             notes: vec![],
             maintenance: None,
+            coverage: vec!["lost rows: 1 B-tree indexes of 1 tables".into()],
         }
     }
 

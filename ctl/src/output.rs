@@ -150,6 +150,7 @@ pub fn verdict_json(v: &Option<pb::Verdict>) -> Value {
         "operation_id": non_empty(&x.operation_id),
         "output_path": non_empty(&x.output_path),
         "warnings": x.warnings,
+        "coverage": x.coverage,
         "standby_downtime_seconds": (x.standby_downtime_seconds > 0.0).then_some(x.standby_downtime_seconds),
         "duration_seconds": (x.duration_seconds > 0.0).then_some(x.duration_seconds),
         "started_at": ts(x.started_at),
@@ -321,6 +322,9 @@ pub fn verdicts_human(results: &[(String, pb::Verdict)]) -> String {
         }
         for w in &v.warnings {
             out.push_str(&format!("\n  warning: {w}"));
+        }
+        for c in &v.coverage {
+            out.push_str(&format!("\n  covered: {c}"));
         }
         if !v.output_path.is_empty() && verdict_kind(&vv) != "clean" {
             out.push_str(&format!(

@@ -47,6 +47,9 @@ pub struct Verdict {
     /// A backup run: the backup file kept on the member's host.
     #[serde(default)]
     pub backup_path: Option<String>,
+    /// What the test's checks covered, by method and how much.
+    #[serde(default)]
+    pub coverage: Vec<String>,
 }
 
 impl Verdict {
@@ -67,6 +70,7 @@ impl Verdict {
             duration_seconds: None,
             started_at: None,
             backup_path: None,
+            coverage: vec![],
         }
     }
 
@@ -107,6 +111,7 @@ impl Verdict {
             duration_seconds: started.map(|s| (at - s).total(jiff::Unit::Second).unwrap_or(0.0)),
             started_at: started,
             backup_path: (!r.backup_path.is_empty()).then(|| r.backup_path.clone()),
+            coverage: r.coverage.clone(),
         }
     }
 }
@@ -138,6 +143,7 @@ impl From<&Verdict> for pb::Verdict {
             duration_seconds: v.duration_seconds.unwrap_or(0.0),
             started_at: v.started_at.map(timestamp_to_wire),
             backup_path: v.backup_path.clone().unwrap_or_default(),
+            coverage: v.coverage.clone(),
         }
     }
 }
@@ -188,6 +194,7 @@ impl TryFrom<pb::Verdict> for Verdict {
             duration_seconds: positive(v.duration_seconds),
             started_at: timestamp_from_wire("verdict.started_at", v.started_at)?,
             backup_path: non_empty(v.backup_path),
+            coverage: v.coverage,
         })
     }
 }

@@ -3,7 +3,7 @@
 //! Steps, each a span and a journal update:
 //! `stop_standby` → `copy` → `start_standby` (always, even when the copy
 //! failed, so the standby is never left down; waits until it streams) →
-//! `open_private` → `checks` → `stop_private` → `checksums`.
+//! `open_private` → `checks` → `stop_private` → `lost_rows` → `checksums`.
 //!
 //! The steps run on the operation's [`Run`]: each records its undo before
 //! it changes anything (`start_standby` before the stop, the copy's unusable
@@ -246,6 +246,16 @@ impl Testdb {
             .await?;
         run.undone(&Undo::KillPrivate { copy: copy.clone() });
         run.rec().findings.extend(checked?.findings);
+        let files = run
+            .step("lost_rows", async {
+                let r = run.engine.check_files(&copy, &out).await?;
+                tracing::Span::current().record("findings", r.findings.len() as u64);
+                Ok::<_, EngineError>(r)
+            })
+            .await?;
+        run.rec().findings.extend(files.findings);
+        run.rec().coverage.extend(files.coverage);
+        run.rec().warnings.extend(files.not_covered);
         if inst.data_checksums {
             let offline = run
                 .step("checksums", async {

@@ -11,6 +11,8 @@
 pub mod copy;
 pub mod findings;
 mod live;
+pub mod lost_rows;
+pub mod pages;
 pub mod postgres;
 pub mod postmaster;
 pub mod private;
@@ -72,6 +74,10 @@ pub struct PrivateInstance {
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
     pub findings: Vec<Finding>,
+    /// What was checked, by which method, and how much (one line each).
+    pub coverage: Vec<String>,
+    /// What no check covered (one line each; empty when everything was).
+    pub not_covered: Vec<String>,
 }
 
 /// A relation that findings name, as the live server knows it.
@@ -167,6 +173,18 @@ pub trait Engine: Send + Sync + 'static {
         dir: &Path,
         out: &Path,
     ) -> impl Future<Output = Result<CheckReport, EngineError>> + Send;
+
+    /// Checks of the stopped copy's own files with the relation map that
+    /// [`Engine::check_private`] took from the catalogs: every index entry
+    /// points at a row its table has, every relation is as long as it was
+    /// written. Engines without such checks report nothing.
+    fn check_files(
+        &self,
+        _dir: &Path,
+        _out: &Path,
+    ) -> impl Future<Output = Result<CheckReport, EngineError>> + Send {
+        async { Ok(CheckReport::default()) }
+    }
 
     /// The log range of the stopped copy in `dir`: where replay must start
     /// (its last checkpoint's redo position) and where it is consistent

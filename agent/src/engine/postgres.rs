@@ -271,6 +271,10 @@ impl Engine for PostgresEngine {
         self.checksums(dir, out).await
     }
 
+    async fn check_files(&self, dir: &Path, out: &Path) -> Result<CheckReport, EngineError> {
+        self.check_copy_files(dir, out).await
+    }
+
     fn kill_private(&self, dir: &Path) {
         super::postmaster::kill_postmaster(dir);
     }

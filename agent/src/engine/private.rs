@@ -21,7 +21,7 @@ use std::time::Duration;
 use tandem_proto::model::{Finding, Lsn};
 
 use super::postgres::PostgresEngine;
-use super::{CheckReport, EngineError, PrivateInstance, findings};
+use super::{CheckReport, EngineError, PrivateInstance, findings, lost_rows};
 
 /// The private instance's port (it listens on a private socket directory
 /// only, so the number only names the socket file).
@@ -115,6 +115,7 @@ impl PostgresEngine {
              primary_conninfo = ''\n\
              max_wal_senders = 0\n\
              ssl = off\n\
+             autovacuum = off\n\
              logging_collector = off\n\
              log_destination = 'stderr'\n\
              cluster_name = 'tandem-private'\n",
@@ -210,7 +211,123 @@ impl PostgresEngine {
                 report.findings.extend(found);
             }
         }
+        // The map the offline file checks need, while the catalogs can be
+        // read; a failure is a finding (those checks then cannot run).
+        if let Err(e) = self.write_relation_map(inst).await {
+            report.findings.push(Finding {
+                database: String::new(),
+                relation: String::new(),
+                kind: "check_failed".into(),
+                message: format!("cannot read the relation map from the catalogs: {e}"),
+            });
+        }
         Ok(report)
+    }
+
+    /// Write the copy's [`lost_rows::RelationMap`] beside it.
+    async fn write_relation_map(&self, inst: &PrivateInstance) -> Result<(), EngineError> {
+        let q = |db: String, sql: &'static str| async move {
+            self.query_in(&inst.socket_dir, inst.port, &db, sql, CHECK_TIMEOUT)
+                .await
+        };
+        let path = lost_rows::map_path(&inst.data_dir);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("remove the previous", &path)(e));
+            }
+            _ => {}
+        }
+        let sizes = q(self.cfg.dbname.clone(), LAYOUT_SQL).await?;
+        let output = |o: &str| EngineError::Output {
+            tool: "psql",
+            output: o.to_owned(),
+        };
+        let (bs, seg) = sizes.trim().split_once('|').ok_or_else(|| output(&sizes))?;
+        let mut map = lost_rows::RelationMap {
+            block_size: bs.parse().map_err(|_| output(&sizes))?,
+            segment_blocks: seg.parse().map_err(|_| output(&sizes))?,
+            ..Default::default()
+        };
+        let dbs = q(self.cfg.dbname.clone(), DATABASES_SQL).await?;
+        for line in dbs.lines().filter(|l| !l.is_empty()) {
+            let (allow, name) = line.split_once('|').ok_or_else(|| output(line))?;
+            if allow != "t" {
+                map.not_connectable.push(name.to_owned());
+                continue;
+            }
+            let json = q(name.to_owned(), RELATIONS_SQL).await?;
+            let relations = serde_json::from_str(json.trim()).map_err(|e| EngineError::Output {
+                tool: "psql",
+                output: format!("{e}: {}", json.chars().take(200).collect::<String>()),
+            })?;
+            map.databases.push(lost_rows::DatabaseRelations {
+                database: name.to_owned(),
+                relations,
+            });
+        }
+        let bytes = serde_json::to_vec(&map).expect("the map serialises");
+        std::fs::write(&path, bytes).map_err(io("write", &path))
+    }
+
+    /// The lost-rows and relation-length checks on the stopped copy.
+    pub(super) async fn check_copy_files(
+        &self,
+        dir: &Path,
+        out: &Path,
+    ) -> Result<CheckReport, EngineError> {
+        let path = lost_rows::map_path(dir);
+        let bytes = std::fs::read(&path).map_err(io("read the relation map", &path))?;
+        let map: lost_rows::RelationMap =
+            serde_json::from_slice(&bytes).map_err(|e| EngineError::Output {
+                tool: "the relation map",
+                output: e.to_string(),
+            })?;
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+        // Dropping this future (a cancel) stops the reading threads.
+        struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let stop = StopOnDrop(Default::default());
+        let (flag, dir2) = (stop.0.clone(), dir.to_owned());
+        let t0 = std::time::Instant::now();
+        let o = tokio::task::spawn_blocking(move || lost_rows::check(&dir2, &map, workers, &flag))
+            .await
+            .map_err(|e| EngineError::Io {
+                op: "run the file checks on",
+                path: dir.to_owned(),
+                source: std::io::Error::other(e),
+            })?;
+        drop(stop);
+        let mut text = format!(
+            "==== lost rows and relation files (offline, {:.1}s) ====\n",
+            t0.elapsed().as_secs_f64()
+        );
+        for f in &o.findings {
+            text.push_str(&format!(
+                "{} {} {}: {}\n",
+                f.kind, f.database, f.relation, f.message
+            ));
+        }
+        for c in &o.coverage {
+            text.push_str(&format!("covered: {c}\n"));
+        }
+        for c in &o.not_covered {
+            text.push_str(&format!("not covered: {c}\n"));
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .map_err(io("append to", out))?;
+        writeln!(f, "{text}").map_err(io("write", out))?;
+        Ok(CheckReport {
+            findings: o.findings,
+            coverage: o.coverage,
+            not_covered: o.not_covered,
+        })
     }
 
     pub(super) async fn close_private_instance(
@@ -241,9 +358,32 @@ impl PostgresEngine {
         if !o.status.success() && found.is_empty() {
             found.push(tool_failed("pg_checksums", &o));
         }
-        Ok(CheckReport { findings: found })
+        Ok(CheckReport {
+            findings: found,
+            ..CheckReport::default()
+        })
     }
 }
+
+/// Page size and segment size (in pages) of the cluster.
+const LAYOUT_SQL: &str = "SELECT current_setting('block_size'), \
+     (SELECT setting FROM pg_settings WHERE name = 'segment_size')";
+
+/// Every database, and whether it can be connected to.
+const DATABASES_SQL: &str = "SELECT datallowconn, datname FROM pg_database ORDER BY datname";
+
+/// The relations with storage of one database, for the file checks.
+const RELATIONS_SQL: &str = "SELECT coalesce(json_agg(json_build_object(\
+       'oid', c.oid, 'name', n.nspname || '.' || c.relname, 'kind', c.relkind, \
+       'persistence', c.relpersistence, 'path', pg_relation_filepath(c.oid), \
+       'am', coalesce(am.amname, ''), 'table', i.indrelid, \
+       'valid', coalesce(i.indisvalid AND i.indisready AND i.indislive, true), \
+       'toast_of', (SELECT o.relnamespace::regnamespace::text || '.' || o.relname \
+                    FROM pg_class o WHERE o.reltoastrelid = c.oid LIMIT 1))), '[]') \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     LEFT JOIN pg_am am ON am.oid = c.relam \
+     LEFT JOIN pg_index i ON i.indexrelid = c.oid \
+     WHERE c.relkind IN ('r', 't', 'm', 'i', 'S')";
 
 /// A tool that failed without saying what it found.
 pub(super) fn tool_failed(tool: &str, o: &Output) -> Finding {
