@@ -236,3 +236,81 @@ fn checksum_fails(standby: &PgServer, filenode: &str) -> anyhow::Result<bool> {
         ),
     }
 }
+
+/// The file of relation `relation` (a name `regclass` reads, e.g.
+/// `public.t` or `pg_toast.pg_toast_16390`) relative to the data
+/// directory, as the primary names it (a standby's files have the same
+/// paths).
+pub fn relation_file(primary: &PgServer, db: &str, relation: &str) -> anyhow::Result<String> {
+    let path = primary
+        .psql(
+            db,
+            &format!(
+                "select pg_relation_filepath('{}'::regclass)",
+                relation.replace('\'', "''")
+            ),
+        )
+        .with_context(|| format!("find the file of {relation} on {} ({db})", primary.name))?;
+    ensure!(!path.is_empty(), "{relation} has no relation file");
+    Ok(path)
+}
+
+/// A lost write made by hand: overwrite page `block` of `relation`'s file
+/// in the stopped `standby`'s data directory with zeros. PostgreSQL takes
+/// an all-zero page for a valid new one (`pg_checksums` skips it, a scan
+/// sees no rows there). Returns the file, relative to the data directory.
+/// Call [`flush_and_stop_standby`] first.
+pub fn zero_page(
+    primary: &PgServer,
+    standby: &PgServer,
+    db: &str,
+    relation: &str,
+    block: u64,
+) -> anyhow::Result<String> {
+    ensure!(!standby.is_running(), "{} must be stopped", standby.name);
+    let rel = relation_file(primary, db, relation)?;
+    let path = standby.data_dir.join(&rel);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let len = f.metadata()?.len();
+    ensure!(
+        (block + 1) * PAGE as u64 <= len,
+        "{} has no block {block} ({len} bytes): the standby has not flushed {relation}",
+        path.display()
+    );
+    f.seek(SeekFrom::Start(block * PAGE as u64))?;
+    f.write_all(&[0u8; PAGE])?;
+    f.sync_all()?;
+    Ok(rel)
+}
+
+/// A file cut short: truncate `relation`'s file in the stopped `standby`'s
+/// data directory to its first `keep` pages. Returns the file, relative
+/// to the data directory, and how many pages it had.
+pub fn cut_relation(
+    primary: &PgServer,
+    standby: &PgServer,
+    db: &str,
+    relation: &str,
+    keep: u64,
+) -> anyhow::Result<(String, u64)> {
+    ensure!(!standby.is_running(), "{} must be stopped", standby.name);
+    let rel = relation_file(primary, db, relation)?;
+    let path = standby.data_dir.join(&rel);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let pages = f.metadata()?.len() / PAGE as u64;
+    ensure!(
+        pages > keep,
+        "{} has {pages} pages, not more than {keep}: the standby has not flushed {relation}",
+        path.display()
+    );
+    f.set_len(keep * PAGE as u64)?;
+    f.sync_all()?;
+    Ok((rel, pages))
+}

@@ -18,17 +18,7 @@ use tandem_tests::corrupt;
 use tandem_tests::fleet::{Fleet, FleetSpec};
 use tandem_tests::wait::wait_for;
 
-/// Every step of a backup: the testdb steps with `pack` after the copy.
-const STEPS: [&str; 8] = [
-    "stop_standby",
-    "copy",
-    "start_standby",
-    "pack",
-    "open_private",
-    "checks",
-    "stop_private",
-    "checksums",
-];
+use tandem_tests::{BACKUP_STEPS as STEPS, TESTDB_STEPS};
 
 fn hook(dir: &Path) -> (PathBuf, PathBuf) {
     let hook = dir.join("hook.sh");
@@ -192,17 +182,6 @@ async fn an_agent_killed_in_any_step_of_a_backup_puts_back_what_it_changed() {
     assert_eq!(run.json()["sets"][0]["verdict"]["kind"], "clean");
     assert!(!archive.join("copy.UNUSABLE").exists());
 }
-
-/// The steps of a testdb, each of which may fail.
-const TESTDB_STEPS: [&str; 7] = [
-    "stop_standby",
-    "copy",
-    "start_standby",
-    "open_private",
-    "checks",
-    "stop_private",
-    "checksums",
-];
 
 /// A step that fails (after its work, as a tool that failed half-way:
 /// `TANDEM_TEST_FAIL_AFTER_STEP`) at each position of a testdb runs the undos

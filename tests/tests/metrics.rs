@@ -101,17 +101,9 @@ async fn a_fleet_exports_what_the_dashboards_query_and_keeps_verdict_times_acros
         Some(2.0)
     );
 
-    // The standby's agent: each of the seven steps once, bytes copied, downtime.
+    // The standby's agent: each of the testdb steps once, bytes copied, downtime.
     let s = samples(&fleet, "mu-s1");
-    for step in [
-        "stop_standby",
-        "copy",
-        "start_standby",
-        "open_private",
-        "checks",
-        "stop_private",
-        "checksums",
-    ] {
+    for step in tandem_tests::TESTDB_STEPS {
         assert_eq!(
             value(
                 &s,

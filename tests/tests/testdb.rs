@@ -62,18 +62,7 @@ async fn a_clean_set_gets_a_clean_verdict_and_the_standby_streams_again() {
         .iter()
         .map(|s| s["step"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        steps,
-        [
-            "stop_standby",
-            "copy",
-            "start_standby",
-            "open_private",
-            "checks",
-            "stop_private",
-            "checksums"
-        ]
-    );
+    assert_eq!(steps, tandem_tests::TESTDB_STEPS);
     let out = std::fs::read_to_string(home.join("testdb.out")).unwrap();
     assert!(
         out.contains("pg_amcheck") && out.contains("Bad checksums:  0"),

@@ -94,16 +94,7 @@ async fn one_tandemctl_call_is_one_trace_across_three_processes() {
     assert_eq!(agents, HashSet::from(["delta-p", "delta-s1"]));
 }
 
-/// The agent's testdb steps, in order.
-const STEPS: [&str; 7] = [
-    "stop_standby",
-    "copy",
-    "start_standby",
-    "open_private",
-    "checks",
-    "stop_private",
-    "checksums",
-];
+use tandem_tests::TESTDB_STEPS as STEPS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_testdb_is_one_trace_with_every_agent_step_under_the_controller() {

@@ -35,6 +35,26 @@ const CHUNK: usize = 4 << 20;
 /// Blocks named in a finding's message; the count says the rest.
 const SAMPLE: usize = 5;
 
+/// Page size and segment size (in pages) of the cluster.
+pub const LAYOUT_SQL: &str = "SELECT current_setting('block_size'), \
+     (SELECT setting FROM pg_settings WHERE name = 'segment_size')";
+
+/// Every database, and whether it can be connected to.
+pub const DATABASES_SQL: &str = "SELECT datallowconn, datname FROM pg_database ORDER BY datname";
+
+/// The relations with storage of one database, for the file checks.
+pub const RELATIONS_SQL: &str = "SELECT coalesce(json_agg(json_build_object(\
+       'oid', c.oid::int8, 'name', n.nspname || '.' || c.relname, 'kind', c.relkind, \
+       'persistence', c.relpersistence, 'path', pg_relation_filepath(c.oid), \
+       'am', coalesce(am.amname, ''), 'table', i.indrelid::int8, \
+       'valid', coalesce(i.indisvalid AND i.indisready AND i.indislive, true), \
+       'toast_of', (SELECT o.relnamespace::regnamespace::text || '.' || o.relname \
+                    FROM pg_class o WHERE o.reltoastrelid = c.oid LIMIT 1))), '[]') \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     LEFT JOIN pg_am am ON am.oid = c.relam \
+     LEFT JOIN pg_index i ON i.indexrelid = c.oid \
+     WHERE c.relkind IN ('r', 't', 'm', 'i', 'S')";
+
 /// The catalogs' view of the copy, written beside it by the private
 /// instance before it stops.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

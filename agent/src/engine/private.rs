@@ -237,7 +237,7 @@ impl PostgresEngine {
             }
             _ => {}
         }
-        let sizes = q(self.cfg.dbname.clone(), LAYOUT_SQL).await?;
+        let sizes = q(self.cfg.dbname.clone(), lost_rows::LAYOUT_SQL).await?;
         let output = |o: &str| EngineError::Output {
             tool: "psql",
             output: o.to_owned(),
@@ -248,14 +248,14 @@ impl PostgresEngine {
             segment_blocks: seg.parse().map_err(|_| output(&sizes))?,
             ..Default::default()
         };
-        let dbs = q(self.cfg.dbname.clone(), DATABASES_SQL).await?;
+        let dbs = q(self.cfg.dbname.clone(), lost_rows::DATABASES_SQL).await?;
         for line in dbs.lines().filter(|l| !l.is_empty()) {
             let (allow, name) = line.split_once('|').ok_or_else(|| output(line))?;
             if allow != "t" {
                 map.not_connectable.push(name.to_owned());
                 continue;
             }
-            let json = q(name.to_owned(), RELATIONS_SQL).await?;
+            let json = q(name.to_owned(), lost_rows::RELATIONS_SQL).await?;
             let relations = serde_json::from_str(json.trim()).map_err(|e| EngineError::Output {
                 tool: "psql",
                 output: format!("{e}: {}", json.chars().take(200).collect::<String>()),
@@ -364,26 +364,6 @@ impl PostgresEngine {
         })
     }
 }
-
-/// Page size and segment size (in pages) of the cluster.
-const LAYOUT_SQL: &str = "SELECT current_setting('block_size'), \
-     (SELECT setting FROM pg_settings WHERE name = 'segment_size')";
-
-/// Every database, and whether it can be connected to.
-const DATABASES_SQL: &str = "SELECT datallowconn, datname FROM pg_database ORDER BY datname";
-
-/// The relations with storage of one database, for the file checks.
-const RELATIONS_SQL: &str = "SELECT coalesce(json_agg(json_build_object(\
-       'oid', c.oid, 'name', n.nspname || '.' || c.relname, 'kind', c.relkind, \
-       'persistence', c.relpersistence, 'path', pg_relation_filepath(c.oid), \
-       'am', coalesce(am.amname, ''), 'table', i.indrelid, \
-       'valid', coalesce(i.indisvalid AND i.indisready AND i.indislive, true), \
-       'toast_of', (SELECT o.relnamespace::regnamespace::text || '.' || o.relname \
-                    FROM pg_class o WHERE o.reltoastrelid = c.oid LIMIT 1))), '[]') \
-     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-     LEFT JOIN pg_am am ON am.oid = c.relam \
-     LEFT JOIN pg_index i ON i.indexrelid = c.oid \
-     WHERE c.relkind IN ('r', 't', 'm', 'i', 'S')";
 
 /// A tool that failed without saying what it found.
 pub(super) fn tool_failed(tool: &str, o: &Output) -> Finding {
