@@ -11,7 +11,7 @@ cd "$(dirname "$0")"
 seconds="${1:-600}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(schedule agent_config controller_config tool_output wal_name start_order archive)
+[ ${#targets[@]} -gt 0 ] || targets=(schedule agent_config controller_config tool_output wal_name start_order archive pages)
 command -v cargo-fuzz >/dev/null || { echo "fuzz/run.sh: cargo-fuzz is not installed: cargo install cargo-fuzz" >&2; exit 2; }
 export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do cargo fuzz build -O "$t" 2>&1 | tail -1; done

@@ -27,6 +27,31 @@ pub fn tool_output(data: &[u8]) {
     }
 }
 
+/// A page of a copy's files (8 kB; shorter input is padded with zeros): the
+/// page readers return data or an error, never a panic, and every TID they
+/// return lies inside the page's bytes.
+pub fn pages(data: &[u8]) {
+    use crate::engine::pages::{self, Parsed, btree};
+    let mut page = vec![0u8; 8192];
+    let n = data.len().min(page.len());
+    page[..n].copy_from_slice(&data[..n]);
+    let Ok(Parsed::Page(p)) = pages::parse(&page, 8192) else {
+        return;
+    };
+    assert!(p.max_offset() as usize <= 8192 / 4);
+    for i in 1..=p.max_offset() {
+        let lp = p.line_pointer(i).expect("within max_offset");
+        if let Ok(item) = p.item(i) {
+            assert_eq!(item.len(), lp.len as usize);
+        }
+    }
+    let _ = btree::kind(&p);
+    let mut tids = vec![];
+    if let Ok(entries) = btree::leaf_tids(&p, &mut tids) {
+        assert!(tids.len() as u64 >= entries);
+    }
+}
+
 /// WAL file names: a name is valid exactly when it is a segment or a
 /// history, backup or partial file, and `checked_name` agrees.
 pub fn wal_name(data: &[u8]) {

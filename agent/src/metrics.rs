@@ -39,7 +39,17 @@ pub fn serve(addr: SocketAddr, setting: &str, cfg: &AgentConfig) -> Result<(), M
     gauge!("tandem_agent_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!("tandem_agent_operations_running").set(0.0);
     counter!("tandem_agent_copied_bytes_total").absolute(0);
-    for kind in ["index", "heap", "checksum", "logical_read", "check_failed"] {
+    use crate::engine::findings::{
+        KIND_CHECK_FAILED, KIND_CHECKSUM, KIND_HEAP, KIND_INDEX, KIND_LOGICAL_READ,
+    };
+    let tools = [
+        KIND_INDEX,
+        KIND_HEAP,
+        KIND_CHECKSUM,
+        KIND_LOGICAL_READ,
+        KIND_CHECK_FAILED,
+    ];
+    for kind in tools.into_iter().chain(tandem_proto::model::FILE_KINDS) {
         counter!("tandem_agent_findings_total", "kind" => kind).absolute(0);
     }
     Ok(())

@@ -391,6 +391,25 @@ impl TryFrom<pb::RegisterRequest> for Registration {
     }
 }
 
+/// Finding kinds read from a stopped copy's own files: `lost_rows` (index
+/// entries that point at rows the table no longer has),
+/// `truncated_relation`, `missing_segment`, `unreadable_page`. A running
+/// server's files change under a reader, so these cannot be re-checked
+/// online, and no REINDEX brings lost rows back.
+pub const FILE_KINDS: [&str; 4] = [
+    "lost_rows",
+    "truncated_relation",
+    "missing_segment",
+    "unreadable_page",
+];
+
+impl Finding {
+    /// Read from a stopped copy's files (see [`FILE_KINDS`]).
+    pub fn is_from_files(&self) -> bool {
+        FILE_KINDS.contains(&self.kind.as_str())
+    }
+}
+
 /// One integrity problem a check found in a database.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Finding {
@@ -401,7 +420,8 @@ pub struct Finding {
     pub relation: String,
     /// Machine-readable kind: `index` (an index disagrees with its table),
     /// `heap` (a table's own structure), `checksum` (a page's checksum),
-    /// `logical_read` (a full read failed), `check_failed` (a tool failed).
+    /// `logical_read` (a full read failed), `check_failed` (a tool failed),
+    /// and the kinds read from a stopped copy's files ([`FILE_KINDS`]).
     pub kind: String,
     /// The tool's own message.
     pub message: String,

@@ -56,3 +56,8 @@ fn the_archive_corpus() {
 fn the_start_order_corpus() {
     each("start_order", tandem_proto::fuzzing::start_order);
 }
+
+#[test]
+fn the_page_readers_corpus() {
+    each("pages", tandem_agent::fuzzing::pages);
+}

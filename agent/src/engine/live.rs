@@ -169,6 +169,12 @@ impl PostgresEngine {
         // database -> (relation -> is_index), in a stable order.
         let mut by_db: BTreeMap<String, BTreeMap<String, bool>> = BTreeMap::new();
         for f in targets {
+            // Read from a stopped copy's files: a running server's files
+            // change under a reader, so the window's closing testdb judges
+            // them, not this re-check.
+            if f.is_from_files() {
+                continue;
+            }
             match self.resolve(f).await {
                 Ok((db, rel, is_index)) => {
                     by_db.entry(db).or_default().insert(rel, is_index);

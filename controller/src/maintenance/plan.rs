@@ -61,6 +61,36 @@ fn confirmed(f: &Finding, t: &Triage) -> bool {
     t.findings.iter().any(|p| same_relation(p, f))
 }
 
+/// Findings read from the copy's files (lost rows, cut or missing
+/// segments) cannot be re-checked on the running primary: a re-seed
+/// replaces the standby's files from the primary, and the window's closing
+/// testdb reads them again.
+fn lost_rows_judged_by_the_closing_test(findings: &[Finding]) -> String {
+    let n = findings.iter().filter(|f| f.is_from_files()).count();
+    if n == 0 {
+        return String::new();
+    }
+    format!(
+        "; {n} finding(s) read from the copy's files (lost rows, cut or missing segments) cannot be re-checked on the running primary: the closing testdb reads the re-seeded copy again, and if they come back the primary lost those rows too and only a restore from a verified backup returns them"
+    )
+}
+
+/// On the primary path, lost rows are named as what REINDEX cannot repair.
+fn restore_for_lost_rows(set: &str, findings: &[Finding], repair: Repair) -> Option<String> {
+    let lost: Vec<String> = findings
+        .iter()
+        .filter(|f| f.is_from_files())
+        .map(|f| format!("{}.{} ({})", f.database, f.relation, f.kind))
+        .collect();
+    (repair == Repair::Primary && !lost.is_empty()).then(|| {
+        format!(
+            "{} finding(s) are rows or pages lost from the files ({}): REINDEX cannot bring them back and this window does not try; restore from a verified backup (`tandemctl restore {set}`)",
+            lost.len(),
+            lost.join(", ")
+        )
+    })
+}
+
 pub fn build(input: Input<'_>) -> Plan {
     let Input {
         set,
@@ -147,6 +177,12 @@ pub fn build(input: Input<'_>) -> Plan {
         } else {
             matched
         };
+        // Lost rows come back from a backup only: no step of this window
+        // repairs them, the plan says so.
+        let on_primary: Vec<Finding> = on_primary
+            .into_iter()
+            .filter(|f| !f.is_from_files())
+            .collect();
         let by_reindex = |f: &Finding| f.kind == "index" && !exec_only;
         let indexes: Vec<Finding> = on_primary
             .iter()
@@ -234,7 +270,8 @@ pub fn build(input: Input<'_>) -> Plan {
     } else {
         repair = Repair::Reseed;
         why = format!(
-            "the primary {primary} is clean where {tested}'s copy was damaged: standby-local damage, repaired by re-seeding {tested}; the primary never stops"
+            "the primary {primary} is clean where {tested}'s copy was damaged: standby-local damage, repaired by re-seeding {tested}; the primary never stops{}",
+            lost_rows_judged_by_the_closing_test(&findings)
         );
         alternative = format!(
             "repair on {primary} with the whole set halted (taken when the primary's re-check confirms the findings)"
@@ -251,6 +288,10 @@ pub fn build(input: Input<'_>) -> Plan {
         steps.push(unfence_start_step(&tested));
         steps.push(wait_streaming_step(&tested, false));
     }
+    let why = match restore_for_lost_rows(set, &findings, repair) {
+        Some(more) => format!("{why}; {more}"),
+        None => why,
+    };
     let test_secs = verdict.duration_seconds.unwrap_or(TESTDB_SECS);
     let member = if repair == Repair::Reseed {
         tested.clone()

@@ -391,3 +391,74 @@ fn a_restore_prepares_first_halts_standbys_before_the_member_and_reseeds_them_af
         ]
     );
 }
+
+#[test]
+fn lost_rows_on_a_standby_with_a_clean_primary_are_a_reseed_judged_by_the_closing_test() {
+    let standbys = vec!["s1".to_owned()];
+    let v = verdict(vec![finding("lost_rows", "postgres", "public.t")]);
+    let p = build(Input {
+        set: "zeta",
+        primary: "p",
+        standbys: &standbys,
+        verdict: &v,
+        triage: Triage::default(),
+        data_bytes: 1_000_000_000,
+        exec_only: false,
+        ha: None,
+    });
+    assert_eq!(p.repair, Repair::Reseed);
+    assert!(actions(&p).contains(&(Action::Reseed, "s1")));
+    assert!(
+        p.why
+            .contains("cannot be re-checked on the running primary"),
+        "{}",
+        p.why
+    );
+    assert!(
+        p.why.contains("restore from a verified backup"),
+        "{}",
+        p.why
+    );
+    assert!(!actions(&p).contains(&(Action::ExecRepair, "p")));
+}
+
+#[test]
+fn lost_rows_on_the_primary_path_are_not_reindexed_and_point_to_a_restore() {
+    let standbys = vec!["s1".to_owned()];
+    let idx = finding("index", "postgres", "public.t_idx");
+    let lost = finding("lost_rows", "postgres", "public.t");
+    let v = verdict(vec![idx.clone(), lost]);
+    let p = build(Input {
+        set: "zeta",
+        primary: "p",
+        standbys: &standbys,
+        verdict: &v,
+        triage: Triage {
+            findings: vec![idx.clone()],
+            relations: vec![],
+            unresolved: vec![],
+        },
+        data_bytes: 0,
+        exec_only: false,
+        ha: None,
+    });
+    assert_eq!(p.repair, Repair::Primary);
+    let reindex = p
+        .steps
+        .iter()
+        .find(|s| s.action == Action::Reindex)
+        .unwrap();
+    assert_eq!(reindex.targets, vec![idx]);
+    assert!(
+        !actions(&p).contains(&(Action::ExecRepair, "p")),
+        "{:?}",
+        actions(&p)
+    );
+    assert!(
+        p.why.contains("REINDEX cannot bring them back"),
+        "{}",
+        p.why
+    );
+    assert!(p.why.contains("postgres.public.t (lost_rows)"), "{}", p.why);
+    assert!(p.why.contains("`tandemctl restore zeta`"), "{}", p.why);
+}
