@@ -67,6 +67,9 @@ async fn a_zeroed_page_a_cut_file_and_a_zeroed_toast_page_are_lost_rows_named_by
     corrupt::zero_page(p, standby, "postgres", &toast, 0).unwrap();
     standby_back(&fleet, "lost").await;
 
+    // The standby serves fewer rows and says nothing.
+    let rows = standby_rows(&fleet, "lost").await;
+    assert_ne!(rows, "3000|3000", "the damage did not take");
     let run = fleet.ctl(&["testdb", "lost", "--output", "json"]).unwrap();
     assert_eq!(run.code, 1, "{run:?}\n{}", fleet.logs());
     let v = run.json();
@@ -136,6 +139,58 @@ async fn a_zeroed_page_a_cut_file_and_a_zeroed_toast_page_are_lost_rows_named_by
         "{}",
         show.stdout
     );
+
+    // The repair: lost rows cannot be re-checked on the running primary,
+    // which is clean where amcheck can look; the plan re-seeds the standby
+    // and the window's closing testdb reads the fresh copy: clean, the
+    // primary never lost those rows.
+    let plan = fleet
+        .ctl(&["maintenance", "plan", "lost", "--output", "json"])
+        .unwrap()
+        .json();
+    assert_eq!(plan["repair"], "reseed", "{plan:#}");
+    assert!(
+        plan["why"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be re-checked on the running primary"),
+        "{plan:#}"
+    );
+    let open = fleet
+        .ctl_as(
+            "admin",
+            &[
+                "maintenance",
+                "open",
+                "lost",
+                "--reason",
+                "lost rows",
+                "--output",
+                "json",
+            ],
+        )
+        .unwrap();
+    assert_eq!(open.code, 0, "{open:?}\n{}", fleet.logs());
+    let w = open.json();
+    assert_eq!(w["state"], "closed", "{w:#}");
+    assert_eq!(w["verdict"]["kind"], "clean", "{w:#}");
+    let rows = standby_rows(&fleet, "lost").await;
+    assert_eq!(
+        rows, "3000|3000",
+        "the re-seeded standby has every row again"
+    );
+}
+
+/// Rows of lr_zero and lr_cut as the standby serves them.
+async fn standby_rows(fleet: &Fleet, set: &str) -> String {
+    let pair = fleet.set(set);
+    let s = &pair.standbys[0];
+    pair.wait_streaming(s).await.unwrap();
+    s.psql(
+        "postgres",
+        "select (select count(*) from lr_zero) || '|' || (select count(*) from lr_cut)",
+    )
+    .unwrap()
 }
 
 /// `pgbench` writing to the primary until killed (bounded by `-T`).
