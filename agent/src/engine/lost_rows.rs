@@ -1,12 +1,14 @@
 //! Rows the other checks cannot miss, found on the stopped copy's files:
-//! every B-tree entry must point at a row its table still has, and every
-//! relation's files must be as long as PostgreSQL wrote them.
+//! every entry of a B-tree, hash or GiST index must point at a row its
+//! table still has, and every relation's files must be as long as
+//! PostgreSQL wrote them.
 //!
 //! `pg_amcheck --heapallindexed` checks table → index only, `pg_checksums`
 //! skips all-zero pages, and a sequential scan of a table cut short just
 //! sees fewer rows: a heap page zeroed by a torn or lost write, or a file
 //! cut by whole pages, loses rows that none of them report. Here each heap
-//! TID held by a B-tree leaf (posting lists included) is looked up in its
+//! TID held by a B-tree leaf (posting lists included), a hash bucket or a
+//! GiST leaf is looked up in its
 //! table: inside the table's length, on a page that is not new, at a line
 //! pointer that exists and is in use (normal, redirect or dead). Index
 //! entries are read in chunks and sorted, so memory stays bounded whatever
@@ -27,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tandem_proto::model::Finding;
 
 use super::pages::relfile::{self, DirIndex, Layout, Reader};
-use super::pages::{self, LpFlags, Parsed, Tid, btree};
+use super::pages::{self, LpFlags, Page, PageError, Parsed, Tid, btree, hash_gist};
 
 /// Index entries held in memory at once per index being checked (8 bytes
 /// each): 32 MiB per worker.
@@ -255,7 +257,7 @@ pub fn check(dir: &Path, map: &RelationMap, workers: usize, stop: &AtomicBool) -
                 ("brin", _) => continue,
                 (_, None) => Some("its table is not in the catalogs".to_owned()),
                 _ if !r.valid => Some("invalid or not ready".to_owned()),
-                ("btree", Some(_)) => None,
+                ("btree" | "hash" | "gist", Some(_)) => None,
                 (am, _) => Some(format!("{am} indexes")),
             };
             match (why, table) {
@@ -345,7 +347,7 @@ pub fn check(dir: &Path, map: &RelationMap, workers: usize, stop: &AtomicBool) -
     tables.sort_unstable();
     tables.dedup();
     out.coverage.push(format!(
-        "lost rows: {} B-tree indexes of {} tables: {index_pages} index pages, {entries} entries, {heap_pages} table pages read",
+        "lost rows: {} indexes (B-tree, hash, GiST) of {} tables: {index_pages} index pages, {entries} entries, {heap_pages} table pages read",
         jobs.len(),
         tables.len()
     ));
@@ -393,7 +395,15 @@ fn check_index(job: &Job, layout: Layout, stop: &AtomicBool) -> IndexResult {
     let mut buf = vec![0u8; layout.block_size];
     let mut tids: Vec<Tid> = Vec::new();
     let mut keys: Vec<u64> = Vec::new();
-    for b in 1..job.index_blocks {
+    let entries_of: fn(&Page, &mut Vec<Tid>) -> Result<u64, PageError> = match job.index.am.as_str()
+    {
+        "hash" => hash_gist::hash_tids,
+        "gist" => hash_gist::gist_tids,
+        _ => btree::leaf_tids,
+    };
+    // Block 0 too: a GiST index's root is there (B-tree and hash keep a
+    // metapage there, which holds no entries).
+    for b in 0..job.index_blocks {
         if stop.load(Ordering::Relaxed) {
             return r;
         }
@@ -416,7 +426,7 @@ fn check_index(job: &Job, layout: Layout, stop: &AtomicBool) -> IndexResult {
             }
         };
         tids.clear();
-        match btree::leaf_tids(&page, &mut tids) {
+        match entries_of(&page, &mut tids) {
             Ok(n) => r.entries += n,
             Err(e) => r.unreadable.push(format!("index block {b}: {e}")),
         }
@@ -514,7 +524,7 @@ mod tests {
                 relations: vec![
                     rel(100, "public.t", "r", "", None),
                     rel(200, "public.t_pkey", "i", "btree", Some(100)),
-                    rel(300, "public.t_gist", "i", "gist", Some(100)),
+                    rel(300, "public.t_gin", "i", "gin", Some(100)),
                 ],
             }],
             not_connectable: vec!["template0".into()],
@@ -552,13 +562,13 @@ mod tests {
     }
 
     #[test]
-    fn a_zeroed_or_missing_table_page_is_lost_rows_and_gist_is_named_not_covered() {
+    fn a_zeroed_or_missing_table_page_is_lost_rows_and_gin_is_named_not_covered() {
         let (meta, leaf) = (fixture("btree_meta.page"), fixture("btree_leaf.page"));
         let zero = vec![0u8; 8192];
         let n = leaf_blocks();
         // Block 0 zeroed, the rest cut off: every entry points at nothing.
         let (t, mut map) = copy_with(&[&zero], &[&meta, &leaf]);
-        // The GiST index's file exists (the audit reads it).
+        // The GIN index's file exists (the audit reads it).
         std::fs::write(t.path().join("base/5/300"), &meta).unwrap();
         let o = check(t.path(), &map, 2, &AtomicBool::new(false));
         let lost: Vec<_> = o
@@ -587,7 +597,7 @@ mod tests {
         }
         assert_eq!(o.not_covered.len(), 1, "{:?}", o.not_covered);
         assert!(
-            o.not_covered[0].contains("postgres.public.t_gist"),
+            o.not_covered[0].contains("postgres.public.t_gin"),
             "{:?}",
             o.not_covered
         );

@@ -1,6 +1,7 @@
 //! PostgreSQL's on-disk page layout, read without the server (PostgreSQL 15:
 //! `storage/bufpage.h`, `storage/itemid.h`, `storage/itemptr.h`; B-tree
-//! pages in [`btree`], relation files and their segments in [`relfile`]).
+//! pages in [`btree`], hash and GiST in [`hash_gist`], relation files and
+//! their segments in [`relfile`]).
 //!
 //! Every reader here takes untrusted bytes: a page that does not parse is
 //! a [`PageError`] naming what was wrong, never a panic, so a damaged copy
@@ -9,6 +10,7 @@
 //! whose files they read.
 
 pub mod btree;
+pub mod hash_gist;
 pub mod relfile;
 
 /// `SizeOfPageHeaderData`: the fixed part of every page header.
