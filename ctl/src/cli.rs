@@ -358,4 +358,29 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Renew one certificate from the development CA that `certs init` made
+    /// in DIR: a new key and a certificate with the same identity and server
+    /// names, valid for a year. The current files are kept as `*.pem.old`.
+    /// A running agent or controller uses the new files for new connections
+    /// within seconds (at once on SIGHUP), with no restart; `tandemctl
+    /// agents` warns about agent certificates with under 30 days left.
+    #[command(group(
+        clap::ArgGroup::new("holder")
+            .required(true)
+            .args(["agent", "controller", "user"])
+    ))]
+    Renew {
+        /// Directory of the PEM files (with ca.pem and ca-key.pem).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Renew this agent's certificate (agent-<name>.pem).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Renew the controller's certificate (controller.pem).
+        #[arg(long)]
+        controller: bool,
+        /// Renew this operator's certificate (user-<name>.pem).
+        #[arg(long)]
+        user: Option<String>,
+    },
 }

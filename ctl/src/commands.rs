@@ -310,5 +310,43 @@ pub async fn run(
             print(format, json, human);
             Ok(Outcome::Ok)
         }
+        Command::Certs(CertsCommand::Renew {
+            dir,
+            agent,
+            controller,
+            user,
+        }) => {
+            use crate::certs::Holder;
+            let holder = match (agent, user) {
+                (Some(name), _) => Holder::Agent(name),
+                (None, Some(name)) => Holder::User(name),
+                (None, None) => {
+                    debug_assert!(controller, "clap requires one holder");
+                    Holder::Controller
+                }
+            };
+            let r = crate::certs::renew(&dir, &holder)?;
+            let json = serde_json::json!({
+                "dir": dir,
+                "identity": r.identity.to_string(),
+                "cert": r.cert,
+                "key": r.key,
+                "old_cert": r.old_cert,
+                "old_key": r.old_key,
+                "serial": r.serial,
+                "not_after": r.not_after,
+            });
+            let human = format!(
+                "renewed {}: {} (serial {}, valid until {}); the old files are {} and {}",
+                r.identity,
+                r.cert.display(),
+                r.serial,
+                r.not_after,
+                r.old_cert.display(),
+                r.old_key.display()
+            );
+            print(format, json, human);
+            Ok(Outcome::Ok)
+        }
     }
 }
