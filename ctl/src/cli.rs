@@ -364,23 +364,25 @@ pub enum CertsCommand {
     /// A running agent or controller uses the new files for new connections
     /// within seconds (at once on SIGHUP), with no restart; `tandemctl
     /// agents` warns about agent certificates with under 30 days left.
-    #[command(group(
-        clap::ArgGroup::new("holder")
-            .required(true)
-            .args(["agent", "controller", "user"])
-    ))]
+    ///
+    /// Examples: `tandemctl certs renew --dir /etc/tandem/certs agent db1`,
+    /// `... controller`, `... user alice`.
     Renew {
         /// Directory of the PEM files (with ca.pem and ca-key.pem).
         #[arg(long)]
         dir: PathBuf,
-        /// Renew this agent's certificate (agent-<name>.pem).
-        #[arg(long)]
-        agent: Option<String>,
-        /// Renew the controller's certificate (controller.pem).
-        #[arg(long)]
-        controller: bool,
-        /// Renew this operator's certificate (user-<name>.pem).
-        #[arg(long)]
-        user: Option<String>,
+        /// Whose certificate: `controller` (controller.pem), `agent NAME`
+        /// (agent-NAME.pem) or `user NAME` (user-NAME.pem).
+        holder: HolderKind,
+        /// The agent's or user's name.
+        name: Option<String>,
     },
+}
+
+/// Whose certificate `certs renew` makes again.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HolderKind {
+    Controller,
+    Agent,
+    User,
 }

@@ -310,19 +310,22 @@ pub async fn run(
             print(format, json, human);
             Ok(Outcome::Ok)
         }
-        Command::Certs(CertsCommand::Renew {
-            dir,
-            agent,
-            controller,
-            user,
-        }) => {
+        Command::Certs(CertsCommand::Renew { dir, holder, name }) => {
             use crate::certs::Holder;
-            let holder = match (agent, user) {
-                (Some(name), _) => Holder::Agent(name),
-                (None, Some(name)) => Holder::User(name),
-                (None, None) => {
-                    debug_assert!(controller, "clap requires one holder");
-                    Holder::Controller
+            use crate::cli::HolderKind;
+            let holder = match (holder, name) {
+                (HolderKind::Controller, None) => Holder::Controller,
+                (HolderKind::Agent, Some(name)) => Holder::Agent(name),
+                (HolderKind::User, Some(name)) => Holder::User(name),
+                (HolderKind::Controller, Some(name)) => {
+                    return Err(CtlError::Usage(format!(
+                        "the controller has no name (`{name}`): use `tandemctl certs renew --dir DIR controller`"
+                    )));
+                }
+                (HolderKind::Agent | HolderKind::User, None) => {
+                    return Err(CtlError::Usage(
+                        "say whose certificate: `tandemctl certs renew --dir DIR agent NAME` (or `user NAME`)".to_owned(),
+                    ));
                 }
             };
             let r = crate::certs::renew(&dir, &holder)?;

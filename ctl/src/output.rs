@@ -489,7 +489,7 @@ fn cert_warning(a: &pb::AgentInfo, now: jiff::Timestamp) -> Option<String> {
     };
     Some(format!(
         "the certificate of agent {} {when}; renew it (for a development CA: \
-         `tandemctl certs renew --dir DIR --agent {}`); the agent reloads it without a restart",
+         `tandemctl certs renew --dir DIR agent {}`); the agent reloads it without a restart",
         a.name, a.name
     ))
 }

@@ -29,7 +29,7 @@ mod serve;
 pub use connect::{connect, connect_lazy, connect_lazy_live};
 pub(crate) use live::describe_metrics;
 pub use live::{CertInfo, LiveTls, RELOAD_EVERY, Reload};
-pub use serve::{HandshakeRefusals, handshake_reason, incoming};
+pub use serve::{HandshakeRefusals, QUIET_FOR, Quiet, Refusal, handshake_reason, incoming};
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -11,9 +11,9 @@
 //! (and with it every identity check) works as with tonic's own TLS.
 //!
 //! A refused handshake is logged at `warn` with the peer and rustls's reason
-//! ([`handshake_reason`]), at most once per peer address every
-//! [`QUIET_FOR`] ([`HandshakeRefusals`]); the next line says how many were
-//! not logged. A connection closed before it sent anything (a port probe)
+//! ([`handshake_reason`]), at most once per peer address and kind of
+//! refusal every [`QUIET_FOR`] ([`HandshakeRefusals`]); the next line says
+//! how many were not logged. A connection closed before it sent anything (a port probe)
 //! is not a refusal and is logged at `debug` only.
 
 use std::collections::HashMap;
@@ -83,35 +83,54 @@ async fn accept_loop(
                     let _ = tx.send(Ok(stream)).await;
                 }
                 Ok(Err(e)) => match handshake_reason(&e) {
-                    Some(reason) => {
-                        refusals.refused(peer, &reason, Instant::now());
+                    Some(refusal) => {
+                        refusals.refused(peer, &refusal, Instant::now());
                     }
                     None => debug!(%peer, error = %e, "connection closed before a TLS handshake"),
                 },
                 Err(_) => {
-                    let reason = format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
-                    refusals.refused(peer, &reason, Instant::now());
+                    let refusal = Refusal {
+                        kind: "no TLS handshake in time",
+                        text: format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
+                    };
+                    refusals.refused(peer, &refusal, Instant::now());
                 }
             }
         });
     }
 }
 
-/// Why a handshake failed, in words, with rustls's own text; `None` for a
-/// connection closed before it sent anything.
-pub fn handshake_reason(e: &io::Error) -> Option<String> {
+/// Why a handshake failed: a kind in words (what the suppression counts
+/// by) and the whole text with rustls's own reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: &'static str,
+    pub text: String,
+}
+
+/// Why a handshake failed; `None` for a connection closed before it sent
+/// anything (a port probe).
+pub fn handshake_reason(e: &io::Error) -> Option<Refusal> {
     use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     let Some(tls) = e.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
         return match e.kind() {
             io::ErrorKind::UnexpectedEof
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::BrokenPipe => None,
-            _ => Some(e.to_string()),
+            _ => Some(Refusal {
+                kind: "connection failed",
+                text: e.to_string(),
+            }),
         };
     };
-    let words = match tls {
+    let kind = match tls {
         E::InvalidCertificate(C::UnknownIssuer) => {
             "client certificate signed by an unknown authority (not in tls.ca)"
+        }
+        // webpki finds the issuer by name: a CA of the same name with another
+        // key (e.g. another `tandemctl certs init`) fails the signature.
+        E::InvalidCertificate(C::BadSignature) => {
+            "client certificate not signed by a CA in tls.ca (a CA of the same name, but another key)"
         }
         E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
             "client certificate expired"
@@ -119,7 +138,6 @@ pub fn handshake_reason(e: &io::Error) -> Option<String> {
         E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
             "client certificate not valid yet (check the clocks)"
         }
-        E::InvalidCertificate(C::BadSignature) => "client certificate has a bad signature",
         E::InvalidCertificate(C::Revoked) => "client certificate revoked",
         E::InvalidCertificate(_) => "client certificate refused",
         E::NoCertificatesPresented => "the client presented no certificate (mutual TLS)",
@@ -130,14 +148,18 @@ pub fn handshake_reason(e: &io::Error) -> Option<String> {
         E::AlertReceived(_) => "the client ended the handshake",
         _ => "handshake failed",
     };
-    Some(format!("{words}: {tls}"))
+    Some(Refusal {
+        kind,
+        text: format!("{kind}: {tls}"),
+    })
 }
 
-/// Per peer address, when a refusal was last logged and how many were not
-/// logged since.
-#[derive(Default)]
-pub struct HandshakeRefusals {
-    seen: Mutex<HashMap<IpAddr, Seen>>,
+/// Log-line suppression by key: the first event of a key is logged, the
+/// next ones within [`QUIET_FOR`] are only counted, and the first after
+/// that is logged with the count. For retry storms (a client with a bad
+/// certificate retrying every few hundred milliseconds).
+pub struct Quiet<K> {
+    seen: Mutex<HashMap<K, Seen>>,
 }
 
 struct Seen {
@@ -145,44 +167,60 @@ struct Seen {
     unlogged: u64,
 }
 
-impl HandshakeRefusals {
-    /// Counts a refused handshake and logs it unless this address was logged
-    /// less than [`QUIET_FOR`] before `now`. Returns whether it was logged.
-    pub fn refused(&self, peer: SocketAddr, reason: &str, now: Instant) -> bool {
-        metrics::counter!("tandem_tls_handshake_failures_total").increment(1);
+impl<K> Default for Quiet<K> {
+    fn default() -> Self {
+        Quiet {
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Quiet<K> {
+    /// Whether to log an event of `key` at `now`: `Some(n)`, with the `n`
+    /// events of this key not logged since the last line, or `None`.
+    pub fn log(&self, key: K, now: Instant) -> Option<u64> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= REMEMBERED {
             seen.retain(|_, s| now.duration_since(s.logged_at) < QUIET_FOR);
         }
-        let unlogged = match seen.get_mut(&peer.ip()) {
+        let fresh = Seen {
+            logged_at: now,
+            unlogged: 0,
+        };
+        match seen.get_mut(&key) {
             Some(s) if now.duration_since(s.logged_at) < QUIET_FOR => {
                 s.unlogged += 1;
-                return false;
+                None
             }
-            Some(s) => {
-                std::mem::replace(
-                    s,
-                    Seen {
-                        logged_at: now,
-                        unlogged: 0,
-                    },
-                )
-                .unlogged
-            }
+            Some(s) => Some(std::mem::replace(s, fresh).unlogged),
             None => {
-                seen.insert(
-                    peer.ip(),
-                    Seen {
-                        logged_at: now,
-                        unlogged: 0,
-                    },
-                );
-                0
+                seen.insert(key, fresh);
+                Some(0)
             }
-        };
-        drop(seen);
-        warn!(%peer, reason, not_logged_since = unlogged, "TLS handshake refused");
-        true
+        }
+    }
+}
+
+/// Refused handshakes, logged through a [`Quiet`] per peer IP address and
+/// kind of refusal.
+#[derive(Default)]
+pub struct HandshakeRefusals {
+    quiet: Quiet<(IpAddr, &'static str)>,
+}
+
+impl HandshakeRefusals {
+    /// Counts a refused handshake and logs it unless the same kind from this
+    /// address was logged less than [`QUIET_FOR`] before `now`. Returns
+    /// whether it was logged.
+    pub fn refused(&self, peer: SocketAddr, reason: &Refusal, now: Instant) -> bool {
+        metrics::counter!("tandem_tls_handshake_failures_total").increment(1);
+        match self.quiet.log((peer.ip(), reason.kind), now) {
+            Some(unlogged) => {
+                warn!(%peer, reason = %reason.text, not_logged_since = unlogged, "TLS handshake refused");
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -197,11 +235,20 @@ mod tests {
         let a: SocketAddr = "10.0.0.1:4000".parse().unwrap();
         let a_again: SocketAddr = "10.0.0.1:4001".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:4000".parse().unwrap();
-        assert!(r.refused(a, "x", t0));
-        assert!(!r.refused(a_again, "x", t0 + Duration::from_secs(1)));
-        assert!(r.refused(b, "x", t0 + Duration::from_secs(1)));
-        assert!(!r.refused(a, "x", t0 + QUIET_FOR - Duration::from_millis(1)));
-        assert!(r.refused(a, "x", t0 + QUIET_FOR));
+        let x = Refusal {
+            kind: "x",
+            text: "x: 1".into(),
+        };
+        let y = Refusal {
+            kind: "y",
+            text: "y: 1".into(),
+        };
+        assert!(r.refused(a, &x, t0));
+        assert!(!r.refused(a_again, &x, t0 + Duration::from_secs(1)));
+        assert!(r.refused(a_again, &y, t0 + Duration::from_secs(1)));
+        assert!(r.refused(b, &x, t0 + Duration::from_secs(1)));
+        assert!(!r.refused(a, &x, t0 + QUIET_FOR - Duration::from_millis(1)));
+        assert!(r.refused(a, &x, t0 + QUIET_FOR));
     }
 
     #[test]
@@ -210,18 +257,21 @@ mod tests {
         let unknown = handshake_reason(&e(rustls::Error::InvalidCertificate(
             rustls::CertificateError::UnknownIssuer,
         )))
-        .unwrap();
+        .unwrap()
+        .text;
         assert!(unknown.contains("unknown authority"), "{unknown}");
         assert!(unknown.contains("UnknownIssuer"), "{unknown}");
         let expired = handshake_reason(&e(rustls::Error::InvalidCertificate(
             rustls::CertificateError::Expired,
         )))
-        .unwrap();
+        .unwrap()
+        .text;
         assert!(expired.contains("expired"), "{expired}");
         let alert = handshake_reason(&e(rustls::Error::AlertReceived(
             rustls::AlertDescription::UnknownCA,
         )))
-        .unwrap();
+        .unwrap()
+        .text;
         assert!(
             alert.contains("refused this server's certificate"),
             "{alert}"
