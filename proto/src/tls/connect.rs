@@ -124,3 +124,66 @@ impl Service<http::Uri> for LiveConnector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::tests::write_certs;
+    use crate::tls::{CertInfo, Reload, incoming};
+    use tokio_stream::StreamExt;
+
+    /// Each new connection of a client made once presents the client
+    /// certificate in force, and the server's `incoming` accepts it with
+    /// the server config in force.
+    #[tokio::test]
+    async fn new_connections_use_the_files_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_certs(dir.path());
+        let server_tls = LiveTls::load(files.clone()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut accepted = incoming(listener, server_tls.clone());
+
+        // The client: its own copy of the files, renewed between connections.
+        let client_dir = tempfile::tempdir().unwrap();
+        let client_files = TlsFiles {
+            ca: files.ca.clone(),
+            cert: client_dir.path().join("c.pem"),
+            key: client_dir.path().join("c-key.pem"),
+        };
+        std::fs::copy(&files.cert, &client_files.cert).unwrap();
+        std::fs::copy(&files.key, &client_files.key).unwrap();
+        let client_tls = LiveTls::load(client_files.clone()).unwrap();
+        let url = format!("https://127.0.0.1:{port}");
+        let (_, _, mut connector) = endpoint(&url, client_tls.clone()).unwrap();
+
+        let peer_serial = |s: &tokio_rustls::server::TlsStream<TcpStream>| {
+            CertInfo::of(&s.get_ref().1.peer_certificates().unwrap()[0])
+                .unwrap()
+                .serial
+        };
+        let first = client_tls.leaf().serial;
+        let _c1 = connector.call(url.parse().unwrap()).await.unwrap();
+        let s1 = accepted.next().await.unwrap().unwrap();
+        assert_eq!(peer_serial(&s1), first);
+
+        // A second CA appended to the bundle (both sides) and a client pair
+        // it signed: the server's next handshake trusts it, the client's
+        // next connection presents it; nothing is made again.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = write_certs(other_dir.path());
+        let mut bundle = std::fs::read(&files.ca).unwrap();
+        bundle.extend(std::fs::read(&other.ca).unwrap());
+        std::fs::write(&files.ca, bundle).unwrap();
+        std::fs::copy(&other.cert, &client_files.cert).unwrap();
+        std::fs::copy(&other.key, &client_files.key).unwrap();
+        assert!(matches!(server_tls.reload(), Reload::Reloaded(_)));
+        let Reload::Reloaded(second) = client_tls.reload() else {
+            panic!("the client's new files were not put in force");
+        };
+        assert_ne!(second.serial, first);
+        let _c2 = connector.call(url.parse().unwrap()).await.unwrap();
+        let s2 = accepted.next().await.unwrap().unwrap();
+        assert_eq!(peer_serial(&s2), second.serial);
+    }
+}
