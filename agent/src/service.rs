@@ -2,10 +2,11 @@
 //!
 //! Only the controller may call it: [`require_controller`] runs before every
 //! handler and refuses any other certificate identity, saying so in the log
-//! (caller, address, reason; once per caller and address every few seconds). Long operations never
-//! run inside a handler: `StartOperation` hands them to [`Operations`] and
-//! returns the id; `Watch` streams the operation's `watch` channel (a task
-//! per watcher, ending when the client goes away or the operation ends).
+//! (caller, address, reason; once per caller and address every 10 s). Long
+//! operations never run inside a handler: `StartOperation` hands them to
+//! [`Operations`] and returns the id; `Watch` streams the operation's
+//! `watch` channel (a task per watcher, ending when the client goes away or
+//! the operation ends).
 
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
@@ -38,7 +39,7 @@ pub struct AgentService<E> {
 /// Interceptor: the caller must present the controller's certificate.
 #[allow(clippy::result_large_err)]
 pub fn require_controller(req: Request<()>) -> Result<Request<()>, Status> {
-    /// Refusals said in the log, once per caller and address every few seconds.
+    /// Refusals said in the log, once per caller and address every 10 s.
     static REFUSED: LazyLock<Quiet<(String, Option<IpAddr>)>> = LazyLock::new(Quiet::default);
     let refusal = match peer_identity(&req) {
         Ok(Identity::Controller) => return Ok(req),
