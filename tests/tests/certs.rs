@@ -1,6 +1,6 @@
 //! Certificates rotated under a running fleet: `tandemctl certs renew` for an
-//! agent and the controller, a second CA appended to the bundle, SIGHUP,
-//! and no process restarted. New TLS connections present the new
+//! agent and the controller, a second CA appended to the bundle, SIGHUP (and
+//! for one agent only its own look at the files), and no process restarted. New TLS connections present the new
 //! certificates (read from a raw rustls handshake), the CA bundle in force
 //! accepts the second CA's operator, a foreign certificate is still refused
 //! and the controller's log says why, a bad key is refused and the old
@@ -262,6 +262,19 @@ async fn certificates_are_renewed_and_reloaded_without_a_restart() {
         .as_str()
         .unwrap()
         .to_owned();
+    // The primary's agent got no SIGHUP: it found the new CA bundle by
+    // looking at its files (every 5 s).
+    wait_for(
+        "the primary's agent to reload the bundle by itself",
+        WAIT,
+        EVERY,
+        || {
+            let log = primary.log_text();
+            async move { Ok(log.contains("TLS files reloaded").then_some(())) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", fleet.logs()));
     let primary_before = server_leaf(&primary_addr, &operator).unwrap();
     let key = certs.join("agent-rot-p-key.pem");
     let good_key = std::fs::read(&key).unwrap();
