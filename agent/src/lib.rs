@@ -14,6 +14,10 @@
 //! runs the same agent on any [`engine::Engine`] (the scale benchmark uses
 //! `engine::simulated`). `events` runs the event hook and tells the controller.
 //! `metrics` holds every Prometheus metric (served when `main` asks).
+//! The TLS files are reloaded without a restart (`tandem_proto::tls::LiveTls`,
+//! a watch task: every few seconds and on SIGHUP); the server runs each
+//! handshake itself with the config in force (`tls::incoming`), and the
+//! registration loop reports the certificate's expiry to the controller.
 
 pub mod actions;
 pub mod backup;
@@ -39,7 +43,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use tandem_proto::pb::agent_server::AgentServer;
 use tandem_proto::propagation::server_span;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -80,8 +83,8 @@ pub async fn run_with_engine<E: Engine>(
             cfg.postgres.archive_dir.display()
         )
     })?;
-    let server_tls = cfg.tls.server_config()?;
-    let controller = tandem_proto::tls::connect_lazy(&cfg.controller, &cfg.tls)?;
+    let tls = tandem_proto::tls::LiveTls::load(cfg.tls.clone())?;
+    let controller = tandem_proto::tls::connect_lazy_live(&cfg.controller, tls.clone())?;
     let events = events::Events::new(cfg.clone(), Some(controller.clone()));
     let ops = ops::Operations::open(cfg.clone(), engine.clone(), events, shutdown.clone())?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -112,17 +115,18 @@ pub async fn run_with_engine<E: Engine>(
         engine,
         ops.clone(),
         controller,
+        tls.clone(),
         shutdown.clone(),
     ));
+    let tls_watch = tokio::spawn(tls.clone().watch(shutdown.clone().cancelled_owned()));
     tonic::transport::Server::builder()
-        .tls_config(server_tls)?
         .trace_fn(server_span)
         .add_service(AgentServer::with_interceptor(
             service,
             service::require_controller,
         ))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            tandem_proto::tls::incoming(listener, tls),
             shutdown.clone().cancelled_owned(),
         )
         .await
@@ -134,6 +138,7 @@ pub async fn run_with_engine<E: Engine>(
     ops.shutdown().await;
     let _ = registration.await;
     let _ = signals.await;
+    let _ = tls_watch.await;
     info!("tandem-agent stopped");
     Ok(())
 }

@@ -14,6 +14,7 @@
 //! | `tandem_agent_standby_downtime_seconds` | histogram | | how long the standby was stopped, per operation |
 //! | `tandem_agent_findings_total` | counter | kind | findings of the checks (`index`, `heap`, `checksum`, ...) |
 //! | `tandem_agent_build_info` | gauge | version | 1 |
+//! | `tandem_tls_cert_days_left`, `tandem_tls_reloads_total`, `tandem_tls_handshake_failures_total` | | | the agent's own certificate, reloads and refused handshakes (recorded by `tandem_proto::tls`, as on the controller) |
 
 use std::net::SocketAddr;
 

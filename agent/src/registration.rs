@@ -6,14 +6,18 @@
 //! when the controller refuses it (not in its inventory, or declared as
 //! another member) it logs why once per refusal and asks again at every
 //! heartbeat (a set added with `tandemctl set add` is joined at once); when
-//! the controller no longer knows the agent it registers again.
+//! the controller no longer knows the agent it registers again. Register and
+//! every heartbeat say when the certificate in force expires, so
+//! `tandemctl agents` warns before it does.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tandem_proto::model::timestamp_to_wire;
 use tandem_proto::pb;
 use tandem_proto::pb::controller_client::ControllerClient;
 use tandem_proto::propagation::{TracedChannel, traced};
+use tandem_proto::tls::LiveTls;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -26,6 +30,7 @@ pub async fn run<E: Engine>(
     engine: Arc<E>,
     ops: Arc<Operations<E>>,
     channel: tonic::transport::Channel,
+    tls: Arc<LiveTls>,
     shutdown: CancellationToken,
 ) {
     let mut client = ControllerClient::new(traced(channel));
@@ -37,7 +42,7 @@ pub async fn run<E: Engine>(
     let mut refusal: Option<String> = None;
     loop {
         let result = if registered {
-            heartbeat(&cfg, &*engine, ops.running(), &mut client)
+            heartbeat(&cfg, &*engine, ops.running(), &tls, &mut client)
                 .await
                 .map(|again| {
                     if again {
@@ -46,7 +51,7 @@ pub async fn run<E: Engine>(
                     }
                 })
         } else {
-            register(&cfg, &*engine, &mut client).await.map(|ms| {
+            register(&cfg, &*engine, &tls, &mut client).await.map(|ms| {
                 registered = true;
                 refusal = None;
                 if ms > 0 {
@@ -86,6 +91,7 @@ pub async fn run<E: Engine>(
 async fn register<E: Engine>(
     cfg: &AgentConfig,
     engine: &E,
+    tls: &LiveTls,
     client: &mut ControllerClient<TracedChannel>,
 ) -> Result<u64, tonic::Status> {
     let facts = engine.facts().await;
@@ -98,6 +104,7 @@ async fn register<E: Engine>(
             member: cfg.member().to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             facts: Some(facts.into()),
+            cert_not_after: Some(timestamp_to_wire(tls.leaf().not_after)),
         })
         .await?
         .into_inner();
@@ -109,6 +116,7 @@ async fn heartbeat<E: Engine>(
     cfg: &AgentConfig,
     engine: &E,
     running: Option<String>,
+    tls: &LiveTls,
     client: &mut ControllerClient<TracedChannel>,
 ) -> Result<bool, tonic::Status> {
     let facts = engine.facts().await;
@@ -117,6 +125,7 @@ async fn heartbeat<E: Engine>(
             agent: cfg.name.clone(),
             facts: Some(facts.into()),
             running_operation_id: running.unwrap_or_default(),
+            cert_not_after: Some(timestamp_to_wire(tls.leaf().not_after)),
         })
         .await?
         .into_inner();

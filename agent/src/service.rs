@@ -1,17 +1,23 @@
 //! The agent's gRPC server (`tandem.v1.Agent`).
 //!
 //! Only the controller may call it: [`require_controller`] runs before every
-//! handler and refuses any other certificate identity. Long operations never
-//! run inside a handler: `StartOperation` hands them to [`Operations`] and
-//! returns the id; `Watch` streams the operation's `watch` channel (a task
-//! per watcher, ending when the client goes away or the operation ends).
+//! handler and refuses any other certificate identity, saying so in the log
+//! (caller, address, reason; once per caller and address every 10 s). Long
+//! operations never run inside a handler: `StartOperation` hands them to
+//! [`Operations`] and returns the id; `Watch` streams the operation's
+//! `watch` channel (a task per watcher, ending when the client goes away or
+//! the operation ends).
 
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 
-use tandem_proto::identity::{Identity, peer_identity};
+use tandem_proto::identity::{Identity, identity_of_certificate, peer_identity};
 use tandem_proto::model::timestamp_to_wire;
 use tandem_proto::pb;
+use tandem_proto::tls::Quiet;
 use tonic::{Request, Response, Status};
+use tracing::warn;
 
 use tandem_proto::order::StartOrder;
 
@@ -33,13 +39,35 @@ pub struct AgentService<E> {
 /// Interceptor: the caller must present the controller's certificate.
 #[allow(clippy::result_large_err)]
 pub fn require_controller(req: Request<()>) -> Result<Request<()>, Status> {
-    match peer_identity(&req)? {
-        Identity::Controller => Ok(req),
-        other => Err(Status::permission_denied(format!(
+    /// Refusals said in the log, once per caller and address every 10 s.
+    static REFUSED: LazyLock<Quiet<(String, Option<IpAddr>)>> = LazyLock::new(Quiet::default);
+    let refusal = match peer_identity(&req) {
+        Ok(Identity::Controller) => return Ok(req),
+        Ok(other) => Status::permission_denied(format!(
             "{other} may not call an agent: agents take orders only from {}",
             Identity::Controller
-        ))),
+        )),
+        Err(status) => status,
+    };
+    let peer = req.remote_addr();
+    let caller = req
+        .peer_certs()
+        .and_then(|c| {
+            c.first()
+                .map(|leaf| identity_of_certificate(leaf).map(|i| i.to_string()))
+        })
+        .map(|r| r.unwrap_or_else(|e| e.to_string()))
+        .unwrap_or_else(|| "no certificate".to_owned());
+    if let Some(unlogged) = REFUSED.log((caller.clone(), peer.map(|p| p.ip())), Instant::now()) {
+        warn!(
+            caller = %caller,
+            peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
+            reason = %refusal.message(),
+            not_logged_since = unlogged,
+            "call refused: only the controller may call an agent"
+        );
     }
+    Err(refusal)
 }
 
 type ProgressStream =

@@ -2,21 +2,24 @@
 //!
 //! The controller presents its own certificate (`spiffe://tandem/controller`)
 //! and checks the agent's certificate against the host in its address.
+//! Channels are cached, but each new connection (the first, or one after a
+//! failure) is made with the TLS files in force ([`LiveTls`]), so renewed
+//! files need no restart; connections already open keep going.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tandem_proto::pb::agent_client::AgentClient;
 use tandem_proto::propagation::{TracedChannel, traced};
-use tandem_proto::tls::{TlsError, TlsFiles};
+use tandem_proto::tls::{LiveTls, TlsError};
 
 pub struct AgentClients {
-    tls: TlsFiles,
+    tls: Arc<LiveTls>,
     channels: Mutex<HashMap<String, tonic::transport::Channel>>,
 }
 
 impl AgentClients {
-    pub fn new(tls: TlsFiles) -> AgentClients {
+    pub fn new(tls: Arc<LiveTls>) -> AgentClients {
         AgentClients {
             tls,
             channels: Mutex::new(HashMap::new()),
@@ -29,7 +32,10 @@ impl AgentClients {
         let channel = match channels.get(address) {
             Some(c) => c.clone(),
             None => {
-                let c = tandem_proto::tls::connect_lazy(&format!("https://{address}"), &self.tls)?;
+                let c = tandem_proto::tls::connect_lazy_live(
+                    &format!("https://{address}"),
+                    self.tls.clone(),
+                )?;
                 channels.insert(address.to_owned(), c.clone());
                 c
             }

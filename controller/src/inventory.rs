@@ -34,6 +34,9 @@ use crate::store::{AgentRow, SetRow, Store};
 pub struct AgentView {
     pub row: AgentRow,
     pub facts: Option<Facts>,
+    /// When the agent's certificate expires, as it last said (in memory:
+    /// known again at the first heartbeat after a controller restart).
+    pub cert_not_after: Option<Timestamp>,
 }
 
 struct Entry {
@@ -43,6 +46,7 @@ struct Entry {
     /// unknown; a change is judged against the last one known).
     role: Option<Role>,
     seen_at: Instant,
+    cert_not_after: Option<Timestamp>,
 }
 
 fn known(role: Role) -> Option<Role> {
@@ -133,6 +137,7 @@ impl Inventory {
                         role: facts.as_ref().and_then(|f| known(f.role)),
                         facts,
                         seen_at: now,
+                        cert_not_after: None,
                     },
                 )
             })
@@ -381,11 +386,11 @@ impl Inventory {
             });
         }
         let now = Timestamp::now();
-        let (first_seen, prev_role) = self
+        let (first_seen, prev_role, prev_cert) = self
             .lock()
             .get(&reg.agent)
-            .map(|e| (e.row.first_seen, e.role))
-            .unwrap_or((now, None));
+            .map(|e| (e.row.first_seen, e.role, e.cert_not_after))
+            .unwrap_or((now, None, None));
         let role = reg.facts.role;
         let row = AgentRow {
             name: reg.agent.clone(),
@@ -407,6 +412,7 @@ impl Inventory {
                 role: known(reg.facts.role).or(prev_role),
                 facts: Some(reg.facts),
                 seen_at: Instant::now(),
+                cert_not_after: reg.cert_not_after.or(prev_cert),
             },
         );
         self.note_role(&reg.agent, &reg.set, &reg.member, prev_role, role)
@@ -444,9 +450,16 @@ impl Inventory {
         Ok(())
     }
 
-    /// A heartbeat. Returns false when the agent is unknown, or no longer
-    /// declared as the member it registered for, and must register.
-    pub async fn heartbeat(&self, agent: &str, facts: Facts) -> Result<bool, ServiceError> {
+    /// A heartbeat (`cert_not_after`: the agent's certificate expiry when it
+    /// said; none keeps the last one). Returns false when the agent is
+    /// unknown, or no longer declared as the member it registered for, and
+    /// must register.
+    pub async fn heartbeat(
+        &self,
+        agent: &str,
+        facts: Facts,
+        cert_not_after: Option<Timestamp>,
+    ) -> Result<bool, ServiceError> {
         let new_role = facts.role;
         let mut role_change = None;
         let declared = self.declared();
@@ -470,6 +483,9 @@ impl Inventory {
             e.seen_at = Instant::now();
             e.row.last_seen = Timestamp::now();
             e.facts = Some(facts);
+            if cert_not_after.is_some() {
+                e.cert_not_after = cert_not_after;
+            }
             let came_back = e.row.state != AgentState::Online;
             e.row.state = AgentState::Online;
             came_back.then_some(e.row.last_seen)
@@ -519,6 +535,7 @@ impl Inventory {
                     Some(e) => AgentView {
                         row: e.row.clone(),
                         facts: e.facts.clone(),
+                        cert_not_after: e.cert_not_after,
                     },
                     None => AgentView {
                         row: AgentRow {
@@ -533,6 +550,7 @@ impl Inventory {
                             facts: None,
                         },
                         facts: None,
+                        cert_not_after: None,
                     },
                 });
             }
@@ -544,6 +562,7 @@ impl Inventory {
         self.lock().get(agent).map(|e| AgentView {
             row: e.row.clone(),
             facts: e.facts.clone(),
+            cert_not_after: e.cert_not_after,
         })
     }
 }
@@ -613,6 +632,7 @@ mod tests {
                 facts: None,
                 role: None,
                 seen_at,
+                cert_not_after: None,
             },
         )
     }

@@ -11,6 +11,10 @@
 //! limits, each job ordering a test, relaying its progress and storing the
 //! set's `verdicts`; unfinished runs are carried on after a restart.
 //! `metrics` holds every Prometheus metric (served when `main` asks).
+//! The TLS files are reloaded without a restart (`tandem_proto::tls::LiveTls`:
+//! a watch task, every few seconds and on SIGHUP); the server runs each
+//! handshake itself with the config in force (`tls::incoming`) and the
+//! agent channels reconnect with it.
 //! Everything stops when `main` cancels the `shutdown` token.
 
 pub mod agents;
@@ -36,7 +40,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use tandem_proto::pb::controller_server::ControllerServer;
 use tandem_proto::propagation::server_span;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -45,7 +48,7 @@ use crate::config::ControllerConfig;
 /// Run the controller until `shutdown` is cancelled.
 pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
-    let server_tls = cfg.tls.server_config()?;
+    let tls = tandem_proto::tls::LiveTls::load(cfg.tls.clone())?;
     let store = store::Store::open(&cfg.store)?;
     let inventory = Arc::new(inventory::Inventory::load(cfg.clone(), store.clone()).await?);
     if cfg.metrics_listen.is_some() {
@@ -66,7 +69,8 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         inventory.clone(),
         shutdown.clone(),
     ));
-    let agents = Arc::new(agents::AgentClients::new(cfg.tls.clone()));
+    let tls_watch = tokio::spawn(tls.clone().watch(shutdown.clone().cancelled_owned()));
+    let agents = Arc::new(agents::AgentClients::new(tls.clone()));
     let fleet = fleet::Fleet::new(inventory.clone(), store.clone(), agents.clone()).await?;
     let maintenance = maintenance::Maintenance::new(
         inventory.clone(),
@@ -90,11 +94,10 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         maintenance,
     };
     tonic::transport::Server::builder()
-        .tls_config(server_tls)?
         .trace_fn(server_span)
         .add_service(ControllerServer::new(service))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            tandem_proto::tls::incoming(listener, tls),
             shutdown.clone().cancelled_owned(),
         )
         .await
@@ -104,6 +107,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let _ = dispatcher.await;
     let _ = scheduling.await;
     let _ = recurring.await;
+    let _ = tls_watch.await;
     info!("tandem-controller stopped");
     Ok(())
 }

@@ -18,6 +18,9 @@
 //! | `tandem_fleet_queue_wait_seconds` | histogram | | time from queued to started |
 //! | `tandem_agents` | gauge | state | declared agents by state (`online`, `offline`, `never_seen`) |
 //! | `tandem_controller_build_info` | gauge | version | 1 |
+//! | `tandem_tls_cert_days_left` | gauge | | days until the controller's own certificate expires (`tandem_proto::tls`, shared with the agent) |
+//! | `tandem_tls_reloads_total` | counter | result | TLS file changes `reloaded` or `refused` |
+//! | `tandem_tls_handshake_failures_total` | counter | | handshakes the server refused |
 //!
 //! Verdict gauges are set from the store at start-up ([`load_verdicts`]),
 //! so ages stay right across restarts. Maintenance windows are not

@@ -358,4 +358,31 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Renew one certificate from the development CA that `certs init` made
+    /// in DIR: a new key and a certificate with the same identity and server
+    /// names, valid for a year. The current files are kept as `*.pem.old`.
+    /// A running agent or controller uses the new files for new connections
+    /// within seconds (at once on SIGHUP), with no restart; `tandemctl
+    /// agents` warns about agent certificates with under 30 days left.
+    ///
+    /// Examples: `tandemctl certs renew --dir /etc/tandem/certs agent db1`,
+    /// `... controller`, `... user alice`.
+    Renew {
+        /// Directory of the PEM files (with ca.pem and ca-key.pem).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Whose certificate: `controller` (controller.pem), `agent NAME`
+        /// (agent-NAME.pem) or `user NAME` (user-NAME.pem).
+        holder: HolderKind,
+        /// The agent's or user's name.
+        name: Option<String>,
+    },
+}
+
+/// Whose certificate `certs renew` makes again.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HolderKind {
+    Controller,
+    Agent,
+    User,
 }

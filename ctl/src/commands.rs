@@ -310,5 +310,46 @@ pub async fn run(
             print(format, json, human);
             Ok(Outcome::Ok)
         }
+        Command::Certs(CertsCommand::Renew { dir, holder, name }) => {
+            use crate::certs::Holder;
+            use crate::cli::HolderKind;
+            let holder = match (holder, name) {
+                (HolderKind::Controller, None) => Holder::Controller,
+                (HolderKind::Agent, Some(name)) => Holder::Agent(name),
+                (HolderKind::User, Some(name)) => Holder::User(name),
+                (HolderKind::Controller, Some(name)) => {
+                    return Err(CtlError::Usage(format!(
+                        "the controller has no name (`{name}`): use `tandemctl certs renew --dir DIR controller`"
+                    )));
+                }
+                (HolderKind::Agent | HolderKind::User, None) => {
+                    return Err(CtlError::Usage(
+                        "say whose certificate: `tandemctl certs renew --dir DIR agent NAME` (or `user NAME`)".to_owned(),
+                    ));
+                }
+            };
+            let r = crate::certs::renew(&dir, &holder)?;
+            let json = serde_json::json!({
+                "dir": dir,
+                "identity": r.identity.to_string(),
+                "cert": r.cert,
+                "key": r.key,
+                "old_cert": r.old_cert,
+                "old_key": r.old_key,
+                "serial": r.serial,
+                "not_after": r.not_after,
+            });
+            let human = format!(
+                "renewed {}: {} (serial {}, valid until {}); the old files are {} and {}",
+                r.identity,
+                r.cert.display(),
+                r.serial,
+                r.not_after,
+                r.old_cert.display(),
+                r.old_key.display()
+            );
+            print(format, json, human);
+            Ok(Outcome::Ok)
+        }
     }
 }

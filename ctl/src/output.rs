@@ -465,7 +465,44 @@ pub fn sets_human(sets: &[pb::SetView]) -> String {
     out
 }
 
+/// Under this many days left, `tandemctl agents` warns about an agent's
+/// certificate (the exit code stays what the states make it, as with a
+/// verdict's warnings).
+pub const CERT_WARN_DAYS: i64 = 30;
+
+/// Whole days until the agent's certificate expires (negative once it has),
+/// when the agent said.
+pub fn cert_days_left(a: &pb::AgentInfo, now: jiff::Timestamp) -> Option<i64> {
+    let at = timestamp_from_wire("cert_not_after", a.cert_not_after)
+        .ok()
+        .flatten()?;
+    Some((at.as_second() - now.as_second()).div_euclid(86_400))
+}
+
+/// The warning for an agent whose certificate has under [`CERT_WARN_DAYS`] left.
+fn cert_warning(a: &pb::AgentInfo, now: jiff::Timestamp) -> Option<String> {
+    let days = cert_days_left(a, now)?;
+    if days >= CERT_WARN_DAYS {
+        return None;
+    }
+    let at = ts(a.cert_not_after).unwrap_or_default();
+    let when = if days < 0 {
+        format!("expired at {at}")
+    } else {
+        format!("expires in {days} days (at {at})")
+    };
+    Some(format!(
+        "the certificate of agent {} {when}; renew it (for a development CA: \
+         `tandemctl certs renew --dir DIR agent {}`); the agent reloads it without a restart",
+        a.name, a.name
+    ))
+}
+
 pub fn agents_json(agents: &[pb::AgentInfo]) -> Value {
+    agents_json_at(agents, jiff::Timestamp::now())
+}
+
+pub fn agents_json_at(agents: &[pb::AgentInfo], now: jiff::Timestamp) -> Value {
     let agents: Vec<Value> = agents
         .iter()
         .map(|a| {
@@ -480,6 +517,9 @@ pub fn agents_json(agents: &[pb::AgentInfo]) -> Value {
                 "last_seen": ts(a.last_seen),
                 "version": a.agent_version,
                 "server_state": f.as_ref().map(|f| f.state_word()),
+                "cert_not_after": ts(a.cert_not_after),
+                "cert_days_left": cert_days_left(a, now),
+                "warnings": cert_warning(a, now).into_iter().collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -487,6 +527,10 @@ pub fn agents_json(agents: &[pb::AgentInfo]) -> Value {
 }
 
 pub fn agents_human(agents: &[pb::AgentInfo]) -> String {
+    agents_human_at(agents, jiff::Timestamp::now())
+}
+
+pub fn agents_human_at(agents: &[pb::AgentInfo], now: jiff::Timestamp) -> String {
     let rows: Vec<Vec<String>> = agents
         .iter()
         .map(|a| {
@@ -505,10 +549,13 @@ pub fn agents_human(agents: &[pb::AgentInfo]) -> String {
                     a.address.clone()
                 },
                 ts(a.last_seen).unwrap_or_else(|| "-".into()),
+                cert_days_left(a, now)
+                    .map(|d| format!("{d}d"))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    table(
+    let mut out = table(
         &[
             "AGENT",
             "SET",
@@ -517,9 +564,14 @@ pub fn agents_human(agents: &[pb::AgentInfo]) -> String {
             "STATE",
             "ADDRESS",
             "LAST SEEN",
+            "CERT LEFT",
         ],
         &rows,
-    )
+    );
+    for w in agents.iter().filter_map(|a| cert_warning(a, now)) {
+        out.push_str(&format!("\nwarning: {w}"));
+    }
+    out
 }
 
 pub fn audit_json(entries: &[pb::AuditEntry]) -> Value {
@@ -604,6 +656,48 @@ pub fn inventory_human(sets: &[pb::InventorySet]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_certificate_near_its_end_is_warned_about() {
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let agent = |name: &str, days: Option<i64>| pb::AgentInfo {
+            name: name.into(),
+            set: "billing".into(),
+            member: name.into(),
+            state: pb::AgentState::Online as i32,
+            cert_not_after: days.map(|d| prost_types::Timestamp {
+                seconds: now.as_second() + d * 86_400 + 3_600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let agents = [
+            agent("db1", Some(12)),
+            agent("db2", Some(200)),
+            agent("db3", None),
+            agent("db4", Some(-3)),
+        ];
+        let v = agents_json_at(&agents, now);
+        assert_eq!(v["agents"][0]["cert_days_left"], 12);
+        assert_eq!(v["agents"][1]["cert_days_left"], 200);
+        assert_eq!(v["agents"][2]["cert_days_left"], Value::Null);
+        assert_eq!(v["agents"][3]["cert_days_left"], -3);
+        let w = v["agents"][0]["warnings"][0].as_str().unwrap();
+        assert!(w.contains("agent db1") && w.contains("12 days"), "{w}");
+        assert_eq!(v["agents"][1]["warnings"].as_array().unwrap().len(), 0);
+        assert_eq!(v["agents"][2]["warnings"].as_array().unwrap().len(), 0);
+        assert!(
+            v["agents"][3]["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("expired")
+        );
+        let text = agents_human_at(&agents, now);
+        assert!(text.contains("12d"), "{text}");
+        assert_eq!(text.matches("\nwarning: ").count(), 2, "{text}");
+        // Warnings do not make an agent bad: the exit code is its state's.
+        assert!(agents.iter().all(agent_ok));
+    }
 
     #[test]
     fn inventory_json_has_the_documented_shape() {

@@ -55,6 +55,7 @@ pub fn serve(addr: SocketAddr, setting: &str, labels: &[(&str, &str)]) -> Result
         },
         other => MetricsError::Install(other.to_string()),
     })?;
+    crate::tls::describe_metrics();
     tracing::info!(%addr, "serving Prometheus metrics on http://{addr}/metrics");
     Ok(())
 }

@@ -362,6 +362,9 @@ pub struct Registration {
     pub member: String,
     pub agent_version: String,
     pub facts: Facts,
+    /// When the certificate the agent presents expires (absent from agents
+    /// that do not say).
+    pub cert_not_after: Option<Timestamp>,
 }
 
 impl TryFrom<pb::RegisterRequest> for Registration {
@@ -382,6 +385,7 @@ impl TryFrom<pb::RegisterRequest> for Registration {
                 .facts
                 .ok_or(ModelError::Missing { field: "facts" })?
                 .try_into()?,
+            cert_not_after: timestamp_from_wire("cert_not_after", r.cert_not_after)?,
             agent: r.agent,
             address: r.address,
             set: r.set,
@@ -407,6 +411,35 @@ impl Finding {
     /// Read from a stopped copy's files (see [`FILE_KINDS`]).
     pub fn is_from_files(&self) -> bool {
         FILE_KINDS.contains(&self.kind.as_str())
+    }
+}
+
+/// A heartbeat as received by the controller, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    pub agent: String,
+    pub facts: Facts,
+    /// The operation running on the agent.
+    pub running_operation_id: Option<String>,
+    /// As in [`Registration::cert_not_after`].
+    pub cert_not_after: Option<Timestamp>,
+}
+
+impl TryFrom<pb::HeartbeatRequest> for Heartbeat {
+    type Error = ModelError;
+    fn try_from(h: pb::HeartbeatRequest) -> Result<Self, ModelError> {
+        if h.agent.is_empty() {
+            return Err(ModelError::Missing { field: "agent" });
+        }
+        Ok(Heartbeat {
+            facts: h
+                .facts
+                .ok_or(ModelError::Missing { field: "facts" })?
+                .try_into()?,
+            cert_not_after: timestamp_from_wire("cert_not_after", h.cert_not_after)?,
+            running_operation_id: non_empty(h.running_operation_id),
+            agent: h.agent,
+        })
     }
 }
 
@@ -529,11 +562,48 @@ mod tests {
             member: "db1".into(),
             agent_version: "0.1.0".into(),
             facts: Some(facts().into()),
+            cert_not_after: None,
         };
         assert_eq!(
-            Registration::try_from(req).unwrap_err(),
+            Registration::try_from(req.clone()).unwrap_err(),
             ModelError::Missing { field: "set" }
         );
+        let bad_time = pb::RegisterRequest {
+            set: "billing".into(),
+            cert_not_after: Some(prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 0,
+            }),
+            ..req
+        };
+        assert_eq!(
+            Registration::try_from(bad_time).unwrap_err(),
+            ModelError::Timestamp {
+                field: "cert_not_after"
+            }
+        );
+    }
+
+    #[test]
+    fn heartbeat_carries_the_certificate_expiry() {
+        let at = Timestamp::from_second(1_900_000_000).unwrap();
+        let hb = Heartbeat::try_from(pb::HeartbeatRequest {
+            agent: "db1".into(),
+            facts: Some(facts().into()),
+            running_operation_id: String::new(),
+            cert_not_after: Some(timestamp_to_wire(at)),
+        })
+        .unwrap();
+        assert_eq!(hb.cert_not_after, Some(at));
+        assert_eq!(hb.running_operation_id, None);
+        let err = Heartbeat::try_from(pb::HeartbeatRequest {
+            agent: "db1".into(),
+            facts: None,
+            running_operation_id: String::new(),
+            cert_not_after: None,
+        })
+        .unwrap_err();
+        assert_eq!(err, ModelError::Missing { field: "facts" });
     }
 
     #[test]

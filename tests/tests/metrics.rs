@@ -100,6 +100,9 @@ async fn a_fleet_exports_what_the_dashboards_query_and_keeps_verdict_times_acros
         value(&c, "tandem_agents", &[("state", "online")]),
         Some(2.0)
     );
+    // The controller's own certificate: made a year ahead at the fleet's start.
+    let days = value(&c, "tandem_tls_cert_days_left", &[]).unwrap();
+    assert!(days > 364.0 && days <= 365.0, "{days}");
 
     // The standby's agent: each of the testdb steps once, bytes copied, downtime.
     let s = samples(&fleet, "mu-s1");

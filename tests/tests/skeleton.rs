@@ -275,4 +275,29 @@ async fn peers_without_the_right_certificate_are_refused() {
         "{}",
         err.message()
     );
+
+    // The servers say what they refused: the agent the operator's call, the
+    // controller the handshake without a client certificate.
+    let agent_proc = fleet.agents["gamma-s1"].proc.as_ref().unwrap();
+    let controller = fleet.controller.as_ref().unwrap();
+    tandem_tests::wait::wait_for(
+        "the refusals in the agent's and the controller's logs",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let agent_log = agent_proc.log_text();
+            let controller_log = controller.log_text();
+            async move {
+                let agent_said = agent_log.lines().any(|l| {
+                    l.contains("call refused") && l.contains("spiffe://tandem/user/operator")
+                });
+                let controller_said = controller_log.lines().any(|l| {
+                    l.contains("TLS handshake refused") && l.contains("presented no certificate")
+                });
+                Ok((agent_said && controller_said).then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", fleet.logs()));
 }

@@ -275,7 +275,10 @@ impl Maintenance {
                 if f.role == Role::Standby && f.fully_received && replayed_enough {
                     // What the fleet picks the testdb's member from: make
                     // it as fresh as what was just seen.
-                    let _ = self.inventory.heartbeat(&member.agent, f.clone()).await;
+                    let _ = self
+                        .inventory
+                        .heartbeat(&member.agent, f.clone(), None)
+                        .await;
                     return Ok(format!(
                         "{} streams, replayed to {}",
                         member.name,

@@ -35,13 +35,11 @@ impl ControllerService {
         let who = caller(&req)?;
         let hb = req.into_inner();
         self.require_agent(&who, &hb.agent, "Heartbeat")?;
-        let facts = Facts::try_from(
-            hb.facts
-                .ok_or(tandem_proto::model::ModelError::Missing { field: "facts" })
-                .map_err(ServiceError::from)?,
-        )
-        .map_err(ServiceError::from)?;
-        let known = self.inventory.heartbeat(&hb.agent, facts).await?;
+        let hb = Heartbeat::try_from(hb).map_err(ServiceError::from)?;
+        let known = self
+            .inventory
+            .heartbeat(&hb.agent, hb.facts, hb.cert_not_after)
+            .await?;
         Ok(Response::new(pb::HeartbeatResponse {
             register_again: !known,
         }))

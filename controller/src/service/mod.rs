@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use tandem_proto::identity::{Identity, peer_identity};
-use tandem_proto::model::{AgentState, Facts, Registration, timestamp_to_wire};
+use tandem_proto::model::{AgentState, Facts, Heartbeat, Registration, timestamp_to_wire};
 use tandem_proto::pb;
 use tandem_proto::propagation::current_trace_id;
 use tandem_proto::request::{
@@ -280,6 +280,7 @@ fn agent_info(v: AgentView) -> pb::AgentInfo {
             .then(|| timestamp_to_wire(v.row.last_seen)),
         agent_version: v.row.agent_version,
         facts: v.facts.map(Into::into),
+        cert_not_after: v.cert_not_after.map(timestamp_to_wire),
     }
 }
 

@@ -3,26 +3,49 @@
 //! [`TlsFiles`] is the `[tls]` table of the agent's and the controller's TOML
 //! configs: the CA a process trusts, and the certificate and key it presents.
 //! [`TlsFiles::server_config`] and [`TlsFiles::client_config`] read and check
-//! the files (PEM that parses, a key that belongs to the certificate) so a
-//! mistake shows at start-up with the path and the config field in the
-//! message, not as a handshake failure later. [`connect`] and
-//! [`connect_lazy`] open a client channel with them.
+//! the files (PEM that parses, a CA that can be a trust anchor, a key that
+//! belongs to the certificate) so a mistake shows at start-up with the path
+//! and the config field in the message, not as a handshake failure later.
+//!
+//! The daemons do not hand the files to tonic: [`LiveTls`] (`live.rs`) holds
+//! the configs built from them and swaps them when the files change (every
+//! [`RELOAD_EVERY`] and on SIGHUP; a file that does not load is refused, the
+//! old configs stay), and records the certificate's days left as a metric.
+//! Servers accept TCP and run the handshake themselves ([`incoming`],
+//! `serve.rs`) with the config current at that moment, logging refused
+//! handshakes with the peer and the reason; clients connect through
+//! [`connect`], [`connect_lazy`] or [`connect_lazy_live`] (`connect.rs`),
+//! whose connector does the same on every new connection, so a connection
+//! made after a reload presents the new certificate and trusts the new CA.
 //!
 //! The rustls crypto provider is chosen by the binaries (`main` installs
-//! ring, DEPENDENCIES "Gotchas"); nothing here installs one.
+//! ring, DEPENDENCIES "Gotchas"); nothing here installs one (configs are
+//! built with the installed provider, or ring when none is).
+
+mod connect;
+mod live;
+mod serve;
+
+pub use connect::{connect, connect_lazy, connect_lazy_live};
+pub(crate) use live::describe_metrics;
+pub use live::{CertInfo, LiveTls, RELOAD_EVERY, Reload};
+pub use serve::{HandshakeRefusals, QUIET_FOR, Quiet, Refusal, handshake_reason, incoming};
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
-};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// How long [`connect`] and [`connect_lazy`] wait for a TCP + TLS connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The ALPN protocol of gRPC (HTTP/2), offered by clients and servers.
+const ALPN_H2: &[u8] = b"h2";
 
 const MAKE_CERTS: &str = "make certificates with `tandemctl certs init --dir DIR`";
 
@@ -80,12 +103,20 @@ pub enum TlsError {
         error: rustls::Error,
     },
     #[error(
+        "TLS CA certificate {} (tls.ca) cannot be used to verify peers: {reason}; \
+         give the PEM certificate(s) of the CA that issued the peers' certificates",
+        path.display()
+    )]
+    BadCa { path: PathBuf, reason: String },
+    #[error(
         "TLS private key {} (tls.key) does not belong to certificate {} (tls.cert); \
          use the key that was made with the certificate",
         key.display(),
         cert.display()
     )]
     KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("TLS certificate {} (tls.cert) cannot be read as X.509: {reason}; {MAKE_CERTS}", path.display())]
+    BadCertificate { path: PathBuf, reason: String },
     #[error("`{domain}` is not a server name TLS can verify; use a DNS name or an IP address")]
     BadServerName { domain: String },
     #[error("`{url}` is not a usable server address: {reason}; use https://host:port")]
@@ -94,46 +125,53 @@ pub enum TlsError {
     Connect { url: String, cause: String },
 }
 
-/// The three files, read and checked.
-struct Loaded {
+/// The three files' bytes, as read (a reload compares them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Contents {
     ca: Vec<u8>,
     cert: Vec<u8>,
     key: Vec<u8>,
 }
 
+/// The three files, read, checked and turned into configs.
+pub(crate) struct Loaded {
+    pub(crate) contents: Contents,
+    pub(crate) server: Arc<ServerConfig>,
+    pub(crate) client: Arc<ClientConfig>,
+    pub(crate) leaf: CertInfo,
+}
+
 impl TlsFiles {
     /// Server side: present cert/key, require a client certificate signed by
-    /// `ca` (mutual TLS).
-    pub fn server_config(&self) -> Result<ServerTlsConfig, TlsError> {
-        let files = self.load()?;
-        Ok(ServerTlsConfig::new()
-            .identity(Identity::from_pem(files.cert, files.key))
-            .client_ca_root(Certificate::from_pem(files.ca))
-            .client_auth_optional(false))
+    /// `ca` (mutual TLS), offer HTTP/2.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        Ok(self.load()?.server)
     }
 
-    /// Client side: trust `ca`, present cert/key, verify that the server's
-    /// certificate names `domain` (a DNS name or an IP literal).
-    pub fn client_config(&self, domain: &str) -> Result<ClientTlsConfig, TlsError> {
-        if ServerName::try_from(domain).is_err() {
-            return Err(TlsError::BadServerName {
-                domain: domain.to_owned(),
-            });
-        }
-        let files = self.load()?;
-        Ok(ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(files.ca))
-            .identity(Identity::from_pem(files.cert, files.key))
-            .domain_name(domain))
+    /// Client side: trust `ca`, present cert/key, offer HTTP/2. The server
+    /// name to verify is given per connection.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        Ok(self.load()?.client)
     }
 
-    fn load(&self) -> Result<Loaded, TlsError> {
-        let ca = read(&self.ca, "CA certificate", "tls.ca")?;
-        certificates(&ca, &self.ca, "CA certificate", "tls.ca")?;
-        let cert = read(&self.cert, "certificate", "tls.cert")?;
-        let chain = certificates(&cert, &self.cert, "certificate", "tls.cert")?;
-        let key = read(&self.key, "private key", "tls.key")?;
-        let private_key = match PrivateKeyDer::from_pem_slice(&key) {
+    /// The files' bytes, each read once.
+    pub(crate) fn read_all(&self) -> Result<Contents, TlsError> {
+        Ok(Contents {
+            ca: read(&self.ca, "CA certificate", "tls.ca")?,
+            cert: read(&self.cert, "certificate", "tls.cert")?,
+            key: read(&self.key, "private key", "tls.key")?,
+        })
+    }
+
+    pub(crate) fn load(&self) -> Result<Loaded, TlsError> {
+        self.build(self.read_all()?)
+    }
+
+    /// Checks `contents` (read from these files) and builds the configs.
+    pub(crate) fn build(&self, contents: Contents) -> Result<Loaded, TlsError> {
+        let cas = certificates(&contents.ca, &self.ca, "CA certificate", "tls.ca")?;
+        let chain = certificates(&contents.cert, &self.cert, "certificate", "tls.cert")?;
+        let private_key = match PrivateKeyDer::from_pem_slice(&contents.key) {
             Ok(k) => k,
             Err(rustls_pki_types::pem::Error::NoItemsFound) => {
                 return Err(TlsError::NoKey {
@@ -150,15 +188,14 @@ impl TlsFiles {
                 });
             }
         };
+        let bad_key = |error| TlsError::BadKey {
+            field: "tls.key",
+            path: self.key.clone(),
+            error,
+        };
         let signing_key =
-            rustls::crypto::ring::sign::any_supported_type(&private_key).map_err(|error| {
-                TlsError::BadKey {
-                    field: "tls.key",
-                    path: self.key.clone(),
-                    error,
-                }
-            })?;
-        let certified = rustls::sign::CertifiedKey::new(chain, signing_key);
+            rustls::crypto::ring::sign::any_supported_type(&private_key).map_err(bad_key)?;
+        let certified = rustls::sign::CertifiedKey::new(chain.clone(), signing_key);
         if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
             certified.keys_match()
         {
@@ -167,8 +204,56 @@ impl TlsFiles {
                 key: self.key.clone(),
             });
         }
-        Ok(Loaded { ca, cert, key })
+        let leaf = CertInfo::of(&chain[0]).map_err(|reason| TlsError::BadCertificate {
+            path: self.cert.clone(),
+            reason,
+        })?;
+
+        let bad_ca = |reason: String| TlsError::BadCa {
+            path: self.ca.clone(),
+            reason,
+        };
+        let mut roots = RootCertStore::empty();
+        let (_, ignored) = roots.add_parsable_certificates(cas);
+        if ignored > 0 {
+            return Err(bad_ca(format!(
+                "{ignored} of its certificates cannot be a trust anchor"
+            )));
+        }
+        let roots = Arc::new(roots);
+        let provider = provider();
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| bad_ca(e.to_string()))?;
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(bad_key)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), private_key.clone_key())
+            .map_err(bad_key)?;
+        server.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(bad_key)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, private_key)
+            .map_err(bad_key)?;
+        client.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Loaded {
+            contents,
+            server: Arc::new(server),
+            client: Arc::new(client),
+            leaf,
+        })
     }
+}
+
+/// The process's crypto provider (ring, installed by `main`), or ring when
+/// none is installed (unit tests).
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
 fn read(path: &Path, what: &'static str, field: &'static str) -> Result<Vec<u8>, TlsError> {
@@ -205,60 +290,9 @@ fn certificates(
     Ok(certs)
 }
 
-/// Opens a TLS channel to `url` (`https://host:port`, or `host:port`) and
-/// connects now, so an unreachable address fails here with an error naming it.
-/// The server's certificate must name the URL's host. No request timeout is
-/// set: streams are long-lived.
-pub async fn connect(url: &str, tls: &TlsFiles) -> Result<Channel, TlsError> {
-    let (url, endpoint) = endpoint(url, tls)?;
-    endpoint.connect().await.map_err(|e| TlsError::Connect {
-        url,
-        cause: cause_chain(&e),
-    })
-}
-
-/// Like [`connect`], but connects on first use (and again after a failure):
-/// for background loops that retry. Must be called inside a tokio runtime.
-pub fn connect_lazy(url: &str, tls: &TlsFiles) -> Result<Channel, TlsError> {
-    let (_, endpoint) = endpoint(url, tls)?;
-    Ok(endpoint.connect_lazy())
-}
-
-/// The normalised URL and a TLS endpoint for it.
-fn endpoint(url: &str, tls: &TlsFiles) -> Result<(String, Endpoint), TlsError> {
-    let bad = |reason: &str| TlsError::BadUrl {
-        url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let full = if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("https://{url}")
-    };
-    let uri: http::Uri = full
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-    if uri.scheme_str() != Some("https") {
-        return Err(bad("Tandem speaks only TLS, so the scheme must be https"));
-    }
-    let host = uri.host().ok_or_else(|| bad("it has no host"))?;
-    // IPv6 literals come bracketed ("[::1]"); TLS wants the bare address.
-    let domain = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let config = tls.client_config(domain)?;
-    let endpoint = Endpoint::from_shared(full.clone())
-        .map_err(|e| bad(&cause_chain(&e)))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tls_config(config)
-        .map_err(|e| bad(&cause_chain(&e)))?;
-    Ok((full, endpoint))
-}
-
 /// The messages of `e` and its sources joined with ": ", skipping a message
 /// that its parent already contains.
-fn cause_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn cause_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {
@@ -272,21 +306,22 @@ fn cause_chain(e: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A CA and a leaf signed by it, written to `dir` as ca.pem, leaf.pem, leaf-key.pem.
-    fn write_certs(dir: &Path) -> TlsFiles {
+    pub(crate) fn write_certs(dir: &Path) -> TlsFiles {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .signed_by(&leaf_key, &issuer)
-            .unwrap();
+        let leaf =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap()
+                .signed_by(&leaf_key, &issuer)
+                .unwrap();
         let files = TlsFiles {
             ca: dir.join("ca.pem"),
             cert: dir.join("leaf.pem"),
@@ -303,8 +338,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = write_certs(dir.path());
         files.server_config().unwrap();
-        files.client_config("localhost").unwrap();
-        files.client_config("127.0.0.1").unwrap();
+        files.client_config().unwrap();
     }
 
     #[test]
@@ -328,7 +362,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = write_certs(dir.path());
         std::fs::write(&files.ca, "not a certificate\n").unwrap();
-        let err = files.client_config("localhost").unwrap_err();
+        let err = files.client_config().unwrap_err();
         assert!(matches!(err, TlsError::NoCertificate { .. }), "{err:?}");
         assert!(
             err.to_string().contains(&files.ca.display().to_string()),

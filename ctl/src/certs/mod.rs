@@ -1,5 +1,6 @@
 //! `tandemctl certs init`: a development CA and the certificates a Tandem
-//! installation needs, written as PEM files into one directory.
+//! installation needs, written as PEM files into one directory; `tandemctl
+//! certs renew` ([`renew`]): one of them made again from that CA.
 //!
 //! | file | holder | SAN |
 //! |------|--------|-----|
@@ -13,6 +14,9 @@
 //! remakes everything, the CA included. Keys are written `0600`, certificates
 //! `0644`, each through a temporary file renamed into place. Real deployments
 //! bring their own PKI (DESIGN "Security").
+//!
+//! [`renew`] (`renew.rs`) makes one holder's key and certificate again
+//! from the CA in the directory, keeping the current files as `*.old`.
 
 use std::collections::HashSet;
 use std::fs;
@@ -27,6 +31,9 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 use tandem_proto::identity::{Identity, IdentityError, validate_name};
+
+mod renew;
+pub use renew::{Holder, RenewReport, renew};
 
 /// Leaves are valid for a year, the CA for ten.
 const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -143,6 +150,45 @@ pub enum CertsError {
     PairIncomplete { present: PathBuf, missing: PathBuf },
     #[error("cannot make {what}: {error}")]
     Generate { what: String, error: rcgen::Error },
+    #[error(
+        "cannot renew: the CA's {} is missing; only certificates of the development CA \
+         made by `tandemctl certs init` in this directory can be renewed here (with your own \
+         PKI, have it issue the new certificate and key, then replace the files)",
+        missing.display()
+    )]
+    CaMissing { missing: PathBuf },
+    #[error(
+        "there is no {kind} `{name}` in {}: {} does not exist{}; make it with `tandemctl certs \
+         init --dir {} --{kind}s {name}`",
+        dir.display(),
+        cert.display(),
+        known_list(known),
+        dir.display()
+    )]
+    UnknownHolder {
+        kind: &'static str,
+        name: String,
+        dir: PathBuf,
+        cert: PathBuf,
+        known: Vec<String>,
+    },
+    #[error(
+        "{} names {found}, not {expected}; it cannot be renewed as {expected}",
+        cert.display()
+    )]
+    WrongHolder {
+        cert: PathBuf,
+        expected: Identity,
+        found: String,
+    },
+}
+
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!(" (known: {})", known.join(", "))
+    }
 }
 
 /// One certificate to make, and its files.
@@ -434,24 +480,24 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertsError> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use x509_parser::extensions::GeneralName;
     use x509_parser::pem::parse_x509_pem;
 
-    fn plan(dir: &Path) -> CertsPlan {
+    pub(crate) fn plan(dir: &Path) -> CertsPlan {
         CertsPlan {
             agents: vec!["db1".into(), "db2".into()],
             ..CertsPlan::new(dir)
         }
     }
 
-    fn mode(path: &Path) -> u32 {
+    pub(crate) fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
     /// The SAN URIs, DNS names and IP addresses of a PEM certificate.
-    fn sans(pem: &[u8]) -> (Vec<String>, Vec<String>, Vec<Vec<u8>>) {
+    pub(crate) fn sans(pem: &[u8]) -> (Vec<String>, Vec<String>, Vec<Vec<u8>>) {
         let (_, pem) = parse_x509_pem(pem).unwrap();
         let cert = pem.parse_x509().unwrap();
         let (mut uris, mut dns, mut ips) = (vec![], vec![], vec![]);
@@ -473,7 +519,7 @@ mod tests {
     }
 
     /// Checks that `leaf` was issued and signed by `ca`.
-    fn assert_issued_by(leaf: &Path, ca: &Path) {
+    pub(crate) fn assert_issued_by(leaf: &Path, ca: &Path) {
         let leaf_pem = fs::read(leaf).unwrap();
         let ca_pem = fs::read(ca).unwrap();
         let (_, leaf_pem) = parse_x509_pem(&leaf_pem).unwrap();
