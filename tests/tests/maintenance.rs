@@ -355,43 +355,11 @@ async fn a_failed_repair_keeps_the_set_halted_is_skipped_by_testdb_all_and_abort
 async fn a_window_carries_on_after_the_controller_is_killed() {
     let mut fleet = Fleet::start(FleetSpec::new(&[("mcr", 1)])).await.unwrap();
     corrupt_and_test(&fleet, "mcr").await;
-    let open = fleet
-        .ctl_as(
-            "admin",
-            &[
-                "maintenance",
-                "open",
-                "mcr",
-                "--reason",
-                "crash test",
-                "--detach",
-                "--output",
-                "json",
-            ],
-        )
-        .unwrap();
-    assert_eq!(open.code, 0, "{open:?}");
-    let id = open.json()["id"].as_str().unwrap().to_owned();
+    let id = open_detached(&fleet, "mcr");
     // Killed while the first halting steps run.
     fleet.kill_controller();
     fleet.start_controller().unwrap();
-    let w =
-        wait_for(
-            "the window to end after the restart",
-            Duration::from_secs(180),
-            Duration::from_millis(300),
-            || {
-                let w = fleet
-                    .ctl(&["maintenance", "show", "mcr", "--output", "json"])
-                    .ok()
-                    .and_then(|r| serde_json::from_str::<Value>(&r.stdout).ok());
-                async move {
-                    Ok(w.filter(|w| !matches!(w["state"].as_str(), Some("running" | "resuming"))))
-                }
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+    let w = window_ended(&fleet, "mcr").await;
     assert_eq!(w["id"], id.as_str());
     assert_eq!(w["state"], "closed", "{w:#}\n{}", fleet.logs());
     assert_eq!(w["verdict"]["kind"], "clean", "{w:#}");
@@ -445,23 +413,7 @@ async fn a_controller_killed_after_each_window_step_carries_the_window_to_a_clea
         .wait_agents_state(&["mck-p".into(), "mck-s1".into()], "online")
         .await
         .unwrap();
-    let open = fleet
-        .ctl_as(
-            "admin",
-            &[
-                "maintenance",
-                "open",
-                "mck",
-                "--reason",
-                "crash test",
-                "--detach",
-                "--output",
-                "json",
-            ],
-        )
-        .unwrap();
-    assert_eq!(open.code, 0, "{open:?}");
-    let id = open.json()["id"].as_str().unwrap().to_owned();
+    let id = open_detached(&fleet, "mck");
     for (i, step) in driven.iter().enumerate() {
         let next = driven.get(i + 1).map(String::as_str);
         fleet
@@ -469,23 +421,7 @@ async fn a_controller_killed_after_each_window_step_carries_the_window_to_a_clea
             .await
             .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
     }
-    let w =
-        wait_for(
-            "the window to end after the last restart",
-            Duration::from_secs(180),
-            Duration::from_millis(300),
-            || {
-                let w = fleet
-                    .ctl(&["maintenance", "show", "mck", "--output", "json"])
-                    .ok()
-                    .and_then(|r| serde_json::from_str::<Value>(&r.stdout).ok());
-                async move {
-                    Ok(w.filter(|w| !matches!(w["state"].as_str(), Some("running" | "resuming"))))
-                }
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+    let w = window_ended(&fleet, "mck").await;
     assert_eq!(w["id"], id.as_str());
     assert_eq!(w["state"], "closed", "{w:#}\n{}", fleet.logs());
     assert_eq!(w["verdict"]["kind"], "clean", "{w:#}");
@@ -582,4 +518,45 @@ async fn an_agent_killed_in_each_of_its_window_steps_is_ordered_again_and_the_wi
             "{step}: {states:?}"
         );
     }
+}
+
+/// Open a window on `set` for a crash test without following it; its id.
+fn open_detached(fleet: &Fleet, set: &str) -> String {
+    let open = fleet
+        .ctl_as(
+            "admin",
+            &[
+                "maintenance",
+                "open",
+                set,
+                "--reason",
+                "crash test",
+                "--detach",
+                "--output",
+                "json",
+            ],
+        )
+        .unwrap();
+    assert_eq!(open.code, 0, "{open:?}");
+    open.json()["id"].as_str().unwrap().to_owned()
+}
+
+/// Wait until `set`'s window is no longer running or resuming; the window.
+async fn window_ended(fleet: &Fleet, set: &str) -> Value {
+    wait_for(
+        "the window to end",
+        Duration::from_secs(180),
+        Duration::from_millis(300),
+        || {
+            let w = fleet
+                .ctl(&["maintenance", "show", set, "--output", "json"])
+                .ok()
+                .and_then(|r| serde_json::from_str::<Value>(&r.stdout).ok());
+            async move {
+                Ok(w.filter(|w| !matches!(w["state"].as_str(), Some("running" | "resuming"))))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()))
 }

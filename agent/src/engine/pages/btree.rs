@@ -131,31 +131,13 @@ pub fn leaf_tids(page: &Page, out: &mut Vec<Tid>) -> Result<u64, PageError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::fixture;
-    use super::super::{Parsed, parse};
+    use super::super::tests::{fixture, page, tid as parse_tid};
     use super::*;
-
-    fn page(bytes: &[u8]) -> Page<'_> {
-        match parse(bytes, 8192).unwrap() {
-            Parsed::Page(p) => p,
-            Parsed::New => panic!("a new page"),
-        }
-    }
 
     /// pageinspect's `bt_page_items` lines: `htid tids` (tids empty unless
     /// the entry is a posting list).
     fn expected(name: &str) -> Vec<Tid> {
         let t = String::from_utf8(fixture(name)).unwrap();
-        let parse_tid = |s: &str| {
-            let (b, o) = s
-                .trim_matches(|c| c == '(' || c == ')' || c == '"')
-                .split_once(',')
-                .unwrap();
-            Tid {
-                block: b.parse().unwrap(),
-                offset: o.parse().unwrap(),
-            }
-        };
         let mut out = vec![];
         for l in t.lines() {
             let (htid, tids) = l.split_once(' ').unwrap_or((l, ""));

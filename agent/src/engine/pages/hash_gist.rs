@@ -64,32 +64,15 @@ pub fn gist_tids(page: &Page, out: &mut Vec<Tid>) -> Result<u64, PageError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::fixture;
-    use super::super::{Parsed, parse};
+    use super::super::tests::{fixture, page, tid};
     use super::*;
-
-    fn page(bytes: &[u8]) -> Page<'_> {
-        match parse(bytes, 8192).unwrap() {
-            Parsed::Page(p) => p,
-            Parsed::New => panic!("a new page"),
-        }
-    }
 
     /// pageinspect's ctids, one per line.
     fn expected(name: &str) -> Vec<Tid> {
         String::from_utf8(fixture(name))
             .unwrap()
             .lines()
-            .map(|l| {
-                let (b, o) = l
-                    .trim_matches(|c| c == '(' || c == ')')
-                    .split_once(',')
-                    .unwrap();
-                Tid {
-                    block: b.parse().unwrap(),
-                    offset: o.parse().unwrap(),
-                }
-            })
+            .map(tid)
             .collect()
     }
 

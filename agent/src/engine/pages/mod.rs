@@ -223,6 +223,26 @@ pub(crate) mod tests {
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 
+    /// A fixture page that must parse (not new).
+    pub(crate) fn page(bytes: &[u8]) -> Page<'_> {
+        match parse(bytes, 8192).unwrap() {
+            Parsed::Page(p) => p,
+            Parsed::New => panic!("a new page"),
+        }
+    }
+
+    /// A TID as pageinspect prints it: `(0,7)`, possibly quoted.
+    pub(crate) fn tid(s: &str) -> Tid {
+        let (b, o) = s
+            .trim_matches(|c| c == '(' || c == ')' || c == '"')
+            .split_once(',')
+            .unwrap();
+        Tid {
+            block: b.parse().unwrap(),
+            offset: o.parse().unwrap(),
+        }
+    }
+
     fn text(name: &str) -> String {
         String::from_utf8(fixture(name)).unwrap()
     }
