@@ -184,12 +184,12 @@ pub fn check(dir: &Path, map: &RelationMap, workers: usize, stop: &AtomicBool) -
     let mut out = Outcome::default();
 
     // The directories, each read once.
-    let mut dirs: HashMap<&str, Result<DirIndex, String>> = HashMap::new();
+    let mut dirs: HashMap<&str, std::io::Result<DirIndex>> = HashMap::new();
     for db in &map.databases {
         for r in &db.relations {
             let (d, _) = split(&r.path);
             dirs.entry(d)
-                .or_insert_with(|| DirIndex::read(&dir.join(d)).map_err(|e| e.to_string()));
+                .or_insert_with(|| DirIndex::read(&dir.join(d)));
         }
     }
 

@@ -42,12 +42,20 @@ pub struct CertInfo {
     pub not_after: Timestamp,
 }
 
+/// A certificate whose serial or validity cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertInfoError {
+    #[error("not an X.509 certificate: {0}")]
+    Der(#[from] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("its end of validity is out of range: {0}")]
+    NotAfter(#[from] jiff::Error),
+}
+
 impl CertInfo {
     /// The serial and end of validity of a DER certificate.
-    pub fn of(cert: &CertificateDer<'_>) -> Result<CertInfo, String> {
-        let (_, x509) = X509Certificate::from_der(cert.as_ref()).map_err(|e| e.to_string())?;
-        let not_after = Timestamp::from_second(x509.validity().not_after.timestamp())
-            .map_err(|e| e.to_string())?;
+    pub fn of(cert: &CertificateDer<'_>) -> Result<CertInfo, CertInfoError> {
+        let (_, x509) = X509Certificate::from_der(cert.as_ref())?;
+        let not_after = Timestamp::from_second(x509.validity().not_after.timestamp())?;
         Ok(CertInfo {
             serial: x509.raw_serial_as_string(),
             not_after,

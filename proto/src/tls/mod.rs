@@ -28,7 +28,7 @@ mod serve;
 
 pub use connect::{connect, connect_lazy, connect_lazy_live};
 pub(crate) use live::describe_metrics;
-pub use live::{CertInfo, LiveTls, RELOAD_EVERY, Reload};
+pub use live::{CertInfo, CertInfoError, LiveTls, RELOAD_EVERY, Reload};
 pub use serve::{HandshakeRefusals, QUIET_FOR, Quiet, Refusal, handshake_reason, incoming};
 
 use std::io;
@@ -204,9 +204,9 @@ impl TlsFiles {
                 key: self.key.clone(),
             });
         }
-        let leaf = CertInfo::of(&chain[0]).map_err(|reason| TlsError::BadCertificate {
+        let leaf = CertInfo::of(&chain[0]).map_err(|e| TlsError::BadCertificate {
             path: self.cert.clone(),
-            reason,
+            reason: e.to_string(),
         })?;
 
         let bad_ca = |reason: String| TlsError::BadCa {
