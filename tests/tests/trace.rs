@@ -21,6 +21,21 @@ fn descends_from(span: &ReceivedSpan, service: &str, by_id: &HashMap<&str, &Rece
     false
 }
 
+/// Have all of `span`'s ancestors arrived (up to a span with no parent)?
+fn ancestors_arrived(span: &ReceivedSpan, by_id: &HashMap<&str, &ReceivedSpan>) -> bool {
+    let mut cur = span;
+    for _ in 0..32 {
+        if cur.parent_span_id.is_empty() {
+            return true;
+        }
+        match by_id.get(cur.parent_span_id.as_str()) {
+            Some(p) => cur = p,
+            None => return false,
+        }
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tandemctl_call_is_one_trace_across_three_processes() {
     let otlp = OtlpReceiver::start().await.unwrap();
@@ -46,7 +61,19 @@ async fn one_tandemctl_call_is_one_trace_across_three_processes() {
                         s.trace_id == root.trace_id && s.service == service && s.name.contains(name)
                     })
                 };
-                in_trace("tandem-controller", "ShowSets") && in_trace("tandem-agent", "")
+                // A server span ends after its children, so a parent may
+                // come in a later batch: wait until every agent span's
+                // ancestors have all arrived (the asserts below then say
+                // whether they lead to the controller).
+                let by_id: HashMap<&str, &ReceivedSpan> =
+                    spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+                let ancestors_in = spans
+                    .iter()
+                    .filter(|s| s.trace_id == root.trace_id && s.service == "tandem-agent")
+                    .all(|s| ancestors_arrived(s, &by_id));
+                in_trace("tandem-controller", "ShowSets")
+                    && in_trace("tandem-agent", "")
+                    && ancestors_in
             })
         })
         .await
