@@ -36,6 +36,9 @@ use super::pages::{self, LpFlags, Page, PageError, Parsed, Tid, btree, hash_gist
 const CHUNK: usize = 4 << 20;
 /// Blocks named in a finding's message; the count says the rest.
 const SAMPLE: usize = 5;
+/// Index blocks one worker reads at a time: a big index is shared among
+/// the workers in pieces of this many pages (64 MiB).
+const PIECE: u64 = 8192;
 
 /// Page size and segment size (in pages) of the cluster.
 pub const LAYOUT_SQL: &str = "SELECT current_setting('block_size'), \
@@ -148,9 +151,30 @@ struct IndexResult {
     heap_pages: u64,
     lost: BTreeMap<Lost, u64>,
     lost_blocks: Vec<u32>,
+    /// More blocks lost rows than [`SAMPLE`] names.
+    more_blocks: bool,
     lost_total: u64,
     /// Pages of the index or its table that did not parse.
     unreadable: Vec<String>,
+}
+
+impl IndexResult {
+    /// Add what another piece of the same index found.
+    fn absorb(&mut self, o: IndexResult) {
+        self.index_pages += o.index_pages;
+        self.entries += o.entries;
+        self.heap_pages += o.heap_pages;
+        for (k, n) in o.lost {
+            *self.lost.entry(k).or_default() += n;
+        }
+        self.lost_total += o.lost_total;
+        self.lost_blocks.extend(o.lost_blocks);
+        self.lost_blocks.sort_unstable();
+        self.lost_blocks.dedup();
+        self.more_blocks |= o.more_blocks || self.lost_blocks.len() > SAMPLE;
+        self.lost_blocks.truncate(SAMPLE);
+        self.unreadable.extend(o.unreadable);
+    }
 }
 
 struct Job<'a> {
@@ -286,16 +310,33 @@ pub fn check(dir: &Path, map: &RelationMap, workers: usize, stop: &AtomicBool) -
         }
     }
 
+    // Pieces of PIECE index blocks, biggest indexes first, so one big
+    // index keeps every worker busy.
+    let mut pieces: Vec<(usize, std::ops::Range<u64>)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, j)| {
+            (0..j.index_blocks.div_ceil(PIECE).max(1))
+                .map(move |p| (i, p * PIECE..((p + 1) * PIECE).min(j.index_blocks)))
+        })
+        .collect();
+    pieces.sort_by_key(|(i, _)| std::cmp::Reverse(jobs[*i].index_blocks));
     let results: Vec<Mutex<Option<IndexResult>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        for _ in 0..workers.clamp(1, jobs.len().max(1)) {
+        for _ in 0..workers.clamp(1, pieces.len().max(1)) {
             s.spawn(|| {
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(i) else { break };
-                    let r = check_index(job, layout, stop);
-                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((i, blocks)) = pieces.get(n) else {
+                        break;
+                    };
+                    let r = check_index(&jobs[*i], blocks.clone(), layout, stop);
+                    let mut slot = results[*i].lock().unwrap_or_else(|p| p.into_inner());
+                    match slot.as_mut() {
+                        Some(sofar) => sofar.absorb(r),
+                        None => *slot = Some(r),
+                    }
                 }
             });
         }
@@ -317,7 +358,7 @@ pub fn check(dir: &Path, map: &RelationMap, workers: usize, stop: &AtomicBool) -
                 .map(|(k, n)| format!("{n} {}", k.says()))
                 .collect();
             let mut blocks: Vec<String> = r.lost_blocks.iter().map(u32::to_string).collect();
-            if r.lost_blocks.len() == SAMPLE {
+            if r.more_blocks {
                 blocks.push("...".into());
             }
             out.findings.push(Finding {
@@ -386,7 +427,12 @@ pub fn check(dir: &Path, map: &RelationMap, workers: usize, stop: &AtomicBool) -
 
 /// Read one B-tree's leaves in block order, and look up their TIDs in the
 /// table chunk by chunk.
-fn check_index(job: &Job, layout: Layout, stop: &AtomicBool) -> IndexResult {
+fn check_index(
+    job: &Job,
+    blocks: std::ops::Range<u64>,
+    layout: Layout,
+    stop: &AtomicBool,
+) -> IndexResult {
     let mut r = IndexResult::default();
     let (_, istem) = split(&job.index.path);
     let (_, tstem) = split(&job.table.path);
@@ -403,7 +449,7 @@ fn check_index(job: &Job, layout: Layout, stop: &AtomicBool) -> IndexResult {
     };
     // Block 0 too: a GiST index's root is there (B-tree and hash keep a
     // metapage there, which holds no entries).
-    for b in 0..job.index_blocks {
+    for b in blocks {
         if stop.load(Ordering::Relaxed) {
             return r;
         }
@@ -459,8 +505,12 @@ fn look_up(
         let mut lose = |why: Lost, n: u64| {
             *r.lost.entry(why).or_default() += n;
             r.lost_total += n;
-            if r.lost_blocks.len() < SAMPLE && r.lost_blocks.last() != Some(&block) {
-                r.lost_blocks.push(block);
+            if !r.lost_blocks.contains(&block) {
+                if r.lost_blocks.len() < SAMPLE {
+                    r.lost_blocks.push(block);
+                } else {
+                    r.more_blocks = true;
+                }
             }
         };
         if block as u64 >= table_blocks {
@@ -620,6 +670,28 @@ mod tests {
             lost[0].message
         );
         assert!(o.not_covered.is_empty());
+    }
+
+    #[test]
+    fn pieces_of_one_index_add_up_and_name_the_lowest_blocks() {
+        let piece = |blocks: &[u32], n: u64| IndexResult {
+            index_pages: 2,
+            entries: 10,
+            lost: BTreeMap::from([(Lost::NewPage, n)]),
+            lost_blocks: blocks.to_vec(),
+            lost_total: n,
+            ..Default::default()
+        };
+        let mut a = piece(&[7, 9], 3);
+        a.absorb(piece(&[1, 2, 9, 12], 4));
+        assert_eq!(a.lost_total, 7);
+        assert_eq!(a.lost[&Lost::NewPage], 7);
+        assert_eq!(a.index_pages, 4);
+        assert_eq!(a.lost_blocks, vec![1, 2, 7, 9, 12]);
+        assert!(!a.more_blocks);
+        a.absorb(piece(&[0], 1));
+        assert_eq!(a.lost_blocks, vec![0, 1, 2, 7, 9]);
+        assert!(a.more_blocks);
     }
 
     #[test]
