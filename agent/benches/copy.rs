@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use tandem_agent::engine::copy::{self, CopyOptions};
 use tokio_util::sync::CancellationToken;
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+mod common;
+use common::{PG_BIN, postgres_tool};
 
 fn usage() -> ExitCode {
     eprintln!(
@@ -94,16 +95,9 @@ type Res<T> = Result<T, String>;
 
 /// Run `program args` as the `postgres` OS user when we are root.
 fn as_postgres(program: &str, args: &[&str]) -> Res<()> {
-    let path = Path::new(PG_BIN).join(program);
-    let mut cmd = if nix::unistd::geteuid().is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(&path);
-        c
-    } else {
-        Command::new(&path)
-    };
-    cmd.args(args).current_dir("/");
+    let (mut cmd, path) = postgres_tool(program);
     let status = cmd
+        .args(args)
         .status()
         .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
     if status.success() {

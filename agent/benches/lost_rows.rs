@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use tandem_agent::engine::lost_rows::{self, DatabaseRelations, RelationMap};
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+mod common;
+use common::postgres_tool;
 
 type Res<T> = Result<T, String>;
 
@@ -62,17 +63,9 @@ fn main() -> ExitCode {
 }
 
 fn as_postgres(program: &str, args: &[&str]) -> Res<Output> {
-    let path = Path::new(PG_BIN).join(program);
-    let mut cmd = if nix::unistd::geteuid().is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(&path);
-        c
-    } else {
-        Command::new(&path)
-    };
+    let (mut cmd, path) = postgres_tool(program);
     let out = cmd
         .args(args)
-        .current_dir("/")
         .output()
         .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
     if out.status.success() {

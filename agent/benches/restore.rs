@@ -26,7 +26,8 @@ use tandem_agent::backup::archive::{BackupMeta, PackOptions};
 use tandem_agent::backup::{self, BackupKind};
 use tokio_util::sync::CancellationToken;
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+mod common;
+use common::PG_BIN;
 type Res<T> = Result<T, String>;
 
 fn main() -> ExitCode {
