@@ -295,7 +295,9 @@ async fn sigterm_during_the_copy_interrupts_cleanly_and_the_next_test_succeeds()
             .any(|e| e["action"] == "ReportEvent" && e["arguments"]["code"] == "COPY_INTERRUPTED"),
         "{audit:#}"
     );
-    // And the next test succeeds.
+    // And the next test succeeds (the dispatcher picks the member from the
+    // agents' heartbeats: wait until the restarted agent's says streaming).
+    fleet.wait_heartbeat_streaming("term-s1").await.unwrap();
     let run = fleet.ctl(&["testdb", "term", "--output", "json"]).unwrap();
     assert_eq!(run.code, 0, "{run:?}\n{}", fleet.logs());
     assert_eq!(verdict(&run)["kind"], "clean");
