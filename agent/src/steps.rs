@@ -219,6 +219,7 @@ impl<E: Engine> Run<E> {
         );
         let r = fut.instrument(span).await;
         self.pause_point(name).await;
+        self.hold_point(name).await;
         let r = match r {
             Ok(_) if fail_point(name) => {
                 warn!(
@@ -265,6 +266,27 @@ impl<E: Engine> Run<E> {
                     "paused for a crash test (TANDEM_TEST_PAUSE_AFTER_STEP)"
                 );
                 self.cancel.cancelled().await;
+            }
+        }
+    }
+
+    /// A test's hold point: with `TANDEM_TEST_HOLD_AFTER_STEP=<step>` in the
+    /// agent's environment, the operation waits after that step's work
+    /// until the test removes `<home>/held-after-<step>` (at most ten
+    /// minutes), then goes on. Only the end-to-end tests set it, to act on
+    /// the servers at a chosen point of an operation (force restartpoints
+    /// during an online copy); nothing else reads it.
+    async fn hold_point(&self, name: &str) {
+        if std::env::var("TANDEM_TEST_HOLD_AFTER_STEP").is_ok_and(|s| s == name) {
+            let marker = self.cfg.home.join(format!("held-after-{name}"));
+            if std::fs::write(&marker, b"").is_ok() {
+                warn!(step = name, "held for a test (TANDEM_TEST_HOLD_AFTER_STEP)");
+                let released = async {
+                    while marker.exists() {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(600), released).await;
             }
         }
     }

@@ -490,6 +490,16 @@ impl Fleet {
         Ok(cmd.spawn()?)
     }
 
+    /// Restart `agent` held after `step` of its operations
+    /// (`TANDEM_TEST_HOLD_AFTER_STEP`: it waits there until the test removes
+    /// `<home>/held-after-<step>`), until it is online.
+    pub async fn start_agent_held(&mut self, agent: &str, step: &str) -> anyhow::Result<()> {
+        self.kill_agent(agent);
+        self.start_agent_with(agent, &[("TANDEM_TEST_HOLD_AFTER_STEP", step)])?;
+        self.wait_agents_state(&[agent.into()], "online").await?;
+        Ok(())
+    }
+
     /// A crash test's kill: start `agent` paused after `step` of its next
     /// operation (`TANDEM_TEST_PAUSE_AFTER_STEP`), until it is online.
     pub async fn start_agent_paused(&mut self, agent: &str, step: &str) -> anyhow::Result<()> {

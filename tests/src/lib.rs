@@ -10,12 +10,13 @@ pub mod s3;
 pub mod scale;
 pub mod wait;
 
-/// The agent's testdb steps, in order (the names its journal, traces and
-/// metrics use).
-pub const TESTDB_STEPS: [&str; 8] = [
-    "stop_standby",
+/// The agent's testdb steps in online mode (the default), in order (the
+/// names its journal, traces and metrics use).
+pub const TESTDB_STEPS: [&str; 9] = [
+    "start_backup",
     "copy",
-    "start_standby",
+    "stop_backup",
+    "manifest",
     "open_private",
     "checks",
     "stop_private",
@@ -23,11 +24,26 @@ pub const TESTDB_STEPS: [&str; 8] = [
     "checksums",
 ];
 
-/// A backup's steps: the testdb steps with `pack` after the copy.
-pub const BACKUP_STEPS: [&str; 9] = [
+/// The testdb steps in cold mode: the standby stopped for the copy.
+pub const COLD_TESTDB_STEPS: [&str; 9] = [
     "stop_standby",
     "copy",
     "start_standby",
+    "manifest",
+    "open_private",
+    "checks",
+    "stop_private",
+    "lost_rows",
+    "checksums",
+];
+
+/// A backup's steps (online mode): the testdb steps with `pack` after the
+/// manifest.
+pub const BACKUP_STEPS: [&str; 10] = [
+    "start_backup",
+    "copy",
+    "stop_backup",
+    "manifest",
     "pack",
     "open_private",
     "checks",

@@ -261,6 +261,19 @@ impl PgServer {
         Ok(())
     }
 
+    /// `pgbench` writing to this server (two clients) until killed, or for
+    /// `seconds` at most.
+    pub fn pgbench_load(&self, seconds: u32) -> std::process::Child {
+        self.command("pgbench")
+            .args(["-n", "-c", "2", "-T", &seconds.to_string(), "-h"])
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "postgres"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pgbench starts")
+    }
+
     /// `pg_ctl start -w -l log_file`; on failure the error has the log's tail.
     pub fn start(&self) -> anyhow::Result<()> {
         let mut cmd = self.pg_ctl("start");

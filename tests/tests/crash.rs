@@ -18,7 +18,7 @@ use tandem_tests::corrupt;
 use tandem_tests::fleet::{Fleet, FleetSpec};
 use tandem_tests::wait::wait_for;
 
-use tandem_tests::{BACKUP_STEPS as STEPS, TESTDB_STEPS};
+use tandem_tests::{BACKUP_STEPS as STEPS, COLD_TESTDB_STEPS};
 
 fn hook(dir: &Path) -> (PathBuf, PathBuf) {
     let hook = dir.join("hook.sh");
@@ -131,9 +131,21 @@ async fn an_agent_killed_in_any_step_of_a_backup_puts_back_what_it_changed() {
                 .is_none_or(|u| u.as_array().is_some_and(|a| a.is_empty())),
             "after {step}: every undo ran: {rec:#}"
         );
-        // The standby streams; no private instance runs on the copy; the
-        // copy is unusable; no partial backup file is left.
+        // The standby streams and holds no backup slot any more (the
+        // backup's session ended with the agent); no private instance runs
+        // on the copy; the copy is unusable; no partial backup file is left.
         fleet.set("crash").wait_streaming(&standby).await.unwrap();
+        wait_for(
+            &format!("the backup's slot to go (killed after {step})"),
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || async {
+                Ok((standby.psql("postgres", "select count(*) from pg_replication_slots")? == "0")
+                    .then_some(()))
+            },
+        )
+        .await
+        .unwrap();
         let pid_file = archive.join("copy").join("postmaster.pid");
         assert!(
             !pid_alive(&pid_file),
@@ -201,7 +213,9 @@ async fn a_testdb_step_failing_at_any_position_puts_back_what_was_changed() {
     let home = fleet.agent_home(agent);
     let archive = fleet.agent_archive(agent);
 
-    for (i, step) in TESTDB_STEPS.into_iter().enumerate() {
+    // Cold mode here (the agent killed in every step of the online mode is
+    // the test above).
+    for (i, step) in COLD_TESTDB_STEPS.into_iter().enumerate() {
         fleet.kill_agent(agent);
         fleet
             .start_agent_with(agent, &[("TANDEM_TEST_FAIL_AFTER_STEP", step)])
@@ -211,7 +225,9 @@ async fn a_testdb_step_failing_at_any_position_puts_back_what_was_changed() {
             .await
             .unwrap();
         fleet.wait_heartbeat_streaming(agent).await.unwrap();
-        let run = fleet.ctl(&["testdb", "undo", "--output", "json"]).unwrap();
+        let run = fleet
+            .ctl(&["testdb", "undo", "--mode", "cold", "--output", "json"])
+            .unwrap();
         // The test could not run: exit 2, and the verdict says which step.
         assert_eq!(run.code, 2, "{step}: {run:?}\n{}", fleet.logs());
         let v = &run.json()["sets"][0]["verdict"];

@@ -193,18 +193,6 @@ async fn standby_rows(fleet: &Fleet, set: &str) -> String {
     .unwrap()
 }
 
-/// `pgbench` writing to the primary until killed (bounded by `-T`).
-fn pgbench_load(p: &PgServer, seconds: u32) -> Child {
-    p.command("pgbench")
-        .args(["-n", "-c", "2", "-T", &seconds.to_string(), "-h"])
-        .arg(&p.socket_dir)
-        .args(["-p", &p.port.to_string(), "-U", "postgres", "postgres"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_set_under_writes_vacuum_drops_and_truncates_stays_clean() {
     let fleet = Fleet::start(FleetSpec::new(&[("lrok", 1)])).await.unwrap();
@@ -258,7 +246,7 @@ async fn a_healthy_set_under_writes_vacuum_drops_and_truncates_stays_clean() {
     fleet.wait_heartbeat_streaming("lrok-s1").await.unwrap();
 
     // Writes, vacuums, drops and truncates while the copy is made.
-    let mut load = pgbench_load(&p, 120);
+    let mut load = p.pgbench_load(120);
     let churn = {
         let p = p.clone();
         std::thread::spawn(move || {

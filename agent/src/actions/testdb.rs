@@ -1,9 +1,12 @@
 //! testdb on a standby (SPEC T2, T3, T5, T8, R11), and the copy alone (T9).
 //!
-//! Steps, each a span and a journal update:
+//! Steps, each a span and a journal update. The copy, in cold mode:
 //! `stop_standby` → `copy` → `start_standby` (always, even when the copy
-//! failed, so the standby is never left down; waits until it streams) →
-//! `open_private` → `checks` → `stop_private` → `lost_rows` → `checksums`.
+//! failed, so the standby is never left down; waits until it streams); in
+//! online mode: `start_backup` → `copy` → `stop_backup` (the standby keeps
+//! streaming; the backup on it makes the copy consistent). Then `manifest`
+//! (hash what the copy did not read) → `open_private` → `checks` →
+//! `stop_private` → `lost_rows` → `checksums`.
 //!
 //! The steps run on the operation's [`Run`]: each records its undo before
 //! it changes anything (`start_standby` before the stop, the copy's unusable
@@ -18,12 +21,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use jiff::Timestamp;
-use tandem_proto::model::{Facts, Role};
+use tandem_proto::model::{Facts, Lsn, Role, TestMode};
 use tracing::{error, info};
 
 use crate::backup;
 use crate::config::AgentConfig;
-use crate::engine::{Engine, EngineError, copy::default_workers};
+use crate::engine::copy::{default_workers, finish_manifest};
+use crate::engine::{CopyDone, CopyRequest, Engine, EngineError};
 use crate::files::{copy_dir, mark_copy_unusable, output_path, unusable_marker, write_state_file};
 use crate::journal::{OpRecord, OpState, Undo};
 use crate::steps::{Ending, Run, StepFailed};
@@ -133,6 +137,8 @@ pub struct Testdb {
     /// is clean, or at once when there is no test.
     pub pack: bool,
     pub logical_read: bool,
+    /// Online (the standby keeps streaming) or cold (it is stopped for the copy).
+    pub mode: TestMode,
 }
 
 /// What the steps hand on to the end of the operation.
@@ -142,6 +148,8 @@ struct Made {
     /// Whether the copy is tested: known once the copy is made (a test may
     /// join an archive copy until then).
     tested: bool,
+    /// An online copy's log range: its backup's start and stop.
+    lsns: Option<(Lsn, Lsn)>,
 }
 
 impl Testdb {
@@ -163,40 +171,123 @@ impl Testdb {
         })
     }
 
-    async fn steps<E: Engine>(&self, run: &Run<E>, made: &mut Made) -> Result<(), StepFailed> {
-        let cfg = run.cfg.clone();
-        let copy = copy_dir(&cfg);
+    /// Cold mode (the standby manual's procedure): stop the standby, copy,
+    /// start it again whatever happened to the copy.
+    async fn copy_cold<E: Engine>(
+        &self,
+        run: &Run<E>,
+        copy: &Path,
+        req: CopyRequest,
+    ) -> Result<CopyDone, StepFailed> {
         let since = Timestamp::now();
         // Recorded before the stop: a crash while it stops still starts it again.
         run.did(Undo::StartStandby { since });
         run.step("stop_standby", run.engine.stop()).await?;
-
         run.did(Undo::MarkCopyUnusable);
-        let copied = run
-            .step("copy", async {
-                mark_copy_unusable(&cfg, "a copy is being made");
-                remove_previous_copy(&copy)?;
-                let progress = std::sync::Arc::new(run.bytes_progress());
-                let workers = cfg.testdb.copy_workers.unwrap_or_else(default_workers);
-                let t0 = Instant::now();
-                let n = run
-                    .engine
-                    .copy_to(&copy, workers, progress, run.cancel.clone())
-                    .await?;
-                let span = tracing::Span::current();
-                span.record("bytes", n);
-                span.record(
-                    "bytes_per_second",
-                    (n as f64 / t0.elapsed().as_secs_f64().max(1e-3)).round() as u64,
-                );
-                Ok::<_, EngineError>(n)
-            })
-            .await;
+        let copied = run.step("copy", self.copy_files(run, copy, req)).await;
         // The standby comes back whatever happened to the copy.
         let restarted = self.start_standby(run, since).await;
-        let bytes = copied?;
-        run.rec().bytes_copied = bytes;
+        let done = copied?;
         restarted?;
+        Ok(done)
+    }
+
+    /// Online mode: the standby keeps running and streaming; the copy is
+    /// made under a backup on the standby, which then adds the label and
+    /// the WAL that make it consistent.
+    async fn copy_online<E: Engine>(
+        &self,
+        run: &Run<E>,
+        copy: &Path,
+        req: CopyRequest,
+        made: &mut Made,
+    ) -> Result<CopyDone, StepFailed> {
+        // Dropped on any failure below: the session ends, the server
+        // aborts the backup and drops its slot.
+        let backup = run.step("start_backup", run.engine.start_backup()).await?;
+        run.did(Undo::MarkCopyUnusable);
+        let done = run.step("copy", self.copy_files(run, copy, req)).await?;
+        let end = run
+            .step("stop_backup", async {
+                let end = run.engine.stop_backup(backup, copy).await?;
+                let span = tracing::Span::current();
+                span.record("lsn", end.stop_lsn.to_string());
+                span.record("bytes", end.wal_bytes);
+                Ok::<_, EngineError>(end)
+            })
+            .await?;
+        // Measured, not assumed: the one session that held the backup
+        // lived from its start to its stop, so the server never stopped.
+        run.rec().standby_downtime_seconds = Some(0.0);
+        run.rec().bytes_copied += end.wal_bytes;
+        made.lsns = Some((end.start_lsn, end.stop_lsn));
+        Ok(done)
+    }
+
+    /// The copy step's work: the unusable mark, the previous copy removed,
+    /// the files copied.
+    async fn copy_files<E: Engine>(
+        &self,
+        run: &Run<E>,
+        copy: &Path,
+        req: CopyRequest,
+    ) -> Result<CopyDone, EngineError> {
+        mark_copy_unusable(&run.cfg, "a copy is being made");
+        remove_previous_copy(copy)?;
+        let progress = std::sync::Arc::new(run.bytes_progress());
+        let t0 = Instant::now();
+        let done = run
+            .engine
+            .copy_to(copy, req, progress, run.cancel.clone())
+            .await?;
+        let span = tracing::Span::current();
+        span.record("bytes", done.bytes);
+        span.record(
+            "bytes_per_second",
+            (done.bytes as f64 / t0.elapsed().as_secs_f64().max(1e-3)).round() as u64,
+        );
+        let mut rec = run.rec();
+        rec.bytes_copied = done.bytes;
+        rec.copy_method = Some(done.method.to_string());
+        rec.copy_note = done.note.clone();
+        if let Some(note) = &done.note {
+            rec.notes.push(note.clone());
+        }
+        Ok(done)
+    }
+
+    async fn steps<E: Engine>(&self, run: &Run<E>, made: &mut Made) -> Result<(), StepFailed> {
+        let cfg = run.cfg.clone();
+        let copy = copy_dir(&cfg);
+        run.rec().mode = Some(self.mode.to_string());
+        let workers = cfg.testdb.copy_workers.unwrap_or_else(default_workers);
+        let req = CopyRequest {
+            workers,
+            method: cfg.testdb.copy_method,
+            online: self.mode == TestMode::Online,
+        };
+        let done = match self.mode {
+            TestMode::Cold => self.copy_cold(run, &copy, req).await?,
+            TestMode::Online => self.copy_online(run, &copy, req, made).await?,
+        };
+        // Files a clone did not read, and those the backup's stop added,
+        // are hashed now (the standby already runs again).
+        run.step("manifest", async {
+            let progress = run.bytes_progress();
+            let cancel = run.cancel.clone();
+            let dst = copy.clone();
+            tokio::task::spawn_blocking(move || {
+                finish_manifest(&dst, &done.files, workers, &progress, &cancel)
+            })
+            .await
+            .map_err(|e| EngineError::Io {
+                op: "run the hashing of",
+                path: copy.clone(),
+                source: std::io::Error::other(e),
+            })??;
+            Ok::<_, EngineError>(())
+        })
+        .await?;
         let _ = std::fs::remove_file(unusable_marker(&cfg));
         run.undone(&Undo::MarkCopyUnusable);
         // From here on the copy is what it is: nothing joins any more.
@@ -290,7 +381,12 @@ impl Testdb {
                 source: std::io::Error::other("no [backup] section"),
             });
         };
-        let (start_lsn, end_lsn) = run.engine.copy_lsns(copy).await?;
+        // An online copy's range is its backup's; a cold copy's is in its
+        // control file.
+        let (start_lsn, end_lsn) = match made.lsns {
+            Some(lsns) => lsns,
+            None => run.engine.copy_lsns(copy).await?,
+        };
         std::fs::create_dir_all(&bcfg.dir).map_err(|source| EngineError::Io {
             op: "create the backup directory",
             path: bcfg.dir.clone(),

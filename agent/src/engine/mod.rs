@@ -12,6 +12,7 @@ pub mod copy;
 pub mod findings;
 mod live;
 pub mod lost_rows;
+pub mod online;
 pub mod pages;
 pub mod postgres;
 pub mod postmaster;
@@ -113,6 +114,42 @@ pub fn dated_beside(dir: &Path, what: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// How the caller wants a copy of the live data directory made.
+#[derive(Debug, Clone)]
+pub struct CopyRequest {
+    pub workers: usize,
+    pub method: copy::CopyMethod,
+    /// The live server runs, under the backup [`Engine::start_backup`]
+    /// began (online mode): files may change while they are copied, and the
+    /// WAL is added by [`Engine::stop_backup`], not copied with them.
+    pub online: bool,
+}
+
+/// What a copy made.
+#[derive(Debug, Clone)]
+pub struct CopyDone {
+    pub bytes: u64,
+    /// What ran: `Clone` or `Bytes`.
+    pub method: copy::CopyMethod,
+    /// Why the method asked for did not run (cloning refused), if it did not.
+    pub note: Option<String>,
+    /// The files, with their hashes where the copy read them.
+    pub files: Vec<copy::CopiedFile>,
+}
+
+/// How an online copy ended on the standby.
+#[derive(Debug, Clone)]
+pub struct BackupEnd {
+    /// Where the copy's replay starts (the backup label's position).
+    pub start_lsn: Lsn,
+    /// Where the copy is consistent (the backup's stop).
+    pub stop_lsn: Lsn,
+    /// Files the stop added to the copy (the label, the WAL segments),
+    /// relative to it.
+    pub added: Vec<PathBuf>,
+    pub wal_bytes: u64,
+}
+
 /// Called from the copy's worker threads with the bytes copied so far.
 pub type ProgressFn = Arc<dyn Fn(u64) + Send + Sync>;
 
@@ -133,16 +170,35 @@ pub trait Engine: Send + Sync + 'static {
     /// stays a standby) and wait until it accepts connections.
     fn start(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
 
-    /// Copy the stopped live data directory into `dst` (which must not
-    /// exist) in the order the data was added, hashed and fsynced; the
-    /// manifest goes beside it. Returns the bytes copied.
+    /// Copy the live data directory into `dst` (which must not exist),
+    /// fsynced: stopped (cold mode), in the order the data was added; or
+    /// running under [`Engine::start_backup`] (online mode). Files are
+    /// hashed as they are read; the caller writes the manifest
+    /// (`copy::finish_manifest`) once the copy is complete.
     fn copy_to(
         &self,
         dst: &Path,
-        workers: usize,
+        req: CopyRequest,
         progress: ProgressFn,
         cancel: CancellationToken,
-    ) -> impl Future<Output = Result<u64, EngineError>> + Send;
+    ) -> impl Future<Output = Result<CopyDone, EngineError>> + Send;
+
+    /// An online backup in progress on the running standby.
+    type Backup: Send + 'static;
+
+    /// Begin an online backup on the running standby: from here until
+    /// [`Engine::stop_backup`] a copy of the live directory can be made
+    /// consistent, and the WAL it needs is kept.
+    fn start_backup(&self) -> impl Future<Output = Result<Self::Backup, EngineError>> + Send;
+
+    /// End the backup and add to the copy `dst` what makes it consistent
+    /// (its label, the WAL from the backup's start to its stop). Refused
+    /// when the standby stopped following its primary meanwhile.
+    fn stop_backup(
+        &self,
+        backup: Self::Backup,
+        dst: &Path,
+    ) -> impl Future<Output = Result<BackupEnd, EngineError>> + Send;
 
     /// Start a private instance on the copy in `dir` (no standby mode), wait
     /// until it has replayed the log and accepts connections.

@@ -9,7 +9,10 @@ use tandem_proto::model::{Facts, Lsn, Role, ServerState};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{CheckReport, Engine, EngineError, PrivateInstance, ProgressFn, copy};
+use super::{
+    BackupEnd, CheckReport, CopyDone, CopyRequest, Engine, EngineError, PrivateInstance,
+    ProgressFn, copy,
+};
 use crate::config::PostgresConfig;
 use crate::runner::Runner;
 
@@ -132,6 +135,17 @@ impl PostgresEngine {
         sql: &str,
         timeout: Duration,
     ) -> Result<String, EngineError> {
+        let mut cmd = self.psql_command(socket_dir, port);
+        cmd.arg("-d").arg(db).arg("-c").arg(sql);
+        let out = self.runner.output(cmd, timeout).await?;
+        check_tool("psql", &out)?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// psql, unaligned rows with `|` between columns, stopping at the first
+    /// error, on the server at `socket_dir`/`port` as the configured user
+    /// (the configured database unless `-d` follows).
+    pub(super) fn psql_command(&self, socket_dir: &Path, port: u16) -> tokio::process::Command {
         let mut cmd = self.runner.command(self.tool("psql"));
         cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-F", "|"])
             .arg("-h")
@@ -140,15 +154,9 @@ impl PostgresEngine {
             .arg(port.to_string())
             .arg("-U")
             .arg(&self.cfg.user)
-            .arg("-d")
-            .arg(db)
-            .arg("-c")
-            .arg(sql)
             .env("PGCONNECT_TIMEOUT", "5")
             .env("PGAPPNAME", "tandem-agent");
-        let out = self.runner.output(cmd, timeout).await?;
-        check_tool("psql", &out)?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        cmd
     }
 
     /// `pg_ctl` with `args` on data directory `dir`, as the OS user.
@@ -222,21 +230,33 @@ impl Engine for PostgresEngine {
     async fn copy_to(
         &self,
         dst: &Path,
-        workers: usize,
+        req: CopyRequest,
         progress: ProgressFn,
         cancel: CancellationToken,
-    ) -> Result<u64, EngineError> {
+    ) -> Result<CopyDone, EngineError> {
         let src = self.cfg.data_dir.clone();
         let dst = dst.to_owned();
         let opts = copy::CopyOptions {
-            workers: workers.max(1),
+            workers: req.workers.max(1),
             owner: self.runner.owner(),
+            method: req.method,
+            live_source: req.online,
+            manifest_now: false,
         };
         tokio::task::spawn_blocking(move || {
-            let plan = copy::plan(&src)?;
+            let plan = if req.online {
+                copy::plan_live(&src)?
+            } else {
+                copy::plan(&src)?
+            };
             let progress = move |n: u64| progress(n);
             let report = copy::copy(&plan, &src, &dst, &opts, &progress, &cancel)?;
-            Ok::<u64, EngineError>(report.bytes)
+            Ok::<_, EngineError>(CopyDone {
+                bytes: report.bytes,
+                method: report.method,
+                note: report.note,
+                files: report.files_copied,
+            })
         })
         .await
         .map_err(|e| EngineError::Io {
@@ -244,6 +264,16 @@ impl Engine for PostgresEngine {
             path: self.cfg.data_dir.clone(),
             source: std::io::Error::other(e),
         })?
+    }
+
+    type Backup = super::online::OnlineBackup;
+
+    async fn start_backup(&self) -> Result<Self::Backup, EngineError> {
+        self.start_online_backup().await
+    }
+
+    async fn stop_backup(&self, backup: Self::Backup, dst: &Path) -> Result<BackupEnd, EngineError> {
+        self.stop_online_backup(backup, dst).await
     }
 
     async fn open_private(

@@ -30,7 +30,10 @@ use std::time::{Duration, Instant};
 use tandem_proto::model::{Facts, Lsn, Role, ServerState};
 use tokio_util::sync::CancellationToken;
 
-use super::{CheckReport, Engine, EngineError, PrivateInstance, ProgressFn, copy};
+use super::{
+    BackupEnd, CheckReport, CopyDone, CopyRequest, Engine, EngineError, PrivateInstance,
+    ProgressFn, copy,
+};
 
 /// The name of the marker file a simulated copy holds instead of data.
 pub const MARKER: &str = "SIMULATED_COPY";
@@ -269,15 +272,15 @@ impl Engine for SimulatedEngine {
         Ok(())
     }
 
-    /// Writes `dst/SIMULATED_COPY` and an empty manifest beside `dst`; no
-    /// data. Progress goes from 0 to the declared size in ten ticks.
+    /// Writes `dst/SIMULATED_COPY`; no data. Progress goes from 0 to the
+    /// declared size in ten ticks.
     async fn copy_to(
         &self,
         dst: &Path,
-        _workers: usize,
+        _req: CopyRequest,
         progress: ProgressFn,
         cancel: CancellationToken,
-    ) -> Result<u64, EngineError> {
+    ) -> Result<CopyDone, EngineError> {
         if dst.exists() {
             return Err(copy::CopyError::Exists {
                 path: dst.to_owned(),
@@ -291,14 +294,35 @@ impl Engine for SimulatedEngine {
             "a simulated copy (tandem_agent::engine::simulated): no data was copied\n",
         )
         .map_err(|e| Self::io("write", &marker, e))?;
-        let manifest = PathBuf::from(format!("{}.manifest", dst.display()));
-        std::fs::write(&manifest, "").map_err(|e| Self::io("write", &manifest, e))?;
         const TICKS: u32 = 10;
         for i in 1..=TICKS {
             sleep_or_cancel(self.durations.copy / TICKS, &cancel).await?;
             progress(self.data_dir_bytes * u64::from(i) / u64::from(TICKS));
         }
-        Ok(self.data_dir_bytes)
+        Ok(CopyDone {
+            bytes: self.data_dir_bytes,
+            method: copy::CopyMethod::Bytes,
+            note: None,
+            files: Vec::new(),
+        })
+    }
+
+    type Backup = Lsn;
+
+    async fn start_backup(&self) -> Result<Lsn, EngineError> {
+        if !self.lock().running {
+            return Err(EngineError::Refused("the simulated standby is stopped".into()));
+        }
+        Ok(self.lsn_now())
+    }
+
+    async fn stop_backup(&self, start: Lsn, _dst: &Path) -> Result<BackupEnd, EngineError> {
+        Ok(BackupEnd {
+            start_lsn: start,
+            stop_lsn: self.lsn_now(),
+            added: Vec::new(),
+            wal_bytes: 0,
+        })
     }
 
     async fn open_private(
@@ -407,17 +431,21 @@ mod tests {
         });
         assert!(e.open_private(&dst, Duration::ZERO).await.is_err());
         e.stop().await.unwrap();
-        let n = e
-            .copy_to(&dst, 1, progress.clone(), CancellationToken::new())
+        let req = CopyRequest {
+            workers: 1,
+            method: copy::CopyMethod::Bytes,
+            online: false,
+        };
+        let done = e
+            .copy_to(&dst, req.clone(), progress.clone(), CancellationToken::new())
             .await
             .unwrap();
-        assert_eq!(n, 1000);
+        assert_eq!(done.bytes, 1000);
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1000);
         assert!(dst.join(MARKER).is_file());
-        assert!(tmp.path().join("copy.manifest").is_file());
         // The contract: the destination must not exist.
         assert!(
-            e.copy_to(&dst, 1, progress, CancellationToken::new())
+            e.copy_to(&dst, req, progress, CancellationToken::new())
                 .await
                 .is_err()
         );
