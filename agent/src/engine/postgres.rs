@@ -231,6 +231,7 @@ impl Engine for PostgresEngine {
         let opts = copy::CopyOptions {
             workers: workers.max(1),
             owner: self.runner.owner(),
+            ..copy::CopyOptions::default()
         };
         tokio::task::spawn_blocking(move || {
             let plan = copy::plan(&src)?;
