@@ -293,4 +293,3 @@ pub fn verify(dst: &Path) -> Result<(), CopyError> {
     }
     Ok(())
 }
-

@@ -538,6 +538,7 @@ fn finish_dir(path: &Path, d: &DirInfo, owner: Option<(u32, u32)>) -> Result<(),
         .map_err(io_err(path, "set the times of"))
 }
 
-
+#[cfg(test)]
+mod clone_tests;
 #[cfg(test)]
 pub(crate) mod tests;

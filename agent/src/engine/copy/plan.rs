@@ -144,8 +144,7 @@ fn relation_fork(name: &str) -> Option<(&str, Option<&str>)> {
         Some((o, f)) => (o, Some(f)),
         None => (base, None),
     };
-    (digits(oid) && fork.is_none_or(|f| ["fsm", "vm", "init"].contains(&f)))
-        .then_some((oid, fork))
+    (digits(oid) && fork.is_none_or(|f| ["fsm", "vm", "init"].contains(&f))).then_some((oid, fork))
 }
 
 /// `t<backend>_<relation>[...]`: a temporary relation's file.
@@ -178,7 +177,9 @@ fn plan_with(src: &Path, live: bool) -> Result<CopyPlan, CopyError> {
         let abs_dir = under(src, &rel_dir);
         let read = match fs::read_dir(&abs_dir) {
             Ok(r) => r,
-            Err(e) if live && e.kind() == ErrorKind::NotFound && !rel_dir.as_os_str().is_empty() => {
+            Err(e)
+                if live && e.kind() == ErrorKind::NotFound && !rel_dir.as_os_str().is_empty() =>
+            {
                 dirs.retain(|d| *d != rel_dir);
                 continue;
             }
@@ -186,7 +187,10 @@ fn plan_with(src: &Path, live: bool) -> Result<CopyPlan, CopyError> {
         };
         let mut names: Vec<OsString> = Vec::new();
         for item in read {
-            names.push(item.map_err(io_err(&abs_dir, "list the directory"))?.file_name());
+            names.push(
+                item.map_err(io_err(&abs_dir, "list the directory"))?
+                    .file_name(),
+            );
         }
         let siblings: BTreeSet<String> = names
             .iter()

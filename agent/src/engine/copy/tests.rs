@@ -6,7 +6,7 @@ use std::time::UNIX_EPOCH;
 
 /// Write `rel` under `root` with `len` bytes of a pattern and the given
 /// mtime (seconds since the epoch).
-fn put(root: &Path, rel: &str, len: usize, mtime: u64) {
+pub(super) fn put(root: &Path, rel: &str, len: usize, mtime: u64) {
     let p = root.join(rel);
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     let data: Vec<u8> = (0..len)
@@ -146,7 +146,10 @@ fn copy_reproduces_bytes_modes_and_mtimes_and_leaves_out_excluded() {
     let p = plan(&src).unwrap();
     assert_eq!(report.files, p.entries.len());
     assert_eq!(report.bytes, p.total_bytes);
-    assert_eq!(report.manifest.clone().unwrap(), t.path().join("copy.manifest"));
+    assert_eq!(
+        report.manifest.clone().unwrap(),
+        t.path().join("copy.manifest")
+    );
     for e in &p.entries {
         let (a, b) = (src.join(&e.rel), dst.join(&e.rel));
         assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap(), "{a:?}");

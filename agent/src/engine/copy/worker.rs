@@ -246,7 +246,7 @@ pub(super) fn run_phase(
 
 /// Errors with which a filesystem says it cannot clone these files (rather
 /// than that something broke): the copy goes on byte by byte.
-fn clone_refused(e: &io::Error) -> bool {
+pub(super) fn clone_refused(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(
@@ -262,7 +262,7 @@ fn clone_refused(e: &io::Error) -> bool {
 
 /// Make `output` share `input`'s blocks (a reflink): the whole file, in one
 /// call, without reading it.
-fn ficlone(input: &File, output: &File) -> io::Result<()> {
+pub(super) fn ficlone(input: &File, output: &File) -> io::Result<()> {
     // SAFETY: FICLONE takes the source descriptor as its argument; both
     // descriptors are open for the duration of the call.
     let r = unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) };
@@ -276,11 +276,7 @@ fn ficlone(input: &File, output: &File) -> io::Result<()> {
 /// Copy one file: clone it, or read in chunks, hash and write; then owner,
 /// mode and times. The caller fsyncs the returned file. `None`: the file
 /// vanished from a live source.
-fn copy_file(
-    shared: &Shared<'_>,
-    i: usize,
-    buf: &mut [u8],
-) -> Result<Option<Written>, CopyError> {
+fn copy_file(shared: &Shared<'_>, i: usize, buf: &mut [u8]) -> Result<Option<Written>, CopyError> {
     let entry = &shared.plan.entries[i];
     let sp = shared.src.join(&entry.rel);
     let dp = shared.dst.join(&entry.rel);
