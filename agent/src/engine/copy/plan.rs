@@ -1,7 +1,8 @@
-//! The copy plan: what is copied from a stopped data directory, and in
-//! which order (phase 1 oldest-modified first, phase 2 `pg_wal` by name,
-//! phase 3 `global/pg_control`), leaving out what PostgreSQL's own base
-//! backup leaves out.
+//! The copy plan: what is copied from a data directory, and in which order
+//! (phase 1 oldest-modified first, phase 2 `pg_wal` by name, phase 3
+//! `global/pg_control`), leaving out what PostgreSQL's own base backup
+//! leaves out. [`plan`] is for a stopped server, [`plan_live`] for a running
+//! one (no WAL, and the whole of the base backup's exclusions).
 
 use super::*;
 
@@ -25,6 +26,31 @@ const SKIP_FILES: &[&str] = &["postmaster.pid", "postmaster.opts"];
 /// or not). PostgreSQL never reads them.
 const SKIP_PREFIXES: &[&str] = &["patroni.dynamic.json"];
 pub(super) const PG_CONTROL: &str = "global/pg_control";
+
+// What a live plan leaves out besides the above: our own list of what
+// PostgreSQL 15's base backup leaves out (`excludeFiles`, the temporary
+// files and relations and the unlogged relations skipped in `sendDir`, and
+// the contents of `pg_wal`), from src/backend/replication/basebackup.c.
+// Unlike the stopped plan's lists these names count at any depth, as there.
+
+/// Files left out wherever they are: `postgresql.auto.conf.tmp`,
+/// `current_logfiles.tmp`, a `backup_label` or `tablespace_map` (the caller
+/// writes the backup's own), an old `backup_manifest`, the postmaster's
+/// files.
+const LIVE_SKIP_FILES: &[&str] = &[
+    "postgresql.auto.conf.tmp",
+    "current_logfiles.tmp",
+    "backup_label",
+    "tablespace_map",
+    "backup_manifest",
+    "postmaster.pid",
+    "postmaster.opts",
+];
+/// Files left out by name prefix: the relation cache `pg_internal.init`
+/// (and its temporary files), rebuilt at start.
+const LIVE_SKIP_FILE_PREFIXES: &[&str] = &["pg_internal.init"];
+/// Files and directories left out by name prefix: temporary files.
+const LIVE_SKIP_PREFIXES: &[&str] = &["pgsql_tmp"];
 
 /// What [`copy`] will copy, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +85,82 @@ pub struct PlanEntry {
 /// order; phase 3 is `global/pg_control`. A symlink anywhere below `src` (a
 /// tablespace) or any other special file is [`CopyError::Unsupported`].
 pub fn plan(src: &Path) -> Result<CopyPlan, CopyError> {
+    plan_with(src, false)
+}
+
+/// List what will be copied from the data directory `src` of a running
+/// server (for [`CopyOptions::live_source`]), in order.
+///
+/// Like [`plan`], and it leaves out all that PostgreSQL's base backup
+/// leaves out: `pg_wal` and `pg_wal/archive_status` are created empty (no
+/// phase 2: the caller adds the WAL it needs); `backup_label`,
+/// `tablespace_map`, `backup_manifest`, `postgresql.auto.conf.tmp`,
+/// `current_logfiles.tmp`, `pg_internal.init*` and anything named
+/// `pgsql_tmp*`, in any directory; in a database directory (`base/<oid>`),
+/// temporary relations (`t<n>_<oid>...`) and every fork but the init fork of
+/// an unlogged relation (one with an `<oid>_init` file). A file or directory
+/// that vanishes while it is listed is left out.
+pub fn plan_live(src: &Path) -> Result<CopyPlan, CopyError> {
+    plan_with(src, true)
+}
+
+/// Whether the live plan leaves out the file `name` in the directory
+/// `rel_dir`, whose file names are `siblings`.
+fn live_skips_file(rel_dir: &Path, name: &str, siblings: &BTreeSet<String>) -> bool {
+    if LIVE_SKIP_FILES.contains(&name)
+        || LIVE_SKIP_FILE_PREFIXES.iter().any(|p| name.starts_with(p))
+        || LIVE_SKIP_PREFIXES.iter().any(|p| name.starts_with(p))
+    {
+        return true;
+    }
+    let mut parts = rel_dir.components();
+    let in_db_dir = parts.next() == Some(Component::Normal("base".as_ref()))
+        && parts
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        && parts.next().is_none();
+    if !in_db_dir {
+        return false;
+    }
+    if is_temp_relation(name) {
+        return true;
+    }
+    match relation_fork(name) {
+        Some((oid, fork)) => fork != Some("init") && siblings.contains(&format!("{oid}_init")),
+        None => false,
+    }
+}
+
+/// `<digits>[_<fork>][.<digits>]`: the relation's number and fork.
+fn relation_fork(name: &str) -> Option<(&str, Option<&str>)> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let base = match name.split_once('.') {
+        Some((b, seg)) if digits(seg) => b,
+        Some(_) => return None,
+        None => name,
+    };
+    let (oid, fork) = match base.split_once('_') {
+        Some((o, f)) => (o, Some(f)),
+        None => (base, None),
+    };
+    (digits(oid) && fork.is_none_or(|f| ["fsm", "vm", "init"].contains(&f))).then_some((oid, fork))
+}
+
+/// `t<backend>_<relation>[...]`: a temporary relation's file.
+fn is_temp_relation(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('t') else {
+        return false;
+    };
+    let Some((backend, rel)) = rest.split_once('_') else {
+        return false;
+    };
+    !backend.is_empty()
+        && backend.bytes().all(|b| b.is_ascii_digit())
+        && relation_fork(rel).is_some()
+}
+
+fn plan_with(src: &Path, live: bool) -> Result<CopyPlan, CopyError> {
     let root = fs::metadata(src).map_err(io_err(src, "read the data directory"))?;
     if !root.is_dir() {
         return Err(CopyError::Unsupported {
@@ -73,16 +175,43 @@ pub fn plan(src: &Path) -> Result<CopyPlan, CopyError> {
     let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
     while let Some(rel_dir) = stack.pop() {
         let abs_dir = under(src, &rel_dir);
-        let read = fs::read_dir(&abs_dir).map_err(io_err(&abs_dir, "list the directory"))?;
+        let read = match fs::read_dir(&abs_dir) {
+            Ok(r) => r,
+            Err(e)
+                if live && e.kind() == ErrorKind::NotFound && !rel_dir.as_os_str().is_empty() =>
+            {
+                dirs.retain(|d| *d != rel_dir);
+                continue;
+            }
+            Err(e) => return Err(io_err(&abs_dir, "list the directory")(e)),
+        };
+        let mut names: Vec<OsString> = Vec::new();
         for item in read {
-            let item = item.map_err(io_err(&abs_dir, "list the directory"))?;
-            let rel = rel_dir.join(item.file_name());
+            names.push(
+                item.map_err(io_err(&abs_dir, "list the directory"))?
+                    .file_name(),
+            );
+        }
+        let siblings: BTreeSet<String> = names
+            .iter()
+            .filter_map(|n| n.to_str().map(str::to_owned))
+            .collect();
+        for name in names {
+            let rel = rel_dir.join(&name);
             let abs = src.join(&rel);
-            if item.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
+            let name = name.to_string_lossy();
+            if name.ends_with(TMP_SUFFIX) {
+                continue;
+            }
+            if live && LIVE_SKIP_PREFIXES.iter().any(|p| name.starts_with(p)) {
                 continue;
             }
             check_name(&rel)?;
-            let meta = fs::symlink_metadata(&abs).map_err(io_err(&abs, "read the metadata of"))?;
+            let meta = match fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                Err(e) if live && e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&abs, "read the metadata of")(e)),
+            };
             let ft = meta.file_type();
             if ft.is_symlink() {
                 let target = fs::read_link(&abs)
@@ -100,7 +229,14 @@ pub fn plan(src: &Path) -> Result<CopyPlan, CopyError> {
                 let top = rel_dir.as_os_str().is_empty();
                 let skip_contents = (top && EMPTY_DIRS.iter().any(|d| rel == Path::new(d)))
                     || rel == Path::new("pg_wal/archive_status");
-                if !skip_contents {
+                if live && rel == Path::new("pg_wal") {
+                    // Created empty, with its archive_status if it has one.
+                    if fs::symlink_metadata(src.join("pg_wal/archive_status"))
+                        .is_ok_and(|m| m.is_dir())
+                    {
+                        dirs.push(PathBuf::from("pg_wal/archive_status"));
+                    }
+                } else if !skip_contents {
                     stack.push(rel);
                 }
                 continue;
@@ -117,6 +253,9 @@ pub fn plan(src: &Path) -> Result<CopyPlan, CopyError> {
                         .iter()
                         .any(|p| rel.to_str().is_some_and(|r| r.starts_with(p))))
             {
+                continue;
+            }
+            if live && live_skips_file(&rel_dir, &name, &siblings) {
                 continue;
             }
             let size = meta.len();

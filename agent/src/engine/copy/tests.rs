@@ -6,7 +6,7 @@ use std::time::UNIX_EPOCH;
 
 /// Write `rel` under `root` with `len` bytes of a pattern and the given
 /// mtime (seconds since the epoch).
-fn put(root: &Path, rel: &str, len: usize, mtime: u64) {
+pub(super) fn put(root: &Path, rel: &str, len: usize, mtime: u64) {
     let p = root.join(rel);
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     let data: Vec<u8> = (0..len)
@@ -67,6 +67,7 @@ fn run(src: &Path, dst: &Path, workers: usize) -> Result<CopyReport, CopyError> 
         &CopyOptions {
             workers,
             owner: None,
+            ..CopyOptions::default()
         },
         &|_| {},
         &CancellationToken::new(),
@@ -145,7 +146,10 @@ fn copy_reproduces_bytes_modes_and_mtimes_and_leaves_out_excluded() {
     let p = plan(&src).unwrap();
     assert_eq!(report.files, p.entries.len());
     assert_eq!(report.bytes, p.total_bytes);
-    assert_eq!(report.manifest, t.path().join("copy.manifest"));
+    assert_eq!(
+        report.manifest.clone().unwrap(),
+        t.path().join("copy.manifest")
+    );
     for e in &p.entries {
         let (a, b) = (src.join(&e.rel), dst.join(&e.rel));
         assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap(), "{a:?}");
@@ -194,7 +198,7 @@ fn manifest_has_blake3_of_every_file_and_verify_catches_a_flipped_byte() {
     let dst = t.path().join("copy");
     let report = run(&src, &dst, 3).unwrap();
     let p = plan(&src).unwrap();
-    let text = fs::read_to_string(&report.manifest).unwrap();
+    let text = fs::read_to_string(report.manifest.as_ref().unwrap()).unwrap();
     let expected: String = p
         .entries
         .iter()
@@ -271,6 +275,7 @@ fn cancelled_during_copy_stops_promptly() {
         &CopyOptions {
             workers: 1,
             owner: None,
+            ..CopyOptions::default()
         },
         &|_| {},
         &cancel,
@@ -303,6 +308,7 @@ fn progress_is_reported_and_ends_at_total() {
         &CopyOptions {
             workers: 2,
             owner: None,
+            ..CopyOptions::default()
         },
         &|n| seen.lock().unwrap().push(n),
         &CancellationToken::new(),
@@ -322,8 +328,8 @@ fn one_and_four_workers_give_identical_manifests() {
     let a = run(&src, &t.path().join("a"), 1).unwrap();
     let b = run(&src, &t.path().join("b"), 4).unwrap();
     assert_eq!(
-        fs::read_to_string(a.manifest).unwrap(),
-        fs::read_to_string(b.manifest).unwrap()
+        fs::read_to_string(a.manifest.unwrap()).unwrap(),
+        fs::read_to_string(b.manifest.unwrap()).unwrap()
     );
 }
 
@@ -358,6 +364,7 @@ fn phases_complete_in_order() {
         &CopyOptions {
             workers: 4,
             owner: None,
+            ..CopyOptions::default()
         },
         &|_| {},
         &CancellationToken::new(),
@@ -396,7 +403,7 @@ fn manifest_lists_phases_in_order() {
     let src = t.path().join("data");
     fake_datadir(&src);
     let r = run(&src, &t.path().join("copy"), 4).unwrap();
-    let text = fs::read_to_string(r.manifest).unwrap();
+    let text = fs::read_to_string(r.manifest.unwrap()).unwrap();
     let phases: Vec<u8> = text
         .lines()
         .map(|l| {
@@ -431,6 +438,7 @@ fn owner_is_applied_when_root() {
         &CopyOptions {
             workers: 2,
             owner: Some((4321, 4322)),
+            ..CopyOptions::default()
         },
         &|_| {},
         &CancellationToken::new(),
@@ -441,7 +449,7 @@ fn owner_is_applied_when_root() {
         dst.join("base/1"),
         dst.join("base/1/1259"),
         dst.join("global/pg_control"),
-        r.manifest,
+        r.manifest.unwrap(),
     ] {
         let m = fs::metadata(&path).unwrap();
         assert_eq!((m.uid(), m.gid()), (4321, 4322), "{path:?}");
