@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use jiff::Timestamp;
-use tandem_proto::model::{Facts, Role};
+use tandem_proto::model::{Facts, Role, TestMode};
 use tracing::{error, info};
 
 use crate::backup;
@@ -133,6 +133,9 @@ pub struct Testdb {
     /// is clean, or at once when there is no test.
     pub pack: bool,
     pub logical_read: bool,
+    /// How the standby is copied: the order's mode, else `[testdb] mode`
+    /// (resolved in `orders.rs`).
+    pub mode: TestMode,
 }
 
 /// What the steps hand on to the end of the operation.
