@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tandem_proto::config::{self, ConfigError};
+use tandem_proto::model::TestMode;
 use tandem_proto::tls::TlsFiles;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -224,6 +225,11 @@ pub struct TestdbConfig {
     /// How long the private instance may take to replay the log and open.
     #[serde(default = "default_private_timeout", with = "humantime_serde")]
     pub private_start_timeout: Duration,
+    /// The mode of a copy-making order that names none: `online` (the
+    /// standby keeps streaming; the copy comes from a non-exclusive base
+    /// backup and its WAL) or `cold` (the standby is stopped for the copy).
+    #[serde(default = "default_mode")]
+    pub mode: TestMode,
 }
 
 impl Default for TestdbConfig {
@@ -234,8 +240,13 @@ impl Default for TestdbConfig {
             free_space_reserve_mib: default_reserve_mib(),
             streaming_timeout: default_streaming_timeout(),
             private_start_timeout: default_private_timeout(),
+            mode: default_mode(),
         }
     }
+}
+
+fn default_mode() -> TestMode {
+    TestMode::Online
 }
 
 fn yes() -> bool {
@@ -380,6 +391,17 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
         assert_eq!(c.postgres.port, 5432);
         assert_eq!(c.postgres.os_user, "postgres");
+        assert_eq!(c.testdb.mode, TestMode::Online);
+    }
+
+    #[test]
+    fn the_test_mode_is_online_or_cold() {
+        let cold = format!("{MINIMAL}\n[testdb]\nmode = \"cold\"\n");
+        let c = AgentConfig::parse(Path::new("agent.toml"), &cold).unwrap();
+        assert_eq!(c.testdb.mode, TestMode::Cold);
+        let warm = format!("{MINIMAL}\n[testdb]\nmode = \"warm\"\n");
+        let err = AgentConfig::parse(Path::new("agent.toml"), &warm).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `warm`, expected `online` or `cold`"), "{err}");
     }
 
     #[test]

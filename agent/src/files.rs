@@ -66,6 +66,9 @@ pub fn state_json(rec: &OpRecord) -> serde_json::Value {
         "coverage": rec.coverage,
         "steps": rec.steps,
         "standby_downtime_seconds": rec.standby_downtime_seconds,
+        "mode": rec.mode,
+        "copy_method": rec.copy_method,
+        "copy_note": rec.copy_note,
         "bytes_copied": rec.bytes_copied,
         "output": rec.output_path,
     })
@@ -104,14 +107,19 @@ pub fn state_human(v: &serde_json::Value) -> String {
         }
     }
     out.push_str(&format!(
-        "operation {}, started {}, standby down {} s, output {}\n",
+        "operation {}, started {}, mode {}, copy {}, standby down {} s, output {}\n",
         s("operation_id"),
         s("started_at"),
+        s("mode"),
+        s("copy_method"),
         v["standby_downtime_seconds"]
             .as_f64()
             .map_or("-".into(), |d| format!("{d:.1}")),
         s("output")
     ));
+    if let Some(note) = v["copy_note"].as_str() {
+        out.push_str(&format!("  copy: {note}\n"));
+    }
     out
 }
 

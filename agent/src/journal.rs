@@ -151,7 +151,19 @@ pub struct OpRecord {
     pub findings: Vec<Finding>,
     pub reason: Option<String>,
     pub output_path: Option<PathBuf>,
+    /// Seconds the standby was down for the copy, as measured (an online
+    /// copy: `Some(0.0)`); `None` when not known.
     pub standby_downtime_seconds: Option<f64>,
+    /// Copy-making operations: the mode that ran (`online`, `cold`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// How the files were copied (`clone`, `bytes`, ...).
+    #[serde(default)]
+    pub copy_method: Option<String>,
+    /// A line about the copy worth a person's attention (e.g. why a clone
+    /// fell back to copying bytes).
+    #[serde(default)]
+    pub copy_note: Option<String>,
     pub steps: Vec<StepTime>,
     pub bytes_copied: u64,
     /// Warnings worth a person's attention (e.g. data checksums are off).
@@ -194,6 +206,9 @@ impl OpRecord {
             reason: None,
             output_path: None,
             standby_downtime_seconds: None,
+            mode: None,
+            copy_method: None,
+            copy_note: None,
             steps: vec![],
             bytes_copied: 0,
             warnings: vec![],

@@ -11,7 +11,7 @@
 //! | `tandem_agent_operation_duration_seconds` | histogram | kind | duration of each operation |
 //! | `tandem_agent_step_duration_seconds` | histogram | kind, step | duration of each step (`stop_standby`, `copy`, ...) |
 //! | `tandem_agent_copied_bytes_total` | counter | | bytes copied from the standby |
-//! | `tandem_agent_standby_downtime_seconds` | histogram | | how long the standby was stopped, per operation |
+//! | `tandem_agent_standby_downtime_seconds` | histogram | mode | how long the standby was stopped, per copy-making operation whose downtime was measured (`online`: 0; mode `unknown` when the operation did not say) |
 //! | `tandem_agent_findings_total` | counter | kind | findings of the checks (`index`, `heap`, `checksum`, ...) |
 //! | `tandem_agent_build_info` | gauge | version | 1 |
 //! | `tandem_tls_cert_days_left`, `tandem_tls_reloads_total`, `tandem_tls_handshake_failures_total` | | | the agent's own certificate, reloads and refused handshakes (recorded by `tandem_proto::tls`, as on the controller) |
@@ -128,7 +128,8 @@ pub fn operation_finished(rec: &OpRecord) {
     }
     counter!("tandem_agent_copied_bytes_total").increment(rec.bytes_copied);
     if let Some(d) = rec.standby_downtime_seconds {
-        histogram!("tandem_agent_standby_downtime_seconds").record(d);
+        let mode = rec.mode.clone().unwrap_or_else(|| "unknown".into());
+        histogram!("tandem_agent_standby_downtime_seconds", "mode" => mode).record(d);
     }
     for f in &rec.findings {
         counter!("tandem_agent_findings_total", "kind" => f.kind.clone()).increment(1);

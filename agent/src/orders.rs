@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use tandem_proto::model::TestMode;
 use tandem_proto::order::{Order, StartOrder};
 
 use crate::actions::maintain::Maintain;
@@ -44,20 +45,24 @@ pub async fn start<E: Engine>(
     }
     let cfg = ops.config().clone();
     let id = match &o.order {
-        Order::Testdb { .. } | Order::Copy | Order::Backup { .. } => {
+        Order::Testdb { .. } | Order::Copy { .. } | Order::Backup { .. } => {
             let bytes = Preconditions::check(&cfg, &**ops.engine())
                 .await?
                 .data_bytes;
             let (only_copy, pack, skip_logical) = match o.order {
-                Order::Testdb { skip_logical_read } => (false, false, skip_logical_read),
-                Order::Copy => (true, false, false),
-                Order::Backup { untested } => (untested, true, false),
+                Order::Testdb {
+                    skip_logical_read, ..
+                } => (false, false, skip_logical_read),
+                Order::Copy { .. } => (true, false, false),
+                Order::Backup { untested, .. } => (untested, true, false),
                 _ => unreachable!("matched above"),
             };
+            let asked = o.order.copy_options().and_then(|c| c.mode);
             let action = Testdb {
                 only_copy,
                 pack,
                 logical_read: cfg.testdb.logical_read && !skip_logical,
+                mode: resolve_mode(asked, cfg.testdb.mode),
             };
             ops.launch(&o, bytes, action)?
         }
@@ -69,4 +74,23 @@ pub async fn start<E: Engine>(
         Order::Maintenance(m) => ops.launch(&o, 0, Maintain { order: m.clone() })?,
     };
     Ok(id)
+}
+
+/// The mode an order runs in: the one it names, else the configured one.
+fn resolve_mode(asked: Option<TestMode>, configured: TestMode) -> TestMode {
+    asked.unwrap_or(configured)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_orders_mode_wins_over_the_configured_one() {
+        use TestMode::{Cold, Online};
+        assert_eq!(resolve_mode(Some(Cold), Online), Cold);
+        assert_eq!(resolve_mode(Some(Online), Cold), Online);
+        assert_eq!(resolve_mode(None, Online), Online);
+        assert_eq!(resolve_mode(None, Cold), Cold);
+    }
 }

@@ -118,7 +118,10 @@ pub fn result_of(r: &OpRecord) -> pb::OperationResult {
             .as_ref()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        standby_downtime_seconds: r.standby_downtime_seconds.unwrap_or(0.0),
+        standby_downtime_seconds: r.standby_downtime_seconds,
+        mode: r.mode.clone().unwrap_or_default(),
+        copy_method: r.copy_method.clone().unwrap_or_default(),
+        copy_note: r.copy_note.clone().unwrap_or_default(),
         warnings: r.warnings.clone(),
         coverage: r.coverage.clone(),
         request_id: r.request_id.clone(),
@@ -181,6 +184,9 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
             member: self.member.clone(),
             facts: Some(facts.into()),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            default_mode: tandem_proto::model::TestMode::to_wire(Some(
+                self.ops.config().testdb.mode,
+            )),
         }))
     }
 

@@ -110,6 +110,7 @@ impl<E: Engine> Signals<E> {
             join: false,
             order: Order::Testdb {
                 skip_logical_read: false,
+                copy: Default::default(),
             },
         };
         match crate::orders::start(&self.ops, order).await {

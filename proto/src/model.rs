@@ -175,6 +175,82 @@ impl From<ServerState> for pb::ServerState {
     }
 }
 
+/// How a copy-making order copies a standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestMode {
+    /// The standby keeps streaming; the copy comes from a non-exclusive
+    /// base backup on the standby and the WAL it needs.
+    Online,
+    /// The standby is stopped for the copy and started again after it.
+    Cold,
+}
+
+impl TestMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestMode::Online => "online",
+            TestMode::Cold => "cold",
+        }
+    }
+
+    /// An optional mode on the wire (unspecified: none), refused by `field`
+    /// when the value is unknown.
+    pub fn from_wire(field: &'static str, v: i32) -> Result<Option<TestMode>, ModelError> {
+        match pb::TestMode::try_from(v) {
+            Ok(pb::TestMode::Unspecified) => Ok(None),
+            Ok(pb::TestMode::Online) => Ok(Some(TestMode::Online)),
+            Ok(pb::TestMode::Cold) => Ok(Some(TestMode::Cold)),
+            Err(_) => Err(ModelError::Enum { field, value: v }),
+        }
+    }
+
+    /// The wire value of an optional mode.
+    pub fn to_wire(m: Option<TestMode>) -> i32 {
+        (match m {
+            None => pb::TestMode::Unspecified,
+            Some(TestMode::Online) => pb::TestMode::Online,
+            Some(TestMode::Cold) => pb::TestMode::Cold,
+        }) as i32
+    }
+}
+
+impl fmt::Display for TestMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A mode that is neither `online` nor `cold`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown test mode `{0}`: use online (the standby keeps streaming; the copy comes from a non-exclusive base backup and its WAL) or cold (the standby is stopped for the copy)"
+)]
+pub struct UnknownTestMode(pub String);
+
+impl FromStr for TestMode {
+    type Err = UnknownTestMode;
+    fn from_str(s: &str) -> Result<Self, UnknownTestMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "online" => Ok(TestMode::Online),
+            "cold" => Ok(TestMode::Cold),
+            _ => Err(UnknownTestMode(s.to_owned())),
+        }
+    }
+}
+
+/// One row of a primary's `pg_stat_replication`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicationPeer {
+    pub application_name: String,
+    /// `startup`, `catchup`, `streaming`, `backup` or `stopping`.
+    pub state: String,
+    /// `async`, `potential`, `sync` or `quorum`.
+    pub sync_state: String,
+    /// 0: not a synchronous candidate.
+    pub sync_priority: i32,
+}
+
 /// What an agent reads from its local instance (DESIGN "The engine boundary").
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Facts {
@@ -192,6 +268,16 @@ pub struct Facts {
     pub replay_lag_bytes: u64,
     pub problem: Option<String>,
     pub observed_at: Timestamp,
+    /// Primary: `synchronous_standby_names` (`Some("")`: commits wait for
+    /// no standby); `None` on a standby or when it could not be read.
+    #[serde(default)]
+    pub synchronous_standby_names: Option<String>,
+    /// Primary: the rows of `pg_stat_replication`.
+    #[serde(default)]
+    pub replication: Vec<ReplicationPeer>,
+    /// Standby: the application name its WAL receiver gives the primary.
+    #[serde(default)]
+    pub wal_receiver_application_name: Option<String>,
 }
 
 impl Facts {
@@ -212,6 +298,9 @@ impl Facts {
             replay_lag_bytes: 0,
             problem: Some(problem),
             observed_at: Timestamp::now(),
+            synchronous_standby_names: None,
+            replication: vec![],
+            wal_receiver_application_name: None,
         }
     }
 
@@ -282,6 +371,18 @@ impl TryFrom<pb::InstanceFacts> for Facts {
             fully_received: f.fully_received,
             replay_lag_bytes: f.replay_lag_bytes,
             problem: non_empty(f.problem),
+            synchronous_standby_names: f.synchronous_standby_names,
+            replication: f
+                .replication
+                .into_iter()
+                .map(|p| ReplicationPeer {
+                    application_name: p.application_name,
+                    state: p.state,
+                    sync_state: p.sync_state,
+                    sync_priority: p.sync_priority,
+                })
+                .collect(),
+            wal_receiver_application_name: non_empty(f.wal_receiver_application_name),
         })
     }
 }
@@ -303,6 +404,18 @@ impl From<Facts> for pb::InstanceFacts {
             replay_lag_bytes: f.replay_lag_bytes,
             problem: f.problem.unwrap_or_default(),
             observed_at: Some(timestamp_to_wire(f.observed_at)),
+            synchronous_standby_names: f.synchronous_standby_names,
+            replication: f
+                .replication
+                .into_iter()
+                .map(|p| pb::ReplicationPeer {
+                    application_name: p.application_name,
+                    state: p.state,
+                    sync_state: p.sync_state,
+                    sync_priority: p.sync_priority,
+                })
+                .collect(),
+            wal_receiver_application_name: f.wal_receiver_application_name.unwrap_or_default(),
         }
     }
 }
@@ -502,6 +615,9 @@ mod tests {
             replay_lag_bytes: 0,
             problem: None,
             observed_at: Timestamp::from_second(1_700_000_000).unwrap(),
+            synchronous_standby_names: None,
+            replication: vec![],
+            wal_receiver_application_name: Some("db2".into()),
         }
     }
 
@@ -604,6 +720,56 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err, ModelError::Missing { field: "facts" });
+    }
+
+    #[test]
+    fn a_primarys_replication_survives_the_wire() {
+        let mut f = facts();
+        f.role = Role::Primary;
+        f.wal_receiver_application_name = None;
+        f.synchronous_standby_names = Some(String::new());
+        f.replication = vec![ReplicationPeer {
+            application_name: "db2".into(),
+            state: "streaming".into(),
+            sync_state: "async".into(),
+            sync_priority: 0,
+        }];
+        let wire = pb::InstanceFacts::from(f.clone());
+        assert_eq!(Facts::try_from(wire).unwrap(), f);
+        // Stored facts from before these fields still read.
+        let mut old = serde_json::to_value(facts()).unwrap();
+        for k in [
+            "synchronous_standby_names",
+            "replication",
+            "wal_receiver_application_name",
+        ] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let back: Facts = serde_json::from_value(old).unwrap();
+        assert_eq!(back.replication, vec![]);
+    }
+
+    #[test]
+    fn test_modes_read_print_and_travel() {
+        for m in [TestMode::Online, TestMode::Cold] {
+            assert_eq!(m.to_string().parse::<TestMode>().unwrap(), m);
+            assert_eq!(
+                serde_json::to_string(&m).unwrap(),
+                format!("\"{}\"", m.as_str())
+            );
+            assert_eq!(
+                TestMode::from_wire("mode", TestMode::to_wire(Some(m))).unwrap(),
+                Some(m)
+            );
+        }
+        assert_eq!(" Cold ".parse::<TestMode>().unwrap(), TestMode::Cold);
+        let e = "warm".parse::<TestMode>().unwrap_err().to_string();
+        assert!(e.starts_with("unknown test mode `warm`: use online"), "{e}");
+        assert_eq!(TestMode::from_wire("mode", 0).unwrap(), None);
+        assert_eq!(
+            TestMode::from_wire("testdb.mode", 9).unwrap_err().to_string(),
+            "field `testdb.mode`: unknown enum value 9"
+        );
     }
 
     #[test]

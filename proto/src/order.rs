@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Finding, ModelError};
+use crate::model::{Finding, ModelError, TestMode};
 use crate::pb;
 
 /// One order and what makes it idempotent and current.
@@ -30,20 +30,42 @@ pub struct StartOrder {
     pub order: Order,
 }
 
+/// How a copy-making order copies the standby.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyOptions {
+    /// `None`: the agent's configured default (`[testdb] mode`).
+    pub mode: Option<TestMode>,
+    /// A cold copy may stop a standby the primary's commits wait for (the
+    /// person asked for it; the controller refuses such a test otherwise).
+    pub allow_commit_stall: bool,
+}
+
+impl CopyOptions {
+    fn from_wire(
+        field: &'static str,
+        mode: i32,
+        allow_commit_stall: bool,
+    ) -> Result<CopyOptions, ModelError> {
+        Ok(CopyOptions {
+            mode: TestMode::from_wire(field, mode)?,
+            allow_commit_stall,
+        })
+    }
+}
+
 /// The work itself.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Order {
     /// Copy the standby, open a private instance on the copy, check it.
     Testdb {
         skip_logical_read: bool,
+        copy: CopyOptions,
     },
     /// Copy the standby's database aside, no test.
-    Copy,
+    Copy { copy: CopyOptions },
     /// Copy, pack into a backup file, keep it when the test is clean (or
     /// at once, untested).
-    Backup {
-        untested: bool,
-    },
+    Backup { untested: bool, copy: CopyOptions },
     Restore(RestoreOrder),
     Maintenance(MaintenanceOrder),
 }
@@ -53,7 +75,7 @@ impl Order {
     pub fn kind_name(&self) -> &'static str {
         match self {
             Order::Testdb { .. } => "testdb",
-            Order::Copy => "copy",
+            Order::Copy { .. } => "copy",
             Order::Backup { .. } => "backup",
             Order::Restore(_) => "restore",
             Order::Maintenance(_) => "maintenance",
@@ -62,10 +84,17 @@ impl Order {
 
     /// Whether the order makes a copy of the standby (and may be joined).
     pub fn makes_copy(&self) -> bool {
-        matches!(
-            self,
-            Order::Testdb { .. } | Order::Copy | Order::Backup { .. }
-        )
+        self.copy_options().is_some()
+    }
+
+    /// How a copy-making order copies the standby (`None` for the others).
+    pub fn copy_options(&self) -> Option<CopyOptions> {
+        match self {
+            Order::Testdb { copy, .. } | Order::Copy { copy } | Order::Backup { copy, .. } => {
+                Some(*copy)
+            }
+            Order::Restore(_) | Order::Maintenance(_) => None,
+        }
     }
 }
 
@@ -200,10 +229,14 @@ impl TryFrom<pb::StartOperationRequest> for StartOrder {
         let order = match r.order.ok_or(ModelError::Missing { field: "order" })? {
             P::Testdb(t) => Order::Testdb {
                 skip_logical_read: t.skip_logical_read,
+                copy: CopyOptions::from_wire("testdb.mode", t.mode, t.allow_commit_stall)?,
             },
-            P::Copy(_) => Order::Copy,
+            P::Copy(c) => Order::Copy {
+                copy: CopyOptions::from_wire("copy.mode", c.mode, c.allow_commit_stall)?,
+            },
             P::Backup(b) => Order::Backup {
                 untested: b.untested,
+                copy: CopyOptions::from_wire("backup.mode", b.mode, b.allow_commit_stall)?,
             },
             P::Restore(o) => {
                 if o.from.is_empty() {
@@ -255,9 +288,23 @@ impl From<StartOrder> for pb::StartOperationRequest {
     fn from(o: StartOrder) -> Self {
         use pb::start_operation_request::Order as P;
         let order = match o.order {
-            Order::Testdb { skip_logical_read } => P::Testdb(pb::TestdbOrder { skip_logical_read }),
-            Order::Copy => P::Copy(pb::CopyOrder {}),
-            Order::Backup { untested } => P::Backup(pb::BackupOrder { untested }),
+            Order::Testdb {
+                skip_logical_read,
+                copy,
+            } => P::Testdb(pb::TestdbOrder {
+                skip_logical_read,
+                mode: TestMode::to_wire(copy.mode),
+                allow_commit_stall: copy.allow_commit_stall,
+            }),
+            Order::Copy { copy } => P::Copy(pb::CopyOrder {
+                mode: TestMode::to_wire(copy.mode),
+                allow_commit_stall: copy.allow_commit_stall,
+            }),
+            Order::Backup { untested, copy } => P::Backup(pb::BackupOrder {
+                untested,
+                mode: TestMode::to_wire(copy.mode),
+                allow_commit_stall: copy.allow_commit_stall,
+            }),
             Order::Restore(r) => P::Restore(pb::RestoreOrder {
                 from: r.from,
                 target_time: r.target_time.unwrap_or_default(),
@@ -300,11 +347,27 @@ mod tests {
 
     #[test]
     fn every_order_survives_the_wire() {
+        let online = CopyOptions {
+            mode: Some(TestMode::Online),
+            allow_commit_stall: false,
+        };
+        let cold = CopyOptions {
+            mode: Some(TestMode::Cold),
+            allow_commit_stall: true,
+        };
         round_trip(Order::Testdb {
             skip_logical_read: true,
+            copy: online,
         });
-        round_trip(Order::Copy);
-        round_trip(Order::Backup { untested: true });
+        round_trip(Order::Testdb {
+            skip_logical_read: false,
+            copy: CopyOptions::default(),
+        });
+        round_trip(Order::Copy { copy: cold });
+        round_trip(Order::Backup {
+            untested: true,
+            copy: cold,
+        });
         round_trip(Order::Restore(RestoreOrder {
             from: "daily".into(),
             target_time: Some("2026-11-21T12:30:00Z".into()),
@@ -368,6 +431,31 @@ mod tests {
         assert_eq!(
             refused(step("w", 42)),
             "field `maintenance.step`: unknown enum value 42"
+        );
+        let with_mode = |order| pb::StartOperationRequest {
+            order: Some(order),
+            ..Default::default()
+        };
+        assert_eq!(
+            refused(with_mode(P::Testdb(pb::TestdbOrder {
+                mode: 7,
+                ..Default::default()
+            }))),
+            "field `testdb.mode`: unknown enum value 7"
+        );
+        assert_eq!(
+            refused(with_mode(P::Copy(pb::CopyOrder {
+                mode: -1,
+                allow_commit_stall: false
+            }))),
+            "field `copy.mode`: unknown enum value -1"
+        );
+        assert_eq!(
+            refused(with_mode(P::Backup(pb::BackupOrder {
+                mode: 3,
+                ..Default::default()
+            }))),
+            "field `backup.mode`: unknown enum value 3"
         );
     }
 

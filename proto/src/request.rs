@@ -7,7 +7,8 @@
 
 use jiff::Timestamp;
 
-use crate::model::ModelError;
+use crate::model::{ModelError, TestMode};
+use crate::order::CopyOptions;
 use crate::pb;
 
 fn non_empty(s: String) -> Option<String> {
@@ -33,6 +34,9 @@ pub struct TestdbCall {
     pub sets: Sets,
     /// Test this member instead of the set's streaming standby.
     pub member: Option<String>,
+    /// The mode asked for (`None`: the set's policy, else the agent's
+    /// default) and whether a cold test may stall the primary's commits.
+    pub copy: CopyOptions,
 }
 
 impl TryFrom<pb::StartTestdbRequest> for TestdbCall {
@@ -61,7 +65,14 @@ impl TryFrom<pb::StartTestdbRequest> for TestdbCall {
                 why: "--member needs exactly one set".into(),
             });
         }
-        Ok(TestdbCall { sets, member })
+        Ok(TestdbCall {
+            sets,
+            member,
+            copy: CopyOptions {
+                mode: TestMode::from_wire("mode", r.mode)?,
+                allow_commit_stall: r.allow_commit_stall,
+            },
+        })
     }
 }
 
@@ -82,6 +93,8 @@ pub struct BackupCall {
     /// Copy this member instead of the set's streaming standby.
     pub member: Option<String>,
     pub kind: BackupKind,
+    /// As in [`TestdbCall::copy`].
+    pub copy: CopyOptions,
 }
 
 impl TryFrom<pb::BackupRequest> for BackupCall {
@@ -99,6 +112,10 @@ impl TryFrom<pb::BackupRequest> for BackupCall {
             }
         };
         Ok(BackupCall {
+            copy: CopyOptions {
+                mode: TestMode::from_wire("mode", r.mode)?,
+                allow_commit_stall: r.allow_commit_stall,
+            },
             set: required("set", r.set)?,
             member: non_empty(r.member),
             kind,
@@ -262,6 +279,7 @@ mod tests {
             sets: sets.iter().map(|s| s.to_string()).collect(),
             all,
             member: member.into(),
+            ..Default::default()
         };
         assert_eq!(
             TestdbCall::try_from(r(&[], true, "")).unwrap().sets,
@@ -271,8 +289,28 @@ mod tests {
             TestdbCall::try_from(r(&["billing"], false, "db2")).unwrap(),
             TestdbCall {
                 sets: Sets::Named(vec!["billing".into()]),
-                member: Some("db2".into())
+                member: Some("db2".into()),
+                copy: CopyOptions::default(),
             }
+        );
+        let cold = pb::StartTestdbRequest {
+            mode: pb::TestMode::Cold as i32,
+            allow_commit_stall: true,
+            ..r(&["billing"], false, "")
+        };
+        assert_eq!(
+            TestdbCall::try_from(cold).unwrap().copy,
+            CopyOptions {
+                mode: Some(TestMode::Cold),
+                allow_commit_stall: true
+            }
+        );
+        assert_eq!(
+            refused::<TestdbCall, _>(pb::StartTestdbRequest {
+                mode: 5,
+                ..r(&["billing"], false, "")
+            }),
+            "field `mode`: unknown enum value 5"
         );
         assert_eq!(
             refused::<TestdbCall, _>(r(&[], false, "")),
@@ -293,6 +331,7 @@ mod tests {
             member: String::new(),
             archive_copy: copy,
             archive_file: file,
+            ..Default::default()
         };
         assert_eq!(
             BackupCall::try_from(r("billing", true, true)).unwrap().kind,

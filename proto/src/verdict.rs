@@ -50,6 +50,15 @@ pub struct Verdict {
     /// What the test's checks covered, by method and how much.
     #[serde(default)]
     pub coverage: Vec<String>,
+    /// The mode that ran (`online`, `cold`), when known.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// How the files were copied (`clone`, `bytes`, ...), when known.
+    #[serde(default)]
+    pub copy_method: Option<String>,
+    /// A line about the copy worth a person's attention.
+    #[serde(default)]
+    pub copy_note: Option<String>,
 }
 
 impl Verdict {
@@ -71,6 +80,9 @@ impl Verdict {
             started_at: None,
             backup_path: None,
             coverage: vec![],
+            mode: None,
+            copy_method: None,
+            copy_note: None,
         }
     }
 
@@ -106,12 +118,14 @@ impl Verdict {
             operation_id: r.operation_id.clone(),
             output_path: r.output_path.clone(),
             warnings: r.warnings.clone(),
-            standby_downtime_seconds: (r.standby_downtime_seconds > 0.0)
-                .then_some(r.standby_downtime_seconds),
+            standby_downtime_seconds: r.standby_downtime_seconds,
             duration_seconds: started.map(|s| (at - s).total(jiff::Unit::Second).unwrap_or(0.0)),
             started_at: started,
             backup_path: (!r.backup_path.is_empty()).then(|| r.backup_path.clone()),
             coverage: r.coverage.clone(),
+            mode: non_empty(r.mode.clone()),
+            copy_method: non_empty(r.copy_method.clone()),
+            copy_note: non_empty(r.copy_note.clone()),
         }
     }
 }
@@ -139,11 +153,14 @@ impl From<&Verdict> for pb::Verdict {
             operation_id: v.operation_id.clone(),
             output_path: v.output_path.clone(),
             warnings: v.warnings.clone(),
-            standby_downtime_seconds: v.standby_downtime_seconds.unwrap_or(0.0),
+            standby_downtime_seconds: v.standby_downtime_seconds,
             duration_seconds: v.duration_seconds.unwrap_or(0.0),
             started_at: v.started_at.map(timestamp_to_wire),
             backup_path: v.backup_path.clone().unwrap_or_default(),
             coverage: v.coverage.clone(),
+            mode: v.mode.clone().unwrap_or_default(),
+            copy_method: v.copy_method.clone().unwrap_or_default(),
+            copy_note: v.copy_note.clone().unwrap_or_default(),
         }
     }
 }
@@ -190,11 +207,14 @@ impl TryFrom<pb::Verdict> for Verdict {
             operation_id: v.operation_id,
             output_path: v.output_path,
             warnings: v.warnings,
-            standby_downtime_seconds: positive(v.standby_downtime_seconds),
+            standby_downtime_seconds: v.standby_downtime_seconds.filter(|d| *d >= 0.0),
             duration_seconds: positive(v.duration_seconds),
             started_at: timestamp_from_wire("verdict.started_at", v.started_at)?,
             backup_path: non_empty(v.backup_path),
             coverage: v.coverage,
+            mode: non_empty(v.mode),
+            copy_method: non_empty(v.copy_method),
+            copy_note: non_empty(v.copy_note),
         })
     }
 }
@@ -216,7 +236,35 @@ mod tests {
         }];
         v.duration_seconds = Some(2.5);
         v.started_at = Some(v.at);
+        v.mode = Some("online".into());
+        v.copy_method = Some("clone".into());
+        v.copy_note = Some("reflinked".into());
         assert_eq!(Verdict::try_from(pb::Verdict::from(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn a_measured_zero_downtime_is_not_an_unknown_one() {
+        let mut v = Verdict::failed_to_run("db2", "r".into(), "t".into());
+        v.kind = VerdictKind::Clean;
+        v.standby_downtime_seconds = Some(0.0);
+        let p = pb::Verdict::from(&v);
+        assert_eq!(p.standby_downtime_seconds, Some(0.0));
+        assert_eq!(
+            Verdict::try_from(p).unwrap().standby_downtime_seconds,
+            Some(0.0)
+        );
+        v.standby_downtime_seconds = None;
+        assert_eq!(pb::Verdict::from(&v).standby_downtime_seconds, None);
+        let result = pb::OperationResult {
+            state: pb::OperationState::Succeeded as i32,
+            standby_downtime_seconds: Some(0.0),
+            mode: "online".into(),
+            ..Default::default()
+        };
+        let v = Verdict::from_result("db2", &result, "t".into());
+        assert_eq!(v.standby_downtime_seconds, Some(0.0));
+        assert_eq!(v.mode.as_deref(), Some("online"));
+        assert_eq!(v.copy_method, None);
     }
 
     #[test]

@@ -137,7 +137,8 @@ pub struct Testdb {
     /// is clean, or at once when there is no test.
     pub pack: bool,
     pub logical_read: bool,
-    /// Online (the standby keeps streaming) or cold (it is stopped for the copy).
+    /// Online (the standby keeps streaming) or cold (it is stopped for the
+    /// copy): the order's mode, else `[testdb] mode` (resolved in `orders.rs`).
     pub mode: TestMode,
 }
 

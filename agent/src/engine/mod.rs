@@ -17,6 +17,7 @@ pub mod pages;
 pub mod postgres;
 pub mod postmaster;
 pub mod private;
+mod replication;
 pub mod restore;
 pub mod simulated;
 

@@ -426,6 +426,9 @@ impl Engine for PostgresEngine {
         };
         facts.data_dir = self.cfg.data_dir.to_string_lossy().into_owned();
         facts.data_dir_bytes = bytes;
+        if facts.problem.is_none() {
+            self.add_replication_facts(&mut facts).await;
+        }
         facts
     }
 }
@@ -520,6 +523,9 @@ fn parse_facts_row(row: &str) -> Result<Facts, EngineError> {
         replay_lag_bytes: lag.parse::<i64>().map_err(|_| bad())?.max(0) as u64,
         problem: None,
         observed_at: jiff::Timestamp::now(),
+        synchronous_standby_names: None,
+        replication: vec![],
+        wal_receiver_application_name: None,
     })
 }
 

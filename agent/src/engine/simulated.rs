@@ -244,6 +244,10 @@ impl Engine for SimulatedEngine {
             replay_lag_bytes: 0,
             problem: None,
             observed_at: jiff::Timestamp::now(),
+            // A simulated primary replicates asynchronously.
+            synchronous_standby_names: (!standby).then(String::new),
+            replication: vec![],
+            wal_receiver_application_name: standby.then(|| "walreceiver".to_owned()),
         }
     }
 

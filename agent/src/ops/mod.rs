@@ -110,7 +110,7 @@ fn new_id(kind: OpKind) -> String {
 pub fn kind_of(order: &Order) -> OpKind {
     match order {
         Order::Testdb { .. } => OpKind::Testdb,
-        Order::Copy => OpKind::Copy,
+        Order::Copy { .. } => OpKind::Copy,
         Order::Backup { .. } => OpKind::Backup,
         Order::Restore(_) => OpKind::Restore,
         Order::Maintenance(_) => OpKind::Maintenance,
@@ -377,9 +377,9 @@ impl<E: Engine> Operations<E> {
     /// order too (SPEC T9); its id.
     fn join(&self, o: &StartOrder) -> Option<String> {
         let (test, pack) = match o.order {
-            Order::Copy => (false, false),
+            Order::Copy { .. } => (false, false),
             Order::Testdb { .. } => (true, false),
-            Order::Backup { untested } => (!untested, true),
+            Order::Backup { untested, .. } => (!untested, true),
             _ => return None,
         };
         let cur = self.lock_current();
