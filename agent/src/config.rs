@@ -12,6 +12,8 @@ use tandem_proto::config::{self, ConfigError};
 use tandem_proto::model::TestMode;
 use tandem_proto::tls::TlsFiles;
 
+use crate::engine::copy::CopyMethod;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
@@ -212,6 +214,11 @@ pub struct TestdbConfig {
     /// Parallel copy workers (default: the host's cores, 2 to 8).
     #[serde(default)]
     pub copy_workers: Option<usize>,
+    /// How the copy is made: `auto` (clone where the archive filesystem can,
+    /// e.g. XFS with reflink, else copy bytes), `clone` (the same, but the
+    /// report notes it when cloning was refused) or `bytes` (never clone).
+    #[serde(default, deserialize_with = "copy_method")]
+    pub copy_method: CopyMethod,
     /// Read every row with `pg_dumpall` to nowhere after pg_amcheck.
     #[serde(default = "yes")]
     pub logical_read: bool,
@@ -236,6 +243,7 @@ impl Default for TestdbConfig {
     fn default() -> Self {
         TestdbConfig {
             copy_workers: None,
+            copy_method: CopyMethod::Auto,
             logical_read: true,
             free_space_reserve_mib: default_reserve_mib(),
             streaming_timeout: default_streaming_timeout(),
@@ -247,6 +255,16 @@ impl Default for TestdbConfig {
 
 fn default_mode() -> TestMode {
     TestMode::Online
+}
+
+/// `testdb.copy_method`, with an error that names the field.
+fn copy_method<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CopyMethod, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "testdb.copy_method must be \"auto\", \"clone\" or \"bytes\", not {s:?}"
+        ))
+    })
 }
 
 fn yes() -> bool {
@@ -421,6 +439,21 @@ mod tests {
         let text = MINIMAL.replace("/var/lib/postgresql/15/main", "relative/main");
         let err = AgentConfig::parse(Path::new("a.toml"), &text).unwrap_err();
         assert!(err.to_string().contains("postgres.data_dir"), "{err}");
+        let text = format!("{MINIMAL}\n[testdb]\ncopy_method = \"reflink\"\n");
+        let err = AgentConfig::parse(Path::new("a.toml"), &text).unwrap_err();
+        assert!(err.to_string().contains("testdb.copy_method"), "{err}");
+        assert!(err.to_string().contains("\"reflink\""), "{err}");
+    }
+
+    #[test]
+    fn copy_method_defaults_to_auto_and_parses_each_value() {
+        let c = AgentConfig::parse(Path::new("a.toml"), MINIMAL).unwrap();
+        assert_eq!(c.testdb.copy_method, CopyMethod::Auto);
+        for m in CopyMethod::ALL {
+            let text = format!("{MINIMAL}\n[testdb]\ncopy_method = \"{m}\"\n");
+            let c = AgentConfig::parse(Path::new("a.toml"), &text).unwrap();
+            assert_eq!(c.testdb.copy_method, m);
+        }
     }
 
     #[test]
