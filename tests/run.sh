@@ -22,6 +22,9 @@ command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 # etcd; it starts its own on free ports (the packages' services stay unused).
 command -v patroni >/dev/null 2>&1 || missing+=(patroni)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+# The clone-copy test (tests/tests/clone_copy.rs) makes an XFS filesystem
+# with reflink on a loop device.
+command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || missing+=(xfsprogs)
 # The remote-store test (tests/tests/restore.rs) runs a local S3 server, moto
 # from PyPI, installed into a virtualenv (Debian's python3 refuses pip
 # installs outside one).

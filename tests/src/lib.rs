@@ -9,6 +9,7 @@ pub mod prom;
 pub mod s3;
 pub mod scale;
 pub mod wait;
+pub mod xfs;
 
 /// The agent's testdb steps in online mode (the default), in order (the
 /// names its journal, traces and metrics use).

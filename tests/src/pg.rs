@@ -380,6 +380,9 @@ pub struct PgPair {
     pub dir: PathBuf,
     pub primary: PgServer,
     pub standbys: Vec<PgServer>,
+    /// Servers on other data directories, e.g. on a copy
+    /// ([`PgPair::add_server_on`]); stopped first when the pair is dropped.
+    pub others: Vec<PgServer>,
     keep: bool,
 }
 
@@ -393,6 +396,12 @@ impl PgPair {
     /// under the Unix limit. On error the directory is kept and named in the
     /// error.
     pub async fn create(name: &str, standbys: usize) -> anyhow::Result<PgPair> {
+        Self::create_in(&std::env::temp_dir(), name, standbys).await
+    }
+
+    /// [`PgPair::create`] with the private directory made in `parent` (for
+    /// example on a filesystem of the test's own) instead of TMPDIR.
+    pub async fn create_in(parent: &Path, name: &str, standbys: usize) -> anyhow::Result<PgPair> {
         ensure!(
             !name.is_empty()
                 && name.len() <= 16
@@ -402,9 +411,11 @@ impl PgPair {
             "pair name {name:?} must be 1-16 characters of [A-Za-z0-9_-]"
         );
         let owned = name.to_string();
-        let mut pair = tokio::task::spawn_blocking(move || PgPair::build(&owned, standbys))
-            .await
-            .context("the task building the replication set panicked")??;
+        let parent = parent.to_owned();
+        let mut pair =
+            tokio::task::spawn_blocking(move || PgPair::build(&parent, &owned, standbys))
+                .await
+                .context("the task building the replication set panicked")??;
         for i in 0..pair.standbys.len() {
             if let Err(e) = pair.wait_streaming(&pair.standbys[i]).await {
                 pair.keep();
@@ -457,6 +468,7 @@ impl PgPair {
             dir,
             primary,
             standbys,
+            others: Vec::new(),
             keep: false,
         }
     }
@@ -467,12 +479,12 @@ impl PgPair {
     }
 
     /// The blocking part of [`PgPair::create`]: everything but the wait.
-    fn build(name: &str, standbys: usize) -> anyhow::Result<PgPair> {
+    fn build(parent: &Path, name: &str, standbys: usize) -> anyhow::Result<PgPair> {
         let bin = PgBin::find()?;
         let user = OsUser::for_server();
         let dir = tempfile::Builder::new()
             .prefix("tandem-test-")
-            .tempdir()
+            .tempdir_in(parent)
             .context("create the test's temporary directory")?
             .keep();
         // From here on, dropping `pair` cleans up.
@@ -488,6 +500,7 @@ impl PgPair {
             dir,
             primary,
             standbys: Vec::new(),
+            others: Vec::new(),
             keep: false,
         };
         if let Err(e) = pair.populate(name, standbys, &bin, user.as_ref()) {
@@ -552,9 +565,41 @@ impl PgPair {
         Ok(())
     }
 
+    /// A server named `name` on the existing data directory `data_dir` (a
+    /// copy of one of this pair's servers, owned by the server user): its
+    /// own socket directory, log and port in the pair's directory, appended
+    /// to its `postgresql.conf`. Not started; stopped when the pair drops.
+    pub fn add_server_on(&mut self, name: &str, data_dir: &Path) -> anyhow::Result<&PgServer> {
+        let server = PgServer {
+            name: name.to_string(),
+            data_dir: data_dir.to_owned(),
+            socket_dir: self.dir.join(format!("{name}.sock")),
+            port: free_port(),
+            log_file: self.dir.join(format!("{name}.log")),
+            bin: self.primary.bin.clone(),
+            user: self.primary.user.clone(),
+        };
+        fs::create_dir(&server.socket_dir)
+            .with_context(|| format!("create {}", server.socket_dir.display()))?;
+        fs::set_permissions(&server.socket_dir, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", server.socket_dir.display()))?;
+        fs::write(&server.log_file, "")
+            .with_context(|| format!("create {}", server.log_file.display()))?;
+        if let Some(u) = &server.user {
+            u.chown(&server.socket_dir)?;
+            u.chown(&server.log_file)?;
+        }
+        server.append_conf(&server.identity_conf())?;
+        self.others.push(server);
+        Ok(self.others.last().expect("just pushed"))
+    }
+
     fn servers(&self) -> impl Iterator<Item = &PgServer> {
-        // Standbys first so they do not log a lost primary.
-        self.standbys.iter().chain(std::iter::once(&self.primary))
+        // Others and standbys first so they do not log a lost primary.
+        self.others
+            .iter()
+            .chain(&self.standbys)
+            .chain(std::iter::once(&self.primary))
     }
 }
 
