@@ -198,6 +198,10 @@ pub struct SetConfig {
     /// Pack each copy into one archive file (SPEC T9).
     #[serde(default)]
     pub archive_file: bool,
+    /// The mode of the set's tests and copies when a request names none:
+    /// `online` or `cold`; absent: each agent's `[testdb] mode`.
+    #[serde(default)]
+    pub mode: Option<tandem_proto::model::TestMode>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -502,6 +502,15 @@ impl Inventory {
         Ok(true)
     }
 
+    /// Facts read live from an agent (the fleet asks when the heartbeats
+    /// may be stale): they replace the last heartbeat's until the next one.
+    /// Roles are left to the heartbeats, which record their changes.
+    pub fn observe(&self, agent: &str, facts: Facts) {
+        if let Some(e) = self.lock().get_mut(agent) {
+            e.facts = Some(facts);
+        }
+    }
+
     /// Mark agents silent for longer than `offline_after` offline.
     pub async fn sweep(&self, now: Instant) -> Result<Vec<String>, ServiceError> {
         let went_offline: Vec<(String, Timestamp)> = {

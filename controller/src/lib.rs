@@ -9,7 +9,9 @@
 //! agents go through `agents::AgentClients` (mTLS as the controller).
 //! Test runs go through the `fleet`: one queue, dispatched under the load
 //! limits, each job ordering a test, relaying its progress and storing the
-//! set's `verdicts`; unfinished runs are carried on after a restart.
+//! set's `verdicts`; unfinished runs are carried on after a restart. Before
+//! a cold copy the fleet asks the primary's agent whether stopping the
+//! standby would make its commits wait (`syncrep`, pure) and refuses it then.
 //! `metrics` holds every Prometheus metric (served when `main` asks).
 //! The TLS files are reloaded without a restart (`tandem_proto::tls::LiveTls`:
 //! a watch task, every few seconds and on SIGHUP); the server runs each
@@ -33,6 +35,7 @@ pub mod scheduler;
 pub mod service;
 pub mod sets;
 pub mod store;
+pub mod syncrep;
 pub mod verdicts;
 
 use std::sync::Arc;

@@ -10,7 +10,7 @@
 //! | `tandem_set_clean_timestamp_seconds` | gauge | set | unix time of the set's last clean verdict (at start-up: among its last 100) |
 //! | `tandem_verdicts_total` | counter | set, verdict | verdicts given since the controller started |
 //! | `tandem_test_duration_seconds` | histogram | set | duration of each test, from the agent's start to its result |
-//! | `tandem_test_standby_downtime_seconds` | histogram | set | how long the standby was stopped for each test |
+//! | `tandem_test_standby_downtime_seconds` | histogram | set, mode | how long the standby was stopped for each test whose downtime was measured (`online` tests: 0; mode `unknown` when the agent did not say) |
 //! | `tandem_fleet_queue_length` | gauge | | tests waiting for their turn |
 //! | `tandem_fleet_running_operations` | gauge | | tests running |
 //! | `tandem_fleet_waiting` | gauge | reason | waiting tests by reason (`set`, `fleet`, `host`) |
@@ -152,7 +152,9 @@ pub fn verdict(set: &str, v: &Verdict) {
         histogram!("tandem_test_duration_seconds", "set" => set.to_owned()).record(d);
     }
     if let Some(d) = v.standby_downtime_seconds {
-        histogram!("tandem_test_standby_downtime_seconds", "set" => set.to_owned()).record(d);
+        let mode = v.mode.clone().unwrap_or_else(|| "unknown".into());
+        histogram!("tandem_test_standby_downtime_seconds", "set" => set.to_owned(), "mode" => mode)
+            .record(d);
     }
 }
 

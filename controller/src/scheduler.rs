@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use tandem_proto::model::TestMode;
 use tandem_proto::propagation::current_trace_id;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -44,17 +45,23 @@ pub struct Policies {
     pub test: Policy,
     pub archive_copy: Policy,
     pub archive_file: bool,
+    /// The mode of the set's tests and copies when a request names none
+    /// (`None`: each agent's default).
+    pub mode: Option<TestMode>,
     /// True when they come from `tandemctl set policy`.
     pub overridden: bool,
 }
 
-async fn load_policies(inv: &Inventory, store: &Store, set: &str) -> Result<Policies, StoreError> {
+/// A set's policies in force, read from the store (the fleet reads the
+/// mode of each job from here).
+pub(crate) async fn load_policies(inv: &Inventory, store: &Store, set: &str) -> Result<Policies, StoreError> {
     if let Some(row) = store.policy(set.to_owned()).await? {
         // Stored strings were parsed before they were stored.
         return Ok(Policies {
             test: row.test.parse().unwrap_or_default(),
             archive_copy: row.archive_copy.parse().unwrap_or_default(),
             archive_file: row.archive_file,
+            mode: row.mode.parse().ok(),
             overridden: true,
         });
     }
@@ -64,6 +71,7 @@ async fn load_policies(inv: &Inventory, store: &Store, set: &str) -> Result<Poli
         test: declared.map(|s| s.test.clone()).unwrap_or_default(),
         archive_copy: declared.map(|s| s.archive_copy.clone()).unwrap_or_default(),
         archive_file: declared.is_some_and(|s| s.archive_file),
+        mode: declared.and_then(|s| s.mode),
         overridden: false,
     })
 }
@@ -77,6 +85,7 @@ async fn store_policies(store: &Store, set: &str, p: Option<&Policies>) -> Resul
                 test: p.test.to_string(),
                 archive_copy: p.archive_copy.to_string(),
                 archive_file: p.archive_file,
+                mode: p.mode.map(|m| m.to_string()).unwrap_or_default(),
             }),
         )
         .await
@@ -284,7 +293,13 @@ impl Scheduler {
                 let trace_id = span.in_scope(current_trace_id).unwrap_or_default();
                 let run = self
                     .fleet
-                    .start_run(vec![set.to_owned()], None, purpose.origin(), trace_id)
+                    .start_run(
+                        vec![set.to_owned()],
+                        None,
+                        Default::default(),
+                        purpose.origin(),
+                        trace_id,
+                    )
                     .instrument(span)
                     .await?;
                 info!(set, run, policy = %policy, due = %due, catch_up, missed, "scheduled {what} started");

@@ -203,13 +203,16 @@ mod tests {
                 .collect(),
             reason: String::new(),
             output_path: "/var/lib/tandem/agent/testdb.out".into(),
-            standby_downtime_seconds: 4.5,
+            standby_downtime_seconds: Some(4.5),
             warnings: vec!["data checksums are off".into()],
             request_id: String::new(),
             backup_path: String::new(),
             notes: vec![],
             maintenance: None,
             coverage: vec!["lost rows: 1 B-tree indexes of 1 tables".into()],
+            mode: "cold".into(),
+            copy_method: "bytes".into(),
+            copy_note: String::new(),
         }
     }
 
@@ -221,6 +224,9 @@ mod tests {
         assert_eq!(v.duration_seconds, Some(60.0));
         assert_eq!(v.standby_downtime_seconds, Some(4.5));
         assert_eq!(v.warnings, vec!["data checksums are off"]);
+        assert_eq!(v.mode.as_deref(), Some("cold"));
+        assert_eq!(v.copy_method.as_deref(), Some("bytes"));
+        assert_eq!(v.copy_note, None);
     }
 
     #[test]

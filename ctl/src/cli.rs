@@ -52,6 +52,61 @@ pub struct Connection {
     pub key: Option<PathBuf>,
 }
 
+/// How a test, backup or copy copies the standby.
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct CopyFlags {
+    /// How the standby is copied (default: the set's policy, else the
+    /// agent's `[testdb] mode`).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Run a cold copy even when stopping the standby would make the
+    /// primary's commits wait (it is a synchronous standby the primary
+    /// cannot do without); refused otherwise.
+    #[arg(long)]
+    pub allow_commit_stall: bool,
+}
+
+/// The modes, as `--mode` takes them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeArg {
+    /// The standby keeps streaming; the copy comes from a non-exclusive base
+    /// backup and its WAL.
+    Online,
+    /// The standby is stopped for the copy, as in the standby manual.
+    Cold,
+}
+
+impl From<ModeArg> for tandem_proto::model::TestMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Online => tandem_proto::model::TestMode::Online,
+            ModeArg::Cold => tandem_proto::model::TestMode::Cold,
+        }
+    }
+}
+
+/// A set policy's mode: one of the modes, or each agent's default.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyMode {
+    /// The standby keeps streaming; the copy comes from a non-exclusive base
+    /// backup and its WAL.
+    Online,
+    /// The standby is stopped for the copy, as in the standby manual.
+    Cold,
+    /// Each agent's `[testdb] mode`.
+    Agent,
+}
+
+impl PolicyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyMode::Online => "online",
+            PolicyMode::Cold => "cold",
+            PolicyMode::Agent => "agent",
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List the agents: set, member, role, online or offline, last heartbeat.
@@ -81,6 +136,8 @@ pub enum Command {
         /// Test this member instead of the set's streaming standby (one set only).
         #[arg(long)]
         member: Option<String>,
+        #[command(flatten)]
+        copy: CopyFlags,
     },
     /// Follow a run started earlier (by `testdb`, a schedule or a signal)
     /// to its verdicts; exit codes as for `testdb`.
@@ -107,6 +164,8 @@ pub enum Command {
         /// Copy this member instead of the set's streaming standby.
         #[arg(long)]
         member: Option<String>,
+        #[command(flatten)]
+        copy: CopyFlags,
     },
     /// Make an archive copy of a set's standby: the copy only, no
     /// test, kept in the agent's archive_dir; with --archive-file also packed
@@ -123,6 +182,8 @@ pub enum Command {
         /// Pack the copy into one archive file in the member's backup dir.
         #[arg(long)]
         archive_file: bool,
+        #[command(flatten)]
+        copy: CopyFlags,
     },
     /// List a set's backup files on every member, and in the remote store
     /// (member "(remote)", file "remote:KEY" as `restore --from` takes it):
@@ -229,8 +290,12 @@ pub enum SetCommand {
         /// Pack each copy into one archive file: on or off.
         #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
         archive_file: Option<bool>,
+        /// The mode of the set's tests and copies when a request names
+        /// none (scheduled ones too).
+        #[arg(long, value_enum)]
+        mode: Option<PolicyMode>,
         /// Go back to the policies in controller.toml.
-        #[arg(long, conflicts_with_all = ["test", "archive_copy", "archive_file"])]
+        #[arg(long, conflicts_with_all = ["test", "archive_copy", "archive_file", "mode"])]
         reset: bool,
     },
     /// List the sets in the inventory with their members as declared

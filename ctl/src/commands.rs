@@ -54,9 +54,12 @@ pub async fn run(
             Ok(if bad { Outcome::Bad } else { Outcome::Ok })
         }
         Command::Maintenance(cmd) => crate::maintenance::run(conn, format, cmd).await,
-        Command::Testdb { sets, all, member } => {
-            crate::testdb::run(conn, format, sets, all, member).await
-        }
+        Command::Testdb {
+            sets,
+            all,
+            member,
+            copy,
+        } => crate::testdb::run(conn, format, sets, all, member, copy).await,
         Command::Watch { run } => crate::testdb::watch(conn, format, run).await,
         Command::Cancel { run } => crate::testdb::cancel(conn, format, run).await,
         Command::Set(SetCommand::List { sets }) => crate::inventory::list(conn, format, sets).await,
@@ -122,14 +125,15 @@ pub async fn run(
             )
             .await
         }
-        Command::Backup { set, member } => {
-            crate::testdb::backup(conn, format, set, member, None).await
+        Command::Backup { set, member, copy } => {
+            crate::testdb::backup(conn, format, set, member, None, copy).await
         }
         Command::Copy {
             set,
             member,
             archive_file,
-        } => crate::testdb::backup(conn, format, set, member, Some(archive_file)).await,
+            copy,
+        } => crate::testdb::backup(conn, format, set, member, Some(archive_file), copy).await,
         Command::Backups { set } => {
             let r = conn
                 .connect()
@@ -246,11 +250,17 @@ pub async fn run(
             test,
             archive_copy,
             archive_file,
+            mode,
             reset,
         }) => {
-            if !reset && test.is_none() && archive_copy.is_none() && archive_file.is_none() {
+            if !reset
+                && test.is_none()
+                && archive_copy.is_none()
+                && archive_file.is_none()
+                && mode.is_none()
+            {
                 return Err(CtlError::Usage(
-                    "say what to change: --test, --archive-copy, --archive-file or --reset (`tandemctl show SET` shows the policies)".into(),
+                    "say what to change: --test, --archive-copy, --archive-file, --mode or --reset (`tandemctl show SET` shows the policies)".into(),
                 ));
             }
             let p = conn
@@ -261,6 +271,7 @@ pub async fn run(
                     test,
                     archive_copy,
                     archive_file,
+                    mode: mode.map(|m| m.as_str().to_owned()),
                     reset,
                 })
                 .await

@@ -151,7 +151,10 @@ pub fn verdict_json(v: &Option<pb::Verdict>) -> Value {
         "output_path": non_empty(&x.output_path),
         "warnings": x.warnings,
         "coverage": x.coverage,
-        "standby_downtime_seconds": (x.standby_downtime_seconds > 0.0).then_some(x.standby_downtime_seconds),
+        "standby_downtime_seconds": x.standby_downtime_seconds,
+        "mode": non_empty(&x.mode),
+        "copy_method": non_empty(&x.copy_method),
+        "copy_note": non_empty(&x.copy_note),
         "duration_seconds": (x.duration_seconds > 0.0).then_some(x.duration_seconds),
         "started_at": ts(x.started_at),
         "trace_id": non_empty(&x.trace_id),
@@ -326,6 +329,9 @@ pub fn verdicts_human(results: &[(String, pb::Verdict)]) -> String {
         for c in &v.coverage {
             out.push_str(&format!("\n  covered: {c}"));
         }
+        if let Some(c) = copy_human(v) {
+            out.push_str(&format!("\n  {c}"));
+        }
         if !v.output_path.is_empty() && verdict_kind(&vv) != "clean" {
             out.push_str(&format!(
                 "\n  full output: {} on member {}",
@@ -393,6 +399,7 @@ pub fn policies_json(p: &Option<pb::Policies>) -> Value {
         "test": p.test,
         "archive_copy": p.archive_copy,
         "archive_file": p.archive_file,
+        "mode": non_empty(&p.mode),
         "source": p.source,
     })
 }
@@ -401,7 +408,7 @@ fn policies_human(p: &Option<pb::Policies>, next: Option<prost_types::Timestamp>
     let d = pb::Policies::default();
     let p = p.as_ref().unwrap_or(&d);
     format!(
-        "  policy: test {}{}, archive copy {}{} (from {})",
+        "  policy: test {}{}, archive copy {}{}, mode {} (from {})",
         p.test,
         ts(next).map(|t| format!(" (next {t})")).unwrap_or_default(),
         p.archive_copy,
@@ -410,8 +417,36 @@ fn policies_human(p: &Option<pb::Policies>, next: Option<prost_types::Timestamp>
         } else {
             ""
         },
+        if p.mode.is_empty() {
+            "the agent's default"
+        } else {
+            &p.mode
+        },
         p.source
     )
+}
+
+/// How a verdict's copy was made: "copy: cold, bytes, standby down 2.3 s"
+/// (and its note); `None` when nothing about it is known.
+fn copy_human(v: &pb::Verdict) -> Option<String> {
+    let mut parts = Vec::new();
+    if !v.mode.is_empty() {
+        parts.push(v.mode.clone());
+    }
+    if !v.copy_method.is_empty() {
+        parts.push(v.copy_method.clone());
+    }
+    if let Some(d) = v.standby_downtime_seconds {
+        parts.push(format!("standby down {d:.1} s"));
+    }
+    if parts.is_empty() && v.copy_note.is_empty() {
+        return None;
+    }
+    let mut out = format!("copy: {}", parts.join(", "));
+    if !v.copy_note.is_empty() {
+        out.push_str(&format!(" ({})", v.copy_note));
+    }
+    Some(out)
 }
 
 pub fn sets_human(sets: &[pb::SetView]) -> String {
@@ -426,6 +461,9 @@ pub fn sets_human(sets: &[pb::SetView]) -> String {
             s.generation,
             verdict_summary(&s.verdict)
         ));
+        if let Some(c) = s.verdict.as_ref().and_then(copy_human) {
+            out.push_str(&format!("  last {c}\n"));
+        }
         out.push_str(&policies_human(&s.policies, s.next_test));
         out.push('\n');
         let rows: Vec<Vec<String>> = s

@@ -15,7 +15,9 @@ use std::io::IsTerminal;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tandem_proto::pb;
 
-use crate::cli::Connection;
+use tandem_proto::model::TestMode;
+
+use crate::cli::{Connection, CopyFlags};
 use crate::outcome::{CtlError, Outcome, print, refused};
 use crate::output::{self, OutputFormat};
 
@@ -102,6 +104,7 @@ pub async fn run(
     sets: Vec<String>,
     all: bool,
     member: Option<String>,
+    copy: CopyFlags,
 ) -> Result<Outcome, CtlError> {
     let mut client = conn.connect().await?;
     let started = client
@@ -109,6 +112,8 @@ pub async fn run(
             sets,
             all,
             member: member.unwrap_or_default(),
+            mode: TestMode::to_wire(copy.mode.map(Into::into)),
+            allow_commit_stall: copy.allow_commit_stall,
         })
         .await
         .map_err(refused("StartTestdb"))?
@@ -151,6 +156,7 @@ pub async fn backup(
     set: String,
     member: Option<String>,
     archive: Option<bool>,
+    copy: CopyFlags,
 ) -> Result<Outcome, CtlError> {
     let mut client = conn.connect().await?;
     let run_id = client
@@ -159,6 +165,8 @@ pub async fn backup(
             member: member.unwrap_or_default(),
             archive_copy: archive.is_some(),
             archive_file: archive.unwrap_or(false),
+            mode: TestMode::to_wire(copy.mode.map(Into::into)),
+            allow_commit_stall: copy.allow_commit_stall,
         })
         .await
         .map_err(refused("Backup"))?

@@ -61,7 +61,11 @@ impl Fleet {
         span.record("agent", t.agent.as_str());
         let failed =
             |reason: String| Verdict::failed_to_run(&t.member, reason, job.trace_id.clone());
-        let op_id = match self.send(job, t, false).await {
+        let copy = match self.copy_options(job, t).await {
+            Ok(c) => c,
+            Err(why) => return failed(why),
+        };
+        let op_id = match self.send(job, t, false, copy).await {
             Ok(id) => id,
             Err(e) => return failed(e.to_string()),
         };
@@ -91,7 +95,8 @@ impl Fleet {
         if self.cancelled_by(&job.run_id).is_some() {
             return self.run_job(job, Ok(t)).await;
         }
-        match self.send(&job, &t, true).await {
+        // A rider copies nothing: the running operation's copy serves it.
+        match self.send(&job, &t, true, job.copy).await {
             Ok(op_id) => {
                 info!(set = %job.set, member = %t.member, operation = %op_id, "joined the running operation: one copy serves both");
                 let v = self.follow_to_verdict(&job, &t, op_id).await;
@@ -125,7 +130,13 @@ impl Fleet {
     /// Record the job `starting`, then send its order (`join`: join the
     /// running operation of the other purpose); the operation's id, or why
     /// it could not be ordered.
-    pub(super) async fn send(&self, job: &Job, t: &Target, join: bool) -> Result<String, JobError> {
+    pub(super) async fn send(
+        &self,
+        job: &Job,
+        t: &Target,
+        join: bool,
+        copy: tandem_proto::order::CopyOptions,
+    ) -> Result<String, JobError> {
         self.store
             .run_set_state(
                 job.run_id.clone(),
@@ -142,7 +153,7 @@ impl Fleet {
                 &job.set,
                 request_id(job),
                 join,
-                job.kind.order(),
+                job.kind.order(copy),
             )
             .await
             .map_err(JobError::Order)

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 use tandem_proto::model::{AgentState, Role};
+use tandem_proto::order::CopyOptions;
 use tandem_proto::pb;
 use tandem_proto::propagation::TraceParent;
 use tokio::sync::Notify;
@@ -42,6 +43,8 @@ use crate::orders::AgentRef;
 use crate::store::{Store, StoreError};
 
 mod cancel;
+mod fresh;
+mod guard;
 mod job;
 mod limits;
 mod recover;
@@ -132,6 +135,21 @@ struct Job {
     waiting: Option<Wait>,
     /// When the job was queued.
     since: Timestamp,
+    /// The mode asked for (`None`: the set's policy, else the agent's
+    /// default) and whether a cold copy may stall the primary's commits.
+    copy: CopyOptions,
+    /// Whether the set's agents were asked for fresh facts when the last
+    /// heartbeats showed no standby to test.
+    refresh: Refresh,
+}
+
+/// Asking a set's agents for fresh facts before a job is refused for want
+/// of a standby (the heartbeats may be older than a standby's restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refresh {
+    NotYet,
+    Asking,
+    Done,
 }
 
 /// The member a job tests.
@@ -381,6 +399,7 @@ impl Fleet {
         self: &Arc<Self>,
         sets: Vec<String>,
         member: Option<String>,
+        copy: CopyOptions,
         origin: &str,
         trace_id: String,
     ) -> Result<String, StoreError> {
@@ -417,6 +436,8 @@ impl Fleet {
                     parent: parent.clone(),
                     waiting: None,
                     since: Timestamp::now(),
+                    copy,
+                    refresh: Refresh::NotYet,
                 });
             }
         }
@@ -453,6 +474,25 @@ impl Fleet {
                 Some(why) => Err(NoTarget::Held(why)),
                 None => self.target(&job.set, job.member.as_deref()),
             };
+            // The heartbeats may be older than a standby's restart: before
+            // a job is refused for want of a standby, the set's agents are
+            // asked (in a task of its own; the job waits meanwhile).
+            if matches!(target, Err(NoTarget::NoStandby { .. })) && job.member.is_none() {
+                match job.refresh {
+                    Refresh::NotYet => {
+                        let (set, run_id) = (job.set.clone(), job.run_id.clone());
+                        q.waiting[i].refresh = Refresh::Asking;
+                        self.refresh_facts(set, run_id);
+                        i += 1;
+                        continue;
+                    }
+                    Refresh::Asking => {
+                        i += 1;
+                        continue;
+                    }
+                    Refresh::Done => {}
+                }
+            }
             let host = target.as_ref().map(|t| t.host.clone()).unwrap_or_default();
             let admitted = match &target {
                 Ok(_) => admit(&limits, &busy, &job.set, &host),
@@ -557,11 +597,29 @@ impl Fleet {
                 .and_then(|v| v.facts.as_ref())
                 .is_some_and(|f| f.role == Role::Standby && (f.fully_received || !streaming))
         };
+        // A standby the primary's commits do not wait for is tested first
+        // (as the primary's last heartbeat says; a cold copy is checked
+        // again with live facts before it is ordered).
+        let primary = views.iter().find_map(|(_, v)| {
+            v.as_ref()
+                .and_then(|v| v.facts.as_ref())
+                .filter(|f| f.role == Role::Primary)
+        });
+        let asynchronous = |v: &Option<crate::inventory::AgentView>| {
+            let name = v
+                .as_ref()
+                .and_then(|v| v.facts.as_ref())
+                .and_then(|f| f.wal_receiver_application_name.as_deref());
+            primary.is_some_and(|p| {
+                crate::syncrep::stop_effect(p, name) == crate::syncrep::StopEffect::NoWait
+            })
+        };
         let chosen = match member {
             Some(name) => views.iter().find(|(m, _)| m.name == name),
             None => views
                 .iter()
-                .find(|(_, v)| online(v) && standby(v, true))
+                .find(|(_, v)| online(v) && standby(v, true) && asynchronous(v))
+                .or_else(|| views.iter().find(|(_, v)| online(v) && standby(v, true)))
                 .or_else(|| views.iter().find(|(_, v)| online(v) && standby(v, false))),
         };
         match chosen {

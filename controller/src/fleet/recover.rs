@@ -12,7 +12,8 @@ use crate::store::RunSetState;
 use super::job::job_span;
 use super::limits::host_of;
 use super::run::verdict_event;
-use super::{Fleet, Job, Run, RunKind, Running, Target};
+use super::{Fleet, Job, Refresh, Run, RunKind, Running, Target};
+use tandem_proto::order::CopyOptions;
 use crate::store::StoreError;
 
 impl Fleet {
@@ -37,6 +38,11 @@ impl Fleet {
                     parent: TraceParent::from_trace_id(&row.trace_id),
                     waiting: None,
                     since: row.created_at,
+                    // Not stored with the run: a job carried on after a
+                    // restart follows the set's policy and the agent's
+                    // default, and a cold one is checked again.
+                    copy: CopyOptions::default(),
+                    refresh: Refresh::NotYet,
                 };
                 match s.state {
                     RunSetState::Done => {

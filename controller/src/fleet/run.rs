@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use tandem_proto::order::Order;
+use tandem_proto::order::{CopyOptions, Order};
 use tandem_proto::pb;
 
 use crate::verdicts::Verdict;
@@ -84,15 +84,31 @@ impl RunKind {
         }
     }
 
-    /// The agent's order for a job of this kind.
-    pub(super) fn order(self) -> Order {
+    /// The agent's order for a job of this kind, copying as `copy` says.
+    pub(super) fn order(self, copy: CopyOptions) -> Order {
         match self {
             RunKind::Testdb => Order::Testdb {
                 skip_logical_read: false,
+                copy,
             },
-            RunKind::Backup => Order::Backup { untested: false },
-            RunKind::Archive { file: false } => Order::Copy,
-            RunKind::Archive { file: true } => Order::Backup { untested: true },
+            RunKind::Backup => Order::Backup {
+                untested: false,
+                copy,
+            },
+            RunKind::Archive { file: false } => Order::Copy { copy },
+            RunKind::Archive { file: true } => Order::Backup {
+                untested: true,
+                copy,
+            },
+        }
+    }
+
+    /// What a person calls a job of this kind ("a cold test").
+    pub(super) fn noun(self) -> &'static str {
+        match self {
+            RunKind::Testdb => "test",
+            RunKind::Backup => "backup",
+            RunKind::Archive { .. } => "copy",
         }
     }
 
@@ -149,7 +165,17 @@ mod tests {
         assert!(!RunKind::Testdb.serves_with(RunKind::Backup));
         assert!(!archive.serves_with(RunKind::Archive { file: false }));
         // An archive file is an untested backup; a plain archive copy a copy.
-        assert_eq!(archive.order(), Order::Backup { untested: true });
-        assert_eq!(RunKind::Archive { file: false }.order(), Order::Copy);
+        let copy = CopyOptions::default();
+        assert_eq!(
+            archive.order(copy),
+            Order::Backup {
+                untested: true,
+                copy
+            }
+        );
+        assert_eq!(
+            RunKind::Archive { file: false }.order(copy),
+            Order::Copy { copy }
+        );
     }
 }

@@ -311,6 +311,7 @@ impl Maintenance {
             .start_run(
                 vec![w.set.clone()],
                 member,
+                Default::default(),
                 MAINTENANCE_ORIGIN,
                 w.trace_id.clone(),
             )

@@ -92,6 +92,7 @@ impl ControllerService {
                     .start_run(
                         vec![set],
                         None,
+                        Default::default(),
                         "signal",
                         current_trace_id().unwrap_or_default(),
                     )

@@ -49,6 +49,7 @@ fn policies_pb(p: &Policies) -> pb::Policies {
         test: p.test.to_string(),
         archive_copy: p.archive_copy.to_string(),
         archive_file: p.archive_file,
+        mode: p.mode.map(|m| m.to_string()).unwrap_or_default(),
         source: if p.overridden {
             "tandemctl"
         } else {

@@ -9,7 +9,8 @@ impl ControllerService {
     ) -> Result<Response<pb::StartRunResponse>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
-        let args = serde_json::json!({"sets": r.sets, "all": r.all, "member": r.member});
+        let args = serde_json::json!({"sets": r.sets, "all": r.all, "member": r.member,
+            "mode": r.mode, "allow_commit_stall": r.allow_commit_stall});
         let result = self
             .audited(&who, "StartTestdb", args, async {
                 self.require(&who, "StartTestdb")?;
@@ -47,6 +48,7 @@ impl ControllerService {
                     return Ok((String::new(), skipped));
                 }
                 let member = call.member;
+                let copy = call.copy;
                 if let Some(m) = &member
                     && let [set] = &sets[..]
                     && declared.set(set).and_then(|s| s.member(m)).is_none()
@@ -61,6 +63,7 @@ impl ControllerService {
                     .start_run(
                         sets,
                         member,
+                        copy,
                         "manual",
                         current_trace_id().unwrap_or_default(),
                     )
@@ -151,7 +154,7 @@ impl ControllerService {
     ) -> Result<Response<pb::SetPolicyResponse>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
-        let args = serde_json::json!({"set": r.set, "test": r.test, "archive_copy": r.archive_copy, "archive_file": r.archive_file, "reset": r.reset});
+        let args = serde_json::json!({"set": r.set, "test": r.test, "archive_copy": r.archive_copy, "archive_file": r.archive_file, "mode": r.mode, "reset": r.reset});
         let result = self
             .audited(&who, "SetPolicy", args, async {
             self.require(&who, "SetPolicy")?;
@@ -173,6 +176,14 @@ impl ControllerService {
             };
             let test = parse("test policy", &r.test)?;
             let archive_copy = parse("archive-copy policy", &r.archive_copy)?;
+            // `agent`: back to each agent's default.
+            let mode = match r.mode.as_deref() {
+                None => None,
+                Some("agent") => Some(None),
+                Some(m) => Some(Some(m.parse::<tandem_proto::model::TestMode>().map_err(
+                    |e| ServiceError::BadPolicy(format!("{e}, or agent (each agent's default)")),
+                )?)),
+            };
             if r.reset {
                 return Ok(self.scheduler.set_policies(&r.set, None).await?);
             }
@@ -185,6 +196,9 @@ impl ControllerService {
             }
             if let Some(f) = r.archive_file {
                 p.archive_file = f;
+            }
+            if let Some(m) = mode {
+                p.mode = m;
             }
             Ok(self.scheduler.set_policies(&r.set, Some(&p)).await?)
             })
@@ -245,7 +259,8 @@ impl ControllerService {
         let who = caller(&req)?;
         let r = req.into_inner();
         let args = serde_json::json!({"set": r.set, "member": r.member,
-            "archive_copy": r.archive_copy, "archive_file": r.archive_file});
+            "archive_copy": r.archive_copy, "archive_file": r.archive_file,
+            "mode": r.mode, "allow_commit_stall": r.allow_commit_stall});
         let result = self
             .audited(&who, "Backup", args, async {
                 self.require(&who, "Backup")?;
@@ -264,6 +279,7 @@ impl ControllerService {
                     .start_run(
                         vec![call.set],
                         call.member,
+                        call.copy,
                         origin,
                         current_trace_id().unwrap_or_default(),
                     )

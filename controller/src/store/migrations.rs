@@ -138,4 +138,9 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX windows_by_set ON windows(set_name, opened_at);
     "#,
+    // 7: a set's policies carry the mode of its tests and copies (`online`,
+    // `cold`; empty: each agent's default).
+    r#"
+    ALTER TABLE policies ADD COLUMN mode TEXT NOT NULL DEFAULT '';
+    "#,
 ];

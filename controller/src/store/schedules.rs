@@ -13,6 +13,8 @@ pub struct PolicyRow {
     pub test: String,
     pub archive_copy: String,
     pub archive_file: bool,
+    /// `online`, `cold`, or empty (each agent's default).
+    pub mode: String,
 }
 
 /// Where one set's schedule for one purpose stands.
@@ -28,13 +30,14 @@ impl Store {
     pub async fn policy(&self, set: String) -> Result<Option<PolicyRow>, StoreError> {
         self.call(move |c| {
             c.query_row(
-                "SELECT test, archive_copy, archive_file FROM policies WHERE set_name = ?1",
+                "SELECT test, archive_copy, archive_file, mode FROM policies WHERE set_name = ?1",
                 [set],
                 |r| {
                     Ok(PolicyRow {
                         test: r.get(0)?,
                         archive_copy: r.get(1)?,
                         archive_file: r.get(2)?,
+                        mode: r.get(3)?,
                     })
                 },
             )
@@ -48,9 +51,9 @@ impl Store {
         self.call(move |c| {
             match p {
                 Some(p) => c.execute(
-                    "INSERT INTO policies(set_name, test, archive_copy, archive_file, changed_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(set_name) DO UPDATE SET test = ?2, archive_copy = ?3, archive_file = ?4, changed_at = ?5",
-                    params![set, p.test, p.archive_copy, p.archive_file, Timestamp::now().to_string()],
+                    "INSERT INTO policies(set_name, test, archive_copy, archive_file, changed_at, mode) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(set_name) DO UPDATE SET test = ?2, archive_copy = ?3, archive_file = ?4, changed_at = ?5, mode = ?6",
+                    params![set, p.test, p.archive_copy, p.archive_file, Timestamp::now().to_string(), p.mode],
                 ),
                 None => c.execute("DELETE FROM policies WHERE set_name = ?1", [set]),
             }
@@ -118,6 +121,7 @@ mod tests {
             test: "interval=60".into(),
             archive_copy: "off".into(),
             archive_file: true,
+            mode: "cold".into(),
         };
         s.put_policy("a".into(), Some(p.clone())).await.unwrap();
         assert_eq!(s.policy("a".into()).await.unwrap(), Some(p));
