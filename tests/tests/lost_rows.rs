@@ -4,13 +4,11 @@
 //! found by testdb and named by relation; and a healthy set under writes,
 //! vacuum, drops and truncates that stays clean (no false alarm).
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use tandem_tests::corrupt;
 use tandem_tests::fleet::{Fleet, FleetSpec};
-use tandem_tests::pg::PgServer;
 
 fn findings(v: &Value) -> Vec<Value> {
     v["sets"][0]["verdict"]["findings"]
