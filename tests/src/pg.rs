@@ -396,7 +396,7 @@ impl PgPair {
     /// under the Unix limit. On error the directory is kept and named in the
     /// error.
     pub async fn create(name: &str, standbys: usize) -> anyhow::Result<PgPair> {
-        Self::create_in(&std::env::temp_dir(), name, standbys).await
+        Self::create_in(&tempfile::env::temp_dir(), name, standbys).await
     }
 
     /// [`PgPair::create`] with the private directory made in `parent` (for
