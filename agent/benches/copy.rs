@@ -5,7 +5,15 @@
 //! ```text
 //! cargo bench -p tandem-agent --bench copy -- DATADIR [--rounds N] [--workers N]
 //! cargo bench -p tandem-agent --bench copy -- --make DIR [--scale N]
+//! cargo bench -p tandem-agent --bench copy -- DATADIR --clone [--rounds N] [--workers N]
 //! ```
+//!
+//! `--clone` compares, instead, the copy step cloning (`CopyMethod::Clone`,
+//! manifest later) with the byte copy step (`CopyMethod::Bytes`, hashed as
+//! it goes) of the same data directory; DATADIR must be on a filesystem that
+//! clones (XFS made with `-m reflink=1`, Btrfs), and the copies go beside
+//! it. It also times the manifest written after the clone
+//! (`finish_manifest`, which reads the whole copy), off the step's path.
 //!
 //! `--make` creates a data directory for the benchmark (as the `postgres` OS
 //! user when run as root): `initdb --data-checksums`, a server on a private
@@ -24,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use tandem_agent::engine::copy::{self, CopyOptions};
+use tandem_agent::engine::copy::{self, CopyMethod, CopyOptions};
 use tokio_util::sync::CancellationToken;
 
 mod common;
@@ -34,6 +42,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo bench -p tandem-agent --bench copy -- DATADIR [--rounds N] [--workers N]\n\
          \x20      cargo bench -p tandem-agent --bench copy -- --make DIR [--scale N]\n\
+         \x20      cargo bench -p tandem-agent --bench copy -- DATADIR --clone [--rounds N] [--workers N]\n\
          DATADIR is a stopped PostgreSQL data directory; --make creates one with pgbench\n\
          (scale 50 is about 1.5 GB: 0.8 GB of tables and indexes, 0.6 GB of WAL) using {PG_BIN}."
     );
@@ -51,6 +60,7 @@ fn main() -> ExitCode {
     let mut rounds: usize = 3;
     let mut workers = copy::default_workers();
     let mut scale: u32 = 50;
+    let mut clone = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -65,6 +75,10 @@ fn main() -> ExitCode {
             "--scale" => value("--scale")
                 .and_then(|v| v.parse().map_err(|e| format!("--scale: {e}")))
                 .map(|v| scale = v),
+            "--clone" => {
+                clone = true;
+                Ok(())
+            }
             "-h" | "--help" => return usage(),
             s if s.starts_with('-') => Err(format!("unknown option {s}")),
             s => {
@@ -79,6 +93,7 @@ fn main() -> ExitCode {
     }
     let result = match (make, datadir) {
         (Some(dir), None) => make_datadir(&dir, scale),
+        (None, Some(dir)) if clone => bench_clone(&dir, rounds.max(1), workers.max(1)),
         (None, Some(dir)) => bench(&dir, rounds.max(1), workers.max(1)),
         _ => return usage(),
     };
@@ -275,7 +290,12 @@ fn bench(src: &Path, rounds: usize, workers: usize) -> Res<()> {
             &plan,
             &src,
             &dst,
-            &CopyOptions { workers: w, owner },
+            &CopyOptions {
+                workers: w,
+                owner,
+                method: CopyMethod::Bytes,
+                ..CopyOptions::default()
+            },
             &|_| {},
             &CancellationToken::new(),
         )
@@ -340,5 +360,107 @@ fn bench(src: &Path, rounds: usize, workers: usize) -> Res<()> {
         }
     }
     println!("(the copy made last was verified against its manifest)");
+    Ok(())
+}
+
+/// The clone copy step against the byte copy step, on a filesystem that
+/// clones; see the module documentation.
+fn bench_clone(src: &Path, rounds: usize, workers: usize) -> Res<()> {
+    let src = fs::canonicalize(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    if src.join("postmaster.pid").exists() {
+        return Err(format!(
+            "{} has a postmaster.pid: stop the server first",
+            src.display()
+        ));
+    }
+    let plan = copy::plan(&src).map_err(|e| e.to_string())?;
+    let root_meta = fs::metadata(&src).map_err(|e| e.to_string())?;
+    let owner = Some((root_meta.uid(), root_meta.gid()));
+    let parent = src.parent().ok_or("the data directory has no parent")?;
+    let work = tempfile::Builder::new()
+        .prefix(".tandem-copy-bench")
+        .tempdir_in(parent)
+        .map_err(|e| format!("cannot make a work directory in {}: {e}", parent.display()))?;
+    let dst = work.path().join("copy");
+    println!(
+        "source {}: {} files, {:.1} MB; {rounds} rounds, median shown; before each run (not \
+         timed): sync and one read of the whole source (warm page cache); copies deleted after \
+         each run, not timed",
+        src.display(),
+        plan.entries.len(),
+        mb(plan.total_bytes)
+    );
+    let step = |method: CopyMethod| -> Res<copy::CopyReport> {
+        let plan = copy::plan(&src).map_err(|e| e.to_string())?;
+        let r = copy::copy(
+            &plan,
+            &src,
+            &dst,
+            &CopyOptions {
+                workers,
+                owner,
+                method,
+                manifest_now: method == CopyMethod::Bytes,
+                ..CopyOptions::default()
+            },
+            &|_| {},
+            &CancellationToken::new(),
+        )
+        .map_err(|e| e.to_string())?;
+        if r.method != method {
+            return Err(format!(
+                "asked {method}, {} ran: {}",
+                r.method,
+                r.note.as_deref().unwrap_or("")
+            ));
+        }
+        Ok(r)
+    };
+    let (mut clone_t, mut bytes_t, mut manifest_t) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let mut manifest = Duration::ZERO;
+        let c = timed(&src, &plan, &dst, || {
+            let report = step(CopyMethod::Clone)?;
+            // Not part of the step: timed on its own, then the copy is
+            // checked against it.
+            let t = Instant::now();
+            copy::finish_manifest(
+                &dst,
+                &report.files_copied,
+                workers,
+                &|_| {},
+                &CancellationToken::new(),
+            )
+            .map_err(|e| e.to_string())?;
+            manifest = t.elapsed();
+            copy::verify(&dst).map_err(|e| e.to_string())?;
+            Ok(())
+        })?
+        .saturating_sub(manifest);
+        let b = timed(&src, &plan, &dst, || step(CopyMethod::Bytes).map(|_| ()))?;
+        println!(
+            "round {}: clone step {:.3}s (then its manifest {:.3}s), byte copy step {:.3}s",
+            r + 1,
+            c.as_secs_f64(),
+            manifest.as_secs_f64(),
+            b.as_secs_f64()
+        );
+        clone_t.push(c);
+        bytes_t.push(b);
+        manifest_t.push(manifest);
+    }
+    let (c, b, m) = (median(clone_t), median(bytes_t), median(manifest_t));
+    println!();
+    println!("{:<44} {:>9}", "step", "time s");
+    println!("{:<44} {:>9.3}", format!("clone (workers {workers})"), c.as_secs_f64());
+    println!("{:<44} {:>9.3}", format!("bytes, hashed (workers {workers})"), b.as_secs_f64());
+    println!("{:<44} {:>9.3}", "manifest after the clone (reads the copy)", m.as_secs_f64());
+    println!();
+    println!(
+        "byte copy step / clone step: {:.1} (goal >= 10); byte copy / (clone + manifest): {:.2}",
+        b.as_secs_f64() / c.as_secs_f64(),
+        b.as_secs_f64() / (c + m).as_secs_f64()
+    );
+    println!("(every clone was verified against its manifest)");
     Ok(())
 }
