@@ -419,7 +419,11 @@ mod tests {
         assert_eq!(c.testdb.mode, TestMode::Cold);
         let warm = format!("{MINIMAL}\n[testdb]\nmode = \"warm\"\n");
         let err = AgentConfig::parse(Path::new("agent.toml"), &warm).unwrap_err();
-        assert!(err.to_string().contains("unknown variant `warm`, expected `online` or `cold`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("unknown variant `warm`, expected `online` or `cold`"),
+            "{err}"
+        );
     }
 
     #[test]

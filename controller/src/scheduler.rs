@@ -54,7 +54,11 @@ pub struct Policies {
 
 /// A set's policies in force, read from the store (the fleet reads the
 /// mode of each job from here).
-pub(crate) async fn load_policies(inv: &Inventory, store: &Store, set: &str) -> Result<Policies, StoreError> {
+pub(crate) async fn load_policies(
+    inv: &Inventory,
+    store: &Store,
+    set: &str,
+) -> Result<Policies, StoreError> {
     if let Some(row) = store.policy(set.to_owned()).await? {
         // Stored strings were parsed before they were stored.
         return Ok(Policies {

@@ -65,11 +65,9 @@ impl SyncConfig {
             (false, _) => list(t)?,
         };
         let num_sync = match num {
-            Some(n) => n
-                .parse::<u32>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{text:?}: the number of synchronous standbys must be at least 1"))?,
+            Some(n) => n.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                format!("{text:?}: the number of synchronous standbys must be at least 1")
+            })?,
             None => 1,
         };
         Ok(Some(SyncConfig {
@@ -216,9 +214,7 @@ impl fmt::Display for StallWhy {
 /// receiver's application name) make the commits on `primary` wait?
 pub fn stop_effect(primary: &Facts, standby_name: Option<&str>) -> StopEffect {
     let Some(setting) = &primary.synchronous_standby_names else {
-        return StopEffect::Unknown(
-            "its agent did not say its synchronous_standby_names".into(),
-        );
+        return StopEffect::Unknown("its agent did not say its synchronous_standby_names".into());
     };
     let cfg = match SyncConfig::parse(setting) {
         Ok(None) => return StopEffect::NoWait,
@@ -356,7 +352,11 @@ mod tests {
 
     #[test]
     fn a_quorum_with_enough_others_does_not_wait() {
-        let peers = [("db2", "streaming"), ("db3", "streaming"), ("db4", "streaming")];
+        let peers = [
+            ("db2", "streaming"),
+            ("db3", "streaming"),
+            ("db4", "streaming"),
+        ];
         let p = primary(Some("ANY 2 (db2, db3, db4)"), &peers);
         assert_eq!(stop_effect(&p, Some("db4")), StopEffect::NoWait);
         let p = primary(Some("ANY 3 (db2, db3, db4)"), &peers);
@@ -384,7 +384,10 @@ mod tests {
     #[test]
     fn what_is_not_known_is_said() {
         let p = primary(None, &[]);
-        assert!(matches!(stop_effect(&p, Some("db2")), StopEffect::Unknown(_)));
+        assert!(matches!(
+            stop_effect(&p, Some("db2")),
+            StopEffect::Unknown(_)
+        ));
         let p = primary(Some("*"), &[]);
         assert!(matches!(stop_effect(&p, None), StopEffect::Unknown(_)));
         // Asynchronous replication needs no name.

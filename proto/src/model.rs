@@ -767,7 +767,9 @@ mod tests {
         assert!(e.starts_with("unknown test mode `warm`: use online"), "{e}");
         assert_eq!(TestMode::from_wire("mode", 0).unwrap(), None);
         assert_eq!(
-            TestMode::from_wire("testdb.mode", 9).unwrap_err().to_string(),
+            TestMode::from_wire("testdb.mode", 9)
+                .unwrap_err()
+                .to_string(),
             "field `testdb.mode`: unknown enum value 9"
         );
     }

@@ -62,10 +62,15 @@ pub enum Order {
         copy: CopyOptions,
     },
     /// Copy the standby's database aside, no test.
-    Copy { copy: CopyOptions },
+    Copy {
+        copy: CopyOptions,
+    },
     /// Copy, pack into a backup file, keep it when the test is clean (or
     /// at once, untested).
-    Backup { untested: bool, copy: CopyOptions },
+    Backup {
+        untested: bool,
+        copy: CopyOptions,
+    },
     Restore(RestoreOrder),
     Maintenance(MaintenanceOrder),
 }

@@ -28,7 +28,10 @@ fn receiver(standby: &PgServer) -> String {
 /// the longest one took. A commit waiting for a stopped synchronous
 /// standby is cancelled by the statement timeout (it would hang forever
 /// otherwise), so a stall shows as a slow insert.
-fn insert_stream(primary: PgServer, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, Duration)> {
+fn insert_stream(
+    primary: PgServer,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u64, Duration)> {
     std::thread::spawn(move || {
         let (mut n, mut longest) = (0u64, Duration::ZERO);
         while !stop.load(Ordering::SeqCst) {
@@ -52,7 +55,9 @@ async fn rows(server: &PgServer, at_least: u64) {
         Duration::from_secs(30),
         Duration::from_millis(50),
         || async {
-            let n: u64 = server.psql("postgres", "select count(*) from stream")?.parse()?;
+            let n: u64 = server
+                .psql("postgres", "select count(*) from stream")?
+                .parse()?;
             Ok((n >= at_least).then_some(()))
         },
     )
@@ -69,7 +74,10 @@ async fn a_cold_test_of_the_only_synchronous_standby_is_refused_unless_allowed()
         .psql("postgres", "CREATE TABLE stream (i bigint)")
         .unwrap();
     primary
-        .psql("postgres", "ALTER SYSTEM SET synchronous_standby_names = '*'")
+        .psql(
+            "postgres",
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        )
         .unwrap();
     primary.psql("postgres", "SELECT pg_reload_conf()").unwrap();
     wait_for(
@@ -120,7 +128,10 @@ async fn a_cold_test_of_the_only_synchronous_standby_is_refused_unless_allowed()
         .parse()
         .unwrap();
     assert_eq!(on_primary, inserted);
-    assert!(longest < Duration::from_secs(8), "an insert took {longest:?}");
+    assert!(
+        longest < Duration::from_secs(8),
+        "an insert took {longest:?}"
+    );
     rows(standby, inserted).await;
     // Nothing reached the standby's agent.
     let agent_ops = std::fs::read_dir(fleet.agent_home("sync-s1").join("journal"))
@@ -128,11 +139,27 @@ async fn a_cold_test_of_the_only_synchronous_standby_is_refused_unless_allowed()
         .unwrap_or(0);
     assert_eq!(agent_ops, 0, "the agent was sent an operation");
 
-    // An online request is not refused by the check (whether online
-    // copies are built on this branch is not what this test looks at).
-    let online = fleet
-        .ctl(&["testdb", "sync", "--mode", "online", "--output", "json"])
+    // The set's policy says online: a request naming no mode follows it
+    // and is not refused by the check (whether online copies are built on
+    // this branch is not what this test looks at); one naming cold still is.
+    let policy = fleet
+        .ctl_as(
+            "admin",
+            &[
+                "set", "policy", "sync", "--mode", "online", "--output", "json",
+            ],
+        )
         .unwrap();
+    assert_eq!(policy.code, 0, "{policy:?}");
+    assert_eq!(policy.json()["policies"]["mode"], "online");
+    let cold = fleet
+        .ctl(&["testdb", "sync", "--mode", "cold", "--output", "json"])
+        .unwrap();
+    assert_eq!(cold.code, 2, "{cold:?}");
+    let reason = cold.json()["sets"][0]["verdict"]["reason"].clone();
+    assert!(reason.as_str().unwrap().starts_with(REFUSAL), "{reason}");
+    assert_eq!(receiver(standby), before);
+    let online = fleet.ctl(&["testdb", "sync", "--output", "json"]).unwrap();
     let v = &online.json()["sets"][0]["verdict"];
     assert!(
         !v["reason"]
@@ -162,7 +189,11 @@ async fn a_cold_test_of_the_only_synchronous_standby_is_refused_unless_allowed()
     assert_eq!(v["kind"], "clean", "{v:#}");
     assert_eq!(v["member"], "sync-s1");
     pair.wait_streaming(standby).await.unwrap();
-    assert_ne!(receiver(standby), receiver_now, "the standby was not stopped");
+    assert_ne!(
+        receiver(standby),
+        receiver_now,
+        "the standby was not stopped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,7 +215,10 @@ mod tests {
         assert_eq!(receiver_name("host=/tmp port=5432", ""), "walreceiver");
         assert_eq!(receiver_name("application_name=''", ""), "walreceiver");
         assert_eq!(
-            receiver_name("postgresql://rep@db1:5432/x?sslmode=require&application_name=db%202", ""),
+            receiver_name(
+                "postgresql://rep@db1:5432/x?sslmode=require&application_name=db%202",
+                ""
+            ),
             "db 2"
         );
         assert_eq!(receiver_name("postgresql://db1/", "c"), "c");

@@ -33,31 +33,30 @@ pub(super) async fn status_of(
     agent: &str,
     address: &str,
 ) -> Result<Live, String> {
-        let mut c = agents
-            .client(address)
-            .map_err(|e| format!("cannot make a channel to agent `{agent}`: {e}"))?;
-        let r = match tokio::time::timeout(timeout, c.status(pb::StatusRequest {})).await {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(s)) => return Err(format!("agent `{agent}` did not answer: {}", s.message())),
-            Err(_) => return Err(format!("agent `{agent}` did not answer within {timeout:?}")),
-        };
-        let facts = r
-            .facts
-            .ok_or_else(|| format!("agent `{agent}` sent no facts"))
-            .and_then(|f| {
-                Facts::try_from(f).map_err(|e| format!("agent `{agent}` sent bad facts: {e}"))
-            })?;
-        Ok(Live {
-            member: r.member,
-            facts,
-            default_mode: TestMode::from_wire("default_mode", r.default_mode)
-                .ok()
-                .flatten(),
-        })
+    let mut c = agents
+        .client(address)
+        .map_err(|e| format!("cannot make a channel to agent `{agent}`: {e}"))?;
+    let r = match tokio::time::timeout(timeout, c.status(pb::StatusRequest {})).await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(s)) => return Err(format!("agent `{agent}` did not answer: {}", s.message())),
+        Err(_) => return Err(format!("agent `{agent}` did not answer within {timeout:?}")),
+    };
+    let facts = r
+        .facts
+        .ok_or_else(|| format!("agent `{agent}` sent no facts"))
+        .and_then(|f| {
+            Facts::try_from(f).map_err(|e| format!("agent `{agent}` sent bad facts: {e}"))
+        })?;
+    Ok(Live {
+        member: r.member,
+        facts,
+        default_mode: TestMode::from_wire("default_mode", r.default_mode)
+            .ok()
+            .flatten(),
+    })
 }
 
 impl Fleet {
-
     /// Ask every registered agent of `set` for its status now, in parallel;
     /// each answer also goes into the inventory. Returns (agent, answer).
     pub(super) async fn ask_set(&self, set: &str) -> Vec<(String, Result<Live, String>)> {

@@ -68,11 +68,9 @@ impl Fleet {
         }
         // Cold, or the standby's agent did not say its default: checked as cold.
         let noun = job.kind.noun();
-        let primary = live.iter().find_map(|(_, r)| {
-            r.as_ref()
-                .ok()
-                .filter(|l| l.facts.role == Role::Primary)
-        });
+        let primary = live
+            .iter()
+            .find_map(|(_, r)| r.as_ref().ok().filter(|l| l.facts.role == Role::Primary));
         let verdict = match primary {
             None => {
                 let why: Vec<String> = live
@@ -138,8 +136,14 @@ mod tests {
 
     #[test]
     fn the_request_wins_then_the_policy_then_the_agent() {
-        assert_eq!(choose_mode(Some(Cold), Some(Online), Some(Online)), Some(Cold));
-        assert_eq!(choose_mode(Some(Online), Some(Cold), Some(Cold)), Some(Online));
+        assert_eq!(
+            choose_mode(Some(Cold), Some(Online), Some(Online)),
+            Some(Cold)
+        );
+        assert_eq!(
+            choose_mode(Some(Online), Some(Cold), Some(Cold)),
+            Some(Online)
+        );
         assert_eq!(choose_mode(None, Some(Cold), Some(Online)), Some(Cold));
         assert_eq!(choose_mode(None, None, Some(Online)), Some(Online));
         assert_eq!(choose_mode(None, None, Some(Cold)), Some(Cold));

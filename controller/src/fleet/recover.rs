@@ -13,8 +13,8 @@ use super::job::job_span;
 use super::limits::host_of;
 use super::run::verdict_event;
 use super::{Fleet, Job, Refresh, Run, RunKind, Running, Target};
-use tandem_proto::order::CopyOptions;
 use crate::store::StoreError;
+use tandem_proto::order::CopyOptions;
 
 impl Fleet {
     /// Carry on the runs a previous controller left unfinished (SPEC C5).
