@@ -50,12 +50,20 @@ async fn a_test_on_xfs_clones_the_standby_in_cold_and_online_mode() {
         let _ = std::fs::remove_dir_all(fleet.agent_archive("clo-s1").join("copy"));
         let used = xfs.used_bytes().unwrap();
         let ctl = fleet
-            .spawn_ctl("operator", &["testdb", "clo", "--mode", mode, "--output", "json"])
+            .spawn_ctl(
+                "operator",
+                &["testdb", "clo", "--mode", mode, "--output", "json"],
+            )
             .unwrap();
-        wait_for("the copy to be made", Duration::from_secs(300), Duration::from_millis(50), || {
-            let held = held.clone();
-            async move { Ok(held.exists().then_some(())) }
-        })
+        wait_for(
+            "the copy to be made",
+            Duration::from_secs(300),
+            Duration::from_millis(50),
+            || {
+                let held = held.clone();
+                async move { Ok(held.exists().then_some(())) }
+            },
+        )
         .await
         .unwrap();
         // The user-visible proof: the copy of the whole standby took a
@@ -68,16 +76,22 @@ async fn a_test_on_xfs_clones_the_standby_in_cold_and_online_mode() {
         std::fs::remove_file(&held).unwrap();
         let out = ctl.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(out.status.code(), Some(0), "{mode}: {stdout}\n{}", fleet.logs());
-        let v: Value = serde_json::from_str::<Value>(&stdout).unwrap()["sets"][0]["verdict"].clone();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{mode}: {stdout}\n{}",
+            fleet.logs()
+        );
+        let v: Value =
+            serde_json::from_str::<Value>(&stdout).unwrap()["sets"][0]["verdict"].clone();
         assert_eq!(v["kind"], "clean", "{mode}: {v:#}");
         assert_eq!(v["mode"], mode, "{v:#}");
         assert_eq!(v["copy_method"], "clone", "{mode}: {v:#}");
         assert!(v.get("copy_note").is_none_or(Value::is_null), "{v:#}");
         // The manifest hashes what was cloned; it checks out.
         let copy = fleet.agent_archive("clo-s1").join("copy");
-        let manifest = std::fs::read_to_string(fleet.agent_archive("clo-s1").join("copy.manifest"))
-            .unwrap();
+        let manifest =
+            std::fs::read_to_string(fleet.agent_archive("clo-s1").join("copy.manifest")).unwrap();
         assert!(manifest.lines().count() > 100, "{manifest}");
         assert!(copy.join("global/pg_control").exists());
         fleet.set("clo").wait_streaming(&standby).await.unwrap();

@@ -140,8 +140,10 @@ async fn an_agent_killed_in_any_step_of_a_backup_puts_back_what_it_changed() {
             Duration::from_secs(30),
             Duration::from_millis(50),
             || async {
-                Ok((standby.psql("postgres", "select count(*) from pg_replication_slots")? == "0")
-                    .then_some(()))
+                Ok(
+                    (standby.psql("postgres", "select count(*) from pg_replication_slots")? == "0")
+                        .then_some(()),
+                )
             },
         )
         .await

@@ -12,7 +12,8 @@ use tandem_tests::fleet::{Fleet, FleetSpec};
 use tandem_tests::pg::PgServer;
 use tandem_tests::wait::wait_for;
 
-const RECEIVER: &str = "select pid || '|' || status || '|' || pg_postmaster_start_time() from pg_stat_wal_receiver";
+const RECEIVER: &str =
+    "select pid || '|' || status || '|' || pg_postmaster_start_time() from pg_stat_wal_receiver";
 
 fn verdict(stdout: &str) -> Value {
     let v: Value = serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
@@ -20,7 +21,9 @@ fn verdict(stdout: &str) -> Value {
 }
 
 fn lsn(s: &str) -> u64 {
-    let (hi, lo) = s.split_once('/').unwrap_or_else(|| panic!("not an LSN: {s}"));
+    let (hi, lo) = s
+        .split_once('/')
+        .unwrap_or_else(|| panic!("not an LSN: {s}"));
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
@@ -32,7 +35,10 @@ fn sample_receiver(s: &PgServer) -> (Arc<AtomicBool>, std::thread::JoinHandle<Ve
     let h = std::thread::spawn(move || {
         let mut seen = Vec::new();
         while !flag.load(Ordering::SeqCst) && seen.len() < 6000 {
-            seen.push(s.psql("postgres", RECEIVER).unwrap_or_else(|e| format!("error: {e:#}")));
+            seen.push(
+                s.psql("postgres", RECEIVER)
+                    .unwrap_or_else(|e| format!("error: {e:#}")),
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         seen
@@ -81,12 +87,16 @@ async fn an_online_test_under_write_load_is_clean_and_the_standby_never_stops_st
     assert!(lsn(v["lsn"].as_str().unwrap()) >= lsn(&replayed), "{v:#}");
     // The same WAL receiver, of the same server, streamed at every sample.
     assert!(seen.len() >= 3, "{seen:?}");
-    assert!(seen.iter().all(|x| *x == before), "before {before}, seen {seen:?}");
+    assert!(
+        seen.iter().all(|x| *x == before),
+        "before {before}, seen {seen:?}"
+    );
     assert_eq!(steps_of(&fleet, "onl-s1"), tandem_tests::TESTDB_STEPS);
     // The copy has its manifest, and the backup's slot is gone.
     assert!(fleet.agent_archive("onl-s1").join("copy.manifest").exists());
     assert_eq!(
-        s.psql("postgres", "select count(*) from pg_replication_slots").unwrap(),
+        s.psql("postgres", "select count(*) from pg_replication_slots")
+            .unwrap(),
         "0"
     );
 }
@@ -107,9 +117,11 @@ async fn replicated_corruption_is_found_online_as_it_is_cold() {
         assert_eq!(run.code, 1, "{mode}: {run:?}\n{}", fleet.logs());
         let v = verdict(&run.stdout);
         assert_eq!(v["mode"], mode, "{v:#}");
-        let named = v["findings"].as_array().unwrap().iter().any(|f| {
-            f["kind"] == "index" && f["relation"].as_str().unwrap().ends_with(&index)
-        });
+        let named = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "index" && f["relation"].as_str().unwrap().ends_with(&index));
         assert!(named, "{mode}: no finding names {index}: {v:#}");
         found.push(v["findings"].as_array().unwrap().len());
         pair.wait_streaming(&pair.standbys[0]).await.unwrap();
@@ -132,21 +144,31 @@ async fn restartpoints_during_an_online_copy_do_not_take_the_wal_it_needs() {
         (pair.primary.clone(), pair.standbys[0].clone())
     };
     // The standby recycles WAL as soon as it may.
-    s.psql("postgres", "alter system set max_wal_size = '32MB'").unwrap();
-    s.psql("postgres", "alter system set wal_keep_size = 0").unwrap();
+    s.psql("postgres", "alter system set max_wal_size = '32MB'")
+        .unwrap();
+    s.psql("postgres", "alter system set wal_keep_size = 0")
+        .unwrap();
     s.psql("postgres", "select pg_reload_conf()").unwrap();
     p.pgbench_init(2).unwrap();
     corrupt::wait_replayed(&p, &s).await.unwrap();
     fleet.start_agent_held("rp-s1", "copy").await.unwrap();
 
     let ctl = fleet
-        .spawn_ctl("operator", &["testdb", "rp", "--mode", "online", "--output", "json"])
+        .spawn_ctl(
+            "operator",
+            &["testdb", "rp", "--mode", "online", "--output", "json"],
+        )
         .unwrap();
     let held = fleet.agent_home("rp-s1").join("held-after-copy");
-    wait_for("the copy to be held", Duration::from_secs(120), Duration::from_millis(100), || {
-        let held = held.clone();
-        async move { Ok(held.exists().then_some(())) }
-    })
+    wait_for(
+        "the copy to be held",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || {
+            let held = held.clone();
+            async move { Ok(held.exists().then_some(())) }
+        },
+    )
     .await
     .unwrap();
     let slot = s
@@ -159,7 +181,8 @@ async fn restartpoints_during_an_online_copy_do_not_take_the_wal_it_needs() {
     let first = segment_file(&p, &slot);
 
     // Write well past the segment the copy starts in, with restartpoints.
-    p.psql("postgres", "create table rp_fill (n int, pad text)").unwrap();
+    p.psql("postgres", "create table rp_fill (n int, pad text)")
+        .unwrap();
     for _ in 0..4 {
         p.psql(
             "postgres",
@@ -172,7 +195,10 @@ async fn restartpoints_during_an_online_copy_do_not_take_the_wal_it_needs() {
         s.psql("postgres", "checkpoint").unwrap();
     }
     let redo = s
-        .psql("postgres", "select redo_wal_file from pg_control_checkpoint()")
+        .psql(
+            "postgres",
+            "select redo_wal_file from pg_control_checkpoint()",
+        )
         .unwrap();
     assert!(
         redo[8..] > first[8..],
@@ -200,7 +226,8 @@ async fn restartpoints_during_an_online_copy_do_not_take_the_wal_it_needs() {
     );
     assert_eq!(rows, "160000");
     assert_eq!(
-        s.psql("postgres", "select count(*) from pg_replication_slots").unwrap(),
+        s.psql("postgres", "select count(*) from pg_replication_slots")
+            .unwrap(),
         "0",
         "the copy's slot outlived the copy"
     );
@@ -223,12 +250,20 @@ async fn an_online_copy_is_unusable_when_the_standby_stops_following_or_is_promo
 
     for case in ["primary gone", "promoted"] {
         let ctl = fleet
-            .spawn_ctl("operator", &["testdb", "onf", "--mode", "online", "--output", "json"])
+            .spawn_ctl(
+                "operator",
+                &["testdb", "onf", "--mode", "online", "--output", "json"],
+            )
             .unwrap();
-        wait_for("the copy to be held", Duration::from_secs(120), Duration::from_millis(100), || {
-            let held = held.clone();
-            async move { Ok(held.exists().then_some(())) }
-        })
+        wait_for(
+            "the copy to be held",
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            || {
+                let held = held.clone();
+                async move { Ok(held.exists().then_some(())) }
+            },
+        )
         .await
         .unwrap();
         match case {

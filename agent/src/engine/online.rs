@@ -33,9 +33,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tracing::info;
 
-use super::{BackupEnd, EngineError};
 use super::postgres::PostgresEngine;
 use super::private::io;
+use super::{BackupEnd, EngineError};
 
 /// What ends every answer in the session (psql echoes it after the query).
 const END: &str = "__tandem_end_of_answer__";
@@ -66,7 +66,9 @@ struct Session {
 impl Session {
     async fn open(engine: &PostgresEngine) -> Result<Session, EngineError> {
         let mut cmd = engine.psql_command(&engine.live_socket_dir(), engine.cfg.port);
-        cmd.arg("-d").arg(&engine.cfg.dbname).stdin(Stdio::piped())
+        cmd.arg("-d")
+            .arg(&engine.cfg.dbname)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| {
@@ -117,10 +119,7 @@ impl Session {
             Err(_) => Err(EngineError::Tool {
                 tool: "psql (backup session)",
                 code: None,
-                stderr: format!(
-                    "`{sql}` took longer than {} s",
-                    STATEMENT_TIMEOUT.as_secs()
-                ),
+                stderr: format!("`{sql}` took longer than {} s", STATEMENT_TIMEOUT.as_secs()),
             }),
         }
     }
@@ -178,7 +177,11 @@ impl PostgresEngine {
             s.close().await;
             return Err(EngineError::Refused(format!(
                 "the standby's WAL receiver is not streaming ({}); an online copy needs the standby to follow its primary",
-                if receiver.is_empty() { "none runs" } else { &receiver }
+                if receiver.is_empty() {
+                    "none runs"
+                } else {
+                    &receiver
+                }
             )));
         };
         let receiver_pid = pid.to_owned();
@@ -188,10 +191,11 @@ impl PostgresEngine {
             .split_once('|')
             .map(|(a, b)| (a.to_owned(), b.to_owned()))
             .unwrap_or_default();
-        let wal_segment_size = segment_size(&setting, &unit).ok_or_else(|| EngineError::Output {
-            tool: "psql",
-            output: format!("wal_segment_size = {setting} {unit}"),
-        })?;
+        let wal_segment_size =
+            segment_size(&setting, &unit).ok_or_else(|| EngineError::Output {
+                tool: "psql",
+                output: format!("wal_segment_size = {setting} {unit}"),
+            })?;
         let slot = s
             .one(&format!(
                 "SELECT lsn FROM pg_create_physical_replication_slot('{SLOT}', true, true)"
@@ -246,7 +250,11 @@ impl PostgresEngine {
             return Err(EngineError::Refused(format!(
                 "the standby's WAL receiver stopped during the online copy (it was process {} streaming, now: {}); the copy may lack what the primary wrote meanwhile, so it is not used. Test again once the standby streams",
                 b.receiver_pid,
-                if receiver.is_empty() { "none runs" } else { &receiver }
+                if receiver.is_empty() {
+                    "none runs"
+                } else {
+                    &receiver
+                }
             )));
         }
         if !map.is_empty() {
@@ -264,7 +272,8 @@ impl PostgresEngine {
         let (start, seg) = (b.start_lsn, b.wal_segment_size);
         let (added, wal_bytes) = tokio::task::spawn_blocking(move || {
             write_label(&dst, &label, owner)?;
-            let (mut added, bytes) = copy_wal(&src_wal, &dst.join("pg_wal"), start, stop_lsn, seg, owner)?;
+            let (mut added, bytes) =
+                copy_wal(&src_wal, &dst.join("pg_wal"), start, stop_lsn, seg, owner)?;
             added.insert(0, PathBuf::from("backup_label"));
             Ok::<_, EngineError>((added, bytes))
         })
@@ -299,7 +308,7 @@ fn segment_size(setting: &str, unit: &str) -> Option<u64> {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -371,8 +380,10 @@ fn copy_wal(
     }
     // History files first, then segments in log order.
     names.sort_by_key(|n| (segment_of(n, seg_size), n.clone()));
-    let found: std::collections::BTreeSet<u64> =
-        names.iter().filter_map(|n| segment_of(n, seg_size)).collect();
+    let found: std::collections::BTreeSet<u64> = names
+        .iter()
+        .filter_map(|n| segment_of(n, seg_size))
+        .collect();
     if let Some(missing) = (first..=last).find(|n| !found.contains(n)) {
         return Err(EngineError::Refused(format!(
             "WAL segment number {missing} (between the backup's start {start} and stop {stop}) is not in {}; the copy cannot be made consistent",

@@ -272,7 +272,11 @@ impl Engine for PostgresEngine {
         self.start_online_backup().await
     }
 
-    async fn stop_backup(&self, backup: Self::Backup, dst: &Path) -> Result<BackupEnd, EngineError> {
+    async fn stop_backup(
+        &self,
+        backup: Self::Backup,
+        dst: &Path,
+    ) -> Result<BackupEnd, EngineError> {
         self.stop_online_backup(backup, dst).await
     }
 

@@ -315,7 +315,9 @@ impl Engine for SimulatedEngine {
 
     async fn start_backup(&self) -> Result<Lsn, EngineError> {
         if !self.lock().running {
-            return Err(EngineError::Refused("the simulated standby is stopped".into()));
+            return Err(EngineError::Refused(
+                "the simulated standby is stopped".into(),
+            ));
         }
         Ok(self.lsn_now())
     }
@@ -441,7 +443,12 @@ mod tests {
             online: false,
         };
         let done = e
-            .copy_to(&dst, req.clone(), progress.clone(), CancellationToken::new())
+            .copy_to(
+                &dst,
+                req.clone(),
+                progress.clone(),
+                CancellationToken::new(),
+            )
             .await
             .unwrap();
         assert_eq!(done.bytes, 1000);
