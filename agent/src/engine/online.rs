@@ -365,7 +365,13 @@ fn copy_wal(
     seg_size: u64,
     owner: Option<(u32, u32)>,
 ) -> Result<(Vec<PathBuf>, u64), EngineError> {
-    let (first, last) = (start.0 / seg_size, stop.0 / seg_size);
+    // `stop` is the end of the last record needed: on a segment boundary
+    // it is the start of a segment that may not exist yet (PostgreSQL's
+    // `XLByteToPrevSeg`).
+    let (first, last) = (
+        start.0 / seg_size,
+        stop.0.saturating_sub(1).max(start.0) / seg_size,
+    );
     let mut names: Vec<String> = Vec::new();
     for item in std::fs::read_dir(src).map_err(io("list", src))? {
         let item = item.map_err(io("list", src))?;
@@ -458,6 +464,16 @@ mod tests {
         );
         assert_eq!(bytes, 7);
         assert!(!dst.join("000000010000000000000006").exists());
+
+        // A stop on a segment boundary needs nothing of the next segment.
+        let dst3 = t.path().join("dst3");
+        std::fs::create_dir(&dst3).unwrap();
+        std::fs::remove_file(src.join("00000001000000000000000A")).unwrap();
+        let (added, _) = copy_wal(&src, &dst3, start, Lsn(10 * seg), seg, None).unwrap();
+        assert_eq!(
+            added.last().unwrap().display().to_string(),
+            "pg_wal/000000010000000000000009"
+        );
 
         std::fs::remove_file(src.join("000000010000000000000008")).unwrap();
         let dst2 = t.path().join("dst2");
