@@ -452,9 +452,21 @@ fn bench_clone(src: &Path, rounds: usize, workers: usize) -> Res<()> {
     let (c, b, m) = (median(clone_t), median(bytes_t), median(manifest_t));
     println!();
     println!("{:<44} {:>9}", "step", "time s");
-    println!("{:<44} {:>9.3}", format!("clone (workers {workers})"), c.as_secs_f64());
-    println!("{:<44} {:>9.3}", format!("bytes, hashed (workers {workers})"), b.as_secs_f64());
-    println!("{:<44} {:>9.3}", "manifest after the clone (reads the copy)", m.as_secs_f64());
+    println!(
+        "{:<44} {:>9.3}",
+        format!("clone (workers {workers})"),
+        c.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>9.3}",
+        format!("bytes, hashed (workers {workers})"),
+        b.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>9.3}",
+        "manifest after the clone (reads the copy)",
+        m.as_secs_f64()
+    );
     println!();
     println!(
         "byte copy step / clone step: {:.1} (goal >= 10); byte copy / (clone + manifest): {:.2}",
