@@ -1,8 +1,9 @@
 //! The files an operation leaves on the agent's host for people and for
 //! the next operation: where the copy goes and its unusable marker, the
-//! state file of the last test (SPEC T5), and `testdb.out`.
+//! state file of the last test (SPEC T5), and `testdb.out`; and what a
+//! filesystem has free.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use tracing::{error, warn};
@@ -127,5 +128,20 @@ pub fn write_state_file(cfg: &AgentConfig, rec: &OpRecord) {
     let bytes = serde_json::to_vec_pretty(&state_json(rec)).expect("json serializes");
     if let Err(e) = write_atomic(&state_file_path(cfg), &bytes) {
         error!(error = %e, "cannot write the state file");
+    }
+}
+
+/// Bytes free to an unprivileged writer on the filesystem holding `dir`.
+pub fn free_bytes(dir: &Path) -> nix::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir)?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// Whether `a` and `b` are on one filesystem (false when either is missing).
+pub fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev(),
+        _ => false,
     }
 }

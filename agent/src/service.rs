@@ -297,6 +297,7 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
         &self,
         _req: Request<pb::ListBackupsRequest>,
     ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        let hosts = vec![self.host_space()];
         let Some(b) = self.ops.config().backup.clone() else {
             return Ok(Response::new(pb::ListBackupsResponse {
                 set: self.set.clone(),
@@ -305,6 +306,7 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
                     "agent `{}` has no [backup] section: it takes no backups",
                     self.agent
                 )],
+                hosts,
             }));
         };
         let list = tokio::task::spawn_blocking(move || crate::backup::describe_all(&b.dir))
@@ -347,7 +349,42 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
             set: self.set.clone(),
             backups,
             problems,
+            hosts,
         }))
+    }
+}
+
+impl<E: Engine> AgentService<E> {
+    /// Free space where a restore would unpack (beside the data directory)
+    /// and where a fetched backup would land.
+    fn host_space(&self) -> pb::HostSpace {
+        let cfg = self.ops.config();
+        let data_parent = self
+            .engine
+            .data_dir()
+            .parent()
+            .unwrap_or(std::path::Path::new("/"))
+            .to_owned();
+        // A directory not made yet: the filesystem it would be made on.
+        let free = |d: &std::path::Path| {
+            d.ancestors()
+                .find(|a| a.exists())
+                .and_then(|a| crate::files::free_bytes(a).ok())
+                .unwrap_or(0)
+        };
+        let (backup_free_bytes, backup_same_fs) = cfg.backup.as_ref().map_or((0, false), |b| {
+            (
+                free(&b.dir),
+                crate::files::same_filesystem(&b.dir, &data_parent),
+            )
+        });
+        pb::HostSpace {
+            member: String::new(),
+            data_free_bytes: free(&data_parent),
+            reserve_bytes: cfg.restore.free_space_reserve_mib.saturating_mul(1 << 20),
+            backup_free_bytes,
+            backup_same_fs,
+        }
     }
 }
 
@@ -355,9 +392,7 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
 /// controller (3 s `status_timeout` by default) still gets the local files.
 const REMOTE_LIST_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The `member` of a backup listed from the remote store (any member with
-/// the same [remote] store can restore it).
-pub const REMOTE_MEMBER: &str = "(remote)";
+pub use tandem_proto::model::REMOTE_BACKUP_MEMBER as REMOTE_MEMBER;
 
 /// A stream fed by a task through a channel (the task ends when the client goes away).
 fn async_stream<F, Fut>(f: F) -> impl tokio_stream::Stream<Item = Result<pb::Progress, Status>>

@@ -14,6 +14,11 @@ use tandem_proto::order::{Order, RestoreStage};
 use tandem_proto::pb;
 use tracing::info;
 
+pub mod choose;
+
+use tokio::task::JoinSet;
+
+use crate::agents::AgentClients;
 use crate::error::ServiceError;
 use crate::inventory::Inventory;
 use crate::maintenance::plan::RestoreOrder;
@@ -125,4 +130,259 @@ pub async fn follow(
         })
         .await?;
     Ok((r, step))
+}
+
+/// Every backup of a set: each member's files (named by member) and the
+/// remote store's (once), newest first, with each host's free space and
+/// the members that could not be asked.
+pub async fn list_backups(
+    inventory: &Inventory,
+    agents: &AgentClients,
+    set_name: &str,
+) -> Result<pb::ListBackupsResponse, ServiceError> {
+    let Some(set) = inventory.set(&set_name) else {
+        return Err(ServiceError::UnknownSet {
+            set: set_name.to_owned(),
+        });
+    };
+    let timeout = inventory.config().status_timeout;
+    let mut tasks = JoinSet::new();
+    for m in &set.members {
+        let view = inventory.get(&m.agent);
+        let client = view
+            .as_ref()
+            .filter(|v| !v.row.address.is_empty())
+            .map(|v| agents.client(&v.row.address));
+        let member = m.name.clone();
+        let agent = m.agent.clone();
+        tasks.spawn(async move {
+            let answer = match client {
+                None => Err(format!("{member}: agent `{agent}` never registered")),
+                Some(Err(e)) => Err(format!("{member}: {e}")),
+                Some(Ok(mut c)) => {
+                    match tokio::time::timeout(
+                        timeout,
+                        c.list_backups(pb::ListBackupsRequest::default()),
+                    )
+                    .await
+                    {
+                        Ok(Ok(r)) => Ok(r.into_inner()),
+                        Ok(Err(e)) => Err(format!("{member}: agent `{agent}`: {}", e.message())),
+                        Err(_) => Err(format!(
+                            "{member}: agent `{agent}` did not answer within {timeout:?}"
+                        )),
+                    }
+                }
+            };
+            (member, answer)
+        });
+    }
+    let mut out = pb::ListBackupsResponse {
+        set: set.name.clone(),
+        ..Default::default()
+    };
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((member, answer)) = joined else {
+            continue;
+        };
+        match answer {
+            Ok(r) => {
+                for mut b in r.backups {
+                    // A remote backup is listed by every member that
+                    // shares the store: keep one, named by its key.
+                    if b.file.starts_with("remote:") {
+                        if out.backups.iter().any(|o| o.file == b.file) {
+                            continue;
+                        }
+                    } else {
+                        b.member = member.clone();
+                    }
+                    out.backups.push(b);
+                }
+                out.problems
+                    .extend(r.problems.into_iter().map(|p| format!("{member}: {p}")));
+                out.hosts.extend(r.hosts.into_iter().map(|mut h| {
+                    h.member = member.clone();
+                    h
+                }));
+            }
+            Err(p) => out.problems.push(p),
+        }
+    }
+    out.backups.sort_by(|a, b| {
+        let t = |x: &pb::BackupInfo| x.taken_at.map(|t| (t.seconds, t.nanos));
+        t(b).cmp(&t(a)).then_with(|| a.file.cmp(&b.file))
+    });
+    out.problems.sort();
+    out.hosts.sort_by(|a, b| a.member.cmp(&b.member));
+    Ok(out)
+}
+
+/// What a restore of `member` (the primary unless named) from `from` to
+/// `target_time` would use and whether it would go ahead: the answer of
+/// `tandemctl restore --dry-run` and `tandemctl backups --target-time`,
+/// and the check a restore passes before anything is ordered.
+pub async fn plan(
+    inventory: &Inventory,
+    agents: &AgentClients,
+    set: &str,
+    member: Option<&str>,
+    from: &str,
+    target_time: Option<&str>,
+) -> Result<(pb::RestorePlanResponse, Option<choose::Choice>), ServiceError> {
+    let t = target(inventory, set, member)?;
+    let mut out = pb::RestorePlanResponse {
+        set: set.to_owned(),
+        member: t.member.clone(),
+        agent: t.agent.clone(),
+        target_time: target_time.unwrap_or_default().to_owned(),
+        ..Default::default()
+    };
+    let when = match target_time.map(str::parse::<jiff::Timestamp>).transpose() {
+        Ok(w) => w,
+        Err(e) => {
+            return Err(ServiceError::BadRequest(format!(
+                "target time {:?} is not a time like 2026-11-21T12:30:00Z: {e}",
+                target_time.unwrap_or_default()
+            )));
+        }
+    };
+    let list = list_backups(inventory, agents, set).await?;
+    out.unreachable = list.problems.clone();
+    let choice = match choose::choose(&list.backups, &t.member, from, when) {
+        Ok(c) => c,
+        Err(why) => {
+            out.problems.push(why);
+            return Ok((out, None));
+        }
+    };
+    if let choose::Holder::Member(m) = &choice.holder {
+        let set_cfg = inventory.set(set);
+        if !set_cfg.is_some_and(|s| s.members.iter().any(|x| &x.name == m)) {
+            out.problems.push(format!(
+                "set `{set}` has no member `{m}`; `tandemctl backups {set}` lists where each backup is"
+            ));
+        }
+    }
+    out.from = choice.from.clone();
+    out.notes = choice.notes.clone();
+    out.location = match &choice.holder {
+        choose::Holder::Target => {
+            format!("on member {} (the restored member's own host)", t.member)
+        }
+        choose::Holder::Member(m) => format!("on member {m}'s host"),
+        choose::Holder::Remote => "in the remote store".to_owned(),
+    };
+    let Some(b) = choice.backup.clone() else {
+        out.problems.push(format!(
+            "{} is not among the backups the set's agents list; `tandemctl backups {set}` lists them",
+            choice.from
+        ));
+        return Ok((out, Some(choice)));
+    };
+    if !b.problem.is_empty() {
+        out.problems
+            .push(format!("{} cannot be read: {}", b.file, b.problem));
+    }
+    if let (Some(w), Some(at)) = (when, b.taken_at)
+        && w.as_second() < at.seconds
+    {
+        out.problems.push(format!(
+            "the target time is before {} was taken: a roll-forward cannot go back in time; choose an older backup or a later target time",
+            b.file
+        ));
+    }
+    out.transfer_bytes = if choice.holder == choose::Holder::Target {
+        0
+    } else {
+        b.bytes
+    };
+    match list.hosts.iter().find(|h| h.member == t.member) {
+        None => out.problems.push(format!(
+            "member {}'s agent did not say how much space its host has free",
+            t.member
+        )),
+        Some(h) => {
+            let (need, free, ok) = space_check(h, b.unpacked_bytes, out.transfer_bytes);
+            out.space_needed_bytes = need;
+            out.space_free_bytes = free;
+            out.space_ok = ok;
+            if !ok {
+                out.problems.push(format!(
+                    "too little space on member {}'s host: {} MiB needed (the backup unpacked{}, plus the reserve), {} MiB free; nothing would be written: free space first",
+                    t.member,
+                    need.div_ceil(1 << 20),
+                    if out.transfer_bytes > 0 { " and the file fetched" } else { "" },
+                    free >> 20
+                ));
+            }
+        }
+    }
+    out.wal_location = format!(
+        "member {}'s WAL archive{}",
+        t.member,
+        if list.backups.iter().any(|x| x.member == choose::REMOTE) {
+            ", and the remote store for what it lacks"
+        } else {
+            ""
+        }
+    );
+    out.wal_from_segment = b.start_lsn.clone();
+    out.reachable = out.problems.is_empty();
+    out.backup = Some(b);
+    Ok((out, Some(choice)))
+}
+
+/// The free space a restore needs on the restored member's host (pure):
+/// the unpacked data plus the reserve beside the data directory, and a
+/// fetched file where backups land (on the same filesystem: added up).
+/// Returns (needed, free, enough); with two filesystems, the tighter one.
+pub fn space_check(h: &pb::HostSpace, unpacked: u64, fetched: u64) -> (u64, u64, bool) {
+    let data_need = unpacked.saturating_add(h.reserve_bytes);
+    if fetched == 0 || !h.backup_same_fs {
+        let data_ok = h.data_free_bytes >= data_need;
+        let file_ok = fetched == 0 || h.backup_free_bytes >= fetched;
+        if !file_ok && data_ok {
+            return (fetched, h.backup_free_bytes, false);
+        }
+        return (data_need, h.data_free_bytes, data_ok && file_ok);
+    }
+    let need = data_need.saturating_add(fetched);
+    (need, h.data_free_bytes, h.data_free_bytes >= need)
+}
+
+#[cfg(test)]
+mod space_tests {
+    use super::*;
+
+    fn host(data: u64, backup: u64, same: bool) -> pb::HostSpace {
+        pb::HostSpace {
+            data_free_bytes: data,
+            reserve_bytes: 10,
+            backup_free_bytes: backup,
+            backup_same_fs: same,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_fetched_file_counts_where_it_lands() {
+        assert_eq!(space_check(&host(110, 0, true), 100, 0), (110, 110, true));
+        assert_eq!(space_check(&host(109, 0, true), 100, 0), (110, 109, false));
+        // Fetched onto the data filesystem: both add up.
+        assert_eq!(
+            space_check(&host(150, 150, true), 100, 50),
+            (160, 150, false)
+        );
+        assert_eq!(
+            space_check(&host(160, 160, true), 100, 50),
+            (160, 160, true)
+        );
+        // Another filesystem: each on its own.
+        assert_eq!(
+            space_check(&host(110, 50, false), 100, 50),
+            (110, 110, true)
+        );
+        assert_eq!(space_check(&host(110, 49, false), 100, 50), (50, 49, false));
+    }
 }

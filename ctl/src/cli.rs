@@ -192,6 +192,14 @@ pub enum Command {
     Backups {
         /// The set.
         set: String,
+        /// Also say whether a restore can get back to this time (RFC 3339):
+        /// which verified backup and WAL would reach it, and where the WAL
+        /// archive has gaps. Exit 1 when it cannot.
+        #[arg(long)]
+        target_time: Option<String>,
+        /// With --target-time: the member to restore (default: the primary).
+        #[arg(long, requires = "target_time")]
+        member: Option<String>,
     },
     /// Restore a set's primary (or --member) from a backup, admin only, as
     /// a maintenance window (R12). While the set still serves: R1 pick the
@@ -208,9 +216,12 @@ pub enum Command {
     Restore {
         /// The set.
         set: String,
-        /// daily, weekly or monthly (the newest of that kind on the member's
-        /// host), a backup file on the member's host, or remote:KEY.
-        #[arg(long)]
+        /// latest: the newest verified backup that reaches the target time,
+        /// on any member's host or in the remote store (a backup on another
+        /// member's host is fetched from it); daily, weekly or monthly: the
+        /// newest of that kind, anywhere; a backup file on the member's
+        /// host; MEMBER:/path: a file on another member's host; remote:KEY.
+        #[arg(long, default_value = "latest")]
         from: String,
         /// Roll forward to this time (RFC 3339, e.g. 2026-11-21T12:30:00Z).
         #[arg(long, conflicts_with = "latest")]
@@ -224,6 +235,12 @@ pub enum Command {
         /// Confirm: the member's database is replaced (the old one is kept aside).
         #[arg(long)]
         yes: bool,
+        /// Say what the restore would use and whether it would go ahead (the
+        /// backup and where it is, the WAL, what would be moved, the free
+        /// space check, whether the target time is reachable); nothing is
+        /// stopped or written. Exit 0 when it would go ahead, 1 when not.
+        #[arg(long)]
+        dry_run: bool,
         /// Restore this member instead of the set's primary.
         #[arg(long)]
         member: Option<String>,

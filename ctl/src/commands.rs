@@ -110,7 +110,22 @@ pub async fn run(
             replace,
             yes,
             member,
+            dry_run,
         } => {
+            if dry_run {
+                return crate::restore::dry_run(
+                    conn,
+                    format,
+                    pb::RestoreRequest {
+                        set,
+                        member: member.unwrap_or_default(),
+                        from,
+                        target_time: target_time.unwrap_or_default(),
+                        replace,
+                    },
+                )
+                .await;
+            }
             crate::restore::run(
                 conn,
                 format,
@@ -134,16 +149,45 @@ pub async fn run(
             archive_file,
             copy,
         } => crate::testdb::backup(conn, format, set, member, Some(archive_file), copy).await,
-        Command::Backups { set } => {
-            let r = conn
-                .connect()
-                .await?
-                .list_backups(pb::ListBackupsRequest { set })
+        Command::Backups {
+            set,
+            target_time,
+            member,
+        } => {
+            let mut client = conn.connect().await?;
+            let r = client
+                .list_backups(pb::ListBackupsRequest { set: set.clone() })
                 .await
                 .map_err(refused("ListBackups"))?
                 .into_inner();
-            print(format, output::backups_json(&r), output::backups_human(&r));
-            Ok(if r.problems.is_empty() {
+            let Some(target_time) = target_time else {
+                print(format, output::backups_json(&r), output::backups_human(&r));
+                return Ok(if r.problems.is_empty() {
+                    Outcome::Ok
+                } else {
+                    Outcome::Bad
+                });
+            };
+            let p = client
+                .restore_plan(pb::RestoreRequest {
+                    set,
+                    member: member.unwrap_or_default(),
+                    from: "latest".into(),
+                    target_time,
+                    replace: false,
+                })
+                .await
+                .map_err(refused("RestorePlan"))?
+                .into_inner();
+            let mut json = output::backups_json(&r);
+            json["target_time"] = crate::restore::plan_json(&p);
+            let human = format!(
+                "{}\n{}",
+                output::backups_human(&r),
+                crate::restore::plan_human(&p)
+            );
+            print(format, json, human);
+            Ok(if p.reachable {
                 Outcome::Ok
             } else {
                 Outcome::Bad

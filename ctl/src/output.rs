@@ -166,23 +166,28 @@ pub fn verdict_json(v: &Option<pb::Verdict>) -> Value {
 pub fn backups_json(r: &pb::ListBackupsResponse) -> Value {
     json!({
         "set": r.set,
-        "backups": r.backups.iter().map(|b| json!({
-            "member": b.member,
-            "file": b.file,
-            "kind": b.kind,
-            "taken_at": ts(b.taken_at),
-            "bytes": b.bytes,
-            "unpacked_bytes": b.unpacked_bytes,
-            "start_lsn": non_empty(&b.start_lsn),
-            "end_lsn": non_empty(&b.end_lsn),
-            "verified": b.verified,
-            "problem": non_empty(&b.problem),
-        })).collect::<Vec<_>>(),
+        "backups": r.backups.iter().map(backup_json).collect::<Vec<_>>(),
         "problems": r.problems,
     })
 }
 
-fn mib(bytes: u64) -> String {
+/// One backup for scripts (`backups`, a restore's plan).
+pub fn backup_json(b: &pb::BackupInfo) -> Value {
+    json!({
+        "member": b.member,
+        "file": b.file,
+        "kind": b.kind,
+        "taken_at": ts(b.taken_at),
+        "bytes": b.bytes,
+        "unpacked_bytes": b.unpacked_bytes,
+        "start_lsn": non_empty(&b.start_lsn),
+        "end_lsn": non_empty(&b.end_lsn),
+        "verified": b.verified,
+        "problem": non_empty(&b.problem),
+    })
+}
+
+pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 

@@ -31,7 +31,7 @@ pub async fn run(
 ) -> Result<Outcome, CtlError> {
     if !a.yes {
         return Err(CtlError::Usage(format!(
-            "a restore replaces the database of {} of set `{}` (the current one is kept aside, never deleted); run again with --yes",
+            "a restore replaces the database of {} of set `{}` (the current one is kept aside, never deleted); run again with --yes (or with --dry-run to see what it would use)",
             a.member
                 .as_deref()
                 .map_or("the primary".to_owned(), |m| format!("member `{m}`")),
@@ -98,4 +98,119 @@ pub async fn run(
     human.push_str(&window::window_human(&w));
     print(format, json, human);
     Ok(window::outcome(&w))
+}
+
+/// `tandemctl restore --dry-run`: what the restore would use, nothing
+/// ordered. Exit 0 when it would go ahead, 1 when it would be refused.
+pub async fn dry_run(
+    conn: &Connection,
+    format: OutputFormat,
+    req: pb::RestoreRequest,
+) -> Result<Outcome, CtlError> {
+    let p = conn
+        .connect()
+        .await?
+        .restore_plan(req)
+        .await
+        .map_err(refused("RestorePlan"))?
+        .into_inner();
+    print(format, plan_json(&p), plan_human(&p));
+    Ok(if p.reachable {
+        Outcome::Ok
+    } else {
+        Outcome::Bad
+    })
+}
+
+/// A restore's plan for scripts.
+pub fn plan_json(p: &pb::RestorePlanResponse) -> serde_json::Value {
+    json!({
+        "set": p.set,
+        "member": p.member,
+        "agent": p.agent,
+        "target_time": (!p.target_time.is_empty()).then_some(&p.target_time),
+        "reachable": p.reachable,
+        "from": p.from,
+        "location": p.location,
+        "backup": p.backup.as_ref().map(crate::output::backup_json),
+        "transfer_bytes": p.transfer_bytes,
+        "space": {
+            "needed_bytes": p.space_needed_bytes,
+            "free_bytes": p.space_free_bytes,
+            "ok": p.space_ok,
+        },
+        "wal": {
+            "from": p.wal_from_segment,
+            "through": (!p.wal_through_segment.is_empty()).then_some(&p.wal_through_segment),
+            "location": p.wal_location,
+        },
+        "problems": p.problems,
+        "notes": p.notes,
+        "unreachable_members": p.unreachable,
+    })
+}
+
+/// A restore's plan for people.
+pub fn plan_human(p: &pb::RestorePlanResponse) -> String {
+    let mib = crate::output::mib;
+    let to = if p.target_time.is_empty() {
+        "the end of the WAL archive".to_owned()
+    } else {
+        p.target_time.clone()
+    };
+    let mut s = format!(
+        "restore of member {} of set {} to {}: {}\n",
+        p.member,
+        p.set,
+        to,
+        if p.reachable {
+            "would go ahead"
+        } else {
+            "would be REFUSED"
+        }
+    );
+    if let Some(b) = &p.backup {
+        s.push_str(&format!(
+            "  backup:   {} ({}, taken {}, {}verified) {}\n",
+            b.file,
+            b.kind,
+            crate::output::ts(b.taken_at).unwrap_or_default(),
+            if b.verified { "" } else { "NOT " },
+            p.location
+        ));
+        s.push_str(&format!(
+            "  moved:    {}\n",
+            if p.transfer_bytes == 0 {
+                "nothing (the backup is on the member's host)".to_owned()
+            } else {
+                format!("{} to member {}'s host", mib(p.transfer_bytes), p.member)
+            }
+        ));
+        s.push_str(&format!(
+            "  space:    {} needed, {} free: {}\n",
+            mib(p.space_needed_bytes),
+            mib(p.space_free_bytes),
+            if p.space_ok { "enough" } else { "NOT enough" }
+        ));
+        s.push_str(&format!(
+            "  WAL:      from {}{} in {}\n",
+            p.wal_from_segment,
+            if p.wal_through_segment.is_empty() {
+                String::new()
+            } else {
+                format!(" through {}", p.wal_through_segment)
+            },
+            p.wal_location
+        ));
+    }
+    for x in &p.problems {
+        s.push_str(&format!("  problem:  {x}\n"));
+    }
+    for x in &p.notes {
+        s.push_str(&format!("  note:     {x}\n"));
+    }
+    for x in &p.unreachable {
+        s.push_str(&format!("  not asked: {x}\n"));
+    }
+    s
 }

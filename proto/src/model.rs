@@ -786,3 +786,7 @@ mod tests {
         assert_eq!(f.state_word(), "stopped");
     }
 }
+
+/// The `member` of a backup listed from the remote store (any member with
+/// the same remote store can restore it; its file is `remote:KEY`).
+pub const REMOTE_BACKUP_MEMBER: &str = "(remote)";

@@ -128,7 +128,8 @@ impl TryFrom<pb::BackupRequest> for BackupCall {
 pub struct RestoreCall {
     pub set: String,
     pub member: Option<String>,
-    /// daily, weekly, monthly, a backup file on the member's host, remote:KEY.
+    /// latest (when left empty), daily, weekly, monthly, a backup file on
+    /// the member's host, MEMBER:/path, remote:KEY.
     pub from: String,
     /// Roll forward to this time (as given: RFC 3339, checked); `None`: to the
     /// end of the WAL archive.
@@ -151,7 +152,7 @@ impl TryFrom<pb::RestoreRequest> for RestoreCall {
         Ok(RestoreCall {
             set: required("set", r.set)?,
             member: non_empty(r.member),
-            from: required("from", r.from)?,
+            from: non_empty(r.from).unwrap_or_else(|| "latest".to_owned()),
             target_time,
             replace: r.replace,
         })

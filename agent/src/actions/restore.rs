@@ -49,8 +49,16 @@ pub enum RestoreError {
         "this agent has no [backup] section with a wal_archive in its agent.toml; a restore needs both (see deploy/agent.example.toml)"
     )]
     NoBackupConfig,
-    #[error("restore needs `from`: daily, weekly, monthly, a backup file, or remote:KEY")]
+    #[error("restore needs `from`: latest, daily, weekly, monthly, a backup file, or remote:KEY")]
     NoSource,
+    #[error(
+        "no verified backup in {dir}{}; `tandemctl backups SET` lists the set's backups on every host",
+        .target.as_ref().map(|t| format!(" taken at or before {t}")).unwrap_or_default()
+    )]
+    NoVerified {
+        dir: PathBuf,
+        target: Option<String>,
+    },
     #[error("no {kind} backup in {dir}; `tandemctl backups SET` lists them")]
     NoBackupOfKind { kind: BackupKind, dir: PathBuf },
     #[error("{path}: no such backup file")]
@@ -143,6 +151,19 @@ fn for_postgres(t: Timestamp) -> String {
         .to_string()
 }
 
+/// The newest verified backup in `dir` taken at or before `target`.
+fn latest_verified(dir: &Path, target: Option<Timestamp>) -> Result<PathBuf, RestoreError> {
+    backup::describe_all(dir)?
+        .into_iter()
+        .filter(|b| b.verified && b.problem.is_none())
+        .find(|b| target.is_none_or(|t| b.taken_at <= t))
+        .map(|b| b.file)
+        .ok_or_else(|| RestoreError::NoVerified {
+            dir: dir.to_owned(),
+            target: target.map(|t| t.to_string()),
+        })
+}
+
 /// A target time before the backup was taken cannot be reached (pure).
 fn reachable(target: Option<Timestamp>, taken: Timestamp, file: &Path) -> Result<(), RestoreError> {
     match target {
@@ -156,11 +177,10 @@ fn reachable(target: Option<Timestamp>, taken: Timestamp, file: &Path) -> Result
 }
 
 fn free_bytes(dir: &Path) -> Result<u64, RestoreError> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| RestoreError::Statvfs {
+    crate::files::free_bytes(dir).map_err(|e| RestoreError::Statvfs {
         dir: dir.to_owned(),
         message: e.to_string(),
-    })?;
-    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+    })
 }
 
 /// R11 on what was observed (pure).
@@ -228,7 +248,9 @@ impl Plan {
             plan.remote_key = Some(key.to_owned());
             return Ok(plan);
         }
-        plan.file = if let Ok(kind) = from.parse::<BackupKind>() {
+        plan.file = if from == "latest" {
+            latest_verified(&b.dir, target)?
+        } else if let Ok(kind) = from.parse::<BackupKind>() {
             let newest = backup::list(&b.dir)?
                 .into_iter()
                 .find(|(n, _)| n.kind == kind)

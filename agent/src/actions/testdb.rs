@@ -117,11 +117,10 @@ fn preconditions(
 }
 
 fn free_bytes(dir: &Path) -> Result<u64, TestdbError> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| TestdbError::Statvfs {
+    crate::files::free_bytes(dir).map_err(|e| TestdbError::Statvfs {
         dir: dir.to_owned(),
         message: e.to_string(),
-    })?;
-    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+    })
 }
 
 fn dir_size(dir: &Path) -> u64 {

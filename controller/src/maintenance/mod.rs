@@ -388,12 +388,27 @@ impl Maintenance {
         who: &str,
         trace_id: String,
     ) -> Result<Window, ServiceError> {
-        if order.from.is_empty() {
-            return Err(ServiceError::BadRequest(
-                "--from is needed: daily, weekly, monthly, a backup file on the member's host, or remote:KEY".into(),
-            ));
-        }
         self.quiet(set).await?;
+        // The backup, where it is, and whether it reaches the target time:
+        // refused here, before anything is ordered, when it cannot.
+        let (checked, _) = crate::restore::plan(
+            &self.inventory,
+            &self.agents,
+            set,
+            member,
+            &order.from,
+            order.target_time.as_deref(),
+        )
+        .await?;
+        if !checked.reachable {
+            return Err(ServiceError::BadRequest(format!(
+                "restore of member {} of set `{set}` refused, nothing was stopped: {}",
+                checked.member,
+                checked.problems.join("; ")
+            )));
+        }
+        let mut order = order;
+        order.from = checked.from.clone();
         let t = crate::restore::target(&self.inventory, set, member)?;
         let members = self.online_members(set, "a restore")?;
         let standbys: Vec<String> = members

@@ -47,6 +47,7 @@ pub(super) const CALLS: &[(&str, Who)] = &[
     ("Backup", Who::Person(UserRole::Operator)),
     ("ListBackups", Who::Person(UserRole::Viewer)),
     ("Restore", Who::Person(UserRole::Admin)),
+    ("RestorePlan", Who::Person(UserRole::Viewer)),
     ("WatchOperation", Who::Person(UserRole::Viewer)),
 ];
 

@@ -515,6 +515,13 @@ impl pb::controller_server::Controller for ControllerService {
         ControllerService::restore(self, req).await
     }
 
+    async fn restore_plan(
+        &self,
+        req: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::RestorePlanResponse>, Status> {
+        ControllerService::restore_plan(self, req).await
+    }
+
     type WatchOperationStream = Stream<pb::Progress>;
 
     async fn watch_operation(

@@ -42,6 +42,24 @@ impl ControllerService {
         Ok(Response::new(result?))
     }
 
+    pub(super) async fn restore_plan(
+        &self,
+        req: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::RestorePlanResponse>, Status> {
+        self.require(&caller(&req)?, "RestorePlan")?;
+        let c = RestoreCall::try_from(req.into_inner()).map_err(ServiceError::from)?;
+        let (plan, _) = crate::restore::plan(
+            &self.inventory,
+            &self.agents,
+            &c.set,
+            c.member.as_deref(),
+            &c.from,
+            c.target_time.as_deref(),
+        )
+        .await?;
+        Ok(Response::new(plan))
+    }
+
     pub(super) async fn watch_operation(
         &self,
         req: Request<pb::WatchOperationRequest>,

@@ -297,77 +297,9 @@ impl ControllerService {
         req: Request<pb::ListBackupsRequest>,
     ) -> Result<Response<pb::ListBackupsResponse>, Status> {
         self.require(&caller(&req)?, "ListBackups")?;
-        let set_name = req.into_inner().set;
-        let Some(set) = self.inventory.set(&set_name) else {
-            return Err(ServiceError::UnknownSet { set: set_name }.into());
-        };
-        let timeout = self.inventory.config().status_timeout;
-        let mut tasks = JoinSet::new();
-        for m in &set.members {
-            let view = self.inventory.get(&m.agent);
-            let client = view
-                .as_ref()
-                .filter(|v| !v.row.address.is_empty())
-                .map(|v| self.agents.client(&v.row.address));
-            let member = m.name.clone();
-            let agent = m.agent.clone();
-            tasks.spawn(async move {
-                let answer = match client {
-                    None => Err(format!("{member}: agent `{agent}` never registered")),
-                    Some(Err(e)) => Err(format!("{member}: {e}")),
-                    Some(Ok(mut c)) => {
-                        match tokio::time::timeout(
-                            timeout,
-                            c.list_backups(pb::ListBackupsRequest::default()),
-                        )
-                        .await
-                        {
-                            Ok(Ok(r)) => Ok(r.into_inner()),
-                            Ok(Err(e)) => {
-                                Err(format!("{member}: agent `{agent}`: {}", e.message()))
-                            }
-                            Err(_) => Err(format!(
-                                "{member}: agent `{agent}` did not answer within {timeout:?}"
-                            )),
-                        }
-                    }
-                };
-                (member, answer)
-            });
-        }
-        let mut out = pb::ListBackupsResponse {
-            set: set.name.clone(),
-            ..Default::default()
-        };
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((member, answer)) = joined else {
-                continue;
-            };
-            match answer {
-                Ok(r) => {
-                    for mut b in r.backups {
-                        // A remote backup is listed by every member that
-                        // shares the store: keep one, named by its key.
-                        if b.file.starts_with("remote:") {
-                            if out.backups.iter().any(|o| o.file == b.file) {
-                                continue;
-                            }
-                        } else {
-                            b.member = member.clone();
-                        }
-                        out.backups.push(b);
-                    }
-                    out.problems
-                        .extend(r.problems.into_iter().map(|p| format!("{member}: {p}")));
-                }
-                Err(p) => out.problems.push(p),
-            }
-        }
-        out.backups.sort_by(|a, b| {
-            let t = |x: &pb::BackupInfo| x.taken_at.map(|t| (t.seconds, t.nanos));
-            t(b).cmp(&t(a)).then_with(|| a.file.cmp(&b.file))
-        });
-        out.problems.sort();
-        Ok(Response::new(out))
+        let set = req.into_inner().set;
+        Ok(Response::new(
+            crate::restore::list_backups(&self.inventory, &self.agents, &set).await?,
+        ))
     }
 }
