@@ -274,10 +274,13 @@ pub async fn plan(
         choose::Holder::Remote => "in the remote store".to_owned(),
     };
     let Some(b) = choice.backup.clone() else {
-        out.problems.push(format!(
-            "{} is not among the backups the set's agents list; `tandemctl backups {set}` lists them",
-            choice.from
+        // A file put there by hand, or a key not listed: the member's agent
+        // checks it (and the space) when the restore starts.
+        out.notes.push(format!(
+            "{} is not among the backups the set's agents list: its size, the free space and the target time are checked by member {}'s agent when the restore starts",
+            choice.from, t.member
         ));
+        out.reachable = out.problems.is_empty();
         return Ok((out, Some(choice)));
     };
     if !b.problem.is_empty() {

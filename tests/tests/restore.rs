@@ -561,13 +561,116 @@ async fn a_backup_and_wal_in_an_s3_store_restore_a_primary_whose_archives_are_go
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_target_time_before_the_backup_is_refused_before_anything_stops() {
+async fn what_a_restore_would_use_is_said_first_and_an_unreachable_time_is_refused_before_anything_stops()
+ {
     let fleet = Fleet::start(spec("early", "")).await.unwrap();
     enable_archiving(&fleet, "early");
     // The standby streams again after the primary's restart for archiving.
     let pair = fleet.set("early");
     pair.wait_streaming(&pair.standbys[0]).await.unwrap();
     let file = take_backup(&fleet, "early").await;
+    let file_str = file.to_str().unwrap();
+
+    // The dry-run (a viewer may ask): the newest verified backup is the one
+    // just taken on the standby's host, so a restore of the primary would
+    // fetch it from there.
+    let dry = fleet
+        .ctl_as(
+            "viewer",
+            &["restore", "early", "--dry-run", "--output", "json"],
+        )
+        .unwrap();
+    assert_eq!(dry.code, 0, "{dry:?}");
+    let plan = dry.json();
+    assert_eq!(plan["member"], "early-p", "{plan:#}");
+    assert_eq!(plan["reachable"], true, "{plan:#}");
+    assert_eq!(plan["from"], format!("early-s1:{file_str}"), "{plan:#}");
+    assert!(
+        plan["location"].as_str().unwrap().contains("early-s1"),
+        "{plan:#}"
+    );
+    assert_eq!(plan["backup"]["verified"], true, "{plan:#}");
+    assert_eq!(
+        plan["transfer_bytes"],
+        std::fs::metadata(&file).unwrap().len(),
+        "{plan:#}"
+    );
+    assert_eq!(plan["space"]["ok"], true, "{plan:#}");
+    assert!(
+        plan["space"]["needed_bytes"].as_u64().unwrap()
+            > plan["backup"]["unpacked_bytes"].as_u64().unwrap(),
+        "{plan:#}"
+    );
+    assert!(
+        plan["wal"]["location"]
+            .as_str()
+            .unwrap()
+            .contains("early-p"),
+        "{plan:#}"
+    );
+    assert!(plan["problems"].as_array().unwrap().is_empty(), "{plan:#}");
+    let human = fleet
+        .ctl_as("viewer", &["restore", "early", "--dry-run"])
+        .unwrap();
+    assert_eq!(human.code, 0, "{human:?}");
+    assert!(human.stdout.contains("would go ahead"), "{human:?}");
+    assert!(human.stdout.contains(file_str), "{human:?}");
+    // A kind the set has none of: the dry-run says so, exit 1.
+    let dry = fleet
+        .ctl_as(
+            "viewer",
+            &[
+                "restore",
+                "early",
+                "--dry-run",
+                "--from",
+                "weekly",
+                "--output",
+                "json",
+            ],
+        )
+        .unwrap();
+    assert_eq!(dry.code, 1, "{dry:?}");
+    assert!(
+        dry.json()["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("no weekly backup"),
+        "{dry:?}"
+    );
+    // Can I get back to a time? Now: yes, with that backup; before it: no.
+    let now = jiff::Timestamp::now().to_string();
+    let can = fleet
+        .ctl(&[
+            "backups",
+            "early",
+            "--target-time",
+            &now,
+            "--output",
+            "json",
+        ])
+        .unwrap();
+    assert_eq!(can.code, 0, "{can:?}");
+    assert_eq!(
+        can.json()["target_time"]["backup"]["file"],
+        file_str,
+        "{can:?}"
+    );
+    let cannot = fleet
+        .ctl(&["backups", "early", "--target-time", "2020-01-01T00:00:00Z"])
+        .unwrap();
+    assert_eq!(cannot.code, 1, "{cannot:?}");
+    assert!(cannot.stdout.contains("would be REFUSED"), "{cannot:?}");
+    assert!(
+        cannot.stdout.contains("before the oldest verified backup"),
+        "{cannot:?}"
+    );
+    // The same time in a restore from the newest backup: refused by the
+    // controller before any agent is ordered.
+    let (code, _, raw) = restore(&fleet, "early", &["--target-time", "2020-01-01T00:00:00Z"]);
+    assert_eq!(code, 2, "{raw}");
+    assert!(raw.contains("nothing was stopped"), "{raw}");
+    assert!(raw.contains("before the oldest verified backup"), "{raw}");
     let (code, _, raw) = restore(
         &fleet,
         "early",
