@@ -107,6 +107,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove archived WAL that no kept backup needs, from the local WAL
+    /// archive and the set's WAL in the [remote] store. Kept: every segment
+    /// (of any timeline) from the one holding the start of the oldest
+    /// backup in the backup directory or the store, every timeline history
+    /// file, and every file written within the last `backup.wal_keep_days`
+    /// days; and everything while no kept backup is verified. Without
+    /// --yes it only lists what would go. Exit 1 when a place could not be
+    /// read or pruned.
+    WalPrune {
+        /// Only list what would be removed (the default without --yes).
+        #[arg(long, conflicts_with = "yes")]
+        dry_run: bool,
+        /// Remove the files listed.
+        #[arg(long)]
+        yes: bool,
+        /// Print the plan and what was done as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -293,6 +312,35 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", tandem_agent::backup::describe_human(&list));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::WalPrune { dry_run, yes, json } => {
+            if cfg.backup.is_none() {
+                anyhow::bail!(
+                    "no [backup] section in {}: this agent keeps no WAL archive",
+                    cli.config.display()
+                );
+            }
+            let dry_run = dry_run || !yes;
+            // Removals are logged on stderr as they happen.
+            let telemetry = (!dry_run)
+                .then(|| telemetry::init("tandem-agent", cli.log_format, "info"))
+                .transpose()?;
+            let report =
+                tandem_agent::backup::wal_retention::run(&cfg, jiff::Timestamp::now(), dry_run)
+                    .await;
+            if let Some(t) = telemetry {
+                t.shutdown().await;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.human());
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Status => {
             let engine = tandem_agent::engine_for(&cfg)?;

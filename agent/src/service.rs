@@ -305,12 +305,29 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
                     "agent `{}` has no [backup] section: it takes no backups",
                     self.agent
                 )],
+                wal_archives: vec![],
             }));
         };
+        let wal_dir = b.wal_archive.clone();
         let list = tokio::task::spawn_blocking(move || crate::backup::describe_all(&b.dir))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
+        let mut wal_archives = vec![];
+        if let Some(dir) = wal_dir {
+            let location = dir.display().to_string();
+            let read = tokio::task::spawn_blocking(move || crate::backup::wal::check(&dir))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            wal_archives.push(match read {
+                Ok(c) => c.to_wire(&location),
+                Err(e) => pb::WalArchive {
+                    location,
+                    problem: e.to_string(),
+                    ..Default::default()
+                },
+            });
+        }
         let wire = |b: crate::backup::BackupInfo, member: &str| pb::BackupInfo {
             file: b.file.display().to_string(),
             kind: b.kind.as_str().to_owned(),
@@ -328,9 +345,15 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
         let mut problems = vec![];
         // The set's backups in the remote store, named as `--from` takes them.
         if let Some(r) = &self.ops.config().remote {
+            let location = format!("remote:{}/wal", self.set);
             let listed = tokio::time::timeout(REMOTE_LIST_BUDGET, async {
                 let store = crate::backup::remote::Remote::open(r).map_err(|e| e.to_string())?;
-                store.describe(&self.set).await.map_err(|e| e.to_string())
+                let (backups, wal) =
+                    tokio::join!(store.describe(&self.set), store.wal_continuity(&self.set));
+                Ok::<_, String>((
+                    backups.map_err(|e| e.to_string())?,
+                    wal.map_err(|e| e.to_string()),
+                ))
             })
             .await
             .unwrap_or_else(|_| {
@@ -339,7 +362,19 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
                 ))
             });
             match listed {
-                Ok(list) => backups.extend(list.into_iter().map(|b| wire(b.info(), REMOTE_MEMBER))),
+                Ok((list, wal)) => {
+                    backups.extend(list.into_iter().map(|b| wire(b.info(), REMOTE_MEMBER)));
+                    let mut w = match wal {
+                        Ok(c) => c.to_wire(&location),
+                        Err(e) => pb::WalArchive {
+                            location,
+                            problem: e,
+                            ..Default::default()
+                        },
+                    };
+                    w.member = REMOTE_MEMBER.to_owned();
+                    wal_archives.push(w);
+                }
                 Err(e) => problems.push(format!("the remote store could not be listed: {e}")),
             }
         }
@@ -347,6 +382,7 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
             set: self.set.clone(),
             backups,
             problems,
+            wal_archives,
         }))
     }
 }
@@ -355,9 +391,7 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
 /// controller (3 s `status_timeout` by default) still gets the local files.
 const REMOTE_LIST_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The `member` of a backup listed from the remote store (any member with
-/// the same [remote] store can restore it).
-pub const REMOTE_MEMBER: &str = "(remote)";
+pub use tandem_proto::model::REMOTE_MEMBER;
 
 /// A stream fed by a task through a channel (the task ends when the client goes away).
 fn async_stream<F, Fut>(f: F) -> impl tokio_stream::Stream<Item = Result<pb::Progress, Status>>

@@ -159,6 +159,7 @@ pub fn verdict_json(v: &Option<pb::Verdict>) -> Value {
         "started_at": ts(x.started_at),
         "trace_id": non_empty(&x.trace_id),
         "backup_path": non_empty(&x.backup_path),
+        "notes": x.notes,
     })
 }
 
@@ -178,8 +179,49 @@ pub fn backups_json(r: &pb::ListBackupsResponse) -> Value {
             "verified": b.verified,
             "problem": non_empty(&b.problem),
         })).collect::<Vec<_>>(),
+        "wal_archives": r.wal_archives.iter().map(|w| json!({
+            "member": w.member,
+            "location": w.location,
+            "segment_bytes": w.segment_bytes,
+            "newest_modified": ts(w.newest_modified),
+            "timelines": w.timelines.iter().map(|t| json!({
+                "timeline": t.timeline,
+                "first": t.first,
+                "last": t.last,
+                "segments": t.segments,
+                "gaps": t.gaps.iter().map(|g| json!({"from": g.from, "to": g.to})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "problem": non_empty(&w.problem),
+        })).collect::<Vec<_>>(),
         "problems": r.problems,
     })
+}
+
+/// One line per WAL archive and timeline, for `tandemctl backups`.
+fn wal_archives_human(r: &pb::ListBackupsResponse) -> String {
+    let mut out = String::new();
+    for w in &r.wal_archives {
+        let head = format!("\nWAL archive {} ({})", w.location, w.member);
+        if !w.problem.is_empty() {
+            out.push_str(&format!("{head}: cannot be read: {}", w.problem));
+            continue;
+        }
+        if w.timelines.is_empty() {
+            out.push_str(&format!("{head}: no segment"));
+            continue;
+        }
+        out.push_str(&format!("{head}:"));
+        for t in &w.timelines {
+            out.push_str(&format!(
+                "\n  timeline {}: {} segments, {} .. {}",
+                t.timeline, t.segments, t.first, t.last
+            ));
+            for g in &t.gaps {
+                out.push_str(&format!("\n    missing {} .. {}", g.from, g.to));
+            }
+        }
+    }
+    out
 }
 
 fn mib(bytes: u64) -> String {
@@ -225,6 +267,7 @@ pub fn backups_human(r: &pb::ListBackupsResponse) -> String {
             &rows,
         )
     };
+    out.push_str(&wal_archives_human(r));
     for p in &r.problems {
         out.push_str(&format!("\nproblem: {p}"));
     }
@@ -343,6 +386,9 @@ pub fn verdicts_human(results: &[(String, pb::Verdict)]) -> String {
                 "\n  backup kept: {} on member {}",
                 v.backup_path, v.member
             ));
+        }
+        for n in &v.notes {
+            out.push_str(&format!("\n  note: {n}"));
         }
         if !v.trace_id.is_empty() {
             out.push_str(&format!("\n  trace id: {}", v.trace_id));

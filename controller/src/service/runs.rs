@@ -1,6 +1,7 @@
 //! Fleet runs: testdb, backup and copy runs, watching and cancelling them, policies, limits, backups listed.
 
 use super::*;
+use tandem_proto::model::REMOTE_MEMBER;
 
 impl ControllerService {
     pub(super) async fn start_testdb(
@@ -357,6 +358,18 @@ impl ControllerService {
                         }
                         out.backups.push(b);
                     }
+                    for mut w in r.wal_archives {
+                        // The remote store's WAL is the set's, listed by
+                        // every member that shares the store: keep one.
+                        if w.member == REMOTE_MEMBER {
+                            if out.wal_archives.iter().any(|o| o.location == w.location) {
+                                continue;
+                            }
+                        } else {
+                            w.member = member.clone();
+                        }
+                        out.wal_archives.push(w);
+                    }
                     out.problems
                         .extend(r.problems.into_iter().map(|p| format!("{member}: {p}")));
                 }
@@ -366,6 +379,13 @@ impl ControllerService {
         out.backups.sort_by(|a, b| {
             let t = |x: &pb::BackupInfo| x.taken_at.map(|t| (t.seconds, t.nanos));
             t(b).cmp(&t(a)).then_with(|| a.file.cmp(&b.file))
+        });
+        out.wal_archives.sort_by(|a, b| {
+            (a.member == REMOTE_MEMBER, &a.member, &a.location).cmp(&(
+                b.member == REMOTE_MEMBER,
+                &b.member,
+                &b.location,
+            ))
         });
         out.problems.sort();
         Ok(Response::new(out))
