@@ -86,8 +86,8 @@ enum Command {
         path: PathBuf,
     },
     /// Check the WAL archive's continuity: first and last segment per
-    /// timeline, and the gaps. Exit 1 when there are gaps, or when `--from`
-    /// is not covered.
+    /// timeline, and the gaps. Exit 1 when there are gaps (with --through:
+    /// gaps before that segment), or when `--from` is not covered.
     ArchiveCheck {
         /// The WAL archive (default: `backup.wal_archive` from the config).
         #[arg(long)]
@@ -101,6 +101,10 @@ enum Command {
         from: Option<String>,
         #[arg(long, default_value_t = 1)]
         timeline: u32,
+        /// With --from: only up to this segment (e.g. the one a target time
+        /// falls in); gaps after it do not count.
+        #[arg(long, requires = "from")]
+        through: Option<String>,
     },
     /// List the local backup files (kind, time, size, LSN range, verified).
     Backups {
@@ -251,6 +255,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             remote,
             from,
             timeline,
+            through,
         } => {
             let (c, place) = if let Some((r, set)) = config.remote_store(remote)? {
                 let c = r.wal_continuity(&set).await?;
@@ -260,7 +265,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 let c = wal::check(&dir)?;
                 (c, format!("the WAL archive {}", dir.display()))
             };
-            let mut ok = !c.has_gaps();
+            // Up to a segment, only the gaps before it count.
+            let mut ok = through.is_some() || !c.has_gaps();
             for (tl, span) in &c.timelines {
                 println!(
                     "timeline {tl}: {} segments, {} .. {}",
@@ -277,10 +283,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 let lsn: tandem_proto::model::Lsn = from.parse().map_err(|()| {
                     anyhow::anyhow!("--from {from:?} is not an LSN like 0/3000028")
                 })?;
-                match c.covers_from(timeline, lsn) {
-                    Ok(()) => println!("roll-forward from {lsn} on timeline {timeline}: covered"),
+                let upto = through
+                    .as_deref()
+                    .map(|s| format!(" through {s}"))
+                    .unwrap_or_default();
+                match c.covers(timeline, lsn, through.as_deref()) {
+                    Ok(()) => {
+                        println!("roll-forward from {lsn} on timeline {timeline}{upto}: covered")
+                    }
                     Err(why) => {
-                        println!("roll-forward from {lsn} on timeline {timeline}: {why}");
+                        println!("roll-forward from {lsn} on timeline {timeline}{upto}: {why}");
                         ok = false;
                     }
                 }

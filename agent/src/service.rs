@@ -385,6 +385,64 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
             wal_archives,
         }))
     }
+
+    async fn plan_wal_prune(
+        &self,
+        _req: Request<pb::WalPruneRequest>,
+    ) -> Result<Response<pb::WalPruneResponse>, Status> {
+        let cfg = self.ops.config();
+        if cfg.backup.is_none() {
+            return Ok(Response::new(pb::WalPruneResponse {
+                set: self.set.clone(),
+                plans: vec![],
+                problems: vec![format!(
+                    "agent `{}` has no [backup] section: it keeps no WAL archive",
+                    self.agent
+                )],
+            }));
+        }
+        // Read-only: lists the backups and the WAL, removes nothing.
+        let report = tokio::time::timeout(
+            REMOTE_LIST_BUDGET,
+            crate::backup::wal_retention::run(cfg, jiff::Timestamp::now(), true),
+        )
+        .await;
+        let (plans, problems) = match report {
+            Ok(r) => (r.places.into_iter().map(wal_plan_to_wire).collect(), vec![]),
+            Err(_) => (
+                vec![],
+                vec![format!(
+                    "the plan took longer than {REMOTE_LIST_BUDGET:?} (is the remote store slow?)"
+                )],
+            ),
+        };
+        Ok(Response::new(pb::WalPruneResponse {
+            set: self.set.clone(),
+            plans,
+            problems,
+        }))
+    }
+}
+
+/// A place's retention plan as `PlanWalPrune` answers it.
+fn wal_plan_to_wire(p: crate::backup::wal_retention::PlaceReport) -> pb::WalPrunePlan {
+    let mut w = pb::WalPrunePlan {
+        location: p.location,
+        problem: p.problem.unwrap_or_default(),
+        ..Default::default()
+    };
+    if let Some(plan) = p.plan {
+        w.bytes = plan.bytes();
+        w.files = plan.delete.into_iter().map(|d| d.name).collect();
+        if let Some(b) = plan.boundary {
+            w.boundary_backup = b.backup;
+            w.boundary_start_lsn = b.start_lsn.to_string();
+            w.first_kept_segment = b.first_kept_segment;
+        }
+        w.kept_in_window = plan.kept_in_window;
+        w.why = plan.why;
+    }
+    w
 }
 
 /// How long `ListBackups` waits for the remote store, so that the

@@ -197,6 +197,59 @@ pub fn backups_json(r: &pb::ListBackupsResponse) -> Value {
     })
 }
 
+/// `tandemctl wal-prune -o json`.
+pub fn wal_prune_json(r: &pb::WalPruneResponse) -> Value {
+    json!({
+        "set": r.set,
+        "plans": r.plans.iter().map(|p| json!({
+            "member": p.member,
+            "location": p.location,
+            "files": p.files,
+            "bytes": p.bytes,
+            "boundary_backup": non_empty(&p.boundary_backup),
+            "boundary_start_lsn": non_empty(&p.boundary_start_lsn),
+            "first_kept_segment": non_empty(&p.first_kept_segment),
+            "kept_in_window": p.kept_in_window,
+            "why": p.why,
+            "problem": non_empty(&p.problem),
+        })).collect::<Vec<_>>(),
+        "problems": r.problems,
+    })
+}
+
+/// `tandemctl wal-prune`: per member and place, what would go and why.
+pub fn wal_prune_human(r: &pb::WalPruneResponse) -> String {
+    let mut out = String::new();
+    for p in &r.plans {
+        if !p.problem.is_empty() {
+            out.push_str(&format!(
+                "{} {}: cannot plan: {}\n",
+                p.member, p.location, p.problem
+            ));
+            continue;
+        }
+        out.push_str(&format!(
+            "{} {}: {} file(s), {} would be removed\n  {}\n",
+            p.member,
+            p.location,
+            p.files.len(),
+            mib(p.bytes),
+            p.why
+        ));
+        for f in &p.files {
+            out.push_str(&format!("  {f}\n"));
+        }
+    }
+    if r.plans.is_empty() {
+        out.push_str(&format!("set {}: no WAL archive\n", r.set));
+    }
+    out.push_str("dry run: nothing was removed");
+    for p in &r.problems {
+        out.push_str(&format!("\nproblem: {p}"));
+    }
+    out
+}
+
 /// One line per WAL archive and timeline, for `tandemctl backups`.
 fn wal_archives_human(r: &pb::ListBackupsResponse) -> String {
     let mut out = String::new();

@@ -189,6 +189,27 @@ async fn wal_older_than_the_oldest_kept_backup_is_listed_then_removed_from_the_a
         );
     }
     assert_eq!(archived(&dir), all, "a dry run removed something");
+    // Through the controller, the same plan for the member that took the
+    // backups (its agent still runs with the window, so the files are kept
+    // as recent there), and still nothing removed.
+    let run = fleet
+        .ctl(&["wal-prune", SET, "--dry-run", "--output", "json"])
+        .unwrap();
+    assert_eq!(run.code, 0, "{run:?}");
+    let plans = run.json();
+    let mine: Vec<&Value> = plans["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["member"] == member.as_str())
+        .collect();
+    assert_eq!(mine.len(), 2, "{plans:#}");
+    for p in mine {
+        assert_eq!(p["files"], Value::Array(vec![]), "{plans:#}");
+        assert_eq!(p["kept_in_window"], doomed.len(), "{plans:#}");
+        assert_eq!(p["boundary_start_lsn"], starts[1].to_string(), "{plans:#}");
+    }
+    assert_eq!(archived(&dir), all, "a dry run removed something");
     let (code, out, _) = agent(&config, &["wal-prune"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("would be removed"), "{out}");
@@ -210,6 +231,27 @@ async fn wal_older_than_the_oldest_kept_backup_is_listed_then_removed_from_the_a
         .collect();
     assert_eq!(archived(&dir), left);
     covered(&config, starts[1]);
+    // The rotated backup's roll-forward is what went.
+    let (code, out, _) = agent(
+        &config,
+        &["archive-check", "--from", &starts[0].to_string()],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("archiving began after the backup"), "{out}");
+    // Up to a segment: covered from the oldest kept backup's start.
+    let last = left.iter().rfind(|n| n.len() == 24).unwrap();
+    let (code, out, _) = agent(
+        &config,
+        &[
+            "archive-check",
+            "--from",
+            &starts[1].to_string(),
+            "--through",
+            last,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("through {last}: covered")), "{out}");
     let (code, out, _) = agent(&config, &["wal-prune", "--json"]);
     assert_eq!(code, 0);
     let again: Value = serde_json::from_str(&out).unwrap();

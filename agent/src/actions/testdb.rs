@@ -507,8 +507,9 @@ impl<E: Engine> crate::steps::Action<E> for Testdb {
                 }
                 // Rotation may have dropped the oldest backup: the WAL only
                 // it needed can go now.
-                if kept.is_some() {
-                    let note = backup::wal_retention::after_backup(&run.cfg).await;
+                if kept.is_some()
+                    && let Some(note) = backup::wal_retention::after_backup(&run.cfg).await
+                {
                     run.rec().notes.push(note);
                 }
                 run.rec().backup_path = kept.map(|k| k.path);

@@ -82,6 +82,9 @@ impl Plan {
 /// `.partial` segment's, a `.backup` label's; `None` for `.history` files
 /// and any other name (kept).
 fn segment_of_file(name: &str, segment_bytes: u64) -> Option<u64> {
+    if !wal::valid_name(name) {
+        return None;
+    }
     let seg = if let Some(s) = name.strip_suffix(".partial") {
         s
     } else if name.ends_with(".backup") {
@@ -89,9 +92,6 @@ fn segment_of_file(name: &str, segment_bytes: u64) -> Option<u64> {
     } else {
         name
     };
-    if !wal::valid_name(name) {
-        return None;
-    }
     wal::segment_number(seg, segment_bytes).map(|(_, n)| n)
 }
 
@@ -242,7 +242,10 @@ impl Report {
             .places
             .iter()
             .map(|p| match (&p.plan, &p.problem) {
-                (_, Some(e)) => format!("{}: not pruned ({e})", p.location),
+                (_, Some(e)) => format!(
+                    "{}: pruning failed after {} file(s) ({e}); older WAL is kept",
+                    p.location, p.removed
+                ),
                 (Some(plan), None) if self.dry_run => format!(
                     "{}: {} old file(s), {}, would be removed ({})",
                     p.location,
@@ -271,7 +274,10 @@ impl Report {
         let mut out = String::new();
         for p in &self.places {
             match (&p.plan, &p.problem) {
-                (_, Some(e)) => out.push_str(&format!("{}: cannot prune: {e}\n", p.location)),
+                (_, Some(e)) => out.push_str(&format!(
+                    "{}: cannot prune ({} file(s) removed before): {e}\n",
+                    p.location, p.removed
+                )),
                 (Some(plan), None) => {
                     let verb = if self.dry_run {
                         "would be removed"
@@ -462,9 +468,13 @@ pub async fn run(cfg: &AgentConfig, now: Timestamp, dry_run: bool) -> Report {
 }
 
 /// Retention at the end of a kept backup: prune, log what was kept and
-/// why, and return the note for the operation's result.
-pub async fn after_backup(cfg: &AgentConfig) -> String {
+/// why, and return the note for the operation's result (none when no WAL
+/// archive is configured).
+pub async fn after_backup(cfg: &AgentConfig) -> Option<String> {
     let report = run(cfg, Timestamp::now(), false).await;
+    if report.places.is_empty() {
+        return None;
+    }
     for p in &report.places {
         match (&p.plan, &p.problem) {
             (_, Some(e)) => {
@@ -480,7 +490,7 @@ pub async fn after_backup(cfg: &AgentConfig) -> String {
             (None, None) => {}
         }
     }
-    report.note()
+    Some(report.note())
 }
 
 #[cfg(test)]

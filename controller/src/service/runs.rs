@@ -2,6 +2,8 @@
 
 use super::*;
 use tandem_proto::model::REMOTE_MEMBER;
+use tandem_proto::pb::agent_client::AgentClient;
+use tandem_proto::propagation::TracedChannel;
 
 impl ControllerService {
     pub(super) async fn start_testdb(
@@ -302,48 +304,16 @@ impl ControllerService {
         let Some(set) = self.inventory.set(&set_name) else {
             return Err(ServiceError::UnknownSet { set: set_name }.into());
         };
-        let timeout = self.inventory.config().status_timeout;
-        let mut tasks = JoinSet::new();
-        for m in &set.members {
-            let view = self.inventory.get(&m.agent);
-            let client = view
-                .as_ref()
-                .filter(|v| !v.row.address.is_empty())
-                .map(|v| self.agents.client(&v.row.address));
-            let member = m.name.clone();
-            let agent = m.agent.clone();
-            tasks.spawn(async move {
-                let answer = match client {
-                    None => Err(format!("{member}: agent `{agent}` never registered")),
-                    Some(Err(e)) => Err(format!("{member}: {e}")),
-                    Some(Ok(mut c)) => {
-                        match tokio::time::timeout(
-                            timeout,
-                            c.list_backups(pb::ListBackupsRequest::default()),
-                        )
-                        .await
-                        {
-                            Ok(Ok(r)) => Ok(r.into_inner()),
-                            Ok(Err(e)) => {
-                                Err(format!("{member}: agent `{agent}`: {}", e.message()))
-                            }
-                            Err(_) => Err(format!(
-                                "{member}: agent `{agent}` did not answer within {timeout:?}"
-                            )),
-                        }
-                    }
-                };
-                (member, answer)
-            });
-        }
+        let answers = self
+            .ask_members(&set, |mut c| async move {
+                c.list_backups(pb::ListBackupsRequest::default()).await
+            })
+            .await;
         let mut out = pb::ListBackupsResponse {
             set: set.name.clone(),
             ..Default::default()
         };
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((member, answer)) = joined else {
-                continue;
-            };
+        for (member, answer) in answers {
             match answer {
                 Ok(r) => {
                     for mut b in r.backups {
@@ -389,5 +359,93 @@ impl ControllerService {
         });
         out.problems.sort();
         Ok(Response::new(out))
+    }
+
+    pub(super) async fn plan_wal_prune(
+        &self,
+        req: Request<pb::WalPruneRequest>,
+    ) -> Result<Response<pb::WalPruneResponse>, Status> {
+        self.require(&caller(&req)?, "PlanWalPrune")?;
+        let set_name = req.into_inner().set;
+        let Some(set) = self.inventory.set(&set_name) else {
+            return Err(ServiceError::UnknownSet { set: set_name }.into());
+        };
+        let answers = self
+            .ask_members(&set, |mut c| async move {
+                c.plan_wal_prune(pb::WalPruneRequest::default()).await
+            })
+            .await;
+        let mut out = pb::WalPruneResponse {
+            set: set.name.clone(),
+            ..Default::default()
+        };
+        for (member, answer) in answers {
+            match answer {
+                Ok(r) => {
+                    out.plans.extend(r.plans.into_iter().map(|mut p| {
+                        p.member = member.clone();
+                        p
+                    }));
+                    out.problems
+                        .extend(r.problems.into_iter().map(|p| format!("{member}: {p}")));
+                }
+                Err(p) => out.problems.push(p),
+            }
+        }
+        out.plans
+            .sort_by(|a, b| (&a.member, &a.location).cmp(&(&b.member, &b.location)));
+        out.problems.sort();
+        Ok(Response::new(out))
+    }
+
+    /// Ask the agent of every member of `set` at once with `call`, each
+    /// within `status_timeout`; per member its answer or why there is none
+    /// (a sentence that names the member).
+    async fn ask_members<T, F, Fut>(
+        &self,
+        set: &SetDecl,
+        call: F,
+    ) -> Vec<(String, Result<T, String>)>
+    where
+        T: Send + 'static,
+        F: Fn(AgentClient<TracedChannel>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>> + Send + 'static,
+    {
+        let timeout = self.inventory.config().status_timeout;
+        let mut tasks = JoinSet::new();
+        for m in &set.members {
+            let view = self.inventory.get(&m.agent);
+            let client = view
+                .as_ref()
+                .filter(|v| !v.row.address.is_empty())
+                .map(|v| self.agents.client(&v.row.address));
+            let member = m.name.clone();
+            let agent = m.agent.clone();
+            let asked = match client {
+                None => Err(format!("{member}: agent `{agent}` never registered")),
+                Some(Err(e)) => Err(format!("{member}: {e}")),
+                Some(Ok(c)) => Ok(call(c)),
+            };
+            tasks.spawn(async move {
+                let answer = match asked {
+                    Err(why) => Err(why),
+                    Ok(fut) => match tokio::time::timeout(timeout, fut).await {
+                        Ok(Ok(r)) => Ok(r.into_inner()),
+                        Ok(Err(e)) => Err(format!("{member}: agent `{agent}`: {}", e.message())),
+                        Err(_) => Err(format!(
+                            "{member}: agent `{agent}` did not answer within {timeout:?}"
+                        )),
+                    },
+                };
+                (member, answer)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(answer) = joined {
+                out.push(answer);
+            }
+        }
+        out
     }
 }
