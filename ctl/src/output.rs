@@ -254,7 +254,12 @@ pub fn wal_prune_human(r: &pb::WalPruneResponse) -> String {
 fn wal_archives_human(r: &pb::ListBackupsResponse) -> String {
     let mut out = String::new();
     for w in &r.wal_archives {
-        let head = format!("\nWAL archive {} ({})", w.location, w.member);
+        // The store's location says it is the store.
+        let head = if w.member == tandem_proto::model::REMOTE_MEMBER {
+            format!("\nWAL archive {}", w.location)
+        } else {
+            format!("\nWAL archive {} on {}", w.location, w.member)
+        };
         if !w.problem.is_empty() {
             out.push_str(&format!("{head}: cannot be read: {}", w.problem));
             continue;
@@ -793,6 +798,53 @@ pub fn inventory_human(sets: &[pb::InventorySet]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backups_end_with_what_each_wal_archive_holds() {
+        let r = pb::ListBackupsResponse {
+            set: "billing".into(),
+            wal_archives: vec![
+                pb::WalArchive {
+                    member: "db2".into(),
+                    location: "/var/lib/tandem/wal".into(),
+                    segment_bytes: 16 << 20,
+                    timelines: vec![pb::WalTimeline {
+                        timeline: 1,
+                        first: "000000010000000000000003".into(),
+                        last: "000000010000000000000009".into(),
+                        segments: 6,
+                        gaps: vec![pb::WalGap {
+                            from: "000000010000000000000005".into(),
+                            to: "000000010000000000000005".into(),
+                        }],
+                    }],
+                    ..Default::default()
+                },
+                pb::WalArchive {
+                    member: "(remote)".into(),
+                    location: "remote:billing/wal".into(),
+                    problem: "timed out".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let text = backups_human(&r);
+        assert!(
+            text.contains("WAL archive /var/lib/tandem/wal on db2:\n  timeline 1: 6 segments, 000000010000000000000003 .. 000000010000000000000009\n    missing 000000010000000000000005 .. 000000010000000000000005"),
+            "{text}"
+        );
+        assert!(
+            text.contains("WAL archive remote:billing/wal: cannot be read: timed out"),
+            "{text}"
+        );
+        let j = backups_json(&r);
+        assert_eq!(
+            j["wal_archives"][0]["timelines"][0]["gaps"][0]["from"],
+            "000000010000000000000005"
+        );
+        assert_eq!(j["wal_archives"][1]["problem"], "timed out");
+    }
 
     #[test]
     fn an_agent_certificate_near_its_end_is_warned_about() {

@@ -117,6 +117,11 @@ pub fn plan(
             "no kept backup is verified (tested clean), so every WAL file is kept".into(),
         );
     }
+    // The segment size comes from a segment's size: without one, the
+    // other files' segment numbers are not known.
+    if !files.iter().any(|f| wal::parse_segment(&f.name).is_some()) {
+        return nothing("the archive holds no segment, so every WAL file is kept".into());
+    }
     let segment_bytes = wal::continuity(files.iter().cloned()).segment_bytes;
     let first_kept = oldest.start_lsn.0 / segment_bytes;
     let cutoff = now - window;
@@ -645,11 +650,16 @@ mod tests {
                 seg(1, 2),
                 old_label.clone(),
                 seg(1, 3),
-                old_partial,
+                old_partial.clone(),
                 seg(1, 4)
             ]
         );
         assert!(!names(&p).contains(&new_label));
+        // Without a segment the segment size is not known: nothing goes.
+        let labels = files(&[&old_label, &old_partial], 30);
+        let p = plan(&labels, &[backup("b", 5, true)], now(), days(0));
+        assert!(p.delete.is_empty());
+        assert!(p.why.contains("no segment"), "{}", p.why);
     }
 
     #[test]
