@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::corrupt;
 use crate::fleet::Fleet;
 use crate::procs::bin_path;
@@ -78,4 +80,21 @@ pub async fn take_backup_verdict(fleet: &Fleet, set: &str) -> serde_json::Value 
     let run = fleet.ctl(&["backup", set, "--output", "json"]).unwrap();
     assert_eq!(run.code, 0, "{run:?}\n{}", fleet.logs());
     run.json()["sets"][0]["verdict"].clone()
+}
+
+/// `tandemctl restore SET --member <set>-p --yes --output json ARGS` as
+/// admin: the exit code, the JSON (null on exit 2) and the whole run.
+pub fn restore_primary(fleet: &Fleet, set: &str, args: &[&str]) -> (i32, Value, String) {
+    let member = format!("{set}-p");
+    let mut all = vec![
+        "restore", set, "--member", &member, "--yes", "--output", "json",
+    ];
+    all.extend_from_slice(args);
+    let run = fleet.ctl_as("admin", &all).unwrap();
+    let json = if run.code == 2 {
+        Value::Null
+    } else {
+        run.json()
+    };
+    (run.code, json, format!("{run:?}"))
 }

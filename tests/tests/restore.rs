@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tandem_tests::archiving::{
-    enable_archiving, set_archive_command, switch_and_archive, take_backup,
+    enable_archiving, restore_primary, set_archive_command, switch_and_archive, take_backup,
 };
 use tandem_tests::corrupt;
 use tandem_tests::fleet::{Fleet, FleetSpec};
@@ -38,21 +38,6 @@ fn siblings(data_dir: &Path, infix: &str) -> Vec<PathBuf> {
                 .starts_with(&format!("{name}{infix}"))
         })
         .collect()
-}
-
-fn restore(fleet: &Fleet, set: &str, args: &[&str]) -> (i32, Value, String) {
-    let member = format!("{set}-p");
-    let mut all = vec![
-        "restore", set, "--member", &member, "--yes", "--output", "json",
-    ];
-    all.extend_from_slice(args);
-    let run = fleet.ctl_as("admin", &all).unwrap();
-    let json = if run.code == 2 {
-        Value::Null
-    } else {
-        run.json()
-    };
-    (run.code, json, format!("{run:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +79,7 @@ async fn a_damaged_primary_is_restored_to_a_point_in_time() {
     p.stop_immediate().unwrap();
     std::fs::remove_file(p.data_dir.join("global/pg_control")).unwrap();
 
-    let (code, json, raw) = restore(
+    let (code, json, raw) = restore_primary(
         &fleet,
         "pitr",
         &["--from", file.to_str().unwrap(), "--target-time", &target],
@@ -256,7 +241,7 @@ async fn a_failing_upgrade_hook_puts_the_original_back_and_names_r6() {
         .unwrap();
     switch_and_archive(&fleet, "hook").await;
 
-    let (code, json, raw) = restore(
+    let (code, json, raw) = restore_primary(
         &fleet,
         "hook",
         &["--from", file.to_str().unwrap(), "--latest"],
@@ -452,7 +437,7 @@ async fn a_backup_and_wal_in_an_s3_store_restore_a_primary_whose_archives_are_go
     assert_eq!(check.status.code(), Some(0), "{said}");
     assert!(said.contains("covered"), "{said}");
 
-    let (code, json, raw) = restore(
+    let (code, json, raw) = restore_primary(
         &fleet,
         "far",
         &["--from", &format!("remote:{key}"), "--latest"],
@@ -503,7 +488,7 @@ async fn a_target_time_before_the_backup_is_refused_before_anything_stops() {
     let pair = fleet.set("early");
     pair.wait_streaming(&pair.standbys[0]).await.unwrap();
     let file = take_backup(&fleet, "early").await;
-    let (code, _, raw) = restore(
+    let (code, _, raw) = restore_primary(
         &fleet,
         "early",
         &[
@@ -518,7 +503,7 @@ async fn a_target_time_before_the_backup_is_refused_before_anything_stops() {
     assert!(raw.contains("choose an older backup"), "{raw}");
     // A time that cannot be read is refused by the controller, naming the
     // field, before it asks the agent anything.
-    let (code, _, raw) = restore(
+    let (code, _, raw) = restore_primary(
         &fleet,
         "early",
         &[
@@ -665,7 +650,7 @@ async fn a_restore_step_failing_at_any_position_puts_the_old_data_directory_back
             pair.wait_streaming(&pair.standbys[0]).await.unwrap();
         }
         fleet.wait_heartbeat_streaming("rfail-s1").await.unwrap();
-        let (code, json, raw) = restore(
+        let (code, json, raw) = restore_primary(
             &fleet,
             "rfail",
             &["--replace", "--from", file.to_str().unwrap()],

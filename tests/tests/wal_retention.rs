@@ -4,7 +4,8 @@
 //! lists exactly the WAL older than the oldest kept backup's start and
 //! removes nothing, the removal removes that from both places, and a
 //! roll-forward from the oldest kept backup still finds every segment. A
-//! later backup then prunes by itself and says so in its verdict.
+//! later backup then prunes by itself and says so in its verdict, and a
+//! restore from the oldest backup still kept rolls forward to the end.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,13 +13,17 @@ use std::process::Command;
 use serde_json::Value;
 use tandem_agent::backup::{BackupName, wal};
 use tandem_proto::model::Lsn;
-use tandem_tests::archiving::{set_archive_command, switch_and_archive, take_backup_verdict};
+use tandem_tests::archiving::{
+    restore_primary, set_archive_command, switch_and_archive, take_backup_verdict,
+};
 use tandem_tests::fleet::{Fleet, FleetSpec};
 use tandem_tests::procs::bin_path;
 use tandem_tests::s3::S3Server;
 
 const SET: &str = "ret";
 const SEG: u64 = 16 << 20;
+/// Rows each write adds.
+const ROWS: u64 = 20_000;
 
 /// `tandem-agent --config <config> <args>`: exit code, stdout, stderr.
 fn agent(config: &Path, args: &[&str]) -> (i32, String, String) {
@@ -70,7 +75,7 @@ async fn write_and_archive(fleet: &Fleet) {
     let p = &fleet.set(SET).primary;
     p.psql(
         "postgres",
-        "INSERT INTO t SELECT generate_series(1, 20000); CHECKPOINT",
+        &format!("INSERT INTO t SELECT generate_series(1, {ROWS}); CHECKPOINT"),
     )
     .unwrap();
     switch_and_archive(fleet, SET).await;
@@ -108,7 +113,7 @@ async fn wal_older_than_the_oldest_kept_backup_is_listed_then_removed_from_the_a
     let mut spec = FleetSpec::new(&[(SET, 1)]);
     // Every backup is a daily one and two are kept.
     spec.backups = Some(format!(
-        "daily = 2\nweekly = 0\nmonthly = 0\nwal_keep_days = 7\n{}",
+        "daily = 2\nweekly = 0\nmonthly = 0\nwal_keep_days = 7\n{}\n[restore]\nhealth_interval = \"300ms\"\n",
         s3.remote_toml("fleet")
     ));
     let mut fleet = Fleet::start(spec).await.unwrap();
@@ -302,4 +307,19 @@ async fn wal_older_than_the_oldest_kept_backup_is_listed_then_removed_from_the_a
     );
     assert!(notes.contains("removed"), "{v:#}");
     covered(&config, starts[2]);
+
+    // A restore of the primary from the oldest kept backup rolls forward
+    // through the pruned archive to its end: every row written is there.
+    let (code, json, raw) =
+        restore_primary(&fleet, SET, &["--from", &file(&verdicts[2]), "--latest"]);
+    assert_eq!(code, 0, "{raw}\n{}", fleet.logs());
+    assert_eq!(json["state"], "restored", "{json:#}");
+    assert_eq!(
+        fleet
+            .set(SET)
+            .primary
+            .psql("postgres", "SELECT count(*) FROM t")
+            .unwrap(),
+        (5 * ROWS).to_string()
+    );
 }
