@@ -1,4 +1,4 @@
-//! Fleet runs: testdb, backup and copy runs, watching and cancelling them, policies, limits, backups listed.
+//! Fleet runs: testdb, backup and copy runs, watching and cancelling them, policies, limits, backups listed, WAL retention planned on every member.
 
 use super::*;
 use tandem_proto::model::REMOTE_MEMBER;
