@@ -145,6 +145,16 @@ pub struct BackupConfig {
     /// `archive_command`) and a restore rolls forward from (SPEC R7).
     #[serde(default)]
     pub wal_archive: Option<PathBuf>,
+    /// The recovery window for WAL retention, in days: an archived WAL
+    /// file written within it is never removed, whatever the backups. Older
+    /// WAL goes once no kept backup needs it (`tandem-agent wal-prune`, and
+    /// after each kept backup). 0: no window.
+    #[serde(default = "default_wal_keep_days")]
+    pub wal_keep_days: u32,
+}
+
+fn default_wal_keep_days() -> u32 {
+    7
 }
 
 fn default_daily() -> usize {
@@ -167,6 +177,11 @@ impl BackupConfig {
             weekly: self.weekly,
             monthly: self.monthly,
         }
+    }
+
+    /// The recovery window of WAL retention.
+    pub fn wal_keep_window(&self) -> jiff::SignedDuration {
+        jiff::SignedDuration::from_hours(24 * i64::from(self.wal_keep_days))
     }
 
     pub fn pack_options(&self) -> crate::backup::archive::PackOptions {

@@ -86,8 +86,8 @@ enum Command {
         path: PathBuf,
     },
     /// Check the WAL archive's continuity: first and last segment per
-    /// timeline, and the gaps. Exit 1 when there are gaps, or when `--from`
-    /// is not covered.
+    /// timeline, and the gaps. Exit 1 when there are gaps (with --through:
+    /// gaps before that segment), or when `--from` is not covered.
     ArchiveCheck {
         /// The WAL archive (default: `backup.wal_archive` from the config).
         #[arg(long)]
@@ -101,9 +101,32 @@ enum Command {
         from: Option<String>,
         #[arg(long, default_value_t = 1)]
         timeline: u32,
+        /// With --from: only up to this segment (e.g. the one a target time
+        /// falls in); gaps after it do not count.
+        #[arg(long, requires = "from")]
+        through: Option<String>,
     },
     /// List the local backup files (kind, time, size, LSN range, verified).
     Backups {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove archived WAL that no kept backup needs, from the local WAL
+    /// archive and the set's WAL in the [remote] store. Kept: every segment
+    /// (of any timeline) from the one holding the start of the oldest
+    /// backup in the backup directory or the store, every timeline history
+    /// file, and every file written within the last `backup.wal_keep_days`
+    /// days; and everything while no kept backup is verified. Without
+    /// --yes it only lists what would go. Exit 1 when a place could not be
+    /// read or pruned.
+    WalPrune {
+        /// Only list what would be removed (the default without --yes).
+        #[arg(long, conflicts_with = "yes")]
+        dry_run: bool,
+        /// Remove the files listed.
+        #[arg(long)]
+        yes: bool,
+        /// Print the plan and what was done as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -232,6 +255,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             remote,
             from,
             timeline,
+            through,
         } => {
             let (c, place) = if let Some((r, set)) = config.remote_store(remote)? {
                 let c = r.wal_continuity(&set).await?;
@@ -241,7 +265,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 let c = wal::check(&dir)?;
                 (c, format!("the WAL archive {}", dir.display()))
             };
-            let mut ok = !c.has_gaps();
+            // Up to a segment, only the gaps before it count.
+            let mut ok = through.is_some() || !c.has_gaps();
             for (tl, span) in &c.timelines {
                 println!(
                     "timeline {tl}: {} segments, {} .. {}",
@@ -258,10 +283,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 let lsn: tandem_proto::model::Lsn = from.parse().map_err(|()| {
                     anyhow::anyhow!("--from {from:?} is not an LSN like 0/3000028")
                 })?;
-                match c.covers_from(timeline, lsn) {
-                    Ok(()) => println!("roll-forward from {lsn} on timeline {timeline}: covered"),
+                let upto = through
+                    .as_deref()
+                    .map(|s| format!(" through {s}"))
+                    .unwrap_or_default();
+                match c.covers(timeline, lsn, through.as_deref()) {
+                    Ok(()) => {
+                        println!("roll-forward from {lsn} on timeline {timeline}{upto}: covered")
+                    }
                     Err(why) => {
-                        println!("roll-forward from {lsn} on timeline {timeline}: {why}");
+                        println!("roll-forward from {lsn} on timeline {timeline}{upto}: {why}");
                         ok = false;
                     }
                 }
@@ -293,6 +324,35 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", tandem_agent::backup::describe_human(&list));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::WalPrune { dry_run, yes, json } => {
+            if cfg.backup.is_none() {
+                anyhow::bail!(
+                    "no [backup] section in {}: this agent keeps no WAL archive",
+                    cli.config.display()
+                );
+            }
+            let dry_run = dry_run || !yes;
+            // Removals are logged on stderr as they happen.
+            let telemetry = (!dry_run)
+                .then(|| telemetry::init("tandem-agent", cli.log_format, "info"))
+                .transpose()?;
+            let report =
+                tandem_agent::backup::wal_retention::run(&cfg, jiff::Timestamp::now(), dry_run)
+                    .await;
+            if let Some(t) = telemetry {
+                t.shutdown().await;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.human());
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Status => {
             let engine = tandem_agent::engine_for(&cfg)?;

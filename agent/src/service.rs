@@ -307,12 +307,29 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
                     self.agent
                 )],
                 hosts,
+                wal_archives: vec![],
             }));
         };
+        let wal_dir = b.wal_archive.clone();
         let list = tokio::task::spawn_blocking(move || crate::backup::describe_all(&b.dir))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
+        let mut wal_archives = vec![];
+        if let Some(dir) = wal_dir {
+            let location = dir.display().to_string();
+            let read = tokio::task::spawn_blocking(move || crate::backup::wal::check(&dir))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            wal_archives.push(match read {
+                Ok(c) => c.to_wire(&location),
+                Err(e) => pb::WalArchive {
+                    location,
+                    problem: e.to_string(),
+                    ..Default::default()
+                },
+            });
+        }
         let wire = |b: crate::backup::BackupInfo, member: &str| pb::BackupInfo {
             file: b.file.display().to_string(),
             kind: b.kind.as_str().to_owned(),
@@ -330,9 +347,15 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
         let mut problems = vec![];
         // The set's backups in the remote store, named as `--from` takes them.
         if let Some(r) = &self.ops.config().remote {
+            let location = format!("remote:{}/wal", self.set);
             let listed = tokio::time::timeout(REMOTE_LIST_BUDGET, async {
                 let store = crate::backup::remote::Remote::open(r).map_err(|e| e.to_string())?;
-                store.describe(&self.set).await.map_err(|e| e.to_string())
+                let (backups, wal) =
+                    tokio::join!(store.describe(&self.set), store.wal_continuity(&self.set));
+                Ok::<_, String>((
+                    backups.map_err(|e| e.to_string())?,
+                    wal.map_err(|e| e.to_string()),
+                ))
             })
             .await
             .unwrap_or_else(|_| {
@@ -341,7 +364,19 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
                 ))
             });
             match listed {
-                Ok(list) => backups.extend(list.into_iter().map(|b| wire(b.info(), REMOTE_MEMBER))),
+                Ok((list, wal)) => {
+                    backups.extend(list.into_iter().map(|b| wire(b.info(), REMOTE_MEMBER)));
+                    let mut w = match wal {
+                        Ok(c) => c.to_wire(&location),
+                        Err(e) => pb::WalArchive {
+                            location,
+                            problem: e,
+                            ..Default::default()
+                        },
+                    };
+                    w.member = REMOTE_MEMBER.to_owned();
+                    wal_archives.push(w);
+                }
                 Err(e) => problems.push(format!("the remote store could not be listed: {e}")),
             }
         }
@@ -350,8 +385,67 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
             backups,
             problems,
             hosts,
+            wal_archives,
         }))
     }
+
+    async fn plan_wal_prune(
+        &self,
+        _req: Request<pb::WalPruneRequest>,
+    ) -> Result<Response<pb::WalPruneResponse>, Status> {
+        let cfg = self.ops.config();
+        if cfg.backup.is_none() {
+            return Ok(Response::new(pb::WalPruneResponse {
+                set: self.set.clone(),
+                plans: vec![],
+                problems: vec![format!(
+                    "agent `{}` has no [backup] section: it keeps no WAL archive",
+                    self.agent
+                )],
+            }));
+        }
+        // Read-only: lists the backups and the WAL, removes nothing.
+        let report = tokio::time::timeout(
+            REMOTE_LIST_BUDGET,
+            crate::backup::wal_retention::run(cfg, jiff::Timestamp::now(), true),
+        )
+        .await;
+        let (plans, problems) = match report {
+            Ok(r) => (r.places.into_iter().map(wal_plan_to_wire).collect(), vec![]),
+            Err(_) => (
+                vec![],
+                vec![format!(
+                    "the plan took longer than {REMOTE_LIST_BUDGET:?} (is the remote store slow?)"
+                )],
+            ),
+        };
+        Ok(Response::new(pb::WalPruneResponse {
+            set: self.set.clone(),
+            plans,
+            problems,
+        }))
+    }
+}
+
+/// A place's retention plan as `PlanWalPrune` answers it.
+fn wal_plan_to_wire(p: crate::backup::wal_retention::PlaceReport) -> pb::WalPrunePlan {
+    let mut w = pb::WalPrunePlan {
+        location: p.location,
+        problem: p.problem.unwrap_or_default(),
+        ..Default::default()
+    };
+    if let Some(plan) = p.plan {
+        w.bytes = plan.bytes();
+        w.files = plan.delete.into_iter().map(|d| d.name).collect();
+        if let Some(b) = plan.boundary {
+            w.boundary_backup = b.backup;
+            w.boundary_start_lsn = b.start_lsn.to_string();
+            w.first_kept_segment = b.first_kept_segment;
+        }
+        w.kept_in_window = plan.kept_in_window;
+        w.why = plan.why;
+    }
+    w
 }
 
 impl<E: Engine> AgentService<E> {
@@ -392,7 +486,7 @@ impl<E: Engine> AgentService<E> {
 /// controller (3 s `status_timeout` by default) still gets the local files.
 const REMOTE_LIST_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub use tandem_proto::model::REMOTE_BACKUP_MEMBER as REMOTE_MEMBER;
+pub use tandem_proto::model::REMOTE_MEMBER;
 
 /// A stream fed by a task through a channel (the task ends when the client goes away).
 fn async_stream<F, Fut>(f: F) -> impl tokio_stream::Stream<Item = Result<pb::Progress, Status>>

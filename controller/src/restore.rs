@@ -9,14 +9,12 @@
 //! set serves, standbys fenced and stopped first, the member restored, each
 //! standby re-seeded from it, the set resumed and tested.
 
-use tandem_proto::model::Role;
+use tandem_proto::model::{REMOTE_MEMBER, Role};
 use tandem_proto::order::{Order, RestoreStage};
 use tandem_proto::pb;
 use tracing::info;
 
 pub mod choose;
-
-use tokio::task::JoinSet;
 
 use crate::agents::AgentClients;
 use crate::error::ServiceError;
@@ -133,58 +131,28 @@ pub async fn follow(
 }
 
 /// Every backup of a set: each member's files (named by member) and the
-/// remote store's (once), newest first, with each host's free space and
-/// the members that could not be asked.
+/// remote store's (once), newest first; what each WAL archive holds (the
+/// store's once); each host's free space; the members that could not be
+/// asked.
 pub async fn list_backups(
     inventory: &Inventory,
     agents: &AgentClients,
     set_name: &str,
 ) -> Result<pb::ListBackupsResponse, ServiceError> {
-    let Some(set) = inventory.set(&set_name) else {
+    let Some(set) = inventory.set(set_name) else {
         return Err(ServiceError::UnknownSet {
             set: set_name.to_owned(),
         });
     };
-    let timeout = inventory.config().status_timeout;
-    let mut tasks = JoinSet::new();
-    for m in &set.members {
-        let view = inventory.get(&m.agent);
-        let client = view
-            .as_ref()
-            .filter(|v| !v.row.address.is_empty())
-            .map(|v| agents.client(&v.row.address));
-        let member = m.name.clone();
-        let agent = m.agent.clone();
-        tasks.spawn(async move {
-            let answer = match client {
-                None => Err(format!("{member}: agent `{agent}` never registered")),
-                Some(Err(e)) => Err(format!("{member}: {e}")),
-                Some(Ok(mut c)) => {
-                    match tokio::time::timeout(
-                        timeout,
-                        c.list_backups(pb::ListBackupsRequest::default()),
-                    )
-                    .await
-                    {
-                        Ok(Ok(r)) => Ok(r.into_inner()),
-                        Ok(Err(e)) => Err(format!("{member}: agent `{agent}`: {}", e.message())),
-                        Err(_) => Err(format!(
-                            "{member}: agent `{agent}` did not answer within {timeout:?}"
-                        )),
-                    }
-                }
-            };
-            (member, answer)
-        });
-    }
+    let answers = crate::agents::ask_members(inventory, agents, &set, |mut c| async move {
+        c.list_backups(pb::ListBackupsRequest::default()).await
+    })
+    .await;
     let mut out = pb::ListBackupsResponse {
         set: set.name.clone(),
         ..Default::default()
     };
-    while let Some(joined) = tasks.join_next().await {
-        let Ok((member, answer)) = joined else {
-            continue;
-        };
+    for (member, answer) in answers {
         match answer {
             Ok(r) => {
                 for mut b in r.backups {
@@ -199,12 +167,24 @@ pub async fn list_backups(
                     }
                     out.backups.push(b);
                 }
-                out.problems
-                    .extend(r.problems.into_iter().map(|p| format!("{member}: {p}")));
+                for mut w in r.wal_archives {
+                    // The remote store's WAL is the set's, listed by
+                    // every member that shares the store: keep one.
+                    if w.member == REMOTE_MEMBER {
+                        if out.wal_archives.iter().any(|o| o.location == w.location) {
+                            continue;
+                        }
+                    } else {
+                        w.member = member.clone();
+                    }
+                    out.wal_archives.push(w);
+                }
                 out.hosts.extend(r.hosts.into_iter().map(|mut h| {
                     h.member = member.clone();
                     h
                 }));
+                out.problems
+                    .extend(r.problems.into_iter().map(|p| format!("{member}: {p}")));
             }
             Err(p) => out.problems.push(p),
         }
@@ -213,8 +193,15 @@ pub async fn list_backups(
         let t = |x: &pb::BackupInfo| x.taken_at.map(|t| (t.seconds, t.nanos));
         t(b).cmp(&t(a)).then_with(|| a.file.cmp(&b.file))
     });
-    out.problems.sort();
+    out.wal_archives.sort_by(|a, b| {
+        (a.member == REMOTE_MEMBER, &a.member, &a.location).cmp(&(
+            b.member == REMOTE_MEMBER,
+            &b.member,
+            &b.location,
+        ))
+    });
     out.hosts.sort_by(|a, b| a.member.cmp(&b.member));
+    out.problems.sort();
     Ok(out)
 }
 
@@ -321,19 +308,124 @@ pub async fn plan(
             }
         }
     }
-    out.wal_location = format!(
-        "member {}'s WAL archive{}",
-        t.member,
-        if list.backups.iter().any(|x| x.member == choose::REMOTE) {
-            ", and the remote store for what it lacks"
-        } else {
-            ""
-        }
-    );
-    out.wal_from_segment = b.start_lsn.clone();
+    let w = wal_check(&list.wal_archives, &t.member, &b, when);
+    out.wal_from_segment = w.from;
+    out.wal_through_segment = w.through;
+    out.wal_location = w.location;
+    out.problems.extend(w.problems);
+    out.notes.extend(w.notes);
     out.reachable = out.problems.is_empty();
     out.backup = Some(b);
     Ok((out, Some(choice)))
+}
+
+/// What the roll-forward from a backup would read (see [`wal_check`]).
+#[derive(Debug, Default, PartialEq)]
+pub struct WalReach {
+    /// The segment holding the backup's start, and the last one readable
+    /// from it without a gap.
+    pub from: String,
+    pub through: String,
+    pub location: String,
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Whether the WAL archives the restored member reads (its own and the
+/// remote store's, which fills what its own lacks) take a roll-forward
+/// from the backup's start to the target time (pure). Without a target
+/// the restore replays what there is, so a shortfall is a note; with
+/// one, a target after the newest archived segment was written cannot be
+/// reached (PostgreSQL stops with "recovery ended before configured
+/// recovery target was reached").
+pub fn wal_check(
+    archives: &[pb::WalArchive],
+    member: &str,
+    b: &pb::BackupInfo,
+    target: Option<jiff::Timestamp>,
+) -> WalReach {
+    use tandem_proto::wal::{Continuity, segment_of};
+    let mut r = WalReach::default();
+    let Ok(start) = b.start_lsn.parse::<tandem_proto::model::Lsn>() else {
+        r.notes.push(format!(
+            "{} names no start LSN: its WAL is not checked",
+            b.file
+        ));
+        return r;
+    };
+    let mine: Vec<&pb::WalArchive> = archives
+        .iter()
+        .filter(|w| w.member == member || w.member == REMOTE_MEMBER)
+        .collect();
+    let mut why = Vec::new();
+    let mut newest: Option<jiff::Timestamp> = None;
+    for w in &mine {
+        if !w.problem.is_empty() {
+            why.push(format!("{}: {}", w.location, w.problem));
+            continue;
+        }
+        let c = match Continuity::try_from(*w) {
+            Ok(c) => c,
+            Err(e) => {
+                why.push(format!("{}: {e}", w.location));
+                continue;
+            }
+        };
+        newest = newest.max(c.newest_modified);
+        // The backup's timeline is not in its name: the newest timeline
+        // that reads through from its start.
+        let found =
+            c.timelines
+                .iter()
+                .rev()
+                .find_map(|(tl, span)| match c.covers(*tl, start, None) {
+                    Ok(()) => Some((segment_of(*tl, start, c.segment_bytes), span.last.clone())),
+                    Err(e) => {
+                        why.push(format!("{}: {e}", w.location));
+                        None
+                    }
+                });
+        if let Some((from, through)) = found
+            && (r.through.is_empty() || through > r.through)
+        {
+            (r.from, r.through, r.location) = (from, through, w.location.clone());
+        }
+    }
+    if mine.is_empty() {
+        why.push(format!("member {member}'s agent lists no WAL archive"));
+    }
+    if r.from.is_empty() {
+        r.location = mine
+            .iter()
+            .map(|w| w.location.clone())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let what = format!(
+            "no WAL archive of member {member} reads through from the backup's start {start}: {}",
+            why.join("; ")
+        );
+        if target.is_some() {
+            r.problems.push(format!(
+                "{what}; the roll-forward cannot reach the target time: choose another backup, or archive the WAL it needs"
+            ));
+        } else {
+            r.notes.push(format!(
+                "{what}; the restore would end at the backup's own end ({})",
+                b.end_lsn
+            ));
+        }
+        return r;
+    }
+    if let (Some(t), Some(n)) = (target, newest)
+        && t > n
+    {
+        r.problems.push(format!(
+            "the target time {} is after the newest archived WAL (written at {}): the roll-forward could not reach it; archive the current WAL first (SELECT pg_switch_wal() on the primary) or choose an earlier time",
+            t.strftime("%Y-%m-%d %H:%M:%S%.fZ"),
+            n.strftime("%Y-%m-%d %H:%M:%S%.fZ")
+        ));
+    }
+    r
 }
 
 /// The free space a restore needs on the restored member's host (pure):
@@ -357,6 +449,132 @@ pub fn space_check(h: &pb::HostSpace, unpacked: u64, fetched: u64) -> (u64, u64,
 #[cfg(test)]
 mod space_tests {
     use super::*;
+
+    fn archive(
+        member: &str,
+        tls: &[(u32, &str, &str)],
+        gaps: &[(&str, &str)],
+        at: &str,
+    ) -> pb::WalArchive {
+        let t: jiff::Timestamp = at.parse().unwrap();
+        pb::WalArchive {
+            member: member.into(),
+            location: format!("/{member}/wal"),
+            segment_bytes: 16 << 20,
+            timelines: tls
+                .iter()
+                .map(|(tl, first, last)| pb::WalTimeline {
+                    timeline: *tl,
+                    first: (*first).into(),
+                    last: (*last).into(),
+                    segments: 1,
+                    gaps: gaps
+                        .iter()
+                        .map(|(a, b)| pb::WalGap {
+                            from: (*a).into(),
+                            to: (*b).into(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            newest_modified: Some(tandem_proto::model::timestamp_to_wire(t)),
+            problem: String::new(),
+        }
+    }
+
+    fn backup(start: &str) -> pb::BackupInfo {
+        pb::BackupInfo {
+            file: "/b/daily.tar.zst".into(),
+            start_lsn: start.into(),
+            end_lsn: "0/5000100".into(),
+            ..Default::default()
+        }
+    }
+
+    fn at(s: &str) -> Option<jiff::Timestamp> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn the_wal_from_the_backups_start_reaches_the_target() {
+        let a = [archive(
+            "db1",
+            &[(1, "000000010000000000000002", "000000010000000000000009")],
+            &[],
+            "2026-12-02T12:00:00Z",
+        )];
+        let r = wal_check(&a, "db1", &backup("0/4000028"), at("2026-12-02T11:00:00Z"));
+        assert_eq!(r.from, "000000010000000000000004");
+        assert_eq!(r.through, "000000010000000000000009");
+        assert_eq!(r.location, "/db1/wal");
+        assert!(r.problems.is_empty() && r.notes.is_empty(), "{r:?}");
+        // Later than the newest archived segment: not reachable.
+        let r = wal_check(&a, "db1", &backup("0/4000028"), at("2026-12-02T13:00:00Z"));
+        assert!(
+            r.problems[0].contains("after the newest archived WAL"),
+            "{r:?}"
+        );
+        // Another member's archive is not read by this member.
+        let r = wal_check(&a, "db2", &backup("0/4000028"), at("2026-12-02T11:00:00Z"));
+        assert!(r.problems[0].contains("lists no WAL archive"), "{r:?}");
+    }
+
+    #[test]
+    fn a_gap_or_a_late_start_blocks_a_target_and_is_a_note_without_one() {
+        let gap = [archive(
+            "db1",
+            &[(1, "000000010000000000000002", "000000010000000000000009")],
+            &[("000000010000000000000005", "000000010000000000000006")],
+            "2026-12-02T12:00:00Z",
+        )];
+        let r = wal_check(
+            &gap,
+            "db1",
+            &backup("0/4000028"),
+            at("2026-12-02T11:00:00Z"),
+        );
+        assert!(
+            r.problems[0].contains("misses 000000010000000000000005"),
+            "{r:?}"
+        );
+        let r = wal_check(&gap, "db1", &backup("0/4000028"), None);
+        assert!(r.problems.is_empty(), "{r:?}");
+        assert!(r.notes[0].contains("the backup's own end"), "{r:?}");
+        // The remote store fills what the member's own archive lacks.
+        let mut both = gap.to_vec();
+        both.push(archive(
+            REMOTE_MEMBER,
+            &[(1, "000000010000000000000001", "00000001000000000000000A")],
+            &[],
+            "2026-12-02T12:30:00Z",
+        ));
+        let r = wal_check(
+            &both,
+            "db1",
+            &backup("0/4000028"),
+            at("2026-12-02T12:10:00Z"),
+        );
+        assert!(r.problems.is_empty(), "{r:?}");
+        assert_eq!(r.through, "00000001000000000000000A");
+        assert_eq!(r.location, "/(remote)/wal");
+    }
+
+    #[test]
+    fn the_newest_timeline_that_reads_through_is_taken() {
+        let a = [archive(
+            "db1",
+            &[
+                (1, "000000010000000000000002", "000000010000000000000006"),
+                (2, "000000020000000000000006", "000000020000000000000008"),
+            ],
+            &[],
+            "2026-12-02T12:00:00Z",
+        )];
+        let r = wal_check(&a, "db1", &backup("0/4000028"), None);
+        assert_eq!(r.from, "000000010000000000000004", "{r:?}");
+        let r = wal_check(&a, "db1", &backup("0/7000028"), None);
+        assert_eq!(r.from, "000000020000000000000007", "{r:?}");
+    }
 
     fn host(data: u64, backup: u64, same: bool) -> pb::HostSpace {
         pb::HostSpace {

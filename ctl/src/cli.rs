@@ -201,6 +201,21 @@ pub enum Command {
         #[arg(long, requires = "target_time")]
         member: Option<String>,
     },
+    /// List the archived WAL that retention would remove now, on each
+    /// member's WAL archive and in the remote store: a dry run, nothing is
+    /// removed. Kept: every segment (of any timeline) from the one holding
+    /// the start of the oldest kept backup, timeline history files, files
+    /// written within the agent's `backup.wal_keep_days`, and everything
+    /// while no kept backup is verified. The agents remove old WAL after
+    /// each kept backup, and with `tandem-agent wal-prune --yes`. Exit 1
+    /// when a member or a place could not be asked.
+    WalPrune {
+        /// The set.
+        set: String,
+        /// Accepted for clarity: this command never removes anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Restore a set's primary (or --member) from a backup, admin only, as
     /// a maintenance window (R12). While the set still serves: R1 pick the
     /// backup, R11 check free space, R2 unpack and verify beside the data

@@ -193,6 +193,27 @@ pub async fn run(
                 Outcome::Bad
             })
         }
+        Command::WalPrune { set, dry_run: _ } => {
+            let r = conn
+                .connect()
+                .await?
+                .plan_wal_prune(pb::WalPruneRequest { set })
+                .await
+                .map_err(refused("PlanWalPrune"))?
+                .into_inner();
+            print(
+                format,
+                output::wal_prune_json(&r),
+                output::wal_prune_human(&r),
+            );
+            Ok(
+                if r.problems.is_empty() && r.plans.iter().all(|p| p.problem.is_empty()) {
+                    Outcome::Ok
+                } else {
+                    Outcome::Bad
+                },
+            )
+        }
         Command::History { set, limit } => {
             let h = conn
                 .connect()

@@ -48,6 +48,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Backup { .. } => "backup",
         Command::Copy { .. } => "copy",
         Command::Backups { .. } => "backups",
+        Command::WalPrune { .. } => "wal-prune",
         Command::Restore { .. } => "restore",
         Command::History { .. } => "history",
         Command::Limits { .. } => "limits",

@@ -159,6 +159,7 @@ pub fn verdict_json(v: &Option<pb::Verdict>) -> Value {
         "started_at": ts(x.started_at),
         "trace_id": non_empty(&x.trace_id),
         "backup_path": non_empty(&x.backup_path),
+        "notes": x.notes,
     })
 }
 
@@ -167,6 +168,20 @@ pub fn backups_json(r: &pb::ListBackupsResponse) -> Value {
     json!({
         "set": r.set,
         "backups": r.backups.iter().map(backup_json).collect::<Vec<_>>(),
+        "wal_archives": r.wal_archives.iter().map(|w| json!({
+            "member": w.member,
+            "location": w.location,
+            "segment_bytes": w.segment_bytes,
+            "newest_modified": ts(w.newest_modified),
+            "timelines": w.timelines.iter().map(|t| json!({
+                "timeline": t.timeline,
+                "first": t.first,
+                "last": t.last,
+                "segments": t.segments,
+                "gaps": t.gaps.iter().map(|g| json!({"from": g.from, "to": g.to})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "problem": non_empty(&w.problem),
+        })).collect::<Vec<_>>(),
         "problems": r.problems,
     })
 }
@@ -185,6 +200,91 @@ pub fn backup_json(b: &pb::BackupInfo) -> Value {
         "verified": b.verified,
         "problem": non_empty(&b.problem),
     })
+}
+
+/// `tandemctl wal-prune -o json`.
+pub fn wal_prune_json(r: &pb::WalPruneResponse) -> Value {
+    json!({
+        "set": r.set,
+        "plans": r.plans.iter().map(|p| json!({
+            "member": p.member,
+            "location": p.location,
+            "files": p.files,
+            "bytes": p.bytes,
+            "boundary_backup": non_empty(&p.boundary_backup),
+            "boundary_start_lsn": non_empty(&p.boundary_start_lsn),
+            "first_kept_segment": non_empty(&p.first_kept_segment),
+            "kept_in_window": p.kept_in_window,
+            "why": p.why,
+            "problem": non_empty(&p.problem),
+        })).collect::<Vec<_>>(),
+        "problems": r.problems,
+    })
+}
+
+/// `tandemctl wal-prune`: per member and place, what would go and why.
+pub fn wal_prune_human(r: &pb::WalPruneResponse) -> String {
+    let mut out = String::new();
+    for p in &r.plans {
+        if !p.problem.is_empty() {
+            out.push_str(&format!(
+                "{} {}: cannot plan: {}\n",
+                p.member, p.location, p.problem
+            ));
+            continue;
+        }
+        out.push_str(&format!(
+            "{} {}: {} file(s), {} would be removed\n  {}\n",
+            p.member,
+            p.location,
+            p.files.len(),
+            mib(p.bytes),
+            p.why
+        ));
+        for f in &p.files {
+            out.push_str(&format!("  {f}\n"));
+        }
+    }
+    if r.plans.is_empty() {
+        out.push_str(&format!("set {}: no WAL archive\n", r.set));
+    }
+    out.push_str("dry run: nothing was removed");
+    for p in &r.problems {
+        out.push_str(&format!("\nproblem: {p}"));
+    }
+    out
+}
+
+/// One line per WAL archive and timeline, for `tandemctl backups`.
+fn wal_archives_human(r: &pb::ListBackupsResponse) -> String {
+    let mut out = String::new();
+    for w in &r.wal_archives {
+        // The store's location says it is the store.
+        let head = if w.member == tandem_proto::model::REMOTE_MEMBER {
+            format!("\nWAL archive {}", w.location)
+        } else {
+            format!("\nWAL archive {} on {}", w.location, w.member)
+        };
+        if !w.problem.is_empty() {
+            out.push_str(&format!("{head}: cannot be read: {}", w.problem));
+            continue;
+        }
+        if w.timelines.is_empty() {
+            out.push_str(&format!("{head}: no segment"));
+            continue;
+        }
+        out.push_str(&format!("{head}:"));
+        for t in &w.timelines {
+            out.push_str(&format!(
+                "\n  timeline {}: {} segments, {} .. {}",
+                t.timeline, t.segments, t.first, t.last
+            ));
+            for g in &t.gaps {
+                out.push_str(&format!("\n    missing {} .. {}", g.from, g.to));
+            }
+        }
+    }
+    out
 }
 
 pub fn mib(bytes: u64) -> String {
@@ -230,6 +330,7 @@ pub fn backups_human(r: &pb::ListBackupsResponse) -> String {
             &rows,
         )
     };
+    out.push_str(&wal_archives_human(r));
     for p in &r.problems {
         out.push_str(&format!("\nproblem: {p}"));
     }
@@ -348,6 +449,9 @@ pub fn verdicts_human(results: &[(String, pb::Verdict)]) -> String {
                 "\n  backup kept: {} on member {}",
                 v.backup_path, v.member
             ));
+        }
+        for n in &v.notes {
+            out.push_str(&format!("\n  note: {n}"));
         }
         if !v.trace_id.is_empty() {
             out.push_str(&format!("\n  trace id: {}", v.trace_id));
@@ -699,6 +803,53 @@ pub fn inventory_human(sets: &[pb::InventorySet]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backups_end_with_what_each_wal_archive_holds() {
+        let r = pb::ListBackupsResponse {
+            set: "billing".into(),
+            wal_archives: vec![
+                pb::WalArchive {
+                    member: "db2".into(),
+                    location: "/var/lib/tandem/wal".into(),
+                    segment_bytes: 16 << 20,
+                    timelines: vec![pb::WalTimeline {
+                        timeline: 1,
+                        first: "000000010000000000000003".into(),
+                        last: "000000010000000000000009".into(),
+                        segments: 6,
+                        gaps: vec![pb::WalGap {
+                            from: "000000010000000000000005".into(),
+                            to: "000000010000000000000005".into(),
+                        }],
+                    }],
+                    ..Default::default()
+                },
+                pb::WalArchive {
+                    member: "(remote)".into(),
+                    location: "remote:billing/wal".into(),
+                    problem: "timed out".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let text = backups_human(&r);
+        assert!(
+            text.contains("WAL archive /var/lib/tandem/wal on db2:\n  timeline 1: 6 segments, 000000010000000000000003 .. 000000010000000000000009\n    missing 000000010000000000000005 .. 000000010000000000000005"),
+            "{text}"
+        );
+        assert!(
+            text.contains("WAL archive remote:billing/wal: cannot be read: timed out"),
+            "{text}"
+        );
+        let j = backups_json(&r);
+        assert_eq!(
+            j["wal_archives"][0]["timelines"][0]["gaps"][0]["from"],
+            "000000010000000000000005"
+        );
+        assert_eq!(j["wal_archives"][1]["problem"], "timed out");
+    }
 
     #[test]
     fn an_agent_certificate_near_its_end_is_warned_about() {

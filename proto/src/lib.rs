@@ -12,6 +12,7 @@
 //!   W3C trace context carried in gRPC metadata.
 //! - [`metrics`]: the Prometheus endpoint of the controller and the agent.
 //! - [`process`]: start-up every `main` shares (crypto provider, runtime) and the stop signals.
+//! - [`wal`]: what a WAL archive holds per timeline, and whether a roll-forward reads through it.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("tandem.v1");
@@ -30,4 +31,5 @@ pub mod request;
 pub mod telemetry;
 pub mod tls;
 pub mod verdict;
+pub mod wal;
 pub mod window;

@@ -35,6 +35,10 @@ impl From<ModelError> for tonic::Status {
     }
 }
 
+/// The `member` of what `ListBackups` lists from the remote store (a
+/// backup, the set's WAL): any member with the same store can use it.
+pub const REMOTE_MEMBER: &str = "(remote)";
+
 /// A position in the write-ahead log (PostgreSQL's `pg_lsn`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Lsn(pub u64);
@@ -786,7 +790,3 @@ mod tests {
         assert_eq!(f.state_word(), "stopped");
     }
 }
-
-/// The `member` of a backup listed from the remote store (any member with
-/// the same remote store can restore it; its file is `remote:KEY`).
-pub const REMOTE_BACKUP_MEMBER: &str = "(remote)";

@@ -59,6 +59,10 @@ pub struct Verdict {
     /// A line about the copy worth a person's attention.
     #[serde(default)]
     pub copy_note: Option<String>,
+    /// What the agent did besides the test (a backup run: the push, the
+    /// rotation, the old WAL removed), one line each.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl Verdict {
@@ -83,6 +87,7 @@ impl Verdict {
             mode: None,
             copy_method: None,
             copy_note: None,
+            notes: vec![],
         }
     }
 
@@ -126,6 +131,7 @@ impl Verdict {
             mode: non_empty(r.mode.clone()),
             copy_method: non_empty(r.copy_method.clone()),
             copy_note: non_empty(r.copy_note.clone()),
+            notes: r.notes.clone(),
         }
     }
 }
@@ -161,6 +167,7 @@ impl From<&Verdict> for pb::Verdict {
             mode: v.mode.clone().unwrap_or_default(),
             copy_method: v.copy_method.clone().unwrap_or_default(),
             copy_note: v.copy_note.clone().unwrap_or_default(),
+            notes: v.notes.clone(),
         }
     }
 }
@@ -215,6 +222,7 @@ impl TryFrom<pb::Verdict> for Verdict {
             mode: non_empty(v.mode),
             copy_method: non_empty(v.copy_method),
             copy_note: non_empty(v.copy_note),
+            notes: v.notes,
         })
     }
 }

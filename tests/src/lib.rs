@@ -1,4 +1,5 @@
 //! End-to-end harness.
+pub mod archiving;
 pub mod corrupt;
 pub mod fleet;
 pub mod otlp;

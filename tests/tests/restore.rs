@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+use tandem_tests::archiving::{
+    enable_archiving, restore_primary, set_archive_command, switch_and_archive, take_backup,
+};
 use tandem_tests::corrupt;
 use tandem_tests::fleet::{Fleet, FleetSpec};
 use tandem_tests::procs::bin_path;
@@ -20,74 +23,6 @@ fn spec(set: &str, restore: &str) -> FleetSpec {
         "\n[restore]\nhealth_interval = \"300ms\"\n{restore}"
     ));
     spec
-}
-
-/// Archive the primary's WAL into the set's archive with archive-push.
-fn enable_archiving(fleet: &Fleet, set: &str) {
-    let agent = bin_path("tandem-agent").unwrap();
-    let cmd = format!(
-        "{} archive-push --dir {} %p %f",
-        agent.display(),
-        fleet.wal_archive(set).display()
-    );
-    set_archive_command(fleet, set, &cmd);
-}
-
-fn set_archive_command(fleet: &Fleet, set: &str, cmd: &str) {
-    let p = &fleet.set(set).primary;
-    p.psql("postgres", "ALTER SYSTEM SET archive_mode = on")
-        .unwrap();
-    p.psql(
-        "postgres",
-        &format!("ALTER SYSTEM SET archive_command = '{cmd}'"),
-    )
-    .unwrap();
-    p.stop().unwrap();
-    p.start().unwrap();
-}
-
-/// Switch to a new WAL segment and wait until the finished one is archived:
-/// archive_command answered 0 for it (so it is in every place it pushes to).
-async fn switch_and_archive(fleet: &Fleet, set: &str) {
-    let p = &fleet.set(set).primary;
-    let seg = p
-        .psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
-        .unwrap();
-    wait_for(
-        &format!("{seg} archived"),
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || {
-            let done = p.psql(
-                "postgres",
-                &format!(
-                    "SELECT coalesce(last_archived_wal >= '{seg}', false) FROM pg_stat_archiver"
-                ),
-            );
-            async move { Ok((done? == "t").then_some(())) }
-        },
-    )
-    .await
-    .unwrap();
-    assert!(
-        fleet.wal_archive(set).join(&seg).is_file(),
-        "{seg} not in the WAL archive"
-    );
-}
-
-/// Take a backup of the set's standby; its file.
-async fn take_backup(fleet: &Fleet, set: &str) -> PathBuf {
-    let pair = fleet.set(set);
-    corrupt::wait_replayed(&pair.primary, &pair.standbys[0])
-        .await
-        .unwrap();
-    let run = fleet.ctl(&["backup", set, "--output", "json"]).unwrap();
-    assert_eq!(run.code, 0, "{run:?}\n{}", fleet.logs());
-    PathBuf::from(
-        run.json()["sets"][0]["verdict"]["backup_path"]
-            .as_str()
-            .unwrap(),
-    )
 }
 
 fn siblings(data_dir: &Path, infix: &str) -> Vec<PathBuf> {
@@ -103,21 +38,6 @@ fn siblings(data_dir: &Path, infix: &str) -> Vec<PathBuf> {
                 .starts_with(&format!("{name}{infix}"))
         })
         .collect()
-}
-
-fn restore(fleet: &Fleet, set: &str, args: &[&str]) -> (i32, Value, String) {
-    let member = format!("{set}-p");
-    let mut all = vec![
-        "restore", set, "--member", &member, "--yes", "--output", "json",
-    ];
-    all.extend_from_slice(args);
-    let run = fleet.ctl_as("admin", &all).unwrap();
-    let json = if run.code == 2 {
-        Value::Null
-    } else {
-        run.json()
-    };
-    (run.code, json, format!("{run:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +79,7 @@ async fn a_damaged_primary_is_restored_to_a_point_in_time() {
     p.stop_immediate().unwrap();
     std::fs::remove_file(p.data_dir.join("global/pg_control")).unwrap();
 
-    let (code, json, raw) = restore(
+    let (code, json, raw) = restore_primary(
         &fleet,
         "pitr",
         &["--from", file.to_str().unwrap(), "--target-time", &target],
@@ -321,7 +241,7 @@ async fn a_failing_upgrade_hook_puts_the_original_back_and_names_r6() {
         .unwrap();
     switch_and_archive(&fleet, "hook").await;
 
-    let (code, json, raw) = restore(
+    let (code, json, raw) = restore_primary(
         &fleet,
         "hook",
         &["--from", file.to_str().unwrap(), "--latest"],
@@ -517,7 +437,7 @@ async fn a_backup_and_wal_in_an_s3_store_restore_a_primary_whose_archives_are_go
     assert_eq!(check.status.code(), Some(0), "{said}");
     assert!(said.contains("covered"), "{said}");
 
-    let (code, json, raw) = restore(
+    let (code, json, raw) = restore_primary(
         &fleet,
         "far",
         &["--from", &format!("remote:{key}"), "--latest"],
@@ -601,11 +521,9 @@ async fn what_a_restore_would_use_is_said_first_and_an_unreachable_time_is_refus
             > plan["backup"]["unpacked_bytes"].as_u64().unwrap(),
         "{plan:#}"
     );
-    assert!(
-        plan["wal"]["location"]
-            .as_str()
-            .unwrap()
-            .contains("early-p"),
+    assert_eq!(
+        plan["wal"]["location"],
+        fleet.wal_archive("early").display().to_string(),
         "{plan:#}"
     );
     assert!(plan["problems"].as_array().unwrap().is_empty(), "{plan:#}");
@@ -638,23 +556,40 @@ async fn what_a_restore_would_use_is_said_first_and_an_unreachable_time_is_refus
             .contains("no weekly backup"),
         "{dry:?}"
     );
-    // Can I get back to a time? Now: yes, with that backup; before it: no.
-    let now = jiff::Timestamp::now().to_string();
+    // Can I get back to a time? One after the backup whose WAL is
+    // archived: yes, with that backup; one after the newest archived WAL,
+    // or before the backup: no.
+    let t = pair
+        .primary
+        .psql(
+            "postgres",
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        )
+        .unwrap();
+    switch_and_archive(&fleet, "early").await;
     let can = fleet
-        .ctl(&[
-            "backups",
-            "early",
-            "--target-time",
-            &now,
-            "--output",
-            "json",
-        ])
+        .ctl(&["backups", "early", "--target-time", &t, "--output", "json"])
         .unwrap();
     assert_eq!(can.code, 0, "{can:?}");
+    let reach = &can.json()["target_time"];
+    assert_eq!(reach["backup"]["file"], file_str, "{reach:#}");
     assert_eq!(
-        can.json()["target_time"]["backup"]["file"],
-        file_str,
-        "{can:?}"
+        reach["wal"]["location"],
+        fleet.wal_archive("early").display().to_string(),
+        "{reach:#}"
+    );
+    assert!(
+        reach["wal"]["from"].as_str().unwrap() <= reach["wal"]["through"].as_str().unwrap(),
+        "{reach:#}"
+    );
+    let later = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).to_string();
+    let cannot = fleet
+        .ctl(&["backups", "early", "--target-time", &later])
+        .unwrap();
+    assert_eq!(cannot.code, 1, "{cannot:?}");
+    assert!(
+        cannot.stdout.contains("after the newest archived WAL"),
+        "{cannot:?}"
     );
     let cannot = fleet
         .ctl(&["backups", "early", "--target-time", "2020-01-01T00:00:00Z"])
@@ -667,11 +602,12 @@ async fn what_a_restore_would_use_is_said_first_and_an_unreachable_time_is_refus
     );
     // The same time in a restore from the newest backup: refused by the
     // controller before any agent is ordered.
-    let (code, _, raw) = restore(&fleet, "early", &["--target-time", "2020-01-01T00:00:00Z"]);
+    let (code, _, raw) =
+        restore_primary(&fleet, "early", &["--target-time", "2020-01-01T00:00:00Z"]);
     assert_eq!(code, 2, "{raw}");
     assert!(raw.contains("nothing was stopped"), "{raw}");
     assert!(raw.contains("before the oldest verified backup"), "{raw}");
-    let (code, _, raw) = restore(
+    let (code, _, raw) = restore_primary(
         &fleet,
         "early",
         &[
@@ -686,7 +622,7 @@ async fn what_a_restore_would_use_is_said_first_and_an_unreachable_time_is_refus
     assert!(raw.contains("choose an older backup"), "{raw}");
     // A time that cannot be read is refused by the controller, naming the
     // field, before it asks the agent anything.
-    let (code, _, raw) = restore(
+    let (code, _, raw) = restore_primary(
         &fleet,
         "early",
         &[
@@ -833,7 +769,7 @@ async fn a_restore_step_failing_at_any_position_puts_the_old_data_directory_back
             pair.wait_streaming(&pair.standbys[0]).await.unwrap();
         }
         fleet.wait_heartbeat_streaming("rfail-s1").await.unwrap();
-        let (code, json, raw) = restore(
+        let (code, json, raw) = restore_primary(
             &fleet,
             "rfail",
             &["--replace", "--from", file.to_str().unwrap()],

@@ -504,6 +504,13 @@ impl<E: Engine> crate::steps::Action<E> for Testdb {
                     let note = backup::keep::push(&run.cfg, remote, &k.path, &k.meta).await;
                     run.rec().notes.push(note);
                 }
+                // Rotation may have dropped the oldest backup: the WAL only
+                // it needed can go now.
+                if kept.is_some()
+                    && let Some(note) = backup::wal_retention::after_backup(&run.cfg).await
+                {
+                    run.rec().notes.push(note);
+                }
                 run.rec().backup_path = kept.map(|k| k.path);
             }
             Err(why) => {

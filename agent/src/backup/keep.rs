@@ -1,7 +1,8 @@
 //! Keeping a packed backup at the end of its operation: committed when the
 //! copy was verified clean (or not tested), discarded otherwise; then the
 //! backup directory rotated, and with a [remote] store the file pushed
-//! there and the store rotated by the same rule.
+//! there and the store rotated by the same rule. The caller then runs WAL
+//! retention (`wal_retention::after_backup`), which needs the rotated lists.
 
 use std::path::Path;
 

@@ -10,6 +10,9 @@
 //! - `keep`: at the end of an operation, keep or drop the packed file,
 //!   rotate, push to the remote store and rotate it.
 //! - `wal`, `remote`: the WAL archive, and the object store.
+//! - `wal_retention`: which archived WAL no kept backup needs (pure), and
+//!   removing it from the archive and the store (`tandem-agent wal-prune`,
+//!   and at the end of each kept backup).
 //!
 //! A backup file is written under a temporary name, fsynced, and renamed
 //! into place only when complete ([`archive::Packed::commit`]); a reader
@@ -21,6 +24,7 @@ pub mod name;
 pub mod remote;
 pub mod rotation;
 pub mod wal;
+pub mod wal_retention;
 
 pub use archive::{BackupError, BackupMeta, Packed, Unpacked, pack, read_meta, unpack};
 pub use name::{BackupKind, BackupName};

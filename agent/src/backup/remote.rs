@@ -299,8 +299,9 @@ impl Remote {
         Ok(())
     }
 
-    /// The keys under `dir` (relative to the url's prefix), with sizes.
-    async fn list_under(&self, dir: &str) -> Result<Vec<(String, u64)>, RemoteError> {
+    /// The keys under `dir` (relative to the url's prefix), with sizes and
+    /// modification times, by key.
+    async fn list_under(&self, dir: &str) -> Result<Vec<wal::WalFile>, RemoteError> {
         let at = self.path(dir)?;
         let mut out = Vec::new();
         let mut s = self.store.list(Some(&at));
@@ -314,9 +315,13 @@ impl Remote {
                     .unwrap_or(&full)
                     .to_owned(),
             };
-            out.push((key, m.size));
+            out.push(wal::WalFile {
+                name: key,
+                bytes: m.size,
+                modified: jiff::Timestamp::from_second(m.last_modified.timestamp()).ok(),
+            });
         }
-        out.sort();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
@@ -396,16 +401,28 @@ impl Remote {
         }
     }
 
-    fn wal_names(listed: &[(String, u64)]) -> impl Iterator<Item = (String, u64)> + '_ {
-        listed
-            .iter()
-            .map(|(k, n)| (Self::file_name(k).to_owned(), *n))
+    /// The WAL files of `set` (`<set>/wal/`), named by file name, by name.
+    pub async fn wal_files(&self, set: &str) -> Result<Vec<wal::WalFile>, RemoteError> {
+        let mut listed = self.list_under(&format!("{set}/wal")).await?;
+        for f in &mut listed {
+            f.name = Self::file_name(&f.name).to_owned();
+        }
+        listed.retain(|f| wal::valid_name(&f.name));
+        Ok(listed)
     }
 
     /// What the store's WAL of `set` holds (`archive-check --remote`).
     pub async fn wal_continuity(&self, set: &str) -> Result<wal::Continuity, RemoteError> {
-        let listed = self.list_under(&format!("{set}/wal")).await?;
-        Ok(wal::continuity(Self::wal_names(&listed)))
+        Ok(wal::continuity(self.wal_files(set).await?))
+    }
+
+    /// Delete the WAL file `name` of `set`; one already gone is fine.
+    pub async fn delete_wal(&self, set: &str, name: &str) -> Result<(), RemoteError> {
+        let key = Self::wal_key(set, wal::checked_name(name)?);
+        match self.store.delete(&self.path(&key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Self::store_err("delete", &key)(e)),
+        }
     }
 
     /// Fetch into the WAL archive `dir` every WAL file of `set` that a
@@ -418,24 +435,24 @@ impl Remote {
         start: Lsn,
         dir: &Path,
     ) -> Result<Vec<String>, RemoteError> {
-        let listed = self.list_under(&format!("{set}/wal")).await?;
-        let seg_bytes = wal::continuity(Self::wal_names(&listed)).segment_bytes;
-        let per_log = 0x1_0000_0000 / seg_bytes;
+        let listed = self.wal_files(set).await?;
+        let seg_bytes = wal::continuity(listed.clone()).segment_bytes;
         let first = start.0 / seg_bytes;
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(io("create", dir))?;
         let mut fetched = Vec::new();
-        for (key, _) in listed {
-            let name = Self::file_name(&key).to_owned();
-            let wanted = match wal::parse_segment(&name) {
-                Some((_, log, seg)) => log as u64 * per_log + seg as u64 >= first,
+        for f in listed {
+            let name = f.name;
+            let wanted = match wal::segment_number(&name, seg_bytes) {
+                Some((_, segno)) => segno >= first,
                 None => name.ends_with(".history"),
             };
             if !wanted || dir.join(&name).exists() {
                 continue;
             }
-            self.fetch_to(&key, &dir.join(&name)).await?;
+            self.fetch_to(&Self::wal_key(set, &name), &dir.join(&name))
+                .await?;
             fetched.push(name);
         }
         Ok(fetched)
@@ -473,9 +490,12 @@ impl Remote {
 
     /// The backup keys under `<set>/backups/`, with their sizes.
     pub async fn list(&self, set: &str) -> Result<Vec<(String, u64)>, RemoteError> {
-        let mut keys = self.list_under(&format!("{set}/backups")).await?;
-        keys.retain(|(k, _)| Self::backup_name(k).is_some());
-        Ok(keys)
+        let keys = self.list_under(&format!("{set}/backups")).await?;
+        Ok(keys
+            .into_iter()
+            .filter(|f| Self::backup_name(&f.name).is_some())
+            .map(|f| (f.name, f.bytes))
+            .collect())
     }
 }
 

@@ -11,13 +11,15 @@
 //! and reports the gaps between the first and last segment of each
 //! timeline, and whether a backup's start is covered ([`Continuity`]).
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use tandem_proto::model::Lsn;
+pub use tandem_proto::wal::{
+    Continuity, Coverage, TimelineSpan, WalFile, continuity, parse_segment, segment_name,
+    segment_number, segment_of,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -36,22 +38,9 @@ pub enum WalError {
         "{path} is already archived with different contents; the archive keeps the first. Is another server archiving into the same directory?"
     )]
     Conflict { path: PathBuf },
-    /// Roll-forward cannot start: the archive has nothing of the timeline.
-    #[error("the WAL archive has no segment of timeline {timeline}")]
-    NoTimeline { timeline: u32 },
-    /// Roll-forward cannot start: the archive begins after the segment
-    /// `need` that holds the backup's start.
-    #[error(
-        "the WAL archive starts at {first}, after {need} (which holds the backup's start {start}); archiving began after the backup"
-    )]
-    StartsAfter {
-        first: String,
-        need: String,
-        start: Lsn,
-    },
-    /// Roll-forward would stop at a hole in the archive.
-    #[error("the WAL archive misses {from} to {to}: roll-forward cannot pass them")]
-    Gap { from: String, to: String },
+    /// Roll-forward cannot read what it needs from the archive.
+    #[error(transparent)]
+    Coverage(#[from] Coverage),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WalError + 'a {
@@ -65,15 +54,6 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Wal
 fn is_hex(s: &str) -> bool {
     s.chars()
         .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
-}
-
-/// A WAL segment name: (timeline, log, segment within the log).
-pub fn parse_segment(name: &str) -> Option<(u32, u32, u32)> {
-    if name.len() != 24 || !is_hex(name) {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| u32::from_str_radix(&name[r], 16).ok();
-    Some((n(0..8)?, n(8..16)?, n(16..24)?))
 }
 
 /// Whether `name` may be archived: a segment, a timeline history file, a
@@ -163,123 +143,36 @@ fn same_bytes(a: &Path, b: &Path) -> Result<bool, WalError> {
     Ok(hash(a)? == hash(b)?)
 }
 
-/// What the archive holds, per timeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Continuity {
-    pub segment_bytes: u64,
-    /// Per timeline: first and last segment name, and the missing ones in
-    /// between (ranges `first..=last` of names).
-    pub timelines: BTreeMap<u32, TimelineSpan>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimelineSpan {
-    pub first: String,
-    pub last: String,
-    pub segments: u64,
-    pub gaps: Vec<(String, String)>,
-}
-
-fn segment_name(tl: u32, segno: u64, per_log: u64) -> String {
-    format!("{tl:08X}{:08X}{:08X}", segno / per_log, segno % per_log)
-}
-
-impl Continuity {
-    pub fn has_gaps(&self) -> bool {
-        self.timelines.values().any(|t| !t.gaps.is_empty())
-    }
-
-    /// Whether roll-forward from `start` on timeline `tl` finds every
-    /// segment from the one holding `start` to the archive's last one.
-    pub fn covers_from(&self, tl: u32, start: Lsn) -> Result<(), WalError> {
-        let Some(span) = self.timelines.get(&tl) else {
-            return Err(WalError::NoTimeline { timeline: tl });
-        };
-        let per_log = 0x1_0000_0000 / self.segment_bytes;
-        let need = segment_name(tl, start.0 / self.segment_bytes, per_log);
-        if need < span.first {
-            return Err(WalError::StartsAfter {
-                first: span.first.clone(),
-                need,
-                start,
-            });
-        }
-        if let Some((a, b)) = span.gaps.iter().find(|(_, b)| *b >= need) {
-            return Err(WalError::Gap {
-                from: a.clone(),
-                to: b.clone(),
-            });
-        }
-        Ok(())
-    }
-}
-
 /// Read the archive `dir` (segment size from the first segment's size).
 pub fn check(dir: &Path) -> Result<Continuity, WalError> {
+    Ok(continuity(list(dir)?))
+}
+
+/// The WAL files in the archive `dir` (any name [`valid_name`] takes), with
+/// their sizes and modification times, by name.
+pub fn list(dir: &Path) -> Result<Vec<WalFile>, WalError> {
     let mut files = Vec::new();
     for item in fs::read_dir(dir).map_err(io_err("list", dir))? {
         let item = item.map_err(io_err("list", dir))?;
         let Some(name) = item.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        if parse_segment(&name).is_some() {
-            let len = item.metadata().map_err(io_err("stat", &item.path()))?.len();
-            files.push((name, len));
-        }
-    }
-    Ok(continuity(files))
-}
-
-/// What a list of archived files (name, size) holds: segments per timeline,
-/// the gaps, and the segment size (the size of a segment; 16 MiB when that
-/// is not a valid one). Other names are ignored. Shared by the directory
-/// and the remote store.
-pub fn continuity(files: impl IntoIterator<Item = (String, u64)>) -> Continuity {
-    let mut by_tl: BTreeMap<u32, Vec<(u32, u32)>> = BTreeMap::new();
-    let mut segment_bytes = 0u64;
-    for (name, len) in files {
-        let Some((tl, log, seg)) = parse_segment(&name) else {
+        if !valid_name(&name) {
             continue;
-        };
-        if segment_bytes == 0 {
-            segment_bytes = len;
         }
-        by_tl.entry(tl).or_default().push((log, seg));
+        let meta = item.metadata().map_err(io_err("stat", &item.path()))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|m| jiff::Timestamp::try_from(m).ok());
+        files.push(WalFile {
+            name,
+            bytes: meta.len(),
+            modified,
+        });
     }
-    if !(1 << 20..=1 << 30).contains(&segment_bytes) || !segment_bytes.is_power_of_two() {
-        segment_bytes = 16 << 20;
-    }
-    let per_log = 0x1_0000_0000 / segment_bytes;
-    let mut timelines = BTreeMap::new();
-    for (tl, mut segs) in by_tl {
-        segs.sort();
-        let nos: Vec<u64> = segs
-            .iter()
-            .map(|&(log, seg)| log as u64 * per_log + seg as u64)
-            .collect();
-        let mut gaps = Vec::new();
-        for w in nos.windows(2) {
-            if w[1] > w[0] + 1 {
-                gaps.push((
-                    segment_name(tl, w[0] + 1, per_log),
-                    segment_name(tl, w[1] - 1, per_log),
-                ));
-            }
-        }
-        timelines.insert(
-            tl,
-            TimelineSpan {
-                first: segment_name(tl, nos[0], per_log),
-                last: segment_name(tl, *nos.last().expect("not empty"), per_log),
-                segments: nos.len() as u64,
-                gaps,
-            },
-        );
-    }
-    Continuity {
-        segment_bytes,
-        timelines,
-    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
 }
 
 #[cfg(test)]
@@ -296,6 +189,7 @@ mod tests {
     }
 
     use super::*;
+    use tandem_proto::model::Lsn;
 
     #[test]
     fn names() {

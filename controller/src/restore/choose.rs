@@ -14,7 +14,7 @@
 use jiff::Timestamp;
 use tandem_proto::pb;
 
-pub use tandem_proto::model::REMOTE_BACKUP_MEMBER as REMOTE;
+pub use tandem_proto::model::REMOTE_MEMBER as REMOTE;
 
 /// Where the chosen backup is.
 #[derive(Debug, Clone, PartialEq, Eq)]

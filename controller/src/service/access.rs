@@ -46,6 +46,7 @@ pub(super) const CALLS: &[(&str, Who)] = &[
     ("RemoveSet", Who::Person(UserRole::Admin)),
     ("Backup", Who::Person(UserRole::Operator)),
     ("ListBackups", Who::Person(UserRole::Viewer)),
+    ("PlanWalPrune", Who::Person(UserRole::Viewer)),
     ("Restore", Who::Person(UserRole::Admin)),
     ("RestorePlan", Who::Person(UserRole::Viewer)),
     ("WatchOperation", Who::Person(UserRole::Viewer)),

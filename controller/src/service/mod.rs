@@ -508,6 +508,13 @@ impl pb::controller_server::Controller for ControllerService {
         ControllerService::list_backups(self, req).await
     }
 
+    async fn plan_wal_prune(
+        &self,
+        req: Request<pb::WalPruneRequest>,
+    ) -> Result<Response<pb::WalPruneResponse>, Status> {
+        ControllerService::plan_wal_prune(self, req).await
+    }
+
     async fn restore(
         &self,
         req: Request<pb::RestoreRequest>,

@@ -1,4 +1,4 @@
-//! Fleet runs: testdb, backup and copy runs, watching and cancelling them, policies, limits, backups listed.
+//! Fleet runs: testdb, backup and copy runs, watching and cancelling them, policies, limits, backups listed, WAL retention planned on every member.
 
 use super::*;
 
@@ -301,5 +301,42 @@ impl ControllerService {
         Ok(Response::new(
             crate::restore::list_backups(&self.inventory, &self.agents, &set).await?,
         ))
+    }
+
+    pub(super) async fn plan_wal_prune(
+        &self,
+        req: Request<pb::WalPruneRequest>,
+    ) -> Result<Response<pb::WalPruneResponse>, Status> {
+        self.require(&caller(&req)?, "PlanWalPrune")?;
+        let set_name = req.into_inner().set;
+        let Some(set) = self.inventory.set(&set_name) else {
+            return Err(ServiceError::UnknownSet { set: set_name }.into());
+        };
+        let answers =
+            crate::agents::ask_members(&self.inventory, &self.agents, &set, |mut c| async move {
+                c.plan_wal_prune(pb::WalPruneRequest::default()).await
+            })
+            .await;
+        let mut out = pb::WalPruneResponse {
+            set: set.name.clone(),
+            ..Default::default()
+        };
+        for (member, answer) in answers {
+            match answer {
+                Ok(r) => {
+                    out.plans.extend(r.plans.into_iter().map(|mut p| {
+                        p.member = member.clone();
+                        p
+                    }));
+                    out.problems
+                        .extend(r.problems.into_iter().map(|p| format!("{member}: {p}")));
+                }
+                Err(p) => out.problems.push(p),
+            }
+        }
+        out.plans
+            .sort_by(|a, b| (&a.member, &a.location).cmp(&(&b.member, &b.location)));
+        out.problems.sort();
+        Ok(Response::new(out))
     }
 }
