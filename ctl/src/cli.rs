@@ -208,9 +208,18 @@ pub enum Command {
     Restore {
         /// The set.
         set: String,
-        /// daily, weekly or monthly (the newest of that kind on the member's
-        /// host), a backup file on the member's host, or remote:KEY.
-        #[arg(long)]
+        /// Where the backup is: daily, weekly or monthly (the newest of that
+        /// kind on the restored member's host); /abs/path/FILE.tar.zst (a
+        /// file on the restored member's host); MEMBER:/abs/path/FILE.tar.zst
+        /// (a file on another member's host, e.g. the standby that took it:
+        /// the controller has that member's agent grant the restored
+        /// member's agent a 30-minute fetch of exactly that file, the file is
+        /// copied over mutual TLS before anything else is written, a cut
+        /// transfer resumes when the restore runs again, and every file is
+        /// verified against the backup's manifest); or remote:KEY (the remote
+        /// store, recommended but not required). `tandemctl backups SET`
+        /// lists them.
+        #[arg(long, value_name = "daily|weekly|monthly|FILE|MEMBER:FILE|remote:KEY")]
         from: String,
         /// Roll forward to this time (RFC 3339, e.g. 2026-11-21T12:30:00Z).
         #[arg(long, conflicts_with = "latest")]

@@ -6,6 +6,7 @@ pub mod patroni;
 pub mod pg;
 pub mod procs;
 pub mod prom;
+pub mod restore;
 pub mod s3;
 pub mod scale;
 pub mod wait;

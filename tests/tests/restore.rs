@@ -4,121 +4,18 @@
 //! the standby fenced and stopped first, re-seeded from the restored
 //! primary after, and a testdb at the end.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
 use tandem_tests::corrupt;
 use tandem_tests::fleet::{Fleet, FleetSpec};
 use tandem_tests::procs::bin_path;
+use tandem_tests::restore::{
+    enable_archiving, restore, set_archive_command, siblings, spec, switch_and_archive, take_backup,
+};
 use tandem_tests::s3::S3Server;
 use tandem_tests::wait::wait_for;
-
-fn spec(set: &str, restore: &str) -> FleetSpec {
-    let mut spec = FleetSpec::new(&[(set, 1)]);
-    spec.backups = Some(format!(
-        "\n[restore]\nhealth_interval = \"300ms\"\n{restore}"
-    ));
-    spec
-}
-
-/// Archive the primary's WAL into the set's archive with archive-push.
-fn enable_archiving(fleet: &Fleet, set: &str) {
-    let agent = bin_path("tandem-agent").unwrap();
-    let cmd = format!(
-        "{} archive-push --dir {} %p %f",
-        agent.display(),
-        fleet.wal_archive(set).display()
-    );
-    set_archive_command(fleet, set, &cmd);
-}
-
-fn set_archive_command(fleet: &Fleet, set: &str, cmd: &str) {
-    let p = &fleet.set(set).primary;
-    p.psql("postgres", "ALTER SYSTEM SET archive_mode = on")
-        .unwrap();
-    p.psql(
-        "postgres",
-        &format!("ALTER SYSTEM SET archive_command = '{cmd}'"),
-    )
-    .unwrap();
-    p.stop().unwrap();
-    p.start().unwrap();
-}
-
-/// Switch to a new WAL segment and wait until the finished one is archived:
-/// archive_command answered 0 for it (so it is in every place it pushes to).
-async fn switch_and_archive(fleet: &Fleet, set: &str) {
-    let p = &fleet.set(set).primary;
-    let seg = p
-        .psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
-        .unwrap();
-    wait_for(
-        &format!("{seg} archived"),
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || {
-            let done = p.psql(
-                "postgres",
-                &format!(
-                    "SELECT coalesce(last_archived_wal >= '{seg}', false) FROM pg_stat_archiver"
-                ),
-            );
-            async move { Ok((done? == "t").then_some(())) }
-        },
-    )
-    .await
-    .unwrap();
-    assert!(
-        fleet.wal_archive(set).join(&seg).is_file(),
-        "{seg} not in the WAL archive"
-    );
-}
-
-/// Take a backup of the set's standby; its file.
-async fn take_backup(fleet: &Fleet, set: &str) -> PathBuf {
-    let pair = fleet.set(set);
-    corrupt::wait_replayed(&pair.primary, &pair.standbys[0])
-        .await
-        .unwrap();
-    let run = fleet.ctl(&["backup", set, "--output", "json"]).unwrap();
-    assert_eq!(run.code, 0, "{run:?}\n{}", fleet.logs());
-    PathBuf::from(
-        run.json()["sets"][0]["verdict"]["backup_path"]
-            .as_str()
-            .unwrap(),
-    )
-}
-
-fn siblings(data_dir: &Path, infix: &str) -> Vec<PathBuf> {
-    let name = data_dir.file_name().unwrap().to_str().unwrap().to_owned();
-    std::fs::read_dir(data_dir.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with(&format!("{name}{infix}"))
-        })
-        .collect()
-}
-
-fn restore(fleet: &Fleet, set: &str, args: &[&str]) -> (i32, Value, String) {
-    let member = format!("{set}-p");
-    let mut all = vec![
-        "restore", set, "--member", &member, "--yes", "--output", "json",
-    ];
-    all.extend_from_slice(args);
-    let run = fleet.ctl_as("admin", &all).unwrap();
-    let json = if run.code == 2 {
-        Value::Null
-    } else {
-        run.json()
-    };
-    (run.code, json, format!("{run:?}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_primary_is_restored_to_a_point_in_time() {

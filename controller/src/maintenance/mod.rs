@@ -390,11 +390,15 @@ impl Maintenance {
     ) -> Result<Window, ServiceError> {
         if order.from.is_empty() {
             return Err(ServiceError::BadRequest(
-                "--from is needed: daily, weekly, monthly, a backup file on the member's host, or remote:KEY".into(),
+                "--from is needed: daily, weekly, monthly, a backup file on the member's host, MEMBER:/path (a backup file on another member's host) or remote:KEY".into(),
             ));
         }
+        let mut order = order;
         self.quiet(set).await?;
         let t = crate::restore::target(&self.inventory, set, member)?;
+        // A file on another member's host: that member's agent must be
+        // there to grant it (said before the generic check of every member).
+        let holder = crate::restore::holder(&self.inventory, set, &t, &mut order)?;
         let members = self.online_members(set, "a restore")?;
         let standbys: Vec<String> = members
             .iter()
@@ -412,6 +416,21 @@ impl Maintenance {
             agents: &self.agents,
             store: &self.store,
         };
+        if let Some((h, file)) = &holder {
+            order.peer = Some(
+                crate::restore::grant(
+                    &self.agents,
+                    &self.store,
+                    self.inventory.config().status_timeout,
+                    h,
+                    &t,
+                    file,
+                    who,
+                    &trace_id,
+                )
+                .await?,
+            );
+        }
         let op = crate::restore::order(
             &orders,
             &t,
