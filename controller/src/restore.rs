@@ -31,6 +31,7 @@ use crate::store::Store;
 pub use tandem_proto::window::{RestoreProgress as Outcome, RestoreState};
 
 /// The member to restore and how to reach its agent.
+#[derive(Debug, Clone)]
 pub struct Target {
     pub member: String,
     pub agent: String,
@@ -273,4 +274,83 @@ pub async fn follow(
         })
         .await?;
     Ok((r, step))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tandem_proto::model::{Facts, Registration, ServerState};
+
+    use super::*;
+    use crate::config::ControllerConfig;
+
+    async fn inventory(dir: &std::path::Path) -> Inventory {
+        let text = format!(
+            "listen = \"127.0.0.1:1\"\nstore = \"{}\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n\
+             [[sets]]\nname = \"billing\"\nmembers = [{{ name = \"db1\" }}, {{ name = \"db2\" }}, {{ name = \"db3\" }}]\n",
+            dir.join("c.db").display()
+        );
+        let cfg = Arc::new(ControllerConfig::parse(std::path::Path::new("c.toml"), &text).unwrap());
+        let store = Store::open(&cfg.store).unwrap();
+        let inv = Inventory::load(cfg, store).await.unwrap();
+        for (m, port) in [("db1", 1), ("db2", 2)] {
+            inv.register(Registration {
+                agent: m.into(),
+                address: format!("127.0.0.1:{port}"),
+                set: "billing".into(),
+                member: m.into(),
+                agent_version: "test".into(),
+                facts: Facts::unreachable("postgres", "/d", ServerState::Running, "x".into()),
+                cert_not_after: None,
+            })
+            .await
+            .unwrap();
+        }
+        inv
+    }
+
+    fn order(from: &str) -> RestoreOrder {
+        RestoreOrder {
+            from: from.into(),
+            target_time: None,
+            replace: false,
+            peer: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_on_another_members_host_names_its_holder_and_one_on_its_own_is_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path()).await;
+        let t = target(&inv, "billing", Some("db1")).unwrap();
+        let file = "/var/b/daily-20261121T043007Z-0_1-0_2.tar.zst";
+
+        let mut o = order(&format!("db2:{file}"));
+        let (h, f) = holder(&inv, "billing", &t, &mut o).unwrap().unwrap();
+        assert_eq!(
+            (h.member.as_str(), h.address.as_str()),
+            ("db2", "127.0.0.1:2")
+        );
+        assert_eq!(f, file);
+        assert_eq!(o.from, format!("db2:{file}"));
+
+        // The restored member's own host: the plain file, no grant.
+        let mut o = order(&format!("db1:{file}"));
+        assert!(holder(&inv, "billing", &t, &mut o).unwrap().is_none());
+        assert_eq!(o.from, file);
+        // The other forms are left alone.
+        for from in ["daily", file, "remote:billing/backups/x"] {
+            let mut o = order(from);
+            assert!(holder(&inv, "billing", &t, &mut o).unwrap().is_none());
+            assert_eq!(o.from, from);
+        }
+        // Not a member, never seen, a relative path: refused, saying which.
+        let e = holder(&inv, "billing", &t, &mut order(&format!("db9:{file}"))).unwrap_err();
+        assert!(matches!(e, ServiceError::UnknownMember { .. }), "{e}");
+        let e = holder(&inv, "billing", &t, &mut order(&format!("db3:{file}"))).unwrap_err();
+        assert!(e.to_string().contains("db3"), "{e}");
+        let e = holder(&inv, "billing", &t, &mut order("db2:daily.tar.zst")).unwrap_err();
+        assert!(e.to_string().contains("MEMBER:/absolute/path"), "{e}");
+    }
 }

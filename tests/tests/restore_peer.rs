@@ -273,7 +273,7 @@ async fn fetch_as(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_fetch_is_refused_and_gets_no_bytes() {
-    let fleet = Fleet::start(spec("forge", "")).await.unwrap();
+    let mut fleet = Fleet::start(spec("forge", "")).await.unwrap();
     fleet
         .set("forge")
         .primary
@@ -375,4 +375,26 @@ async fn a_forged_fetch_is_refused_and_gets_no_bytes() {
             .any(|l| l.contains("fetch refused") && l.contains("spiffe://tandem/agent/forge-s1")),
         "{log}"
     );
+    // The holder's agent down: the restore is refused naming the member and
+    // what to do, and nothing is written on the primary's host.
+    fleet.kill_agent("forge-s1");
+    fleet
+        .wait_agents_state(&["forge-s1".into()], "offline")
+        .await
+        .unwrap();
+    let from = format!("forge-s1:{}", file.display());
+    let (code, _, raw) = restore(&fleet, "forge", &["--from", &from, "--latest"]);
+    assert_eq!(code, 2, "{raw}");
+    assert!(raw.contains("member forge-s1's host"), "{raw}");
+    assert!(raw.contains("start it"), "{raw}");
+    assert!(raw.contains("nothing was written"), "{raw}");
+    let mine = fleet.agent_backups("forge-p");
+    assert!(
+        std::fs::read_dir(&mine).map_or(true, |mut d| d.next().is_none()),
+        "nothing in {}",
+        mine.display()
+    );
+    let p = &fleet.set("forge").primary;
+    assert!(p.is_running());
+    assert!(siblings(&p.data_dir, ".prepare").is_empty());
 }

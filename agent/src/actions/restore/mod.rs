@@ -44,6 +44,10 @@ use crate::engine::Engine;
 use crate::journal::{OpRecord, OpState, Undo};
 use crate::steps::{Ending, Run, StepFailed};
 
+mod space;
+
+use space::{free_bytes, peer_space_ok, space_ok};
+
 const MIB: u64 = 1024 * 1024;
 
 /// Why a restore may not start (nothing was written).
@@ -180,78 +184,6 @@ fn reachable(target: Option<Timestamp>, taken: Timestamp, file: &Path) -> Result
         }),
         _ => Ok(()),
     }
-}
-
-fn free_bytes(dir: &Path) -> Result<u64, RestoreError> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| RestoreError::Statvfs {
-        dir: dir.to_owned(),
-        message: e.to_string(),
-    })?;
-    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
-}
-
-/// R11 for a fetch and an unpack on one filesystem (pure).
-fn fetch_space_ok(
-    dir: &Path,
-    free: u64,
-    file_rest: u64,
-    unpacked: u64,
-    reserve_mib: u64,
-) -> Result<(), RestoreError> {
-    let need = file_rest
-        .saturating_add(unpacked)
-        .saturating_add(reserve_mib.saturating_mul(MIB));
-    if free < need {
-        return Err(RestoreError::NoSpaceForFetch {
-            dir: dir.to_owned(),
-            avail: free / MIB,
-            file: file_rest.div_ceil(MIB),
-            data: unpacked.div_ceil(MIB),
-            reserve: reserve_mib,
-            need: need.div_ceil(MIB),
-        });
-    }
-    Ok(())
-}
-
-/// `p`, or its nearest ancestor that exists (a directory not made yet).
-fn existing(p: &Path) -> &Path {
-    p.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"))
-}
-
-/// R11 before a file is fetched from another member: the rest of the file
-/// in the backup directory, the unpacked size beside the data directory
-/// (one sum when both are on one filesystem), each with the reserve.
-fn peer_space_ok(
-    backup_dir: &Path,
-    data_parent: &Path,
-    file_rest: u64,
-    unpacked: u64,
-    reserve_mib: u64,
-) -> Result<(), RestoreError> {
-    use std::os::unix::fs::MetadataExt;
-    let (b, d) = (existing(backup_dir), existing(data_parent));
-    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-    if dev(b).is_some() && dev(b) == dev(d) {
-        return fetch_space_ok(d, free_bytes(d)?, file_rest, unpacked, reserve_mib);
-    }
-    fetch_space_ok(b, free_bytes(b)?, file_rest, 0, reserve_mib)?;
-    space_ok(d, free_bytes(d)?, unpacked, reserve_mib)
-}
-
-/// R11 on what was observed (pure).
-fn space_ok(dir: &Path, free: u64, unpacked: u64, reserve_mib: u64) -> Result<(), RestoreError> {
-    let need = unpacked.saturating_add(reserve_mib.saturating_mul(MIB));
-    if free < need {
-        return Err(RestoreError::NoSpace {
-            dir: dir.to_owned(),
-            avail: free / MIB,
-            data: unpacked.div_ceil(MIB),
-            reserve: reserve_mib,
-            need: need.div_ceil(MIB),
-        });
-    }
-    Ok(())
 }
 
 impl Plan {
@@ -805,29 +737,6 @@ mod tests {
         );
         let e = parse_target("yesterday").unwrap_err();
         assert!(e.to_string().contains("is not a time like"), "{e}");
-    }
-
-    #[test]
-    fn too_little_space_is_refused_with_the_numbers() {
-        let e = space_ok(Path::new("/d"), 100 * MIB, 90 * MIB, 20).unwrap_err();
-        let msg = e.to_string();
-        assert!(msg.contains("100 MiB free"), "{msg}");
-        assert!(msg.contains("110 MiB needed"), "{msg}");
-        assert!(msg.contains("Nothing was written"), "{msg}");
-        assert!(space_ok(Path::new("/d"), 200 * MIB, 90 * MIB, 20).is_ok());
-    }
-
-    #[test]
-    fn a_fetch_needs_room_for_the_rest_of_the_file_and_the_unpacked_data() {
-        let e = fetch_space_ok(Path::new("/d"), 100 * MIB, 30 * MIB, 60 * MIB, 20)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("100 MiB free"), "{e}");
-        assert!(e.contains("still to fetch is 30 MiB"), "{e}");
-        assert!(e.contains("unpacks to 60 MiB"), "{e}");
-        assert!(e.contains("110 MiB needed"), "{e}");
-        assert!(e.contains("Nothing was written"), "{e}");
-        assert!(fetch_space_ok(Path::new("/d"), 100 * MIB, 10 * MIB, 60 * MIB, 20).is_ok());
     }
 
     #[test]
