@@ -3,7 +3,8 @@
 //!
 //! The client presents this agent's own certificate (the `[tls]` files in
 //! force) and checks the holder's against the host in its address, as
-//! every Tandem client does (`tandem_proto::tls::connect`). The file
+//! every Tandem client does, and also that it names the holder agent
+//! (`tandem_proto::tls::connect_to`). The file
 //! streams into `.<name>.partial` in this agent's backup directory; a
 //! partial file left by a cut transfer is continued from its length (the
 //! holder starts at that offset), so a retry fetches only the rest. Complete
@@ -143,7 +144,8 @@ pub async fn fetch(
             "nothing was fetched; ".to_owned()
         },
     };
-    let channel = tandem_proto::tls::connect(&format!("https://{}", src.address), tls)
+    let holder = tandem_proto::identity::Identity::Agent(src.agent.clone());
+    let channel = tandem_proto::tls::connect_to(&format!("https://{}", src.address), tls, &holder)
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     let mut client = AgentPeerClient::new(traced(channel));
