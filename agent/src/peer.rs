@@ -24,9 +24,10 @@ use crate::service::log_refusal;
 const CHUNK: usize = 1 << 20;
 
 /// A test's cut point: with `TANDEM_TEST_FETCH_HOLD_AFTER_BYTES=<n>` in the
-/// holder's environment, a fetch stops sending once it sent `n` bytes,
-/// writes `<home>/fetch-held` and waits there (until the test kills this
-/// agent, or the client goes away). Nothing else sets it.
+/// holder's environment, a fetch stops sending once it handed over `n`
+/// bytes, writes `<home>/fetch-held` (the file position handed over up to)
+/// and waits there (until the test kills this agent, or the client goes
+/// away). Nothing else sets it.
 const HOLD_ENV: &str = "TANDEM_TEST_FETCH_HOLD_AFTER_BYTES";
 
 pub struct PeerService {

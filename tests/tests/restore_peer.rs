@@ -182,6 +182,27 @@ async fn a_transfer_cut_half_way_resumes_when_the_restore_runs_again() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+    // What the holder handed over before it held reaches the primary's
+    // partial file; then the holder dies.
+    let sent: u64 = std::fs::read_to_string(&held)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let partial = fleet
+        .agent_backups("cut-p")
+        .join(format!(".{name}.partial"));
+    wait_for(
+        "the primary's partial file to hold what the holder sent",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || async {
+            let n = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            Ok((n == sent).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
     fleet.kill_agent("cut-s1");
     std::fs::remove_file(&held).unwrap();
     fleet.start_agent("cut-s1").unwrap();
@@ -197,10 +218,8 @@ async fn a_transfer_cut_half_way_resumes_when_the_restore_runs_again() {
     let reason = json["reason"].as_str().unwrap();
     assert!(reason.contains("was cut at byte"), "{reason}");
     assert!(reason.contains("run the restore again"), "{reason}");
-    let partial = fleet
-        .agent_backups("cut-p")
-        .join(format!(".{name}.partial"));
     let kept = std::fs::metadata(&partial).unwrap().len();
+    assert_eq!(kept, sent, "what was fetched is kept");
     assert!(kept > 0 && kept < size, "{kept} of {size} bytes kept");
     assert!(!fleet.agent_backups("cut-p").join(&name).exists());
     assert!(
