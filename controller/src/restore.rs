@@ -22,12 +22,10 @@ use tandem_proto::order::{BackupSource, Order, PeerSource, RestoreStage};
 use tandem_proto::pb;
 use tracing::info;
 
-use crate::agents::AgentClients;
 use crate::error::ServiceError;
 use crate::inventory::Inventory;
 use crate::maintenance::plan::RestoreOrder;
 use crate::orders::{AgentRef, OrderError, Orders};
-use crate::store::Store;
 pub use tandem_proto::window::{RestoreProgress as Outcome, RestoreState};
 
 /// The member to restore and how to reach its agent.
@@ -123,9 +121,9 @@ pub async fn order(
 }
 
 /// The member whose host holds the backup `from` names, and the file
-/// there, when it is not the restored member `t`. `from` naming `t`'s own host becomes the plain
-/// file. Refused, naming the member and what to do, when the holder is not
-/// a member of the set or its agent is not online.
+/// there, when it is not the restored member `t`. `from` naming `t`'s own
+/// host becomes the plain file. Refused, naming the member and what to do,
+/// when the holder is not a member of the set or its agent is not online.
 pub fn holder(
     inv: &Inventory,
     set: &str,
@@ -161,10 +159,8 @@ pub const GRANT_TTL: Duration = Duration::from_secs(30 * 60);
 /// Ask the holder's agent to let `t`'s agent fetch `file` for
 /// [`GRANT_TTL`]; recorded in the audit log (who asked, the file, the
 /// peer, the grant id and its end, or why it was refused).
-#[allow(clippy::too_many_arguments)]
 pub async fn grant(
-    agents: &AgentClients,
-    store: &Store,
+    orders: &Orders<'_>,
     timeout: Duration,
     holder: &Target,
     t: &Target,
@@ -174,7 +170,8 @@ pub async fn grant(
 ) -> Result<PeerSource, ServiceError> {
     let asked = async {
         let mut c =
-            agents
+            orders
+                .agents
                 .client(&holder.address)
                 .map_err(|e| ServiceError::AgentUnreachable {
                     agent: holder.agent.clone(),
@@ -234,7 +231,8 @@ pub async fn grant(
         }
         Err(e) => e.to_string(),
     };
-    if let Err(e) = store
+    if let Err(e) = orders
+        .store
         .audit(
             who.to_owned(),
             "GrantBackup",
@@ -284,6 +282,7 @@ mod tests {
 
     use super::*;
     use crate::config::ControllerConfig;
+    use crate::store::Store;
 
     async fn inventory(dir: &std::path::Path) -> Inventory {
         let text = format!(

@@ -419,8 +419,7 @@ impl Maintenance {
         if let Some((h, file)) = &holder {
             order.peer = Some(
                 crate::restore::grant(
-                    &self.agents,
-                    &self.store,
+                    &orders,
                     self.inventory.config().status_timeout,
                     h,
                     &t,
