@@ -1,6 +1,8 @@
 //! tandem-agent: one per database server.
 //!
-//! Tasks: the gRPC server (`service`, only the controller may call it), the
+//! Tasks: the gRPC server (`service`, only the controller may call it;
+//! `peer`, beside it on the same port: other agents fetch a backup file
+//! under a grant the controller asked for), the
 //! registration loop (`registration`, register then heartbeat), and at most
 //! one running operation: `orders` turns a typed order into an action
 //! (`actions`: testdb, restore, a maintenance step), run by the one slot
@@ -32,6 +34,7 @@ pub mod journal;
 pub mod metrics;
 pub mod ops;
 pub mod orders;
+pub mod peer;
 pub mod registration;
 pub mod runner;
 pub mod service;
@@ -41,6 +44,7 @@ pub mod steps;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tandem_proto::pb::agent_peer_server::AgentPeerServer;
 use tandem_proto::pb::agent_server::AgentServer;
 use tandem_proto::propagation::server_span;
 use tokio_util::sync::CancellationToken;
@@ -97,12 +101,19 @@ pub async fn run_with_engine<E: Engine>(
         })?;
     info!(listen = %cfg.listen, set = %cfg.set, member = %cfg.member(), data_dir = %engine.data_dir().display(), "tandem-agent started");
 
+    let grants = Arc::new(backup::grants::Grants::default());
     let service = service::AgentService {
         agent: cfg.name.clone(),
         set: cfg.set.clone(),
         member: cfg.member().to_owned(),
         engine: engine.clone(),
         ops: ops.clone(),
+        grants: grants.clone(),
+    };
+    let peer_service = peer::PeerService {
+        agent: cfg.name.clone(),
+        home: cfg.home.clone(),
+        grants,
     };
     let signals = tokio::spawn(signals::run(
         cfg.clone(),
@@ -124,6 +135,10 @@ pub async fn run_with_engine<E: Engine>(
         .add_service(AgentServer::with_interceptor(
             service,
             service::require_controller,
+        ))
+        .add_service(AgentPeerServer::with_interceptor(
+            peer_service,
+            peer::require_agent,
         ))
         .serve_with_incoming_shutdown(
             tandem_proto::tls::incoming(listener, tls),

@@ -2,7 +2,10 @@
 //!
 //! Only the controller may call it: [`require_controller`] runs before every
 //! handler and refuses any other certificate identity, saying so in the log
-//! (caller, address, reason; once per caller and address every 10 s). Long
+//! (caller, address, reason; once per caller and address every 10 s,
+//! [`log_refusal`], which `crate::peer` uses too). The one service other
+//! agents may call is `AgentPeer` (`crate::peer`), and only with a grant
+//! this service's `GrantBackup` gave at the controller's request. Long
 //! operations never run inside a handler: `StartOperation` hands them to
 //! [`Operations`] and returns the id; `Watch` streams the operation's
 //! `watch` channel (a task per watcher, ending when the client goes away or
@@ -34,13 +37,13 @@ pub struct AgentService<E> {
     pub member: String,
     pub engine: Arc<E>,
     pub ops: Arc<Operations<E>>,
+    /// The fetches of backup files granted to other agents (`crate::peer`).
+    pub grants: Arc<crate::backup::grants::Grants>,
 }
 
 /// Interceptor: the caller must present the controller's certificate.
 #[allow(clippy::result_large_err)]
 pub fn require_controller(req: Request<()>) -> Result<Request<()>, Status> {
-    /// Refusals said in the log, once per caller and address every 10 s.
-    static REFUSED: LazyLock<Quiet<(String, Option<IpAddr>)>> = LazyLock::new(Quiet::default);
     let refusal = match peer_identity(&req) {
         Ok(Identity::Controller) => return Ok(req),
         Ok(other) => Status::permission_denied(format!(
@@ -49,6 +52,19 @@ pub fn require_controller(req: Request<()>) -> Result<Request<()>, Status> {
         )),
         Err(status) => status,
     };
+    log_refusal(
+        &req,
+        &refusal,
+        "call refused: only the controller may call an agent",
+    );
+    Err(refusal)
+}
+
+/// Say a refused call in the log (caller, address, reason), once per
+/// caller and address every 10 s.
+pub fn log_refusal<T>(req: &Request<T>, refusal: &Status, what: &'static str) {
+    /// Refusals said in the log, once per caller and address every 10 s.
+    static REFUSED: LazyLock<Quiet<(String, Option<IpAddr>)>> = LazyLock::new(Quiet::default);
     let peer = req.remote_addr();
     let caller = req
         .peer_certs()
@@ -64,10 +80,9 @@ pub fn require_controller(req: Request<()>) -> Result<Request<()>, Status> {
             peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
             reason = %refusal.message(),
             not_logged_since = unlogged,
-            "call refused: only the controller may call an agent"
+            "{what}"
         );
     }
-    Err(refusal)
 }
 
 type ProgressStream =
@@ -425,6 +440,14 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
             problems,
         }))
     }
+
+    #[tracing::instrument(skip_all, fields(agent = %self.agent))]
+    async fn grant_backup(
+        &self,
+        req: Request<pb::GrantBackupRequest>,
+    ) -> Result<Response<pb::GrantBackupResponse>, Status> {
+        self.grant(req.into_inner()).await.map(Response::new)
+    }
 }
 
 /// A place's retention plan as `PlanWalPrune` answers it.
@@ -479,6 +502,63 @@ impl<E: Engine> AgentService<E> {
             backup_free_bytes,
             backup_same_fs,
         }
+    }
+
+    async fn grant(&self, r: pb::GrantBackupRequest) -> Result<pb::GrantBackupResponse, Status> {
+        use crate::backup::grants::GrantError;
+        let refused = |e: GrantError| {
+            warn!(peer = %r.peer_agent, file = %r.file, reason = %e, "backup grant refused");
+            match e {
+                GrantError::BadPeer { .. } => Status::invalid_argument(e.to_string()),
+                GrantError::Io { .. } => Status::internal(e.to_string()),
+                GrantError::NoBackupDir
+                | GrantError::Backup(_)
+                | GrantError::OutsideDir { .. }
+                | GrantError::NotABackupName { .. }
+                | GrantError::NotAFile { .. }
+                | GrantError::Missing { .. } => Status::failed_precondition(e.to_string()),
+            }
+        };
+        let dir = self
+            .ops
+            .config()
+            .backup
+            .as_ref()
+            .map(|b| b.dir.clone())
+            .ok_or_else(|| refused(GrantError::NoBackupDir))?;
+        let (grants, file, peer) = (
+            self.grants.clone(),
+            std::path::PathBuf::from(&r.file),
+            r.peer_agent.clone(),
+        );
+        let ttl = std::time::Duration::from_secs(r.ttl_seconds.into());
+        let granted = tokio::task::spawn_blocking(move || {
+            let g = grants.grant(&dir, &file, &peer, ttl, jiff::Timestamp::now())?;
+            match crate::backup::read_meta(&g.file) {
+                Ok(meta) => Ok((g, meta.unpacked_bytes)),
+                Err(e) => {
+                    grants.revoke(&g.id);
+                    Err(GrantError::from(e))
+                }
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let (g, unpacked_bytes) = granted.map_err(refused)?;
+        tracing::info!(
+            peer = %g.peer,
+            file = %g.file.display(),
+            bytes = g.bytes,
+            grant = %g.id,
+            expires_at = %g.expires_at,
+            "backup granted to a peer agent"
+        );
+        Ok(pb::GrantBackupResponse {
+            grant_id: g.id,
+            expires_at: Some(timestamp_to_wire(g.expires_at)),
+            bytes: g.bytes,
+            unpacked_bytes,
+        })
     }
 }
 

@@ -163,6 +163,15 @@ impl<E: Engine> Run<E> {
         move |n| tx.send_modify(|p| p.bytes_done = n)
     }
 
+    /// The bytes the next progress counts up to (a fetch: the file's
+    /// size; an unpack: the unpacked size).
+    pub fn set_bytes_total(&self, n: u64) {
+        self.progress.send_modify(|p| {
+            p.bytes_total = n;
+            p.bytes_done = 0;
+        });
+    }
+
     /// Record `undo` before making the change it puts back.
     pub fn did(&self, undo: Undo) {
         self.rec().undo.push(undo);

@@ -217,26 +217,39 @@ pub enum Command {
         dry_run: bool,
     },
     /// Restore a set's primary (or --member) from a backup, admin only, as
-    /// a maintenance window (R12). While the set still serves: R1 pick the
-    /// backup, R11 check free space, R2 unpack and verify beside the data
-    /// directory. Then the set halted, standbys fenced and stopped first;
-    /// on the member: R3 stop, R4 move the current data directory aside
-    /// (dated, never deleted), R5 swap, R7 roll forward from the WAL archive
-    /// (socket only), R6 upgrade hook, R8 fix sequences, R9 start, R10
-    /// health twice. Then each standby re-seeded from it, streaming, and a
-    /// testdb. A failure before R9 puts the old data directory back, starts
-    /// it and resumes the standbys. Exit 0 restored and tested clean, 1 a
-    /// step failed (the report names it), 2 could not start (nothing was
+    /// a maintenance window. While the set still serves: pick the backup
+    /// (fetch it from the remote store or another member's host), check
+    /// free space, unpack and verify it beside the data directory. Then the
+    /// set halted, standbys fenced and stopped first; on the member: stop,
+    /// move the current data directory aside (dated, never deleted), swap,
+    /// roll forward from the WAL archive (socket only), upgrade hook, fix
+    /// sequences, start for clients, health twice. Then each standby
+    /// re-seeded from it, streaming, and a testdb. A failure before the
+    /// start for clients puts the old data directory back, starts it and
+    /// resumes the standbys. Exit 0 restored and tested clean, 1 a step
+    /// failed (the report names it), 2 could not start (nothing was
     /// written).
     Restore {
         /// The set.
         set: String,
-        /// latest: the newest verified backup that reaches the target time,
-        /// on any member's host or in the remote store (a backup on another
-        /// member's host is fetched from it); daily, weekly or monthly: the
-        /// newest of that kind, anywhere; a backup file on the member's
-        /// host; MEMBER:/path: a file on another member's host; remote:KEY.
-        #[arg(long, default_value = "latest")]
+        /// Which backup: latest (the default: the newest verified backup
+        /// taken at or before the target time, on any member's host or in
+        /// the remote store); daily, weekly or monthly (the newest of that
+        /// kind, anywhere); /abs/path/FILE.tar.zst (a file on the restored
+        /// member's host); MEMBER:/abs/path/FILE.tar.zst (a file on another
+        /// member's host, e.g. the standby that took it: the controller has
+        /// that member's agent grant the restored member's agent a 30-minute
+        /// fetch of exactly that file; with free space checked first, it is
+        /// copied over mutual TLS into the restored member's backup
+        /// directory, a cut transfer resumes when the restore runs again,
+        /// and every file is verified against the backup's manifest); or
+        /// remote:KEY (the remote store, recommended but not required).
+        /// `tandemctl backups SET` lists them; --dry-run says which is used.
+        #[arg(
+            long,
+            default_value = "latest",
+            value_name = "latest|daily|weekly|monthly|FILE|MEMBER:FILE|remote:KEY"
+        )]
         from: String,
         /// Roll forward to this time (RFC 3339, e.g. 2026-11-21T12:30:00Z).
         #[arg(long, conflicts_with = "latest")]

@@ -117,13 +117,78 @@ pub enum RestoreStage {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestoreOrder {
-    /// `daily`, `weekly`, `monthly`, a backup file on the agent's host, or
-    /// `remote:KEY`.
+    /// `daily`, `weekly`, `monthly`, a backup file on the agent's host,
+    /// `remote:KEY`, or `MEMBER:/path` ([`BackupSource`]).
     pub from: String,
     /// RFC 3339; `None`: to the end of the WAL archive.
     pub target_time: Option<String>,
     pub replace: bool,
     pub stage: RestoreStage,
+    /// `from` is a file on another member's host: fetch it from there first.
+    pub peer: Option<PeerSource>,
+}
+
+/// A backup file on another member's host, and the grant its agent gave
+/// for this agent to fetch it (`AgentPeer.FetchBackup`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSource {
+    /// The holding member and its agent.
+    pub member: String,
+    pub agent: String,
+    /// The holder agent's address, `host:port`.
+    pub address: String,
+    /// The file on the holder's host.
+    pub file: String,
+    pub grant_id: String,
+    /// The file's size and its unpacked size, as the grant answered.
+    pub bytes: u64,
+    pub unpacked_bytes: u64,
+}
+
+/// What a restore's `from` names. The one parser of `--from`: the
+/// controller uses it to see whether a backup is on another member's host,
+/// the agent to refuse that form without a peer source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupSource<'a> {
+    /// `daily`, `weekly`, `monthly`, or an absolute file on the restored
+    /// member's host (the agent tells them apart).
+    Local(&'a str),
+    /// `remote:KEY`: a key in the agents' remote store.
+    Remote(&'a str),
+    /// `MEMBER:/abs/path`: a backup file on the host of member `member`.
+    Member { member: &'a str, file: &'a str },
+}
+
+/// A `from` that names a member but no absolute file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{from:?}: a backup on another member's host is named MEMBER:/absolute/path/file.tar.zst (`tandemctl backups SET` lists them)"
+)]
+pub struct BadBackupSource {
+    pub from: String,
+}
+
+impl<'a> BackupSource<'a> {
+    /// `remote:` first (a member named `remote` is reached by its file
+    /// path); then `NAME:/...` where NAME is a valid member name; anything
+    /// else is local. `NAME:relative` is refused.
+    pub fn parse(from: &'a str) -> Result<BackupSource<'a>, BadBackupSource> {
+        if let Some(key) = from.strip_prefix("remote:") {
+            return Ok(BackupSource::Remote(key));
+        }
+        match from.split_once(':') {
+            Some((member, file)) if crate::identity::validate_name(member).is_ok() => {
+                if file.starts_with('/') {
+                    Ok(BackupSource::Member { member, file })
+                } else {
+                    Err(BadBackupSource {
+                        from: from.to_owned(),
+                    })
+                }
+            }
+            _ => Ok(BackupSource::Local(from)),
+        }
+    }
 }
 
 /// The agent steps of a maintenance window.
@@ -260,11 +325,13 @@ impl TryFrom<pb::StartOperationRequest> for StartOrder {
                         });
                     }
                 };
+                let peer = o.peer.map(PeerSource::try_from).transpose()?;
                 Order::Restore(RestoreOrder {
                     from: o.from,
                     target_time: Some(o.target_time).filter(|t| !t.is_empty()),
                     replace: o.replace,
                     stage,
+                    peer,
                 })
             }
             P::Maintenance(m) => {
@@ -286,6 +353,42 @@ impl TryFrom<pb::StartOperationRequest> for StartOrder {
             join: r.join,
             order,
         })
+    }
+}
+
+impl TryFrom<pb::PeerSource> for PeerSource {
+    type Error = ModelError;
+    fn try_from(p: pb::PeerSource) -> Result<Self, ModelError> {
+        let required = |field: &'static str, v: String| {
+            if v.is_empty() {
+                Err(ModelError::Missing { field })
+            } else {
+                Ok(v)
+            }
+        };
+        Ok(PeerSource {
+            member: required("restore.peer.member", p.member)?,
+            agent: required("restore.peer.agent", p.agent)?,
+            address: required("restore.peer.address", p.address)?,
+            file: required("restore.peer.file", p.file)?,
+            grant_id: required("restore.peer.grant_id", p.grant_id)?,
+            bytes: p.bytes,
+            unpacked_bytes: p.unpacked_bytes,
+        })
+    }
+}
+
+impl From<PeerSource> for pb::PeerSource {
+    fn from(p: PeerSource) -> Self {
+        pb::PeerSource {
+            member: p.member,
+            agent: p.agent,
+            address: p.address,
+            file: p.file,
+            grant_id: p.grant_id,
+            bytes: p.bytes,
+            unpacked_bytes: p.unpacked_bytes,
+        }
     }
 }
 
@@ -319,6 +422,7 @@ impl From<StartOrder> for pb::StartOperationRequest {
                     RestoreStage::Prepare => pb::RestoreStage::Prepare,
                     RestoreStage::Swap => pb::RestoreStage::Swap,
                 } as i32,
+                peer: r.peer.map(Into::into),
             }),
             Order::Maintenance(m) => P::Maintenance(pb::MaintenanceOrder {
                 window_id: m.window_id,
@@ -378,6 +482,22 @@ mod tests {
             target_time: Some("2026-11-21T12:30:00Z".into()),
             replace: true,
             stage: RestoreStage::Swap,
+            peer: None,
+        }));
+        round_trip(Order::Restore(RestoreOrder {
+            from: "db2:/var/backups/daily-20261121T043007Z-0_1-0_2.tar.zst".into(),
+            target_time: None,
+            replace: false,
+            stage: RestoreStage::Prepare,
+            peer: Some(PeerSource {
+                member: "db2".into(),
+                agent: "agent-db2".into(),
+                address: "db2.example:7443".into(),
+                file: "/var/backups/daily-20261121T043007Z-0_1-0_2.tar.zst".into(),
+                grant_id: "g-0123".into(),
+                bytes: 10,
+                unpacked_bytes: 20,
+            }),
         }));
         for step in MaintenanceStep::ALL {
             round_trip(Order::Maintenance(MaintenanceOrder {
@@ -462,6 +582,58 @@ mod tests {
             }))),
             "field `backup.mode`: unknown enum value 3"
         );
+    }
+
+    #[test]
+    fn from_names_a_kind_a_file_a_remote_key_or_a_file_on_another_member() {
+        use BackupSource::*;
+        let p = |s| BackupSource::parse(s);
+        assert_eq!(p("daily"), Ok(Local("daily")));
+        assert_eq!(p("/b/daily.tar.zst"), Ok(Local("/b/daily.tar.zst")));
+        // A colon inside a path is not a member.
+        assert_eq!(p("/b/x:y.tar.zst"), Ok(Local("/b/x:y.tar.zst")));
+        assert_eq!(
+            p("remote:billing/backups/x"),
+            Ok(Remote("billing/backups/x"))
+        );
+        assert_eq!(
+            p("db2:/var/b/daily.tar.zst"),
+            Ok(Member {
+                member: "db2",
+                file: "/var/b/daily.tar.zst"
+            })
+        );
+        assert_eq!(
+            p("pitr-s1:/a"),
+            Ok(Member {
+                member: "pitr-s1",
+                file: "/a"
+            })
+        );
+        let e = p("db2:daily.tar.zst").unwrap_err().to_string();
+        assert!(e.contains("MEMBER:/absolute/path"), "{e}");
+        // Not a member name: local, and the agent says what is wrong.
+        assert_eq!(p("a b:/x"), Ok(Local("a b:/x")));
+    }
+
+    #[test]
+    fn a_peer_source_without_its_grant_is_refused_naming_the_field() {
+        use pb::start_operation_request::Order as P;
+        let r = pb::StartOperationRequest {
+            order: Some(P::Restore(pb::RestoreOrder {
+                from: "db2:/x".into(),
+                peer: Some(pb::PeerSource {
+                    member: "db2".into(),
+                    agent: "db2".into(),
+                    address: "h:1".into(),
+                    file: "/x".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert_eq!(refused(r), "field `restore.peer.grant_id` is required");
     }
 
     #[test]

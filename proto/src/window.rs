@@ -227,6 +227,10 @@ pub struct RestoreOrder {
     pub target_time: Option<String>,
     #[serde(default)]
     pub replace: bool,
+    /// `from` names a file on another member's host: where it is and the
+    /// grant its agent gave (the controller's own; not sent to tandemctl).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<crate::order::PeerSource>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -582,6 +586,7 @@ impl TryFrom<pb::Plan> for Plan {
                 from: r.from,
                 target_time: r.target_time,
                 replace: r.replace,
+                peer: None,
             }),
         })
     }

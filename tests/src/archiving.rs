@@ -1,15 +1,25 @@
 //! A primary that archives its WAL, and backups of its set: what the
 //! restore and WAL retention tests share.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::corrupt;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, FleetSpec};
 use crate::procs::bin_path;
 use crate::wait::wait_for;
+
+/// A fleet of `set` with one standby, backups on, and `restore` as extra
+/// `[restore]` lines.
+pub fn spec(set: &str, restore: &str) -> FleetSpec {
+    let mut spec = FleetSpec::new(&[(set, 1)]);
+    spec.backups = Some(format!(
+        "\n[restore]\nhealth_interval = \"300ms\"\n{restore}"
+    ));
+    spec
+}
 
 /// Archive the primary's WAL into the set's archive with archive-push.
 pub fn enable_archiving(fleet: &Fleet, set: &str) {
@@ -97,4 +107,20 @@ pub fn restore_primary(fleet: &Fleet, set: &str, args: &[&str]) -> (i32, Value, 
         run.json()
     };
     (run.code, json, format!("{run:?}"))
+}
+
+/// The entries beside `data_dir` named `<its name><infix>...`.
+pub fn siblings(data_dir: &Path, infix: &str) -> Vec<PathBuf> {
+    let name = data_dir.file_name().unwrap().to_str().unwrap().to_owned();
+    std::fs::read_dir(data_dir.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(&format!("{name}{infix}"))
+        })
+        .collect()
 }

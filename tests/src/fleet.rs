@@ -389,6 +389,27 @@ impl Fleet {
         self.dir.join("agents").join(name).join("agent.toml")
     }
 
+    /// The address an agent listens on (`listen` in its agent.toml).
+    pub fn agent_address(&self, name: &str) -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(self.agent_config(name))?;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("listen = \"")
+                    .map(|r| r.trim_end_matches('"').to_owned())
+            })
+            .with_context(|| format!("no listen in {name}'s agent.toml"))
+    }
+
+    /// The TLS files of a certificate of the fleet's CA, by its stem:
+    /// `controller`, `agent-<name>`, `user-<name>`.
+    pub fn tls_files(&self, stem: &str) -> tandem_proto::tls::TlsFiles {
+        tandem_proto::tls::TlsFiles {
+            ca: self.certs.join("ca.pem"),
+            cert: self.certs.join(format!("{stem}.pem")),
+            key: self.certs.join(format!("{stem}-key.pem")),
+        }
+    }
+
     /// A set's WAL archive (with `FleetSpec::backups`).
     pub fn wal_archive(&self, set: &str) -> PathBuf {
         self.dir.join("wal").join(set)

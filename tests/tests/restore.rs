@@ -4,41 +4,19 @@
 //! the standby fenced and stopped first, re-seeded from the restored
 //! primary after, and a testdb at the end.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
 use tandem_tests::archiving::{
-    enable_archiving, restore_primary, set_archive_command, switch_and_archive, take_backup,
+    enable_archiving, restore_primary, set_archive_command, siblings, spec, switch_and_archive,
+    take_backup,
 };
 use tandem_tests::corrupt;
 use tandem_tests::fleet::{Fleet, FleetSpec};
 use tandem_tests::procs::bin_path;
 use tandem_tests::s3::S3Server;
 use tandem_tests::wait::wait_for;
-
-fn spec(set: &str, restore: &str) -> FleetSpec {
-    let mut spec = FleetSpec::new(&[(set, 1)]);
-    spec.backups = Some(format!(
-        "\n[restore]\nhealth_interval = \"300ms\"\n{restore}"
-    ));
-    spec
-}
-
-fn siblings(data_dir: &Path, infix: &str) -> Vec<PathBuf> {
-    let name = data_dir.file_name().unwrap().to_str().unwrap().to_owned();
-    std::fs::read_dir(data_dir.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with(&format!("{name}{infix}"))
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_primary_is_restored_to_a_point_in_time() {

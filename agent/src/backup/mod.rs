@@ -13,14 +13,19 @@
 //! - `wal_retention`: which archived WAL no kept backup needs (pure), and
 //!   removing it from the archive and the store (`tandem-agent wal-prune`,
 //!   and at the end of each kept backup).
+//! - `grants`: another member's agent may read one backup file here for a
+//!   while (the controller asks); `peer`: a backup fetched from another
+//!   member's agent under such a grant, resumable.
 //!
 //! A backup file is written under a temporary name, fsynced, and renamed
 //! into place only when complete ([`archive::Packed::commit`]); a reader
 //! never sees a half-written backup under a backup name.
 
 pub mod archive;
+pub mod grants;
 pub mod keep;
 pub mod name;
+pub mod peer;
 pub mod remote;
 pub mod rotation;
 pub mod wal;

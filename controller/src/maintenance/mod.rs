@@ -410,6 +410,9 @@ impl Maintenance {
         let mut order = order;
         order.from = checked.from.clone();
         let t = crate::restore::target(&self.inventory, set, member)?;
+        // A file on another member's host: that member's agent must be
+        // there to grant it (said before the generic check of every member).
+        let holder = crate::restore::holder(&self.inventory, set, &t, &mut order)?;
         let members = self.online_members(set, "a restore")?;
         let standbys: Vec<String> = members
             .iter()
@@ -427,6 +430,20 @@ impl Maintenance {
             agents: &self.agents,
             store: &self.store,
         };
+        if let Some((h, file)) = &holder {
+            order.peer = Some(
+                crate::restore::grant(
+                    &orders,
+                    self.inventory.config().status_timeout,
+                    h,
+                    &t,
+                    file,
+                    who,
+                    &trace_id,
+                )
+                .await?,
+            );
+        }
         let op = crate::restore::order(
             &orders,
             &t,

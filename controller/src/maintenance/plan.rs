@@ -350,8 +350,16 @@ pub fn build_restore(
         Action::RestorePrepare,
         member,
         format!(
-            "R1 R11 R2 on {member}: picks the backup {}, checks free space, unpacks and verifies it beside the data directory; the set still serves",
-            order.from
+            "R1 R11 R2 on {member}: picks the backup {}{}, checks free space, unpacks and verifies it beside the data directory; the set still serves",
+            order.from,
+            order
+                .peer
+                .as_ref()
+                .map(|p| format!(
+                    " (fetched from {}'s agent under a time-limited grant, resuming a cut transfer)",
+                    p.member
+                ))
+                .unwrap_or_default()
         ),
         1.0 + data_bytes as f64 / UNPACK_RATE,
         false,

@@ -12,6 +12,7 @@
 //! - `remote:KEY`: a key in the remote store.
 
 use jiff::Timestamp;
+use tandem_proto::order::BackupSource;
 use tandem_proto::pb;
 
 pub use tandem_proto::model::REMOTE_MEMBER as REMOTE;
@@ -87,16 +88,6 @@ fn place(b: &pb::BackupInfo) -> String {
     }
 }
 
-/// `MEMBER:/path` split, when `from` has that form (a member name, a
-/// colon, an absolute path); `remote:KEY` is not one.
-pub fn member_file(from: &str) -> Option<(&str, &str)> {
-    let (m, path) = from.split_once(':')?;
-    let name_ok = !m.is_empty()
-        && m.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    (m != "remote" && name_ok && path.starts_with('/')).then_some((m, path))
-}
-
 /// Choose the backup for `from` (see the module's rules).
 pub fn choose(
     backups: &[pb::BackupInfo],
@@ -111,39 +102,42 @@ pub fn choose(
             .find(|b| b.file == file && (b.member == member || b.file.starts_with("remote:")))
             .cloned()
     };
-    if from.starts_with("remote:") {
-        return Ok(Choice {
-            backup: listed(REMOTE, from),
-            from: from.to_owned(),
-            holder: Holder::Remote,
-            notes: vec![],
-        });
-    }
-    if let Some((m, path)) = member_file(from) {
-        let holder = if m == target_member {
-            Holder::Target
-        } else {
-            Holder::Member(m.to_owned())
-        };
-        return Ok(Choice {
-            backup: listed(m, path),
-            from: if holder == Holder::Target {
-                path.to_owned()
+    let from = match BackupSource::parse(from).map_err(|e| e.to_string())? {
+        BackupSource::Remote(_) => {
+            return Ok(Choice {
+                backup: listed(REMOTE, from),
+                from: from.to_owned(),
+                holder: Holder::Remote,
+                notes: vec![],
+            });
+        }
+        BackupSource::Member { member, file } => {
+            let holder = if member == target_member {
+                Holder::Target
             } else {
-                from.to_owned()
-            },
-            holder,
-            notes: vec![],
-        });
-    }
-    if from.starts_with('/') {
-        return Ok(Choice {
-            backup: listed(target_member, from),
-            from: from.to_owned(),
-            holder: Holder::Target,
-            notes: vec![],
-        });
-    }
+                Holder::Member(member.to_owned())
+            };
+            return Ok(Choice {
+                backup: listed(member, file),
+                from: if holder == Holder::Target {
+                    file.to_owned()
+                } else {
+                    from.to_owned()
+                },
+                holder,
+                notes: vec![],
+            });
+        }
+        BackupSource::Local(file) if file.starts_with('/') => {
+            return Ok(Choice {
+                backup: listed(target_member, file),
+                from: file.to_owned(),
+                holder: Holder::Target,
+                notes: vec![],
+            });
+        }
+        BackupSource::Local(other) => other,
+    };
     let kind = match from {
         "" | "latest" => None,
         "daily" | "weekly" | "monthly" => Some(from),
@@ -435,14 +429,5 @@ mod tests {
                 .unwrap_err()
                 .contains("latest")
         );
-    }
-
-    #[test]
-    fn member_file_form() {
-        assert_eq!(member_file("db2:/a/b"), Some(("db2", "/a/b")));
-        assert_eq!(member_file("remote:/a"), None);
-        assert_eq!(member_file("db2:rel"), None);
-        assert_eq!(member_file("/a:/b"), None);
-        assert_eq!(member_file("daily"), None);
     }
 }

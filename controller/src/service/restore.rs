@@ -24,6 +24,7 @@ impl ControllerService {
                             from: c.from,
                             target_time: c.target_time,
                             replace: c.replace,
+                            peer: None,
                         },
                         &who.uri(),
                         current_trace_id().unwrap_or_default(),

@@ -22,6 +22,7 @@ use tonic::codegen::Service;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{CONNECT_TIMEOUT, LiveTls, TlsError, TlsFiles, cause_chain};
+use crate::identity::{Identity, identity_of_certificate};
 
 /// Opens a TLS channel to `url` (`https://host:port`, or `host:port`) and
 /// connects now, so an unreachable address fails here with an error naming it.
@@ -29,6 +30,21 @@ use super::{CONNECT_TIMEOUT, LiveTls, TlsError, TlsFiles, cause_chain};
 /// set: streams are long-lived.
 pub async fn connect(url: &str, tls: &TlsFiles) -> Result<Channel, TlsError> {
     let (full, endpoint, connector) = endpoint(url, LiveTls::load(tls.clone())?)?;
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| TlsError::Connect {
+            url: full,
+            cause: cause_chain(&e),
+        })
+}
+
+/// Like [`connect`], and the server's certificate must also name `expect`
+/// (its SAN URI identity), so a client talking to one particular agent
+/// (another member's agent serving a granted backup) knows it is that one.
+pub async fn connect_to(url: &str, tls: &TlsFiles, expect: &Identity) -> Result<Channel, TlsError> {
+    let (full, endpoint, mut connector) = endpoint(url, LiveTls::load(tls.clone())?)?;
+    connector.expect = Some(expect.clone());
     endpoint
         .connect_with_connector(connector)
         .await
@@ -89,6 +105,7 @@ fn endpoint(url: &str, tls: Arc<LiveTls>) -> Result<(String, Endpoint, LiveConne
         server_name,
         host: domain.to_owned(),
         port,
+        expect: None,
     };
     Ok((full, endpoint, connector))
 }
@@ -101,6 +118,8 @@ pub struct LiveConnector {
     server_name: ServerName<'static>,
     host: String,
     port: u16,
+    /// The identity the server's certificate must name, when one must.
+    expect: Option<Identity>,
 }
 
 impl Service<http::Uri> for LiveConnector {
@@ -120,6 +139,28 @@ impl Service<http::Uri> for LiveConnector {
             let tls = TlsConnector::from(this.tls.client())
                 .connect(this.server_name, tcp)
                 .await?;
+            if let Some(want) = &this.expect {
+                let got = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|leaf| identity_of_certificate(leaf));
+                match got {
+                    Some(Ok(id)) if &id == want => {}
+                    other => {
+                        let said = match other {
+                            Some(Ok(id)) => id.to_string(),
+                            Some(Err(e)) => e.to_string(),
+                            None => "no certificate".to_owned(),
+                        };
+                        return Err(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            format!("the server is not {want}: its certificate says {said}"),
+                        ));
+                    }
+                }
+            }
             Ok(TokioIo::new(tls))
         })
     }
@@ -131,6 +172,27 @@ mod tests {
     use crate::tls::tests::write_certs;
     use crate::tls::{CertInfo, Reload, incoming};
     use tokio_stream::StreamExt;
+
+    /// A client that expects one identity refuses a server whose
+    /// certificate names another (here: none); without one it connects.
+    #[tokio::test]
+    async fn a_server_that_is_not_the_expected_identity_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_certs(dir.path());
+        let server_tls = LiveTls::load(files.clone()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut accepted = incoming(listener, server_tls);
+        tokio::spawn(async move { while accepted.next().await.is_some() {} });
+        let url = format!("https://127.0.0.1:{port}");
+        let e = connect_to(&url, &files, &Identity::Agent("db2".into()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not spiffe://tandem/agent/db2"), "{e}");
+        assert!(e.contains("no spiffe://tandem/ URI SAN"), "{e}");
+        connect(&url, &files).await.unwrap();
+    }
 
     /// Each new connection of a client made once presents the client
     /// certificate in force, and the server's `incoming` accepts it with

@@ -26,7 +26,7 @@ mod connect;
 mod live;
 mod serve;
 
-pub use connect::{connect, connect_lazy, connect_lazy_live};
+pub use connect::{connect, connect_lazy, connect_lazy_live, connect_to};
 pub(crate) use live::describe_metrics;
 pub use live::{CertInfo, CertInfoError, LiveTls, RELOAD_EVERY, Reload};
 pub use serve::{HandshakeRefusals, QUIET_FOR, Quiet, Refusal, handshake_reason, incoming};

@@ -55,6 +55,7 @@ fn full_window() -> Window {
             from: "daily".into(),
             target_time: Some("2026-12-01T00:00:00Z".into()),
             replace: true,
+            peer: None,
         }),
     };
     let mut w = Window::new(

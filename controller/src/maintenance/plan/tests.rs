@@ -339,6 +339,7 @@ fn a_restore_prepares_first_halts_standbys_before_the_member_and_reseeds_them_af
         from: "daily".into(),
         target_time: Some("2026-11-21T12:00:00Z".into()),
         replace: false,
+        peer: None,
     };
     let p = build_restore(
         "zeta",

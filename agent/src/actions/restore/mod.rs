@@ -1,14 +1,18 @@
 //! Restore a server from a backup (SPEC R1-R11; R12 is the controller's).
 //!
 //! Before anything is written ([`Plan::check`], when the order arrives):
-//! R1 the backup is found (the newest of a kind, a file, or a remote key,
-//! fetched as the first step), R11 the data directory's filesystem must hold
-//! the unpacked size plus `[restore] free_space_reserve_mib`, and R2's
+//! R1 the backup is found (the newest of a kind, a file, a remote key, or a
+//! file on another member's host, the last two fetched as the first step),
+//! R11 the data directory's filesystem must hold the unpacked size plus
+//! `[restore] free_space_reserve_mib` (for a file on another member's host,
+//! known from the grant: also the rest of the file to fetch), and R2's
 //! prepare directory (`<data_dir>.prepare`, beside the data directory) must
 //! not exist unless `replace`.
 //!
 //! Steps, each a journal update and a progress message:
-//! `R1 fetch` (remote only) → `R2 unpack` (verified against the manifest) →
+//! `R1 fetch` (remote only) or `R1 fetch_peer` (from another member's agent
+//! under the controller's grant, resuming a partial file: `backup::peer`) →
+//! `R2 unpack` (verified against the manifest) →
 //! `R2 fetch_wal` (with a [remote] store: the WAL files from the backup's
 //! start that the WAL archive lacks) → `R3 stop` (already stopped is fine) → `R4 move_aside`
 //! (`<data_dir>.before-restore-<UTC time>`, never deleted) → `R5 swap` →
@@ -31,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use tandem_proto::order::{RestoreOrder, RestoreStage};
+use tandem_proto::order::{BackupSource, PeerSource, RestoreOrder, RestoreStage};
 use tracing::{error, info};
 
 use crate::backup::{self, BackupKind};
@@ -39,6 +43,10 @@ use crate::config::AgentConfig;
 use crate::engine::Engine;
 use crate::journal::{OpRecord, OpState, Undo};
 use crate::steps::{Ending, Run, StepFailed};
+
+mod space;
+
+use space::{free_bytes, peer_space_ok, space_ok};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -49,8 +57,16 @@ pub enum RestoreError {
         "this agent has no [backup] section with a wal_archive in its agent.toml; a restore needs both (see deploy/agent.example.toml)"
     )]
     NoBackupConfig,
-    #[error("restore needs `from`: latest, daily, weekly, monthly, a backup file, or remote:KEY")]
+    #[error(
+        "restore needs `from`: latest, daily, weekly, monthly, a backup file, remote:KEY or MEMBER:/path"
+    )]
     NoSource,
+    #[error(transparent)]
+    BadSource(#[from] tandem_proto::order::BadBackupSource),
+    #[error(
+        "{from}: a backup on another member's host is fetched under a grant the controller asks that member's agent for; restore through `tandemctl restore`"
+    )]
+    PeerWithoutGrant { from: String },
     #[error(
         "no verified backup in {dir}{}; `tandemctl backups SET` lists the set's backups on every host",
         .target.as_ref().map(|t| format!(" taken at or before {t}")).unwrap_or_default()
@@ -85,6 +101,19 @@ pub enum RestoreError {
         reserve: u64,
         need: u64,
     },
+    #[error(
+        "safe mode: the filesystem of {dir} has {avail} MiB free; the backup file still to fetch is {file} MiB and it unpacks to {data} MiB, plus the reserve of {reserve} MiB: {need} MiB needed. Nothing was written; free space, or lower restore.free_space_reserve_mib"
+    )]
+    NoSpaceForFetch {
+        dir: PathBuf,
+        avail: u64,
+        file: u64,
+        data: u64,
+        reserve: u64,
+        need: u64,
+    },
+    #[error(transparent)]
+    Peer(#[from] backup::peer::PeerError),
     #[error("cannot read the free space of {dir}: {message}")]
     Statvfs { dir: PathBuf, message: String },
     #[error("remote:KEY needs a [remote] store in agent.toml (see deploy/agent.example.toml)")]
@@ -110,6 +139,8 @@ pub struct Plan {
     pub file: PathBuf,
     /// `remote:KEY`: fetch this key first (R1), then check space (R11).
     pub remote_key: Option<String>,
+    /// A file on another member's host: fetch it from its agent first (R1).
+    pub peer: Option<PeerSource>,
     /// PostgreSQL's `recovery_target_time` (UTC), or `None`: to the end.
     pub target_time: Option<String>,
     pub replace: bool,
@@ -176,28 +207,6 @@ fn reachable(target: Option<Timestamp>, taken: Timestamp, file: &Path) -> Result
     }
 }
 
-fn free_bytes(dir: &Path) -> Result<u64, RestoreError> {
-    crate::files::free_bytes(dir).map_err(|e| RestoreError::Statvfs {
-        dir: dir.to_owned(),
-        message: e.to_string(),
-    })
-}
-
-/// R11 on what was observed (pure).
-fn space_ok(dir: &Path, free: u64, unpacked: u64, reserve_mib: u64) -> Result<(), RestoreError> {
-    let need = unpacked.saturating_add(reserve_mib.saturating_mul(MIB));
-    if free < need {
-        return Err(RestoreError::NoSpace {
-            dir: dir.to_owned(),
-            avail: free / MIB,
-            data: unpacked.div_ceil(MIB),
-            reserve: reserve_mib,
-            need: need.div_ceil(MIB),
-        });
-    }
-    Ok(())
-}
-
 impl Plan {
     /// R1 (local), R2 (prepare exists), R11 (free space), and the target
     /// time against the backup, before anything is written.
@@ -214,9 +223,11 @@ impl Plan {
         }
         let target = o.target_time.as_deref().map(target_timestamp).transpose()?;
         let prepare = prepare_dir(data_dir);
+        let source = BackupSource::parse(from)?;
         let mut plan = Plan {
             file: PathBuf::from(from),
             remote_key: None,
+            peer: None,
             target_time: target.map(for_postgres),
             replace: o.replace,
             prepare,
@@ -233,7 +244,36 @@ impl Plan {
         if !o.replace && std::fs::symlink_metadata(&plan.prepare).is_ok() {
             return Err(RestoreError::PrepareExists { path: plan.prepare });
         }
-        if let Some(key) = from.strip_prefix("remote:") {
+        if let Some(peer) = &o.peer {
+            let (dst, partial) = backup::peer::destination(peer, &b.dir)?;
+            let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let parsed = backup::BackupName::parse(name).ok_or_else(|| RestoreError::NoFile {
+                path: PathBuf::from(&peer.file),
+            })?;
+            reachable(target, parsed.taken_at, Path::new(&peer.file))?;
+            let have = if std::fs::metadata(&dst).is_ok_and(|m| m.len() == peer.bytes) {
+                peer.bytes
+            } else {
+                backup::peer::resume_offset(&partial, peer.bytes)
+            };
+            peer_space_ok(
+                &b.dir,
+                data_dir.parent().unwrap_or(Path::new("/")),
+                peer.bytes - have,
+                peer.unpacked_bytes,
+                cfg.restore.free_space_reserve_mib,
+            )?;
+            plan.file = dst;
+            plan.unpacked_bytes = peer.unpacked_bytes;
+            plan.peer = Some(peer.clone());
+            return Ok(plan);
+        }
+        if let BackupSource::Member { .. } = source {
+            return Err(RestoreError::PeerWithoutGrant {
+                from: from.to_owned(),
+            });
+        }
+        if let BackupSource::Remote(key) = source {
             if cfg.remote.is_none() {
                 return Err(RestoreError::NoRemote);
             }
@@ -333,17 +373,14 @@ impl Restore {
         self.swap(run, &data_dir).await
     }
 
-    /// R1 (remote), R11, R2: the backup unpacked and verified beside the
-    /// data directory.
+    /// R1 (remote, or another member's host), R11, R2: the backup unpacked
+    /// and verified beside the data directory.
     async fn prepare<E: Engine>(&self, run: &Run<E>, data_dir: &Path) -> Result<(), StepFailed> {
         let plan = &self.plan;
         let file = plan.file.clone();
+        let dir = file.parent().unwrap_or(Path::new("/")).to_owned();
         if let Some(key) = &plan.remote_key {
-            let (cfg, key, dir) = (
-                run.cfg.clone(),
-                key.clone(),
-                file.parent().unwrap_or(Path::new("/")).to_owned(),
-            );
+            let (cfg, key, dir) = (run.cfg.clone(), key.clone(), dir.clone());
             run.step("R1 fetch", async move {
                 let remote = cfg.remote.as_ref().expect("checked at start");
                 backup::remote::Remote::open(remote)?
@@ -351,6 +388,37 @@ impl Restore {
                     .await
             })
             .await?;
+        }
+        if let Some(src) = &plan.peer {
+            run.set_bytes_total(src.bytes);
+            let (tls, s, progress, cancel) = (
+                run.cfg.tls.clone(),
+                src.clone(),
+                run.bytes_progress(),
+                run.cancel.clone(),
+            );
+            let fetched = run
+                .step("R1 fetch_peer", async move {
+                    backup::peer::fetch(&tls, &s, &dir, &progress, &cancel).await
+                })
+                .await?;
+            run.note(match fetched.resumed_at {
+                _ if fetched.already_here => format!(
+                    "{} was fetched from member {} before; not fetched again",
+                    fetched.file.display(),
+                    src.member
+                ),
+                Some(at) => format!(
+                    "resumed the transfer of {} from member {} at byte {at} of {}",
+                    src.file, src.member, src.bytes
+                ),
+                None => format!(
+                    "fetched {} from member {}'s host ({} bytes)",
+                    src.file, src.member, src.bytes
+                ),
+            });
+        }
+        if plan.remote_key.is_some() || plan.peer.is_some() {
             let (cfg, dd, f) = (run.cfg.clone(), data_dir.to_owned(), file.clone());
             run.step(
                 "R11 free_space",
@@ -372,6 +440,7 @@ impl Restore {
         run.note(format!("backup: {}", file.display()));
 
         // R2: unpack beside the data directory, verified.
+        run.set_bytes_total(plan.unpacked_bytes);
         let prepare = plan.prepare.clone();
         let (replace, progress, cancel, owner) = (
             plan.replace,
@@ -691,16 +760,6 @@ mod tests {
         );
         let e = parse_target("yesterday").unwrap_err();
         assert!(e.to_string().contains("is not a time like"), "{e}");
-    }
-
-    #[test]
-    fn too_little_space_is_refused_with_the_numbers() {
-        let e = space_ok(Path::new("/d"), 100 * MIB, 90 * MIB, 20).unwrap_err();
-        let msg = e.to_string();
-        assert!(msg.contains("100 MiB free"), "{msg}");
-        assert!(msg.contains("110 MiB needed"), "{msg}");
-        assert!(msg.contains("Nothing was written"), "{msg}");
-        assert!(space_ok(Path::new("/d"), 200 * MIB, 90 * MIB, 20).is_ok());
     }
 
     #[test]
