@@ -354,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restore_call_needs_a_source_and_a_readable_target_time() {
+    fn a_restore_call_defaults_to_the_latest_backup_and_needs_a_readable_target_time() {
         let r = |from: &str, t: &str| pb::RestoreRequest {
             set: "billing".into(),
             member: String::new(),
@@ -365,10 +365,7 @@ mod tests {
         let ok = RestoreCall::try_from(r("daily", "2026-11-21T12:30:00+01:00")).unwrap();
         assert_eq!(ok.target_time.as_deref(), Some("2026-11-21T12:30:00+01:00"));
         assert_eq!(ok.member, None);
-        assert_eq!(
-            refused::<RestoreCall, _>(r("", "")),
-            "field `from` is required"
-        );
+        assert_eq!(RestoreCall::try_from(r("", "")).unwrap().from, "latest");
         let e = refused::<RestoreCall, _>(r("daily", "yesterday"));
         assert!(
             e.starts_with("field `target_time`: \"yesterday\" is not an RFC 3339"),
