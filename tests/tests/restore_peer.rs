@@ -69,9 +69,34 @@ async fn a_backup_on_the_standbys_host_restores_the_primary_to_a_point_in_time()
         .unwrap();
     switch_and_archive(&fleet, "peer").await;
 
+    // What the restore will use, asked first: the newest verified backup
+    // is the standby's, so the primary's restore fetches it from there.
+    let dry = fleet
+        .ctl_as(
+            "viewer",
+            &[
+                "restore",
+                "peer",
+                "--dry-run",
+                "--target-time",
+                &target,
+                "--output",
+                "json",
+            ],
+        )
+        .unwrap();
+    assert_eq!(dry.code, 0, "{dry:?}");
+    let plan = dry.json();
     let from = format!("peer-s1:{}", file.display());
-    let (code, json, raw) =
-        restore_primary(&fleet, "peer", &["--from", &from, "--target-time", &target]);
+    assert_eq!(plan["from"], from, "{plan:#}");
+    assert_eq!(plan["reachable"], true, "{plan:#}");
+    assert_eq!(
+        plan["transfer_bytes"],
+        std::fs::metadata(&file).unwrap().len(),
+        "{plan:#}"
+    );
+    // The restore with no --from at all (latest): what the dry-run said.
+    let (code, json, raw) = restore_primary(&fleet, "peer", &["--target-time", &target]);
     assert_eq!(code, 0, "{raw}\n{}", fleet.logs());
     assert_eq!(json["state"], "restored", "{json:#}");
     assert_eq!(json["window_state"], "closed", "{json:#}");
