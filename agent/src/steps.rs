@@ -60,12 +60,29 @@ pub struct Join {
     pub notes: Vec<String>,
 }
 
-/// A step that failed, and why.
+/// A step that failed, and why: the cause and each of its sources that
+/// its message does not already say ("cannot create FILE: No space left
+/// on device").
 #[derive(Debug, thiserror::Error)]
-#[error("step `{step}` failed: {cause}")]
 pub struct StepFailed {
     pub step: &'static str,
     pub cause: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl std::fmt::Display for StepFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut said = self.cause.to_string();
+        let mut source = self.cause.source();
+        while let Some(e) = source {
+            let more = e.to_string();
+            if !said.contains(&more) {
+                said.push_str(": ");
+                said.push_str(&more);
+            }
+            source = e.source();
+        }
+        write!(f, "step `{}` failed: {said}", self.step)
+    }
 }
 
 /// How an action's steps ended.
@@ -548,4 +565,42 @@ pub async fn undo_recorded<E: Engine>(
 /// recorded so far. Only the end-to-end tests set it; nothing else reads it.
 fn fail_point(name: &str) -> bool {
     std::env::var("TANDEM_TEST_FAIL_AFTER_STEP").is_ok_and(|s| s == name)
+}
+
+#[cfg(test)]
+mod step_failed_tests {
+    use super::StepFailed;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot create /a/b")]
+    struct Create(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot create /a/b: {0}")]
+    struct Says(#[source] std::io::Error);
+
+    fn full() -> std::io::Error {
+        std::io::Error::from_raw_os_error(28)
+    }
+
+    #[test]
+    fn a_failed_step_says_its_causes_once() {
+        let e = StepFailed {
+            step: "copy",
+            cause: Box::new(Create(full())),
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("step `copy` failed: cannot create /a/b: {}", full())
+        );
+        assert!(e.to_string().contains("No space left on device"));
+        let e = StepFailed {
+            step: "copy",
+            cause: Box::new(Says(full())),
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("step `copy` failed: cannot create /a/b: {}", full())
+        );
+    }
 }

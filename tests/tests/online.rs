@@ -294,3 +294,115 @@ async fn an_online_copy_is_unusable_when_the_standby_stops_following_or_is_promo
         }
     }
 }
+
+/// A bind mount, unmounted when dropped (after the fleet that uses it,
+/// before the filesystem under it).
+struct Bind(Option<std::path::PathBuf>);
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::process::Command::new("umount").arg(&p).status();
+        }
+    }
+}
+
+/// Free bytes of the filesystem holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(dir).unwrap();
+    st.blocks_available() as u64 * st.fragment_size() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_copy_that_fills_the_archive_filesystem_is_unusable_and_the_standby_streams_on() {
+    // The standby's archive directory on a small XFS of its own (bind
+    // mounted), filled up once the backup has started: the free-space
+    // check before the copy passed, the copy then meets a full disk.
+    let xfs = tandem_tests::xfs::XfsMount::new(320).unwrap_or_else(|e| panic!("{e}"));
+    let mut bound = Bind(None);
+    let mut spec = FleetSpec::new(&[("ofull", 1)]);
+    spec.agent_testdb = "free_space_reserve_mib = 8".into();
+    let mut fleet = Fleet::start(spec).await.unwrap();
+    let (p, s) = {
+        let pair = fleet.set("ofull");
+        (pair.primary.clone(), pair.standbys[0].clone())
+    };
+    p.pgbench_init(1).unwrap();
+    corrupt::wait_replayed(&p, &s).await.unwrap();
+    let archive = fleet.agent_archive("ofull-s1");
+    std::fs::create_dir_all(&archive).unwrap();
+    let bind = std::process::Command::new("mount")
+        .args(["--bind"])
+        .arg(xfs.path())
+        .arg(&archive)
+        .status()
+        .unwrap();
+    assert!(bind.success(), "mount --bind {}", archive.display());
+    bound.0 = Some(archive.clone());
+    fleet
+        .start_agent_held("ofull-s1", "start_backup")
+        .await
+        .unwrap();
+    let held = fleet.agent_home("ofull-s1").join("held-after-start_backup");
+    let ctl = fleet
+        .spawn_ctl(
+            "operator",
+            &["testdb", "ofull", "--mode", "online", "--output", "json"],
+        )
+        .unwrap();
+    wait_for(
+        "the backup to start",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || async { Ok(held.exists().then_some(())) },
+    )
+    .await
+    .unwrap();
+    // Leave 4 MiB: less than the copy needs.
+    let leave = 4u64 << 20;
+    let fill = free_bytes(&archive).saturating_sub(leave);
+    let filler = archive.join("filler");
+    let f = std::process::Command::new("fallocate")
+        .args(["-l", &fill.to_string()])
+        .arg(&filler)
+        .status()
+        .unwrap();
+    assert!(f.success(), "fallocate");
+    assert!(free_bytes(&archive) <= 2 * leave);
+    std::fs::remove_file(&held).unwrap();
+    let out = ctl.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+
+    // Not clean, never tested or packed, said why, marked unusable.
+    assert_ne!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("\"kind\": \"clean\""), "{stdout}");
+    let said = format!("{stdout}\n{stderr}");
+    assert!(
+        said.contains("step `copy` failed") && said.contains("No space left on device"),
+        "{said}"
+    );
+    let steps = steps_of(&fleet, "ofull-s1");
+    assert!(
+        !steps.iter().any(|s| s == "checks" || s == "pack"),
+        "{steps:?}"
+    );
+    assert!(archive.join("copy.UNUSABLE").exists(), "{said}");
+    // The standby never stopped: running, in recovery, streaming, and the
+    // copy's slot is gone with its session.
+    assert!(s.is_running());
+    assert!(s.is_in_recovery().unwrap());
+    fleet.set("ofull").wait_streaming(&s).await.unwrap();
+    assert_eq!(
+        s.psql(
+            "postgres",
+            "select count(*) from pg_replication_slots where slot_name = 'tandem_online_copy'"
+        )
+        .unwrap(),
+        "0"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    drop(fleet);
+    drop(bound);
+    drop(xfs);
+}
