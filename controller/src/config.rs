@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -20,8 +20,13 @@ use crate::schedule::Policy;
 pub struct ControllerConfig {
     /// Where tandemctl and the agents reach the controller.
     pub listen: SocketAddr,
-    /// The SQLite file holding agents, sets and the audit log.
-    pub store: PathBuf,
+    /// The store: the path of an SQLite file (one controller), or a
+    /// `postgresql://` URI of a database several controllers share, one of
+    /// them leading (`[leader]`).
+    pub store: crate::store::StoreLocation,
+    /// The lease by which one controller leads, on a PostgreSQL store.
+    #[serde(default)]
+    pub leader: LeaderConfig,
     /// How often agents are asked to heartbeat.
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -61,6 +66,42 @@ pub struct ControllerConfig {
     /// window pauses it before anything stops and resumes it last.
     #[serde(default)]
     pub ha: std::collections::BTreeMap<String, HaConfig>,
+}
+
+/// `[leader]`: the lease on a shared (PostgreSQL) store.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderConfig {
+    /// How long a lease lasts without renewal: a leader that dies is
+    /// replaced this long after its last renewal (plus one `renew`).
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often the leader renews its lease, and a follower tries to take
+    /// it.
+    #[serde(default = "default_renew", with = "humantime_serde")]
+    pub renew: Duration,
+    /// The URL tandemctl and the agents use to reach this controller
+    /// ("https://c1.example.net:7700"); followers name it to send clients
+    /// to the leader. Default: https:// and `listen`.
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        LeaderConfig {
+            lease: default_lease(),
+            renew: default_renew(),
+            address: None,
+        }
+    }
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_renew() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// A recurring maintenance window: `[windows.<set>]`.
@@ -277,6 +318,15 @@ fn default_status_timeout() -> Duration {
 }
 
 impl ControllerConfig {
+    /// The URL clients reach this controller at (`leader.address`, or
+    /// https:// and `listen`).
+    pub fn advertised_address(&self) -> String {
+        self.leader
+            .address
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", self.listen))
+    }
+
     pub fn load(path: &Path) -> Result<ControllerConfig, ConfigError> {
         Self::check(path, config::load(path)?)
     }
@@ -294,6 +344,16 @@ impl ControllerConfig {
                     "{} must be longer than heartbeat_interval ({})",
                     humantime::format_duration(cfg.offline_after),
                     humantime::format_duration(cfg.heartbeat_interval)
+                ),
+            ));
+        }
+        if cfg.leader.renew.is_zero() || cfg.leader.renew * 2 > cfg.leader.lease {
+            return Err(invalid(
+                "leader.renew".into(),
+                format!(
+                    "{} must be more than zero and at most half of leader.lease ({}), so a leader renews at least twice before its lease runs out",
+                    humantime::format_duration(cfg.leader.renew),
+                    humantime::format_duration(cfg.leader.lease)
                 ),
             ));
         }

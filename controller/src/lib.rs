@@ -17,6 +17,10 @@
 //! a watch task, every few seconds and on SIGHUP); the server runs each
 //! handshake itself with the config in force (`tls::incoming`) and the
 //! agent channels reconnect with it.
+//! On a PostgreSQL store several controllers may run: one leads (`leader`:
+//! a fenced lease in the store), the others answer "not the leader" until
+//! they take the lease over, and then start as a restarted controller
+//! would, carrying on what the store says was under way.
 //! Everything stops when `main` cancels the `shutdown` token.
 
 pub mod agents;
@@ -26,6 +30,7 @@ pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inventory;
+pub mod leader;
 pub mod maintenance;
 pub mod metrics;
 pub mod orders;
@@ -48,31 +53,97 @@ use tracing::info;
 
 use crate::config::ControllerConfig;
 
-/// Run the controller until `shutdown` is cancelled.
+/// Run the controller until `shutdown` is cancelled, or, on a shared
+/// store, until it loses the leadership (an error: `leader::Lost`).
 pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let tls = tandem_proto::tls::LiveTls::load(cfg.tls.clone())?;
-    let store = store::Store::open(&cfg.store)?;
-    let inventory = Arc::new(inventory::Inventory::load(cfg.clone(), store.clone()).await?);
-    if cfg.metrics_listen.is_some() {
-        let sets: Vec<String> = cfg.sets.iter().map(|s| s.name.clone()).collect();
-        metrics::load_verdicts(&store, &sets).await?;
+    let store = store::Store::open_async(cfg.store.clone()).await?;
+    let election = leader::Election::new(store.clone(), &cfg);
+    // `stop` ends the controller: a shutdown, or the lease lost.
+    let stop = shutdown.child_token();
+    let campaign = {
+        let election = election.clone();
+        let (shutdown, stop) = (shutdown.clone(), stop.clone());
+        tokio::spawn(async move {
+            let r = election.campaign(shutdown).await;
+            stop.cancel();
+            r
+        })
+    };
+    let tls_watch = tokio::spawn(tls.clone().watch(stop.clone().cancelled_owned()));
+    if store.shared() {
+        info!(listen = %cfg.listen, store = %cfg.store, address = %election.address, "tandem-controller started; following until it takes the lease");
+        let follower = stop.child_token();
+        let listener = bind(&cfg).await?;
+        let serving = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(leader::FollowerService {
+                    election: election.clone(),
+                })
+                .serve_with_incoming_shutdown(
+                    tandem_proto::tls::incoming(listener, tls.clone()),
+                    follower.clone().cancelled_owned(),
+                ),
+        );
+        let leading = election.until_leading(&stop).await;
+        follower.cancel();
+        serving
+            .await
+            .context("the follower's gRPC server panicked")?
+            .context("the follower's gRPC server failed")?;
+        if !leading {
+            return finish(campaign, tls_watch).await;
+        }
     }
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
+    lead(cfg, store, tls, election, stop).await?;
+    finish(campaign, tls_watch).await
+}
+
+/// Wait for the background tasks; an error when the lease was lost.
+async fn finish(
+    campaign: tokio::task::JoinHandle<Result<(), leader::Lost>>,
+    tls_watch: tokio::task::JoinHandle<()>,
+) -> anyhow::Result<()> {
+    let lost = campaign.await.context("the election task panicked")?;
+    let _ = tls_watch.await;
+    lost?;
+    info!("tandem-controller stopped");
+    Ok(())
+}
+
+async fn bind(cfg: &ControllerConfig) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| {
             format!(
                 "cannot listen on {} (field `listen`); is another controller running there?",
                 cfg.listen
             )
-        })?;
-    info!(listen = %cfg.listen, store = %cfg.store.display(), sets = inventory.declared().sets.len(), "tandem-controller started");
+        })
+}
+
+/// The leader's work, until `stop`.
+async fn lead(
+    cfg: Arc<ControllerConfig>,
+    store: store::Store,
+    tls: Arc<tandem_proto::tls::LiveTls>,
+    election: Arc<leader::Election>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let shutdown = stop;
+    let inventory = Arc::new(inventory::Inventory::load(cfg.clone(), store.clone()).await?);
+    if cfg.metrics_listen.is_some() {
+        let sets: Vec<String> = cfg.sets.iter().map(|s| s.name.clone()).collect();
+        metrics::load_verdicts(&store, &sets).await?;
+    }
+    let listener = bind(&cfg).await?;
+    info!(listen = %cfg.listen, store = %cfg.store, sets = inventory.declared().sets.len(), "tandem-controller started");
 
     let liveness = tokio::spawn(inventory::liveness_loop(
         inventory.clone(),
         shutdown.clone(),
     ));
-    let tls_watch = tokio::spawn(tls.clone().watch(shutdown.clone().cancelled_owned()));
     let agents = Arc::new(agents::AgentClients::new(tls.clone()));
     let fleet = fleet::Fleet::new(inventory.clone(), store.clone(), agents.clone()).await?;
     let maintenance = maintenance::Maintenance::new(
@@ -95,6 +166,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         fleet,
         scheduler,
         maintenance,
+        election,
     };
     tonic::transport::Server::builder()
         .trace_fn(server_span)
@@ -110,7 +182,5 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let _ = dispatcher.await;
     let _ = scheduling.await;
     let _ = recurring.await;
-    let _ = tls_watch.await;
-    info!("tandem-controller stopped");
     Ok(())
 }

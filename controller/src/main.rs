@@ -31,6 +31,25 @@ struct Cli {
     /// overriding `metrics_listen` in the config.
     #[arg(long, env = "TANDEM_CONTROLLER_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Run without a command, the controller serves until SIGTERM.
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Create or bring the store named in the config (`store`) to this
+    /// version's schema, then exit. Controllers also do it when they start;
+    /// with several controllers on one PostgreSQL store, run it once before
+    /// upgrading them.
+    Migrate,
+    /// Move a fleet's SQLite store into the (empty) PostgreSQL store named
+    /// in the config, once, every row kept; then point the controllers at
+    /// it. Stop the controller that used FILE first.
+    ImportSqlite {
+        /// The SQLite store to move (the old `store` path).
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +75,29 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let telemetry = telemetry::init("tandem-controller", cli.log_format, "info")?;
+    match &cli.command {
+        Some(Command::Migrate) => {
+            tandem_controller::store::Store::open_async(cfg.store.clone()).await?;
+            println!("{}: the store is at this version's schema", cfg.store);
+            telemetry.shutdown().await;
+            return Ok(());
+        }
+        Some(Command::ImportSqlite { file }) => {
+            let counts = tandem_controller::store::import_sqlite(file, &cfg.store).await?;
+            let total: usize = counts.iter().map(|(_, n)| n).sum();
+            for (table, n) in &counts {
+                println!("{table:<12} {n:>8} rows");
+            }
+            println!(
+                "imported {total} rows from {} into {}; point every controller's `store` at it",
+                file.display(),
+                cfg.store
+            );
+            telemetry.shutdown().await;
+            return Ok(());
+        }
+        None => {}
+    }
     let setting = match cli.metrics_listen {
         Some(addr) => {
             cfg.metrics_listen = Some(addr);

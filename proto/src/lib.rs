@@ -22,6 +22,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod order;

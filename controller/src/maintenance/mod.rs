@@ -585,11 +585,14 @@ impl Maintenance {
     /// waits to be killed. Only the end-to-end tests set it.
     async fn pause_point(&self, action: Action) {
         if std::env::var("TANDEM_TEST_PAUSE_AFTER_WINDOW_STEP").is_ok_and(|s| s == action.name()) {
-            let store = self.inventory.config().store.clone();
-            let marker = store
-                .parent()
-                .unwrap_or(std::path::Path::new("."))
-                .join(format!("paused-after-{}", action.name()));
+            let dir = match &self.inventory.config().store {
+                crate::store::StoreLocation::Sqlite(path) => path
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .to_owned(),
+                crate::store::StoreLocation::Postgres(_) => std::path::PathBuf::from("."),
+            };
+            let marker = dir.join(format!("paused-after-{}", action.name()));
             if std::fs::write(&marker, b"").is_ok() {
                 warn!(
                     step = action.name(),

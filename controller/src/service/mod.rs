@@ -42,6 +42,7 @@ pub struct ControllerService {
     pub fleet: Arc<Fleet>,
     pub scheduler: Arc<Scheduler>,
     pub maintenance: Arc<crate::maintenance::Maintenance>,
+    pub election: Arc<crate::leader::Election>,
 }
 
 fn policies_pb(p: &Policies) -> pb::Policies {

@@ -1,5 +1,11 @@
-//! The store's schema, one migration a step; `PRAGMA user_version` says how
-//! many have run. Append new steps; never edit a released one.
+//! The store's schema, one migration a step, the same steps for both
+//! stores: written in SQLite's spelling and turned into PostgreSQL's by
+//! `sql::pg_ddl`. SQLite's `PRAGMA user_version`, PostgreSQL's
+//! `tandem_schema` table, say how many have run. Append new steps; never
+//! edit a released one.
+
+use super::sql::{DbError, pg_ddl};
+use super::{StoreError, StoreLocation};
 
 pub const MIGRATIONS: &[&str] = &[
     // 1: the walking skeleton: sets, members, agents, audit log.
@@ -144,3 +150,92 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE policies ADD COLUMN mode TEXT NOT NULL DEFAULT '';
     "#,
 ];
+
+/// Tables only the shared store has: the leader's lease (one row: who
+/// holds it, until when, under which generation; see `lease.rs`).
+const PG_ONLY: &str = r#"
+    CREATE TABLE IF NOT EXISTS tandem_schema (version BIGINT NOT NULL);
+    CREATE TABLE IF NOT EXISTS tandem_leader (
+        id           INT PRIMARY KEY CHECK (id = 1),
+        holder       TEXT NOT NULL,
+        address      TEXT NOT NULL,
+        generation   BIGINT NOT NULL,
+        acquired_at  TIMESTAMPTZ NOT NULL,
+        renewed_at   TIMESTAMPTZ NOT NULL,
+        expires_at   TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS tandem_controllers (
+        holder      TEXT PRIMARY KEY,
+        address     TEXT NOT NULL,
+        started_at  TIMESTAMPTZ NOT NULL,
+        last_seen   TIMESTAMPTZ NOT NULL
+    );
+"#;
+
+/// A key for `pg_advisory_xact_lock`: controllers starting together
+/// migrate one after the other.
+const MIGRATION_LOCK: i64 = 0x7a6e_6465_6d00_0001;
+
+pub(super) fn migrate_sqlite(
+    conn: &mut rusqlite::Connection,
+    at: &StoreLocation,
+) -> Result<(), StoreError> {
+    let version: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    check_known(version, at)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "store migrated");
+    }
+    Ok(())
+}
+
+pub(super) fn migrate_pg(
+    client: &mut postgres::Client,
+    at: &StoreLocation,
+) -> Result<(), StoreError> {
+    let open_err = |e: postgres::Error| StoreError::Open {
+        at: at.clone(),
+        source: DbError::Pg(e),
+    };
+    let mut tx = client.transaction().map_err(open_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(open_err)?;
+    tx.batch_execute(PG_ONLY).map_err(open_err)?;
+    let version: Option<i64> = tx
+        .query_opt("SELECT version FROM tandem_schema", &[])
+        .map_err(open_err)?
+        .map(|r| r.get(0));
+    if version.is_none() {
+        tx.execute("INSERT INTO tandem_schema(version) VALUES (0)", &[])
+            .map_err(open_err)?;
+    }
+    let version = version.unwrap_or(0) as usize;
+    check_known(version, at)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.batch_execute(&pg_ddl(sql)).map_err(open_err)?;
+        tx.execute(
+            "UPDATE tandem_schema SET version = $1",
+            &[&((i + 1) as i64)],
+        )
+        .map_err(open_err)?;
+        tracing::info!(version = i + 1, "store migrated");
+    }
+    tx.commit().map_err(open_err)?;
+    Ok(())
+}
+
+fn check_known(found: usize, at: &StoreLocation) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len();
+    if found > known {
+        return Err(StoreError::TooNew {
+            at: at.clone(),
+            found,
+            known,
+        });
+    }
+    Ok(())
+}

@@ -6,9 +6,9 @@
 //! Also here: settings changed at run time, and each set's event history.
 
 use jiff::Timestamp;
-use rusqlite::{OptionalExtension, params};
 
-use super::{Store, StoreError, ts};
+use super::sql::args;
+use super::{Store, StoreError, limit_arg, ts};
 use crate::verdicts::Verdict;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,18 +78,17 @@ impl Store {
         sets: Vec<(String, String)>,
     ) -> Result<(), StoreError> {
         self.call(move |c| {
-            let tx = c.transaction()?;
-            tx.execute(
+            c.exec(
                 "INSERT INTO runs(id, created_at, origin, trace_id) VALUES (?1, ?2, ?3, ?4)",
-                params![id, Timestamp::now().to_string(), origin, trace_id],
+                args![id, Timestamp::now().to_string(), origin, trace_id],
             )?;
             for (i, (set, member)) in sets.iter().enumerate() {
-                tx.execute(
+                c.exec(
                     "INSERT INTO run_sets(run_id, position, set_name, member, state) VALUES (?1, ?2, ?3, ?4, 'queued')",
-                    params![id, i as i64, set, member],
+                    args![id, i as i64, set, member],
                 )?;
             }
-            tx.commit()
+            Ok(())
         })
         .await
     }
@@ -104,9 +103,9 @@ impl Store {
         operation_id: String,
     ) -> Result<(), StoreError> {
         self.call(move |c| {
-            c.execute(
+            c.exec(
                 "UPDATE run_sets SET state = ?3, agent = ?4, operation_id = ?5 WHERE run_id = ?1 AND set_name = ?2",
-                params![run_id, set, state.as_str(), agent, operation_id],
+                args![run_id, set, state.as_str(), agent, operation_id],
             )
             .map(|_| ())
         })
@@ -133,28 +132,28 @@ impl Store {
             super::ARCHIVE_OUTCOME
         };
         self.call(move |c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO verdicts(set_name, kind, verdict, at) VALUES (?1, ?2, ?3, ?4)",
-                params![set, kind, json, v.at.to_string()],
-            )?;
-            let vid = tx.last_insert_rowid();
-            tx.execute(
+            let vid: i64 = c
+                .query_one(
+                    "INSERT INTO verdicts(set_name, kind, verdict, at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                    args![set, kind, json, v.at.to_string()],
+                )?
+                .get(0)?;
+            c.exec(
                 "UPDATE run_sets SET state = 'done', verdict_id = ?3 WHERE run_id = ?1 AND set_name = ?2",
-                params![run_id, set, vid],
+                args![run_id, set, vid],
             )?;
-            let left: i64 = tx.query_row(
-                "SELECT count(*) FROM run_sets WHERE run_id = ?1 AND state != 'done'",
-                [&run_id],
-                |r| r.get(0),
-            )?;
+            let left: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM run_sets WHERE run_id = ?1 AND state != 'done'",
+                    args![run_id],
+                )?
+                .get(0)?;
             if left == 0 {
-                tx.execute(
+                c.exec(
                     "UPDATE runs SET finished_at = ?2 WHERE id = ?1",
-                    params![run_id, Timestamp::now().to_string()],
+                    args![run_id, Timestamp::now().to_string()],
                 )?;
             }
-            tx.commit()?;
             Ok(left == 0)
         })
         .await
@@ -176,11 +175,17 @@ impl Store {
         arg: Option<String>,
     ) -> Result<Vec<RunRow>, StoreError> {
         self.call(move |c| {
+            let params: Vec<&dyn super::sql::Param> =
+                arg.iter().map(|a| a as &dyn super::sql::Param).collect();
             let mut runs: Vec<RunRow> = c
-                .prepare(&format!(
-                    "SELECT id, origin, trace_id, created_at FROM runs WHERE {cond} ORDER BY created_at"
-                ))?
-                .query_map(rusqlite::params_from_iter(arg.iter()), |r| {
+                .query(
+                    &format!(
+                        "SELECT id, origin, trace_id, created_at FROM runs WHERE {cond} ORDER BY created_at"
+                    ),
+                    &params,
+                )?
+                .iter()
+                .map(|r| {
                     Ok(RunRow {
                         id: r.get(0)?,
                         origin: r.get(1)?,
@@ -188,28 +193,30 @@ impl Store {
                         created_at: ts(r.get(3)?),
                         sets: vec![],
                     })
-                })?
-                .collect::<Result<_, _>>()?;
-            let mut q = c.prepare(
-                "SELECT s.set_name, s.member, s.state, s.agent, s.operation_id, v.verdict
-                 FROM run_sets s LEFT JOIN verdicts v ON v.id = s.verdict_id
-                 WHERE s.run_id = ?1 ORDER BY s.position",
-            )?;
+                })
+                .collect::<Result<_, super::sql::DbError>>()?;
             for run in &mut runs {
-                run.sets = q
-                    .query_map([&run.id], |r| {
+                run.sets = c
+                    .query(
+                        "SELECT s.set_name, s.member, s.state, s.agent, s.operation_id, v.verdict
+                         FROM run_sets s LEFT JOIN verdicts v ON v.id = s.verdict_id
+                         WHERE s.run_id = ?1 ORDER BY s.position",
+                        args![run.id],
+                    )?
+                    .iter()
+                    .map(|r| {
                         Ok(RunSetRow {
                             set: r.get(0)?,
                             member: r.get(1)?,
-                            state: RunSetState::parse(&r.get::<_, String>(2)?),
+                            state: RunSetState::parse(&r.get::<String>(2)?),
                             agent: r.get(3)?,
                             operation_id: r.get(4)?,
                             verdict: r
-                                .get::<_, Option<String>>(5)?
+                                .get::<Option<String>>(5)?
                                 .and_then(|j| serde_json::from_str(&j).ok()),
                         })
-                    })?
-                    .collect::<Result<_, _>>()?;
+                    })
+                    .collect::<Result<_, super::sql::DbError>>()?;
             }
             Ok(runs)
         })
@@ -218,19 +225,18 @@ impl Store {
 
     pub async fn setting(&self, key: &'static str) -> Result<Option<String>, StoreError> {
         self.call(move |c| {
-            c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
-            .optional()
+            c.query_opt("SELECT value FROM settings WHERE key = ?1", args![key])?
+                .map(|r| r.get(0))
+                .transpose()
         })
         .await
     }
 
     pub async fn put_setting(&self, key: &'static str, value: String) -> Result<(), StoreError> {
         self.call(move |c| {
-            c.execute(
+            c.exec(
                 "INSERT INTO settings(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
-                params![key, value],
+                args![key, value],
             )
             .map(|_| ())
         })
@@ -239,7 +245,7 @@ impl Store {
 
     pub async fn delete_setting(&self, key: &'static str) -> Result<(), StoreError> {
         self.call(move |c| {
-            c.execute("DELETE FROM settings WHERE key = ?1", [key])
+            c.exec("DELETE FROM settings WHERE key = ?1", args![key])
                 .map(|_| ())
         })
         .await
@@ -253,9 +259,9 @@ impl Store {
         message: String,
     ) -> Result<(), StoreError> {
         self.call(move |c| {
-            c.execute(
+            c.exec(
                 "INSERT INTO set_events(set_name, at, kind, message) VALUES (?1, ?2, ?3, ?4)",
-                params![set, Timestamp::now().to_string(), kind, message],
+                args![set, Timestamp::now().to_string(), kind, message],
             )
             .map(|_| ())
         })
@@ -264,18 +270,20 @@ impl Store {
 
     /// A set's history entries, newest first (all when `limit` is 0).
     pub async fn set_events(&self, set: String, limit: u32) -> Result<Vec<SetEvent>, StoreError> {
-        let limit = if limit == 0 { -1 } else { i64::from(limit) };
+        let limit = limit_arg(limit);
         self.call(move |c| {
-            c.prepare(
+            c.query(
                 "SELECT at, kind, message FROM set_events WHERE set_name = ?1 ORDER BY id DESC LIMIT ?2",
+                args![set, limit],
             )?
-            .query_map(params![set, limit], |r| {
+            .iter()
+            .map(|r| {
                 Ok(SetEvent {
                     at: ts(r.get(0)?),
                     kind: r.get(1)?,
                     message: r.get(2)?,
                 })
-            })?
+            })
             .collect()
         })
         .await
@@ -289,7 +297,7 @@ mod tests {
     #[tokio::test]
     async fn a_run_is_finished_by_its_last_verdict() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("c.db")).unwrap();
+        let s = Store::open(dir.path().join("c.db")).unwrap();
         s.create_run(
             "r1".into(),
             "manual".into(),
@@ -332,7 +340,7 @@ mod tests {
     #[tokio::test]
     async fn settings_and_set_events_persist() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("c.db")).unwrap();
+        let s = Store::open(dir.path().join("c.db")).unwrap();
         assert_eq!(s.setting("limits").await.unwrap(), None);
         s.put_setting("limits", "a".into()).await.unwrap();
         s.put_setting("limits", "b".into()).await.unwrap();

@@ -2,8 +2,8 @@
 //! restarted controller neither forgets a due test nor runs a burst of them.
 
 use jiff::Timestamp;
-use rusqlite::{OptionalExtension, params};
 
+use super::sql::args;
 use super::{Store, StoreError, ts};
 
 /// A set's policies as `tandemctl set policy` left them (strings in the
@@ -29,19 +29,19 @@ pub struct ScheduleRow {
 impl Store {
     pub async fn policy(&self, set: String) -> Result<Option<PolicyRow>, StoreError> {
         self.call(move |c| {
-            c.query_row(
+            c.query_opt(
                 "SELECT test, archive_copy, archive_file, mode FROM policies WHERE set_name = ?1",
-                [set],
-                |r| {
-                    Ok(PolicyRow {
-                        test: r.get(0)?,
-                        archive_copy: r.get(1)?,
-                        archive_file: r.get(2)?,
-                        mode: r.get(3)?,
-                    })
-                },
-            )
-            .optional()
+                args![set],
+            )?
+            .map(|r| {
+                Ok(PolicyRow {
+                    test: r.get(0)?,
+                    archive_copy: r.get(1)?,
+                    archive_file: r.get(2)?,
+                    mode: r.get(3)?,
+                })
+            })
+            .transpose()
         })
         .await
     }
@@ -50,12 +50,12 @@ impl Store {
     pub async fn put_policy(&self, set: String, p: Option<PolicyRow>) -> Result<(), StoreError> {
         self.call(move |c| {
             match p {
-                Some(p) => c.execute(
+                Some(p) => c.exec(
                     "INSERT INTO policies(set_name, test, archive_copy, archive_file, changed_at, mode) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT(set_name) DO UPDATE SET test = ?2, archive_copy = ?3, archive_file = ?4, changed_at = ?5, mode = ?6",
-                    params![set, p.test, p.archive_copy, p.archive_file, Timestamp::now().to_string(), p.mode],
+                    args![set, p.test, p.archive_copy, p.archive_file, Timestamp::now().to_string(), p.mode],
                 ),
-                None => c.execute("DELETE FROM policies WHERE set_name = ?1", [set]),
+                None => c.exec("DELETE FROM policies WHERE set_name = ?1", args![set]),
             }
             .map(|_| ())
         })
@@ -68,18 +68,18 @@ impl Store {
         purpose: &'static str,
     ) -> Result<Option<ScheduleRow>, StoreError> {
         self.call(move |c| {
-            c.query_row(
+            c.query_opt(
                 "SELECT policy, since, last_due FROM schedules WHERE set_name = ?1 AND purpose = ?2",
-                params![set, purpose],
-                |r| {
-                    Ok(ScheduleRow {
-                        policy: r.get(0)?,
-                        since: ts(r.get(1)?),
-                        last_due: r.get::<_, Option<String>>(2)?.map(ts),
-                    })
-                },
-            )
-            .optional()
+                args![set, purpose],
+            )?
+            .map(|r| {
+                Ok(ScheduleRow {
+                    policy: r.get(0)?,
+                    since: ts(r.get(1)?),
+                    last_due: r.get::<Option<String>>(2)?.map(ts),
+                })
+            })
+            .transpose()
         })
         .await
     }
@@ -91,10 +91,10 @@ impl Store {
         row: ScheduleRow,
     ) -> Result<(), StoreError> {
         self.call(move |c| {
-            c.execute(
+            c.exec(
                 "INSERT INTO schedules(set_name, purpose, policy, since, last_due) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(set_name, purpose) DO UPDATE SET policy = ?3, since = ?4, last_due = ?5",
-                params![
+                args![
                     set,
                     purpose,
                     row.policy,
@@ -115,7 +115,7 @@ mod tests {
     #[tokio::test]
     async fn policies_and_schedules_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("c.db")).unwrap();
+        let s = Store::open(dir.path().join("c.db")).unwrap();
         assert_eq!(s.policy("a".into()).await.unwrap(), None);
         let p = PolicyRow {
             test: "interval=60".into(),

@@ -7,8 +7,8 @@
 //! generation 7 refuses an order made with 1 (STYLE 8).
 
 use jiff::Timestamp;
-use rusqlite::{OptionalExtension, Transaction, params};
 
+use super::sql::{DbError, Tx, args};
 use super::{Store, StoreError, ts};
 use crate::sets::{MemberDecl, SetDecl, StoredSet, StoredState};
 
@@ -25,30 +25,32 @@ pub struct SetRow {
     pub changed_by: String,
 }
 
-fn write_members(tx: &Transaction<'_>, set: &SetDecl) -> Result<(), rusqlite::Error> {
-    tx.execute("DELETE FROM members WHERE set_name = ?1", [&set.name])?;
+fn write_members(tx: &mut Tx<'_>, set: &SetDecl) -> Result<(), DbError> {
+    tx.exec("DELETE FROM members WHERE set_name = ?1", args![set.name])?;
     for (i, m) in set.members.iter().enumerate() {
-        tx.execute(
+        tx.exec(
             "INSERT INTO members(set_name, name, agent, host, position) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![set.name, m.name, m.agent, m.host, i as i64],
+            args![set.name, m.name, m.agent, m.host, i as i64],
         )?;
     }
     Ok(())
 }
 
-fn stored_members(tx: &Transaction<'_>, set: &str) -> Result<SetDecl, rusqlite::Error> {
+fn stored_members(tx: &mut Tx<'_>, set: &str) -> Result<SetDecl, DbError> {
     let members = tx
-        .prepare(
+        .query(
             "SELECT name, agent, host FROM members WHERE set_name = ?1 ORDER BY position, name",
+            args![set],
         )?
-        .query_map([set], |r| {
+        .iter()
+        .map(|r| {
             Ok(MemberDecl {
                 name: r.get(0)?,
                 agent: r.get(1)?,
                 host: r.get(2)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
+        })
+        .collect::<Result<_, DbError>>()?;
     Ok(SetDecl {
         name: set.to_owned(),
         members,
@@ -58,16 +60,17 @@ fn stored_members(tx: &Transaction<'_>, set: &str) -> Result<SetDecl, rusqlite::
 impl Store {
     /// Every set the store has seen, in the order they were first stored.
     pub async fn sets(&self) -> Result<Vec<SetRow>, StoreError> {
-        self.call(|c| {
-            let tx = c.transaction()?;
+        self.call(|tx| {
             let rows: Vec<(String, i64, String, String, Option<String>, String)> = tx
-                .prepare(
+                .query(
                     "SELECT name, generation, state, source, changed_at, changed_by FROM sets ORDER BY rowid",
+                    args![],
                 )?
-                .query_map([], |r| {
+                .iter()
+                .map(|r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-                })?
-                .collect::<Result<_, _>>()?;
+                })
+                .collect::<Result<_, DbError>>()?;
             let mut out = Vec::with_capacity(rows.len());
             for (name, generation, state, source, changed_at, changed_by) in rows {
                 let changed_at = changed_at.map(ts);
@@ -81,7 +84,7 @@ impl Store {
                 };
                 out.push(SetRow {
                     stored: StoredSet {
-                        decl: stored_members(&tx, &name)?,
+                        decl: stored_members(tx, &name)?,
                         state,
                     },
                     generation: generation as u64,
@@ -100,43 +103,40 @@ impl Store {
     /// older controller mirrored that the file no longer declares lose
     /// their members (they were not in force either).
     pub async fn import_sets(&self, sets: Vec<SetDecl>) -> Result<(), StoreError> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
+        self.call(move |tx| {
             let now = Timestamp::now().to_string();
             for set in &sets {
-                let before = stored_members(&tx, &set.name)?;
-                let existed = tx.execute(
+                let before = stored_members(tx, &set.name)?;
+                let existed = tx.exec(
                     "UPDATE sets SET state = 'active', source = 'controller.toml', changed_at = ?2, changed_by = '' WHERE name = ?1",
-                    params![set.name, now],
+                    args![set.name, now],
                 )? > 0;
                 if !existed {
-                    tx.execute(
+                    tx.exec(
                         "INSERT INTO sets(name, created_at, state, source, changed_at) VALUES (?1, ?2, 'active', 'controller.toml', ?2)",
-                        params![set.name, now],
+                        args![set.name, now],
                     )?;
                 }
                 // An agent mirrored under another set by an older controller moves.
                 for m in &set.members {
-                    tx.execute(
+                    tx.exec(
                         "DELETE FROM members WHERE agent = ?1 AND set_name != ?2",
-                        params![m.agent, set.name],
+                        args![m.agent, set.name],
                     )?;
                 }
-                write_members(&tx, set)?;
+                write_members(tx, set)?;
                 if existed && !crate::sets::same_members(&before, set) {
-                    tx.execute(
+                    tx.exec(
                         "UPDATE sets SET generation = generation + 1 WHERE name = ?1",
-                        [&set.name],
+                        args![set.name],
                     )?;
                 }
-                let generation: i64 = tx.query_row(
-                    "SELECT generation FROM sets WHERE name = ?1",
-                    [&set.name],
-                    |r| r.get(0),
-                )?;
-                tx.execute(
+                let generation: i64 = tx
+                    .query_one("SELECT generation FROM sets WHERE name = ?1", args![set.name])?
+                    .get(0)?;
+                tx.exec(
                     "INSERT INTO set_events(set_name, at, kind, message) VALUES (?1, ?2, 'inventory', ?3)",
-                    params![
+                    args![
                         set.name,
                         now,
                         format!(
@@ -146,11 +146,11 @@ impl Store {
                     ],
                 )?;
             }
-            tx.execute(
+            tx.exec(
                 "DELETE FROM members WHERE set_name IN (SELECT name FROM sets WHERE state = 'legacy')",
-                [],
+                args![],
             )?;
-            tx.commit()
+            Ok(())
         })
         .await
     }
@@ -166,42 +166,37 @@ impl Store {
         by: String,
         event: String,
     ) -> Result<u64, StoreError> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
+        self.call(move |tx| {
             let now = Timestamp::now().to_string();
             let before: Option<String> = tx
-                .query_row("SELECT state FROM sets WHERE name = ?1", [&set.name], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            let old = stored_members(&tx, &set.name)?;
+                .query_opt("SELECT state FROM sets WHERE name = ?1", args![set.name])?
+                .map(|r| r.get(0))
+                .transpose()?;
+            let old = stored_members(tx, &set.name)?;
             match &before {
                 Some(state) => {
                     let bump = state != "active" || !crate::sets::same_members(&old, &set);
-                    tx.execute(
+                    tx.exec(
                         "UPDATE sets SET state = 'active', source = 'tandemctl', changed_at = ?2, changed_by = ?3,
                            generation = generation + ?4 WHERE name = ?1",
-                        params![set.name, now, by, i64::from(bump)],
+                        args![set.name, now, by, i64::from(bump)],
                     )?;
                 }
                 None => {
-                    tx.execute(
+                    tx.exec(
                         "INSERT INTO sets(name, created_at, state, source, changed_at, changed_by) VALUES (?1, ?2, 'active', 'tandemctl', ?2, ?3)",
-                        params![set.name, now, by],
+                        args![set.name, now, by],
                     )?;
                 }
             }
-            write_members(&tx, &set)?;
-            let generation: i64 = tx.query_row(
-                "SELECT generation FROM sets WHERE name = ?1",
-                [&set.name],
-                |r| r.get(0),
-            )?;
-            tx.execute(
+            write_members(tx, &set)?;
+            let generation: i64 = tx
+                .query_one("SELECT generation FROM sets WHERE name = ?1", args![set.name])?
+                .get(0)?;
+            tx.exec(
                 "INSERT INTO set_events(set_name, at, kind, message) VALUES (?1, ?2, 'inventory', ?3)",
-                params![set.name, now, format!("{event}; set generation {generation}")],
+                args![set.name, now, format!("{event}; set generation {generation}")],
             )?;
-            tx.commit()?;
             Ok(generation as u64)
         })
         .await
@@ -215,20 +210,19 @@ impl Store {
         by: String,
         event: String,
     ) -> Result<(), StoreError> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
+        self.call(move |tx| {
             let now = Timestamp::now().to_string();
-            tx.execute(
+            tx.exec(
                 "UPDATE sets SET state = 'removed', source = 'tandemctl', changed_at = ?2, changed_by = ?3 WHERE name = ?1",
-                params![set, now, by],
+                args![set, now, by],
             )?;
-            tx.execute("DELETE FROM members WHERE set_name = ?1", [&set])?;
-            tx.execute("DELETE FROM schedules WHERE set_name = ?1", [&set])?;
-            tx.execute(
+            tx.exec("DELETE FROM members WHERE set_name = ?1", args![set])?;
+            tx.exec("DELETE FROM schedules WHERE set_name = ?1", args![set])?;
+            tx.exec(
                 "INSERT INTO set_events(set_name, at, kind, message) VALUES (?1, ?2, 'inventory', ?3)",
-                params![set, now, event],
+                args![set, now, event],
             )?;
-            tx.commit()
+            Ok(())
         })
         .await
     }
@@ -262,7 +256,7 @@ mod tests {
     #[tokio::test]
     async fn generations_go_on_through_changes_and_removal() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("c.db")).unwrap();
+        let s = Store::open(dir.path().join("c.db")).unwrap();
         s.import_sets(vec![set("billing", &["db1", "db2"])])
             .await
             .unwrap();

@@ -3,9 +3,8 @@
 //! controller carries on from where the window stood. The document's shape
 //! belongs to `crate::maintenance`; the store keeps it with its state.
 
-use rusqlite::params;
-
-use super::{Store, StoreError};
+use super::sql::args;
+use super::{Store, StoreError, limit_arg};
 
 /// A window's states that are over: nothing runs, the set is not held.
 pub const FINISHED_STATES: [&str; 2] = ["closed", "aborted"];
@@ -22,10 +21,10 @@ impl Store {
         closed_at: Option<String>,
     ) -> Result<(), StoreError> {
         self.call(move |c| {
-            c.execute(
+            c.exec(
                 "INSERT INTO windows(id, set_name, state, doc, opened_at, closed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(id) DO UPDATE SET state = ?3, doc = ?4, closed_at = ?6",
-                params![id, set, state, doc, opened_at, closed_at],
+                args![id, set, state, doc, opened_at, closed_at],
             )
             .map(|_| ())
         })
@@ -34,12 +33,14 @@ impl Store {
 
     /// A set's window documents, newest first (all when `limit` is 0).
     pub async fn window_docs(&self, set: String, limit: u32) -> Result<Vec<String>, StoreError> {
-        let limit = if limit == 0 { -1 } else { i64::from(limit) };
+        let limit = limit_arg(limit);
         self.call(move |c| {
-            c.prepare(
+            c.query(
                 "SELECT doc FROM windows WHERE set_name = ?1 ORDER BY opened_at DESC, rowid DESC LIMIT ?2",
+                args![set, limit],
             )?
-            .query_map(params![set, limit], |r| r.get(0))?
+            .iter()
+            .map(|r| r.get(0))
             .collect()
         })
         .await
@@ -48,12 +49,12 @@ impl Store {
     /// The documents of windows that are not over, oldest first.
     pub async fn unfinished_window_docs(&self) -> Result<Vec<String>, StoreError> {
         self.call(move |c| {
-            c.prepare(
+            c.query(
                 "SELECT doc FROM windows WHERE state NOT IN (?1, ?2) ORDER BY opened_at, rowid",
+                args![FINISHED_STATES[0], FINISHED_STATES[1]],
             )?
-            .query_map(params![FINISHED_STATES[0], FINISHED_STATES[1]], |r| {
-                r.get(0)
-            })?
+            .iter()
+            .map(|r| r.get(0))
             .collect()
         })
         .await
@@ -67,7 +68,7 @@ mod tests {
     #[tokio::test]
     async fn windows_are_kept_newest_first_and_unfinished_ones_found() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("c.db")).unwrap();
+        let s = Store::open(dir.path().join("c.db")).unwrap();
         let put = |id: &str, state: &str, at: &str| {
             s.put_window(
                 id.into(),

@@ -1,0 +1,243 @@
+//! Which controller leads. On an SQLite store there is one controller and
+//! it leads. On a PostgreSQL store several controllers may run; the one
+//! holding the lease in the store (`store::lease`) leads, renews it every
+//! `leader.renew`, and every write it makes is fenced by the lease's
+//! generation. The others follow: they try to take the lease as often, and
+//! until they lead they answer every call with "not the leader; the leader
+//! is URL" ([`follower_service`]), which tandemctl and the agents follow.
+//!
+//! A leader that loses its lease (another controller took it, or the store
+//! could not be reached before the lease ran out) stops at once: nothing
+//! it was doing is lost, because the new leader carries on from the store
+//! the way a restarted controller does. The service manager starts it
+//! again, as a follower.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::ControllerConfig;
+use crate::store::{Leadership, LeaseRow, Store};
+
+/// Where the election stands, as this controller sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    /// This controller leads.
+    pub leading: bool,
+    /// The lease generation it leads under (0 when following, or on SQLite).
+    pub generation: i64,
+    /// The lease as last read (followers), or as held (the leader).
+    pub lease: Option<LeaseRow>,
+    /// Since when this controller leads.
+    pub since: Option<Timestamp>,
+}
+
+pub struct Election {
+    store: Store,
+    /// This process's name in the election: its address, pid and start.
+    pub holder: String,
+    /// The URL clients reach this controller at.
+    pub address: String,
+    lease: Duration,
+    renew: Duration,
+    state: watch::Sender<State>,
+}
+
+/// Why a leader stopped leading.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this controller lost the leadership ({0}); it stops so that the new leader alone drives the fleet, and will follow when started again"
+)]
+pub struct Lost(pub String);
+
+impl Election {
+    pub fn new(store: Store, cfg: &ControllerConfig) -> Arc<Election> {
+        let address = cfg.advertised_address();
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let holder = format!("{address} pid {} at {started:x}", std::process::id());
+        let leading = !store.shared();
+        let (state, _) = watch::channel(State {
+            leading,
+            generation: 0,
+            lease: None,
+            since: leading.then(Timestamp::now),
+        });
+        Arc::new(Election {
+            store,
+            holder,
+            address,
+            lease: cfg.leader.lease,
+            renew: cfg.leader.renew,
+            state,
+        })
+    }
+
+    pub fn state(&self) -> State {
+        self.state.borrow().clone()
+    }
+
+    pub fn is_leading(&self) -> bool {
+        self.state.borrow().leading
+    }
+
+    /// The leader's URL, when another controller leads.
+    pub fn leader_address(&self) -> Option<String> {
+        let s = self.state.borrow();
+        if s.leading {
+            return Some(self.address.clone());
+        }
+        s.lease
+            .as_ref()
+            .filter(|l| !l.expired())
+            .map(|l| l.address.clone())
+    }
+
+    /// Wait until this controller leads; false when `shutdown` came first.
+    pub async fn until_leading(&self, shutdown: &CancellationToken) -> bool {
+        let mut rx = self.state.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|s| s.leading) => r.is_ok(),
+            _ = shutdown.cancelled() => false,
+        }
+    }
+
+    /// Take part in the election until `shutdown` (then give the lease up,
+    /// so a follower takes over at once) or until this controller loses
+    /// the lease it held (`Lost`). On SQLite there is nothing to do.
+    pub async fn campaign(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), Lost> {
+        if !self.store.shared() {
+            return Ok(());
+        }
+        let mut held = 0i64;
+        // The leader's own deadline: the lease it renewed, counted from
+        // before it asked, so it always ends before the store's.
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let asked = Instant::now();
+            match self
+                .store
+                .take_lease(self.holder.clone(), self.address.clone(), held, self.lease)
+                .await
+            {
+                Ok(Leadership::Leading { generation }) => {
+                    if held != 0 && generation != held {
+                        self.store.step_down();
+                        return Err(Lost(format!(
+                            "its lease generation {held} ran out before it was renewed; the store gave generation {generation}"
+                        )));
+                    }
+                    if held == 0 {
+                        info!(
+                            generation,
+                            address = %self.address,
+                            "this controller leads (lease generation {generation})"
+                        );
+                    }
+                    held = generation;
+                    deadline = Some(asked + self.lease);
+                    let lease = self.store.lease().await.ok().flatten();
+                    self.state.send_modify(|s| {
+                        if !s.leading {
+                            s.since = Some(Timestamp::now());
+                        }
+                        s.leading = true;
+                        s.generation = generation;
+                        if lease.is_some() {
+                            s.lease = lease;
+                        }
+                    });
+                }
+                Ok(Leadership::Following { leader }) => {
+                    if held != 0 {
+                        self.store.step_down();
+                        let by = leader
+                            .as_ref()
+                            .map(|l| format!("{} took it over", l.address))
+                            .unwrap_or_else(|| "it was taken over".into());
+                        return Err(Lost(format!("lease generation {held}: {by}")));
+                    }
+                    let changed = self.state.borrow().lease.as_ref().map(|l| &l.holder)
+                        != leader.as_ref().map(|l| &l.holder);
+                    if changed {
+                        match &leader {
+                            Some(l) => {
+                                info!(leader = %l.address, generation = l.generation, "following the leader {}", l.address)
+                            }
+                            None => info!("no controller leads yet"),
+                        }
+                    }
+                    self.state.send_modify(|s| {
+                        s.leading = false;
+                        s.generation = 0;
+                        s.lease = leader;
+                        s.since = None;
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot reach the store to take or renew the lease");
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        self.store.step_down();
+                        return Err(Lost(format!(
+                            "the store could not be reached to renew lease generation {held} before it ran out: {e}"
+                        )));
+                    }
+                }
+            }
+            let mut wake = Instant::now() + self.renew;
+            if let Some(d) = deadline {
+                wake = wake.min(d);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = shutdown.cancelled() => {
+                    if held != 0 {
+                        if let Err(e) = self.store.release_lease(self.holder.clone(), held).await {
+                            warn!(error = %e, "cannot give the lease up; a follower takes over when it runs out");
+                        } else {
+                            info!(generation = held, "lease given up");
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The gRPC service a follower serves under the controller's name: every
+/// call is answered "not the leader", naming the leader when one is known.
+#[derive(Clone)]
+pub struct FollowerService {
+    pub election: Arc<Election>,
+}
+
+impl tonic::server::NamedService for FollowerService {
+    const NAME: &'static str = "tandem.v1.Controller";
+}
+
+impl<B: Send + 'static> tonic::codegen::Service<http::Request<B>> for FollowerService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<B>) -> Self::Future {
+        let leader = self.election.leader_address();
+        std::future::ready(Ok(
+            tandem_proto::leader::not_leader(leader.as_deref()).into_http()
+        ))
+    }
+}
