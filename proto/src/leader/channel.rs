@@ -272,3 +272,144 @@ impl Service<http::Request<Body>> for LeaderChannel {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::leader::not_leader;
+    use crate::tls::tests::write_certs;
+
+    /// A controller that answers every call from its headers: a follower
+    /// naming `leader` (or none), or the leader (`OK`). It counts calls.
+    #[derive(Clone)]
+    struct Fake {
+        leads: bool,
+        leader: Option<String>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl tonic::server::NamedService for Fake {
+        const NAME: &'static str = "tandem.v1.Controller";
+    }
+
+    impl Service<http::Request<Body>> for Fake {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let this = self.clone();
+            Box::pin(async move {
+                // The body arrives whole on every attempt.
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(&body[..], b"\0\0\0\0\x02hi");
+                Ok(if this.leads {
+                    tonic::Status::ok("").into_http()
+                } else {
+                    not_leader(this.leader.as_deref()).into_http()
+                })
+            })
+        }
+    }
+
+    async fn serve(files: &TlsFiles, fake: Fake) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().unwrap().port()
+        );
+        let incoming = crate::tls::incoming(listener, LiveTls::load(files.clone()).unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(fake)
+                .serve_with_incoming(incoming),
+        );
+        url
+    }
+
+    fn fake(leads: bool, leader: Option<&str>) -> Fake {
+        Fake {
+            leads,
+            leader: leader.map(str::to_owned),
+            calls: Arc::default(),
+        }
+    }
+
+    async fn call(channel: &mut LeaderChannel) -> tonic::Status {
+        let request = http::Request::builder()
+            .uri("http://controller/tandem.v1.Controller/ListAgents")
+            .header("content-type", "application/grpc")
+            .body(Body::new(Full::new(Bytes::from_static(b"\0\0\0\0\x02hi"))))
+            .unwrap();
+        let response = channel.call(request).await.unwrap();
+        tonic::Status::from_header_map(response.headers()).unwrap()
+    }
+
+    /// A dead address is passed over at connect; a follower's call is
+    /// sent again to the leader it names, and calls stay there.
+    #[tokio::test]
+    async fn a_call_turned_away_goes_to_the_named_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_certs(dir.path());
+        let leader = fake(true, None);
+        let leader_url = serve(&files, leader.clone()).await;
+        let follower = fake(false, Some(&leader_url));
+        let follower_url = serve(&files, follower.clone()).await;
+        let dead = "https://127.0.0.1:1".to_owned();
+        let mut channel = LeaderChannel::connect(vec![dead, follower_url.clone()], &files)
+            .await
+            .unwrap();
+        assert_eq!(channel.current(), follower_url);
+        assert_eq!(call(&mut channel).await.code(), tonic::Code::Ok);
+        assert_eq!(channel.current(), leader_url);
+        assert_eq!(call(&mut channel).await.code(), tonic::Code::Ok);
+        assert_eq!(follower.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(leader.calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// With no leader anywhere, a call is tried addresses + 2 times, a
+    /// second apart, and ends with the follower's answer.
+    #[tokio::test]
+    async fn with_no_leader_a_call_ends_with_the_followers_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_certs(dir.path());
+        let (a, b) = (fake(false, None), fake(false, None));
+        let urls = vec![
+            serve(&files, a.clone()).await,
+            serve(&files, b.clone()).await,
+        ];
+        let mut channel = LeaderChannel::connect(urls, &files).await.unwrap();
+        let started = std::time::Instant::now();
+        let status = call(&mut channel).await;
+        assert!(crate::leader::is_not_leader(&status), "{status:?}");
+        assert!(status.message().contains("try again shortly"), "{status:?}");
+        let calls = a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst);
+        assert_eq!(calls, 4);
+        assert!(started.elapsed() >= 3 * NO_LEADER_WAIT);
+        assert!(a.calls.load(Ordering::SeqCst) >= 1 && b.calls.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[tokio::test]
+    async fn no_reachable_address_names_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_certs(dir.path());
+        let e = LeaderChannel::connect(
+            vec!["https://127.0.0.1:1".into(), "https://127.0.0.1:2".into()],
+            &files,
+        )
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("127.0.0.1:1") && e.contains("127.0.0.1:2"),
+            "{e}"
+        );
+    }
+}
