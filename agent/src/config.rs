@@ -30,8 +30,11 @@ pub struct AgentConfig {
     /// The host must be a name in the agent's certificate.
     #[serde(default)]
     pub advertise: Option<String>,
-    /// The controller's URL, e.g. "https://controller.example:7700".
-    pub controller: String,
+    /// The controllers' URLs, e.g. "https://controller.example:7700", or a
+    /// list of them (`["https://c1:7700", "https://c2:7700"]`): the agent
+    /// registers and heartbeats with the one that leads.
+    #[serde(deserialize_with = "one_or_more")]
+    pub controller: Vec<String>,
     /// The agent's home: state file, testdb.out, operation journal.
     pub home: PathBuf,
     /// Where Prometheus scrapes the agent's metrics (`http://<addr>/metrics`);
@@ -326,6 +329,31 @@ pub struct PostgresConfig {
     pub server_log: Option<PathBuf>,
 }
 
+/// A URL, or a list of URLs.
+fn one_or_more<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Urls;
+    impl<'de> serde::de::Visitor<'de> for Urls {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a controller URL or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(vec![v.to_owned()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut urls = Vec::new();
+            while let Some(url) = seq.next_element::<String>()? {
+                urls.push(url);
+            }
+            Ok(urls)
+        }
+    }
+    d.deserialize_any(Urls)
+}
+
 fn default_heartbeat() -> Duration {
     Duration::from_secs(2)
 }
@@ -357,6 +385,18 @@ impl AgentConfig {
             .map_err(|e| invalid("name", e.to_string()))?;
         if cfg.set.is_empty() {
             return Err(invalid("set", "must not be empty".into()));
+        }
+        if cfg.controller.is_empty() {
+            return Err(invalid(
+                "controller",
+                "lists no controller; give its URL, e.g. \"https://controller.example:7700\", or a list of them".into(),
+            ));
+        }
+        if cfg.controller.iter().any(|u| u.trim().is_empty()) {
+            return Err(invalid(
+                "controller",
+                "has an empty URL; give each controller's URL, e.g. \"https://controller.example:7700\"".into(),
+            ));
         }
         if cfg.heartbeat_interval.is_zero() {
             return Err(invalid("heartbeat_interval", "must be above zero".into()));
@@ -425,6 +465,29 @@ mod tests {
         assert_eq!(c.postgres.port, 5432);
         assert_eq!(c.postgres.os_user, "postgres");
         assert_eq!(c.testdb.mode, TestMode::Online);
+    }
+
+    #[test]
+    fn the_controller_is_one_url_or_a_list() {
+        let c = AgentConfig::parse(Path::new("agent.toml"), MINIMAL).unwrap();
+        assert_eq!(c.controller, ["https://127.0.0.1:7700"]);
+        let two = MINIMAL.replace(
+            "controller = \"https://127.0.0.1:7700\"",
+            "controller = [\"https://c1:7700\", \"https://c2:7700\"]",
+        );
+        let c = AgentConfig::parse(Path::new("agent.toml"), &two).unwrap();
+        assert_eq!(c.controller, ["https://c1:7700", "https://c2:7700"]);
+        for (bad, says) in [
+            ("controller = []", "field `controller`"),
+            ("controller = [\"https://c1:7700\", \" \"]", "empty URL"),
+            ("controller = 7700", "a controller URL or a list of them"),
+        ] {
+            let text = MINIMAL.replace("controller = \"https://127.0.0.1:7700\"", bad);
+            let err = AgentConfig::parse(Path::new("agent.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

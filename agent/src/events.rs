@@ -11,10 +11,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tandem_proto::leader::LeaderChannel;
 use tandem_proto::model::timestamp_to_wire;
 use tandem_proto::pb;
 use tandem_proto::pb::controller_client::ControllerClient;
-use tandem_proto::propagation::{TracedChannel, traced};
+use tandem_proto::propagation::traced;
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
@@ -35,11 +36,11 @@ pub fn interrupted_code(step: &str) -> &'static str {
 #[derive(Clone)]
 pub struct Events {
     cfg: Arc<AgentConfig>,
-    controller: Option<ControllerClient<TracedChannel>>,
+    controller: Option<crate::registration::Client>,
 }
 
 impl Events {
-    pub fn new(cfg: Arc<AgentConfig>, controller: Option<tonic::transport::Channel>) -> Events {
+    pub fn new(cfg: Arc<AgentConfig>, controller: Option<LeaderChannel>) -> Events {
         Events {
             cfg,
             controller: controller.map(|c| ControllerClient::new(traced(c))),

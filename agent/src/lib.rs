@@ -20,6 +20,9 @@
 //! a watch task: every few seconds and on SIGHUP); the server runs each
 //! handshake itself with the config in force (`tls::incoming`), and the
 //! registration loop reports the certificate's expiry to the controller.
+//! With several controllers (`controller` a list), one `LeaderChannel`
+//! shared by registration, events and signals goes to the one that leads;
+//! orders are taken from any of them (they share one certificate identity).
 
 pub mod actions;
 pub mod backup;
@@ -88,7 +91,12 @@ pub async fn run_with_engine<E: Engine>(
         )
     })?;
     let tls = tandem_proto::tls::LiveTls::load(cfg.tls.clone())?;
-    let controller = tandem_proto::tls::connect_lazy_live(&cfg.controller, tls.clone())?;
+    let controller = tandem_proto::leader::LeaderChannel::lazy(
+        cfg.controller.clone(),
+        tls.clone(),
+        registration::ANSWER_WITHIN,
+    )
+    .context("cannot use the controller's address (field `controller`)")?;
     let events = events::Events::new(cfg.clone(), Some(controller.clone()));
     let ops = ops::Operations::open(cfg.clone(), engine.clone(), events, shutdown.clone())?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -8,32 +8,46 @@
 //! heartbeat (a set added with `tandemctl set add` is joined at once); when
 //! the controller no longer knows the agent it registers again. Register and
 //! every heartbeat say when the certificate in force expires, so
-//! `tandemctl agents` warns before it does.
+//! `tandemctl agents` warns before it does. With several controllers the
+//! calls go to the one that leads (`tandem_proto::leader::LeaderChannel`: a
+//! follower's "not the leader" is followed to the leader it names, a
+//! controller that does not answer is left for the next address); the logs
+//! name the controller in use.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tandem_proto::leader::LeaderChannel;
 use tandem_proto::model::timestamp_to_wire;
 use tandem_proto::pb;
 use tandem_proto::pb::controller_client::ControllerClient;
-use tandem_proto::propagation::{TracedChannel, traced};
+use tandem_proto::propagation::{InjectTraceContext, traced};
 use tandem_proto::tls::LiveTls;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
 use crate::engine::Engine;
 use crate::ops::Operations;
 
+/// A client to the leading controller.
+pub type Client = ControllerClient<InterceptedService<LeaderChannel, InjectTraceContext>>;
+
+/// A call to a controller with no answer (its headers) in this time counts
+/// as unreachable, and the next call goes to the next address: a
+/// controller whose machine was lost sends no reset.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(15);
+
 pub async fn run<E: Engine>(
     cfg: Arc<AgentConfig>,
     engine: Arc<E>,
     ops: Arc<Operations<E>>,
-    channel: tonic::transport::Channel,
+    channel: LeaderChannel,
     tls: Arc<LiveTls>,
     shutdown: CancellationToken,
 ) {
-    let mut client = ControllerClient::new(traced(channel));
+    let mut client = ControllerClient::new(traced(channel.clone()));
     let mut interval = cfg.heartbeat_interval;
     let mut registered = false;
     let mut reachable = true;
@@ -51,30 +65,32 @@ pub async fn run<E: Engine>(
                     }
                 })
         } else {
-            register(&cfg, &*engine, &tls, &mut client).await.map(|ms| {
-                registered = true;
-                refusal = None;
-                if ms > 0 {
-                    interval = Duration::from_millis(ms).min(cfg.heartbeat_interval);
-                }
-            })
+            register(&cfg, &*engine, &tls, &mut client, &channel)
+                .await
+                .map(|ms| {
+                    registered = true;
+                    refusal = None;
+                    if ms > 0 {
+                        interval = Duration::from_millis(ms).min(cfg.heartbeat_interval);
+                    }
+                })
         };
         match result {
             Ok(()) if !reachable => {
-                info!(controller = %cfg.controller, "controller reachable again");
+                info!(controller = %channel.current(), "controller reachable again");
                 reachable = true;
             }
             Ok(()) => {}
             Err(status) if !registered && status.code() == tonic::Code::FailedPrecondition => {
                 if refusal.as_deref() != Some(status.message()) {
-                    warn!(controller = %cfg.controller, error = %status.message(), "the controller refuses this agent; asking again at every heartbeat");
+                    warn!(controller = %channel.current(), error = %status.message(), "the controller refuses this agent; asking again at every heartbeat");
                     refusal = Some(status.message().to_owned());
                 }
                 reachable = true;
             }
             Err(status) => {
                 if reachable {
-                    warn!(controller = %cfg.controller, code = ?status.code(), error = %status.message(), "cannot reach the controller; retrying");
+                    warn!(controller = %channel.current(), code = ?status.code(), error = %status.message(), "cannot reach the controller; retrying");
                 }
                 reachable = false;
                 registered = registered && status.code() != tonic::Code::NotFound;
@@ -92,7 +108,8 @@ async fn register<E: Engine>(
     cfg: &AgentConfig,
     engine: &E,
     tls: &LiveTls,
-    client: &mut ControllerClient<TracedChannel>,
+    client: &mut Client,
+    at: &LeaderChannel,
 ) -> Result<u64, tonic::Status> {
     let facts = engine.facts().await;
     let role = facts.role;
@@ -108,7 +125,7 @@ async fn register<E: Engine>(
         })
         .await?
         .into_inner();
-    info!(controller = %cfg.controller, set = %cfg.set, %role, generation = resp.set_generation, "registered with the controller");
+    info!(controller = %at.current(), set = %cfg.set, %role, generation = resp.set_generation, "registered with the controller");
     Ok(resp.heartbeat_interval_ms)
 }
 
@@ -117,7 +134,7 @@ async fn heartbeat<E: Engine>(
     engine: &E,
     running: Option<String>,
     tls: &LiveTls,
-    client: &mut ControllerClient<TracedChannel>,
+    client: &mut Client,
 ) -> Result<bool, tonic::Status> {
     let facts = engine.facts().await;
     let resp = client

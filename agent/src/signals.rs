@@ -14,9 +14,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tandem_proto::leader::LeaderChannel;
 use tandem_proto::pb;
 use tandem_proto::pb::controller_client::ControllerClient;
-use tandem_proto::propagation::{TracedChannel, traced};
+use tandem_proto::propagation::traced;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -34,14 +35,14 @@ const LOCAL_PREFIX: &str = "local/";
 struct Signals<E: Engine> {
     cfg: Arc<AgentConfig>,
     ops: Arc<Operations<E>>,
-    controller: ControllerClient<TracedChannel>,
+    controller: crate::registration::Client,
 }
 
 /// Listen for the test signals until `shutdown`.
 pub async fn run<E: Engine>(
     cfg: Arc<AgentConfig>,
     ops: Arc<Operations<E>>,
-    controller: tonic::transport::Channel,
+    controller: LeaderChannel,
     shutdown: CancellationToken,
 ) {
     let (Ok(mut alrm), Ok(mut usr1), Ok(mut usr2)) = (

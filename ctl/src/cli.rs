@@ -38,7 +38,9 @@ pub struct Cli {
 /// Where the controller is, and which certificate to present.
 #[derive(Args, Debug, Clone)]
 pub struct Connection {
-    /// The controller's URL, e.g. https://127.0.0.1:7700.
+    /// The controller's URL, e.g. https://127.0.0.1:7700, or a comma-separated
+    /// list of the controllers' URLs (https://c1:7700,https://c2:7700):
+    /// tandemctl goes to the one that leads.
     #[arg(long, global = true, env = "TANDEM_CONTROLLER")]
     pub controller: Option<String>,
     /// The CA certificate that signed the controller's certificate (PEM).

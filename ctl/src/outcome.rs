@@ -29,6 +29,10 @@ pub enum CtlError {
     },
     #[error(transparent)]
     Tls(#[from] tandem_proto::tls::TlsError),
+    #[error(
+        "no controller answered ({tried}); is one running, and is TANDEM_CONTROLLER (or --controller) the comma-separated list of their addresses?"
+    )]
+    NoController { tried: String },
     #[error("the controller refused {call}: {message}")]
     Refused { call: &'static str, message: String },
     #[error(

@@ -18,6 +18,7 @@ use tandem_proto::pb;
 use tandem_proto::model::TestMode;
 
 use crate::cli::{Connection, CopyFlags};
+use crate::client::{self, Leader};
 use crate::outcome::{CtlError, Outcome, print, refused};
 use crate::output::{self, OutputFormat};
 
@@ -106,8 +107,9 @@ pub async fn run(
     member: Option<String>,
     copy: CopyFlags,
 ) -> Result<Outcome, CtlError> {
-    let mut client = conn.connect().await?;
-    let started = client
+    let mut leader = conn.leader().await?;
+    let started = leader
+        .client
         .start_testdb(pb::StartTestdbRequest {
             sets,
             all,
@@ -136,7 +138,7 @@ pub async fn run(
     eprintln!(
         "run {run_id} started; Ctrl-C stops watching, not the run (`tandemctl cancel {run_id}` cancels it)"
     );
-    follow(&mut client, format, run_id, &skipped, false).await
+    follow(conn, leader, format, run_id, &skipped, false).await
 }
 
 /// Sets a run left out, for the JSON output.
@@ -158,8 +160,9 @@ pub async fn backup(
     archive: Option<bool>,
     copy: CopyFlags,
 ) -> Result<Outcome, CtlError> {
-    let mut client = conn.connect().await?;
-    let run_id = client
+    let mut leader = conn.leader().await?;
+    let run_id = leader
+        .client
         .backup(pb::BackupRequest {
             set,
             member: member.unwrap_or_default(),
@@ -173,7 +176,7 @@ pub async fn backup(
         .into_inner()
         .run_id;
     eprintln!("run {run_id} started; Ctrl-C stops watching, not the run");
-    follow(&mut client, format, run_id, &[], archive.is_some()).await
+    follow(conn, leader, format, run_id, &[], archive.is_some()).await
 }
 
 /// `tandemctl watch RUN`.
@@ -182,8 +185,8 @@ pub async fn watch(
     format: OutputFormat,
     run_id: String,
 ) -> Result<Outcome, CtlError> {
-    let mut client = conn.connect().await?;
-    follow(&mut client, format, run_id, &[], false).await
+    let leader = conn.leader().await?;
+    follow(conn, leader, format, run_id, &[], false).await
 }
 
 /// `tandemctl cancel RUN`.
@@ -223,17 +226,24 @@ pub async fn cancel(
 }
 
 /// Follow a run to its end: progress on stderr, the verdicts on stdout.
+/// When the controller goes away under the stream (stopped, or it lost its
+/// machine or its lead), the run is followed on through the controller
+/// that leads next ([`Connection::reopen`]); that one replays the run from
+/// its start, and a set whose verdict was shown already is skipped.
 async fn follow(
-    client: &mut pb::controller_client::ControllerClient<tandem_proto::propagation::TracedChannel>,
+    conn: &Connection,
+    mut leader: Leader,
     format: OutputFormat,
     run_id: String,
     skipped: &[pb::SkippedSet],
     archive: bool,
 ) -> Result<Outcome, CtlError> {
-    let mut stream = client
-        .watch_run(pb::WatchRunRequest {
-            run_id: run_id.clone(),
-        })
+    let request = || pb::WatchRunRequest {
+        run_id: run_id.clone(),
+    };
+    let mut stream = leader
+        .client
+        .watch_run(request())
         .await
         .map_err(refused("WatchRun"))?
         .into_inner();
@@ -241,42 +251,72 @@ async fn follow(
     let mut results: Vec<(String, pb::Verdict)> = Vec::new();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let stopped = |display: &Display| {
+        if let Some(m) = &display.multi {
+            let _ = m.clear();
+        }
+        CtlError::Usage(format!(
+            "stopped watching run {run_id}; the run goes on on the controller: `tandemctl watch {run_id}` follows it again, `tandemctl cancel {run_id}` cancels it"
+        ))
+    };
     loop {
         // Cancel-safe: message() keeps no partial message across polls that
         // lose the race, and after Ctrl-C the stream is dropped anyway.
         let next = tokio::select! {
             m = stream.message() => m,
-            _ = &mut ctrl_c => {
-                if let Some(m) = &display.multi {
-                    let _ = m.clear();
-                }
-                return Err(CtlError::Usage(format!(
-                    "stopped watching run {run_id}; the run goes on on the controller: `tandemctl watch {run_id}` follows it again, `tandemctl cancel {run_id}` cancels it"
-                )));
-            }
+            _ = &mut ctrl_c => return Err(stopped(&display)),
         };
         let ev = match next {
             Ok(Some(ev)) => ev,
             Ok(None) => break,
             Err(s) => {
-                return Err(CtlError::Unanswered {
+                let broke = |why: String| CtlError::Unanswered {
                     call: "WatchRun",
                     message: format!(
-                        "the progress stream of run {run_id} broke: {}; `tandemctl history SET` shows the verdicts",
-                        s.message()
+                        "the progress stream of run {run_id} broke: {why}; `tandemctl history SET` shows the verdicts"
                     ),
-                });
+                };
+                if !client::went_away(&s) {
+                    return Err(broke(s.message().to_owned()));
+                }
+                let from = leader.url();
+                // Cancel-safe: a reopen cut short leaves nothing behind.
+                let reopened = tokio::select! {
+                    r = conn.reopen("WatchRun", |mut c| {
+                        let r = request();
+                        async move { c.watch_run(r).await }
+                    }) => r,
+                    _ = &mut ctrl_c => return Err(stopped(&display)),
+                };
+                let (new, s2) = reopened.map_err(|e| {
+                    broke(format!(
+                        "{}; no controller took it up within {:?} ({e})",
+                        s.message(),
+                        client::REOPEN_FOR
+                    ))
+                })?;
+                eprintln!(
+                    "controller {from} went away; following run {run_id} through {}",
+                    new.url()
+                );
+                leader = new;
+                stream = s2.into_inner();
+                continue;
             }
         };
-        if !ev.waiting.is_empty() {
-            display.waiting(&ev.set, &ev.waiting);
-        }
-        if let Some(p) = &ev.progress {
-            display.progress(&ev.set, &ev.member, p);
-        }
-        if let Some(v) = ev.verdict {
-            display.verdict(&ev.set, &v, archive);
-            results.push((ev.set.clone(), v));
+        // A set's verdict is shown once, also when a new controller
+        // replays the run.
+        if !results.iter().any(|(set, _)| *set == ev.set) {
+            if !ev.waiting.is_empty() {
+                display.waiting(&ev.set, &ev.waiting);
+            }
+            if let Some(p) = &ev.progress {
+                display.progress(&ev.set, &ev.member, p);
+            }
+            if let Some(v) = ev.verdict {
+                display.verdict(&ev.set, &v, archive);
+                results.push((ev.set.clone(), v));
+            }
         }
         if ev.done {
             break;

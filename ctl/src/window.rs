@@ -11,7 +11,7 @@ use tandem_proto::pb;
 use tandem_proto::window::{Plan, RestoreState, Step, StepState, Window, WindowState};
 
 use crate::cli::Connection;
-use crate::client::Client;
+use crate::client::{Client, went_away};
 use crate::outcome::{CtlError, Outcome, refused};
 use crate::output::{self, OutputFormat};
 
@@ -195,7 +195,9 @@ fn ended_steps(w: &Window) -> Vec<String> {
 
 /// Follow a window until it stops, printing each step as it ends (human
 /// output); the window as it ended. With `watch_restore`, the agent's
-/// restore orders are followed too, step by step (R1 .. R10).
+/// restore orders are followed too, step by step (R1 .. R10). When the
+/// controller goes away, the window is followed on through the controller
+/// that leads next ([`Connection::reopen`]).
 pub async fn follow_window(
     conn: &Connection,
     format: OutputFormat,
@@ -203,7 +205,7 @@ pub async fn follow_window(
     mut w: Window,
     watch_restore: bool,
 ) -> Result<Window, CtlError> {
-    let mut client = conn.connect().await?;
+    let mut leader = conn.leader().await?;
     let mut shown = 0;
     let mut watched: Vec<String> = Vec::new();
     loop {
@@ -224,7 +226,7 @@ pub async fn follow_window(
         if let (true, Some(r)) = (watch_restore, running) {
             watched.push(r.operation_id.clone());
             watch_order(
-                &mut client,
+                &mut leader.client,
                 set,
                 &r.member,
                 &r.operation_id,
@@ -234,15 +236,31 @@ pub async fn follow_window(
         } else {
             tokio::time::sleep(FOLLOW_EVERY).await;
         }
-        let shown_now = client
-            .maintenance_show(pb::MaintenanceRequest {
-                set: set.to_owned(),
-                reason: String::new(),
-                repair: String::new(),
-            })
-            .await
-            .map_err(refused("MaintenanceShow"))?
-            .into_inner();
+        let request = || pb::MaintenanceRequest {
+            set: set.to_owned(),
+            reason: String::new(),
+            repair: String::new(),
+        };
+        let shown_now = match leader.client.maintenance_show(request()).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if went_away(&s) => {
+                let from = leader.url();
+                let (new, r) = conn
+                    .reopen("MaintenanceShow", |mut c| {
+                        let r = request();
+                        async move { c.maintenance_show(r).await }
+                    })
+                    .await?;
+                eprintln!(
+                    "controller {from} went away; following window {} through {}",
+                    w.id,
+                    new.url()
+                );
+                leader = new;
+                r.into_inner()
+            }
+            Err(s) => return Err(refused("MaintenanceShow")(s)),
+        };
         w = read("window", shown_now.window)?;
     }
     Ok(w)

@@ -12,6 +12,8 @@
 //!   W3C trace context carried in gRPC metadata.
 //! - [`metrics`]: the Prometheus endpoint of the controller and the agent.
 //! - [`process`]: start-up every `main` shares (crypto provider, runtime) and the stop signals.
+//! - [`leader`]: several controllers, one leader: the "not the leader" answer, the
+//!   address list clients are given, and a channel that goes to the leader.
 //! - [`wal`]: what a WAL archive holds per timeline, and whether a roll-forward reads through it.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]

@@ -46,9 +46,12 @@ impl tonic::service::Interceptor for InjectTraceContext {
 pub type TracedChannel =
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, InjectTraceContext>;
 
-/// Wrap `channel` so every request carries the current span's trace context:
-/// `FooClient::new(traced(channel))`.
-pub fn traced(channel: tonic::transport::Channel) -> TracedChannel {
+/// Wrap `channel` (a [`tonic::transport::Channel`], or any service like it,
+/// such as [`crate::leader::LeaderChannel`]) so every request carries the
+/// current span's trace context: `FooClient::new(traced(channel))`.
+pub fn traced<C>(
+    channel: C,
+) -> tonic::service::interceptor::InterceptedService<C, InjectTraceContext> {
     tonic::service::interceptor::InterceptedService::new(channel, InjectTraceContext)
 }
 
