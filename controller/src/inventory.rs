@@ -84,8 +84,38 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Load what the store knows.
+    /// Load what the store knows, importing the sets controller.toml
+    /// declares that the store has never seen (the leader's start).
     pub async fn load(cfg: Arc<ControllerConfig>, store: Store) -> Result<Inventory, ServiceError> {
+        Self::load_with(cfg, store, true).await
+    }
+
+    /// Load what the store knows and write nothing: a follower's view,
+    /// kept fresh by [`Inventory::follow_store`].
+    pub async fn load_following(
+        cfg: Arc<ControllerConfig>,
+        store: Store,
+    ) -> Result<Inventory, ServiceError> {
+        Self::load_with(cfg, store, false).await
+    }
+
+    async fn load_with(
+        cfg: Arc<ControllerConfig>,
+        store: Store,
+        import: bool,
+    ) -> Result<Inventory, ServiceError> {
+        if !import {
+            let inv = Inventory {
+                cfg,
+                store,
+                agents: Mutex::new(HashMap::new()),
+                declared: RwLock::new(Arc::new(Declared::new(vec![]))),
+                edits: tokio::sync::Mutex::new(()),
+                refused: Mutex::new(HashMap::new()),
+            };
+            inv.refresh_from_store().await?;
+            return Ok(inv);
+        }
         let file: Vec<SetDecl> = cfg.sets.iter().map(SetDecl::from).collect();
         let stored: Vec<_> = store.sets().await?.into_iter().map(|r| r.stored).collect();
         let plan = plan_import(&file, &stored);
@@ -329,6 +359,50 @@ impl Inventory {
         self.reload().await?;
         info!(set = %name, generation, "inventory changed: {event}");
         self.row(&name).await
+    }
+
+    /// A follower's view: the sets and the agents as the leader last
+    /// stored them (states and facts as of their last change), read again.
+    async fn refresh_from_store(&self) -> Result<(), ServiceError> {
+        self.reload().await?;
+        let now = Instant::now();
+        let rows = self.store.agents().await?;
+        let mut agents = self.lock();
+        agents.clear();
+        for row in rows {
+            let facts: Option<Facts> = row
+                .facts
+                .as_deref()
+                .and_then(|f| serde_json::from_str(f).ok());
+            agents.insert(
+                row.name.clone(),
+                Entry {
+                    role: facts.as_ref().and_then(|f| known(f.role)),
+                    row,
+                    facts,
+                    seen_at: now,
+                    cert_not_after: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// While following: read the store again every `every`, until `stop`.
+    pub async fn follow_store(
+        self: Arc<Self>,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            if let Err(e) = self.refresh_from_store().await {
+                warn!(error = %e, "cannot read the inventory from the store");
+            }
+        }
     }
 
     async fn reload(&self) -> Result<(), ServiceError> {

@@ -3,8 +3,9 @@
 //! holding the lease in the store (`store::lease`) leads, renews it every
 //! `leader.renew`, and every write it makes is fenced by the lease's
 //! generation. The others follow: they try to take the lease as often, and
-//! until they lead they answer every call with "not the leader; the leader
-//! is URL" ([`follower_service`]), which tandemctl and the agents follow.
+//! until they lead they answer reads themselves and every other call with
+//! "not the leader; the leader is URL" ([`LeaderOnly`]), which tandemctl
+//! and the agents follow.
 //!
 //! A leader that loses its lease (another controller took it, or the store
 //! could not be reached before the lease ran out) stops at once: nothing
@@ -18,13 +19,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use tandem_proto::model::timestamp_to_wire;
+use tandem_proto::pb;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::ControllerConfig;
-use crate::store::{Leadership, LeaseRow, Store};
+use crate::store::{Leadership, LeaseRow, Store, StoreError};
 
 /// Where the election stands, as this controller sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -214,30 +217,96 @@ impl Election {
     }
 }
 
-/// The gRPC service a follower serves under the controller's name: every
-/// call is answered "not the leader", naming the leader when one is known.
+impl Election {
+    /// `tandemctl controllers`: who takes part, who leads, the lease.
+    pub async fn describe(&self) -> Result<pb::ControllersResponse, StoreError> {
+        let state = self.state();
+        let wire = |t: Option<Timestamp>| t.map(timestamp_to_wire);
+        if !self.store.shared() {
+            return Ok(pb::ControllersResponse {
+                store: "sqlite".into(),
+                controllers: vec![pb::ControllerInfo {
+                    address: self.address.clone(),
+                    leader: true,
+                    holder: self.holder.clone(),
+                    started_at: wire(state.since),
+                    last_seen: wire(Some(Timestamp::now())),
+                    leader_since: wire(state.since),
+                    generation: 0,
+                    lease_expires: None,
+                }],
+                lease_seconds: 0,
+                answered_by: self.address.clone(),
+            });
+        }
+        let lease = self.store.lease().await?;
+        let live = lease.as_ref().filter(|l| !l.expired());
+        let controllers = self
+            .store
+            .controllers()
+            .await?
+            .into_iter()
+            .map(|c| {
+                let leads = live.filter(|l| l.holder == c.holder);
+                pb::ControllerInfo {
+                    address: c.address,
+                    leader: leads.is_some(),
+                    started_at: wire(Some(c.started_at)),
+                    last_seen: wire(Some(c.last_seen)),
+                    leader_since: wire(leads.map(|l| l.acquired_at)),
+                    generation: leads.map_or(0, |l| l.generation),
+                    lease_expires: wire(leads.map(|l| l.expires_at)),
+                    holder: c.holder,
+                }
+            })
+            .collect();
+        Ok(pb::ControllersResponse {
+            store: "postgresql".into(),
+            controllers,
+            lease_seconds: self.lease.as_secs(),
+            answered_by: self.address.clone(),
+        })
+    }
+}
+
+/// The controller's gRPC service as served: while this controller does
+/// not lead, only the calls in `service::FOLLOWER_CALLS` reach it; the
+/// others are answered "not the leader", naming the leader when one is
+/// known, so clients go there.
 #[derive(Clone)]
-pub struct FollowerService {
+pub struct LeaderOnly<S> {
+    pub inner: S,
     pub election: Arc<Election>,
 }
 
-impl tonic::server::NamedService for FollowerService {
+impl<S> tonic::server::NamedService for LeaderOnly<S> {
     const NAME: &'static str = "tandem.v1.Controller";
 }
 
-impl<B: Send + 'static> tonic::codegen::Service<http::Request<B>> for FollowerService {
+impl<S, B> tonic::codegen::Service<http::Request<B>> for LeaderOnly<S>
+where
+    S: tonic::codegen::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        >,
+    S::Future: Send + 'static,
+{
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Infallible>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, _: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().rsplit('/').next().unwrap_or("");
+        if self.election.is_leading() || crate::service::FOLLOWER_CALLS.contains(&method) {
+            return Box::pin(self.inner.call(req));
+        }
         let leader = self.election.leader_address();
-        std::future::ready(Ok(
-            tandem_proto::leader::not_leader(leader.as_deref()).into_http()
-        ))
+        let answer = tandem_proto::leader::not_leader(leader.as_deref()).into_http();
+        Box::pin(async move { Ok(answer) })
     }
 }

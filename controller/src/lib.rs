@@ -75,23 +75,23 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     if store.shared() {
         info!(listen = %cfg.listen, store = %cfg.store, address = %election.address, "tandem-controller started; following until it takes the lease");
         let follower = stop.child_token();
-        let listener = bind(&cfg).await?;
-        let serving = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(leader::FollowerService {
-                    election: election.clone(),
-                })
-                .serve_with_incoming_shutdown(
-                    tandem_proto::tls::incoming(listener, tls.clone()),
-                    follower.clone().cancelled_owned(),
-                ),
+        let inventory =
+            Arc::new(inventory::Inventory::load_following(cfg.clone(), store.clone()).await?);
+        let refresh = tokio::spawn(
+            inventory
+                .clone()
+                .follow_store(cfg.leader.renew, follower.clone()),
         );
+        let agents = Arc::new(agents::AgentClients::new(tls.clone()));
+        let service = service(inventory, store.clone(), agents, election.clone()).await?;
+        let listener = bind(&cfg).await?;
+        let serving = tokio::spawn(serve(service, listener, tls.clone(), follower.clone()));
         let leading = election.until_leading(&stop).await;
         follower.cancel();
         serving
             .await
-            .context("the follower's gRPC server panicked")?
-            .context("the follower's gRPC server failed")?;
+            .context("the follower's gRPC server panicked")??;
+        let _ = refresh.await;
         if !leading {
             return finish(campaign, tls_watch).await;
         }
@@ -123,6 +123,55 @@ async fn bind(cfg: &ControllerConfig) -> anyhow::Result<tokio::net::TcpListener>
         })
 }
 
+/// The service over the inventory: the leader's, or a follower's (which
+/// starts none of the leader's work and answers reads only).
+async fn service(
+    inventory: Arc<inventory::Inventory>,
+    store: store::Store,
+    agents: Arc<agents::AgentClients>,
+    election: Arc<leader::Election>,
+) -> anyhow::Result<service::ControllerService> {
+    let fleet = fleet::Fleet::new(inventory.clone(), store.clone(), agents.clone()).await?;
+    let maintenance = maintenance::Maintenance::new(
+        inventory.clone(),
+        store.clone(),
+        agents.clone(),
+        fleet.clone(),
+    );
+    let scheduler = scheduler::Scheduler::new(inventory.clone(), store.clone(), fleet.clone());
+    Ok(service::ControllerService {
+        inventory,
+        store,
+        agents,
+        fleet,
+        scheduler,
+        maintenance,
+        election,
+    })
+}
+
+/// Serve `service` (behind the leader's guard) on `listener` until `stop`.
+async fn serve(
+    service: service::ControllerService,
+    listener: tokio::net::TcpListener,
+    tls: Arc<tandem_proto::tls::LiveTls>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let election = service.election.clone();
+    tonic::transport::Server::builder()
+        .trace_fn(server_span)
+        .add_service(leader::LeaderOnly {
+            inner: ControllerServer::new(service),
+            election,
+        })
+        .serve_with_incoming_shutdown(
+            tandem_proto::tls::incoming(listener, tls),
+            stop.cancelled_owned(),
+        )
+        .await
+        .context("controller gRPC server failed")
+}
+
 /// The leader's work, until `stop`.
 async fn lead(
     cfg: Arc<ControllerConfig>,
@@ -145,38 +194,14 @@ async fn lead(
         shutdown.clone(),
     ));
     let agents = Arc::new(agents::AgentClients::new(tls.clone()));
-    let fleet = fleet::Fleet::new(inventory.clone(), store.clone(), agents.clone()).await?;
-    let maintenance = maintenance::Maintenance::new(
-        inventory.clone(),
-        store.clone(),
-        agents.clone(),
-        fleet.clone(),
-    );
+    let service = service(inventory, store, agents, election).await?;
     // Windows first: their sets are held before any recovered run dispatches.
-    maintenance.recover().await?;
-    let recurring = tokio::spawn(maintenance.clone().recurring_loop(shutdown.clone()));
-    fleet.recover().await?;
-    let dispatcher = tokio::spawn(fleet.clone().dispatch_loop(shutdown.clone()));
-    let scheduler = scheduler::Scheduler::new(inventory.clone(), store.clone(), fleet.clone());
-    let scheduling = tokio::spawn(scheduler.clone().run(shutdown.clone()));
-    let service = service::ControllerService {
-        inventory,
-        store,
-        agents,
-        fleet,
-        scheduler,
-        maintenance,
-        election,
-    };
-    tonic::transport::Server::builder()
-        .trace_fn(server_span)
-        .add_service(ControllerServer::new(service))
-        .serve_with_incoming_shutdown(
-            tandem_proto::tls::incoming(listener, tls),
-            shutdown.clone().cancelled_owned(),
-        )
-        .await
-        .context("controller gRPC server failed")?;
+    service.maintenance.recover().await?;
+    let recurring = tokio::spawn(service.maintenance.clone().recurring_loop(shutdown.clone()));
+    service.fleet.recover().await?;
+    let dispatcher = tokio::spawn(service.fleet.clone().dispatch_loop(shutdown.clone()));
+    let scheduling = tokio::spawn(service.scheduler.clone().run(shutdown.clone()));
+    serve(service, listener, tls, shutdown.clone()).await?;
     shutdown.cancel();
     let _ = liveness.await;
     let _ = dispatcher.await;

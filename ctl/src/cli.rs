@@ -114,6 +114,10 @@ pub enum Command {
     /// List the agents: set, member, role, online or offline, last heartbeat.
     /// Exit 1 when any declared agent is not online.
     Agents,
+    /// List the controllers sharing the store: which one leads, since
+    /// when, under which lease generation and until when. Exit 1 when none
+    /// leads.
+    Controllers,
     /// Show sets with their members, live roles and states, and verdicts.
     /// Exit 1 when a member is unhealthy or a verdict found errors.
     Show {

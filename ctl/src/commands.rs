@@ -38,6 +38,25 @@ pub async fn run(
                 Outcome::Bad
             })
         }
+        Command::Controllers => {
+            let answer = conn
+                .connect()
+                .await?
+                .controllers(pb::ControllersRequest {})
+                .await
+                .map_err(refused("Controllers"))?
+                .into_inner();
+            print(
+                format,
+                output::controllers_json(&answer),
+                output::controllers_human(&answer),
+            );
+            Ok(if answer.controllers.iter().any(|c| c.leader) {
+                Outcome::Ok
+            } else {
+                Outcome::Bad
+            })
+        }
         Command::Show { sets } => {
             let sets = conn
                 .connect()

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
 fn command_name(c: &Command) -> &'static str {
     match c {
         Command::Agents => "agents",
+        Command::Controllers => "controllers",
         Command::Show { .. } => "show",
         Command::Audit { .. } => "audit",
         Command::Testdb { .. } => "testdb",

@@ -645,6 +645,83 @@ fn cert_warning(a: &pb::AgentInfo, now: jiff::Timestamp) -> Option<String> {
     ))
 }
 
+/// `tandemctl controllers -o json`.
+pub fn controllers_json(r: &pb::ControllersResponse) -> Value {
+    let controllers: Vec<Value> = r
+        .controllers
+        .iter()
+        .map(|c| {
+            json!({
+                "address": c.address,
+                "leader": c.leader,
+                "holder": c.holder,
+                "started_at": ts(c.started_at),
+                "last_seen": ts(c.last_seen),
+                "leader_since": ts(c.leader_since),
+                "generation": (c.generation > 0).then_some(c.generation),
+                "lease_expires": ts(c.lease_expires),
+            })
+        })
+        .collect();
+    json!({
+        "store": r.store,
+        "lease_seconds": (r.lease_seconds > 0).then_some(r.lease_seconds),
+        "answered_by": r.answered_by,
+        "controllers": controllers,
+    })
+}
+
+pub fn controllers_human(r: &pb::ControllersResponse) -> String {
+    let rows: Vec<Vec<String>> = r
+        .controllers
+        .iter()
+        .map(|c| {
+            vec![
+                c.address.clone(),
+                if c.leader { "leader" } else { "follower" }.into(),
+                ts(c.leader_since).unwrap_or_else(|| "-".into()),
+                if c.generation > 0 {
+                    c.generation.to_string()
+                } else {
+                    "-".into()
+                },
+                ts(c.lease_expires).unwrap_or_else(|| "-".into()),
+                ts(c.last_seen).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "CONTROLLER",
+            "ROLE",
+            "LEADS SINCE",
+            "GENERATION",
+            "LEASE UNTIL",
+            "LAST SEEN",
+        ],
+        &rows,
+    );
+    if r.store == "sqlite" {
+        out.push_str(
+            "
+store: SQLite (one controller, which always leads)",
+        );
+    } else {
+        out.push_str(&format!(
+            "
+store: PostgreSQL, lease {}s; answered by {}",
+            r.lease_seconds, r.answered_by
+        ));
+        if !r.controllers.iter().any(|c| c.leader) {
+            out.push_str(
+                "
+no controller leads at the moment: a takeover happens within the lease length",
+            );
+        }
+    }
+    out
+}
+
 pub fn agents_json(agents: &[pb::AgentInfo]) -> Value {
     agents_json_at(agents, jiff::Timestamp::now())
 }

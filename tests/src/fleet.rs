@@ -66,6 +66,14 @@ pub struct FleetSpec {
     pub existing: Vec<(String, Vec<(String, PgServer)>)>,
     /// Extra tables for controller.toml, after the sets (e.g. `[ha.<set>]`).
     pub controller_tables: String,
+    /// The controllers' store: a `postgresql://` URI (default: an SQLite
+    /// file in the fleet's directory).
+    pub store: Option<String>,
+    /// More controllers on the same store (it must be PostgreSQL), each on
+    /// its own port, with `[leader] lease` of `lease`; agents and tandemctl
+    /// get every controller's address.
+    pub more_controllers: usize,
+    pub lease: Duration,
 }
 
 impl FleetSpec {
@@ -84,6 +92,9 @@ impl FleetSpec {
             backups: None,
             existing: vec![],
             controller_tables: String::new(),
+            store: None,
+            more_controllers: 0,
+            lease: Duration::from_secs(3),
         }
     }
 
@@ -132,12 +143,21 @@ impl CtlRun {
     }
 }
 
+/// A controller besides the first (on a shared store).
+pub struct MoreController {
+    pub config: PathBuf,
+    pub url: String,
+    pub proc: Option<Proc>,
+}
+
 pub struct Fleet {
     pub dir: PathBuf,
     pub certs: PathBuf,
     pub controller_url: String,
     pub controller_config: PathBuf,
     pub controller: Option<Proc>,
+    /// The other controllers ([`FleetSpec::more_controllers`]).
+    pub more_controllers: Vec<MoreController>,
     pub agents: BTreeMap<String, AgentHandle>,
     pub sets: BTreeMap<String, PgPair>,
     /// `metrics_listen` of the controller (key "controller") and of each
@@ -206,11 +226,19 @@ impl Fleet {
             format!("metrics_listen = \"{addr}\"\n")
         };
         let controller_metrics = metrics_line("controller");
-        let port = free_port();
+        let ports: Vec<u16> = (0..=spec.more_controllers).map(|_| free_port()).collect();
+        let port = ports[0];
         let controller_url = format!("https://127.0.0.1:{port}");
+        let controller_urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("https://127.0.0.1:{p}"))
+            .collect();
+        let store = spec
+            .store
+            .clone()
+            .unwrap_or_else(|| dir.join("controller.db").display().to_string());
         let mut toml = format!(
-            "listen = \"127.0.0.1:{port}\"\nstore = \"{}\"\nheartbeat_interval = \"{}ms\"\noffline_after = \"{}ms\"\nstatus_timeout = \"3s\"\n{controller_metrics}{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/controller.pem\"\nkey = \"{c}/controller-key.pem\"\n\n[limits]\nfleet = {fleet}\nper_host = {per_host}\n\n[access]\ndefault_role = \"viewer\"\nusers = {{ operator = \"operator\", admin = \"admin\" }}\n",
-            dir.join("controller.db").display(),
+            "listen = \"127.0.0.1:{port}\"\nstore = \"{store}\"\nheartbeat_interval = \"{}ms\"\noffline_after = \"{}ms\"\nstatus_timeout = \"3s\"\n{controller_metrics}{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/controller.pem\"\nkey = \"{c}/controller-key.pem\"\n\n[limits]\nfleet = {fleet}\nper_host = {per_host}\n\n[access]\ndefault_role = \"viewer\"\nusers = {{ operator = \"operator\", admin = \"admin\" }}\n",
             spec.heartbeat_interval.as_millis(),
             spec.offline_after.as_millis(),
             c = certs.display(),
@@ -251,7 +279,48 @@ impl Fleet {
             }
         }
         let controller_config = dir.join("controller.toml");
-        write(&controller_config, &toml)?;
+        let leader_table = |url: &str| {
+            format!(
+                "\n[leader]\nlease = \"{}ms\"\nrenew = \"{}ms\"\naddress = \"{url}\"\n",
+                spec.lease.as_millis(),
+                spec.lease.as_millis() / 3
+            )
+        };
+        if spec.store.is_some() {
+            write(
+                &controller_config,
+                &(toml.clone() + &leader_table(&controller_url)),
+            )?;
+        } else {
+            write(&controller_config, &toml)?;
+        }
+        let mut more_controllers = Vec::new();
+        for (i, (p, url)) in ports.iter().zip(&controller_urls).enumerate().skip(1) {
+            let config = dir.join(format!("controller-{}.toml", i + 1));
+            let text = toml.replacen(
+                &format!("listen = \"127.0.0.1:{port}\""),
+                &format!("listen = \"127.0.0.1:{p}\""),
+                1,
+            ) + &leader_table(url);
+            write(&config, &text)?;
+            more_controllers.push(MoreController {
+                config,
+                url: url.clone(),
+                proc: None,
+            });
+        }
+        let controller_line = if controller_urls.len() > 1 {
+            format!(
+                "[{}]",
+                controller_urls
+                    .iter()
+                    .map(|u| format!("\"{u}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            format!("\"{controller_url}\"")
+        };
 
         let mut agents = BTreeMap::new();
         for (set, member, server) in &members {
@@ -262,7 +331,7 @@ impl Fleet {
             write(
                 &config,
                 &(format!(
-                    "name = \"{member}\"\nset = \"{set}\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{agent_metrics}{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[postgres]\ndata_dir = \"{data}\"\nsocket_dir = \"{sock}\"\nport = {pgport}\narchive_dir = \"{archive}\"\n\n[testdb]\n{testdb}\n",
+                    "name = \"{member}\"\nset = \"{set}\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = {controller_line}\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{agent_metrics}{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[postgres]\ndata_dir = \"{data}\"\nsocket_dir = \"{sock}\"\nport = {pgport}\narchive_dir = \"{archive}\"\n\n[testdb]\n{testdb}\n",
                     home = adir.join("home").display(),
                     hb = spec.heartbeat_interval.as_millis(),
                     c = certs.display(),
@@ -301,6 +370,7 @@ impl Fleet {
             controller_url,
             controller_config,
             controller: None,
+            more_controllers,
             agents,
             sets,
             metrics,
@@ -308,6 +378,9 @@ impl Fleet {
             keep: false,
         };
         fleet.start_controller()?;
+        for i in 0..fleet.more_controllers.len() {
+            fleet.start_more_controller(i)?;
+        }
         let names: Vec<String> = fleet.agents.keys().cloned().collect();
         for name in &names {
             fleet.start_agent(name)?;
@@ -368,6 +441,22 @@ impl Fleet {
         let log = self.dir.join("logs/controller.log");
         self.controller = Some(Proc::spawn("tandem-controller", cmd, &log)?);
         Ok(())
+    }
+
+    /// Start controller number `i + 2` (see [`FleetSpec::more_controllers`]).
+    pub fn start_more_controller(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut cmd = self.command("tandem-controller")?;
+        cmd.arg("--config").arg(&self.more_controllers[i].config);
+        let log = self.dir.join(format!("logs/controller-{}.log", i + 2));
+        self.more_controllers[i].proc = Some(Proc::spawn("tandem-controller", cmd, &log)?);
+        Ok(())
+    }
+
+    /// Every controller's URL, the first one first.
+    pub fn controller_urls(&self) -> Vec<String> {
+        std::iter::once(self.controller_url.clone())
+            .chain(self.more_controllers.iter().map(|c| c.url.clone()))
+            .collect()
     }
 
     /// The agent's home directory (state file, testdb.out, journal).
@@ -481,7 +570,7 @@ impl Fleet {
     pub fn ctl_env(&self, user: &str) -> Vec<(String, String)> {
         let c = self.certs.display();
         vec![
-            ("TANDEM_CONTROLLER".into(), self.controller_url.clone()),
+            ("TANDEM_CONTROLLER".into(), self.controller_urls().join(",")),
             ("TANDEM_CA".into(), format!("{c}/ca.pem")),
             ("TANDEM_CERT".into(), format!("{c}/user-{user}.pem")),
             ("TANDEM_KEY".into(), format!("{c}/user-{user}-key.pem")),
@@ -615,6 +704,11 @@ impl Fleet {
         if let Some(c) = &self.controller {
             let _ = write!(out, "--- controller ---\n{}\n", c.log_text());
         }
+        for (i, c) in self.more_controllers.iter().enumerate() {
+            if let Some(p) = &c.proc {
+                let _ = write!(out, "--- controller {} ---\n{}\n", i + 2, p.log_text());
+            }
+        }
         for a in self.agents.values() {
             if let Some(p) = &a.proc {
                 let _ = write!(out, "--- agent {} ---\n{}\n", a.name, p.log_text());
@@ -628,6 +722,11 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         if let Some(mut c) = self.controller.take() {
             c.kill();
+        }
+        for c in &mut self.more_controllers {
+            if let Some(mut p) = c.proc.take() {
+                p.kill();
+            }
         }
         for a in self.agents.values_mut() {
             if let Some(mut p) = a.proc.take() {

@@ -50,6 +50,24 @@ pub(super) const CALLS: &[(&str, Who)] = &[
     ("Restore", Who::Person(UserRole::Admin)),
     ("RestorePlan", Who::Person(UserRole::Viewer)),
     ("WatchOperation", Who::Person(UserRole::Viewer)),
+    ("Controllers", Who::Person(UserRole::Viewer)),
+];
+
+/// The calls a follower answers itself, from the store and the agents:
+/// reads whose answer does not live in the leader's memory. Every other
+/// call (changes, agents' calls, live progress, `Limits`, which may
+/// change) a follower refuses, naming the leader.
+pub const FOLLOWER_CALLS: &[&str] = &[
+    "ListAgents",
+    "ShowSets",
+    "History",
+    "Audit",
+    "MaintenanceShow",
+    "ListInventory",
+    "ListBackups",
+    "PlanWalPrune",
+    "RestorePlan",
+    "Controllers",
 ];
 
 fn rule(call: &str) -> Option<Who> {
@@ -124,6 +142,18 @@ mod tests {
         for (call, _) in CALLS {
             let base = call.split('.').next().unwrap();
             assert!(rpcs.contains(&base), "rule {call} names no RPC");
+        }
+    }
+
+    #[test]
+    fn followers_answer_only_reads_that_need_not_the_leaders_memory() {
+        for call in FOLLOWER_CALLS {
+            assert_eq!(
+                rule(call),
+                Some(Who::Person(UserRole::Viewer)),
+                "{call} is not a viewer's call"
+            );
+            assert!(!call.starts_with("Watch") && *call != "Limits", "{call}");
         }
     }
 

@@ -28,6 +28,7 @@ use crate::sets::{MemberDecl, SetDecl};
 use crate::store::{SetRow, Store};
 
 mod access;
+pub use access::FOLLOWER_CALLS;
 mod agents;
 mod inventory;
 mod maintenance;
@@ -379,6 +380,15 @@ impl pb::controller_server::Controller for ControllerService {
         req: Request<pb::ShowSetsRequest>,
     ) -> Result<Response<pb::ShowSetsResponse>, Status> {
         ControllerService::show_sets(self, req).await
+    }
+
+    async fn controllers(
+        &self,
+        req: Request<pb::ControllersRequest>,
+    ) -> Result<Response<pb::ControllersResponse>, Status> {
+        self.require(&caller(&req)?, "Controllers")?;
+        let answer = self.election.describe().await.map_err(ServiceError::from)?;
+        Ok(Response::new(answer))
     }
 
     async fn start_testdb(

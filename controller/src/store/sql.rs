@@ -145,10 +145,18 @@ pub enum DbError {
     #[error("{0}")]
     Refused(String),
     /// The leader's write was refused: another controller holds the lease.
-    #[error(
-        "this controller no longer leads (its lease generation {generation} was taken over); nothing was written"
-    )]
+    #[error("{}", fenced_message(*.generation))]
     Fenced { generation: i64 },
+}
+
+fn fenced_message(generation: i64) -> String {
+    if generation == 0 {
+        "this controller does not lead (it follows, or lost its lease); nothing was written".into()
+    } else {
+        format!(
+            "this controller no longer leads (its lease generation {generation} was taken over); nothing was written"
+        )
+    }
 }
 
 /// A PostgreSQL error with the server's own message when there is one.
