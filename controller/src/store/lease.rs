@@ -101,6 +101,12 @@ impl Store {
                      ON CONFLICT (holder) DO UPDATE SET address = ?2, last_seen = now()",
                     args![holder, address],
                 )?;
+                // A controller not seen for three leases has gone (killed,
+                // or its machine lost): it leaves the list.
+                c.exec(
+                    "DELETE FROM tandem_controllers WHERE last_seen < now() - 3 * ?1::bigint * interval '1 millisecond'",
+                    args![ms],
+                )?;
                 // Renew when this holder holds it under `held`; take it when
                 // it has expired (a new generation); else nothing.
                 let taken = c.query_opt(
