@@ -38,6 +38,7 @@
 # TANDEM_DEMO_PORT; Tandem is built with --release unless
 # TANDEM_DEMO_PROFILE=debug; KEEP=1 leaves the demo running)
 set -euo pipefail
+shopt -s inherit_errexit   # a failing step inside $(...) stops the run
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ROUNDS=${1:-3}
 [ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 20 ] || { echo "ROUNDS must be 1..20" >&2; exit 2; }
@@ -68,11 +69,12 @@ trap cleanup EXIT
 # Tandem's backup on the standby's host (not timed).
 tandemctl backup billing >/dev/null
 backup=$(tandemctl restore billing --member db1 --dry-run -o json)
-read -r bfile bbytes bunpacked < <(printf '%s' "$backup" | python3 -c '
+backup=$(printf '%s' "$backup" | python3 -c '
 import json, sys
 b = json.load(sys.stdin)["backup"]
 assert b["member"] == "db2", b
 print(b["file"], b["bytes"], b["unpacked_bytes"])')
+read -r bfile bbytes bunpacked <<<"$backup"
 
 # pgBackRest's repository of the same data (not timed): a base backup of
 # the primary, started on a private socket archiving to the repository,
