@@ -35,7 +35,8 @@
 //! | `TANDEM_BENCH_RUNS` | 2 | runs of `testdb --all`; the first opens a channel to every agent it tests, the next reuse them |
 //! | `TANDEM_BENCH_CONTROLLER_NOFILE` | (inherit) | soft RLIMIT_NOFILE for the controller process, e.g. 1024 to see whether it needs more |
 //! | `TANDEM_BENCH_AGENT_DIR` | `/dev/shm` | where the agents' homes go (see below) |
-//! | `TANDEM_BENCH_STORE_DIR` | a temporary directory | where the controller's store goes (e.g. `/dev/shm` to see what its fsyncs cost) |
+//! | `TANDEM_BENCH_STORE_DIR` | a temporary directory | where the controller's SQLite store goes (e.g. `/dev/shm` to see what its fsyncs cost) |
+//! | `TANDEM_BENCH_STORE` | `sqlite` | `postgresql`: the controller's store is a PostgreSQL database on a private server made like the tests' own (its files in a temporary directory), and the rows it writes per second are measured from `pg_stat_user_tables` |
 //! | `TANDEM_KEEP_TEST_DIRS` | 0 | 1: keep the directories and the controller's log |
 //!
 //! The binaries are those beside the benchmark: `target/release/` under
@@ -89,6 +90,8 @@ struct Settings {
     controller_nofile: Option<u64>,
     agent_dir: PathBuf,
     store_dir: Option<PathBuf>,
+    /// The store is PostgreSQL (`TANDEM_BENCH_STORE=postgresql`).
+    postgres: bool,
     keep: bool,
 }
 
@@ -140,6 +143,13 @@ impl Settings {
                 .map(PathBuf::from)
                 .unwrap_or(default_dir),
             store_dir: std::env::var_os("TANDEM_BENCH_STORE_DIR").map(PathBuf::from),
+            postgres: match std::env::var("TANDEM_BENCH_STORE").as_deref() {
+                Ok("postgresql") => true,
+                Ok("sqlite") | Ok("") | Err(_) => false,
+                Ok(other) => anyhow::bail!(
+                    "TANDEM_BENCH_STORE={other:?}: give sqlite (the default) or postgresql"
+                ),
+            },
             keep: std::env::var("TANDEM_KEEP_TEST_DIRS").is_ok_and(|v| v == "1"),
         })
     }
@@ -237,7 +247,7 @@ fn controller_toml(
     s: &Settings,
     members: &[Member],
     certs: &Path,
-    store: &Path,
+    store: &str,
     port: u16,
 ) -> String {
     let hb = s.heartbeat.as_millis();
@@ -252,7 +262,6 @@ fn controller_toml(
          [limits]\nfleet = {fleet}\nper_host = {per_host}\n\n\
          [access]\nusers = {{ operator = \"operator\" }}\n",
         agents = s.agents,
-        store = store.display(),
         offline = (hb * 5).max(10_000),
         c = certs.display(),
         fleet = s.fleet_limit,
@@ -371,11 +380,30 @@ async fn bench() -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let store = store_dir
+    let sqlite = store_dir
         .as_ref()
         .map_or(dir.path(), |d| d.path())
         .join("controller.db");
+    let pg = if s.postgres {
+        let pg = tandem_tests::pg::PgPair::create("fsimstore", 0).await?;
+        pg.primary.psql("postgres", "CREATE DATABASE tandem")?;
+        Some(pg)
+    } else {
+        None
+    };
+    let store = match &pg {
+        Some(pg) => Store::Postgres {
+            uri: format!(
+                "postgresql://postgres@localhost/tandem?host={}&port={}",
+                pg.primary.socket_dir.display(),
+                pg.primary.port
+            ),
+            server: pg.primary.clone(),
+        },
+        None => Store::Sqlite(sqlite.clone()),
+    };
     let result = run_bench(&s, &bins, dir.path(), agent_root.path(), &store).await;
+    let store = sqlite;
     if s.keep || result.is_err() {
         eprintln!(
             "fleet_sim: kept {} (controller log in logs/), {} and {}",
@@ -388,6 +416,36 @@ async fn bench() -> anyhow::Result<()> {
         }
     }
     result
+}
+
+/// The controller's store.
+enum Store {
+    Sqlite(PathBuf),
+    Postgres {
+        uri: String,
+        server: tandem_tests::pg::PgServer,
+    },
+}
+
+impl Store {
+    fn location(&self) -> String {
+        match self {
+            Store::Sqlite(p) => p.display().to_string(),
+            Store::Postgres { uri, .. } => uri.clone(),
+        }
+    }
+
+    /// Rows the store's database has written so far (PostgreSQL only).
+    fn rows_written(&self) -> anyhow::Result<Option<u64>> {
+        let Store::Postgres { server, .. } = self else {
+            return Ok(None);
+        };
+        let n = server.psql(
+            "tandem",
+            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables",
+        )?;
+        Ok(Some(n.trim().parse().context("pg_stat_user_tables")?))
+    }
 }
 
 /// The controller process and how to reach it.
@@ -411,7 +469,7 @@ async fn run_bench(
     bins: &Bins,
     dir: &Path,
     agent_root: &Path,
-    store: &Path,
+    store: &Store,
 ) -> anyhow::Result<()> {
     let members = layout(s.sets(), s.hosts);
     let certs = dir.join("certs");
@@ -438,11 +496,21 @@ async fn run_bench(
         registration.as_secs_f64()
     );
 
-    // The idle controller: heartbeats only.
+    // The idle controller: heartbeats only. PostgreSQL's statistics reach
+    // `pg_stat_user_tables` up to 10 s after a backend's writes: the
+    // registrations must be counted in before the idle window opens.
+    if s.postgres {
+        tokio::time::sleep(Duration::from_secs(11)).await;
+    }
     let idle0 = proc_sample(pid)?;
+    let rows0 = store.rows_written()?;
     tokio::time::sleep(s.idle).await;
     let idle1 = proc_sample(pid)?;
+    let rows1 = store.rows_written()?;
     let idle_cpu = (idle1.cpu_secs - idle0.cpu_secs) / s.idle.as_secs_f64().max(0.001);
+    let idle_store_writes = rows0
+        .zip(rows1)
+        .map(|(a, b)| (b.saturating_sub(a)) as f64 / s.idle.as_secs_f64().max(0.001));
 
     // The run.
     let mut tests_per_host: BTreeMap<String, usize> = BTreeMap::new();
@@ -469,7 +537,11 @@ async fn run_bench(
                 t.elapsed().as_secs_f64()
             );
         }
-        let r = one_run(&controller, dir, &members, &ideal, n).await?;
+        let before = store.rows_written()?;
+        let mut r = one_run(&controller, dir, &members, &ideal, n).await?;
+        r.store_rows = before
+            .zip(store.rows_written()?)
+            .map(|(a, b)| b.saturating_sub(a));
         eprintln!(
             "fleet_sim: run {n}: {:.3} s (ideal {:.3} s)",
             r.wall.as_secs_f64(),
@@ -483,6 +555,7 @@ async fn run_bench(
         certs_time,
         registration,
         idle_cpu,
+        idle_store_writes,
         ideal,
         runs,
         at_start,
@@ -553,6 +626,7 @@ async fn one_run(
         controller_cpu: after.cpu_secs - before.cpu_secs,
         agents_cpu: agents_after.cpu_secs - agents_before.cpu_secs,
         rss_after_kib: after.rss_kib,
+        store_rows: None,
     })
 }
 
@@ -586,12 +660,15 @@ async fn start_controller(
     members: &[Member],
     dir: &Path,
     certs: &Path,
-    store: &Path,
+    store: &Store,
 ) -> anyhow::Result<Controller> {
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}");
     let config = dir.join("controller.toml");
-    std::fs::write(&config, controller_toml(s, members, certs, store, port))?;
+    std::fs::write(
+        &config,
+        controller_toml(s, members, certs, &store.location(), port),
+    )?;
     let mut cmd = Command::new(&bins.controller);
     cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
     if let Some(n) = s.controller_nofile {
@@ -829,6 +906,8 @@ struct RunFigures {
     agents_cpu: f64,
     /// The controller's resident memory after the run.
     rss_after_kib: u64,
+    /// Rows the store wrote during the run (PostgreSQL).
+    store_rows: Option<u64>,
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -881,6 +960,7 @@ impl RunFigures {
             "controller_cpu_seconds": round(self.controller_cpu, 2),
             "agents_cpu_seconds": round(self.agents_cpu, 2),
             "controller_rss_after_mb": mb(self.rss_after_kib),
+            "store_rows_written": self.store_rows,
         })
     }
 
@@ -943,6 +1023,8 @@ struct Figures {
     certs_time: Duration,
     registration: Duration,
     idle_cpu: f64,
+    /// Rows the store wrote per second while the fleet was idle (PostgreSQL).
+    idle_store_writes: Option<f64>,
     ideal: Ideal,
     runs: Vec<RunFigures>,
     at_start: ProcSample,
@@ -1002,7 +1084,8 @@ impl Figures {
             "controller_max_threads": self.max_threads,
             "controller_idle_cpu_percent": round(self.idle_cpu * 100.0, 1),
             "cpus": cpus,
-            "store": if s.store_dir.is_some() { "custom" } else { "disk" },
+            "store": if s.postgres { "postgresql" } else if s.store_dir.is_some() { "sqlite, custom dir" } else { "sqlite" },
+            "idle_store_rows_per_second": self.idle_store_writes.map(|w| round(w, 2)),
         });
         println!();
         println!(
@@ -1047,6 +1130,17 @@ impl Figures {
             self.max_threads,
             self.idle_cpu * 100.0
         );
+        if let Some(w) = self.idle_store_writes {
+            println!(
+                "store        PostgreSQL: {w:.2} rows written per second while idle (heartbeats of {} agents; the lease's renewal included); during the runs: {}",
+                s.agents,
+                self.runs
+                    .iter()
+                    .map(|r| r.store_rows.map_or("-".into(), |n| format!("{n} rows")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         println!("json {json}");
         println!();
     }
