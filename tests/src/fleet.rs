@@ -600,6 +600,23 @@ impl Fleet {
         Ok(cmd.spawn()?)
     }
 
+    /// Wait until `agent` (started with [`Fleet::start_agent_held`]) holds
+    /// after `step`; the marker file to remove to let it go on.
+    pub async fn wait_held(&self, agent: &str, step: &str) -> anyhow::Result<PathBuf> {
+        let held = self.agent_home(agent).join(format!("held-after-{step}"));
+        wait_for(
+            &format!("{agent} to hold after step {step}"),
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            || {
+                let held = held.clone();
+                async move { Ok(held.exists().then_some(())) }
+            },
+        )
+        .await?;
+        Ok(held)
+    }
+
     /// Restart `agent` held after `step` of its operations
     /// (`TANDEM_TEST_HOLD_AFTER_STEP`: it waits there until the test removes
     /// `<home>/held-after-<step>`), until it is online.

@@ -80,6 +80,25 @@ async fn roles(f: &Fleet) -> (String, i64, String) {
     (l, g, other)
 }
 
+/// Wait until the controller at `url` leads, as it says itself (the
+/// lease plus a renewal or two); its lease generation.
+async fn leads(f: &Fleet, url: &str) -> (String, i64) {
+    wait_for(
+        &format!("{url} to lead"),
+        LEASE * 3,
+        Duration::from_millis(100),
+        || async {
+            let run = ctl_at(f, url, "viewer", &["controllers", "-o", "json"]);
+            Ok(serde_json::from_str::<Value>(&run.stdout)
+                .ok()
+                .and_then(|v| leader(&v))
+                .filter(|(address, _)| address == url))
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// The process of the controller at `url`.
 fn proc_of<'a>(f: &'a mut Fleet, url: &str) -> &'a mut Option<tandem_tests::procs::Proc> {
     if f.controller_url == url {
@@ -124,36 +143,12 @@ async fn a_killed_leader_is_replaced_and_a_running_test_is_followed_to_its_verdi
     let ctl = f
         .spawn_ctl("operator", &["testdb", "ha", "--output", "json"])
         .unwrap();
-    let held = f.agent_home("ha-s1").join("held-after-copy");
-    wait_for(
-        "the test's copy to be held",
-        Duration::from_secs(120),
-        Duration::from_millis(100),
-        || {
-            let held = held.clone();
-            async move { Ok(held.exists().then_some(())) }
-        },
-    )
-    .await
-    .unwrap();
+    let held = f.wait_held("ha-s1", "copy").await.unwrap();
     let killed = Instant::now();
     proc_of(&mut f, &c1).take().unwrap().kill();
 
     // The follower takes over within the lease plus a renewal or two.
-    let (now, g2) = wait_for(
-        "the second controller to lead",
-        LEASE * 3,
-        Duration::from_millis(100),
-        || async {
-            let run = ctl_at(&f, &c2, "viewer", &["controllers", "-o", "json"]);
-            Ok(serde_json::from_str::<Value>(&run.stdout)
-                .ok()
-                .and_then(|v| leader(&v))
-                .filter(|(address, _)| *address == c2))
-        },
-    )
-    .await
-    .unwrap();
+    let (now, g2) = leads(&f, &c2).await;
     let took = killed.elapsed();
     assert_eq!(now, c2);
     assert_eq!(g2, g1 + 1, "a takeover is a new lease generation");
@@ -202,20 +197,7 @@ async fn a_leader_paused_past_its_lease_writes_nothing_and_stops() {
         .unwrap()
         .signal(Signal::SIGSTOP)
         .unwrap();
-    let (now, g2) = wait_for(
-        "the second controller to lead",
-        LEASE * 3,
-        Duration::from_millis(100),
-        || async {
-            let run = ctl_at(&f, &c2, "viewer", &["controllers", "-o", "json"]);
-            Ok(serde_json::from_str::<Value>(&run.stdout)
-                .ok()
-                .and_then(|v| leader(&v))
-                .filter(|(address, _)| *address == c2))
-        },
-    )
-    .await
-    .unwrap();
+    let (now, g2) = leads(&f, &c2).await;
     assert_eq!((now.as_str(), g2), (c2.as_str(), g1 + 1));
 
     // It wakes up: its next renewal finds the new generation, and it stops
