@@ -13,13 +13,13 @@ use crate::journal::{OpRecord, OpState, write_atomic};
 
 /// Where the copy goes: `<archive_dir>/copy` (manifest: `copy.manifest`).
 pub fn copy_dir(cfg: &AgentConfig) -> PathBuf {
-    cfg.postgres.archive_dir.join("copy")
+    cfg.archive_dir().join("copy")
 }
 
 /// `<archive_dir>/copy.UNUSABLE`: there while a copy is incomplete or was
 /// interrupted, saying why.
 pub fn unusable_marker(cfg: &AgentConfig) -> PathBuf {
-    cfg.postgres.archive_dir.join("copy.UNUSABLE")
+    cfg.archive_dir().join("copy.UNUSABLE")
 }
 
 /// Mark the copy unusable (SPEC T3), saying why.

@@ -255,6 +255,10 @@ impl Engine for SimulatedEngine {
         &self.data_dir
     }
 
+    fn no_offline_check(&self, inst: &PrivateInstance) -> Option<String> {
+        (!inst.data_checksums).then(|| super::postgres::NO_CHECKSUMS.to_owned())
+    }
+
     async fn stop(&self) -> Result<(), EngineError> {
         if !self.lock().running {
             return Ok(());
@@ -324,8 +328,7 @@ impl Engine for SimulatedEngine {
 
     async fn stop_backup(&self, start: Lsn, _dst: &Path) -> Result<BackupEnd, EngineError> {
         Ok(BackupEnd {
-            start_lsn: start,
-            stop_lsn: self.lsn_now(),
+            lsns: Some((start, self.lsn_now())),
             added: Vec::new(),
             wal_bytes: 0,
         })
