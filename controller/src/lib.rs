@@ -67,7 +67,12 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         let (shutdown, stop) = (shutdown.clone(), stop.clone());
         tokio::spawn(async move {
             let r = election.campaign(shutdown).await;
-            stop.cancel();
+            // Only a lost lease stops the controller here: on a store that
+            // is not shared the campaign ends at once, with nothing to lose
+            // (a shutdown cancels `stop` through its parent anyway).
+            if r.is_err() {
+                stop.cancel();
+            }
             r
         })
     };
