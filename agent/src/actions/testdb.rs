@@ -361,7 +361,9 @@ impl Testdb {
         run.step("stop_private", run.engine.close_private(&inst))
             .await?;
         run.undone(&Undo::KillPrivate { copy: copy.clone() });
-        run.rec().findings.extend(checked?.findings);
+        let checked = checked?;
+        run.rec().findings.extend(checked.findings);
+        run.rec().warnings.extend(checked.warnings);
         let files = run
             .step("lost_rows", async {
                 let r = run.engine.check_files(&copy, &out).await?;

@@ -81,6 +81,8 @@ pub struct CheckReport {
     pub coverage: Vec<String>,
     /// What no check covered (one line each; empty when everything was).
     pub not_covered: Vec<String>,
+    /// What a check warned about without calling it damage (one line each).
+    pub warnings: Vec<String>,
 }
 
 /// A relation that findings name, as the live server knows it.

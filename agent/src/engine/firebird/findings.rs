@@ -11,11 +11,13 @@
 //! stdout is empty when the database is clean. Otherwise it is only a
 //! summary of counts, with no table names:
 //!
+//! (tabs shown as four spaces)
+//!
 //! ```text
 //! Summary of validation errors
 //!
-//! 	Number of record level errors	: 1
-//! 	Number of record level warnings	: 1
+//!     Number of record level errors    : 1
+//!     Number of record level warnings    : 1
 //! ```
 //!
 //! (`data page errors`, `index page errors`, `pointer page errors`, ...).
@@ -29,9 +31,9 @@
 //! the host and time, then the database as it was opened:
 //!
 //! ```text
-//! vm	Sun Dec  6 21:16:27 2026
-//! 	Database: /tmp/fbx/copy/a.fdb
-//! 	Error: Data page 185 {sequence 0}, line 0 is bad in table T (128)
+//! vm    Sun Dec  6 21:16:27 2026
+//!     Database: /tmp/fbx/copy/a.fdb
+//!     Error: Data page 185 {sequence 0}, line 0 is bad in table T (128)
 //! ```
 //!
 //! `Validation started`, `Validation finished: 1 errors, 0 warnings, 0
@@ -123,6 +125,27 @@ pub fn parse_validation_log(log: &str, path: &str, database: &str) -> Vec<Findin
             kind: kind.to_owned(),
             message: msg.to_owned(),
         });
+    }
+    out
+}
+
+/// The `Warning:` messages validation wrote to the server log about the
+/// database `path`, each prefixed with what wrote it. Validation does not
+/// count them as errors, but they are not nothing: a data page whose
+/// records were overwritten can show up only as "orphan backversions"
+/// (its rows gone from the table, and from `gbak`'s read).
+pub fn validation_warnings(log: &str, path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut ours = false;
+    for line in log.lines() {
+        let t = line.trim();
+        if let Some(db) = t.strip_prefix("Database: ") {
+            ours = db == path;
+        } else if !line.starts_with(char::is_whitespace) && !t.is_empty() {
+            ours = false;
+        } else if ours && let Some(w) = t.strip_prefix("Warning: ") {
+            out.push(format!("gfix -v -full warned: {w}"));
+        }
     }
     out
 }
@@ -271,6 +294,13 @@ mod tests {
         assert_eq!(b.len(), 1, "warnings are not findings: {b:?}");
         assert_eq!(b[0].message, "Record 146 is wrong length in table T (128)");
         assert!(parse_validation_log(LOG, "/tmp/fbx/copy/t.fdb", "t.fdb").is_empty());
+        assert_eq!(
+            validation_warnings(LOG, "/tmp/fbx/copy/b.fdb"),
+            [
+                "gfix -v -full warned: Relation has 146 orphan backversions {0 in use} in table T (128)"
+            ]
+        );
+        assert!(validation_warnings(LOG, "/tmp/fbx/copy/a.fdb").is_empty());
         assert!(parse_validation_log(LOG, "/tmp/fbx/copy/a.fd", "x").is_empty());
     }
 

@@ -489,6 +489,9 @@ impl Engine for FirebirdEngine {
         append(out, text.as_bytes())?;
         let tail = log_since(log, log_before);
         let from_log = findings::parse_validation_log(&tail, &file_s, &db);
+        report
+            .warnings
+            .extend(findings::validation_warnings(&tail, &file_s));
         append(
             out,
             format!(
