@@ -79,6 +79,10 @@ pub fn state_json(rec: &OpRecord) -> serde_json::Value {
 pub fn state_human(v: &serde_json::Value) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
     let mut out = match v["result"].as_str() {
+        Some("clean") if v["tested_lsn"].is_null() => format!(
+            "clean: the database and its copy verified clean (the set's only member; finished {})\n",
+            s("finished_at")
+        ),
         Some("clean") => format!(
             "clean: primary, standby and copy verified clean up to LSN {} (finished {})\n",
             s("tested_lsn"),

@@ -65,6 +65,14 @@ async fn a_healthy_database_is_clean_while_a_client_inserts() {
     assert_eq!(v["kind"], "clean", "{v:#}");
     assert_eq!(v["member"], "carbon-db");
     assert_eq!(v["standby_downtime_seconds"].as_f64(), Some(0.0), "{v:#}");
+    // The verdict speaks for the one database and its copy, and says so.
+    assert!(
+        v["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("the database and its copy verified clean (the set's only member)"),
+        "{v:#}"
+    );
 
     // The client was never stopped: it still inserts after the test.
     let during = load.inserted();
@@ -143,6 +151,13 @@ async fn a_damaged_data_page_is_found_and_names_its_table() {
     );
     assert!(
         findings.iter().all(|f| f["database"] == "damaged.fdb"),
+        "{v:#}"
+    );
+    assert!(
+        v["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("errors found in the database's copy"),
         "{v:#}"
     );
     let st = state(&fleet, "dmg-db");
