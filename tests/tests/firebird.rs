@@ -59,7 +59,10 @@ async fn a_healthy_database_is_clean_while_a_client_inserts() {
     .await
     .unwrap();
 
-    let run = testdb(&fleet, "carbon", "carbon-db");
+    // No --member: the set's only member is picked (it has no standby).
+    let run = fleet
+        .ctl(&["testdb", "carbon", "--output", "json"])
+        .unwrap();
     assert_eq!(run.code, 0, "{run:?}\n{}", fleet.logs());
     let v = run.json()["sets"][0]["verdict"].clone();
     assert_eq!(v["kind"], "clean", "{v:#}");

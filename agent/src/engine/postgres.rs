@@ -537,6 +537,7 @@ fn parse_facts_row(row: &str) -> Result<Facts, EngineError> {
         synchronous_standby_names: None,
         replication: vec![],
         wal_receiver_application_name: None,
+        single_member: false,
     })
 }
 

@@ -248,6 +248,7 @@ impl Engine for SimulatedEngine {
             synchronous_standby_names: (!standby).then(String::new),
             replication: vec![],
             wal_receiver_application_name: standby.then(|| "walreceiver".to_owned()),
+            single_member: false,
         }
     }
 

@@ -189,12 +189,14 @@ impl FirebirdEngine {
     }
 
     fn unreachable(&self, state: ServerState, problem: String) -> Facts {
-        Facts::unreachable(
+        let mut f = Facts::unreachable(
             "firebird",
             &self.cfg.database.to_string_lossy(),
             state,
             problem,
-        )
+        );
+        f.single_member = true;
+        f
     }
 }
 
