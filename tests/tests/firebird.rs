@@ -47,6 +47,33 @@ async fn a_healthy_database_is_clean_while_a_client_inserts() {
         .cloned()
         .unwrap();
     assert_eq!(me["server_state"], "running", "{me:#}");
+    // The same facts without the controller: the file, its size, the
+    // engine version and ODS, the role.
+    let status = std::process::Command::new(tandem_tests::procs::bin_path("tandem-agent").unwrap())
+        .args(["status", "--config"])
+        .arg(fleet.agent_config("carbon-db"))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let facts: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(facts["engine"], "firebird", "{facts:#}");
+    assert_eq!(facts["role"], "primary", "{facts:#}");
+    assert_eq!(facts["single_member"], true, "{facts:#}");
+    assert_eq!(
+        facts["data_dir"],
+        fb.database.to_str().unwrap(),
+        "{facts:#}"
+    );
+    assert_eq!(
+        facts["data_dir_bytes"].as_u64(),
+        Some(std::fs::metadata(&fb.database).unwrap().len()),
+        "{facts:#}"
+    );
+    let version = facts["server_version"].as_str().unwrap();
+    assert!(
+        version.starts_with("Firebird 3.0.") && version.ends_with("ODS 12.0"),
+        "{facts:#}"
+    );
 
     let before = fb.count("select count(*) from payments;").unwrap();
     let load = fb.insert_load("payments", 100_000);

@@ -50,7 +50,7 @@ pub enum TestdbError {
     )]
     NotStreaming { member: String, state: String },
     #[error(
-        "safe mode: the archive filesystem of {dir} has {avail} MiB free (+{reclaim} MiB from the previous copy); a copy of {data} MiB plus the reserve of {reserve} MiB needs {need} MiB. Nothing was written; free space, or move postgres.archive_dir, or lower testdb.free_space_reserve_mib"
+        "safe mode: the archive filesystem of {dir} has {avail} MiB free (+{reclaim} MiB from the previous copy); a copy of {data} MiB plus the reserve of {reserve} MiB needs {need} MiB. Nothing was written; free space, or move the archive_dir of the engine's table in agent.toml, or lower testdb.free_space_reserve_mib"
     )]
     NoSpace {
         dir: PathBuf,
