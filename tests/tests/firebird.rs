@@ -147,6 +147,18 @@ async fn a_healthy_database_is_clean_while_a_client_inserts() {
             .join("copy.UNUSABLE")
             .exists()
     );
+
+    // A cold copy (the server stopped) is refused before anything is done.
+    let cold = fleet
+        .ctl(&["testdb", "carbon", "--mode", "cold", "--output", "json"])
+        .unwrap();
+    assert_ne!(cold.code, 0, "{cold:?}");
+    assert!(
+        format!("{}{}", cold.stdout, cold.stderr)
+            .contains("is copied only while its database serves (online mode)"),
+        "{cold:?}"
+    );
+    assert!(!fb.is_locked().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,10 @@ pub enum TestdbError {
     )]
     NotServing { member: String, problem: String },
     #[error(
+        "member `{member}` is copied only while its database serves (online mode), never stopped by the agent; ask for mode online, or set [testdb] mode = \"online\""
+    )]
+    NoColdCopy { member: String },
+    #[error(
         "standby `{member}` is not streaming (state: {state}); a test needs the whole database from the primary; wait until it streams"
     )]
     NotStreaming { member: String, state: String },
@@ -73,7 +77,13 @@ impl Preconditions {
     pub async fn check<E: Engine>(
         cfg: &AgentConfig,
         engine: &E,
+        mode: TestMode,
     ) -> Result<Preconditions, TestdbError> {
+        if mode == TestMode::Cold && !engine.can_copy_cold() {
+            return Err(TestdbError::NoColdCopy {
+                member: cfg.member().to_owned(),
+            });
+        }
         let facts = engine.facts().await;
         preconditions(
             cfg,

@@ -174,6 +174,12 @@ pub trait Engine: Send + Sync + 'static {
         true
     }
 
+    /// Whether testdb may stop the live server for a cold copy. Firebird:
+    /// no (its server is the host's service, copied while it serves).
+    fn can_copy_cold(&self) -> bool {
+        true
+    }
+
     /// Whether an online backup begun by [`Engine::start_backup`] stays
     /// in force when the agent dies (Firebird's `nbackup -L` lock), so the
     /// action records [`Engine::end_backup_left_behind`] as an undo before

@@ -332,6 +332,10 @@ impl Engine for FirebirdEngine {
         false
     }
 
+    fn can_copy_cold(&self) -> bool {
+        false
+    }
+
     async fn stop(&self) -> Result<(), EngineError> {
         Err(EngineError::Unsupported(
             "stopping the Firebird server (testdb copies the database while it serves: use testdb mode \"online\")",
