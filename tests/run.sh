@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is
-# missing (PostgreSQL, systemd-analyze, docker-compose, Patroni and etcd from
+# missing (PostgreSQL, Firebird 3, systemd-analyze, docker-compose, Patroni and etcd from
 # the distribution's packages, moto's S3 server from PyPI), then runs
 # `cargo fmt --check`, clippy with warnings as errors, and every test: unit
 # tests and end-to-end tests against real PostgreSQL and the real binaries.
@@ -28,6 +28,11 @@ command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || missing+=(xf
 # The remote-store test (tests/tests/restore.rs) runs a local S3 server, moto
 # from PyPI, installed into a virtualenv (Debian's python3 refuses pip
 # installs outside one).
+# The Firebird tests (tests/tests/firebird.rs) start private Firebird 3
+# servers (/usr/sbin/firebird) on free ports; the package's own service
+# stays unused (Debian's policy-rc.d may even refuse to start it: fine).
+[ -x /usr/sbin/firebird ] || missing+=(firebird3.0-server)
+command -v gfix >/dev/null 2>&1 && command -v nbackup >/dev/null 2>&1 || missing+=(firebird3.0-utils)
 moto_venv="${TANDEM_MOTO_VENV:-${HOME:-/root}/.cache/tandem/moto-venv}"
 [ -x "$moto_venv/bin/moto_server" ] || { command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' 2>/dev/null; } || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

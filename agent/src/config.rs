@@ -50,7 +50,14 @@ pub struct AgentConfig {
     #[serde(default)]
     pub event_hook: Option<PathBuf>,
     pub tls: TlsFiles,
-    pub postgres: PostgresConfig,
+    /// The database engine: `postgres` (the default) or `firebird`; its
+    /// table (`[postgres]` or `[firebird]`) must be present.
+    #[serde(default)]
+    pub engine: EngineKind,
+    #[serde(default)]
+    pub postgres: Option<PostgresConfig>,
+    #[serde(default)]
+    pub firebird: Option<FirebirdConfig>,
     #[serde(default)]
     pub testdb: TestdbConfig,
     #[serde(default)]
@@ -354,6 +361,93 @@ fn one_or_more<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     d.deserialize_any(Urls)
 }
 
+/// Which engine an agent serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    #[default]
+    Postgres,
+    Firebird,
+}
+
+/// A Firebird 3 database (`engine = "firebird"`): one file served by a
+/// Firebird server; testdb copies it under `nbackup -L` while it serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirebirdConfig {
+    /// The database file (its main file; `nbackup -L` writes beside it as
+    /// `<file>.delta` while a copy is made).
+    pub database: PathBuf,
+    /// The server that serves it (for facts and `nbackup`).
+    #[serde(default = "default_fb_host")]
+    pub host: String,
+    #[serde(default = "default_fb_port")]
+    pub port: u16,
+    #[serde(default = "default_fb_user")]
+    pub user: String,
+    /// The user's password; prefer `password_file`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A file holding the password (its first line), readable by the agent.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Directory of gbak, gfix, nbackup, isql-fb, fbstat (default: PATH).
+    #[serde(default)]
+    pub bin_dir: Option<PathBuf>,
+    /// The Firebird root whose `firebird.conf` the tools read (the
+    /// `FIREBIRD` environment variable; default: the system's). The
+    /// server's `RemoteServicePort` must be `port`: `nbackup` reaches the
+    /// server through it.
+    #[serde(default)]
+    pub root_dir: Option<PathBuf>,
+    /// The OS user that owns the database file; tools run as it when the
+    /// agent runs as root.
+    #[serde(default = "default_fb_os_user")]
+    pub os_user: String,
+    /// The server's log, where `gfix -v` writes what it found (Debian:
+    /// `/var/log/firebird/firebird3.0.log`).
+    #[serde(default = "default_fb_log")]
+    pub server_log: PathBuf,
+    /// Where copies for testdb go. Same host.
+    pub archive_dir: PathBuf,
+}
+
+impl FirebirdConfig {
+    /// The password: `password`, else the first line of `password_file`.
+    pub fn password(&self) -> Result<String, String> {
+        if let Some(p) = &self.password {
+            return Ok(p.clone());
+        }
+        let Some(file) = &self.password_file else {
+            return Err("no password: set firebird.password or firebird.password_file".to_owned());
+        };
+        std::fs::read_to_string(file)
+            .map(|t| t.lines().next().unwrap_or("").trim().to_owned())
+            .map_err(|e| {
+                format!(
+                    "cannot read firebird.password_file {}: {e}; make it readable by the agent",
+                    file.display()
+                )
+            })
+    }
+}
+
+fn default_fb_host() -> String {
+    "127.0.0.1".to_owned()
+}
+fn default_fb_port() -> u16 {
+    3050
+}
+fn default_fb_user() -> String {
+    "SYSDBA".to_owned()
+}
+fn default_fb_os_user() -> String {
+    "firebird".to_owned()
+}
+fn default_fb_log() -> PathBuf {
+    PathBuf::from("/var/log/firebird/firebird3.0.log")
+}
+
 fn default_heartbeat() -> Duration {
     Duration::from_secs(2)
 }
@@ -401,11 +495,47 @@ impl AgentConfig {
         if cfg.heartbeat_interval.is_zero() {
             return Err(invalid("heartbeat_interval", "must be above zero".into()));
         }
-        if !cfg.postgres.data_dir.is_absolute() {
-            return Err(invalid(
-                "postgres.data_dir",
-                "must be an absolute path".into(),
-            ));
+        match cfg.engine {
+            EngineKind::Postgres => {
+                let Some(pg) = &cfg.postgres else {
+                    return Err(invalid(
+                        "postgres",
+                        "is missing: the postgres engine needs a [postgres] table (data_dir, archive_dir); or set engine = \"firebird\" with a [firebird] table".into(),
+                    ));
+                };
+                if !pg.data_dir.is_absolute() {
+                    return Err(invalid(
+                        "postgres.data_dir",
+                        "must be an absolute path".into(),
+                    ));
+                }
+                if cfg.firebird.is_some() {
+                    return Err(invalid(
+                        "firebird",
+                        "is for engine = \"firebird\"; this agent's engine is postgres: remove the table or set the engine".into(),
+                    ));
+                }
+            }
+            EngineKind::Firebird => {
+                let Some(fb) = &cfg.firebird else {
+                    return Err(invalid(
+                        "firebird",
+                        "is missing: engine = \"firebird\" needs a [firebird] table (database, archive_dir, password_file)".into(),
+                    ));
+                };
+                if !fb.database.is_absolute() {
+                    return Err(invalid(
+                        "firebird.database",
+                        "must be an absolute path".into(),
+                    ));
+                }
+                if cfg.postgres.is_some() {
+                    return Err(invalid(
+                        "postgres",
+                        "is for the postgres engine; this agent's engine is firebird: remove the table".into(),
+                    ));
+                }
+            }
         }
         if let Some(r) = &cfg.remote
             && let Err(e) = url::Url::parse(&r.url)
@@ -424,6 +554,29 @@ impl AgentConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// The PostgreSQL table (the postgres engine's agents always have one).
+    pub fn pg(&self) -> Option<&PostgresConfig> {
+        self.postgres.as_ref()
+    }
+
+    /// Where copies for testdb go: the engine table's `archive_dir`.
+    pub fn archive_dir(&self) -> &Path {
+        match (&self.postgres, &self.firebird) {
+            (Some(pg), _) => &pg.archive_dir,
+            (None, Some(fb)) => &fb.archive_dir,
+            (None, None) => unreachable!("AgentConfig::check requires the engine's table"),
+        }
+    }
+
+    /// The OS user engine commands run as when the agent runs as root.
+    pub fn os_user(&self) -> &str {
+        match (&self.postgres, &self.firebird) {
+            (Some(pg), _) => &pg.os_user,
+            (None, Some(fb)) => &fb.os_user,
+            (None, None) => unreachable!("AgentConfig::check requires the engine's table"),
+        }
     }
 
     pub fn member(&self) -> &str {
@@ -462,8 +615,9 @@ mod tests {
         assert_eq!(c.member(), "db1");
         assert_eq!(c.advertise(), "127.0.0.1:7701");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
-        assert_eq!(c.postgres.port, 5432);
-        assert_eq!(c.postgres.os_user, "postgres");
+        assert_eq!(c.engine, EngineKind::Postgres);
+        assert_eq!(c.pg().unwrap().port, 5432);
+        assert_eq!(c.os_user(), "postgres");
         assert_eq!(c.testdb.mode, TestMode::Online);
     }
 
@@ -536,6 +690,53 @@ mod tests {
             let c = AgentConfig::parse(Path::new("a.toml"), &text).unwrap();
             assert_eq!(c.testdb.copy_method, m);
         }
+    }
+
+    fn firebird(table: &str) -> String {
+        let top = MINIMAL.split("[postgres]").next().unwrap();
+        let top = top.replacen("name = \"db1\"", "name = \"db1\"\nengine = \"firebird\"", 1);
+        format!("{top}[firebird]\n{table}")
+    }
+
+    #[test]
+    fn a_firebird_agent_needs_its_table_and_gets_defaults() {
+        let text = firebird(
+            "database = \"/var/lib/firebird/data/billing.fdb\"\narchive_dir = \"/var/lib/tandem/archive\"\npassword_file = \"/etc/tandem/fb.pw\"\n",
+        );
+        let c = AgentConfig::parse(Path::new("a.toml"), &text).unwrap();
+        assert_eq!(c.engine, EngineKind::Firebird);
+        let fb = c.firebird.as_ref().unwrap();
+        assert_eq!((fb.host.as_str(), fb.port), ("127.0.0.1", 3050));
+        assert_eq!(fb.user, "SYSDBA");
+        assert_eq!(c.os_user(), "firebird");
+        assert_eq!(c.archive_dir(), Path::new("/var/lib/tandem/archive"));
+
+        let text = firebird("database = \"billing.fdb\"\narchive_dir = \"/a\"\n");
+        let err = AgentConfig::parse(Path::new("a.toml"), &text).unwrap_err();
+        assert!(err.to_string().contains("firebird.database"), "{err}");
+        let no_table = MINIMAL.split("[postgres]").next().unwrap().replacen(
+            "name = \"db1\"",
+            "name = \"db1\"\nengine = \"firebird\"",
+            1,
+        );
+        let err = AgentConfig::parse(Path::new("a.toml"), &no_table).unwrap_err();
+        assert!(err.to_string().contains("[firebird] table"), "{err}");
+        let pg_without_table = MINIMAL.split("[postgres]").next().unwrap().to_owned();
+        let err = AgentConfig::parse(Path::new("a.toml"), &pg_without_table).unwrap_err();
+        assert!(err.to_string().contains("[postgres] table"), "{err}");
+    }
+
+    #[test]
+    fn the_password_comes_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let text = firebird(&format!(
+            "database = \"/d/b.fdb\"\narchive_dir = \"/a\"\npassword_file = \"{}\"\n",
+            file.display()
+        ));
+        let c = AgentConfig::parse(Path::new("a.toml"), &text).unwrap();
+        assert_eq!(c.firebird.unwrap().password().unwrap(), "s3cret");
     }
 
     #[test]

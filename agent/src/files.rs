@@ -13,13 +13,13 @@ use crate::journal::{OpRecord, OpState, write_atomic};
 
 /// Where the copy goes: `<archive_dir>/copy` (manifest: `copy.manifest`).
 pub fn copy_dir(cfg: &AgentConfig) -> PathBuf {
-    cfg.postgres.archive_dir.join("copy")
+    cfg.archive_dir().join("copy")
 }
 
 /// `<archive_dir>/copy.UNUSABLE`: there while a copy is incomplete or was
 /// interrupted, saying why.
 pub fn unusable_marker(cfg: &AgentConfig) -> PathBuf {
-    cfg.postgres.archive_dir.join("copy.UNUSABLE")
+    cfg.archive_dir().join("copy.UNUSABLE")
 }
 
 /// Mark the copy unusable (SPEC T3), saying why.
@@ -79,6 +79,10 @@ pub fn state_json(rec: &OpRecord) -> serde_json::Value {
 pub fn state_human(v: &serde_json::Value) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
     let mut out = match v["result"].as_str() {
+        Some("clean") if v["tested_lsn"].is_null() => format!(
+            "clean: the database and its copy verified clean (the set's only member; finished {})\n",
+            s("finished_at")
+        ),
         Some("clean") => format!(
             "clean: primary, standby and copy verified clean up to LSN {} (finished {})\n",
             s("tested_lsn"),

@@ -75,6 +75,9 @@ pub enum Undo {
     StartServer { since: Timestamp },
     /// The copy is incomplete or untested: mark it unusable.
     MarkCopyUnusable,
+    /// An online backup that outlives the agent may be in force on the
+    /// live database (Firebird's `nbackup -L` lock): end it.
+    EndBackup,
     /// A private instance may run on the copy: kill it.
     KillPrivate { copy: PathBuf },
     /// A file being written (a backup's `.partial`): remove it.

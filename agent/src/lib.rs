@@ -53,22 +53,53 @@ use tandem_proto::propagation::server_span;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, EngineKind};
 use crate::engine::Engine;
+use crate::engine::firebird::FirebirdEngine;
 use crate::engine::postgres::PostgresEngine;
 use crate::runner::Runner;
 
 /// Build the PostgreSQL engine an agent config describes.
 pub fn engine_for(cfg: &AgentConfig) -> anyhow::Result<PostgresEngine> {
-    let runner = Runner::for_os_user(&cfg.postgres.os_user)?;
-    Ok(PostgresEngine::new(cfg.postgres.clone(), runner, &cfg.home))
+    let Some(pg) = cfg.pg() else {
+        anyhow::bail!("this agent's engine is {:?}, not postgres", cfg.engine);
+    };
+    let runner = Runner::for_os_user(&pg.os_user)?;
+    Ok(PostgresEngine::new(pg.clone(), runner, &cfg.home))
 }
 
-/// Run the agent on its PostgreSQL server until `shutdown` is cancelled.
+/// Build the Firebird engine an agent config describes.
+pub fn firebird_engine_for(cfg: &AgentConfig) -> anyhow::Result<FirebirdEngine> {
+    let Some(fb) = &cfg.firebird else {
+        anyhow::bail!("this agent's engine is {:?}, not firebird", cfg.engine);
+    };
+    let runner = Runner::for_os_user(&fb.os_user)?;
+    Ok(FirebirdEngine::new(fb.clone(), runner))
+}
+
+/// The facts of the database the config describes, read now.
+pub async fn facts_for(cfg: &AgentConfig) -> anyhow::Result<tandem_proto::model::Facts> {
+    Ok(match cfg.engine {
+        EngineKind::Postgres => engine_for(cfg)?.facts().await,
+        EngineKind::Firebird => firebird_engine_for(cfg)?.facts().await,
+    })
+}
+
+/// Run the agent on its database server (the config's engine) until
+/// `shutdown` is cancelled.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let engine = engine_for(&cfg)?;
-    info!(bin_dir = %engine.bin_dir().display(), "PostgreSQL tools");
-    run_with_engine(Arc::new(cfg), Arc::new(engine), shutdown).await
+    match cfg.engine {
+        EngineKind::Postgres => {
+            let engine = engine_for(&cfg)?;
+            info!(bin_dir = %engine.bin_dir().display(), "PostgreSQL tools");
+            run_with_engine(Arc::new(cfg), Arc::new(engine), shutdown).await
+        }
+        EngineKind::Firebird => {
+            let engine = firebird_engine_for(&cfg)?;
+            info!(database = %engine.data_dir().display(), "Firebird database");
+            run_with_engine(Arc::new(cfg), Arc::new(engine), shutdown).await
+        }
+    }
 }
 
 /// Run the agent with `engine` until `shutdown` is cancelled: the gRPC
@@ -84,10 +115,10 @@ pub async fn run_with_engine<E: Engine>(
             cfg.home.display()
         )
     })?;
-    std::fs::create_dir_all(&cfg.postgres.archive_dir).with_context(|| {
+    std::fs::create_dir_all(cfg.archive_dir()).with_context(|| {
         format!(
-            "cannot create the archive directory {} (field `postgres.archive_dir`)",
-            cfg.postgres.archive_dir.display()
+            "cannot create the archive directory {} (field `archive_dir` of the engine's table)",
+            cfg.archive_dir().display()
         )
     })?;
     let tls = tandem_proto::tls::LiveTls::load(cfg.tls.clone())?;

@@ -7,7 +7,6 @@ use clap::{Parser, Subcommand};
 use tandem_agent::backup::remote::Remote;
 use tandem_agent::backup::wal;
 use tandem_agent::config::AgentConfig;
-use tandem_agent::engine::Engine;
 use tandem_proto::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 
@@ -355,8 +354,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Status => {
-            let engine = tandem_agent::engine_for(&cfg)?;
-            let facts = engine.facts().await;
+            let facts = tandem_agent::facts_for(&cfg).await?;
             println!("{}", serde_json::to_string_pretty(&facts)?);
             Ok(if facts.problem.is_some() {
                 ExitCode::from(1)

@@ -46,7 +46,9 @@ pub async fn start<E: Engine>(
     let cfg = ops.config().clone();
     let id = match &o.order {
         Order::Testdb { .. } | Order::Copy { .. } | Order::Backup { .. } => {
-            let bytes = Preconditions::check(&cfg, &**ops.engine())
+            let asked = o.order.copy_options().and_then(|c| c.mode);
+            let mode = resolve_mode(asked, cfg.testdb.mode);
+            let bytes = Preconditions::check(&cfg, &**ops.engine(), mode)
                 .await?
                 .data_bytes;
             let (only_copy, pack, skip_logical) = match o.order {
@@ -57,12 +59,11 @@ pub async fn start<E: Engine>(
                 Order::Backup { untested, .. } => (untested, true, false),
                 _ => unreachable!("matched above"),
             };
-            let asked = o.order.copy_options().and_then(|c| c.mode);
             let action = Testdb {
                 only_copy,
                 pack,
                 logical_read: cfg.testdb.logical_read && !skip_logical,
-                mode: resolve_mode(asked, cfg.testdb.mode),
+                mode,
             };
             ops.launch(&o, bytes, action)?
         }

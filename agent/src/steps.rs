@@ -450,6 +450,15 @@ async fn run_undo<E: Engine>(
                 },
             }
         }
+        Undo::EndBackup => match engine.end_backup_left_behind().await {
+            Ok(note) => note,
+            Err(e) => {
+                error!(error = %e, "cannot end the online backup on the live database");
+                format!(
+                    "the online backup on the live database could not be ended: {e}; end it by hand"
+                )
+            }
+        },
         Undo::MarkCopyUnusable => {
             files::mark_copy_unusable(cfg, why);
             "the copy is marked unusable".to_owned()

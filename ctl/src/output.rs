@@ -119,7 +119,11 @@ fn verdict_summary(v: &Option<pb::Verdict>) -> String {
         return "never tested".into();
     };
     match verdict_kind(&Some(v.clone())) {
+        // A copy without a log position is of a set's only member (an
+        // engine without physical replication): the verdict speaks for it.
+        "clean" if v.lsn.is_empty() => format!("the database and its copy verified clean (the set's only member) at {}", ts(v.at).unwrap_or_default()),
         "clean" => format!("primary, standby and copy verified clean up to LSN {} at {}", v.lsn, ts(v.at).unwrap_or_default()),
+        "errors" if v.lsn.is_empty() => "errors found in the database's copy: they are the database's own errors; repair the database (its copy is left as it was for a look)".into(),
         "errors" => "errors found on the standby's copy: they are the primary's errors too; repair on the primary with the whole set halted".into(),
         "failed_to_run" => format!("test failed to run: {}", v.reason),
         _ => "never tested".into(),

@@ -282,6 +282,10 @@ pub struct Facts {
     /// Standby: the application name its WAL receiver gives the primary.
     #[serde(default)]
     pub wal_receiver_application_name: Option<String>,
+    /// The set's only member by nature (an engine without physical
+    /// replication): testdb tests it itself, while it serves.
+    #[serde(default)]
+    pub single_member: bool,
 }
 
 impl Facts {
@@ -305,6 +309,7 @@ impl Facts {
             synchronous_standby_names: None,
             replication: vec![],
             wal_receiver_application_name: None,
+            single_member: false,
         }
     }
 
@@ -387,6 +392,7 @@ impl TryFrom<pb::InstanceFacts> for Facts {
                 })
                 .collect(),
             wal_receiver_application_name: non_empty(f.wal_receiver_application_name),
+            single_member: f.single_member,
         })
     }
 }
@@ -420,6 +426,7 @@ impl From<Facts> for pb::InstanceFacts {
                 })
                 .collect(),
             wal_receiver_application_name: f.wal_receiver_application_name.unwrap_or_default(),
+            single_member: f.single_member,
         }
     }
 }
@@ -622,6 +629,7 @@ mod tests {
             synchronous_standby_names: None,
             replication: vec![],
             wal_receiver_application_name: Some("db2".into()),
+            single_member: false,
         }
     }
 

@@ -731,7 +731,7 @@ fn start_agents(
         } else {
             Role::Standby
         };
-        let engine = SimulatedEngine::new(&cfg.postgres.data_dir)
+        let engine = SimulatedEngine::new(&cfg.pg().expect("a [postgres] table").data_dir)
             .with_role(role)
             .with_durations(durations)
             .with_data_dir_bytes(16 * MIB);

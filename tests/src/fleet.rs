@@ -74,6 +74,11 @@ pub struct FleetSpec {
     /// get every controller's address.
     pub more_controllers: usize,
     pub lease: Duration,
+    /// Firebird sets of one member: set name, member name (its agent's
+    /// too), and the agent's `[firebird]` table without `archive_dir`
+    /// ([`crate::firebird::FbServer::agent_table`]). The caller owns the
+    /// servers.
+    pub firebird: Vec<(String, String, String)>,
 }
 
 impl FleetSpec {
@@ -95,7 +100,20 @@ impl FleetSpec {
             store: None,
             more_controllers: 0,
             lease: Duration::from_secs(3),
+            firebird: vec![],
         }
+    }
+
+    /// A Firebird set whose one member `member` serves `server`'s database.
+    pub fn firebird_set(
+        mut self,
+        set: &str,
+        member: &str,
+        server: &crate::firebird::FbServer,
+    ) -> FleetSpec {
+        self.firebird
+            .push((set.to_owned(), member.to_owned(), server.agent_table()));
+        self
     }
 
     /// A set over existing servers: `members` are (member name, server).
@@ -198,7 +216,11 @@ impl Fleet {
                 members.push((set.clone(), member.clone(), server.clone()));
             }
         }
-        let agent_names: Vec<&str> = members.iter().map(|(_, m, _)| m.as_str()).collect();
+        let agent_names: Vec<&str> = members
+            .iter()
+            .map(|(_, m, _)| m.as_str())
+            .chain(spec.firebird.iter().map(|(_, m, _)| m.as_str()))
+            .collect();
         let certs_run = run_ctl_raw(
             &[],
             &[
@@ -250,12 +272,15 @@ impl Fleet {
             .sets
             .iter()
             .map(|(s, _)| s)
-            .chain(spec.existing.iter().map(|(s, _)| s));
+            .chain(spec.existing.iter().map(|(s, _)| s))
+            .chain(spec.firebird.iter().map(|(s, _, _)| s));
         for set in set_names {
             let names: Vec<String> = members
                 .iter()
-                .filter(|(s, _, _)| s == set)
-                .map(|(_, m, _)| format!("{{ name = \"{m}\" }}"))
+                .map(|(s, m, _)| (s, m))
+                .chain(spec.firebird.iter().map(|(s, m, _)| (s, m)))
+                .filter(|(s, _)| *s == set)
+                .map(|(_, m)| format!("{{ name = \"{m}\" }}"))
                 .collect();
             write!(
                 toml,
@@ -323,6 +348,37 @@ impl Fleet {
         };
 
         let mut agents = BTreeMap::new();
+        if !spec.firebird.is_empty() {
+            // Firebird's tools run as its OS user on the agents' copies.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+        }
+        for (set, member, table) in &spec.firebird {
+            let adir = dir.join("agents").join(member);
+            let config = adir.join("agent.toml");
+            write(
+                &config,
+                &format!(
+                    "name = \"{member}\"\nset = \"{set}\"\nengine = \"firebird\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[firebird]\n{table}archive_dir = \"{archive}\"\n\n[testdb]\n{testdb}\n",
+                    aport = free_port(),
+                    home = adir.join("home").display(),
+                    hb = spec.heartbeat_interval.as_millis(),
+                    c = certs.display(),
+                    archive = adir.join("archive").display(),
+                    top = spec.agent_top,
+                    testdb = spec.agent_testdb,
+                ),
+            )?;
+            agents.insert(
+                member.clone(),
+                AgentHandle {
+                    name: member.clone(),
+                    set: set.clone(),
+                    config,
+                    proc: None,
+                },
+            );
+        }
         for (set, member, server) in &members {
             let adir = dir.join("agents").join(member);
             let config = adir.join("agent.toml");
@@ -392,6 +448,7 @@ impl Fleet {
                 // Every set in controller.toml: made here, or over existing servers.
                 fleet.spec.sets.iter().any(|(s, _)| s == &a.set)
                     || fleet.spec.existing.iter().any(|(s, _)| s == &a.set)
+                    || fleet.spec.firebird.iter().any(|(s, _, _)| s == &a.set)
             })
             .map(|a| a.name.clone())
             .collect();

@@ -1,6 +1,7 @@
 //! End-to-end harness.
 pub mod archiving;
 pub mod corrupt;
+pub mod firebird;
 pub mod fleet;
 pub mod otlp;
 pub mod patroni;
@@ -24,6 +25,19 @@ pub const TESTDB_STEPS: [&str; 9] = [
     "stop_private",
     "lost_rows",
     "checksums",
+];
+
+/// The testdb steps on Firebird (always online: `nbackup -L` while the
+/// database serves; no offline page checksums to read).
+pub const FIREBIRD_TESTDB_STEPS: [&str; 8] = [
+    "start_backup",
+    "copy",
+    "stop_backup",
+    "manifest",
+    "open_private",
+    "checks",
+    "stop_private",
+    "lost_rows",
 ];
 
 /// The testdb steps in cold mode: the standby stopped for the copy.

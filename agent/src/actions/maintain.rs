@@ -212,7 +212,7 @@ impl Maintain {
             path: findings_file.clone(),
             source,
         })?;
-        let runner = crate::runner::Runner::for_os_user(&cfg.postgres.os_user).map_err(|e| {
+        let runner = crate::runner::Runner::for_os_user(cfg.os_user()).map_err(|e| {
             MaintainError::Runner {
                 command: command.clone(),
                 message: e.to_string(),
@@ -225,17 +225,18 @@ impl Maintain {
                 path: findings_file.clone(),
                 source,
             })?;
-        let pg = &cfg.postgres;
         let mut cmd = runner.command(&command[0]);
         cmd.args(&command[1..])
             .env("TANDEM_WINDOW", window)
             .env("TANDEM_SET", &cfg.set)
             .env("TANDEM_MEMBER", cfg.member())
-            .env("TANDEM_FINDINGS", &findings_file)
-            .env("PGDATA", &pg.data_dir)
-            .env("PGHOST", &pg.socket_dir)
-            .env("PGPORT", pg.port.to_string())
-            .env("PGUSER", &pg.user);
+            .env("TANDEM_FINDINGS", &findings_file);
+        if let Some(pg) = cfg.pg() {
+            cmd.env("PGDATA", &pg.data_dir)
+                .env("PGHOST", &pg.socket_dir)
+                .env("PGPORT", pg.port.to_string())
+                .env("PGUSER", &pg.user);
+        }
         let o = runner
             .output(cmd, m.repair_timeout)
             .await

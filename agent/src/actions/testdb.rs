@@ -42,11 +42,19 @@ pub enum TestdbError {
     )]
     NotStandby { member: String, role: Role },
     #[error(
+        "member `{member}` does not answer ({problem}); testdb copies the database while its server serves it: start the server, or fix the engine's table in agent.toml"
+    )]
+    NotServing { member: String, problem: String },
+    #[error(
+        "member `{member}` is copied only while its database serves (online mode), never stopped by the agent; ask for mode online, or set [testdb] mode = \"online\""
+    )]
+    NoColdCopy { member: String },
+    #[error(
         "standby `{member}` is not streaming (state: {state}); a test needs the whole database from the primary; wait until it streams"
     )]
     NotStreaming { member: String, state: String },
     #[error(
-        "safe mode: the archive filesystem of {dir} has {avail} MiB free (+{reclaim} MiB from the previous copy); a copy of {data} MiB plus the reserve of {reserve} MiB needs {need} MiB. Nothing was written; free space, or move postgres.archive_dir, or lower testdb.free_space_reserve_mib"
+        "safe mode: the archive filesystem of {dir} has {avail} MiB free (+{reclaim} MiB from the previous copy); a copy of {data} MiB plus the reserve of {reserve} MiB needs {need} MiB. Nothing was written; free space, or move the archive_dir of the engine's table in agent.toml, or lower testdb.free_space_reserve_mib"
     )]
     NoSpace {
         dir: PathBuf,
@@ -69,12 +77,19 @@ impl Preconditions {
     pub async fn check<E: Engine>(
         cfg: &AgentConfig,
         engine: &E,
+        mode: TestMode,
     ) -> Result<Preconditions, TestdbError> {
+        if mode == TestMode::Cold && !engine.can_copy_cold() {
+            return Err(TestdbError::NoColdCopy {
+                member: cfg.member().to_owned(),
+            });
+        }
         let facts = engine.facts().await;
         preconditions(
             cfg,
             &facts,
-            free_bytes(&cfg.postgres.archive_dir)?,
+            engine.needs_streaming_standby(),
+            free_bytes(cfg.archive_dir())?,
             dir_size(&copy_dir(cfg)),
         )
     }
@@ -84,16 +99,25 @@ impl Preconditions {
 fn preconditions(
     cfg: &AgentConfig,
     facts: &Facts,
+    needs_standby: bool,
     free: u64,
     previous_copy: u64,
 ) -> Result<Preconditions, TestdbError> {
-    if facts.role != Role::Standby {
+    if !needs_standby {
+        // The set's only member, copied while it serves: it must answer.
+        if facts.role == Role::Unknown {
+            return Err(TestdbError::NotServing {
+                member: cfg.member().to_owned(),
+                problem: facts.problem.clone().unwrap_or_default(),
+            });
+        }
+    } else if facts.role != Role::Standby {
         return Err(TestdbError::NotStandby {
             member: cfg.member().to_owned(),
             role: facts.role,
         });
     }
-    if !facts.fully_received {
+    if needs_standby && !facts.fully_received {
         return Err(TestdbError::NotStreaming {
             member: cfg.member().to_owned(),
             state: facts.state_word(),
@@ -103,7 +127,7 @@ fn preconditions(
     let need = facts.data_dir_bytes.saturating_add(reserve);
     if free.saturating_add(previous_copy) < need {
         return Err(TestdbError::NoSpace {
-            dir: cfg.postgres.archive_dir.clone(),
+            dir: cfg.archive_dir().to_owned(),
             avail: free / MIB,
             reclaim: previous_copy / MIB,
             data: facts.data_dir_bytes.div_ceil(MIB),
@@ -202,8 +226,14 @@ impl Testdb {
         req: CopyRequest,
         made: &mut Made,
     ) -> Result<CopyDone, StepFailed> {
-        // Dropped on any failure below: the session ends, the server
-        // aborts the backup and drops its slot.
+        // A backup that outlives the agent (Firebird's lock) is ended by
+        // an undo, recorded before it begins: a failed copy, a cancel or a
+        // SIGKILL all end it. Others are dropped on any failure below:
+        // the session ends, the server aborts the backup and drops its slot.
+        let lasting = run.engine.backup_outlives_agent();
+        if lasting {
+            run.did(Undo::EndBackup);
+        }
         let backup = run.step("start_backup", run.engine.start_backup()).await?;
         run.did(Undo::MarkCopyUnusable);
         let done = run.step("copy", self.copy_files(run, copy, req)).await?;
@@ -211,16 +241,21 @@ impl Testdb {
             .step("stop_backup", async {
                 let end = run.engine.stop_backup(backup, copy).await?;
                 let span = tracing::Span::current();
-                span.record("lsn", end.stop_lsn.to_string());
+                if let Some((_, stop)) = end.lsns {
+                    span.record("lsn", stop.to_string());
+                }
                 span.record("bytes", end.wal_bytes);
                 Ok::<_, EngineError>(end)
             })
             .await?;
+        if lasting {
+            run.undone(&Undo::EndBackup);
+        }
         // Measured, not assumed: the one session that held the backup
         // lived from its start to its stop, so the server never stopped.
         run.rec().standby_downtime_seconds = Some(0.0);
         run.rec().bytes_copied += end.wal_bytes;
-        made.lsns = Some((end.start_lsn, end.stop_lsn));
+        made.lsns = end.lsns;
         Ok(done)
     }
 
@@ -336,7 +371,9 @@ impl Testdb {
         run.step("stop_private", run.engine.close_private(&inst))
             .await?;
         run.undone(&Undo::KillPrivate { copy: copy.clone() });
-        run.rec().findings.extend(checked?.findings);
+        let checked = checked?;
+        run.rec().findings.extend(checked.findings);
+        run.rec().warnings.extend(checked.warnings);
         let files = run
             .step("lost_rows", async {
                 let r = run.engine.check_files(&copy, &out).await?;
@@ -356,10 +393,8 @@ impl Testdb {
                 })
                 .await?;
             run.rec().findings.extend(offline.findings);
-        } else {
-            run.rec().warnings.push(
-                "data checksums are off: damaged pages cannot be detected offline; enable them (pg_checksums --enable on a stopped server, or initdb --data-checksums)".into(),
-            );
+        } else if let Some(warning) = run.engine.no_offline_check(&inst) {
+            run.rec().warnings.push(warning);
         }
         run.undone(&Undo::MarkCopyUnusable);
         Ok(())
@@ -560,7 +595,7 @@ mod tests {
 
     #[test]
     fn a_streaming_standby_with_room_may_be_tested() {
-        let p = preconditions(&cfg(10), &standby(true), 200 * MIB, 0).unwrap();
+        let p = preconditions(&cfg(10), &standby(true), true, 200 * MIB, 0).unwrap();
         assert_eq!(p.data_bytes, 100 * MIB);
     }
 
@@ -568,7 +603,9 @@ mod tests {
     fn a_primary_is_refused() {
         let mut f = standby(true);
         f.role = Role::Primary;
-        let e = preconditions(&cfg(10), &f, u64::MAX / 2, 0).err().unwrap();
+        let e = preconditions(&cfg(10), &f, true, u64::MAX / 2, 0)
+            .err()
+            .unwrap();
         assert!(
             e.to_string().contains("is not a standby (role: primary)"),
             "{e}"
@@ -577,7 +614,7 @@ mod tests {
 
     #[test]
     fn a_standby_not_streaming_is_refused_with_its_state() {
-        let e = preconditions(&cfg(10), &standby(false), u64::MAX / 2, 0)
+        let e = preconditions(&cfg(10), &standby(false), true, u64::MAX / 2, 0)
             .err()
             .unwrap();
         assert!(
@@ -587,8 +624,25 @@ mod tests {
     }
 
     #[test]
+    fn a_single_member_engine_tests_its_serving_primary() {
+        let mut f = standby(false);
+        f.role = Role::Primary;
+        assert!(preconditions(&cfg(10), &f, false, u64::MAX / 2, 0).is_ok());
+        f.role = Role::Unknown;
+        f.problem = Some("the server does not answer".into());
+        let e = preconditions(&cfg(10), &f, false, u64::MAX / 2, 0)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("does not answer (the server does not answer)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn too_little_space_is_safe_mode_with_the_numbers() {
-        let e = preconditions(&cfg(50), &standby(true), 120 * MIB, 0)
+        let e = preconditions(&cfg(50), &standby(true), true, 120 * MIB, 0)
             .err()
             .unwrap();
         let msg = e.to_string();
@@ -596,6 +650,6 @@ mod tests {
         assert!(msg.contains("120 MiB free"), "{msg}");
         assert!(msg.contains("needs 150 MiB"), "{msg}");
         // The previous copy's space counts: it is replaced.
-        assert!(preconditions(&cfg(50), &standby(true), 120 * MIB, 40 * MIB).is_ok());
+        assert!(preconditions(&cfg(50), &standby(true), true, 120 * MIB, 40 * MIB).is_ok());
     }
 }

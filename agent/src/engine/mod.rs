@@ -10,6 +10,7 @@
 
 pub mod copy;
 pub mod findings;
+pub mod firebird;
 mod live;
 pub mod lost_rows;
 pub mod online;
@@ -80,6 +81,8 @@ pub struct CheckReport {
     pub coverage: Vec<String>,
     /// What no check covered (one line each; empty when everything was).
     pub not_covered: Vec<String>,
+    /// What a check warned about without calling it damage (one line each).
+    pub warnings: Vec<String>,
 }
 
 /// A relation that findings name, as the live server knows it.
@@ -141,10 +144,10 @@ pub struct CopyDone {
 /// How an online copy ended on the standby.
 #[derive(Debug, Clone)]
 pub struct BackupEnd {
-    /// Where the copy's replay starts (the backup label's position).
-    pub start_lsn: Lsn,
-    /// Where the copy is consistent (the backup's stop).
-    pub stop_lsn: Lsn,
+    /// Where the copy's replay starts (the backup label's position) and
+    /// where it is consistent (the backup's stop); None for engines whose
+    /// copies have no log position (Firebird).
+    pub lsns: Option<(Lsn, Lsn)>,
     /// Files the stop added to the copy (the label, the WAL segments),
     /// relative to it.
     pub added: Vec<PathBuf>,
@@ -161,8 +164,41 @@ pub trait Engine: Send + Sync + 'static {
     /// `Facts::problem` and the role is `Unknown`.
     fn facts(&self) -> impl Future<Output = Facts> + Send;
 
-    /// The live data directory.
+    /// The live data directory (Firebird: the database file).
     fn data_dir(&self) -> &Path;
+
+    /// Whether testdb copies a streaming standby (PostgreSQL: never the
+    /// primary), or the set's only member while it serves (engines
+    /// without physical replication: Firebird).
+    fn needs_streaming_standby(&self) -> bool {
+        true
+    }
+
+    /// Whether testdb may stop the live server for a cold copy. Firebird:
+    /// no (its server is the host's service, copied while it serves).
+    fn can_copy_cold(&self) -> bool {
+        true
+    }
+
+    /// Whether an online backup begun by [`Engine::start_backup`] stays
+    /// in force when the agent dies (Firebird's `nbackup -L` lock), so the
+    /// action records [`Engine::end_backup_left_behind`] as an undo before
+    /// it begins one. PostgreSQL's ends with its session.
+    fn backup_outlives_agent(&self) -> bool {
+        false
+    }
+
+    /// End an online backup a failed, cancelled or killed operation left in
+    /// force; Ok (with a note for the record, or empty) when none is.
+    fn end_backup_left_behind(&self) -> impl Future<Output = Result<String, EngineError>> + Send {
+        async { Ok(String::new()) }
+    }
+
+    /// What testdb's report says when the copy's pages cannot be checked
+    /// offline (`inst.data_checksums` false), if anything.
+    fn no_offline_check(&self, _inst: &PrivateInstance) -> Option<String> {
+        None
+    }
 
     /// Stop the live server (fast shutdown) and wait; Ok when already stopped.
     fn stop(&self) -> impl Future<Output = Result<(), EngineError>> + Send;

@@ -285,8 +285,7 @@ impl PostgresEngine {
         })??;
         info!(start_lsn = %b.start_lsn, stop_lsn = %stop_lsn, wal_bytes, "online backup stopped; label and WAL in the copy");
         Ok(BackupEnd {
-            start_lsn: b.start_lsn,
-            stop_lsn,
+            lsns: Some((b.start_lsn, stop_lsn)),
             added,
             wal_bytes,
         })

@@ -16,6 +16,9 @@ use super::{
 use crate::config::PostgresConfig;
 use crate::runner::Runner;
 
+/// testdb's warning for a copy without data checksums.
+pub(super) const NO_CHECKSUMS: &str = "data checksums are off: damaged pages cannot be detected offline; enable them (pg_checksums --enable on a stopped server, or initdb --data-checksums)";
+
 pub(super) const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One query reads everything `facts()` needs, as one `|`-separated row.
@@ -187,6 +190,10 @@ impl PostgresEngine {
 impl Engine for PostgresEngine {
     fn data_dir(&self) -> &Path {
         &self.cfg.data_dir
+    }
+
+    fn no_offline_check(&self, inst: &PrivateInstance) -> Option<String> {
+        (!inst.data_checksums).then(|| NO_CHECKSUMS.to_owned())
     }
 
     async fn stop(&self) -> Result<(), EngineError> {
@@ -530,6 +537,7 @@ fn parse_facts_row(row: &str) -> Result<Facts, EngineError> {
         synchronous_standby_names: None,
         replication: vec![],
         wal_receiver_application_name: None,
+        single_member: false,
     })
 }
 

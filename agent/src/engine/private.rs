@@ -327,6 +327,7 @@ impl PostgresEngine {
             findings: o.findings,
             coverage: o.coverage,
             not_covered: o.not_covered,
+            warnings: vec![],
         })
     }
 

@@ -248,11 +248,16 @@ impl Engine for SimulatedEngine {
             synchronous_standby_names: (!standby).then(String::new),
             replication: vec![],
             wal_receiver_application_name: standby.then(|| "walreceiver".to_owned()),
+            single_member: false,
         }
     }
 
     fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    fn no_offline_check(&self, inst: &PrivateInstance) -> Option<String> {
+        (!inst.data_checksums).then(|| super::postgres::NO_CHECKSUMS.to_owned())
     }
 
     async fn stop(&self) -> Result<(), EngineError> {
@@ -324,8 +329,7 @@ impl Engine for SimulatedEngine {
 
     async fn stop_backup(&self, start: Lsn, _dst: &Path) -> Result<BackupEnd, EngineError> {
         Ok(BackupEnd {
-            start_lsn: start,
-            stop_lsn: self.lsn_now(),
+            lsns: Some((start, self.lsn_now())),
             added: Vec::new(),
             wal_bytes: 0,
         })

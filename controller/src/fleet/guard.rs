@@ -66,6 +66,11 @@ impl Fleet {
         if mode == Some(TestMode::Online) {
             return Ok(copy);
         }
+        // A set's only member has no primary to stall: its agent says
+        // itself whether it can be copied cold.
+        if standby.is_some_and(|s| s.facts.single_member) {
+            return Ok(copy);
+        }
         // Cold, or the standby's agent did not say its default: checked as cold.
         let noun = job.kind.noun();
         let primary = live

@@ -597,6 +597,11 @@ impl Fleet {
                 .and_then(|v| v.facts.as_ref())
                 .is_some_and(|f| f.role == Role::Standby && (f.fully_received || !streaming))
         };
+        let single = |v: &Option<crate::inventory::AgentView>| {
+            v.as_ref()
+                .and_then(|v| v.facts.as_ref())
+                .is_some_and(|f| f.single_member && f.role == Role::Primary)
+        };
         // A standby the primary's commits do not wait for is tested first
         // (as the primary's last heartbeat says; a cold copy is checked
         // again with live facts before it is ordered).
@@ -620,7 +625,10 @@ impl Fleet {
                 .iter()
                 .find(|(_, v)| online(v) && standby(v, true) && asynchronous(v))
                 .or_else(|| views.iter().find(|(_, v)| online(v) && standby(v, true)))
-                .or_else(|| views.iter().find(|(_, v)| online(v) && standby(v, false))),
+                .or_else(|| views.iter().find(|(_, v)| online(v) && standby(v, false)))
+                // A member that is its set's only one by nature (no
+                // physical replication) is tested itself.
+                .or_else(|| views.iter().find(|(_, v)| online(v) && single(v))),
         };
         match chosen {
             Some((m, v)) if online(v) => {

@@ -446,7 +446,7 @@ impl Restore {
             plan.replace,
             run.bytes_progress(),
             run.cancel.clone(),
-            run.cfg.postgres.os_user.clone(),
+            run.cfg.os_user().to_owned(),
         );
         let f = file.clone();
         run.step(
