@@ -342,6 +342,47 @@ impl FbServer {
         Ok(())
     }
 
+    /// Overwrite the records of data page `page` (from the lowest record
+    /// its line index points at to the page's end) with `fill`, in the
+    /// stopped database's file; returns how many records the page held.
+    /// Measured on Firebird 3.0.11: with 0xFF, `gfix -v -full` says only
+    /// "Relation has N orphan backversions" (a warning) and `gbak -b` reads
+    /// the table without those rows; with zeros, neither says anything.
+    pub fn damage_records(&self, page: u64, fill: u8) -> anyhow::Result<u16> {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.database)?;
+        let mut p = vec![0u8; 8192];
+        f.seek(SeekFrom::Start(page * 8192))?;
+        f.read_exact(&mut p)?;
+        // ODS 12 data page: record count at byte 22, then (offset, length)
+        // pairs from byte 24.
+        let count = u16::from_le_bytes([p[22], p[23]]);
+        let lowest = (0..usize::from(count))
+            .map(|k| {
+                let o = 24 + 4 * k;
+                (
+                    u16::from_le_bytes([p[o], p[o + 1]]),
+                    u16::from_le_bytes([p[o + 2], p[o + 3]]),
+                )
+            })
+            .filter(|&(_, len)| len > 0)
+            .map(|(off, _)| usize::from(off))
+            .min()
+            .context("the page has no records")?;
+        ensure!(
+            lowest > 24 + 4 * usize::from(count) && lowest < 8192,
+            "odd page {page}"
+        );
+        p[lowest..].fill(fill);
+        f.seek(SeekFrom::Start(page * 8192))?;
+        f.write_all(&p)?;
+        f.sync_all()?;
+        Ok(count)
+    }
+
     /// A client inserting one row at a time (each committed) into `table`
     /// (a column `v`) until the returned guard is dropped or `limit` rows
     /// are in; the guard counts them.

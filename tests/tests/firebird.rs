@@ -130,6 +130,9 @@ async fn a_healthy_database_is_clean_while_a_client_inserts() {
     let out = std::fs::read_to_string(fleet.agent_home("carbon-db").join("testdb.out")).unwrap();
     assert!(out.contains("==== gfix -v -full"), "{out}");
     assert!(out.contains("Validation finished: 0 errors"), "{out}");
+    // Every row reached through its index, none lost (no false alarm
+    // from the rows the client was inserting while the copy was made).
+    assert!(out.contains("==== rows counted through an index"), "{out}");
     assert!(
         out.contains("writing data for table PAYMENTS") && out.contains("bytes written"),
         "{out}"
@@ -275,4 +278,55 @@ async fn an_agent_killed_while_the_database_is_locked_unlocks_it_when_it_comes_b
     let run = testdb(&fleet, "lck", agent);
     assert_eq!(run.code, 0, "{run:?}\n{}", fleet.logs());
     assert!(!archive.join("copy.UNUSABLE").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_lost_from_a_page_validation_only_warns_about_are_errors_naming_the_table() {
+    let mut fb = billing("lostrows").await;
+    let rel: u16 = fb
+        .count("select rdb$relation_id from rdb$relations where rdb$relation_name = 'PAYMENTS';")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    // The records of one data page overwritten (not its line index): gfix
+    // -v -full only warns ("orphan backversions"), gbak -b reads the rest.
+    fb.stop().await.unwrap();
+    let pages = fb.data_pages(rel).unwrap();
+    let lost = fb.damage_records(pages[pages.len() / 2], 0xFF).unwrap();
+    assert!(lost > 10, "{lost}");
+    fb.start_server().await.unwrap();
+    let rows = fb.count("select count(*) from payments;").unwrap();
+    assert_eq!(
+        rows,
+        20_000 - u64::from(lost),
+        "the rows are gone from the live database too"
+    );
+
+    let fleet = Fleet::start(FleetSpec::new(&[]).firebird_set("lost", "lost-db", &fb))
+        .await
+        .unwrap();
+    let run = testdb(&fleet, "lost", "lost-db");
+    assert_eq!(run.code, 1, "{run:?}\n{}", fleet.logs());
+    let v = run.json()["sets"][0]["verdict"].clone();
+    assert_eq!(v["kind"], "errors", "{v:#}");
+    let findings = v["findings"].as_array().unwrap();
+    let f = findings
+        .iter()
+        .find(|f| f["kind"] == "lost_rows")
+        .unwrap_or_else(|| panic!("no lost_rows finding: {v:#}"));
+    assert_eq!(f["relation"], "PAYMENTS", "{v:#}");
+    assert_eq!(f["database"], "lostrows.fdb", "{v:#}");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{lost} rows of table PAYMENTS are gone")),
+        "{v:#}"
+    );
+    let st = state(&fleet, "lost-db");
+    assert_eq!(st["result"], "errors_found", "{st:#}");
+    let out = std::fs::read_to_string(fleet.agent_home("lost-db").join("testdb.out")).unwrap();
+    assert!(out.contains("orphan backversions"), "{out}");
+    assert!(out.contains("==== fbstat -i"), "{out}");
+    assert!(!fb.is_locked().unwrap(), "{}", fb.header().unwrap());
 }
