@@ -358,7 +358,7 @@ impl Fleet {
             let config = adir.join("agent.toml");
             write(
                 &config,
-                &format!(
+                &(format!(
                     "name = \"{member}\"\nset = \"{set}\"\nengine = \"firebird\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[firebird]\n{table}archive_dir = \"{archive}\"\n\n[testdb]\n{testdb}\n",
                     aport = free_port(),
                     home = adir.join("home").display(),
@@ -367,7 +367,17 @@ impl Fleet {
                     archive = adir.join("archive").display(),
                     top = spec.agent_top,
                     testdb = spec.agent_testdb,
-                ),
+                ) + &spec
+                    .backups
+                    .as_ref()
+                    .map(|extra| {
+                        // No WAL archive: a Firebird backup is a gbak file.
+                        format!(
+                            "\n[backup]\ndir = \"{}\"\n{extra}\n",
+                            adir.join("backups").display(),
+                        )
+                    })
+                    .unwrap_or_default()),
             )?;
             agents.insert(
                 member.clone(),

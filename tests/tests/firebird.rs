@@ -330,3 +330,131 @@ async fn rows_lost_from_a_page_validation_only_warns_about_are_errors_naming_the
     assert!(out.contains("==== fbstat -i"), "{out}");
     assert!(!fb.is_locked().unwrap(), "{}", fb.header().unwrap());
 }
+
+fn backup_spec(set: &str, member: &str, fb: &FbServer) -> FleetSpec {
+    let mut spec = FleetSpec::new(&[]).firebird_set(set, member, fb);
+    spec.backups = Some("daily = 2\nweekly = 1\nmonthly = 1".into());
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_is_a_gbak_file_kept_because_its_restore_validates_and_listed() {
+    let fb = billing("carbonbk").await;
+    let fleet = Fleet::start(backup_spec("cbk", "cbk-db", &fb))
+        .await
+        .unwrap();
+    let run = fleet.ctl(&["backup", "cbk", "--output", "json"]).unwrap();
+    assert_eq!(run.code, 0, "{run:?}\n{}", fleet.logs());
+    let v = run.json()["sets"][0]["verdict"].clone();
+    assert_eq!(v["kind"], "clean", "{v:#}");
+    let file = std::path::PathBuf::from(v["backup_path"].as_str().unwrap());
+    assert!(file.starts_with(fleet.agent_backups("cbk-db")), "{file:?}");
+    let name = file.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(
+        name.starts_with("monthly-") && name.ends_with(".tar.zst"),
+        "{name}"
+    );
+    let coverage = v["coverage"].to_string();
+    assert!(coverage.contains("restored by gbak -c"), "{v:#}");
+
+    // Inside: the gbak file, every byte matching the manifest; it restores.
+    let tmp = tempfile::tempdir().unwrap();
+    let u = tandem_agent::backup::unpack(
+        &file,
+        &tmp.path().join("data"),
+        None,
+        &|_| {},
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .unwrap();
+    assert_eq!(u.meta.set, "cbk");
+    assert!(u.meta.verified);
+    let fbk = tmp.path().join("data").join("carbonbk.fbk");
+    assert!(
+        fbk.is_file(),
+        "{:?}",
+        std::fs::read_dir(tmp.path().join("data")).map(|d| d.count())
+    );
+
+    // Its steps: the dump from the tested copy, its restore, then the pack.
+    let st = state(&fleet, "cbk-db");
+    let steps: Vec<&str> = st["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    for s in ["checks", "backup", "verify_backup", "pack", "lost_rows"] {
+        assert!(steps.contains(&s), "{steps:?}");
+    }
+    let out = std::fs::read_to_string(fleet.agent_home("cbk-db").join("testdb.out")).unwrap();
+    assert!(out.contains("(the backup restored) ===="), "{out}");
+    assert!(
+        !out.contains("(to nowhere)"),
+        "one read of every row, not two: {out}"
+    );
+
+    let list = fleet.ctl(&["backups", "cbk", "--output", "json"]).unwrap();
+    assert_eq!(list.code, 0, "{list:?}");
+    let l = list.json();
+    let backups = l["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 1, "{l:#}");
+    assert_eq!(backups[0]["member"], "cbk-db");
+    assert_eq!(backups[0]["verified"], true);
+    assert_eq!(backups[0]["kind"], "monthly");
+    assert!(!fb.is_locked().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_whose_restore_fails_is_not_kept_and_the_verdict_says_why() {
+    let fb = billing("badbk").await;
+    let mut fleet = Fleet::start(backup_spec("bbk", "bbk-db", &fb))
+        .await
+        .unwrap();
+    let agent = "bbk-db";
+    fleet.start_agent_held(agent, "backup").await.unwrap();
+    let ctl = fleet
+        .spawn_ctl("operator", &["backup", "bbk", "--output", "json"])
+        .unwrap();
+    let marker = fleet.agent_home(agent).join("held-after-backup");
+    wait_for(
+        "the agent to hold after the dump",
+        Duration::from_secs(120),
+        Duration::from_millis(20),
+        || async { Ok(marker.exists().then_some(())) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", fleet.logs()));
+    // The dump damaged before its restore: 4 KiB in its middle overwritten.
+    let fbk = fleet
+        .agent_archive(agent)
+        .join("copy.backup")
+        .join("badbk.fbk");
+    let mut bytes = std::fs::read(&fbk).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid..mid + 4096].fill(0xFF);
+    std::fs::write(&fbk, &bytes).unwrap();
+    std::fs::remove_file(&marker).unwrap();
+
+    let out = ctl.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}\n{}", fleet.logs());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = v["sets"][0]["verdict"].clone();
+    assert_eq!(v["kind"], "errors", "{v:#}");
+    assert!(v["backup_path"].is_null(), "{v:#}");
+    // Measured: gbak -c "restores" such a file with exit 0, PAYMENTS
+    // short of rows; the restore is held to the rows gbak -b wrote.
+    let f = &v["findings"][0];
+    assert_eq!(f["relation"], "PAYMENTS", "{v:#}");
+    let m = f["message"].as_str().unwrap();
+    assert!(m.starts_with("the backup does not restore"), "{v:#}");
+    assert!(m.ends_with("it is not kept"), "{v:#}");
+    // Nothing kept, nothing half-written left.
+    let left: Vec<_> = std::fs::read_dir(fleet.agent_backups(agent))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let list = fleet.ctl(&["backups", "bbk", "--output", "json"]).unwrap();
+    assert_eq!(list.json()["backups"].as_array().unwrap().len(), 0);
+    assert!(!fb.is_locked().unwrap());
+}

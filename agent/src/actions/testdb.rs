@@ -333,10 +333,14 @@ impl Testdb {
             (self.pack || j.pack, !self.only_copy || j.test)
         };
         made.tested = tested;
-        if pack {
+        // A logical backup (Firebird's gbak) is made from the opened copy
+        // and proven by restoring it; a physical one is the copy itself,
+        // packed before the test changes it.
+        let logical = pack && run.engine.backup_is_logical();
+        if pack && !logical {
             run.step("pack", self.pack_copy(run, &copy, made)).await?;
         }
-        if !tested {
+        if !tested && !logical {
             return Ok(());
         }
         // A copy opened for the test is changed by it: unusable until the end.
@@ -358,22 +362,64 @@ impl Testdb {
             })
             .await?;
         run.rec().tested_lsn = inst.lsn.map(|l| l.to_string());
-        let checked = run
-            .step("checks", async {
-                let r = run
-                    .engine
-                    .check_private(&inst, self.logical_read, &out)
-                    .await?;
-                tracing::Span::current().record("findings", r.findings.len() as u64);
-                Ok::<_, EngineError>(r)
-            })
-            .await;
+        let backup_dir = PathBuf::from(format!("{}.backup", copy.display()));
+        let checked = async {
+            let checked = if tested {
+                // The backup's dump reads every row: no second read.
+                let read = self.logical_read && !logical;
+                run.step("checks", async {
+                    let r = run.engine.check_private(&inst, read, &out).await?;
+                    tracing::Span::current().record("findings", r.findings.len() as u64);
+                    Ok::<_, EngineError>(r)
+                })
+                .await?
+            } else {
+                Default::default()
+            };
+            let dumped = if logical {
+                run.step("backup", async {
+                    remove_previous_copy(&backup_dir)?;
+                    let r = run.engine.make_backup(&inst, &backup_dir, &out).await?;
+                    tracing::Span::current().record("findings", r.findings.len() as u64);
+                    Ok::<_, EngineError>(r)
+                })
+                .await?
+            } else {
+                Default::default()
+            };
+            Ok::<_, StepFailed>((checked, dumped))
+        }
+        .await;
         run.step("stop_private", run.engine.close_private(&inst))
             .await?;
         run.undone(&Undo::KillPrivate { copy: copy.clone() });
-        let checked = checked?;
+        let (checked, dumped): (crate::engine::CheckReport, crate::engine::CheckReport) = checked?;
         run.rec().findings.extend(checked.findings);
         run.rec().warnings.extend(checked.warnings);
+        let dump_ok = dumped.findings.is_empty();
+        run.rec().findings.extend(dumped.findings);
+        run.rec().coverage.extend(dumped.coverage);
+        if logical && dump_ok {
+            let verified = run
+                .step("verify_backup", async {
+                    let r = run.engine.verify_backup(&backup_dir, &out).await?;
+                    tracing::Span::current().record("findings", r.findings.len() as u64);
+                    Ok::<_, EngineError>(r)
+                })
+                .await?;
+            let clean = verified.findings.is_empty();
+            run.rec().findings.extend(verified.findings);
+            run.rec().warnings.extend(verified.warnings);
+            run.rec().coverage.extend(verified.coverage);
+            if clean {
+                run.step("pack", self.pack_copy(run, &backup_dir, made))
+                    .await?;
+            }
+        }
+        if !tested {
+            run.undone(&Undo::MarkCopyUnusable);
+            return Ok(());
+        }
         let files = run
             .step("lost_rows", async {
                 let r = run.engine.check_files(&copy, &out).await?;
@@ -442,7 +488,8 @@ impl Testdb {
             member: run.cfg.member().to_owned(),
             files: 0,
             unpacked_bytes: 0,
-            verified: !self.only_copy,
+            // A logical backup is always proven by its restore.
+            verified: !self.only_copy || run.engine.backup_is_logical(),
         };
         run.did(Undo::RemoveFile {
             path: bcfg
@@ -452,7 +499,8 @@ impl Testdb {
         let progress = run.bytes_progress();
         let cancel = run.cancel.clone();
         let src = copy.to_owned();
-        let opts = bcfg.pack_options();
+        let mut opts = bcfg.pack_options();
+        opts.dump = run.engine.backup_is_logical();
         let packed = tokio::task::spawn_blocking(move || {
             backup::pack(&src, &bcfg.dir, meta, opts, &progress, &cancel)
         })

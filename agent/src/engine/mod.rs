@@ -194,6 +194,37 @@ pub trait Engine: Send + Sync + 'static {
         async { Ok(String::new()) }
     }
 
+    /// Whether this engine's backup is a logical dump made from the opened
+    /// copy and proven by restoring it ([`Engine::make_backup`],
+    /// [`Engine::verify_backup`]; Firebird: `gbak`), rather than the copy
+    /// itself, packed before the test opens it (PostgreSQL).
+    fn backup_is_logical(&self) -> bool {
+        false
+    }
+
+    /// Dump the opened copy into the directory `dst` (which must not
+    /// exist); output appended to `out`. A dump that fails is a finding
+    /// (the table it was reading), not an error.
+    fn make_backup(
+        &self,
+        _inst: &PrivateInstance,
+        _dst: &Path,
+        _out: &Path,
+    ) -> impl Future<Output = Result<CheckReport, EngineError>> + Send {
+        async { Err(EngineError::Unsupported("logical backups")) }
+    }
+
+    /// Restore the dump in `dst` into a scratch database and validate that
+    /// (its findings say why the backup is no good); the scratch database
+    /// is removed. Output appended to `out`.
+    fn verify_backup(
+        &self,
+        _dst: &Path,
+        _out: &Path,
+    ) -> impl Future<Output = Result<CheckReport, EngineError>> + Send {
+        async { Err(EngineError::Unsupported("logical backups")) }
+    }
+
     /// What testdb's report says when the copy's pages cannot be checked
     /// offline (`inst.data_checksums` false), if anything.
     fn no_offline_check(&self, _inst: &PrivateInstance) -> Option<String> {

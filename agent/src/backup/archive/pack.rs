@@ -27,6 +27,9 @@ pub struct PackOptions {
     pub threads: u32,
     /// zstd level (3 is zstd's own default, as `zstd -T0`).
     pub level: i32,
+    /// The source is a directory of dump files (a logical backup: Firebird's
+    /// `gbak` file), packed as they are, not a PostgreSQL data directory.
+    pub dump: bool,
 }
 
 impl Default for PackOptions {
@@ -41,6 +44,7 @@ impl Default for PackOptions {
                 .unwrap_or(4)
                 .max(4),
             level: 3,
+            dump: false,
         }
     }
 }
@@ -106,7 +110,11 @@ pub fn pack(
     cancel: &CancellationToken,
 ) -> Result<Packed, BackupError> {
     let t0 = Instant::now();
-    let plan = packed_plan(src, meta.start_lsn)?;
+    let plan = if opts.dump {
+        dump_plan(src)?
+    } else {
+        packed_plan(src, meta.start_lsn)?
+    };
     meta.files = plan.entries.len() as u64;
     meta.unpacked_bytes = plan.total_bytes;
     let path = dir.join(meta.name().file_name());
@@ -149,6 +157,33 @@ pub fn packed_plan(src: &Path, start: Lsn) -> Result<copy::CopyPlan, BackupError
         );
     }
     Ok(plan)
+}
+
+/// The regular files directly in the dump directory `src`, by name.
+pub fn dump_plan(src: &Path) -> Result<copy::CopyPlan, BackupError> {
+    let io = |source| BackupError::Io {
+        op: "list the dump directory",
+        path: src.to_owned(),
+        source,
+    };
+    let mut entries = Vec::new();
+    for item in std::fs::read_dir(src).map_err(io)? {
+        let item = item.map_err(io)?;
+        let meta = item.metadata().map_err(io)?;
+        if meta.is_file() {
+            entries.push(copy::PlanEntry {
+                rel: PathBuf::from(item.file_name()),
+                size: meta.len(),
+                phase: 1,
+            });
+        }
+    }
+    entries.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(copy::CopyPlan {
+        total_bytes: entries.iter().map(|e| e.size).sum(),
+        entries,
+        dirs: vec![],
+    })
 }
 
 /// Leave out the `pg_wal` segments a restore of this copy cannot need, as

@@ -34,6 +34,7 @@ fn packed(tmp: &Path) -> PathBuf {
     let opts = PackOptions {
         threads: 2,
         level: 3,
+        dump: false,
     };
     let p = pack(&src, &out, meta(), opts, &|_| {}, &CancellationToken::new()).unwrap();
     assert!(p.partial.exists());

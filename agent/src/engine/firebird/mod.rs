@@ -202,6 +202,133 @@ impl FirebirdEngine {
 }
 
 impl FirebirdEngine {
+    /// `gfix -v -full` of the database file `file` (embedded, lock
+    /// directory `lock`): its findings, from the server log's blocks
+    /// naming `file`, and its warnings.
+    async fn validate(
+        &self,
+        file: &Path,
+        lock: &Path,
+        out: &Path,
+    ) -> Result<(Vec<tandem_proto::model::Finding>, Vec<String>), EngineError> {
+        let file_s = file.to_string_lossy().into_owned();
+        let db = self.db_name();
+        let log = &self.cfg.server_log;
+        append(
+            out,
+            format!("==== gfix -v -full {file_s} ====\n").as_bytes(),
+        )?;
+        let log_before = std::fs::metadata(log).map_or(0, |m| m.len());
+        let mut cmd = self.embedded("gfix", lock);
+        cmd.args(["-v", "-full"]).arg(file);
+        let o = self.runner.output(cmd, CHECK_TIMEOUT).await?;
+        let text = output_text(&o);
+        append(out, text.as_bytes())?;
+        let tail = log_since(log, log_before);
+        let from_log = findings::parse_validation_log(&tail, &file_s, &db);
+        let warnings = findings::validation_warnings(&tail, &file_s);
+        append(
+            out,
+            format!(
+                "==== {} (what validation wrote there) ====\n{tail}\n",
+                log.display()
+            )
+            .as_bytes(),
+        )?;
+        let found = findings::gfix_findings(
+            o.status.success(),
+            &text,
+            from_log,
+            &db,
+            &log.to_string_lossy(),
+        );
+        Ok((found, warnings))
+    }
+
+    /// The backup file in a backup directory.
+    fn backup_file(&self, dst: &Path) -> PathBuf {
+        dst.join(Path::new(&self.db_name()).with_extension("fbk"))
+    }
+
+    /// `gbak -b`'s output for the backup in `dst` (beside it, not packed).
+    fn dump_log(dst: &Path) -> PathBuf {
+        let mut s = dst.as_os_str().to_owned();
+        s.push(".gbak.log");
+        PathBuf::from(s)
+    }
+
+    /// Where a backup in `dst` is restored to be validated.
+    fn scratch_dir(dst: &Path) -> PathBuf {
+        let mut s = dst.as_os_str().to_owned();
+        s.push(".verify");
+        PathBuf::from(s)
+    }
+
+    async fn verify_in(
+        &self,
+        dst: &Path,
+        scratch: &Path,
+        lock: &Path,
+        out: &Path,
+    ) -> Result<CheckReport, EngineError> {
+        let fbk = self.backup_file(dst);
+        let file = scratch.join(self.db_name());
+        let db = self.db_name();
+        let mut report = CheckReport::default();
+        append(
+            out,
+            format!(
+                "==== gbak -c -v {} {} (the backup restored) ====\n",
+                fbk.display(),
+                file.display()
+            )
+            .as_bytes(),
+        )?;
+        let mut cmd = self.embedded("gbak", lock);
+        cmd.args(["-c", "-v", "-user"])
+            .arg(&self.cfg.user)
+            .arg(&fbk)
+            .arg(&file);
+        let o = self.runner.output(cmd, CHECK_TIMEOUT).await?;
+        let text = output_text(&o);
+        append(out, text.as_bytes())?;
+        report
+            .findings
+            .extend(findings::parse_gbak_restore(o.status.success(), &text, &db));
+        if report.findings.is_empty() {
+            // gbak -c may exit 0 on a damaged file with rows missing.
+            let written = std::fs::read_to_string(Self::dump_log(dst)).unwrap_or_default();
+            report
+                .findings
+                .extend(findings::restored_rows_findings(&written, &text, &db));
+        }
+        if !report.findings.is_empty() {
+            return Ok(report);
+        }
+        let (found, warnings) = self.validate(&file, lock, out).await?;
+        let rows = self.lost_rows_check(&file, lock, out).await?;
+        let restored = |mut f: tandem_proto::model::Finding| {
+            f.message = format!(
+                "in the backup restored by gbak -c: {}; it is not kept",
+                f.message
+            );
+            f
+        };
+        report
+            .findings
+            .extend(found.into_iter().chain(rows.findings).map(restored));
+        report.warnings.extend(
+            warnings
+                .into_iter()
+                .map(|w| format!("in the backup restored by gbak -c: {w}")),
+        );
+        report.coverage.push(
+            "the backup restored by gbak -c into a scratch database, validated by gfix -v -full and the lost-rows check"
+                .into(),
+        );
+        Ok(report)
+    }
+
     /// The [`lost_rows`] check of the database file `file`, opened
     /// embedded with the lock directory `lock`; outputs appended to `out`.
     async fn lost_rows_check(
@@ -582,43 +709,11 @@ impl Engine for FirebirdEngine {
         let file = self.copy_file(&inst.data_dir);
         let file_s = file.to_string_lossy().into_owned();
         let db = self.db_name();
-        let log = &self.cfg.server_log;
         let mut report = CheckReport::default();
 
-        append(
-            out,
-            format!("==== gfix -v -full {file_s} ====\n").as_bytes(),
-        )?;
-        let log_before = std::fs::metadata(log).map_or(0, |m| m.len());
-        let mut cmd = self.embedded("gfix", &inst.socket_dir);
-        cmd.args(["-v", "-full"]).arg(&file);
-        let o = self.runner.output(cmd, CHECK_TIMEOUT).await?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        append(out, text.as_bytes())?;
-        let tail = log_since(log, log_before);
-        let from_log = findings::parse_validation_log(&tail, &file_s, &db);
-        report
-            .warnings
-            .extend(findings::validation_warnings(&tail, &file_s));
-        append(
-            out,
-            format!(
-                "==== {} (what validation wrote there) ====\n{tail}\n",
-                log.display()
-            )
-            .as_bytes(),
-        )?;
-        report.findings.extend(findings::gfix_findings(
-            o.status.success(),
-            &text,
-            from_log,
-            &db,
-            &log.to_string_lossy(),
-        ));
+        let (findings, warnings) = self.validate(&file, &inst.socket_dir, out).await?;
+        report.findings.extend(findings);
+        report.warnings.extend(warnings);
         report
             .coverage
             .push("gfix -v -full: every page and record of the copy".into());
@@ -647,6 +742,80 @@ impl Engine for FirebirdEngine {
         Ok(report)
     }
 
+    fn backup_is_logical(&self) -> bool {
+        true
+    }
+
+    /// `gbak -b` of the copy (fixed up by `nbackup -F`, exactly what the
+    /// test checks) into `<dst>/<db>.fbk`: every row read, as the logical
+    /// read does.
+    async fn make_backup(
+        &self,
+        inst: &PrivateInstance,
+        dst: &Path,
+        out: &Path,
+    ) -> Result<CheckReport, EngineError> {
+        self.runner
+            .prepare_dir(dst)
+            .map_err(|source| EngineError::Io {
+                op: "create the backup directory",
+                path: dst.to_owned(),
+                source,
+            })?;
+        let file = self.copy_file(&inst.data_dir);
+        let fbk = self.backup_file(dst);
+        append(
+            out,
+            format!(
+                "==== gbak -b -v {} {} ====\n",
+                file.display(),
+                fbk.display()
+            )
+            .as_bytes(),
+        )?;
+        let mut cmd = self.embedded("gbak", &inst.socket_dir);
+        cmd.args(["-b", "-v", "-user"])
+            .arg(&self.cfg.user)
+            .arg(&file)
+            .arg(&fbk);
+        let o = self.runner.output(cmd, CHECK_TIMEOUT).await?;
+        let text = output_text(&o);
+        append(out, text.as_bytes())?;
+        // The rows it wrote per table, for the restore to be held to.
+        let log = Self::dump_log(dst);
+        std::fs::write(&log, &text).map_err(|source| EngineError::Io {
+            op: "write",
+            path: log,
+            source,
+        })?;
+        let mut report = CheckReport::default();
+        report.findings = findings::parse_gbak(o.status.success(), &text, &self.db_name());
+        report
+            .coverage
+            .push("gbak -b: every row of every table read into the backup".into());
+        Ok(report)
+    }
+
+    /// `gbak -c` of the backup into a scratch database beside it, then
+    /// `gfix -v -full` and the lost-rows check of that; the scratch
+    /// database is removed.
+    async fn verify_backup(&self, dst: &Path, out: &Path) -> Result<CheckReport, EngineError> {
+        let scratch = Self::scratch_dir(dst);
+        let _ = std::fs::remove_dir_all(&scratch);
+        let lock = scratch.join("lock");
+        self.runner
+            .prepare_dir(&lock)
+            .and_then(|()| self.runner.prepare_dir(&scratch))
+            .map_err(|source| EngineError::Io {
+                op: "create the scratch directory",
+                path: scratch.clone(),
+                source,
+            })?;
+        let r = self.verify_in(dst, &scratch, &lock, out).await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        r
+    }
+
     async fn close_private(&self, _inst: &PrivateInstance) -> Result<(), EngineError> {
         Ok(())
     }
@@ -663,8 +832,9 @@ impl Engine for FirebirdEngine {
             .await
     }
 
+    /// A Firebird copy (and its `gbak` backup) has no log position: 0/0.
     async fn copy_lsns(&self, _dir: &Path) -> Result<(Lsn, Lsn), EngineError> {
-        Err(EngineError::Unsupported("backups of a Firebird database"))
+        Ok((Lsn(0), Lsn(0)))
     }
 
     /// The tools on the copy are the agent's children, killed with it.
