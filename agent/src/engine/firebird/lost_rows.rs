@@ -62,7 +62,8 @@ pub struct IndexDef {
 pub fn parse_catalog(text: &str) -> (Vec<String>, Vec<IndexDef>) {
     let mut tables = Vec::new();
     // (table, index) -> (unique, descending, [(position, column)])
-    let mut idx: BTreeMap<(String, String), (bool, bool, Vec<(u32, String)>)> = BTreeMap::new();
+    type Segments = (bool, bool, Vec<(u32, String)>);
+    let mut idx: BTreeMap<(String, String), Segments> = BTreeMap::new();
     for line in text.lines() {
         if let Some(v) = value_of(line, "TBL") {
             tables.push(v.to_owned());

@@ -788,8 +788,10 @@ impl Engine for FirebirdEngine {
             path: log,
             source,
         })?;
-        let mut report = CheckReport::default();
-        report.findings = findings::parse_gbak(o.status.success(), &text, &self.db_name());
+        let mut report = CheckReport {
+            findings: findings::parse_gbak(o.status.success(), &text, &self.db_name()),
+            ..CheckReport::default()
+        };
         report
             .coverage
             .push("gbak -b: every row of every table read into the backup".into());
