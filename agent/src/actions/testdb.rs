@@ -6,7 +6,10 @@
 //! online mode: `start_backup` → `copy` → `stop_backup` (the standby keeps
 //! streaming; the backup on it makes the copy consistent). Then `manifest`
 //! (hash what the copy did not read) → `open_private` → `checks` →
-//! `stop_private` → `lost_rows` → `checksums`.
+//! `stop_private` → `lost_rows` → `checksums`. A backup packs the copy
+//! (`pack`) before `open_private`; on engines whose backups are logical
+//! dumps (Firebird), `backup` (after `checks`) and `verify_backup` (its
+//! restore, validated) come instead, then `pack` of the dump.
 //!
 //! The steps run on the operation's [`Run`]: each records its undo before
 //! it changes anything (`start_standby` before the stop, the copy's unusable

@@ -15,7 +15,13 @@
 //!   follow open it embedded, never through the live server;
 //! - `check_private`: `gfix -v -full` (every page and record; the tables
 //!   are named only in the server log, see [`findings`]) and the logical
-//!   read `gbak -b` to nowhere.
+//!   read `gbak -b` to nowhere;
+//! - `check_files`: rows lost where validation does not look
+//!   ([`lost_rows`]: the copy swept, each table counted through an index
+//!   against the index's entries);
+//! - backups are logical ([`Engine::backup_is_logical`]): `make_backup`
+//!   is `gbak -b` of the opened copy, `verify_backup` its `gbak -c` into a
+//!   scratch database, held to the rows `gbak -b` wrote, then validated.
 //!
 //! Tools run as `firebird.os_user` (when the agent is root) with
 //! `FIREBIRD` (the root whose `firebird.conf` they read), `ISC_USER` and
