@@ -96,6 +96,11 @@ pub struct RestoreConfig {
     /// restore and puts the old data directory back.
     #[serde(default)]
     pub upgrade_hook: Option<PathBuf>,
+    /// Application-level replays after the upgrade hook (SPEC R7: the
+    /// billing's payments made after the backup), run the same way; a
+    /// non-zero exit fails the restore and puts the old database back.
+    #[serde(default)]
+    pub roll_forward_hook: Option<PathBuf>,
     #[serde(default = "default_hook_timeout", with = "humantime_serde")]
     pub hook_timeout: Duration,
     /// Free space (MiB) to keep on the data directory's filesystem beyond
@@ -114,6 +119,7 @@ impl Default for RestoreConfig {
     fn default() -> Self {
         RestoreConfig {
             upgrade_hook: None,
+            roll_forward_hook: None,
             hook_timeout: default_hook_timeout(),
             free_space_reserve_mib: default_reserve_mib(),
             roll_forward_timeout: default_roll_forward_timeout(),

@@ -58,6 +58,14 @@ pub enum RestoreError {
     )]
     NoBackupConfig,
     #[error(
+        "this agent has no [backup] section in its agent.toml; a restore takes its backups from [backup] dir (see deploy/agent.firebird.example.toml)"
+    )]
+    NoBackupDir,
+    #[error(
+        "this database cannot be restored to a target time: its backups are logical (gbak) and no log of the changes after them is kept; restore without --target-time, and replay later changes with [restore] roll_forward_hook"
+    )]
+    NoTargetTime,
+    #[error(
         "restore needs `from`: latest, daily, weekly, monthly, a backup file, remote:KEY or MEMBER:/path"
     )]
     NoSource,
@@ -144,21 +152,15 @@ pub struct Plan {
     /// PostgreSQL's `recovery_target_time` (UTC), or `None`: to the end.
     pub target_time: Option<String>,
     pub replace: bool,
+    /// The prepared database beside the live one (R2).
     pub prepare: PathBuf,
-    pub wal_archive: PathBuf,
+    /// Where the backup is unpacked: `prepare` itself, or a scratch
+    /// directory the engine restores `prepare` from.
+    pub unpack: PathBuf,
+    /// The archive of the log to roll forward from (engines that have one).
+    pub wal_archive: Option<PathBuf>,
     pub unpacked_bytes: u64,
     pub stage: RestoreStage,
-}
-
-/// `<data_dir>.prepare`, beside the data directory (R2).
-pub fn prepare_dir(data_dir: &Path) -> PathBuf {
-    with_suffix(data_dir, ".prepare")
-}
-
-fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 /// `2026-11-21T12:30:00.5+01:00` → `2026-11-21 11:30:00.5+00` (UTC, as
@@ -210,19 +212,29 @@ fn reachable(target: Option<Timestamp>, taken: Timestamp, file: &Path) -> Result
 impl Plan {
     /// R1 (local), R2 (prepare exists), R11 (free space), and the target
     /// time against the backup, before anything is written.
-    pub fn check(
+    pub fn check<E: Engine>(
         cfg: &AgentConfig,
-        data_dir: &Path,
+        engine: &E,
         o: &RestoreOrder,
     ) -> Result<Plan, RestoreError> {
-        let b = cfg.backup.as_ref().ok_or(RestoreError::NoBackupConfig)?;
-        let wal_archive = b.wal_archive.clone().ok_or(RestoreError::NoBackupConfig)?;
+        let data_dir = engine.data_dir();
+        let wal_archive = if engine.restores_from_log() {
+            let b = cfg.backup.as_ref().ok_or(RestoreError::NoBackupConfig)?;
+            Some(b.wal_archive.clone().ok_or(RestoreError::NoBackupConfig)?)
+        } else {
+            if o.target_time.is_some() {
+                return Err(RestoreError::NoTargetTime);
+            }
+            None
+        };
+        let b = cfg.backup.as_ref().ok_or(RestoreError::NoBackupDir)?;
         let from = o.from.as_str();
         if from.is_empty() {
             return Err(RestoreError::NoSource);
         }
         let target = o.target_time.as_deref().map(target_timestamp).transpose()?;
-        let prepare = prepare_dir(data_dir);
+        let prepare = engine.prepare_path();
+        let unpack = engine.unpack_path(&prepare);
         let source = BackupSource::parse(from)?;
         let mut plan = Plan {
             file: PathBuf::from(from),
@@ -231,12 +243,13 @@ impl Plan {
             target_time: target.map(for_postgres),
             replace: o.replace,
             prepare,
+            unpack,
             wal_archive,
             unpacked_bytes: 0,
             stage: o.stage,
         };
         if o.stage == RestoreStage::Swap {
-            if !plan.prepare.join("PG_VERSION").is_file() {
+            if !engine.is_prepared(&plan.prepare) {
                 return Err(RestoreError::NotPrepared { path: plan.prepare });
             }
             return Ok(plan);
@@ -260,7 +273,7 @@ impl Plan {
                 &b.dir,
                 data_dir.parent().unwrap_or(Path::new("/")),
                 peer.bytes - have,
-                peer.unpacked_bytes,
+                engine.restore_bytes(peer.unpacked_bytes),
                 cfg.restore.free_space_reserve_mib,
             )?;
             plan.file = dst;
@@ -316,7 +329,7 @@ impl Plan {
         space_ok(
             parent,
             free_bytes(parent)?,
-            plan.unpacked_bytes,
+            engine.restore_bytes(plan.unpacked_bytes),
             cfg.restore.free_space_reserve_mib,
         )?;
         Ok(plan)
@@ -420,6 +433,7 @@ impl Restore {
         }
         if plan.remote_key.is_some() || plan.peer.is_some() {
             let (cfg, dd, f) = (run.cfg.clone(), data_dir.to_owned(), file.clone());
+            let engine = run.engine.clone();
             run.step(
                 "R11 free_space",
                 blocking(move || {
@@ -429,7 +443,7 @@ impl Restore {
                     space_ok(
                         &parent,
                         free,
-                        meta.unpacked_bytes,
+                        engine.restore_bytes(meta.unpacked_bytes),
                         cfg.restore.free_space_reserve_mib,
                     )?;
                     Ok(())
@@ -441,7 +455,8 @@ impl Restore {
 
         // R2: unpack beside the data directory, verified.
         run.set_bytes_total(plan.unpacked_bytes);
-        let prepare = plan.prepare.clone();
+        let unpack = plan.unpack.clone();
+        let scratch = plan.unpack != plan.prepare;
         let (replace, progress, cancel, owner) = (
             plan.replace,
             run.bytes_progress(),
@@ -452,10 +467,12 @@ impl Restore {
         run.step(
             "R2 unpack",
             blocking(move || {
-                if replace && std::fs::symlink_metadata(&prepare).is_ok() {
-                    std::fs::remove_dir_all(&prepare).map_err(|source| RestoreStepError::Io {
+                // A scratch directory is ours (left by a failed restore);
+                // the prepare directory is removed only when asked to.
+                if (replace || scratch) && std::fs::symlink_metadata(&unpack).is_ok() {
+                    std::fs::remove_dir_all(&unpack).map_err(|source| RestoreStepError::Io {
                         op: "remove the old prepare directory",
-                        path: prepare.clone(),
+                        path: unpack.clone(),
                         source,
                     })?;
                 }
@@ -464,11 +481,23 @@ impl Restore {
                     .flatten()
                     .filter(|_| nix::unistd::geteuid().is_root())
                     .map(|u| (u.uid.as_raw(), u.gid.as_raw()));
-                backup::unpack(&f, &prepare, owner, &progress, &cancel)?;
+                backup::unpack(&f, &unpack, owner, &progress, &cancel)?;
                 Ok(())
             }),
         )
         .await?;
+        if scratch {
+            let notes = run
+                .step(
+                    "R2 restore",
+                    run.engine
+                        .restore_unpacked(&plan.unpack, &plan.prepare, plan.replace),
+                )
+                .await?;
+            for n in notes {
+                run.note(n);
+            }
+        }
         self.fetch_wal(run, "R2 fetch_wal").await
     }
 
@@ -481,7 +510,8 @@ impl Restore {
         run: &Run<E>,
         step: &'static str,
     ) -> Result<(), StepFailed> {
-        let Some(remote) = run.cfg.remote.clone() else {
+        let (Some(remote), Some(dir)) = (run.cfg.remote.clone(), self.plan.wal_archive.clone())
+        else {
             return Ok(());
         };
         let name = self.plan.file.file_name().and_then(|n| n.to_str());
@@ -491,7 +521,7 @@ impl Restore {
         else {
             return Ok(());
         };
-        let (set, dir) = (run.cfg.set.clone(), self.plan.wal_archive.clone());
+        let set = run.cfg.set.clone();
         let fetched = run
             .step(step, async move {
                 backup::remote::Remote::open(&remote)?
@@ -503,7 +533,7 @@ impl Restore {
             run.note(format!(
                 "{} WAL files fetched from the remote store into {} ({first} .. {last})",
                 fetched.len(),
-                self.plan.wal_archive.display()
+                self.plan.wal_archive.as_deref().unwrap_or(Path::new("?")).display()
             ));
         }
         Ok(())
@@ -521,7 +551,7 @@ impl Restore {
         });
         let stopped = run.step("R3 stop", run.engine.stop()).await;
         if let Err(e) = stopped {
-            if crate::engine::postmaster::runs(&data_dir) {
+            if run.engine.still_serves().await {
                 return Err(e);
             }
             run.note(format!(
@@ -601,7 +631,7 @@ impl Restore {
                 run.engine.prepare_recovery(
                     &data_dir,
                     moved.then_some(saved.as_path()),
-                    &plan.wal_archive,
+                    plan.wal_archive.as_deref(),
                     plan.target_time.as_deref(),
                 )
             })
@@ -617,12 +647,9 @@ impl Restore {
                     .roll_forward(run.cfg.restore.roll_forward_timeout),
             )
             .await?;
-        run.note(format!(
-            "rolled forward and promoted at LSN {}",
-            inst.lsn
-                .map(|l| l.to_string())
-                .unwrap_or_else(|| "?".into())
-        ));
+        if let Some(lsn) = inst.lsn {
+            run.note(format!("rolled forward and promoted at LSN {lsn}"));
+        }
 
         // R6: the upgrade hook, clients still out.
         if let Some(hook) = &run.cfg.restore.upgrade_hook {
@@ -635,6 +662,27 @@ impl Restore {
                 .await?;
             run.note(format!(
                 "upgrade hook {} ran{}",
+                hook.display(),
+                if out.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {out}")
+                }
+            ));
+        }
+
+        // R7: application-level replays (the seed's payments), after the
+        // upgrade: they are written for the upgraded schema.
+        if let Some(hook) = &run.cfg.restore.roll_forward_hook {
+            let out = run
+                .step(
+                    "R7 roll_forward_hook",
+                    run.engine
+                        .run_hook(hook, &inst, run.cfg.restore.hook_timeout),
+                )
+                .await?;
+            run.note(format!(
+                "roll-forward hook {} ran{}",
                 hook.display(),
                 if out.is_empty() {
                     String::new()
@@ -760,13 +808,5 @@ mod tests {
         );
         let e = parse_target("yesterday").unwrap_err();
         assert!(e.to_string().contains("is not a time like"), "{e}");
-    }
-
-    #[test]
-    fn the_prepare_directory_is_beside_the_data_directory() {
-        assert_eq!(
-            prepare_dir(Path::new("/var/lib/pg/15/main")),
-            Path::new("/var/lib/pg/15/main.prepare")
-        );
     }
 }
