@@ -416,6 +416,12 @@ pub struct FirebirdConfig {
     pub server_log: PathBuf,
     /// Where copies for testdb go. Same host.
     pub archive_dir: PathBuf,
+    /// Generators a restore sets to the maximum of the column they fill
+    /// (`GEN_NAME = "TABLE.COLUMN"`, names as the catalog stores them),
+    /// beside those of identity columns, which it finds itself. Generators
+    /// that triggers use cannot be found safely: name them here.
+    #[serde(default)]
+    pub generators: std::collections::BTreeMap<String, String>,
 }
 
 impl FirebirdConfig {
