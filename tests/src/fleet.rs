@@ -116,6 +116,23 @@ impl FleetSpec {
         self
     }
 
+    /// [`FleetSpec::firebird_set`] with more lines for the `[firebird]`
+    /// table (e.g. `generators = { ... }`).
+    pub fn firebird_set_with(
+        mut self,
+        set: &str,
+        member: &str,
+        server: &crate::firebird::FbServer,
+        more: &str,
+    ) -> FleetSpec {
+        self.firebird.push((
+            set.to_owned(),
+            member.to_owned(),
+            format!("{}{more}", server.agent_table()),
+        ));
+        self
+    }
+
     /// A set over existing servers: `members` are (member name, server).
     pub fn existing_set(mut self, set: &str, members: &[(&str, &PgServer)]) -> FleetSpec {
         self.existing.push((
@@ -359,7 +376,16 @@ impl Fleet {
             write(
                 &config,
                 &format!(
-                    "name = \"{member}\"\nset = \"{set}\"\nengine = \"firebird\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[firebird]\n{table}archive_dir = \"{archive}\"\n\n[testdb]\n{testdb}\n",
+                    "name = \"{member}\"\nset = \"{set}\"\nengine = \"firebird\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[firebird]\n{table}archive_dir = \"{archive}\"\n\n[testdb]\n{testdb}\n{backup}",
+                    // A Firebird set keeps no WAL archive.
+                    backup = spec
+                        .backups
+                        .as_ref()
+                        .map(|extra| format!(
+                            "\n[backup]\ndir = \"{}\"\n{extra}\n",
+                            adir.join("backups").display()
+                        ))
+                        .unwrap_or_default(),
                     aport = free_port(),
                     home = adir.join("home").display(),
                     hb = spec.heartbeat_interval.as_millis(),

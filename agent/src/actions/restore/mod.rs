@@ -533,7 +533,11 @@ impl Restore {
             run.note(format!(
                 "{} WAL files fetched from the remote store into {} ({first} .. {last})",
                 fetched.len(),
-                self.plan.wal_archive.as_deref().unwrap_or(Path::new("?")).display()
+                self.plan
+                    .wal_archive
+                    .as_deref()
+                    .unwrap_or(Path::new("?"))
+                    .display()
             ));
         }
         Ok(())

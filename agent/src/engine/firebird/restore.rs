@@ -159,7 +159,12 @@ impl FirebirdEngine {
         format!("{}/{}:{}", self.cfg.host, self.cfg.port, file.display())
     }
 
-    async fn gfix(&self, what: &'static str, args: &[&str], file: &Path) -> Result<(), EngineError> {
+    async fn gfix(
+        &self,
+        what: &'static str,
+        args: &[&str],
+        file: &Path,
+    ) -> Result<(), EngineError> {
         let mut cmd = self.command("gfix");
         cmd.args(args)
             .arg(self.dsn_of(file))
@@ -230,8 +235,12 @@ impl FirebirdEngine {
                 ""
             }
         )];
-        self.gfix("gfix -shut full", &["-shut", "full", "-force", "0"], prepare)
-            .await?;
+        self.gfix(
+            "gfix -shut full",
+            &["-shut", "full", "-force", "0"],
+            prepare,
+        )
+        .await?;
         notes.push(format!(
             "{} is shut down (gfix -shut full): it serves no client until the restore brings it online",
             prepare.display()
@@ -282,7 +291,10 @@ impl FirebirdEngine {
     }
 
     /// R7: no log to replay; refused with a target time.
-    pub(super) fn recovery_notes(&self, target_time: Option<&str>) -> Result<Vec<String>, EngineError> {
+    pub(super) fn recovery_notes(
+        &self,
+        target_time: Option<&str>,
+    ) -> Result<Vec<String>, EngineError> {
         if target_time.is_some() {
             return Err(EngineError::Refused(
                 "a Firebird database cannot be restored to a target time: restore without one"
@@ -305,7 +317,12 @@ impl FirebirdEngine {
         .await?;
         Ok(PrivateInstance {
             data_dir: self.cfg.database.clone(),
-            socket_dir: self.cfg.database.parent().unwrap_or(Path::new("/")).to_owned(),
+            socket_dir: self
+                .cfg
+                .database
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .to_owned(),
             port: self.cfg.port,
             lsn: None,
             data_checksums: false,
