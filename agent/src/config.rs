@@ -92,7 +92,8 @@ pub struct RemoteConfig {
 pub struct RestoreConfig {
     /// The schema-upgrade hook run after the roll-forward, while the server
     /// serves no clients (SPEC R6); PGHOST, PGPORT, PGDATA and PGUSER in its
-    /// environment, run as postgres.os_user. A non-zero exit fails the
+    /// environment, run as postgres.os_user (Firebird: TANDEM_FB_DSN,
+    /// FIREBIRD, ISC_USER, ISC_PASSWORD, as firebird.os_user). A non-zero exit fails the
     /// restore and puts the old data directory back.
     #[serde(default)]
     pub upgrade_hook: Option<PathBuf>,

@@ -13,12 +13,16 @@
 //! `R1 fetch` (remote only) or `R1 fetch_peer` (from another member's agent
 //! under the controller's grant, resuming a partial file: `backup::peer`) →
 //! `R2 unpack` (verified against the manifest) →
-//! `R2 fetch_wal` (with a [remote] store: the WAL files from the backup's
+//! `R2 restore` (engines whose backups are logical: the prepared database
+//! made from what was unpacked into a scratch directory, `gbak -c` for
+//! Firebird) → `R2 fetch_wal` (with a [remote] store: the WAL files from the backup's
 //! start that the WAL archive lacks) → `R3 stop` (already stopped is fine) → `R4 move_aside`
 //! (`<data_dir>.before-restore-<UTC time>`, never deleted) → `R5 swap` →
 //! `R7 fetch_wal` (what was archived since) → `R7 roll_forward` (recovery settings, server on a private socket only,
 //! replay the WAL archive to the target time or its end, promote) →
-//! `R6 upgrade_hook` (clients still out) → `R8 sequences` → `R9 start`
+//! `R6 upgrade_hook` (clients still out) → `R7 roll_forward_hook`
+//! (`[restore] roll_forward_hook`: application-level replays, written for
+//! the upgraded schema) → `R8 sequences` → `R9 start`
 //! (for clients) → `R10 health` (twice in a row).
 //!
 //! The controller runs a restore in two orders inside a window that halts
