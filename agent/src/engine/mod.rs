@@ -357,7 +357,7 @@ pub trait Engine: Send + Sync + 'static {
     }
 
     /// Start the live data directory serving no clients (PostgreSQL: a
-    /// private socket only; Firebird: single-user shutdown), wait until it
+    /// private socket only; Firebird: multi-user shutdown), wait until it
     /// has rolled forward and promoted (R7).
     fn roll_forward(
         &self,

@@ -12,8 +12,10 @@
 //! - the prepared database (`gbak -c`, `-rep` to replace one, through the
 //!   server) is shut down the same way before it is moved into place, so
 //!   it never serves a client by accident;
-//! - isolated: `gfix -online single`: one attachment at a time, by SYSDBA
-//!   or the database's owner only; the hooks and the generator fix run so;
+//! - isolated: `gfix -online multi`: SYSDBA and the database's owner
+//!   only (not `single`: its one attachment was seen taken by the agent's
+//!   own facts query while a hook needed it); the hooks and the generator
+//!   fix run so;
 //! - start: `gfix -online` (normal), then wait until it answers.
 //!
 //! Generators (R8): those behind an identity column are found in the
@@ -306,12 +308,12 @@ impl FirebirdEngine {
         ])
     }
 
-    /// R6/R7: the database in single-user shutdown (SYSDBA or its owner,
-    /// one attachment at a time): no client is served.
+    /// R6/R7: the database in multi-user shutdown (SYSDBA or its owner
+    /// only): no application user is served.
     pub(super) async fn isolate_restored(&self) -> Result<PrivateInstance, EngineError> {
         self.gfix(
-            "gfix -online single",
-            &["-online", "single"],
+            "gfix -online multi",
+            &["-online", "multi"],
             &self.cfg.database,
         )
         .await?;
