@@ -92,10 +92,16 @@ pub struct RemoteConfig {
 pub struct RestoreConfig {
     /// The schema-upgrade hook run after the roll-forward, while the server
     /// serves no clients (SPEC R6); PGHOST, PGPORT, PGDATA and PGUSER in its
-    /// environment, run as postgres.os_user. A non-zero exit fails the
+    /// environment, run as postgres.os_user (Firebird: TANDEM_FB_DSN,
+    /// FIREBIRD, ISC_USER, ISC_PASSWORD, as firebird.os_user). A non-zero exit fails the
     /// restore and puts the old data directory back.
     #[serde(default)]
     pub upgrade_hook: Option<PathBuf>,
+    /// Application-level replays after the upgrade hook (SPEC R7: the
+    /// billing's payments made after the backup), run the same way; a
+    /// non-zero exit fails the restore and puts the old database back.
+    #[serde(default)]
+    pub roll_forward_hook: Option<PathBuf>,
     #[serde(default = "default_hook_timeout", with = "humantime_serde")]
     pub hook_timeout: Duration,
     /// Free space (MiB) to keep on the data directory's filesystem beyond
@@ -114,6 +120,7 @@ impl Default for RestoreConfig {
     fn default() -> Self {
         RestoreConfig {
             upgrade_hook: None,
+            roll_forward_hook: None,
             hook_timeout: default_hook_timeout(),
             free_space_reserve_mib: default_reserve_mib(),
             roll_forward_timeout: default_roll_forward_timeout(),
@@ -410,6 +417,12 @@ pub struct FirebirdConfig {
     pub server_log: PathBuf,
     /// Where copies for testdb go. Same host.
     pub archive_dir: PathBuf,
+    /// Generators a restore sets to the maximum of the column they fill
+    /// (`GEN_NAME = "TABLE.COLUMN"`, names as the catalog stores them),
+    /// beside those of identity columns, which it finds itself. Generators
+    /// that triggers use cannot be found safely: name them here.
+    #[serde(default)]
+    pub generators: std::collections::BTreeMap<String, String>,
 }
 
 impl FirebirdConfig {

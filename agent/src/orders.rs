@@ -68,7 +68,7 @@ pub async fn start<E: Engine>(
             ops.launch(&o, bytes, action)?
         }
         Order::Restore(r) => {
-            let plan = restore::Plan::check(&cfg, ops.engine().data_dir(), r)?;
+            let plan = restore::Plan::check(&cfg, &**ops.engine(), r)?;
             let bytes = plan.unpacked_bytes;
             ops.launch(&o, bytes, Restore { plan })?
         }

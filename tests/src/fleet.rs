@@ -116,6 +116,23 @@ impl FleetSpec {
         self
     }
 
+    /// [`FleetSpec::firebird_set`] with more lines for the `[firebird]`
+    /// table (e.g. `generators = { ... }`).
+    pub fn firebird_set_with(
+        mut self,
+        set: &str,
+        member: &str,
+        server: &crate::firebird::FbServer,
+        more: &str,
+    ) -> FleetSpec {
+        self.firebird.push((
+            set.to_owned(),
+            member.to_owned(),
+            format!("{}{more}", server.agent_table()),
+        ));
+        self
+    }
+
     /// A set over existing servers: `members` are (member name, server).
     pub fn existing_set(mut self, set: &str, members: &[(&str, &PgServer)]) -> FleetSpec {
         self.existing.push((

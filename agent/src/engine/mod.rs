@@ -317,22 +317,79 @@ pub trait Engine: Send + Sync + 'static {
     fn copy_lsns(&self, dir: &Path)
     -> impl Future<Output = Result<(Lsn, Lsn), EngineError>> + Send;
 
-    /// Restore (SPEC R2-R10), step by step; engines that cannot restore
-    /// keep these defaults, which refuse. Make the prepared data directory
-    /// `dir` recover from `wal_archive` to `target_time` (or the end), with
-    /// the config files of `saved` (the directory moved aside).
+    // Restore (SPEC R2-R10), step by step; engines that cannot restore
+    // keep the defaults of the steps, which refuse.
+
+    /// Where a restore prepares the database beside the live one (R2):
+    /// `<data_dir>.prepare`.
+    fn prepare_path(&self) -> PathBuf {
+        let mut s = self.data_dir().as_os_str().to_owned();
+        s.push(".prepare");
+        PathBuf::from(s)
+    }
+
+    /// Where the backup file is unpacked: the prepare location itself
+    /// (a physical copy), or a scratch directory that
+    /// [`Engine::restore_unpacked`] turns into the prepared database.
+    fn unpack_path(&self, prepare: &Path) -> PathBuf {
+        prepare.to_owned()
+    }
+
+    /// Make the prepared database `prepare` from what was unpacked into
+    /// `unpacked` (a logical backup is restored; a physical copy already
+    /// is the prepared directory); `replace` overwrites a prepared database
+    /// that exists. One line per thing done.
+    fn restore_unpacked(
+        &self,
+        _unpacked: &Path,
+        _prepare: &Path,
+        _replace: bool,
+    ) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send {
+        async { Ok(vec![]) }
+    }
+
+    /// Whether `prepare` holds a prepared database (the swap stage of a
+    /// restore run in two orders).
+    fn is_prepared(&self, prepare: &Path) -> bool {
+        prepare.join("PG_VERSION").is_file()
+    }
+
+    /// Whether a restore rolls forward from an archive of the log (and so
+    /// needs `[backup] wal_archive`, and can stop at a target time).
+    fn restores_from_log(&self) -> bool {
+        true
+    }
+
+    /// The bytes a restore writes beside the live database for a backup
+    /// that unpacks to `unpacked` bytes (free-space check before anything
+    /// is written).
+    fn restore_bytes(&self, unpacked: u64) -> u64 {
+        unpacked
+    }
+
+    /// Whether the live server still serves the database after a stop
+    /// that failed: a restore carries on only when it does not.
+    fn still_serves(&self) -> impl Future<Output = bool> + Send {
+        let runs = postmaster::runs(self.data_dir());
+        async move { runs }
+    }
+
+    /// Make the prepared data directory `dir` recover from `wal_archive`
+    /// to `target_time` (or the end), with the config files of `saved`
+    /// (the directory moved aside). One line per thing done.
     fn prepare_recovery(
         &self,
         _dir: &Path,
         _saved: Option<&Path>,
-        _wal_archive: &Path,
+        _wal_archive: Option<&Path>,
         _target_time: Option<&str>,
     ) -> Result<Vec<String>, EngineError> {
         Err(EngineError::Unsupported("restore"))
     }
 
-    /// Start the live data directory serving no clients (a private socket
-    /// only), wait until it has rolled forward and promoted (R7).
+    /// Start the live data directory serving no clients (PostgreSQL: a
+    /// private socket only; Firebird: multi-user shutdown), wait until it
+    /// has rolled forward and promoted (R7).
     fn roll_forward(
         &self,
         _timeout: Duration,
@@ -340,7 +397,8 @@ pub trait Engine: Send + Sync + 'static {
         async { Err(EngineError::Unsupported("restore")) }
     }
 
-    /// Run the upgrade hook against the isolated server (R6).
+    /// Run a hook (the upgrade hook, R6; the roll-forward hook, R7) against
+    /// the isolated server.
     fn run_hook(
         &self,
         _hook: &Path,

@@ -348,9 +348,14 @@ impl Engine for PostgresEngine {
         &self,
         dir: &Path,
         saved: Option<&Path>,
-        wal_archive: &Path,
+        wal_archive: Option<&Path>,
         target_time: Option<&str>,
     ) -> Result<Vec<String>, EngineError> {
+        let Some(wal_archive) = wal_archive else {
+            return Err(EngineError::Refused(
+                "a PostgreSQL restore needs [backup] wal_archive in agent.toml".into(),
+            ));
+        };
         PostgresEngine::prepare_recovery(self, dir, saved, wal_archive, target_time)
     }
 

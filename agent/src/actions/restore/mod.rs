@@ -13,12 +13,16 @@
 //! `R1 fetch` (remote only) or `R1 fetch_peer` (from another member's agent
 //! under the controller's grant, resuming a partial file: `backup::peer`) →
 //! `R2 unpack` (verified against the manifest) →
-//! `R2 fetch_wal` (with a [remote] store: the WAL files from the backup's
+//! `R2 restore` (engines whose backups are logical: the prepared database
+//! made from what was unpacked into a scratch directory, `gbak -c` for
+//! Firebird) → `R2 fetch_wal` (with a [remote] store: the WAL files from the backup's
 //! start that the WAL archive lacks) → `R3 stop` (already stopped is fine) → `R4 move_aside`
 //! (`<data_dir>.before-restore-<UTC time>`, never deleted) → `R5 swap` →
 //! `R7 fetch_wal` (what was archived since) → `R7 roll_forward` (recovery settings, server on a private socket only,
 //! replay the WAL archive to the target time or its end, promote) →
-//! `R6 upgrade_hook` (clients still out) → `R8 sequences` → `R9 start`
+//! `R6 upgrade_hook` (clients still out) → `R7 roll_forward_hook`
+//! (`[restore] roll_forward_hook`: application-level replays, written for
+//! the upgraded schema) → `R8 sequences` → `R9 start`
 //! (for clients) → `R10 health` (twice in a row).
 //!
 //! The controller runs a restore in two orders inside a window that halts
@@ -57,6 +61,14 @@ pub enum RestoreError {
         "this agent has no [backup] section with a wal_archive in its agent.toml; a restore needs both (see deploy/agent.example.toml)"
     )]
     NoBackupConfig,
+    #[error(
+        "this agent has no [backup] section in its agent.toml; a restore takes its backups from [backup] dir (see deploy/agent.firebird.example.toml)"
+    )]
+    NoBackupDir,
+    #[error(
+        "this database cannot be restored to a target time: its backups are logical (gbak) and no log of the changes after them is kept; restore without --target-time, and replay later changes with [restore] roll_forward_hook"
+    )]
+    NoTargetTime,
     #[error(
         "restore needs `from`: latest, daily, weekly, monthly, a backup file, remote:KEY or MEMBER:/path"
     )]
@@ -144,21 +156,15 @@ pub struct Plan {
     /// PostgreSQL's `recovery_target_time` (UTC), or `None`: to the end.
     pub target_time: Option<String>,
     pub replace: bool,
+    /// The prepared database beside the live one (R2).
     pub prepare: PathBuf,
-    pub wal_archive: PathBuf,
+    /// Where the backup is unpacked: `prepare` itself, or a scratch
+    /// directory the engine restores `prepare` from.
+    pub unpack: PathBuf,
+    /// The archive of the log to roll forward from (engines that have one).
+    pub wal_archive: Option<PathBuf>,
     pub unpacked_bytes: u64,
     pub stage: RestoreStage,
-}
-
-/// `<data_dir>.prepare`, beside the data directory (R2).
-pub fn prepare_dir(data_dir: &Path) -> PathBuf {
-    with_suffix(data_dir, ".prepare")
-}
-
-fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 /// `2026-11-21T12:30:00.5+01:00` → `2026-11-21 11:30:00.5+00` (UTC, as
@@ -210,19 +216,29 @@ fn reachable(target: Option<Timestamp>, taken: Timestamp, file: &Path) -> Result
 impl Plan {
     /// R1 (local), R2 (prepare exists), R11 (free space), and the target
     /// time against the backup, before anything is written.
-    pub fn check(
+    pub fn check<E: Engine>(
         cfg: &AgentConfig,
-        data_dir: &Path,
+        engine: &E,
         o: &RestoreOrder,
     ) -> Result<Plan, RestoreError> {
-        let b = cfg.backup.as_ref().ok_or(RestoreError::NoBackupConfig)?;
-        let wal_archive = b.wal_archive.clone().ok_or(RestoreError::NoBackupConfig)?;
+        let data_dir = engine.data_dir();
+        let wal_archive = if engine.restores_from_log() {
+            let b = cfg.backup.as_ref().ok_or(RestoreError::NoBackupConfig)?;
+            Some(b.wal_archive.clone().ok_or(RestoreError::NoBackupConfig)?)
+        } else {
+            if o.target_time.is_some() {
+                return Err(RestoreError::NoTargetTime);
+            }
+            None
+        };
+        let b = cfg.backup.as_ref().ok_or(RestoreError::NoBackupDir)?;
         let from = o.from.as_str();
         if from.is_empty() {
             return Err(RestoreError::NoSource);
         }
         let target = o.target_time.as_deref().map(target_timestamp).transpose()?;
-        let prepare = prepare_dir(data_dir);
+        let prepare = engine.prepare_path();
+        let unpack = engine.unpack_path(&prepare);
         let source = BackupSource::parse(from)?;
         let mut plan = Plan {
             file: PathBuf::from(from),
@@ -231,12 +247,13 @@ impl Plan {
             target_time: target.map(for_postgres),
             replace: o.replace,
             prepare,
+            unpack,
             wal_archive,
             unpacked_bytes: 0,
             stage: o.stage,
         };
         if o.stage == RestoreStage::Swap {
-            if !plan.prepare.join("PG_VERSION").is_file() {
+            if !engine.is_prepared(&plan.prepare) {
                 return Err(RestoreError::NotPrepared { path: plan.prepare });
             }
             return Ok(plan);
@@ -260,7 +277,7 @@ impl Plan {
                 &b.dir,
                 data_dir.parent().unwrap_or(Path::new("/")),
                 peer.bytes - have,
-                peer.unpacked_bytes,
+                engine.restore_bytes(peer.unpacked_bytes),
                 cfg.restore.free_space_reserve_mib,
             )?;
             plan.file = dst;
@@ -316,7 +333,7 @@ impl Plan {
         space_ok(
             parent,
             free_bytes(parent)?,
-            plan.unpacked_bytes,
+            engine.restore_bytes(plan.unpacked_bytes),
             cfg.restore.free_space_reserve_mib,
         )?;
         Ok(plan)
@@ -420,6 +437,7 @@ impl Restore {
         }
         if plan.remote_key.is_some() || plan.peer.is_some() {
             let (cfg, dd, f) = (run.cfg.clone(), data_dir.to_owned(), file.clone());
+            let engine = run.engine.clone();
             run.step(
                 "R11 free_space",
                 blocking(move || {
@@ -429,7 +447,7 @@ impl Restore {
                     space_ok(
                         &parent,
                         free,
-                        meta.unpacked_bytes,
+                        engine.restore_bytes(meta.unpacked_bytes),
                         cfg.restore.free_space_reserve_mib,
                     )?;
                     Ok(())
@@ -441,7 +459,8 @@ impl Restore {
 
         // R2: unpack beside the data directory, verified.
         run.set_bytes_total(plan.unpacked_bytes);
-        let prepare = plan.prepare.clone();
+        let unpack = plan.unpack.clone();
+        let scratch = plan.unpack != plan.prepare;
         let (replace, progress, cancel, owner) = (
             plan.replace,
             run.bytes_progress(),
@@ -452,10 +471,12 @@ impl Restore {
         run.step(
             "R2 unpack",
             blocking(move || {
-                if replace && std::fs::symlink_metadata(&prepare).is_ok() {
-                    std::fs::remove_dir_all(&prepare).map_err(|source| RestoreStepError::Io {
+                // A scratch directory is ours (left by a failed restore);
+                // the prepare directory is removed only when asked to.
+                if (replace || scratch) && std::fs::symlink_metadata(&unpack).is_ok() {
+                    std::fs::remove_dir_all(&unpack).map_err(|source| RestoreStepError::Io {
                         op: "remove the old prepare directory",
-                        path: prepare.clone(),
+                        path: unpack.clone(),
                         source,
                     })?;
                 }
@@ -464,11 +485,23 @@ impl Restore {
                     .flatten()
                     .filter(|_| nix::unistd::geteuid().is_root())
                     .map(|u| (u.uid.as_raw(), u.gid.as_raw()));
-                backup::unpack(&f, &prepare, owner, &progress, &cancel)?;
+                backup::unpack(&f, &unpack, owner, &progress, &cancel)?;
                 Ok(())
             }),
         )
         .await?;
+        if scratch {
+            let notes = run
+                .step(
+                    "R2 restore",
+                    run.engine
+                        .restore_unpacked(&plan.unpack, &plan.prepare, plan.replace),
+                )
+                .await?;
+            for n in notes {
+                run.note(n);
+            }
+        }
         self.fetch_wal(run, "R2 fetch_wal").await
     }
 
@@ -481,7 +514,8 @@ impl Restore {
         run: &Run<E>,
         step: &'static str,
     ) -> Result<(), StepFailed> {
-        let Some(remote) = run.cfg.remote.clone() else {
+        let (Some(remote), Some(dir)) = (run.cfg.remote.clone(), self.plan.wal_archive.clone())
+        else {
             return Ok(());
         };
         let name = self.plan.file.file_name().and_then(|n| n.to_str());
@@ -491,7 +525,7 @@ impl Restore {
         else {
             return Ok(());
         };
-        let (set, dir) = (run.cfg.set.clone(), self.plan.wal_archive.clone());
+        let set = run.cfg.set.clone();
         let fetched = run
             .step(step, async move {
                 backup::remote::Remote::open(&remote)?
@@ -503,7 +537,11 @@ impl Restore {
             run.note(format!(
                 "{} WAL files fetched from the remote store into {} ({first} .. {last})",
                 fetched.len(),
-                self.plan.wal_archive.display()
+                self.plan
+                    .wal_archive
+                    .as_deref()
+                    .unwrap_or(Path::new("?"))
+                    .display()
             ));
         }
         Ok(())
@@ -521,7 +559,7 @@ impl Restore {
         });
         let stopped = run.step("R3 stop", run.engine.stop()).await;
         if let Err(e) = stopped {
-            if crate::engine::postmaster::runs(&data_dir) {
+            if run.engine.still_serves().await {
                 return Err(e);
             }
             run.note(format!(
@@ -601,7 +639,7 @@ impl Restore {
                 run.engine.prepare_recovery(
                     &data_dir,
                     moved.then_some(saved.as_path()),
-                    &plan.wal_archive,
+                    plan.wal_archive.as_deref(),
                     plan.target_time.as_deref(),
                 )
             })
@@ -617,12 +655,9 @@ impl Restore {
                     .roll_forward(run.cfg.restore.roll_forward_timeout),
             )
             .await?;
-        run.note(format!(
-            "rolled forward and promoted at LSN {}",
-            inst.lsn
-                .map(|l| l.to_string())
-                .unwrap_or_else(|| "?".into())
-        ));
+        if let Some(lsn) = inst.lsn {
+            run.note(format!("rolled forward and promoted at LSN {lsn}"));
+        }
 
         // R6: the upgrade hook, clients still out.
         if let Some(hook) = &run.cfg.restore.upgrade_hook {
@@ -635,6 +670,27 @@ impl Restore {
                 .await?;
             run.note(format!(
                 "upgrade hook {} ran{}",
+                hook.display(),
+                if out.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {out}")
+                }
+            ));
+        }
+
+        // R7: application-level replays (the seed's payments), after the
+        // upgrade: they are written for the upgraded schema.
+        if let Some(hook) = &run.cfg.restore.roll_forward_hook {
+            let out = run
+                .step(
+                    "R7 roll_forward_hook",
+                    run.engine
+                        .run_hook(hook, &inst, run.cfg.restore.hook_timeout),
+                )
+                .await?;
+            run.note(format!(
+                "roll-forward hook {} ran{}",
                 hook.display(),
                 if out.is_empty() {
                     String::new()
@@ -760,13 +816,5 @@ mod tests {
         );
         let e = parse_target("yesterday").unwrap_err();
         assert!(e.to_string().contains("is not a time like"), "{e}");
-    }
-
-    #[test]
-    fn the_prepare_directory_is_beside_the_data_directory() {
-        assert_eq!(
-            prepare_dir(Path::new("/var/lib/pg/15/main")),
-            Path::new("/var/lib/pg/15/main.prepare")
-        );
     }
 }

@@ -29,6 +29,7 @@
 
 pub mod findings;
 pub mod lost_rows;
+mod restore;
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -575,16 +576,89 @@ impl Engine for FirebirdEngine {
         false
     }
 
+    /// The database shut down (`gfix -shut full -force 0`); its server,
+    /// which may serve other databases, keeps running.
     async fn stop(&self) -> Result<(), EngineError> {
-        Err(EngineError::Unsupported(
-            "stopping the Firebird server (testdb copies the database while it serves: use testdb mode \"online\")",
-        ))
+        self.shut_down().await
     }
 
+    /// The database brought online (`gfix -online`) and answering.
     async fn start(&self) -> Result<(), EngineError> {
-        Err(EngineError::Unsupported(
-            "starting the Firebird server (start its service)",
-        ))
+        self.bring_online().await
+    }
+
+    fn prepare_path(&self) -> PathBuf {
+        self.prepare_file()
+    }
+
+    fn unpack_path(&self, prepare: &Path) -> PathBuf {
+        let mut s = prepare.as_os_str().to_owned();
+        s.push(".unpacked");
+        PathBuf::from(s)
+    }
+
+    async fn restore_unpacked(
+        &self,
+        unpacked: &Path,
+        prepare: &Path,
+        replace: bool,
+    ) -> Result<Vec<String>, EngineError> {
+        self.restore_backup(unpacked, prepare, replace).await
+    }
+
+    fn is_prepared(&self, prepare: &Path) -> bool {
+        prepare.is_file()
+    }
+
+    fn restores_from_log(&self) -> bool {
+        false
+    }
+
+    /// The gbak file, and the database restored from it: about as large
+    /// as the live one (or as the gbak file when there is none).
+    fn restore_bytes(&self, unpacked: u64) -> u64 {
+        let live = std::fs::metadata(&self.cfg.database).map_or(0, |m| m.len());
+        unpacked.saturating_add(live.max(unpacked))
+    }
+
+    async fn still_serves(&self) -> bool {
+        self.serves().await
+    }
+
+    fn prepare_recovery(
+        &self,
+        _dir: &Path,
+        _saved: Option<&Path>,
+        _wal_archive: Option<&Path>,
+        target_time: Option<&str>,
+    ) -> Result<Vec<String>, EngineError> {
+        self.recovery_notes(target_time)
+    }
+
+    async fn roll_forward(&self, _timeout: Duration) -> Result<PrivateInstance, EngineError> {
+        self.isolate_restored().await
+    }
+
+    async fn run_hook(
+        &self,
+        hook: &Path,
+        _inst: &PrivateInstance,
+        timeout: Duration,
+    ) -> Result<String, EngineError> {
+        self.run_restore_hook(hook, timeout).await
+    }
+
+    async fn fix_sequences(&self, _inst: &PrivateInstance) -> Result<Vec<String>, EngineError> {
+        self.fix_generators().await
+    }
+
+    /// Back to a full shutdown (the start brings it online).
+    async fn close_isolated(&self) -> Result<(), EngineError> {
+        self.shut_down().await
+    }
+
+    fn log_errors(&self) -> u64 {
+        self.log_error_count()
     }
 
     async fn copy_to(
