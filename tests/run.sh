@@ -25,14 +25,14 @@ command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 # The clone-copy test (tests/tests/clone_copy.rs) makes an XFS filesystem
 # with reflink on a loop device.
 command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || missing+=(xfsprogs)
-# The remote-store test (tests/tests/restore.rs) runs a local S3 server, moto
-# from PyPI, installed into a virtualenv (Debian's python3 refuses pip
-# installs outside one).
 # The Firebird tests (tests/tests/firebird.rs) start private Firebird 3
 # servers (/usr/sbin/firebird) on free ports; the package's own service
 # stays unused (Debian's policy-rc.d may even refuse to start it: fine).
 [ -x /usr/sbin/firebird ] || missing+=(firebird3.0-server)
 command -v gfix >/dev/null 2>&1 && command -v nbackup >/dev/null 2>&1 || missing+=(firebird3.0-utils)
+# The remote-store test (tests/tests/restore.rs) runs a local S3 server, moto
+# from PyPI, installed into a virtualenv (Debian's python3 refuses pip
+# installs outside one).
 moto_venv="${TANDEM_MOTO_VENV:-${HOME:-/root}/.cache/tandem/moto-venv}"
 [ -x "$moto_venv/bin/moto_server" ] || { command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' 2>/dev/null; } || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
