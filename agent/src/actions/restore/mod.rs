@@ -62,7 +62,7 @@ pub enum RestoreError {
     )]
     NoBackupConfig,
     #[error(
-        "this agent has no [backup] section in its agent.toml; a restore takes its backups from [backup] dir (see deploy/agent.firebird.example.toml)"
+        "this agent has no [backup] section in its agent.toml; a restore takes its backups from [backup] dir (see deploy/agent.example.toml, or deploy/agent.firebird.example.toml for Firebird)"
     )]
     NoBackupDir,
     #[error(
