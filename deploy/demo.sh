@@ -19,7 +19,9 @@
 # Build: $TANDEM_DEMO_PROFILE debug (default) or release.
 # Firebird: TANDEM_DEMO_FIREBIRD=1 adds a set `carbon`: one Firebird 3 database
 # (member carbon-db, a small billing schema) on a private server on port
-# $TANDEM_DEMO_FIREBIRD_PORT (default 3055), its agent on the sixth port.
+# $TANDEM_DEMO_FIREBIRD_PORT (default 3055), its agent on the sixth port (and
+# metrics port); env adds TANDEM_DEMO_CARBON_DSN, _FIREBIRD (the server's root)
+# and _PASSWORD_FILE (SYSDBA's). Installs firebird3.0-server/-utils if missing.
 set -euo pipefail
 
 DEMO_DIR=${TANDEM_DEMO_DIR:-/var/tmp/tandem-demo}
@@ -449,7 +451,7 @@ Firebird (set $FB_SET, member $FB_MEMBER; README "A five-minute tour"):
   tandemctl backup $FB_SET        # gbak -b of the copy, restored by gbak -c and validated, then kept
   tandemctl backups $FB_SET
   FIREBIRD=\$TANDEM_DEMO_CARBON_FIREBIRD ISC_USER=SYSDBA ISC_PASSWORD=\$(cat \$TANDEM_DEMO_CARBON_PASSWORD_FILE) \\
-    isql-fb \$TANDEM_DEMO_CARBON_DSN  # as root: runuser -u firebird -- env ... isql-fb ...
+    isql-fb \$TANDEM_DEMO_CARBON_DSN   # the database, through the private server
 EOF
   fi
 }
@@ -498,6 +500,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) PGBIN=$(pg_bin); status ;;
-  -h|--help|help|"") sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] ;;
+  -h|--help|help|"") sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] ;;
   *) die "unknown command '$1'; use up, status or down" ;;
 esac
