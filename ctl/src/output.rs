@@ -552,7 +552,11 @@ fn copy_human(v: &pb::Verdict) -> Option<String> {
     if let Some(d) = v.standby_downtime_seconds {
         // A copy without a log position is a one-member set's: the member
         // tested is the database itself, not a standby.
-        let who = if v.lsn.is_empty() { "database" } else { "standby" };
+        let who = if v.lsn.is_empty() {
+            "database"
+        } else {
+            "standby"
+        };
         parts.push(format!("{who} down {d:.1} s"));
     }
     if parts.is_empty() && v.copy_note.is_empty() {
