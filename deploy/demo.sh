@@ -17,6 +17,11 @@
 # Traces: set OTEL_EXPORTER_OTLP_ENDPOINT before `up` (deploy/observability).
 # Data: pgbench scale $TANDEM_DEMO_SCALE (default 1) in each set.
 # Build: $TANDEM_DEMO_PROFILE debug (default) or release.
+# Firebird: TANDEM_DEMO_FIREBIRD=1 adds a set `carbon`: one Firebird 3 database
+# (member carbon-db, a small billing schema) on a private server on port
+# $TANDEM_DEMO_FIREBIRD_PORT (default 3055), its agent on the sixth port (and
+# metrics port); env adds TANDEM_DEMO_CARBON_DSN, _FIREBIRD (the server's root)
+# and _PASSWORD_FILE (SYSDBA's). Installs firebird3.0-server/-utils if missing.
 set -euo pipefail
 
 DEMO_DIR=${TANDEM_DEMO_DIR:-/var/tmp/tandem-demo}
@@ -29,11 +34,19 @@ PROFILE=${TANDEM_DEMO_PROFILE:-debug}   # debug (shares the tests' build) or rel
 BIN=$TARGET_DIR/$PROFILE
 SETS=(billing crm)
 MEMBERS=(db1 db2)          # db1 starts as the primary, db2 as its standby
+FIREBIRD=${TANDEM_DEMO_FIREBIRD:-0}
+FB_PORT=${TANDEM_DEMO_FIREBIRD_PORT:-3055}
+FB_SET=carbon FB_MEMBER=carbon-db
+FB_PKG_ROOT=/usr/lib/x86_64-linux-gnu/firebird/3.0   # Debian's Firebird 3 root
+FB_SECURITY=/var/lib/firebird/3.0/system/security3.fdb
+NPORTS=5                   # the controller's and the agents'
+[ "$FIREBIRD" = 1 ] && NPORTS=6
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'demo.sh: %s\n' "$*" >&2; exit 2; }
 
 if [ "$(id -u)" = 0 ]; then OS_USER=postgres; else OS_USER=$(id -un); fi
+if [ "$(id -u)" = 0 ]; then FB_USER=firebird; else FB_USER=$(id -un); fi
 
 as_pg() {
   if [ "$(id -u)" = 0 ]; then (cd / && runuser -u "$OS_USER" -- "$@"); else "$@"; fi
@@ -46,6 +59,16 @@ install_postgres() {
   [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q postgresql postgresql-contrib
+}
+
+install_firebird() {
+  [ "$FIREBIRD" = 1 ] || return 0
+  if [ -x /usr/sbin/firebird ] && command -v isql-fb gbak gfix nbackup fbstat >/dev/null; then return; fi
+  say "installing Firebird 3 from the distribution's packages"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q firebird3.0-server firebird3.0-utils
 }
 
 pg_bin() {
@@ -69,6 +92,10 @@ all_running() {
       as_pg "$PGBIN/pg_ctl" status -D "$DEMO_DIR/pg/$s-$m" >/dev/null 2>&1 || return 1
     done
   done
+  if [ "$FIREBIRD" = 1 ]; then
+    alive "$DEMO_DIR/run/firebird-$FB_SET.pid" || return 1
+    alive "$DEMO_DIR/run/agent-$FB_MEMBER.pid" || return 1
+  fi
 }
 
 build() {
@@ -143,6 +170,124 @@ wal_archive = "$DEMO_DIR/wal/$set"
 EOF
 }
 
+# Firebird: a tool with the private server's root and SYSDBA's password, as
+# the server's OS user.
+as_fb() {
+  local pw; pw=$(cat "$DEMO_DIR/fb/sysdba.password")
+  if [ "$(id -u)" = 0 ]; then
+    (cd / && FIREBIRD="$DEMO_DIR/fb/root" ISC_USER=SYSDBA ISC_PASSWORD="$pw" LC_ALL=C \
+      setpriv --reuid="$FB_USER" --regid="$FB_USER" --init-groups -- "$@")
+  else
+    FIREBIRD="$DEMO_DIR/fb/root" ISC_USER=SYSDBA ISC_PASSWORD="$pw" LC_ALL=C "$@"
+  fi
+}
+
+# The set's database on a private Firebird 3 server (its own root, port,
+# security database and lock directory; the package's service is left
+# alone), with a small billing schema: clients, accounts, payments, a
+# generator per table filled by a trigger.
+make_firebird() {
+  local fb="$DEMO_DIR/fb"
+  local db="$fb/data/$FB_SET.fdb" dsn="127.0.0.1/$FB_PORT:$fb/data/$FB_SET.fdb"
+  [ -f "$FB_SECURITY" ] || die "$FB_SECURITY is missing: reinstall firebird3.0-server"
+  mkdir -p "$fb"/{root,data,lock}
+  for l in intl lib plugins UDF firebird.msg; do ln -sfn "$FB_PKG_ROOT/$l" "$fb/root/$l"; done
+  cp "$FB_PKG_ROOT/plugins.conf" "$fb/root/plugins.conf"
+  : >"$fb/root/databases.conf"
+  cp "$FB_SECURITY" "$fb/security3.fdb"
+  cat >"$fb/root/firebird.conf" <<EOF
+RemoteServicePort = $FB_PORT
+RemoteBindAddress = 127.0.0.1
+SecurityDatabase = $fb/security3.fdb
+AuthServer = Srp
+AuthClient = Srp
+UserManager = Srp
+WireCrypt = Enabled
+EOF
+  (umask 077; head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$fb/sysdba.password"; echo >>"$fb/sysdba.password")
+  chown -R "$FB_USER" "$fb"
+  say "set $FB_SET: a private Firebird 3 server on 127.0.0.1:$FB_PORT"
+  # Embedded, before the server runs: the OS user is trusted.
+  printf "create or alter user SYSDBA password '%s' using plugin Srp;\ncommit;\n" "$(head -n 1 "$fb/sysdba.password")" |
+    as_fb env -u ISC_PASSWORD FIREBIRD_LOCK="$fb/lock" isql-fb -q -b "$fb/security3.fdb" >/dev/null
+  if [ "$(id -u)" = 0 ]; then
+    start_daemon "firebird-$FB_SET" env FIREBIRD="$fb/root" FIREBIRD_LOCK="$fb/lock" \
+      setpriv --reuid="$FB_USER" --regid="$FB_USER" --init-groups -- /usr/sbin/firebird
+  else
+    start_daemon "firebird-$FB_SET" env FIREBIRD="$fb/root" FIREBIRD_LOCK="$fb/lock" /usr/sbin/firebird
+  fi
+  local i
+  for i in $(seq 1 100); do
+    if echo 'select 1 from rdb$database;' | as_fb isql-fb -q -b "127.0.0.1/$FB_PORT:$fb/security3.fdb" >/dev/null 2>&1; then break; fi
+    alive "$DEMO_DIR/run/firebird-$FB_SET.pid" || die "the Firebird server exited; see $DEMO_DIR/logs/firebird-$FB_SET.log"
+    [ "$i" = 100 ] && die "the Firebird server did not answer on 127.0.0.1:$FB_PORT within 30 s; see $DEMO_DIR/logs/firebird-$FB_SET.log"
+    sleep 0.3
+  done
+  say "set $FB_SET: database $db (clients, accounts, payments)"
+  as_fb isql-fb -q -b >/dev/null <<EOF
+create database '$dsn' page_size 8192 default character set utf8;
+commit;
+EOF
+  as_fb isql-fb -q -b "$dsn" >"$DEMO_DIR/logs/firebird-schema.log" <<'EOF'
+create table clients (id bigint not null primary key, name varchar(100) not null, created_at timestamp default current_timestamp not null);
+create table accounts (id bigint not null primary key, client_id bigint not null references clients (id), balance numeric(18,2) default 0 not null);
+create table payments (id bigint not null primary key, account_id bigint not null references accounts (id), amount numeric(18,2) not null, paid_at timestamp default current_timestamp not null, note varchar(200));
+create index payments_paid_at on payments (paid_at);
+create sequence gen_clients;
+create sequence gen_accounts;
+create sequence gen_payments;
+commit;
+set term ^;
+create trigger clients_id for clients before insert as begin if (new.id is null) then new.id = next value for gen_clients; end^
+create trigger accounts_id for accounts before insert as begin if (new.id is null) then new.id = next value for gen_accounts; end^
+create trigger payments_id for payments before insert as begin if (new.id is null) then new.id = next value for gen_payments; end^
+set term ;^
+commit;
+insert into clients (name) select 'client ' || r.rdb$type from rdb$types r rows 50;
+insert into accounts (client_id, balance) select id, 100 from clients;
+insert into payments (account_id, amount, note) select a.id, mod(a.id * 37 + r.rdb$type, 500) + 0.5, 'invoice ' || r.rdb$type from accounts a cross join rdb$types r rows 5000;
+commit;
+EOF
+}
+
+write_firebird_agent_config() {
+  local port=$1 mport=$2 fb="$DEMO_DIR/fb"
+  local home="$DEMO_DIR/agents/$FB_MEMBER"
+  mkdir -p "$home/home"
+  cat >"$home/agent.toml" <<EOF
+name = "$FB_MEMBER"
+set = "$FB_SET"
+engine = "firebird"
+listen = "127.0.0.1:$port"
+controller = "https://127.0.0.1:$BASE_PORT"
+home = "$home/home"
+heartbeat_interval = "1s"
+metrics_listen = "127.0.0.1:$mport"
+
+[tls]
+ca = "$DEMO_DIR/certs/ca.pem"
+cert = "$DEMO_DIR/certs/agent-$FB_MEMBER.pem"
+key = "$DEMO_DIR/certs/agent-$FB_MEMBER-key.pem"
+
+[firebird]
+database = "$fb/data/$FB_SET.fdb"
+host = "127.0.0.1"
+port = $FB_PORT
+password_file = "$fb/sysdba.password"
+root_dir = "$fb/root"
+os_user = "$FB_USER"
+archive_dir = "$home/archive"
+# Filled by triggers: a restore sets them to their column's maximum.
+generators = { GEN_CLIENTS = "CLIENTS.ID", GEN_ACCOUNTS = "ACCOUNTS.ID", GEN_PAYMENTS = "PAYMENTS.ID" }
+
+[testdb]
+mode = "online"
+
+[backup]
+dir = "$home/backups"
+EOF
+}
+
 start_daemon() {
   local name=$1; shift
   nohup "$@" >>"$DEMO_DIR/logs/$name.log" 2>&1 &
@@ -151,6 +296,7 @@ start_daemon() {
 
 up() {
   install_postgres
+  install_firebird
   PGBIN=$(pg_bin)
   build
   if all_running; then
@@ -163,12 +309,15 @@ up() {
     say "a partial demo is in $DEMO_DIR; removing it first"
     down
   fi
-  for p in $(seq "$BASE_PORT" $((BASE_PORT + 4))); do
-    port_free "$p" || die "port $p on 127.0.0.1 is in use; set TANDEM_DEMO_PORT to a free range of 5 ports"
+  for p in $(seq "$BASE_PORT" $((BASE_PORT + NPORTS - 1))); do
+    port_free "$p" || die "port $p on 127.0.0.1 is in use; set TANDEM_DEMO_PORT to a free range of $NPORTS ports"
   done
-  for p in $(seq "$METRICS_PORT" $((METRICS_PORT + 4))); do
-    port_free "$p" || die "port $p on 127.0.0.1 is in use; set TANDEM_DEMO_METRICS_PORT to a free range of 5 ports"
+  for p in $(seq "$METRICS_PORT" $((METRICS_PORT + NPORTS - 1))); do
+    port_free "$p" || die "port $p on 127.0.0.1 is in use; set TANDEM_DEMO_METRICS_PORT to a free range of $NPORTS ports"
   done
+  if [ "$FIREBIRD" = 1 ]; then
+    port_free "$FB_PORT" || die "port $FB_PORT on 127.0.0.1 is in use; set TANDEM_DEMO_FIREBIRD_PORT to a free port"
+  fi
   mkdir -p "$DEMO_DIR"/{pg,sock,logs,run,agents}
   chmod 755 "$DEMO_DIR"
 
@@ -178,6 +327,10 @@ up() {
     pgport=$((pgport + 2))
     for m in "${MEMBERS[@]}"; do agents+=("$set-$m"); done
   done
+  if [ "$FIREBIRD" = 1 ]; then
+    make_firebird
+    agents+=("$FB_MEMBER")
+  fi
   say "certificates (tandemctl certs init)"
   ctl certs init --dir "$DEMO_DIR/certs" --agents "$(IFS=,; echo "${agents[*]}")" --users operator,admin >/dev/null
 
@@ -208,6 +361,13 @@ up() {
       echo "name = \"$set\""
       echo "members = [{ name = \"db1\", agent = \"$set-db1\" }, { name = \"db2\", agent = \"$set-db2\" }]"
     done
+    if [ "$FIREBIRD" = 1 ]; then
+      echo
+      echo '# One Firebird 3 database: no physical replication, one member.'
+      echo '[[sets]]'
+      echo "name = \"$FB_SET\""
+      echo "members = [{ name = \"$FB_MEMBER\", agent = \"$FB_MEMBER\" }]"
+    fi
   } >"$DEMO_DIR/controller.toml"
 
   local env="$DEMO_DIR/env"
@@ -219,7 +379,7 @@ up() {
     echo "export TANDEM_KEY=$DEMO_DIR/certs/user-operator-key.pem"
     echo "export PATH=$BIN:\$PATH"
     local urls="" p
-    for p in $(seq "$METRICS_PORT" $((METRICS_PORT + 4))); do urls="$urls http://127.0.0.1:$p/metrics"; done
+    for p in $(seq "$METRICS_PORT" $((METRICS_PORT + NPORTS - 1))); do urls="$urls http://127.0.0.1:$p/metrics"; done
     echo "# Prometheus metrics: the controller's, then each agent's"
     echo "export TANDEM_DEMO_METRICS_URLS=\"${urls# }\""
   } >"$env"
@@ -243,10 +403,23 @@ up() {
       port=$((port + 1)); pgport=$((pgport + 1)); mport=$((mport + 1))
     done
   done
+  if [ "$FIREBIRD" = 1 ]; then
+    write_firebird_agent_config "$port" "$mport"
+    {
+      echo "# Firebird: FIREBIRD=\$TANDEM_DEMO_CARBON_FIREBIRD ISC_USER=SYSDBA ISC_PASSWORD=\$(cat \$TANDEM_DEMO_CARBON_PASSWORD_FILE) isql-fb \$TANDEM_DEMO_CARBON_DSN"
+      echo "export TANDEM_DEMO_CARBON_DSN=127.0.0.1/$FB_PORT:$DEMO_DIR/fb/data/$FB_SET.fdb"
+      echo "export TANDEM_DEMO_CARBON_FIREBIRD=$DEMO_DIR/fb/root"
+      echo "export TANDEM_DEMO_CARBON_PASSWORD_FILE=$DEMO_DIR/fb/sysdba.password"
+    } >>"$env"
+    say "starting tandem-agent $FB_MEMBER (Firebird) on 127.0.0.1:$port"
+    start_daemon "agent-$FB_MEMBER" "$BIN/tandem-agent" --config "$DEMO_DIR/agents/$FB_MEMBER/agent.toml"
+  fi
 
   # shellcheck disable=SC1090
   . "$env"
-  say "waiting for the four agents to register"
+  local n=four
+  [ "$FIREBIRD" = 1 ] && n=five
+  say "waiting for the $n agents to register"
   local i
   for i in $(seq 1 120); do
     if ctl agents >/dev/null 2>&1; then break; fi
@@ -271,6 +444,16 @@ Demo is up. Next:
   psql -h \$TANDEM_DEMO_BILLING_DB1_PGHOST -p \$TANDEM_DEMO_BILLING_DB1_PGPORT -U postgres
   deploy/demo.sh down            # stop and remove everything
 EOF
+  if [ "$FIREBIRD" = 1 ]; then
+    cat >&2 <<EOF
+Firebird (set $FB_SET, member $FB_MEMBER; README "A five-minute tour"):
+  tandemctl testdb $FB_SET        # nbackup -L, copy, nbackup -N; gfix -v -full, gbak -b, lost rows
+  tandemctl backup $FB_SET        # gbak -b of the copy, restored by gbak -c and validated, then kept
+  tandemctl backups $FB_SET
+  FIREBIRD=\$TANDEM_DEMO_CARBON_FIREBIRD ISC_USER=SYSDBA ISC_PASSWORD=\$(cat \$TANDEM_DEMO_CARBON_PASSWORD_FILE) \\
+    isql-fb \$TANDEM_DEMO_CARBON_DSN   # the database, through the private server
+EOF
+  fi
 }
 
 # The demo's main job: test every set's standby and print the verdicts.
@@ -317,6 +500,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) PGBIN=$(pg_bin); status ;;
-  -h|--help|help|"") sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] ;;
+  -h|--help|help|"") sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] ;;
   *) die "unknown command '$1'; use up, status or down" ;;
 esac

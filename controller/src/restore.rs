@@ -25,7 +25,7 @@ use tracing::info;
 pub mod choose;
 mod plan;
 
-pub use plan::{WalReach, list_backups, plan, space_check, wal_check};
+pub use plan::{WalReach, has_log_position, list_backups, plan, space_check, wal_check};
 
 use crate::error::ServiceError;
 use crate::inventory::Inventory;

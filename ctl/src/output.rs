@@ -550,7 +550,14 @@ fn copy_human(v: &pb::Verdict) -> Option<String> {
         parts.push(v.copy_method.clone());
     }
     if let Some(d) = v.standby_downtime_seconds {
-        parts.push(format!("standby down {d:.1} s"));
+        // A copy without a log position is a one-member set's: the member
+        // tested is the database itself, not a standby.
+        let who = if v.lsn.is_empty() {
+            "database"
+        } else {
+            "standby"
+        };
+        parts.push(format!("{who} down {d:.1} s"));
     }
     if parts.is_empty() && v.copy_note.is_empty() {
         return None;

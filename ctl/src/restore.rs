@@ -53,8 +53,17 @@ pub async fn run(
     let w: Window = window::read("window", started.window)?;
     if format == OutputFormat::Human {
         eprintln!(
-            "restoring member {} of set {} (agent {}) in window {}: prepared while the set serves, then the set halted standbys first, the member restored, each standby re-seeded from it, a testdb (Ctrl-C stops only this display; `tandemctl maintenance show {}`)",
-            started.member, started.set, started.agent, w.id, started.set
+            "restoring member {} of set {} (agent {}) in window {}: prepared while the set serves, then {}, a testdb (Ctrl-C stops only this display; `tandemctl maintenance show {}`)",
+            started.member,
+            started.set,
+            started.agent,
+            w.id,
+            if w.plan.standbys.is_empty() {
+                "the member stopped, restored and started (it has no standby)"
+            } else {
+                "the set halted standbys first, the member restored, each standby re-seeded from it"
+            },
+            started.set
         );
     }
     let w = window::follow_window(conn, format, &started.set, w, true).await?;
@@ -153,13 +162,22 @@ pub fn plan_json(p: &pb::RestorePlanResponse) -> serde_json::Value {
 /// A restore's plan for people.
 pub fn plan_human(p: &pb::RestorePlanResponse) -> String {
     let mib = crate::output::mib;
-    let to = if p.target_time.is_empty() {
-        "the end of the WAL archive".to_owned()
+    // A logical backup (LSNs 0/0, a Firebird gbak file) has no log to
+    // roll forward: the plan's notes say so, and no WAL line is printed.
+    let zero = |l: &str| l.is_empty() || l == "0/0";
+    let logical = p
+        .backup
+        .as_ref()
+        .is_some_and(|b| zero(&b.start_lsn) && zero(&b.end_lsn));
+    let to = if !p.target_time.is_empty() {
+        format!(" to {}", p.target_time)
+    } else if logical {
+        String::new()
     } else {
-        p.target_time.clone()
+        " to the end of the WAL archive".to_owned()
     };
     let mut s = format!(
-        "restore of member {} of set {} to {}: {}\n",
+        "restore of member {} of set {}{}: {}\n",
         p.member,
         p.set,
         to,
@@ -192,16 +210,18 @@ pub fn plan_human(p: &pb::RestorePlanResponse) -> String {
             mib(p.space_free_bytes),
             if p.space_ok { "enough" } else { "NOT enough" }
         ));
-        s.push_str(&format!(
-            "  WAL:      from {}{} in {}\n",
-            p.wal_from_segment,
-            if p.wal_through_segment.is_empty() {
-                String::new()
-            } else {
-                format!(" through {}", p.wal_through_segment)
-            },
-            p.wal_location
-        ));
+        if !logical {
+            s.push_str(&format!(
+                "  WAL:      from {}{} in {}\n",
+                p.wal_from_segment,
+                if p.wal_through_segment.is_empty() {
+                    String::new()
+                } else {
+                    format!(" through {}", p.wal_through_segment)
+                },
+                p.wal_location
+            ));
+        }
     }
     for x in &p.problems {
         s.push_str(&format!("  problem:  {x}\n"));

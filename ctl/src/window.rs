@@ -101,7 +101,12 @@ pub fn plan_human(p: &Plan) -> String {
         &rows,
     ));
     out.push_str(&format!(
-        "\nexpected downtime (first member stopped to last streaming): {}",
+        "\nexpected downtime ({}): {}",
+        if p.standbys.is_empty() {
+            "the member stopped to started for clients"
+        } else {
+            "first member stopped to last streaming"
+        },
         secs(p.expected_downtime_seconds)
     ));
     out

@@ -364,6 +364,8 @@ impl Maintenance {
                 match w.plan.repair {
                     Repair::Primary => "primary (whole set halted)",
                     Repair::Reseed => "re-seed",
+                    Repair::Restore if w.plan.standbys.is_empty() =>
+                        "restore (the set's only member)",
                     Repair::Restore => "restore (whole set halted, standbys re-seeded)",
                 },
                 w.plan.steps.len(),
@@ -463,7 +465,20 @@ impl Maintenance {
                 .map(|t| format!(" to {t}"))
                 .unwrap_or_default()
         );
-        let plan = plan::build_restore(set, &t.member, &standbys, order, data_bytes, ha);
+        // The plan's words follow what the member and its backup are: a
+        // one-member set (its facts), a backup without a log position.
+        let shape = plan::RestoreShape {
+            single_member: members
+                .iter()
+                .find(|(m, _)| m.name == t.member)
+                .and_then(|(_, v)| v.facts.as_ref())
+                .is_some_and(|f| f.single_member),
+            has_log: checked
+                .backup
+                .as_ref()
+                .is_none_or(crate::restore::has_log_position),
+        };
+        let plan = plan::build_restore(set, &t.member, &standbys, order, data_bytes, ha, shape);
         let mut w = Window::new(id, set, &reason, who, trace_id, plan);
         w.restore = Some(crate::restore::Outcome {
             member: t.member.clone(),

@@ -330,10 +330,58 @@ pub fn build(input: Input<'_>) -> Plan {
     }
 }
 
+/// What the controller knows of the restored member and its backup that
+/// changes a restore plan's words (never its steps: those follow the
+/// standbys): from the member's facts and the chosen backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreShape {
+    /// The set's only member by nature (its facts' `single_member`: an
+    /// engine without physical replication): its data is one database, no
+    /// standby is halted or re-seeded, and the closing testdb tests the
+    /// member itself.
+    pub single_member: bool,
+    /// The backup names a log position, so a log can be rolled forward
+    /// after it; a backup without one (a logical dump) ends where it was
+    /// taken.
+    pub has_log: bool,
+}
+
+impl Default for RestoreShape {
+    /// A streaming set's member restored from a base backup.
+    fn default() -> Self {
+        RestoreShape {
+            single_member: false,
+            has_log: true,
+        }
+    }
+}
+
+impl RestoreShape {
+    /// What the member's data is called.
+    fn data(self) -> &'static str {
+        if self.single_member {
+            "database"
+        } else {
+            "data directory"
+        }
+    }
+
+    /// Where the roll-forward goes, for the plan's why (" to ...").
+    fn to(self, order: &RestoreOrder) -> String {
+        match (&order.target_time, self.has_log) {
+            (Some(t), _) => format!(" to {t}"),
+            (None, true) => " to the end of the WAL archive".to_owned(),
+            (None, false) => String::new(),
+        }
+    }
+}
+
 /// The plan of a restore window (SPEC R1-R12): the backup prepared while
 /// the set still serves, the set halted standbys first, the member
 /// restored, each standby re-seeded from it and streaming past it, a
-/// testdb. `data_bytes` is the member's data size, for the estimates.
+/// testdb. `data_bytes` is the member's data size, for the estimates;
+/// `shape` chooses the words for a one-member set or a backup without a
+/// log.
 pub fn build_restore(
     set: &str,
     member: &str,
@@ -341,16 +389,22 @@ pub fn build_restore(
     order: RestoreOrder,
     data_bytes: u64,
     ha: Option<Ha>,
+    shape: RestoreShape,
 ) -> Plan {
-    let to = order
-        .target_time
-        .as_deref()
-        .map_or("the end of the WAL archive".to_owned(), |t| t.to_owned());
+    let data = shape.data();
+    let to = shape.to(&order);
+    let roll = match (&order.target_time, shape.has_log) {
+        (Some(t), _) => format!("roll forward to {t} on a private socket"),
+        (None, true) => "roll forward to the end of the WAL archive on a private socket".to_owned(),
+        (None, false) => {
+            "nothing to roll forward (the backup has no log after it; a roll-forward hook replays what the application kept)".to_owned()
+        }
+    };
     let mut steps = vec![Step::new(
         Action::RestorePrepare,
         member,
         format!(
-            "R1 R11 R2 on {member}: picks the backup {}{}, checks free space, unpacks and verifies it beside the data directory; the set still serves",
+            "R1 R11 R2 on {member}: picks the backup {}{}, checks free space, unpacks and verifies it beside the {data}; the set still serves",
             order.from,
             order
                 .peer
@@ -380,7 +434,7 @@ pub fn build_restore(
         Action::Restore,
         member,
         format!(
-            "R3-R10 on {member}: stop, data directory moved aside (kept), the prepared one in place, roll forward to {to} on a private socket, upgrade hook, sequences, start, health twice; a failure before R9 puts the old directory back"
+            "R3-R10 on {member}: stop, {data} moved aside (kept), the prepared one in place, {roll}, upgrade hook, sequences, start, health twice; a failure before R9 puts the old {data} back"
         ),
         STOP_SECS + 2.0 * START_SECS + ROLL_FORWARD_SECS,
         true,
@@ -401,7 +455,11 @@ pub fn build_restore(
     steps.push(Step::new(
         Action::Testdb,
         "",
-        "a testdb of a standby's copy of the restored set".into(),
+        if shape.single_member {
+            format!("a testdb of the restored {member} and its copy (the set's only member)")
+        } else {
+            "a testdb of a standby's copy of the restored set".into()
+        },
         TESTDB_SECS,
         false,
     ));
@@ -416,11 +474,25 @@ pub fn build_restore(
     Plan {
         set: set.to_owned(),
         repair: Repair::Restore,
-        why: format!(
-            "restore of {member} from {} to {to}: the set is halted standbys first (a standby must not take over), and every standby is re-seeded from the restored member",
-            order.from
+        why: if shape.single_member {
+            format!(
+                "restore of {member} from {}{to}: the set's only member, so there is no standby to halt or re-seed; it serves no client from its stop to its start",
+                order.from
+            )
+        } else {
+            format!(
+                "restore of {member} from {}{to}: the set is halted standbys first (a standby must not take over), and every standby is re-seeded from the restored member",
+                order.from
+            )
+        },
+        alternative: format!(
+            "a failure before the restored {} starts for clients (R9) puts the old {data} back; the window then resumes the set as it was",
+            if shape.single_member {
+                "database"
+            } else {
+                "server"
+            }
         ),
-        alternative: "a failure before the restored server starts for clients (R9) puts the old data directory back; the window then resumes the set as it was".into(),
         primary: member.to_owned(),
         standbys: standbys.to_vec(),
         tested_member: String::new(),

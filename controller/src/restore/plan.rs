@@ -201,6 +201,16 @@ pub async fn plan(
     Ok((out, Some(choice)))
 }
 
+/// Whether a backup names a log position to roll forward from: a base
+/// backup's start and end; a logical backup's are both `0/0`.
+pub fn has_log_position(b: &pb::BackupInfo) -> bool {
+    let zero = |l: &str| {
+        l.parse::<tandem_proto::model::Lsn>()
+            .is_ok_and(|l| l.0 == 0)
+    };
+    !(zero(&b.start_lsn) && zero(&b.end_lsn))
+}
+
 /// What the roll-forward from a backup would read (see [`wal_check`]).
 #[derive(Debug, Default, PartialEq)]
 pub struct WalReach {
@@ -228,6 +238,21 @@ pub fn wal_check(
 ) -> WalReach {
     use tandem_proto::wal::{Continuity, segment_of};
     let mut r = WalReach::default();
+    if !has_log_position(b) {
+        // A logical backup (a Firebird gbak file): nothing to roll forward.
+        if target.is_some() {
+            r.problems.push(format!(
+                "{} has no log position (a logical backup): nothing can be rolled forward to a target time; restore without --target-time, or choose a backup with a log",
+                b.file
+            ));
+        } else {
+            r.notes.push(format!(
+                "{} has no log position (a logical backup): nothing is rolled forward, the restore ends where the backup was taken; later changes come back only through the member's roll-forward hook",
+                b.file
+            ));
+        }
+        return r;
+    }
     let Ok(start) = b.start_lsn.parse::<tandem_proto::model::Lsn>() else {
         r.notes.push(format!(
             "{} names no start LSN: its WAL is not checked",
@@ -399,6 +424,26 @@ mod space_tests {
         // Another member's archive is not read by this member.
         let r = wal_check(&a, "db2", &backup("0/4000028"), at("2026-12-02T11:00:00Z"));
         assert!(r.problems[0].contains("lists no WAL archive"), "{r:?}");
+    }
+
+    #[test]
+    fn a_backup_without_a_log_position_rolls_nothing_forward() {
+        // A Firebird gbak file is named with LSNs 0/0: no WAL is looked
+        // for, a target time cannot be reached, and neither is about WAL.
+        let b = pb::BackupInfo {
+            file: "/b/monthly-0_0-0_0.tar.zst".into(),
+            start_lsn: "0/0".into(),
+            end_lsn: "0/0".into(),
+            ..Default::default()
+        };
+        assert!(!has_log_position(&b));
+        assert!(has_log_position(&backup("0/4000028")));
+        let r = wal_check(&[], "carbon-db", &b, None);
+        assert!(r.problems.is_empty() && r.from.is_empty(), "{r:?}");
+        assert!(r.notes[0].contains("nothing is rolled forward"), "{r:?}");
+        assert!(!r.notes[0].contains("WAL"), "{r:?}");
+        let r = wal_check(&[], "carbon-db", &b, at("2026-12-02T11:00:00Z"));
+        assert!(r.problems[0].contains("without --target-time"), "{r:?}");
     }
 
     #[test]

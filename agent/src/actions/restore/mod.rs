@@ -602,8 +602,10 @@ impl Restore {
         // rename): the undo looks at the disk, not at the step's result.
         let moved = moved?;
         if moved {
+            // The engine's data: a data directory or a database file.
             run.note(format!(
-                "the current data directory was moved to {}",
+                "the current {} was moved to {}",
+                data_dir.display(),
                 saved.display()
             ));
         } else {

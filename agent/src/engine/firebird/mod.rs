@@ -313,7 +313,13 @@ impl FirebirdEngine {
             return Ok(report);
         }
         let (found, warnings) = self.validate(&file, lock, out).await?;
-        let rows = self.lost_rows_check(&file, lock, out).await?;
+        // No sweep: gbak -c wrote each row once, in transactions that
+        // committed, and built each index after its table's rows, so there
+        // is no garbage and each index has one entry per row already (the
+        // sweep was 15 s of a 73 s backup of a 1.2 GB database).
+        let rows = self
+            .lost_rows_check(&file, lock, out, Sweep::NotNeeded)
+            .await?;
         let restored = |mut f: tandem_proto::model::Finding| {
             f.message = format!(
                 "in the backup restored by gbak -c: {}; it is not kept",
@@ -343,6 +349,7 @@ impl FirebirdEngine {
         file: &Path,
         lock: &Path,
         out: &Path,
+        sweep: Sweep,
     ) -> Result<CheckReport, EngineError> {
         let db = file
             .file_name()
@@ -358,18 +365,29 @@ impl FirebirdEngine {
 
         // Garbage (deleted rows, old versions, the inserts of transactions
         // cut by the copy) goes with its index entries: one entry per row.
-        append(
-            out,
-            format!("==== gfix -sweep {} ====\n", file.display()).as_bytes(),
-        )?;
-        let mut cmd = self.embedded("gfix", lock);
-        cmd.arg("-sweep").arg(file);
-        let o = self.runner.output(cmd, CHECK_TIMEOUT).await?;
-        let text = output_text(&o);
-        append(out, text.as_bytes())?;
-        if !o.status.success() {
-            report.findings.push(lost_rows::sweep_failed(&text, &db));
-            return Ok(report);
+        if sweep == Sweep::Needed {
+            append(
+                out,
+                format!("==== gfix -sweep {} ====\n", file.display()).as_bytes(),
+            )?;
+            let mut cmd = self.embedded("gfix", lock);
+            cmd.arg("-sweep").arg(file);
+            let o = self.runner.output(cmd, CHECK_TIMEOUT).await?;
+            let text = output_text(&o);
+            append(out, text.as_bytes())?;
+            if !o.status.success() {
+                report.findings.push(lost_rows::sweep_failed(&text, &db));
+                return Ok(report);
+            }
+        } else {
+            append(
+                out,
+                format!(
+                    "==== no gfix -sweep of {}: just restored by gbak -c, it has no garbage ====\n",
+                    file.display()
+                )
+                .as_bytes(),
+            )?;
         }
 
         append(out, b"==== the tables and their indexes (isql-fb) ====\n")?;
@@ -430,6 +448,16 @@ impl FirebirdEngine {
         report.coverage.extend(coverage);
         Ok(report)
     }
+}
+
+/// Whether the lost-rows check sweeps the database first: a copy of a
+/// serving database holds garbage and the inserts of transactions the copy
+/// cut, whose index entries would count as rows; a database gbak -c just
+/// wrote has neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    Needed,
+    NotNeeded,
 }
 
 fn output_text(o: &Output) -> String {
@@ -910,8 +938,13 @@ impl Engine for FirebirdEngine {
     /// swept, then each table counted through one of its indexes against
     /// the index's entries.
     async fn check_files(&self, dir: &Path, out: &Path) -> Result<CheckReport, EngineError> {
-        self.lost_rows_check(&self.copy_file(dir), &Self::lock_dir(dir), out)
-            .await
+        self.lost_rows_check(
+            &self.copy_file(dir),
+            &Self::lock_dir(dir),
+            out,
+            Sweep::Needed,
+        )
+        .await
     }
 
     /// A Firebird copy (and its `gbak` backup) has no log position: 0/0.

@@ -348,6 +348,7 @@ fn a_restore_prepares_first_halts_standbys_before_the_member_and_reseeds_them_af
         order.clone(),
         1_000_000_000,
         patroni(),
+        RestoreShape::default(),
     );
     assert_eq!(p.repair, Repair::Restore);
     assert_eq!(p.restore, Some(order));
@@ -462,4 +463,79 @@ fn lost_rows_on_the_primary_path_are_not_reindexed_and_point_to_a_restore() {
     );
     assert!(p.why.contains("postgres.public.t (lost_rows)"), "{}", p.why);
     assert!(p.why.contains("`tandemctl restore zeta`"), "{}", p.why);
+}
+
+#[test]
+fn a_one_member_restore_from_a_logical_backup_speaks_of_its_database() {
+    let order = RestoreOrder {
+        from: "latest".into(),
+        target_time: None,
+        replace: false,
+        peer: None,
+    };
+    let shape = RestoreShape {
+        single_member: true,
+        has_log: false,
+    };
+    let p = build_restore(
+        "carbon",
+        "carbon-db",
+        &[],
+        order.clone(),
+        1 << 30,
+        None,
+        shape,
+    );
+    assert_eq!(
+        actions(&p),
+        vec![
+            (Action::RestorePrepare, "carbon-db"),
+            (Action::Restore, "carbon-db"),
+            (Action::Testdb, ""),
+        ]
+    );
+    let text = format!(
+        "{} {} {}",
+        p.why,
+        p.alternative,
+        p.steps
+            .iter()
+            .map(|s| s.touches.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    // None of a streaming set's words: no WAL, no socket, no standby.
+    for pg in ["WAL", "socket", "standby", "re-seed", "data directory"] {
+        let said = text.replace("no standby to halt or re-seed", "");
+        assert!(!said.contains(pg), "{pg:?} in {text}");
+    }
+    assert!(p.why.contains("the set's only member"), "{}", p.why);
+    assert!(
+        p.steps[1].touches.contains("nothing to roll forward"),
+        "{:?}",
+        p.steps[1]
+    );
+    assert!(
+        p.steps[2].touches.contains("carbon-db and its copy"),
+        "{:?}",
+        p.steps[2]
+    );
+    assert!(
+        p.alternative.contains("old database back"),
+        "{}",
+        p.alternative
+    );
+
+    // The same member with a base backup and a target: rolled forward.
+    let mut o = order;
+    o.target_time = Some("2026-11-21T12:00:00Z".into());
+    let p = build_restore("zeta", "p", &[], o, 1 << 30, None, RestoreShape::default());
+    assert!(
+        p.steps[1]
+            .touches
+            .contains("roll forward to 2026-11-21T12:00:00Z on a private socket"),
+        "{:?}",
+        p.steps[1]
+    );
+    assert!(p.why.contains("to 2026-11-21T12:00:00Z"), "{}", p.why);
 }
