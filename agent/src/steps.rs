@@ -499,10 +499,14 @@ async fn run_undo<E: Engine>(
                 let failed = crate::engine::dated_beside(&data_dir, "failed-restore");
                 match std::fs::rename(&data_dir, &failed) {
                     Ok(()) => format!(
-                        "the restored data directory was moved to {}",
+                        "the restored database ({}) was moved to {}",
+                        data_dir.display(),
                         failed.display()
                     ),
-                    Err(e) => format!("cannot move the restored data directory aside: {e}"),
+                    Err(e) => format!(
+                        "cannot move the restored database {} aside: {e}",
+                        data_dir.display()
+                    ),
                 }
             }
         }
@@ -511,7 +515,7 @@ async fn run_undo<E: Engine>(
         Undo::PutBack { saved } if std::fs::symlink_metadata(saved).is_err() => String::new(),
         Undo::PutBack { saved } => {
             let mut said = match std::fs::rename(saved, &data_dir) {
-                Ok(()) => format!("the saved data directory {} was put back", saved.display()),
+                Ok(()) => format!("the saved database {} was put back", saved.display()),
                 Err(e) => format!(
                     "cannot put the saved data directory {} back: {e}; move it to {} by hand",
                     saved.display(),
