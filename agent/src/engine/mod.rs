@@ -154,6 +154,37 @@ pub struct BackupEnd {
     pub wal_bytes: u64,
 }
 
+/// Run the ordered, hashed copy of what `plan` lists (made on the blocking
+/// pool too: it may read a whole directory tree) from `src` to `dst`.
+/// `what` names the source in an error. Every engine's `copy_to` ends here.
+pub(crate) async fn copy_on_blocking_pool(
+    plan: impl FnOnce() -> Result<copy::CopyPlan, EngineError> + Send + 'static,
+    src: PathBuf,
+    dst: PathBuf,
+    opts: copy::CopyOptions,
+    progress: ProgressFn,
+    cancel: CancellationToken,
+    what: PathBuf,
+) -> Result<CopyDone, EngineError> {
+    tokio::task::spawn_blocking(move || {
+        let plan = plan()?;
+        let progress = move |n: u64| progress(n);
+        let report = copy::copy(&plan, &src, &dst, &opts, &progress, &cancel)?;
+        Ok::<_, EngineError>(CopyDone {
+            bytes: report.bytes,
+            method: report.method,
+            note: report.note,
+            files: report.files_copied,
+        })
+    })
+    .await
+    .map_err(|e| EngineError::Io {
+        op: "run the copy of",
+        path: what,
+        source: std::io::Error::other(e),
+    })?
+}
+
 /// Called from the copy's worker threads with the bytes copied so far.
 pub type ProgressFn = Arc<dyn Fn(u64) + Send + Sync>;
 

@@ -250,27 +250,25 @@ impl Engine for PostgresEngine {
             live_source: req.online,
             manifest_now: false,
         };
-        tokio::task::spawn_blocking(move || {
-            let plan = if req.online {
-                copy::plan_live(&src)?
-            } else {
-                copy::plan(&src)?
-            };
-            let progress = move |n: u64| progress(n);
-            let report = copy::copy(&plan, &src, &dst, &opts, &progress, &cancel)?;
-            Ok::<_, EngineError>(CopyDone {
-                bytes: report.bytes,
-                method: report.method,
-                note: report.note,
-                files: report.files_copied,
-            })
-        })
+        let online = req.online;
+        let what = self.cfg.data_dir.clone();
+        let plan_src = src.clone();
+        super::copy_on_blocking_pool(
+            move || {
+                Ok(if online {
+                    copy::plan_live(&plan_src)?
+                } else {
+                    copy::plan(&plan_src)?
+                })
+            },
+            src,
+            dst,
+            opts,
+            progress,
+            cancel,
+            what,
+        )
         .await
-        .map_err(|e| EngineError::Io {
-            op: "run the copy",
-            path: self.cfg.data_dir.clone(),
-            source: std::io::Error::other(e),
-        })?
     }
 
     type Backup = super::online::OnlineBackup;

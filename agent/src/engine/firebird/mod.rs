@@ -728,23 +728,16 @@ impl Engine for FirebirdEngine {
             live_source: true,
             manifest_now: false,
         };
-        let (src, dst) = (src.to_owned(), dst.to_owned());
-        tokio::task::spawn_blocking(move || {
-            let progress = move |n: u64| progress(n);
-            let report = copy::copy(&plan, &src, &dst, &opts, &progress, &cancel)?;
-            Ok::<_, EngineError>(CopyDone {
-                bytes: report.bytes,
-                method: report.method,
-                note: report.note,
-                files: report.files_copied,
-            })
-        })
+        super::copy_on_blocking_pool(
+            move || Ok(plan),
+            src.to_owned(),
+            dst.to_owned(),
+            opts,
+            progress,
+            cancel,
+            db,
+        )
         .await
-        .map_err(|e| EngineError::Io {
-            op: "run the copy of",
-            path: db,
-            source: std::io::Error::other(e),
-        })?
     }
 
     /// Nothing to hold: the lock lives in the database until `nbackup -N`.
