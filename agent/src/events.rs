@@ -36,7 +36,7 @@ pub fn interrupted_code(step: &str) -> &'static str {
 #[derive(Clone)]
 pub struct Events {
     cfg: Arc<AgentConfig>,
-    controller: Option<crate::registration::Client>,
+    controller: Option<tandem_proto::leader::LeaderClient>,
 }
 
 impl Events {

@@ -21,18 +21,16 @@ use tandem_proto::leader::LeaderChannel;
 use tandem_proto::model::timestamp_to_wire;
 use tandem_proto::pb;
 use tandem_proto::pb::controller_client::ControllerClient;
-use tandem_proto::propagation::{InjectTraceContext, traced};
+use tandem_proto::propagation::traced;
 use tandem_proto::tls::LiveTls;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
 use crate::engine::Engine;
 use crate::ops::Operations;
 
-/// A client to the leading controller.
-pub type Client = ControllerClient<InterceptedService<LeaderChannel, InjectTraceContext>>;
+pub use tandem_proto::leader::LeaderClient as Client;
 
 /// A call to a controller with no answer (its headers) in this time counts
 /// as unreachable, and the next call goes to the next address: a

@@ -35,7 +35,7 @@ const LOCAL_PREFIX: &str = "local/";
 struct Signals<E: Engine> {
     cfg: Arc<AgentConfig>,
     ops: Arc<Operations<E>>,
-    controller: crate::registration::Client,
+    controller: tandem_proto::leader::LeaderClient,
 }
 
 /// Listen for the test signals until `shutdown`.

@@ -270,13 +270,14 @@ impl Election {
 }
 
 /// The controller's gRPC service as served: while this controller does
-/// not lead, only the calls in `service::FOLLOWER_CALLS` reach it; the
-/// others are answered "not the leader", naming the leader when one is
-/// known, so clients go there.
+/// not lead, only the calls in `follower_calls` (`service::FOLLOWER_CALLS`)
+/// reach it; the others are answered "not the leader", naming the leader
+/// when one is known, so clients go there.
 #[derive(Clone)]
 pub struct LeaderOnly<S> {
     pub inner: S,
     pub election: Arc<Election>,
+    pub follower_calls: &'static [&'static str],
 }
 
 impl<S> tonic::server::NamedService for LeaderOnly<S> {
@@ -302,7 +303,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = req.uri().path().rsplit('/').next().unwrap_or("");
-        if self.election.is_leading() || crate::service::FOLLOWER_CALLS.contains(&method) {
+        if self.election.is_leading() || self.follower_calls.contains(&method) {
             return Box::pin(self.inner.call(req));
         }
         let leader = self.election.leader_address();

@@ -168,6 +168,7 @@ async fn serve(
         .add_service(leader::LeaderOnly {
             inner: ControllerServer::new(service),
             election,
+            follower_calls: service::FOLLOWER_CALLS,
         })
         .serve_with_incoming_shutdown(
             tandem_proto::tls::incoming(listener, tls),

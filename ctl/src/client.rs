@@ -10,15 +10,13 @@ use std::time::Duration;
 
 use tandem_proto::leader::{LeaderChannel, channel::NoController, parse_addresses};
 use tandem_proto::pb::controller_client::ControllerClient;
-use tandem_proto::propagation::{InjectTraceContext, traced};
+use tandem_proto::propagation::traced;
 use tandem_proto::tls::{TlsError, TlsFiles};
-use tonic::service::interceptor::InterceptedService;
 
 use crate::cli::Connection;
 use crate::outcome::CtlError;
 
-/// A connected controller client.
-pub type Client = ControllerClient<InterceptedService<LeaderChannel, InjectTraceContext>>;
+pub use tandem_proto::leader::LeaderClient as Client;
 
 /// How long a stream that broke is tried again, in all.
 pub const REOPEN_FOR: Duration = Duration::from_secs(60);

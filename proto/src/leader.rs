@@ -14,6 +14,15 @@ pub mod channel;
 
 pub use channel::LeaderChannel;
 
+/// A client of the leading controller, traced: what tandemctl and the
+/// agents call the controller with.
+pub type LeaderClient = crate::pb::controller_client::ControllerClient<
+    tonic::service::interceptor::InterceptedService<
+        LeaderChannel,
+        crate::propagation::InjectTraceContext,
+    >,
+>;
+
 /// The gRPC metadata key (ASCII) carrying the leader's URL, e.g.
 /// `https://10.0.0.2:7700`.
 pub const LEADER_KEY: &str = "tandem-leader";
