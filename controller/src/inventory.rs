@@ -83,6 +83,46 @@ pub struct Inventory {
     refused: Mutex<HashMap<String, String>>,
 }
 
+/// Import the sets controller.toml declares that the store has never
+/// seen (`sets::plan_import`), and log what the file and the store say
+/// differently.
+async fn import_file_sets(cfg: &ControllerConfig, store: &Store) -> Result<(), ServiceError> {
+    let file: Vec<SetDecl> = cfg.sets.iter().map(SetDecl::from).collect();
+    let stored: Vec<_> = store.sets().await?.into_iter().map(|r| r.stored).collect();
+    let plan = plan_import(&file, &stored);
+    for (set, at, by) in &plan.removed {
+        warn!(
+            set = %set,
+            removed_at = %at,
+            removed_by = %by,
+            "set `{set}` is in controller.toml but was removed with `tandemctl set remove` at {at} by {by}; it stays removed: delete it from controller.toml, or bring it back with `tandemctl set add {set} --from-config`"
+        );
+    }
+    for (set, diff) in &plan.differs {
+        warn!(
+            set = %set,
+            "set `{set}` in controller.toml differs from the inventory in the store, which wins (it was changed with `tandemctl set`): {}; to apply the file: `tandemctl set add {set} --from-config --replace`; to see the store's: `tandemctl set list {set}`",
+            diff.join("; ")
+        );
+    }
+    for (set, why) in &plan.conflicts {
+        error!(set = %set, "set `{set}` in controller.toml is not imported: {why}");
+    }
+    for set in &plan.not_in_file {
+        info!(
+            set = %set,
+            "set `{set}` is in the inventory but not in controller.toml (added with tandemctl, or deleted from the file since): it stays; `tandemctl set remove {set}` removes it"
+        );
+    }
+    for set in &plan.import {
+        info!(set = %set.name, members = %set.describe_members(), "set imported from controller.toml");
+    }
+    if !plan.import.is_empty() {
+        store.import_sets(plan.import).await?;
+    }
+    Ok(())
+}
+
 impl Inventory {
     /// Load what the store knows, importing the sets controller.toml
     /// declares that the store has never seen (the leader's start).
@@ -104,82 +144,19 @@ impl Inventory {
         store: Store,
         import: bool,
     ) -> Result<Inventory, ServiceError> {
-        if !import {
-            let inv = Inventory {
-                cfg,
-                store,
-                agents: Mutex::new(HashMap::new()),
-                declared: RwLock::new(Arc::new(Declared::new(vec![]))),
-                edits: tokio::sync::Mutex::new(()),
-                refused: Mutex::new(HashMap::new()),
-            };
-            inv.refresh_from_store().await?;
-            return Ok(inv);
+        if import {
+            import_file_sets(&cfg, &store).await?;
         }
-        let file: Vec<SetDecl> = cfg.sets.iter().map(SetDecl::from).collect();
-        let stored: Vec<_> = store.sets().await?.into_iter().map(|r| r.stored).collect();
-        let plan = plan_import(&file, &stored);
-        for (set, at, by) in &plan.removed {
-            warn!(
-                set = %set,
-                removed_at = %at,
-                removed_by = %by,
-                "set `{set}` is in controller.toml but was removed with `tandemctl set remove` at {at} by {by}; it stays removed: delete it from controller.toml, or bring it back with `tandemctl set add {set} --from-config`"
-            );
-        }
-        for (set, diff) in &plan.differs {
-            warn!(
-                set = %set,
-                "set `{set}` in controller.toml differs from the inventory in the store, which wins (it was changed with `tandemctl set`): {}; to apply the file: `tandemctl set add {set} --from-config --replace`; to see the store's: `tandemctl set list {set}`",
-                diff.join("; ")
-            );
-        }
-        for (set, why) in &plan.conflicts {
-            error!(set = %set, "set `{set}` in controller.toml is not imported: {why}");
-        }
-        for set in &plan.not_in_file {
-            info!(
-                set = %set,
-                "set `{set}` is in the inventory but not in controller.toml (added with tandemctl, or deleted from the file since): it stays; `tandemctl set remove {set}` removes it"
-            );
-        }
-        for set in &plan.import {
-            info!(set = %set.name, members = %set.describe_members(), "set imported from controller.toml");
-        }
-        if !plan.import.is_empty() {
-            store.import_sets(plan.import).await?;
-        }
-        let declared = Arc::new(Declared::new(active_sets(&store.sets().await?)));
-        let now = Instant::now();
-        let agents = store
-            .agents()
-            .await?
-            .into_iter()
-            .map(|row| {
-                let facts: Option<Facts> = row
-                    .facts
-                    .as_deref()
-                    .and_then(|f| serde_json::from_str(f).ok());
-                (
-                    row.name.clone(),
-                    Entry {
-                        row,
-                        role: facts.as_ref().and_then(|f| known(f.role)),
-                        facts,
-                        seen_at: now,
-                        cert_not_after: None,
-                    },
-                )
-            })
-            .collect();
-        Ok(Inventory {
+        let inv = Inventory {
             cfg,
             store,
-            agents: Mutex::new(agents),
-            declared: RwLock::new(declared),
+            agents: Mutex::new(HashMap::new()),
+            declared: RwLock::new(Arc::new(Declared::new(vec![]))),
             edits: tokio::sync::Mutex::new(()),
             refused: Mutex::new(HashMap::new()),
-        })
+        };
+        inv.refresh_from_store().await?;
+        Ok(inv)
     }
 
     pub fn config(&self) -> &ControllerConfig {
@@ -361,8 +338,9 @@ impl Inventory {
         self.row(&name).await
     }
 
-    /// A follower's view: the sets and the agents as the leader last
-    /// stored them (states and facts as of their last change), read again.
+    /// The sets and the agents as the store has them (states and facts as
+    /// of their last change): the leader's start, and a follower's view,
+    /// read again every renewal.
     async fn refresh_from_store(&self) -> Result<(), ServiceError> {
         self.reload().await?;
         let now = Instant::now();
