@@ -370,77 +370,80 @@ impl Fleet {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
         }
-        for (set, member, table) in &spec.firebird {
+        // One agent.toml: what every agent has, then its engine's table
+        // (`engine_line` names a non-default engine) and its `[backup]`
+        // table's extra lines (`wal_archive` for PostgreSQL).
+        let mut agent_toml = |member: &str,
+                              set: &str,
+                              engine_line: &str,
+                              engine_table: String,
+                              backup_extra: String| {
             let adir = dir.join("agents").join(member);
-            let config = adir.join("agent.toml");
-            write(
-                &config,
-                &(format!(
-                    "name = \"{member}\"\nset = \"{set}\"\nengine = \"firebird\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = \"{controller_url}\"\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[firebird]\n{table}archive_dir = \"{archive}\"\n\n[testdb]\n{testdb}\n",
-                    aport = free_port(),
-                    home = adir.join("home").display(),
-                    hb = spec.heartbeat_interval.as_millis(),
-                    c = certs.display(),
-                    archive = adir.join("archive").display(),
-                    top = spec.agent_top,
-                    testdb = spec.agent_testdb,
-                ) + &spec
-                    .backups
-                    .as_ref()
-                    .map(|extra| {
-                        // No WAL archive: a Firebird backup is a gbak file.
-                        format!(
-                            "\n[backup]\ndir = \"{}\"\n{extra}\n",
-                            adir.join("backups").display(),
-                        )
-                    })
-                    .unwrap_or_default()),
-            )?;
-            agents.insert(
-                member.clone(),
-                AgentHandle {
-                    name: member.clone(),
-                    set: set.clone(),
-                    config,
-                    proc: None,
-                },
+            let backup = spec
+                .backups
+                .as_ref()
+                .map(|extra| {
+                    format!(
+                        "\n[backup]\ndir = \"{}\"\n{backup_extra}{extra}\n",
+                        adir.join("backups").display(),
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "name = \"{member}\"\nset = \"{set}\"\n{engine_line}listen = \"127.0.0.1:{aport}\"\ncontroller = {controller_line}\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{agent_metrics}{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n{engine_table}\n[testdb]\n{testdb}\n{backup}",
+                aport = free_port(),
+                agent_metrics = metrics_line(member),
+                home = adir.join("home").display(),
+                hb = spec.heartbeat_interval.as_millis(),
+                c = certs.display(),
+                top = spec.agent_top,
+                testdb = spec.agent_testdb,
+            )
+        };
+        let mut written: Vec<(String, String, String)> = Vec::new();
+        for (set, member, table) in &spec.firebird {
+            let archive = dir.join("agents").join(member).join("archive");
+            // No WAL archive: a Firebird backup is a gbak file.
+            let text = agent_toml(
+                member,
+                set,
+                "engine = \"firebird\"\n",
+                format!(
+                    "[firebird]\n{table}archive_dir = \"{}\"\n",
+                    archive.display()
+                ),
+                String::new(),
             );
+            written.push((set.clone(), member.clone(), text));
         }
         for (set, member, server) in &members {
-            let adir = dir.join("agents").join(member);
-            let config = adir.join("agent.toml");
-            let aport = free_port();
-            let agent_metrics = metrics_line(member);
-            write(
-                &config,
-                &(format!(
-                    "name = \"{member}\"\nset = \"{set}\"\nlisten = \"127.0.0.1:{aport}\"\ncontroller = {controller_line}\nhome = \"{home}\"\nheartbeat_interval = \"{hb}ms\"\n{agent_metrics}{top}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/agent-{member}.pem\"\nkey = \"{c}/agent-{member}-key.pem\"\n\n[postgres]\ndata_dir = \"{data}\"\nsocket_dir = \"{sock}\"\nport = {pgport}\narchive_dir = \"{archive}\"\n\n[testdb]\n{testdb}\n",
-                    home = adir.join("home").display(),
-                    hb = spec.heartbeat_interval.as_millis(),
-                    c = certs.display(),
-                    data = server.data_dir.display(),
-                    sock = server.socket_dir.display(),
-                    pgport = server.port,
-                    archive = adir.join("archive").display(),
-                    top = spec.agent_top,
-                    testdb = spec.agent_testdb,
-                ) + &spec
-                    .backups
-                    .as_ref()
-                    .map(|extra| {
-                        format!(
-                            "\n[backup]\ndir = \"{}\"\nwal_archive = \"{}\"\n{extra}\n",
-                            adir.join("backups").display(),
-                            dir.join("wal").join(set).display(),
-                        )
-                    })
-                    .unwrap_or_default()),
-            )?;
+            let archive = dir.join("agents").join(member).join("archive");
+            let text = agent_toml(
+                member,
+                set,
+                "",
+                format!(
+                    "[postgres]\ndata_dir = \"{}\"\nsocket_dir = \"{}\"\nport = {}\narchive_dir = \"{}\"\n",
+                    server.data_dir.display(),
+                    server.socket_dir.display(),
+                    server.port,
+                    archive.display()
+                ),
+                format!(
+                    "wal_archive = \"{}\"\n",
+                    dir.join("wal").join(set).display()
+                ),
+            );
+            written.push((set.clone(), member.clone(), text));
+        }
+        for (set, member, text) in written {
+            let config = dir.join("agents").join(&member).join("agent.toml");
+            write(&config, &text)?;
             agents.insert(
                 member.clone(),
                 AgentHandle {
-                    name: member.clone(),
-                    set: set.clone(),
+                    name: member,
+                    set,
                     config,
                     proc: None,
                 },
