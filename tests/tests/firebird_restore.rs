@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use tandem_tests::archiving::siblings;
 use tandem_tests::firebird::FbServer;
 use tandem_tests::fleet::{Fleet, FleetSpec};
 
@@ -60,21 +61,6 @@ fn restore(fleet: &Fleet, set: &str, args: &[&str]) -> (i32, Value, String) {
     let run = fleet.ctl_as("admin", &all).unwrap();
     let json = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
     (run.code, json, format!("{run:?}\n{}", fleet.logs()))
-}
-
-fn beside(db: &Path, infix: &str) -> Vec<PathBuf> {
-    let name = db.file_name().unwrap().to_str().unwrap().to_owned();
-    std::fs::read_dir(db.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with(&format!("{name}{infix}"))
-        })
-        .collect()
 }
 
 fn notes(json: &Value) -> String {
@@ -196,7 +182,7 @@ async fn a_billing_database_is_restored_along_the_runbook() {
     assert!(all.contains("GEN_UNUSED"), "{all}");
 
     // The current file kept aside, with its date, in the same directory.
-    let saved = beside(&fb.database, ".before-restore-");
+    let saved = siblings(&fb.database, ".before-restore-");
     assert_eq!(saved.len(), 1, "{saved:?}");
     assert!(all.contains(saved[0].to_str().unwrap()), "{all}");
     assert!(!prepare.exists(), "the prepared file was moved into place");
@@ -268,8 +254,8 @@ async fn a_failing_upgrade_hook_puts_the_old_database_back() {
         1
     );
     assert!(app_connect(&fb).starts_with("exit status: 0"));
-    assert!(beside(&fb.database, ".before-restore-").is_empty());
-    assert_eq!(beside(&fb.database, ".failed-restore-").len(), 1);
+    assert!(siblings(&fb.database, ".before-restore-").is_empty());
+    assert_eq!(siblings(&fb.database, ".failed-restore-").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
