@@ -309,6 +309,16 @@ impl FbServer {
         Ok(h.contains("backup lock") || h.contains("stalled") || h.contains("merge"))
     }
 
+    /// `table`'s id in `RDB$RELATIONS` (the server running), for
+    /// [`FbServer::data_pages`].
+    pub fn relation_id(&self, table: &str) -> anyhow::Result<u16> {
+        let id = self.count(&format!(
+            "select rdb$relation_id from rdb$relations where rdb$relation_name = '{}';",
+            table.to_uppercase()
+        ))?;
+        Ok(u16::try_from(id)?)
+    }
+
     /// The data pages of `table` in the stopped database's file: the pages
     /// whose type is 5 (data) and whose relation is the table's
     /// (`RDB$RELATIONS`), read from the page headers (ODS 12: type at byte

@@ -167,11 +167,7 @@ async fn a_healthy_database_is_clean_while_a_client_inserts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_data_page_is_found_and_names_its_table() {
     let mut fb = billing("damaged").await;
-    let rel: u16 = fb
-        .count("select rdb$relation_id from rdb$relations where rdb$relation_name = 'PAYMENTS';")
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let rel = fb.relation_id("payments").unwrap();
     // Damage for real: the server stopped, bytes overwritten in a data page
     // of the table in the database file, the server started again.
     fb.stop().await.unwrap();
@@ -283,11 +279,7 @@ async fn an_agent_killed_while_the_database_is_locked_unlocks_it_when_it_comes_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_lost_from_a_page_validation_only_warns_about_are_errors_naming_the_table() {
     let mut fb = billing("lostrows").await;
-    let rel: u16 = fb
-        .count("select rdb$relation_id from rdb$relations where rdb$relation_name = 'PAYMENTS';")
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let rel = fb.relation_id("payments").unwrap();
     // The records of one data page overwritten (not its line index): gfix
     // -v -full only warns ("orphan backversions"), gbak -b reads the rest.
     fb.stop().await.unwrap();
