@@ -210,25 +210,7 @@ pub fn parse_gbak(exit_ok: bool, stderr: &str, database: &str) -> Vec<Finding> {
     if exit_ok {
         return vec![];
     }
-    let mut table = None;
-    let mut errors = Vec::new();
-    for line in stderr.lines() {
-        if let Some(t) = line
-            .trim_start_matches("gbak:")
-            .trim()
-            .strip_prefix("writing data for table ")
-        {
-            table = Some(t.trim().to_owned());
-        }
-        if let Some(e) = line.strip_prefix("gbak: ERROR:") {
-            errors.push(e.trim().to_owned());
-        }
-    }
-    let message = if errors.is_empty() {
-        one_message(stderr)
-    } else {
-        errors.join("\n")
-    };
+    let (table, message) = gbak_stop(stderr, "writing data for table ");
     vec![Finding {
         database: database.to_owned(),
         kind: if table.is_some() {
@@ -242,6 +224,29 @@ pub fn parse_gbak(exit_ok: bool, stderr: &str, database: &str) -> Vec<Finding> {
     }]
 }
 
+/// Where a failed gbak stopped: the last table its `-v` output names
+/// after `doing` ("writing data for table ", "restoring data for table "),
+/// and its `ERROR:` lines (else the output's gist).
+fn gbak_stop(output: &str, doing: &str) -> (Option<String>, String) {
+    let mut table = None;
+    let mut errors = Vec::new();
+    for line in output.lines() {
+        let t = line.trim_start_matches("gbak:").trim();
+        if let Some(name) = t.strip_prefix(doing) {
+            table = Some(name.trim().to_owned());
+        }
+        if let Some(e) = t.strip_prefix("ERROR:") {
+            errors.push(e.trim().to_owned());
+        }
+    }
+    let message = if errors.is_empty() {
+        one_message(output)
+    } else {
+        errors.join("\n")
+    };
+    (table, message)
+}
+
 /// The findings of `gbak -c` restoring a backup (its `-v` output): none
 /// when it finished, else one `logical_read` finding saying the backup
 /// does not restore, naming the table it was restoring (`gbak:restoring
@@ -250,22 +255,7 @@ pub fn parse_gbak_restore(exit_ok: bool, output: &str, database: &str) -> Vec<Fi
     if exit_ok {
         return vec![];
     }
-    let mut table = None;
-    let mut errors = Vec::new();
-    for line in output.lines() {
-        let t = line.trim_start_matches("gbak:").trim();
-        if let Some(name) = t.strip_prefix("restoring data for table ") {
-            table = Some(name.trim().to_owned());
-        }
-        if let Some(e) = t.strip_prefix("ERROR:") {
-            errors.push(e.trim().to_owned());
-        }
-    }
-    let why = if errors.is_empty() {
-        one_message(output)
-    } else {
-        errors.join("\n")
-    };
+    let (table, why) = gbak_stop(output, "restoring data for table ");
     let at = table
         .as_deref()
         .map(|t| format!(" (it stopped in table {t})"))
