@@ -36,7 +36,8 @@ pub struct State {
     pub leading: bool,
     /// The lease generation it leads under (0 when following, or on SQLite).
     pub generation: i64,
-    /// The lease as last read (followers), or as held (the leader).
+    /// The lease as a follower last read it (none while leading: the
+    /// leader's is in the store, `describe` reads it there).
     pub lease: Option<LeaseRow>,
     /// Since when this controller leads.
     pub since: Option<Timestamp>,
@@ -148,16 +149,13 @@ impl Election {
                     }
                     held = generation;
                     deadline = Some(asked + self.lease);
-                    let lease = self.store.lease().await.ok().flatten();
                     self.state.send_modify(|s| {
                         if !s.leading {
                             s.since = Some(Timestamp::now());
                         }
                         s.leading = true;
                         s.generation = generation;
-                        if lease.is_some() {
-                            s.lease = lease;
-                        }
+                        s.lease = None;
                     });
                 }
                 Ok(Leadership::Following { leader }) => {
