@@ -231,11 +231,6 @@ impl<'a> Tx<'a> {
         self.fenced = true;
     }
 
-    /// Whether this is the PostgreSQL store.
-    pub fn is_pg(&self) -> bool {
-        matches!(self.inner, Inner::Pg(_))
-    }
-
     pub(super) fn commit(self) -> Result<(), DbError> {
         match self.inner {
             Inner::Sqlite(tx) => tx.commit()?,
@@ -310,16 +305,6 @@ impl<'a> Tx<'a> {
     /// The first row; none is an error.
     pub fn query_one(&mut self, sql: &str, args: &[&dyn Param]) -> Result<Row, DbError> {
         self.query_opt(sql, args)?.ok_or(DbError::NoRow)
-    }
-
-    /// Statements in a batch, as written (no parameters).
-    pub fn batch(&mut self, sql: &str) -> Result<(), DbError> {
-        self.check_fence(sql)?;
-        match &mut self.inner {
-            Inner::Sqlite(tx) => tx.execute_batch(sql)?,
-            Inner::Pg(tx) => tx.batch_execute(sql)?,
-        }
-        Ok(())
     }
 
     /// Before the first statement that writes, on a fenced store: is this
