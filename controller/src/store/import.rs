@@ -8,7 +8,8 @@ use std::path::Path;
 use super::sql::{Row, Value};
 use super::{Store, StoreError, StoreLocation};
 
-/// The tables of the schema, parents before children.
+/// The tables of the schema, parents before children; an SQLite store
+/// holding another table is refused (this list is behind the schema).
 const TABLES: &[&str] = &[
     "sets",
     "members",
@@ -25,10 +26,6 @@ const TABLES: &[&str] = &[
     "windows",
 ];
 
-/// Tables whose `id` is an identity column in PostgreSQL (SQLite's
-/// `AUTOINCREMENT`): their sequences go on after the imported ids.
-const IDENTITY_IDS: &[&str] = &["audit", "verdicts", "set_events"];
-
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("the target must be a PostgreSQL store (a postgresql:// URI in `store`), not {0}")]
@@ -41,6 +38,10 @@ pub enum ImportError {
         "the PostgreSQL store already holds a fleet ({0} rows in its tables); import-sqlite fills an empty store only, so nothing was written"
     )]
     NotEmpty(i64),
+    #[error(
+        "the SQLite store has tables this controller does not import ({0}); use the import-sqlite of the controller version that wrote it"
+    )]
+    UnknownTables(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -60,6 +61,23 @@ pub async fn import_sqlite(
     // Opening migrates the old file to this version's schema first.
     let source = Store::open_async(StoreLocation::Sqlite(from.to_owned())).await?;
     let target = Store::open_async(to.clone()).await?;
+    let unknown: Vec<String> = source
+        .call(|c| {
+            c.query(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                super::sql::args![],
+            )?
+            .iter()
+            .map(|r| r.get::<String>(0))
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .await?
+        .into_iter()
+        .filter(|t| !TABLES.contains(&t.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ImportError::UnknownTables(unknown.join(", ")));
+    }
     let mut tables: Vec<(&'static str, Vec<String>, Vec<Row>)> = Vec::new();
     for &table in TABLES {
         let (columns, rows) = source
@@ -115,21 +133,25 @@ pub async fn import_sqlite(
                         row.0.iter().map(|v: &Value| v as &dyn super::sql::Param).collect();
                     c.exec(&sql, &params)?;
                 }
-                // The identity columns go on after what was imported.
+            }
+            // Every identity column (each table's `rowid`, the `AUTOINCREMENT`
+            // ids) goes on after what was imported.
+            let identities: Vec<(String, String)> = c
+                .query(
+                    "SELECT table_name::text, column_name::text FROM information_schema.columns
+                     WHERE table_schema = current_schema() AND is_identity = 'YES'",
+                    super::sql::args![],
+                )?
+                .iter()
+                .map(|r| Ok((r.get(0)?, r.get(1)?)))
+                .collect::<Result<_, super::sql::DbError>>()?;
+            for (table, column) in identities {
                 c.query_one(
                     &format!(
-                        "SELECT setval(pg_get_serial_sequence('{table}', 'rowid'), GREATEST((SELECT max(rowid) FROM {table}), 0) + 1, false)"
+                        "SELECT setval(pg_get_serial_sequence('{table}', '{column}'), GREATEST((SELECT max({column}) FROM {table}), 0) + 1, false)"
                     ),
                     super::sql::args![],
                 )?;
-                if IDENTITY_IDS.contains(table) {
-                    c.query_one(
-                        &format!(
-                            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), GREATEST((SELECT max(id) FROM {table}), 0) + 1, false)"
-                        ),
-                        super::sql::args![],
-                    )?;
-                }
             }
             Ok(())
         })
