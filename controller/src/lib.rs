@@ -87,7 +87,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
                 .clone()
                 .follow_store(cfg.leader.renew, follower.clone()),
         );
-        let agents = Arc::new(agents::AgentClients::new(tls.clone()));
+        let agents = agents::AgentClients::new(tls.clone());
         let service = service(inventory, store.clone(), agents, election.clone()).await?;
         let listener = bind(&cfg).await?;
         let serving = tokio::spawn(serve(service, listener, tls.clone(), follower.clone()));
@@ -199,7 +199,7 @@ async fn lead(
         inventory.clone(),
         shutdown.clone(),
     ));
-    let agents = Arc::new(agents::AgentClients::new(tls.clone()));
+    let agents = agents::AgentClients::new(tls.clone());
     let service = service(inventory, store, agents, election).await?;
     // Windows first: their sets are held before any recovered run dispatches.
     service.maintenance.recover().await?;

@@ -16,8 +16,10 @@
 //! journal and the testdb step list with its preconditions. What is
 //! simulated: the database, through
 //! `tandem_agent::engine::simulated::SimulatedEngine`, whose steps sleep for
-//! fixed times and which always finds a clean copy. The agents run in this
-//! process on one tokio runtime, which is what makes a thousand of them fit
+//! fixed times and which always finds a clean copy. The agents run as
+//! tasks of one tokio runtime per process, at most
+//! `TANDEM_BENCH_AGENTS_PER_PROCESS` in each (this benchmark's own binary,
+//! started again for them), which is what makes ten thousand of them fit
 //! on one machine. This measures the controller; it proves nothing about
 //! testdb itself.
 //!
@@ -33,6 +35,7 @@
 //! | `TANDEM_BENCH_HEARTBEAT_MS` | 2000 | heartbeat interval (controller and agents) |
 //! | `TANDEM_BENCH_IDLE_SECS` | 10 | how long to watch the idle controller's CPU |
 //! | `TANDEM_BENCH_RUNS` | 2 | runs of `testdb --all`; the first opens a channel to every agent it tests, the next reuse them |
+//! | `TANDEM_BENCH_AGENTS_PER_PROCESS` | 2500 | simulated agents per process (each holds about 3 open files; a process may hold only its open-files limit) |
 //! | `TANDEM_BENCH_CONTROLLER_NOFILE` | (inherit) | soft RLIMIT_NOFILE for the controller process, e.g. 1024 to see whether it needs more |
 //! | `TANDEM_BENCH_AGENT_DIR` | `/dev/shm` | where the agents' homes go (see below) |
 //! | `TANDEM_BENCH_STORE_DIR` | a temporary directory | where the controller's SQLite store goes (e.g. `/dev/shm` to see what its fsyncs cost) |
@@ -87,6 +90,8 @@ struct Settings {
     heartbeat: Duration,
     idle: Duration,
     runs: usize,
+    /// Simulated agents per process.
+    per_process: usize,
     controller_nofile: Option<u64>,
     agent_dir: PathBuf,
     store_dir: Option<PathBuf>,
@@ -134,6 +139,7 @@ impl Settings {
             heartbeat: Duration::from_millis(env_num("TANDEM_BENCH_HEARTBEAT_MS", 2000)?.max(1)),
             idle: Duration::from_secs(env_num("TANDEM_BENCH_IDLE_SECS", 10)?),
             runs: env_num("TANDEM_BENCH_RUNS", 2)?.max(1) as usize,
+            per_process: env_num("TANDEM_BENCH_AGENTS_PER_PROCESS", 2500)?.max(2) as usize,
             controller_nofile: std::env::var("TANDEM_BENCH_CONTROLLER_NOFILE")
                 .ok()
                 .map(|v| v.parse())
@@ -328,7 +334,11 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match rt.block_on(bench()) {
+    let work = match std::env::var("TANDEM_BENCH_SHARD") {
+        Ok(range) => rt.block_on(shard(&range)),
+        Err(_) => rt.block_on(bench()),
+    };
+    match work {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fleet_sim: {e:#}");
@@ -485,10 +495,16 @@ async fn run_bench(
     let sampler = Sampler::start(pid);
     let at_start = proc_sample(pid)?;
 
-    let shutdown = CancellationToken::new();
     let t_agents = Instant::now();
-    let mut agents = start_agents(s, &members, agent_root, &certs, &controller.url, &shutdown)?;
-    wait_online(s, &controller, &mut agents).await?;
+    let agents = start_agents(
+        s,
+        &members,
+        agent_root,
+        &certs,
+        &controller.url,
+        &dir.join("logs"),
+    )?;
+    wait_online(s, &controller, &agents).await?;
     let registration = t_agents.elapsed();
     eprintln!(
         "fleet_sim: all {} agents online after {:.2} s",
@@ -538,7 +554,7 @@ async fn run_bench(
             );
         }
         let before = store.rows_written()?;
-        let mut r = one_run(&controller, dir, &members, &ideal, n).await?;
+        let mut r = one_run(&controller, &agents, dir, &members, &ideal, n).await?;
         r.store_rows = before
             .zip(store.rows_written()?)
             .map(|(a, b)| b.saturating_sub(a));
@@ -566,34 +582,25 @@ async fn run_bench(
     };
     figures.print(s);
 
-    stop(agents, shutdown, &mut controller).await?;
+    stop(agents, &mut controller).await?;
     figures.check(s, dir, &controller.log)
 }
 
 /// Stop the agents (while the controller still answers, so they stop
 /// quietly), then the controller.
-async fn stop(
-    mut agents: Agents,
-    shutdown: CancellationToken,
-    controller: &mut Controller,
-) -> anyhow::Result<()> {
-    shutdown.cancel();
-    let stopped = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut failed = Vec::new();
-        while let Some(r) = agents.join_next().await {
-            match r {
-                Ok((_, Ok(()))) => {}
-                Ok((name, Err(e))) => failed.push(format!("{name}: {e:#}")),
-                Err(e) => failed.push(e.to_string()),
-            }
+async fn stop(mut agents: Agents, controller: &mut Controller) -> anyhow::Result<()> {
+    for p in &agents.procs {
+        p.signal(nix::sys::signal::Signal::SIGTERM)?;
+    }
+    for p in &mut agents.procs {
+        match p.wait_exit(Duration::from_secs(90)).await {
+            Ok(st) if st.success() => {}
+            Ok(st) => eprintln!(
+                "fleet_sim: a process of agents ended {st}: {}",
+                tail(&p.log)
+            ),
+            Err(e) => eprintln!("fleet_sim: {e:#}"),
         }
-        failed
-    })
-    .await;
-    match stopped {
-        Ok(failed) if failed.is_empty() => {}
-        Ok(failed) => eprintln!("fleet_sim: agents that failed: {failed:?}"),
-        Err(_) => eprintln!("fleet_sim: agents did not stop within 60 s"),
     }
     controller.proc.signal(nix::sys::signal::Signal::SIGTERM)?;
     controller.proc.wait_exit(Duration::from_secs(30)).await?;
@@ -604,6 +611,7 @@ async fn stop(
 /// `logs/testdb-<n>.json` and `.stderr`.
 async fn one_run(
     c: &Controller,
+    agents: &Agents,
     dir: &Path,
     members: &[Member],
     ideal: &Ideal,
@@ -611,20 +619,20 @@ async fn one_run(
 ) -> anyhow::Result<RunFigures> {
     let pid = c.pid();
     let before = proc_sample(pid)?;
-    let agents_before = proc_sample(std::process::id())?;
+    let agents_before = agents.cpu_secs()?;
     let started = SystemTime::now();
     let t_run = Instant::now();
     let run = ctl(c, &["testdb", "--all", "--output", "json"]).await?;
     let wall = t_run.elapsed();
     let after = proc_sample(pid)?;
-    let agents_after = proc_sample(std::process::id())?;
+    let agents_after = agents.cpu_secs()?;
     std::fs::write(dir.join(format!("logs/testdb-{n}.json")), &run.stdout)?;
     std::fs::write(dir.join(format!("logs/testdb-{n}.stderr")), &run.stderr)?;
     Ok(RunFigures {
         wall,
         tests: Tests::read(&run, members, started, wall, ideal.at_once)?,
         controller_cpu: after.cpu_secs - before.cpu_secs,
-        agents_cpu: agents_after.cpu_secs - agents_before.cpu_secs,
+        agents_cpu: agents_after - agents_before,
         rss_after_kib: after.rss_kib,
         store_rows: None,
     })
@@ -709,23 +717,132 @@ async fn start_controller(
     }
 }
 
-type Agents = JoinSet<(String, anyhow::Result<()>)>;
+/// The processes the simulated agents run in.
+struct Agents {
+    procs: Vec<Proc>,
+}
 
-/// Start every simulated agent as a task of this process.
+impl Agents {
+    /// CPU seconds the agents' processes used so far.
+    fn cpu_secs(&self) -> anyhow::Result<f64> {
+        let mut cpu = 0.0;
+        for p in &self.procs {
+            cpu += proc_sample(p.pid())?.cpu_secs;
+        }
+        Ok(cpu)
+    }
+
+    /// Fail when a process of agents ended: its agents will never be online.
+    fn check_running(&self) -> anyhow::Result<()> {
+        for p in &self.procs {
+            if let Some(st) = exited(p.pid()) {
+                bail!(
+                    "the process of simulated agents {} {st}; its log:\n{}",
+                    p.pid(),
+                    tail(&p.log)
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Listening ports for `n` agents, below the kernel's ephemeral range
+/// (from 12000 up), which the agents' and the controller's own outgoing
+/// connections draw from: ten thousand listeners picked from that range
+/// would collide with them. A port some other process holds is skipped.
+fn listen_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let mut out = Vec::with_capacity(n);
+    let mut port: u16 = 12000;
+    while out.len() < n {
+        ensure!(
+            port < 32768,
+            "fewer than {n} free ports between 12000 and 32767 on 127.0.0.1"
+        );
+        if std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).is_ok() {
+            out.push(port);
+        }
+        port += 1;
+    }
+    Ok(out)
+}
+
+/// Write every agent's agent.toml and start the agents in processes of
+/// at most `TANDEM_BENCH_AGENTS_PER_PROCESS` each: this benchmark run
+/// again with `TANDEM_BENCH_SHARD=FROM:TO` ([`shard`]). Each simulated
+/// agent holds about three file descriptors (its listener, its
+/// connection to the controller, the controller's to it), and one
+/// process may not hold more than its open-files limit.
 fn start_agents(
     s: &Settings,
     members: &[Member],
     root: &Path,
     certs: &Path,
     url: &str,
-    shutdown: &CancellationToken,
+    logs: &Path,
 ) -> anyhow::Result<Agents> {
-    let durations = SimulatedDurations::spread(s.test);
-    let mut agents = JoinSet::new();
-    for m in members {
+    let ports = listen_ports(members.len())?;
+    for (m, port) in members.iter().zip(ports) {
         let home = root.join(&m.agent);
-        let text = agent_toml(m, free_port(), url, certs, &home, s.heartbeat);
-        let cfg = AgentConfig::parse(&home.join("agent.toml"), &text)?;
+        std::fs::create_dir_all(&home)?;
+        let text = agent_toml(m, port, url, certs, &home, s.heartbeat);
+        std::fs::write(home.join("agent.toml"), text)?;
+    }
+    let exe = std::env::current_exe()?;
+    let mut procs = Vec::new();
+    let per = s.per_process.max(2);
+    for (i, from) in (0..members.len()).step_by(per).enumerate() {
+        let to = (from + per).min(members.len());
+        let mut cmd = Command::new(&exe);
+        cmd.env("TANDEM_BENCH_SHARD", format!("{from}:{to}"))
+            .env("TANDEM_BENCH_SHARD_ROOT", root);
+        procs.push(Proc::spawn(
+            &format!("simulated agents {from}..{to}"),
+            cmd,
+            &logs.join(format!("agents-{i}.log")),
+        )?);
+    }
+    eprintln!(
+        "fleet_sim: {} simulated agents in {} processes of at most {per}",
+        members.len(),
+        procs.len()
+    );
+    Ok(Agents { procs })
+}
+
+/// One process of simulated agents (`TANDEM_BENCH_SHARD=FROM:TO`): the
+/// members FROM..TO of the layout, each from the agent.toml the
+/// benchmark wrote in its home, as tasks of one tokio runtime, until
+/// SIGTERM; then they stop, and the exit code says whether all stopped
+/// cleanly.
+async fn shard(range: &str) -> anyhow::Result<()> {
+    let s = Settings::from_env()?;
+    let _log = tandem_proto::telemetry::init(
+        "fleet_sim_agents",
+        tandem_proto::telemetry::LogFormat::Human,
+        "warn",
+    )?;
+    raise_nofile()?;
+    let (from, to) = range
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .with_context(|| format!("TANDEM_BENCH_SHARD={range:?} is not FROM:TO"))?;
+    let root = PathBuf::from(
+        std::env::var_os("TANDEM_BENCH_SHARD_ROOT")
+            .context("TANDEM_BENCH_SHARD_ROOT is not set")?,
+    );
+    let members = layout(s.sets(), s.hosts);
+    let mine = members
+        .get(from..to)
+        .with_context(|| format!("{from}..{to} is outside the {} agents", members.len()))?;
+    let durations = SimulatedDurations::spread(s.test);
+    let shutdown = CancellationToken::new();
+    let mut agents = JoinSet::new();
+    for m in mine {
+        let path = root.join(&m.agent).join("agent.toml");
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let cfg = AgentConfig::parse(&path, &text)?;
         let role = if m.member == "p" {
             Role::Primary
         } else {
@@ -742,18 +859,38 @@ fn start_agents(
             (name, r)
         });
     }
-    Ok(agents)
+    // An agent that ends before it is told to is a failure at once.
+    let early = tokio::select! {
+        _ = tandem_proto::process::shutdown_signal() => None,
+        Some(r) = agents.join_next() => Some(r),
+    };
+    if let Some(r) = early {
+        let (name, r) = r?;
+        bail!("agent {name} stopped before the benchmark ended: {r:?}");
+    }
+    shutdown.cancel();
+    let failed = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut failed = Vec::new();
+        while let Some(r) = agents.join_next().await {
+            match r {
+                Ok((_, Ok(()))) => {}
+                Ok((name, Err(e))) => failed.push(format!("{name}: {e:#}")),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        failed
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("agents {from}..{to} did not stop within 60 s"))?;
+    ensure!(failed.is_empty(), "agents that failed: {failed:?}");
+    Ok(())
 }
 
 /// Poll `tandemctl agents` until every agent is online.
-async fn wait_online(s: &Settings, c: &Controller, agents: &mut Agents) -> anyhow::Result<()> {
+async fn wait_online(s: &Settings, c: &Controller, agents: &Agents) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120 + s.agents as u64 / 10);
     loop {
-        // An agent that ended already will never be online.
-        if let Some(r) = agents.try_join_next() {
-            let (name, r) = r?;
-            bail!("agent {name} stopped: {r:?}");
-        }
+        agents.check_running()?;
         let states = agent_states(&ctl(c, &["agents", "--output", "json"]).await?)?;
         if states.get("online").copied().unwrap_or(0) == s.agents {
             return Ok(());
@@ -1116,10 +1253,16 @@ impl Figures {
         for (i, r) in self.runs.iter().enumerate() {
             r.print(i + 1, &self.ideal);
         }
+        // The goals: under 200 MB with 1,000 agents, under 1 GB with 10,000.
+        let goal_mb = if s.agents > 1000 { 1024 } else { 200 };
         println!(
-            "memory       controller VmHWM {:.1} MB (goal < 200: {}); RSS {:.1} MB at start, {:.1} MB all online, {:.1} MB at the end",
+            "memory       controller VmHWM {:.1} MB (goal < {goal_mb}: {}); RSS {:.1} MB at start, {:.1} MB all online, {:.1} MB at the end",
             mb(hwm),
-            if hwm < 200 * 1024 { "met" } else { "NOT met" },
+            if hwm < goal_mb * 1024 {
+                "met"
+            } else {
+                "NOT met"
+            },
             mb(self.at_start.rss_kib),
             mb(self.online.rss_kib),
             mb(self.end.rss_kib)
