@@ -5,7 +5,9 @@
 //! controller restart; and a metrics address in use stops a daemon at start
 //! with a clear error. Two controllers on a PostgreSQL store say which one
 //! leads and under which lease generation, and count a takeover; every
-//! metric the shipped alert rules query is among theirs.
+//! metric the shipped alert rules query is among theirs. Their store URI is
+//! the kind deploy/ha recommends for a Patroni cluster: every server,
+//! a standby first, and `target_session_attrs=read-write`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -243,17 +245,23 @@ fn controllers_samples(fleet: &Fleet, keys: &[&str]) -> Vec<(String, Vec<Sample>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_controllers_on_a_postgresql_store_export_who_leads_and_count_a_takeover() {
-    let store = PgPair::create("mstore", 0).await.unwrap();
+    let store = PgPair::create("mstore", 1).await.unwrap();
     store
         .primary
         .psql("postgres", "CREATE DATABASE tandem")
         .unwrap();
     let mut spec = FleetSpec::new(&[("ml", 0)]);
     spec.metrics = true;
+    // Both servers, the standby first: the controllers must write to the
+    // primary, as they must find a Patroni cluster's leader. (Socket
+    // directories go in `host` parameters, one each.)
+    let (standby, primary) = (&store.standbys[0], &store.primary);
     spec.store = Some(format!(
-        "postgresql://postgres@localhost/tandem?host={}&port={}",
-        store.primary.socket_dir.display(),
-        store.primary.port
+        "postgresql://postgres@/tandem?host={}&host={}&port={},{}&target_session_attrs=read-write&connect_timeout=3",
+        standby.socket_dir.display(),
+        primary.socket_dir.display(),
+        standby.port,
+        primary.port
     ));
     spec.more_controllers = 1;
     spec.lease = LEASE;
