@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is
-# missing (PostgreSQL, Firebird 3, systemd-analyze, docker-compose, Patroni and etcd from
+# missing (PostgreSQL, Firebird 3, systemd-analyze, docker-compose, promtool, Patroni and etcd from
 # the distribution's packages, moto's S3 server from PyPI), then runs
 # `cargo fmt --check`, clippy with warnings as errors, and every test: unit
 # tests and end-to-end tests against real PostgreSQL and the real binaries.
@@ -15,9 +15,12 @@ missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql postgresql-contrib)
 ls /usr/lib/postgresql/*/bin/pg_amcheck >/dev/null 2>&1 || missing+=(postgresql-client)
 # deploy/ is checked with the tools that read it: systemd-analyze verify for
-# the units, docker-compose config -q for the compose file (tests/tests/deploy.rs).
+# the units, docker-compose config -q for the compose file, promtool (in
+# Debian's prometheus package; its service stays unused) for the alert rules
+# and their tests (tests/tests/deploy.rs).
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # The Patroni test (tests/tests/patroni.rs) runs Debian's Patroni with a local
 # etcd; it starts its own on free ports (the packages' services stay unused).
 command -v patroni >/dev/null 2>&1 || missing+=(patroni)

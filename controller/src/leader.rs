@@ -12,6 +12,10 @@
 //! it was doing is lost, because the new leader carries on from the store
 //! the way a restarted controller does. The service manager starts it
 //! again, as a follower.
+//!
+//! The campaign also sets the leader metrics (`metrics::leader`, `lease`,
+//! `leader_acquired`, `leader_changed`): whether this controller leads,
+//! the generation, the lease's times, and how often it changed hands.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::ControllerConfig;
+use crate::metrics;
 use crate::store::{Leadership, LeaseRow, Store, StoreError};
 
 /// Where the election stands, as this controller sees it.
@@ -70,6 +75,7 @@ impl Election {
             .as_nanos();
         let holder = format!("{address} pid {} at {started:x}", std::process::id());
         let leading = !store.shared();
+        metrics::leader(leading, 0);
         let (state, _) = watch::channel(State {
             leading,
             generation: 0,
@@ -123,11 +129,21 @@ impl Election {
             return Ok(());
         }
         let mut held = 0i64;
+        // The generation last seen, leading or following (0: none yet);
+        // another one is the lease changing hands.
+        let mut seen = 0i64;
+        let mut saw = |generation: i64| {
+            if seen != 0 && generation != seen {
+                metrics::leader_changed();
+            }
+            seen = generation;
+        };
         // The leader's own deadline: the lease it renewed, counted from
         // before it asked, so it always ends before the store's.
         let mut deadline: Option<Instant> = None;
         loop {
             let asked = Instant::now();
+            let asked_at = Timestamp::now();
             match self
                 .store
                 .take_lease(self.holder.clone(), self.address.clone(), held, self.lease)
@@ -135,8 +151,7 @@ impl Election {
             {
                 Ok(Leadership::Leading { generation }) => {
                     if held != 0 && generation != held {
-                        self.store.step_down();
-                        return Err(Lost(format!(
+                        return Err(self.step_down(held, format!(
                             "its lease generation {held} ran out before it was renewed; the store gave generation {generation}"
                         )));
                     }
@@ -146,9 +161,13 @@ impl Election {
                             address = %self.address,
                             "this controller leads (lease generation {generation})"
                         );
+                        metrics::leader_acquired();
                     }
+                    saw(generation);
                     held = generation;
                     deadline = Some(asked + self.lease);
+                    metrics::leader(true, generation);
+                    metrics::lease(Timestamp::now(), asked_at + self.lease);
                     self.state.send_modify(|s| {
                         if !s.leading {
                             s.since = Some(Timestamp::now());
@@ -160,12 +179,11 @@ impl Election {
                 }
                 Ok(Leadership::Following { leader }) => {
                     if held != 0 {
-                        self.store.step_down();
                         let by = leader
                             .as_ref()
                             .map(|l| format!("{} took it over", l.address))
                             .unwrap_or_else(|| "it was taken over".into());
-                        return Err(Lost(format!("lease generation {held}: {by}")));
+                        return Err(self.step_down(held, format!("lease generation {held}: {by}")));
                     }
                     let changed = self.state.borrow().lease.as_ref().map(|l| &l.holder)
                         != leader.as_ref().map(|l| &l.holder);
@@ -177,6 +195,14 @@ impl Election {
                             None => info!("no controller leads yet"),
                         }
                     }
+                    match &leader {
+                        Some(l) => {
+                            saw(l.generation);
+                            metrics::leader(false, l.generation);
+                            metrics::lease(l.renewed_at, l.expires_at);
+                        }
+                        None => metrics::leader(false, 0),
+                    }
                     self.state.send_modify(|s| {
                         s.leading = false;
                         s.generation = 0;
@@ -187,8 +213,7 @@ impl Election {
                 Err(e) => {
                     warn!(error = %e, "cannot reach the store to take or renew the lease");
                     if deadline.is_some_and(|d| Instant::now() >= d) {
-                        self.store.step_down();
-                        return Err(Lost(format!(
+                        return Err(self.step_down(held, format!(
                             "the store could not be reached to renew lease generation {held} before it ran out: {e}"
                         )));
                     }
@@ -216,6 +241,15 @@ impl Election {
 }
 
 impl Election {
+    /// Stop leading at once (writes are no longer fenced as this
+    /// controller's, the metrics say it follows); why, for the caller to
+    /// return.
+    fn step_down(&self, held: i64, why: String) -> Lost {
+        self.store.step_down();
+        metrics::leader(false, held);
+        Lost(why)
+    }
+
     /// `tandemctl controllers`: who takes part, who leads, the lease.
     pub async fn describe(&self) -> Result<pb::ControllersResponse, StoreError> {
         let state = self.state();

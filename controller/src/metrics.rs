@@ -21,6 +21,16 @@
 //! | `tandem_tls_cert_days_left` | gauge | | days until the controller's own certificate expires (`tandem_proto::tls`, shared with the agent) |
 //! | `tandem_tls_reloads_total` | counter | result | TLS file changes `reloaded` or `refused` |
 //! | `tandem_tls_handshake_failures_total` | counter | | handshakes the server refused |
+//! | `tandem_leader_leading` | gauge | | 1 while this controller leads, 0 while it follows (an SQLite store: always 1) |
+//! | `tandem_leader_generation` | gauge | | the lease generation: the one it leads under, or on a follower the one it last read (0: none yet; SQLite: 0) |
+//! | `tandem_leader_lease_renewed_timestamp_seconds` | gauge | | unix time the lease was last renewed: on the leader, its last successful renewal; on a follower, as it last read it from the store (absent on SQLite) |
+//! | `tandem_leader_lease_expires_timestamp_seconds` | gauge | | unix time the lease runs out: on the leader, its own deadline (before the store's); on a follower, as it last read it (absent on SQLite) |
+//! | `tandem_leader_acquired_total` | counter | | times this controller took the lease (became the leader) |
+//! | `tandem_leader_changes_total` | counter | | times this controller saw the lease change hands (a generation other than the one it knew) |
+//!
+//! The leader metrics are set by the election (`leader::Election`); a
+//! controller that loses the lease exits, so its counters start again at 0
+//! with the process (`increase()` takes that in its stride).
 //!
 //! Verdict gauges are set from the store at start-up ([`load_verdicts`]),
 //! so ages stay right across restarts. Maintenance windows are not
@@ -58,6 +68,8 @@ pub fn serve(addr: SocketAddr, setting: &str) -> Result<(), MetricsError> {
     }
     gauge!("tandem_fleet_queue_length").set(0.0);
     gauge!("tandem_fleet_running_operations").set(0.0);
+    counter!("tandem_leader_acquired_total").absolute(0);
+    counter!("tandem_leader_changes_total").absolute(0);
     Ok(())
 }
 
@@ -113,6 +125,32 @@ fn describe() {
     );
     describe_gauge!("tandem_agents", "Declared agents by state");
     describe_gauge!("tandem_controller_build_info", "The controller's version");
+    describe_gauge!(
+        "tandem_leader_leading",
+        "1 while this controller leads, 0 while it follows"
+    );
+    describe_gauge!(
+        "tandem_leader_generation",
+        "The lease generation this controller leads under, or last read as a follower"
+    );
+    describe_gauge!(
+        "tandem_leader_lease_renewed_timestamp_seconds",
+        metrics::Unit::Seconds,
+        "Unix time the lease was last renewed, as this controller knows"
+    );
+    describe_gauge!(
+        "tandem_leader_lease_expires_timestamp_seconds",
+        metrics::Unit::Seconds,
+        "Unix time the lease runs out, as this controller knows"
+    );
+    describe_counter!(
+        "tandem_leader_acquired_total",
+        "Times this controller took the lease"
+    );
+    describe_counter!(
+        "tandem_leader_changes_total",
+        "Times this controller saw the lease change hands"
+    );
 }
 
 /// Set each declared set's verdict gauges from the store (at start-up,
@@ -229,6 +267,30 @@ pub fn agents(states: impl IntoIterator<Item = AgentState>) {
         let n = states.iter().filter(|s| **s == state).count();
         gauge!("tandem_agents", "state" => state.to_string()).set(n as f64);
     }
+}
+
+/// Where the election stands: whether this controller leads, and the
+/// lease generation it leads under or last read.
+pub fn leader(leading: bool, generation: i64) {
+    gauge!("tandem_leader_leading").set(if leading { 1.0 } else { 0.0 });
+    gauge!("tandem_leader_generation").set(generation as f64);
+}
+
+/// The lease as this controller knows it: last renewed at `renewed`, runs
+/// out at `expires`.
+pub fn lease(renewed: jiff::Timestamp, expires: jiff::Timestamp) {
+    gauge!("tandem_leader_lease_renewed_timestamp_seconds").set(unix_seconds(renewed));
+    gauge!("tandem_leader_lease_expires_timestamp_seconds").set(unix_seconds(expires));
+}
+
+/// This controller took the lease.
+pub fn leader_acquired() {
+    counter!("tandem_leader_acquired_total").increment(1);
+}
+
+/// The lease changed hands: a generation other than the one last seen.
+pub fn leader_changed() {
+    counter!("tandem_leader_changes_total").increment(1);
 }
 
 #[cfg(test)]

@@ -195,8 +195,9 @@ pub struct Fleet {
     pub more_controllers: Vec<MoreController>,
     pub agents: BTreeMap<String, AgentHandle>,
     pub sets: BTreeMap<String, PgPair>,
-    /// `metrics_listen` of the controller (key "controller") and of each
-    /// agent (its name), when [`FleetSpec::metrics`] is on.
+    /// `metrics_listen` of the controller (key "controller"), of each
+    /// other controller ("controller-2", ...) and of each agent (its name),
+    /// when [`FleetSpec::metrics`] is on.
     pub metrics: BTreeMap<String, String>,
     spec: FleetSpec,
     keep: bool,
@@ -339,11 +340,15 @@ impl Fleet {
         let mut more_controllers = Vec::new();
         for (i, (p, url)) in ports.iter().zip(&controller_urls).enumerate().skip(1) {
             let config = dir.join(format!("controller-{}.toml", i + 1));
-            let text = toml.replacen(
+            let mut text = toml.replacen(
                 &format!("listen = \"127.0.0.1:{port}\""),
                 &format!("listen = \"127.0.0.1:{p}\""),
                 1,
             ) + &leader_table(url);
+            if !controller_metrics.is_empty() {
+                let own = metrics_line(&format!("controller-{}", i + 1));
+                text = text.replacen(&controller_metrics, &own, 1);
+            }
             write(&config, &text)?;
             more_controllers.push(MoreController {
                 config,

@@ -1,7 +1,8 @@
 //! Reading a Prometheus endpoint as Prometheus would: [`scrape`] fetches
 //! `http://<addr>/metrics` (plain HTTP/1.0, no client library) and
 //! [`parse`] reads the text format into samples; [`dashboard_metrics`]
-//! lists the metric names a Grafana dashboard's queries use.
+//! lists the metric names a Grafana dashboard's queries use, and
+//! [`query_metrics`] those of any document with `expr`s (alert rules).
 
 use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};
@@ -89,9 +90,16 @@ pub fn dashboard_metrics(path: &Path) -> anyhow::Result<BTreeSet<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let v: Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    Ok(query_metrics(&v))
+}
+
+/// The `tandem_*` metric names in the queries (`expr`, `definition`,
+/// `query`) anywhere in `v`: a dashboard, or Prometheus rules read from
+/// YAML.
+pub fn query_metrics(v: &Value) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    collect(&v, &mut names);
-    Ok(names)
+    collect(v, &mut names);
+    names
 }
 
 fn collect(v: &Value, names: &mut BTreeSet<String>) {

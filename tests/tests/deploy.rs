@@ -3,9 +3,12 @@
 //! passes `systemd-analyze verify` where systemd is installed), every YAML
 //! file parses, the compose file passes `docker-compose config -q` where
 //! docker-compose is installed (tests/run.sh installs it), every file the
-//! compose file mounts exists, and every dashboard is JSON whose data
-//! sources are provisioned. (That the metrics the dashboards query are
-//! exported is checked against a running fleet in `metrics.rs`.)
+//! compose file mounts exists, every dashboard is JSON whose data sources
+//! are provisioned, the Prometheus alert rules are well formed (and pass
+//! `promtool check rules` and their own tests where promtool is installed),
+//! and the three HA controllers of `deploy/ha` share one store and lease.
+//! (That the metrics the dashboards and rules query are exported is checked
+//! against running fleets in `metrics.rs`.)
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -14,6 +17,7 @@ use std::process::Command;
 use serde_json::Value;
 use tandem_agent::config::AgentConfig;
 use tandem_controller::config::ControllerConfig;
+use tandem_controller::store::StoreLocation;
 use tandem_tests::procs::{bin_path, workspace_root};
 
 fn deploy() -> PathBuf {
@@ -304,5 +308,81 @@ fn datasource_uids(v: &Value, out: &mut BTreeSet<String>) {
         }
         Value::Array(a) => a.iter().for_each(|v| datasource_uids(v, out)),
         _ => {}
+    }
+}
+
+#[test]
+fn the_alert_rules_are_well_formed() {
+    let dir = deploy().join("observability/prometheus");
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("prometheus.yml")).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["rule_files"][0].as_str(),
+        Some("/etc/prometheus/rules/*.yml"),
+        "prometheus.yml loads the rules compose.yaml mounts"
+    );
+    let rules: Vec<PathBuf> = files(&dir.join("rules"));
+    assert!(!rules.is_empty());
+    for path in &rules {
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let groups = doc["groups"].as_sequence().expect("groups");
+        for rule in groups
+            .iter()
+            .flat_map(|g| g["rules"].as_sequence().unwrap())
+        {
+            let name = rule["alert"].as_str().expect("an alert name");
+            assert!(
+                rule["expr"].as_str().is_some_and(|e| !e.is_empty()),
+                "{name}"
+            );
+            assert!(rule["annotations"]["summary"].is_string(), "{name}");
+            assert!(rule["labels"]["severity"].is_string(), "{name}");
+        }
+    }
+    if have("promtool") {
+        // The rules, then their tests on made-up series (tests/*.yml).
+        for (what, paths) in [("check", rules), ("test", files(&dir.join("tests")))] {
+            let out = Command::new("promtool")
+                .args([what, "rules"])
+                .args(&paths)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "promtool {what} rules: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    } else {
+        eprintln!("promtool is not installed: rules parsed, not checked by Prometheus");
+    }
+}
+
+#[test]
+fn the_ha_controllers_share_one_store_and_lease_and_differ_only_in_their_address() {
+    let dir = deploy().join("ha");
+    let mut configs: Vec<ControllerConfig> = (1..=3)
+        .map(|n| ControllerConfig::load(&dir.join(format!("controller-c{n}.toml"))).unwrap())
+        .collect();
+    let addresses: BTreeSet<String> = configs.iter().map(|c| c.advertised_address()).collect();
+    assert_eq!(addresses.len(), 3, "each its own address: {addresses:?}");
+    for c in &mut configs {
+        let StoreLocation::Postgres(uri) = &c.store else {
+            panic!("{}: not a PostgreSQL store", c.store);
+        };
+        assert!(
+            uri.contains("target_session_attrs=read-write"),
+            "{}: the store must be reached on the Patroni leader",
+            c.store
+        );
+        assert!(c.metrics_listen.is_some());
+        c.leader.address = None;
+    }
+    let first = format!("{:?}", configs[0]);
+    for c in &configs[1..] {
+        assert_eq!(format!("{c:?}"), first);
     }
 }

@@ -3,14 +3,19 @@
 //! durations per step, bytes copied and the queue; every metric the shipped
 //! Grafana dashboards query is among them; verdict times survive a
 //! controller restart; and a metrics address in use stops a daemon at start
-//! with a clear error.
+//! with a clear error. Two controllers on a PostgreSQL store say which one
+//! leads and under which lease generation, and count a takeover; every
+//! metric the shipped alert rules query is among theirs. Their store URI is
+//! the kind deploy/ha recommends for a Patroni cluster: every server,
+//! a standby first, and `target_session_attrs=read-write`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tandem_tests::fleet::{Fleet, FleetSpec};
+use tandem_tests::pg::PgPair;
 use tandem_tests::procs::{bin_path, workspace_root};
-use tandem_tests::prom::{Sample, dashboard_metrics, parse, scrape};
+use tandem_tests::prom::{Sample, dashboard_metrics, parse, query_metrics, scrape};
 use tandem_tests::wait::wait_for;
 
 fn samples(fleet: &Fleet, who: &str) -> Vec<Sample> {
@@ -99,6 +104,13 @@ async fn a_fleet_exports_what_the_dashboards_query_and_keeps_verdict_times_acros
     assert_eq!(
         value(&c, "tandem_agents", &[("state", "online")]),
         Some(2.0)
+    );
+    // On an SQLite store the one controller leads, with no lease.
+    assert_eq!(value(&c, "tandem_leader_leading", &[]), Some(1.0));
+    assert_eq!(value(&c, "tandem_leader_generation", &[]), Some(0.0));
+    assert_eq!(
+        value(&c, "tandem_leader_lease_renewed_timestamp_seconds", &[]),
+        None
     );
     // The controller's own certificate: made a year ahead at the fleet's start.
     let days = value(&c, "tandem_tls_cert_days_left", &[]).unwrap();
@@ -216,4 +228,145 @@ async fn a_fleet_exports_what_the_dashboards_query_and_keeps_verdict_times_acros
         "after restart {ts2}, verdict at {at}"
     );
     assert!(value(&after, "tandem_set_clean_timestamp_seconds", &set).is_some());
+}
+
+const LEASE: Duration = Duration::from_secs(3);
+
+/// The leader metrics of every controller that answers: (key in
+/// `Fleet::metrics`, its samples).
+fn controllers_samples(fleet: &Fleet, keys: &[&str]) -> Vec<(String, Vec<Sample>)> {
+    keys.iter()
+        .filter_map(|k| {
+            let text = scrape(&fleet.metrics[*k]).ok()?;
+            Some(((*k).to_owned(), parse(&text).ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_on_a_postgresql_store_export_who_leads_and_count_a_takeover() {
+    let store = PgPair::create("mstore", 1).await.unwrap();
+    store
+        .primary
+        .psql("postgres", "CREATE DATABASE tandem")
+        .unwrap();
+    let mut spec = FleetSpec::new(&[("ml", 0)]);
+    spec.metrics = true;
+    // Both servers, the standby first: the controllers must write to the
+    // primary, as they must find a Patroni cluster's leader. (Socket
+    // directories go in `host` parameters, one each.)
+    let (standby, primary) = (&store.standbys[0], &store.primary);
+    spec.store = Some(format!(
+        "postgresql://postgres@/tandem?host={}&host={}&port={},{}&target_session_attrs=read-write&connect_timeout=3",
+        standby.socket_dir.display(),
+        primary.socket_dir.display(),
+        standby.port,
+        primary.port
+    ));
+    spec.more_controllers = 1;
+    spec.lease = LEASE;
+    let mut fleet = Fleet::start(spec).await.unwrap();
+    let keys = ["controller", "controller-2"];
+    let gauge = |s: &[Sample], name: &str| value(s, name, &[]);
+
+    // One leads, the other follows and has read its lease: same generation.
+    let both = wait_for(
+        "one controller to lead and the other to follow under its lease",
+        LEASE * 3,
+        Duration::from_millis(100),
+        || async {
+            let both = controllers_samples(&fleet, &keys);
+            let leading: Vec<Option<f64>> = both
+                .iter()
+                .map(|(_, s)| gauge(s, "tandem_leader_leading"))
+                .collect();
+            let generations: BTreeSet<String> = both
+                .iter()
+                .map(|(_, s)| format!("{:?}", gauge(s, "tandem_leader_generation")))
+                .collect();
+            let settled = both.len() == 2
+                && leading.contains(&Some(1.0))
+                && leading.contains(&Some(0.0))
+                && generations.len() == 1;
+            Ok(settled.then_some(both))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+    let (leader, follower) = if gauge(&both[0].1, "tandem_leader_leading") == Some(1.0) {
+        (&both[0], &both[1])
+    } else {
+        (&both[1], &both[0])
+    };
+    let g = gauge(&leader.1, "tandem_leader_generation").unwrap();
+    assert!(g >= 1.0, "a lease generation: {g}");
+    for (who, s, acquired) in [(&leader.0, &leader.1, 1.0), (&follower.0, &follower.1, 0.0)] {
+        assert_eq!(
+            gauge(s, "tandem_leader_acquired_total"),
+            Some(acquired),
+            "{who}"
+        );
+        assert_eq!(gauge(s, "tandem_leader_changes_total"), Some(0.0), "{who}");
+        // The lease as each knows it: renewed within a lease, running out
+        // at most a lease after that.
+        let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+        let renewed = gauge(s, "tandem_leader_lease_renewed_timestamp_seconds").unwrap();
+        let expires = gauge(s, "tandem_leader_lease_expires_timestamp_seconds").unwrap();
+        let lease = LEASE.as_secs_f64();
+        assert!(now - renewed < lease, "{who}: renewed {renewed}, now {now}");
+        assert!(
+            expires > renewed && expires - renewed <= lease + 0.5,
+            "{who}: renewed {renewed}, expires {expires}"
+        );
+    }
+
+    // The leader is killed: the other takes over under the next generation.
+    let (gone, survivor) = (leader.0.clone(), follower.0.clone());
+    if gone == "controller" {
+        fleet.kill_controller();
+    } else {
+        fleet.more_controllers[0].proc.take().unwrap().kill();
+    }
+    let after = wait_for(
+        &format!("{survivor} to lead"),
+        LEASE * 3,
+        Duration::from_millis(100),
+        || async {
+            let s = controllers_samples(&fleet, &[survivor.as_str()]);
+            Ok(s.into_iter()
+                .next()
+                .map(|(_, s)| s)
+                .filter(|s| gauge(s, "tandem_leader_leading") == Some(1.0)))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+    assert_eq!(
+        gauge(&after, "tandem_leader_generation"),
+        Some(g + 1.0),
+        "a takeover is a new lease generation"
+    );
+    assert_eq!(gauge(&after, "tandem_leader_acquired_total"), Some(1.0));
+    assert_eq!(gauge(&after, "tandem_leader_changes_total"), Some(1.0));
+
+    // Every metric the shipped alert rules query is exported.
+    let exported: BTreeSet<String> = after.iter().map(|s| s.name.clone()).collect();
+    let dir = workspace_root().join("deploy/observability/prometheus/rules");
+    let mut rules = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let doc: serde_json::Value =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let queried = query_metrics(&doc);
+        assert!(!queried.is_empty(), "{} queries no metric", path.display());
+        let missing: Vec<&String> = queried.difference(&exported).collect();
+        assert!(
+            missing.is_empty(),
+            "{} queries metrics a leading controller does not export: {missing:?}",
+            path.display()
+        );
+        rules += 1;
+    }
+    assert!(rules >= 1, "rules in {}", dir.display());
 }
