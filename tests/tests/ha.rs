@@ -175,12 +175,16 @@ fn journal(f: &Fleet, agent: &str, kind: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Wait for a spawned tandemctl; its exit code, stdout and stderr.
+/// Wait (two minutes at most, then SIGKILL it and fail) for a spawned
+/// tandemctl; its exit code, stdout and stderr.
 async fn finished(ctl: std::process::Child) -> CtlRun {
-    let out = tokio::task::spawn_blocking(move || ctl.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(ctl.id()).unwrap());
+    let waiting = tokio::task::spawn_blocking(move || ctl.wait_with_output());
+    let Ok(out) = tokio::time::timeout(Duration::from_secs(120), waiting).await else {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        panic!("tandemctl (pid {pid}) did not exit within two minutes");
+    };
+    let out = out.unwrap().unwrap();
     CtlRun {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
