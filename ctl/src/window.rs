@@ -246,10 +246,12 @@ pub async fn follow_window(
             reason: String::new(),
             repair: String::new(),
         };
+        // Where the call goes: a call that finds no controller moves the
+        // channel on before it returns.
+        let from = leader.url();
         let shown_now = match leader.client.maintenance_show(request()).await {
             Ok(r) => r.into_inner(),
             Err(s) if went_away(&s) => {
-                let from = leader.url();
                 let (new, r) = conn
                     .reopen("MaintenanceShow", |mut c| {
                         let r = request();

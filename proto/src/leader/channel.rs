@@ -4,13 +4,27 @@
 //!
 //! Every call goes to the current controller. A call a follower turns away
 //! ([`super::is_not_leader`], told in the response headers before any
-//! message) was not taken, so it is sent again: to the leader the follower
-//! named, else, after [`NO_LEADER_WAIT`], to the next address; at most
-//! addresses + 2 times and for at most [`RETRY_FOR`], then the last answer
-//! is the call's. A call that finds no controller (a transport error, or no
-//! answer within the channel's time limit) fails as it is, since it may
-//! have been taken, and the next call goes to the next address. Each change
-//! of controller is logged once.
+//! message) was not taken, so it is sent again: at once to a leader the
+//! follower named for the first time in this call; else (no leader named,
+//! or the named one was already tried: it is down, or no longer leads)
+//! after a wait that doubles from [`FIRST_WAIT`] to [`LONGEST_WAIT`], to the
+//! leader named or the next address. That goes on for at most the
+//! channel's bound ([`RETRY_FOR`] for tandemctl, [`LAZY_RETRY_FOR`] for
+//! agents) and [`MOST_TRIES`] tries, then the last answer is the call's. A
+//! call that finds no controller (a transport error, or no answer within
+//! the channel's time limit) fails as it is, since it may have been taken,
+//! and the next call goes to the next address. Each change of controller
+//! is logged once.
+//!
+//! Why tandemctl waits that long: when the leader dies, the followers name
+//! it until its lease runs out and then name none, until one of them takes
+//! the lease at its next try (a renewal later) and starts leading. That is
+//! up to the lease plus a renewal plus the new leader's start: 15 s + 5 s
+//! and a little with the default `[leader]` table, well within
+//! [`RETRY_FOR`]. A command given in that time waits for the new leader
+//! instead of failing with "try again shortly". Agents keep a short bound:
+//! their heartbeat loop asks again anyway, and their shutdown waits for the
+//! call in flight.
 //!
 //! The request body is buffered to be sent again; every Tandem call sends
 //! one message, so that is one small buffer.
@@ -31,11 +45,19 @@ use tracing::{info, warn};
 use super::{Answer, Controllers, is_not_leader, leader_of};
 use crate::tls::{LiveTls, TlsError, TlsFiles};
 
-/// How long a call a follower turned away is retried, in all.
+/// How long a call followers turn away is retried, in all, on a channel
+/// made by [`LeaderChannel::connect`] (tandemctl): a takeover with the
+/// default lease (15 s) and renewal (5 s), and a margin.
 pub const RETRY_FOR: Duration = Duration::from_secs(30);
-/// The wait before trying the next address when no controller leads (a
-/// takeover in progress).
-pub const NO_LEADER_WAIT: Duration = Duration::from_secs(1);
+/// The same for a channel made by [`LeaderChannel::lazy`] (agents).
+pub const LAZY_RETRY_FOR: Duration = Duration::from_secs(3);
+/// The first wait before a call turned away is sent again (unless it goes
+/// to a leader named for the first time); each next wait is twice as long.
+pub const FIRST_WAIT: Duration = Duration::from_millis(100);
+/// The longest wait between two tries.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(2);
+/// The most times one call is sent.
+pub const MOST_TRIES: u32 = 40;
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Channel, TlsError>> + Send>>;
 type Connect = Box<dyn Fn(String) -> Connecting + Send + Sync>;
@@ -51,6 +73,8 @@ struct Shared {
     /// A time limit for the response's headers (not a stream's messages),
     /// after which the controller counts as unreachable.
     answer_within: Option<Duration>,
+    /// How long a call followers turn away is retried, in all.
+    retry_for: Duration,
     state: Mutex<State>,
 }
 
@@ -83,7 +107,7 @@ impl LeaderChannel {
         for _ in 0..controllers.addresses().len() {
             match connect(controllers.current().to_owned()).await {
                 Ok(channel) => {
-                    return Ok(Self::new(connect, None, controllers, channel));
+                    return Ok(Self::new(connect, None, RETRY_FOR, controllers, channel));
                 }
                 Err(e @ TlsError::Connect { .. }) => failed.push(e),
                 Err(e) => return Err(NoController::Unreachable(vec![e])),
@@ -116,6 +140,7 @@ impl LeaderChannel {
         Ok(Self::new(
             connect,
             Some(answer_within),
+            LAZY_RETRY_FOR,
             controllers,
             channel,
         ))
@@ -124,6 +149,7 @@ impl LeaderChannel {
     fn new(
         connect: Connect,
         answer_within: Option<Duration>,
+        retry_for: Duration,
         controllers: Controllers,
         channel: Channel,
     ) -> Self {
@@ -131,6 +157,7 @@ impl LeaderChannel {
             shared: Arc::new(Shared {
                 connect,
                 answer_within,
+                retry_for,
                 state: Mutex::new(State {
                     controllers,
                     channel,
@@ -223,11 +250,14 @@ impl Service<http::Request<Body>> for LeaderChannel {
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let bytes: Bytes = body.collect().await?.to_bytes();
-            let started = tokio::time::Instant::now();
-            let attempts = shared.lock().controllers.addresses().len() + 2;
-            let mut attempt = 0;
+            let until = tokio::time::Instant::now() + shared.retry_for;
+            let mut tries = 0;
+            let mut wait = FIRST_WAIT;
+            // The leaders followers named in this call, each followed at
+            // once the first time only.
+            let mut named: Vec<String> = Vec::new();
             loop {
-                attempt += 1;
+                tries += 1;
                 let (url, mut channel) = shared.current();
                 let request =
                     http::Request::from_parts(parts.clone(), Body::new(Full::new(bytes.clone())));
@@ -261,11 +291,16 @@ impl Service<http::Request<Body>> for LeaderChannel {
                     return Ok(response);
                 };
                 let leader = leader_of(&status);
-                if attempt >= attempts || started.elapsed() >= RETRY_FOR {
+                let now = tokio::time::Instant::now();
+                if tries >= MOST_TRIES || now >= until {
                     return Ok(response);
                 }
-                if leader.is_none() {
-                    tokio::time::sleep(NO_LEADER_WAIT).await;
+                match &leader {
+                    Some(l) if !named.contains(l) => named.push(l.clone()),
+                    _ => {
+                        tokio::time::sleep(wait.min(until - now)).await;
+                        wait = (wait * 2).min(LONGEST_WAIT);
+                    }
                 }
                 shared.moved(&url, Answer::NotLeader(leader)).await;
             }
@@ -282,12 +317,20 @@ mod tests {
     use crate::leader::not_leader;
     use crate::tls::tests::write_certs;
 
-    /// A controller that answers every call from its headers: a follower
-    /// naming `leader` (or none), or the leader (`OK`). It counts calls.
+    /// How a fake controller answers one call: as the leader (`OK`), or
+    /// as a follower naming a leader (or none).
+    #[derive(Clone)]
+    enum Reply {
+        Lead,
+        Follow(Option<String>),
+    }
+
+    /// A controller that answers its calls from a script (its last reply
+    /// again once the script is spent), in the response headers. It counts
+    /// calls.
     #[derive(Clone)]
     struct Fake {
-        leads: bool,
-        leader: Option<String>,
+        script: Arc<Vec<Reply>>,
         calls: Arc<AtomicUsize>,
     }
 
@@ -303,16 +346,15 @@ mod tests {
             Poll::Ready(Ok(()))
         }
         fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            let this = self.clone();
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let reply = self.script[n.min(self.script.len() - 1)].clone();
             Box::pin(async move {
                 // The body arrives whole on every attempt.
                 let body = request.into_body().collect().await.unwrap().to_bytes();
                 assert_eq!(&body[..], b"\0\0\0\0\x02hi");
-                Ok(if this.leads {
-                    tonic::Status::ok("").into_http()
-                } else {
-                    not_leader(this.leader.as_deref()).into_http()
+                Ok(match reply {
+                    Reply::Lead => tonic::Status::ok("").into_http(),
+                    Reply::Follow(leader) => not_leader(leader.as_deref()).into_http(),
                 })
             })
         }
@@ -334,9 +376,16 @@ mod tests {
     }
 
     fn fake(leads: bool, leader: Option<&str>) -> Fake {
+        scripted(vec![if leads {
+            Reply::Lead
+        } else {
+            Reply::Follow(leader.map(str::to_owned))
+        }])
+    }
+
+    fn scripted(script: Vec<Reply>) -> Fake {
         Fake {
-            leads,
-            leader: leader.map(str::to_owned),
+            script: Arc::new(script),
             calls: Arc::default(),
         }
     }
@@ -373,8 +422,9 @@ mod tests {
         assert_eq!(leader.calls.load(Ordering::SeqCst), 2);
     }
 
-    /// With no leader anywhere, a call is tried addresses + 2 times, a
-    /// second apart, and ends with the follower's answer.
+    /// With no leader anywhere, a call is tried for the channel's bound,
+    /// round the addresses, waiting longer each time, and ends with the
+    /// follower's answer.
     #[tokio::test]
     async fn with_no_leader_a_call_ends_with_the_followers_answer() {
         let dir = tempfile::tempdir().unwrap();
@@ -385,14 +435,49 @@ mod tests {
             serve(&files, b.clone()).await,
         ];
         let mut channel = LeaderChannel::connect(urls, &files).await.unwrap();
+        let bound = Duration::from_millis(1500);
+        Arc::get_mut(&mut channel.shared).unwrap().retry_for = bound;
         let started = std::time::Instant::now();
         let status = call(&mut channel).await;
         assert!(crate::leader::is_not_leader(&status), "{status:?}");
         assert!(status.message().contains("try again shortly"), "{status:?}");
+        assert!(started.elapsed() >= bound, "{:?}", started.elapsed());
+        // Waits of 0.1, 0.2, 0.4 and 0.8 s: five tries fit in the bound.
         let calls = a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst);
-        assert_eq!(calls, 4);
-        assert!(started.elapsed() >= 3 * NO_LEADER_WAIT);
+        assert_eq!(calls, 5);
         assert!(a.calls.load(Ordering::SeqCst) >= 1 && b.calls.load(Ordering::SeqCst) >= 1);
+    }
+
+    /// A takeover as a client sees it: the follower it asks names the dead
+    /// leader (which refuses connections), then, the lease run out, none;
+    /// the other follower then takes the lease. The call waits it out and
+    /// is taken once, by the new leader.
+    #[tokio::test]
+    async fn a_call_waits_for_a_takeover_and_is_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_certs(dir.path());
+        let dead = "https://127.0.0.1:1".to_owned();
+        let named = |l: &str| Reply::Follow(Some(l.to_owned()));
+        let a = scripted(vec![
+            named(&dead),
+            named(&dead),
+            named(&dead),
+            named(&dead),
+            Reply::Follow(None),
+        ]);
+        let b = scripted(vec![Reply::Follow(None), Reply::Lead]);
+        let a_url = serve(&files, a.clone()).await;
+        let b_url = serve(&files, b.clone()).await;
+        let mut channel = LeaderChannel::connect(vec![a_url, b_url.clone()], &files)
+            .await
+            .unwrap();
+        assert_eq!(call(&mut channel).await.code(), tonic::Code::Ok);
+        assert_eq!(channel.current(), b_url);
+        // `a` named the dead leader four times, then none; `b` knew of none
+        // either at first, so the call went round to `a` once more, then
+        // back to `b`, which led by then and took it.
+        assert_eq!(a.calls.load(Ordering::SeqCst), 6);
+        assert_eq!(b.calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
