@@ -144,11 +144,18 @@ impl Election {
         loop {
             let asked = Instant::now();
             let asked_at = Timestamp::now();
-            match self
-                .store
-                .take_lease(self.holder.clone(), self.address.clone(), held, self.lease)
-                .await
-            {
+            // A store that does not answer (a host gone without a reset)
+            // must not keep a leader leading past its own deadline: the
+            // wait ends there, or after a renewal's time while following.
+            let limit = deadline.map_or(self.renew, |d| d.saturating_duration_since(asked));
+            let answer = tokio::time::timeout(
+                limit,
+                self.store
+                    .take_lease(self.holder.clone(), self.address.clone(), held, self.lease),
+            )
+            .await
+            .unwrap_or_else(|_| Err(StoreError::NoAnswer(limit)));
+            match answer {
                 Ok(Leadership::Leading { generation }) => {
                     if held != 0 && generation != held {
                         return Err(self.step_down(held, format!(
@@ -310,6 +317,12 @@ pub struct LeaderOnly<S> {
     pub inner: S,
     pub election: Arc<Election>,
     pub follower_calls: &'static [&'static str],
+    /// This serves the leader's service. A follower's server never passes
+    /// on the other calls, not even in the moment between this controller
+    /// taking the lease and the follower's server stopping: its service
+    /// has none of the leader's work running, and a window or run opened
+    /// there would be driven beside the leader's.
+    pub leaders_service: bool,
 }
 
 impl<S> tonic::server::NamedService for LeaderOnly<S> {
@@ -335,11 +348,78 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = req.uri().path().rsplit('/').next().unwrap_or("");
-        if self.election.is_leading() || self.follower_calls.contains(&method) {
+        if (self.leaders_service && self.election.is_leading())
+            || self.follower_calls.contains(&method)
+        {
             return Box::pin(self.inner.call(req));
         }
         let leader = self.election.leader_address();
         let answer = tandem_proto::leader::not_leader(leader.as_deref()).into_http();
         Box::pin(async move { Ok(answer) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::codegen::Service;
+
+    /// An inner service that answers every call with 200.
+    #[derive(Clone)]
+    struct Ok200;
+
+    impl Service<http::Request<()>> for Ok200 {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(tonic::body::Body::empty())))
+        }
+    }
+
+    /// The grpc-status of `method`'s answer through the guard (0 = passed on).
+    async fn status(guard: &mut LeaderOnly<Ok200>, method: &str) -> String {
+        let req = http::Request::builder()
+            .uri(format!("/tandem.v1.Controller/{method}"))
+            .body(())
+            .unwrap();
+        let resp = guard.call(req).await.unwrap();
+        resp.headers()
+            .get("grpc-status")
+            .map_or("0".to_owned(), |v| v.to_str().unwrap().to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_followers_server_turns_leader_calls_away_even_once_this_controller_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ControllerConfig::parse(
+            std::path::Path::new("c.toml"),
+            &format!(
+                "listen = \"127.0.0.1:7700\"\nstore = \"{}\"\n[tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+                dir.path().join("c.db").display()
+            ),
+        )
+        .unwrap();
+        let store = Store::open(dir.path().join("c.db")).unwrap();
+        // On SQLite the controller leads from the start.
+        let election = Election::new(store, &cfg);
+        assert!(election.is_leading());
+        let mut leaders = LeaderOnly {
+            inner: Ok200,
+            election: election.clone(),
+            follower_calls: &["ListAgents"],
+            leaders_service: true,
+        };
+        let mut followers = LeaderOnly {
+            leaders_service: false,
+            ..leaders.clone()
+        };
+        assert_eq!(status(&mut leaders, "Testdb").await, "0");
+        assert_eq!(status(&mut followers, "ListAgents").await, "0");
+        let unavailable = (tonic::Code::Unavailable as i32).to_string();
+        assert_eq!(status(&mut followers, "Testdb").await, unavailable);
     }
 }

@@ -90,7 +90,13 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         let agents = agents::AgentClients::new(tls.clone());
         let service = service(inventory, store.clone(), agents, election.clone()).await?;
         let listener = bind(&cfg).await?;
-        let serving = tokio::spawn(serve(service, listener, tls.clone(), follower.clone()));
+        let serving = tokio::spawn(serve(
+            service,
+            listener,
+            tls.clone(),
+            follower.clone(),
+            false,
+        ));
         let leading = election.until_leading(&stop).await;
         follower.cancel();
         serving
@@ -155,12 +161,14 @@ async fn service(
     })
 }
 
-/// Serve `service` (behind the leader's guard) on `listener` until `stop`.
+/// Serve `service` (behind the leader's guard) on `listener` until `stop`;
+/// `leaders` when it is the leader's service, not a follower's.
 async fn serve(
     service: service::ControllerService,
     listener: tokio::net::TcpListener,
     tls: Arc<tandem_proto::tls::LiveTls>,
     stop: CancellationToken,
+    leaders: bool,
 ) -> anyhow::Result<()> {
     let election = service.election.clone();
     tonic::transport::Server::builder()
@@ -169,6 +177,7 @@ async fn serve(
             inner: ControllerServer::new(service),
             election,
             follower_calls: service::FOLLOWER_CALLS,
+            leaders_service: leaders,
         })
         .serve_with_incoming_shutdown(
             tandem_proto::tls::incoming(listener, tls),
@@ -207,7 +216,7 @@ async fn lead(
     service.fleet.recover().await?;
     let dispatcher = tokio::spawn(service.fleet.clone().dispatch_loop(shutdown.clone()));
     let scheduling = tokio::spawn(service.scheduler.clone().run(shutdown.clone()));
-    serve(service, listener, tls, shutdown.clone()).await?;
+    serve(service, listener, tls, shutdown.clone(), true).await?;
     shutdown.cancel();
     let _ = liveness.await;
     let _ = dispatcher.await;

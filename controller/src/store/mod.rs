@@ -140,6 +140,8 @@ pub enum StoreError {
     Sql(#[from] DbError),
     #[error("store task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("the store did not answer within {0:?}")]
+    NoAnswer(std::time::Duration),
 }
 
 impl From<rusqlite::Error> for StoreError {
