@@ -14,9 +14,13 @@
 //! Patroni) keeps the member names it is given, and its servers stay the
 //! caller's.
 //!
-//! Dropping a [`Fleet`] kills its processes; its directory and logs are kept
-//! (and their paths printed) when the test panicked or
-//! `TANDEM_KEEP_TEST_DIRS=1`, and removed otherwise.
+//! The controller's store is an SQLite file, or with
+//! [`FleetSpec::on`]`(StoreKind::Postgresql)` a database on a private
+//! PostgreSQL server the fleet makes ([`crate::store::PgStore`]).
+//!
+//! Dropping a [`Fleet`] kills its processes (then stops its store's
+//! server); its directory and logs are kept (and their paths printed) when
+//! the test panicked or `TANDEM_KEEP_TEST_DIRS=1`, and removed otherwise.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -29,6 +33,7 @@ use serde_json::Value;
 
 use crate::pg::{PgPair, PgServer};
 use crate::procs::{Proc, bin_path};
+use crate::store::{PgStore, StoreKind};
 use crate::wait::{free_port, wait_for};
 
 /// How a fleet is made.
@@ -69,6 +74,8 @@ pub struct FleetSpec {
     /// The controllers' store: a `postgresql://` URI (default: an SQLite
     /// file in the fleet's directory).
     pub store: Option<String>,
+    /// When `store` is not given: which store the harness makes.
+    pub store_kind: StoreKind,
     /// More controllers on the same store (it must be PostgreSQL), each on
     /// its own port, with `[leader] lease` of `lease`; agents and tandemctl
     /// get every controller's address.
@@ -98,6 +105,7 @@ impl FleetSpec {
             existing: vec![],
             controller_tables: String::new(),
             store: None,
+            store_kind: StoreKind::Sqlite,
             more_controllers: 0,
             lease: Duration::from_secs(3),
             firebird: vec![],
@@ -142,6 +150,14 @@ impl FleetSpec {
                 .map(|(m, s)| ((*m).to_owned(), (*s).clone()))
                 .collect(),
         ));
+        self
+    }
+
+    /// The controller's store: an SQLite file (the default), or a private
+    /// PostgreSQL server made for this fleet (one controller, leading
+    /// under a lease of `lease`).
+    pub fn on(mut self, store: StoreKind) -> FleetSpec {
+        self.store_kind = store;
         self
     }
 
@@ -201,6 +217,9 @@ pub struct Fleet {
     pub metrics: BTreeMap<String, String>,
     spec: FleetSpec,
     keep: bool,
+    /// The store's server ([`FleetSpec::store_kind`] PostgreSQL); dropped
+    /// after the processes are killed.
+    store_server: Option<PgStore>,
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -213,7 +232,14 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 impl Fleet {
     /// Make the sets, certificates and configs, start the controller and
     /// every agent, and wait until all agents are online.
-    pub async fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
+    pub async fn start(mut spec: FleetSpec) -> anyhow::Result<Fleet> {
+        let store_server = match (spec.store_kind, &spec.store) {
+            (StoreKind::Postgresql, None) => Some(PgStore::create().await?),
+            _ => None,
+        };
+        if let Some(s) = &store_server {
+            spec.store = Some(s.uri.clone());
+        }
         let dir = tempfile::Builder::new()
             .prefix("tandem-fleet-")
             .tempdir()?
@@ -467,6 +493,7 @@ impl Fleet {
             metrics,
             spec,
             keep: false,
+            store_server,
         };
         fleet.start_controller()?;
         for i in 0..fleet.more_controllers.len() {
@@ -530,6 +557,9 @@ impl Fleet {
             cmd.env(k, v);
         }
         cmd.arg("--config").arg(&self.controller_config);
+        // In the fleet's directory: a crash test's pause marker is written
+        // beside an SQLite store, else in the working directory.
+        cmd.current_dir(&self.dir);
         let log = self.dir.join("logs/controller.log");
         self.controller = Some(Proc::spawn("tandem-controller", cmd, &log)?);
         Ok(())
@@ -645,6 +675,39 @@ impl Fleet {
         if let Some(mut p) = self.controller.take() {
             p.kill();
         }
+    }
+
+    /// Wait until the running controller leads: `tandemctl controllers`
+    /// names its process leader. On SQLite at once; on PostgreSQL a
+    /// controller started again after a kill follows (and answers reads
+    /// from the store) until the lease its killed self held runs out.
+    pub async fn wait_leading(&self) -> anyhow::Result<()> {
+        let pid = self
+            .controller
+            .as_ref()
+            .context("the controller is not running")?
+            .pid();
+        let holder = format!(" pid {pid} at ");
+        wait_for(
+            "the controller to lead",
+            Duration::from_secs(30) + self.spec.lease,
+            Duration::from_millis(100),
+            || async {
+                let run = self.ctl_as("viewer", &["controllers", "--output", "json"])?;
+                let v: Value = match serde_json::from_str(&run.stdout) {
+                    Ok(v) => v,
+                    Err(_) => bail!("no JSON yet: {}", run.stderr.trim()),
+                };
+                let leads = v["controllers"].as_array().is_some_and(|all| {
+                    all.iter().any(|c| {
+                        c["leader"] == true
+                            && c["holder"].as_str().is_some_and(|h| h.contains(&holder))
+                    })
+                });
+                Ok(leads.then_some(()))
+            },
+        )
+        .await
     }
 
     /// SIGKILL an agent (a crash, as far as the controller can tell).
@@ -848,6 +911,9 @@ impl Drop for Fleet {
         if keep {
             for pair in self.sets.values_mut() {
                 pair.keep();
+            }
+            if let Some(s) = &mut self.store_server {
+                s.server.keep();
             }
             eprintln!(
                 "kept fleet directory {} (logs in {}/logs)",

@@ -10,6 +10,7 @@ pub mod procs;
 pub mod prom;
 pub mod s3;
 pub mod scale;
+pub mod store;
 pub mod wait;
 pub mod xfs;
 

@@ -9,7 +9,9 @@ use serde_json::Value;
 use tandem_proto::pb;
 use tandem_tests::corrupt;
 use tandem_tests::fleet::{Fleet, FleetSpec};
+use tandem_tests::on_both_stores;
 use tandem_tests::procs::bin_path;
+use tandem_tests::store::StoreKind;
 use tandem_tests::wait::wait_for;
 
 fn ts(v: &Value) -> Timestamp {
@@ -166,9 +168,12 @@ async fn testdb_all_under_a_fleet_limit_of_one_then_errors_in_one_set() {
     assert_eq!(sets[1]["verdict"]["kind"], "clean");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_controller_killed_during_a_fleet_run_carries_it_on() {
-    let mut spec = FleetSpec::new(&[("gamma", 1), ("delta", 1)]);
+on_both_stores!(a_controller_killed_during_a_fleet_run_carries_it_on);
+/// The controller SIGKILLed while a `testdb --all` runs one set and holds
+/// the other: started again, it finds the running test on its agent and
+/// runs the queued set, one verdict each; a restart at rest starts nothing.
+async fn a_controller_killed_during_a_fleet_run_carries_it_on(store: StoreKind) {
+    let mut spec = FleetSpec::new(&[("gamma", 1), ("delta", 1)]).on(store);
     spec.limits = (1, 1);
     let mut fleet = Fleet::start(spec).await.unwrap();
     replicated(&fleet, "gamma").await;
@@ -278,6 +283,7 @@ async fn a_controller_killed_during_a_fleet_run_carries_it_on() {
     // A steady-state restart starts nothing.
     fleet.kill_controller();
     fleet.start_controller().unwrap();
+    fleet.wait_leading().await.unwrap();
     let names: Vec<String> = fleet.agents.keys().cloned().collect();
     fleet.wait_agents_state(&names, "online").await.unwrap();
     let limits = fleet.ctl(&["limits", "--output", "json"]).unwrap().json();
@@ -409,12 +415,18 @@ async fn an_interval_policy_tests_back_to_back_and_a_promotion_is_seen() {
     assert!(show["sets"][0]["generation"].as_u64().unwrap() > 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signal_asks_for_a_test_and_an_agent_alone_tests_by_itself() {
+on_both_stores!(a_signal_asks_for_a_test_and_an_agent_alone_tests_by_itself);
+/// A signal to a standby's agent asks the controller for a test (the
+/// set's policy, set with tandemctl, says so); with the controller down
+/// the agent tests by itself, and the controller started again takes the
+/// result as the set's verdict.
+async fn a_signal_asks_for_a_test_and_an_agent_alone_tests_by_itself(store: StoreKind) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
 
-    let mut fleet = Fleet::start(FleetSpec::new(&[("zeta", 1)])).await.unwrap();
+    let mut fleet = Fleet::start(FleetSpec::new(&[("zeta", 1)]).on(store))
+        .await
+        .unwrap();
     replicated(&fleet, "zeta").await;
     let set = fleet
         .ctl_as("admin", &["set", "policy", "zeta", "--test", "signal"])

@@ -11,7 +11,9 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use tandem_tests::fleet::{CtlRun, Fleet, FleetSpec};
+use tandem_tests::on_both_stores;
 use tandem_tests::procs::bin_path;
+use tandem_tests::store::StoreKind;
 use tandem_tests::wait::wait_for;
 
 fn names(v: &Value, list: &str) -> Vec<String> {
@@ -50,9 +52,11 @@ async fn show_when_up(fleet: &Fleet) -> Value {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sets_are_added_changed_and_removed_at_run_time() {
-    let mut spec = FleetSpec::new(&[("alpha", 1)]);
+on_both_stores!(sets_are_added_changed_and_removed_at_run_time);
+/// Sets added, changed and removed with `tandemctl set`; what was removed
+/// stays removed when the controller is killed and started again.
+async fn sets_are_added_changed_and_removed_at_run_time(store: StoreKind) {
+    let mut spec = FleetSpec::new(&[("alpha", 1)]).on(store);
     spec.undeclared_sets = vec![("beta".into(), 1)];
     let mut fleet = Fleet::start(spec).await.unwrap();
     let beta = fleet.members("beta");
@@ -268,6 +272,7 @@ async fn sets_are_added_changed_and_removed_at_run_time() {
     // controller.toml: the controller says so, and how to bring it back.
     fleet.kill_controller();
     fleet.start_controller().unwrap();
+    fleet.wait_leading().await.unwrap();
     let show = show_when_up(&fleet).await;
     assert!(names(&show, "sets").is_empty(), "{show:#}");
     let log = fleet.controller.as_ref().unwrap().log_text();

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tandem_tests::corrupt;
 use tandem_tests::fleet::{Fleet, FleetSpec};
+use tandem_tests::on_both_stores;
 use tandem_tests::pg::PgServer;
+use tandem_tests::store::StoreKind;
 use tandem_tests::wait::wait_for;
 
 /// Replicated index corruption in `set`, and a testdb that finds it.
@@ -351,9 +353,13 @@ async fn a_failed_repair_keeps_the_set_halted_is_skipped_by_testdb_all_and_abort
     assert_eq!(pair.primary.psql("postgres", "select 1").unwrap(), "1");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_window_carries_on_after_the_controller_is_killed() {
-    let mut fleet = Fleet::start(FleetSpec::new(&[("mcr", 1)])).await.unwrap();
+on_both_stores!(a_window_carries_on_after_the_controller_is_killed);
+/// The controller SIGKILLed while a window's first steps run: started
+/// again, it carries the window on from its store to a clean close.
+async fn a_window_carries_on_after_the_controller_is_killed(store: StoreKind) {
+    let mut fleet = Fleet::start(FleetSpec::new(&[("mcr", 1)]).on(store))
+        .await
+        .unwrap();
     corrupt_and_test(&fleet, "mcr").await;
     let id = open_detached(&fleet, "mcr");
     // Killed while the first halting steps run.
@@ -368,13 +374,17 @@ async fn a_window_carries_on_after_the_controller_is_killed() {
     assert!(pair.standbys[0].is_in_recovery().unwrap());
 }
 
+on_both_stores!(a_controller_killed_after_each_window_step_carries_the_window_to_a_clean_close);
 /// The controller SIGKILLed after each step of a window (its work done, not
 /// yet recorded), one kill per step: each restart carries the window on
 /// from the step it was in (an agent's step ordered again is found by its
 /// request id, not run twice), and the window closes clean.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_controller_killed_after_each_window_step_carries_the_window_to_a_clean_close() {
-    let mut fleet = Fleet::start(FleetSpec::new(&[("mck", 1)])).await.unwrap();
+async fn a_controller_killed_after_each_window_step_carries_the_window_to_a_clean_close(
+    store: StoreKind,
+) {
+    let mut fleet = Fleet::start(FleetSpec::new(&[("mck", 1)]).on(store))
+        .await
+        .unwrap();
     corrupt_and_test(&fleet, "mck").await;
     let plan = fleet
         .ctl_as("admin", &["maintenance", "plan", "mck", "--output", "json"])
