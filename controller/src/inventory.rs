@@ -585,6 +585,24 @@ impl Inventory {
         Ok(went_offline.into_iter().map(|(n, _)| n).collect())
     }
 
+    /// The state of every declared agent (never seen when it has not
+    /// registered), without copying the agents: the liveness loop counts
+    /// them every second.
+    pub fn states(&self) -> Vec<AgentState> {
+        let declared = self.declared();
+        let agents = self.lock();
+        declared
+            .sets
+            .iter()
+            .flat_map(|set| &set.members)
+            .map(|m| {
+                agents
+                    .get(&m.agent)
+                    .map_or(AgentState::NeverSeen, |e| e.row.state)
+            })
+            .collect()
+    }
+
     /// Every declared agent, registered or not, in inventory order.
     pub fn list(&self) -> Vec<AgentView> {
         let declared = self.declared();
@@ -667,7 +685,7 @@ pub async fn liveness_loop(inv: Arc<Inventory>, shutdown: tokio_util::sync::Canc
         if let Err(e) = inv.sweep(Instant::now()).await {
             warn!(error = %e, "liveness sweep failed");
         }
-        crate::metrics::agents(inv.list().iter().map(|v| v.row.state));
+        crate::metrics::agents(inv.states());
     }
 }
 

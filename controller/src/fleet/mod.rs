@@ -56,7 +56,7 @@ pub use run::{ARCHIVE_FILE_ORIGIN, ARCHIVE_ORIGIN, BACKUP_ORIGIN, Run, RunKind};
 use run::{done_event, verdict_event};
 
 use limits::host_of;
-pub use limits::{Busy, Wait, admit};
+pub use limits::{Busy, Places, Wait, admit};
 
 /// Why a job has no member to run on.
 #[derive(Debug, thiserror::Error)]
@@ -177,12 +177,26 @@ struct Queue {
 }
 
 impl Queue {
-    fn busy(&self) -> Vec<Busy> {
-        self.running
-            .iter()
-            .filter(|r| !r.rides)
-            .map(|r| r.busy.clone())
-            .collect()
+    /// The places the running jobs take (a job riding on another's
+    /// operation takes none).
+    fn places(&self) -> Places {
+        Places::of(self.running.iter().filter(|r| !r.rides).map(|r| &r.busy))
+    }
+}
+
+/// A waiting job learns why it waits: logged, counted and told to its run
+/// once per reason.
+fn note_wait(job: &mut Job, wait: Wait) {
+    if job.waiting.as_ref() != Some(&wait) {
+        info!(run = %job.run_id, set = %job.set, "{wait}");
+        crate::metrics::wait(wait.reason());
+        job.run.push(pb::RunProgress {
+            run_id: job.run_id.clone(),
+            set: job.set.clone(),
+            waiting: wait.to_string(),
+            ..Default::default()
+        });
+        job.waiting = Some(wait);
     }
 }
 
@@ -462,7 +476,7 @@ impl Fleet {
     fn dispatch(self: &Arc<Self>) {
         let limits = self.limits();
         let mut q = self.lock_queue();
-        let mut busy = q.busy();
+        let mut places = q.places();
         let mut i = 0;
         while i < q.waiting.len() {
             let job = &q.waiting[i];
@@ -470,6 +484,18 @@ impl Fleet {
                 .held(&job.set)
                 .filter(|_| job.origin != MAINTENANCE_ORIGIN);
             let is_held = held.is_some();
+            // A full fleet: a job that needs a place of its own waits, and
+            // its member is not looked for. Only a held set's job (refused
+            // at once) and one riding on its set's running operation go
+            // on. With thousands waiting this keeps each pass one lookup
+            // per job; a job whose set lost its member learns it when a
+            // place frees.
+            if !is_held && places.full(&limits) && !places.set_busy(&job.set) {
+                let wait = places.fleet_wait(&limits);
+                note_wait(&mut q.waiting[i], wait);
+                i += 1;
+                continue;
+            }
             let target = match held {
                 Some(why) => Err(NoTarget::Held(why)),
                 None => self.target(&job.set, job.member.as_deref()),
@@ -495,14 +521,14 @@ impl Fleet {
             }
             let host = target.as_ref().map(|t| t.host.clone()).unwrap_or_default();
             let admitted = match &target {
-                Ok(_) => admit(&limits, &busy, &job.set, &host),
+                Ok(_) => admit(&limits, &places, &job.set, &host),
                 // Nothing will run on the set, only the set rule applies.
                 Err(_) => admit(
                     &Limits {
                         fleet: u32::MAX,
                         per_host: u32::MAX,
                     },
-                    &busy,
+                    &places,
                     &job.set,
                     &host,
                 ),
@@ -533,25 +559,14 @@ impl Fleet {
                     crate::metrics::admitted(seconds_since(job.since));
                     let place =
                         Running::of(&job, host, target.as_ref().ok().cloned(), Timestamp::now());
-                    busy.push(place.busy.clone());
+                    places.take(&place.busy);
                     q.running.push(place);
                     let this = self.clone();
                     let span = job_span(&job, false);
                     tokio::spawn(async move { this.run_job(job, target).await }.instrument(span));
                 }
                 Err(wait) => {
-                    let job = &mut q.waiting[i];
-                    if job.waiting.as_ref() != Some(&wait) {
-                        info!(run = %job.run_id, set = %job.set, "{wait}");
-                        crate::metrics::wait(wait.reason());
-                        job.run.push(pb::RunProgress {
-                            run_id: job.run_id.clone(),
-                            set: job.set.clone(),
-                            waiting: wait.to_string(),
-                            ..Default::default()
-                        });
-                        job.waiting = Some(wait);
-                    }
+                    note_wait(&mut q.waiting[i], wait);
                     i += 1;
                 }
             }
