@@ -187,6 +187,11 @@ pub struct AuditRow {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<Backend>,
+    /// One call at a time goes to the blocking pool: there is one
+    /// connection, so more would only wait there, each on a thread of its
+    /// own (a thousand running jobs made five hundred threads, each with
+    /// its stack and its allocator cache). Callers queue here, in order.
+    turn: Arc<tokio::sync::Semaphore>,
 }
 
 // One per controller, behind an `Arc`: its size does not matter.
@@ -253,6 +258,7 @@ impl Store {
         };
         Ok(Store {
             backend: Arc::new(backend),
+            turn: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -274,7 +280,14 @@ impl Store {
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let backend = self.backend.clone();
-        let out = tokio::task::spawn_blocking(move || backend.run(f)).await??;
+        let turn = self.turn.clone().acquire_owned().await.expect("never closed");
+        // The turn ends with the call, even when its caller stopped waiting.
+        let out = tokio::task::spawn_blocking(move || {
+            let out = backend.run(f);
+            drop(turn);
+            out
+        })
+        .await??;
         Ok(out)
     }
 
