@@ -49,7 +49,7 @@ use anyhow::Context;
 use tandem_proto::pb::controller_server::ControllerServer;
 use tandem_proto::propagation::server_span;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::ControllerConfig;
 
@@ -171,7 +171,7 @@ async fn serve(
     leaders: bool,
 ) -> anyhow::Result<()> {
     let election = service.election.clone();
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .trace_fn(server_span)
         .add_service(leader::LeaderOnly {
             inner: ControllerServer::new(service),
@@ -181,11 +181,26 @@ async fn serve(
         })
         .serve_with_incoming_shutdown(
             tandem_proto::tls::incoming(listener, tls),
-            stop.cancelled_owned(),
-        )
-        .await
-        .context("controller gRPC server failed")
+            stop.clone().cancelled_owned(),
+        );
+    // A stop waits for the calls in flight, but not for ever: a tandemctl
+    // following a run holds its stream open until the run ends, and a
+    // controller that lost its lease must go now (tandemctl follows on
+    // through the next leader, or this one restarted).
+    tokio::select! {
+        served = server => served.context("controller gRPC server failed"),
+        () = async {
+            stop.cancelled().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        } => {
+            warn!("calls still open {STOP_GRACE:?} after the stop were cut off");
+            Ok(())
+        }
+    }
 }
+
+/// How long a stopping controller lets the calls in flight finish.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The leader's work, until `stop`.
 async fn lead(

@@ -279,8 +279,31 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let turn = self
+            .turn
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        self.call_in_turn(f, Some(turn)).await
+    }
+
+    /// [`Store::call`] ahead of the calls waiting their turn: the lease's
+    /// renewal, which must not wait behind a thousand jobs' writes (it
+    /// waits only for the one call on the connection).
+    pub(crate) async fn call_first<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.call_in_turn(f, None).await
+    }
+
+    async fn call_in_turn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, DbError> + Send + 'static,
+        turn: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<T, StoreError> {
         let backend = self.backend.clone();
-        let turn = self.turn.clone().acquire_owned().await.expect("never closed");
         // The turn ends with the call, even when its caller stopped waiting.
         let out = tokio::task::spawn_blocking(move || {
             let out = backend.run(f);
