@@ -744,6 +744,21 @@ impl Fleet {
         run_ctl_raw(&env, args)
     }
 
+    /// The messages of `set`'s maintenance events in
+    /// `tandemctl history SET --output json`, oldest first.
+    pub fn maintenance_events(&self, set: &str) -> anyhow::Result<Vec<String>> {
+        let h = self
+            .ctl_as("viewer", &["history", set, "--output", "json"])?
+            .json();
+        Ok(h["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["kind"] == "maintenance")
+            .filter_map(|e| e["message"].as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// Start `tandemctl` as `user` without waiting for it (stdout and
     /// stderr piped): for a command something is done to while it runs.
     pub fn spawn_ctl(&self, user: &str, args: &[&str]) -> anyhow::Result<std::process::Child> {

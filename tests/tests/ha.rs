@@ -532,17 +532,11 @@ async fn a_window_open_across_a_takeover_closes_cleanly() {
     assert!(!f.agent_home("hw-s1").join("fence").exists());
 
     // Opened once, closed once, in the history and the audit.
+    let events = f.maintenance_events("hw").unwrap();
     let h = f
         .ctl_as("viewer", &["history", "hw", "--output", "json"])
         .unwrap()
         .json();
-    let events: Vec<&str> = h["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "maintenance")
-        .map(|e| e["message"].as_str().unwrap())
-        .collect();
     let count = |what: &str| events.iter().filter(|m| m.contains(what)).count();
     assert_eq!(
         (count("opened by"), count(" closed:")),

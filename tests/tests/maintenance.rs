@@ -174,17 +174,7 @@ async fn replicated_corruption_is_reindexed_on_the_halted_primary_and_proven_cle
     assert_eq!(pair.primary.psql("postgres", "select 1").unwrap(), "1");
     let fence = fleet.agent_home("mrep-s1").join("fence");
     assert!(!fence.exists(), "the fence was not released");
-    let h = fleet
-        .ctl(&["history", "mrep", "--output", "json"])
-        .unwrap()
-        .json();
-    let events: Vec<&str> = h["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "maintenance")
-        .map(|e| e["message"].as_str().unwrap())
-        .collect();
+    let events = fleet.maintenance_events("mrep").unwrap();
     assert!(events.iter().any(|m| m.contains("closed")), "{events:#?}");
     let audit = fleet.ctl(&["audit", "--output", "json"]).unwrap().json();
     assert!(

@@ -93,7 +93,7 @@ impl Store {
         }
         let ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         let taken = self
-            .call_first(move |c| {
+            .call_lease(move |c| {
                 c.unfenced();
                 c.exec(
                     "INSERT INTO tandem_controllers(holder, address, started_at, last_seen)
