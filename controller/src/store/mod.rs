@@ -446,15 +446,22 @@ impl Store {
 /// thread.
 impl Drop for Backend {
     fn drop(&mut self) {
-        if let Backend::Postgres { client, .. } = self {
-            let client = client
-                .get_mut()
-                .map(Option::take)
-                .unwrap_or_else(|p| p.into_inner().take());
-            if let Some(client) = client {
-                let _ = std::thread::Builder::new()
-                    .name("store-close".into())
-                    .spawn(move || drop(client));
+        if let Backend::Postgres {
+            client,
+            lease_client,
+            ..
+        } = self
+        {
+            for client in [client, lease_client] {
+                let client = client
+                    .get_mut()
+                    .map(Option::take)
+                    .unwrap_or_else(|p| p.into_inner().take());
+                if let Some(client) = client {
+                    let _ = std::thread::Builder::new()
+                        .name("store-close".into())
+                        .spawn(move || drop(client));
+                }
             }
         }
     }
