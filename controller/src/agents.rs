@@ -77,12 +77,10 @@ impl AgentClients {
         Ok(AgentClient::new(traced(channel)))
     }
 
-    /// Drop the channels not asked for since `IDLE` before `now`; how many
-    /// stay.
-    fn sweep(&self, now: Instant) -> usize {
+    /// Drop the channels not asked for since `IDLE` before `now`.
+    fn sweep(&self, now: Instant) {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         channels.retain(|_, c| now.saturating_duration_since(c.used) < IDLE);
-        channels.len()
     }
 }
 
@@ -92,9 +90,7 @@ async fn sweep_loop(clients: Weak<AgentClients>) {
     loop {
         tick.tick().await;
         match clients.upgrade() {
-            Some(c) => {
-                c.sweep(Instant::now());
-            }
+            Some(c) => c.sweep(Instant::now()),
             None => return,
         }
     }

@@ -395,20 +395,14 @@ async fn bench() -> anyhow::Result<()> {
         .map_or(dir.path(), |d| d.path())
         .join("controller.db");
     let pg = if s.postgres {
-        let pg = tandem_tests::pg::PgPair::create("fsimstore", 0).await?;
-        pg.primary.psql("postgres", "CREATE DATABASE tandem")?;
-        Some(pg)
+        Some(tandem_tests::store::PgStore::create().await?)
     } else {
         None
     };
     let store = match &pg {
         Some(pg) => Store::Postgres {
-            uri: format!(
-                "postgresql://postgres@localhost/tandem?host={}&port={}",
-                pg.primary.socket_dir.display(),
-                pg.primary.port
-            ),
-            server: pg.primary.clone(),
+            uri: pg.uri.clone(),
+            server: pg.server.primary.clone(),
         },
         None => Store::Sqlite(sqlite.clone()),
     };

@@ -17,23 +17,17 @@ use tandem_tests::corrupt;
 use tandem_tests::fleet::{CtlRun, Fleet, FleetSpec, run_ctl_raw};
 use tandem_tests::pg::PgPair;
 use tandem_tests::procs::{Proc, bin_path};
+use tandem_tests::store::PgStore;
 use tandem_tests::wait::wait_for;
 
 const LEASE: Duration = Duration::from_secs(3);
 /// Controllers on the store: one leads, two follow.
 const CONTROLLERS: usize = 3;
 
+/// The controllers' store: a private PostgreSQL server and its URI.
 async fn store() -> (PgPair, String) {
-    let pg = PgPair::create("ctlstore", 0).await.unwrap();
-    pg.primary
-        .psql("postgres", "CREATE DATABASE tandem")
-        .unwrap();
-    let uri = format!(
-        "postgresql://postgres@localhost/tandem?host={}&port={}",
-        pg.primary.socket_dir.display(),
-        pg.primary.port
-    );
-    (pg, uri)
+    let PgStore { server, uri } = PgStore::create().await.unwrap();
+    (server, uri)
 }
 
 /// `sets`, one standby each, and [`CONTROLLERS`] controllers on `uri`.

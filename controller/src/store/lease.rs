@@ -153,7 +153,7 @@ impl Store {
         if let Some(fence) = self.fence() {
             fence.set(0);
         }
-        self.call(move |c| {
+        self.call_lease(move |c| {
             c.unfenced();
             c.exec(
                 "UPDATE tandem_leader SET expires_at = now() WHERE id = 1 AND holder = ?1 AND generation = ?2",
